@@ -1,0 +1,5 @@
+//! Early-fusion tokenizer: text, image patches, audio frames and video frames into one sequence.
+
+pub mod sequence;
+
+pub use sequence::{Modality, MultimodalSequence};

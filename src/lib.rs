@@ -1,0 +1,5 @@
+//! mmlab: a workbench for native (early-fusion) multimodal models.
+//!
+//! See `DESIGN.md` in the shared folder for the map of the workspace.
+
+pub mod fusion;
