@@ -2,4 +2,4 @@
 
 pub mod sequence;
 
-pub use sequence::{Modality, MultimodalSequence};
+pub use sequence::{collate, Batch, Modality, MultimodalSequence, PadSide};

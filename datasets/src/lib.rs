@@ -1,0 +1,1 @@
+//! Procedural scenes and sounds, question builders and loaders for real benchmark files.

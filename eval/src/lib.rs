@@ -1,0 +1,1 @@
+//! Evaluation harness for multimodal models: tasks, answer parsing, metrics, caching and result files.
