@@ -3,3 +3,4 @@
 //! See `DESIGN.md` in the shared folder for the map of the workspace.
 
 pub mod fusion;
+pub mod model;

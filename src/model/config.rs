@@ -1,0 +1,111 @@
+//! Decoder configuration: the research knobs of the native model and the baselines.
+
+use serde::{Deserialize, Serialize};
+
+/// Normalisation layer used in the decoder blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    /// LayerNorm with weight and bias.
+    LayerNorm,
+    /// RMSNorm with weight only.
+    RmsNorm,
+}
+
+/// Activation of the MLP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `relu(x)^2`, as in Persimmon / Fuyu.
+    Relu2,
+    /// GELU (tanh approximation).
+    Gelu,
+    /// SwiGLU: `silu(x W_gate) * (x W_up)`.
+    SwiGlu,
+}
+
+/// Shape and options of a decoder-only Transformer with linear patch / frame embeddings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Text vocabulary size (special tokens included).
+    pub vocab_size: usize,
+    /// Hidden width.
+    pub d_model: usize,
+    /// Number of decoder blocks.
+    pub n_layers: usize,
+    /// Number of query heads.
+    pub n_heads: usize,
+    /// Number of key/value heads (grouped-query attention when < `n_heads`).
+    pub n_kv_heads: usize,
+    /// MLP inner width.
+    pub d_ff: usize,
+    /// Longest sequence the rotary tables cover.
+    pub max_seq_len: usize,
+    /// Normalisation layer.
+    pub norm: NormKind,
+    /// Epsilon of the normalisation layers.
+    pub norm_eps: f64,
+    /// LayerNorm over the head dimension of queries and keys before rotary (Persimmon).
+    pub qk_norm: bool,
+    /// Rotary base.
+    pub rope_theta: f64,
+    /// Share of each head's dimensions that is rotated (Persimmon: 0.5).
+    pub partial_rotary_factor: f64,
+    /// MLP activation.
+    pub activation: Activation,
+    /// Width of one flattened image patch (`patch * patch * 3`), 0 for no image input.
+    pub patch_dim: usize,
+    /// Width of one audio frame, 0 for no audio input.
+    pub frame_dim: usize,
+    /// Share the token embedding with the LM head.
+    pub tie_embeddings: bool,
+}
+
+/// An impossible or inconsistent configuration.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("invalid model config: {0}")]
+pub struct ConfigError(pub String);
+
+impl ModelConfig {
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_heads.max(1)
+    }
+
+    /// Number of rotated dimensions per head (even).
+    pub fn rotary_dim(&self) -> usize {
+        let r = (self.head_dim() as f64 * self.partial_rotary_factor).round() as usize;
+        r - r % 2
+    }
+
+    /// Checks that the numbers describe a model that can exist.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if self.vocab_size == 0 || self.d_model == 0 || self.n_layers == 0 || self.d_ff == 0 {
+            return err("vocab_size, d_model, n_layers and d_ff must be positive".into());
+        }
+        if self.n_heads == 0 || self.d_model % self.n_heads != 0 {
+            return err(format!("d_model {} is not divisible by n_heads {}", self.d_model, self.n_heads));
+        }
+        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+            return err(format!("n_heads {} is not a multiple of n_kv_heads {}", self.n_heads, self.n_kv_heads));
+        }
+        if !(0.0..=1.0).contains(&self.partial_rotary_factor) {
+            return err(format!("partial_rotary_factor {} is outside [0, 1]", self.partial_rotary_factor));
+        }
+        if self.max_seq_len == 0 || self.max_seq_len > 1 << 20 {
+            return err(format!("max_seq_len {} is outside 1..=1048576", self.max_seq_len));
+        }
+        if !(self.norm_eps > 0.0 && self.norm_eps < 1.0) {
+            return err(format!("norm_eps {} is outside (0, 1)", self.norm_eps));
+        }
+        if !(self.rope_theta > 1.0) {
+            return err(format!("rope_theta {} must be > 1", self.rope_theta));
+        }
+        let params = self.d_model as u128 * (self.vocab_size as u128 + self.n_layers as u128 * (4 * self.d_model + 3 * self.d_ff) as u128);
+        if params > 100_000_000_000 {
+            return err(format!("about {params} parameters is more than this workbench will allocate"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,314 @@
+//! Decoder building blocks: norms, rotary positions, attention with a KV cache, MLP, block.
+//!
+//! Every op here has a backward in candle (no fused `softmax_last_dim` /
+//! `layer_norm`, which silently stop gradients), so the same modules train
+//! and run inference.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+
+use super::config::{Activation, ModelConfig, NormKind};
+
+/// LayerNorm or RMSNorm over the last dimension, built from differentiable ops.
+#[derive(Clone, Debug)]
+pub struct Norm {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    eps: f64,
+}
+
+impl Norm {
+    /// Creates the norm's parameters (`weight`, and `bias` for LayerNorm) under `vb`.
+    pub fn new(kind: NormKind, dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(dim, "weight", candle_nn::Init::Const(1.0))?;
+        let bias = match kind {
+            NormKind::LayerNorm => Some(vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.0))?),
+            NormKind::RmsNorm => None,
+        };
+        Ok(Self { weight, bias, eps })
+    }
+}
+
+impl Module for Norm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let d = x.dim(D::Minus1)? as f64;
+        match &self.bias {
+            Some(bias) => {
+                let mean = (x.sum_keepdim(D::Minus1)? / d)?;
+                let xc = x.broadcast_sub(&mean)?;
+                let var = (xc.sqr()?.sum_keepdim(D::Minus1)? / d)?;
+                let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+                xn.broadcast_mul(&self.weight)?.broadcast_add(bias)
+            }
+            None => {
+                let ms = (x.sqr()?.sum_keepdim(D::Minus1)? / d)?;
+                x.broadcast_div(&(ms + self.eps)?.sqrt()?)?.broadcast_mul(&self.weight)
+            }
+        }
+    }
+}
+
+/// Rotary position tables (`cos`, `sin`, each `max_seq_len x rotary_dim/2`).
+#[derive(Clone, Debug)]
+pub struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+    dim: usize,
+}
+
+impl Rotary {
+    /// Precomputes the tables for `dim` rotated dimensions.
+    pub fn new(dim: usize, max_seq_len: usize, theta: f64, device: &Device) -> Result<Self> {
+        let half = dim / 2;
+        let mut cos = Vec::with_capacity(max_seq_len * half);
+        let mut sin = Vec::with_capacity(max_seq_len * half);
+        for p in 0..max_seq_len {
+            for i in 0..half {
+                let inv = 1.0 / theta.powf((2 * i) as f64 / dim as f64);
+                let a = p as f64 * inv;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (max_seq_len, half), device)?,
+            sin: Tensor::from_vec(sin, (max_seq_len, half), device)?,
+            dim,
+        })
+    }
+
+    /// Gathers `(b, 1, t, dim/2)` cos/sin for a `(b, t)` tensor of position ids.
+    pub fn tables(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t) = positions.dims2()?;
+        let flat = positions.flatten_all()?;
+        let half = self.dim / 2;
+        let cos = self.cos.index_select(&flat, 0)?.reshape((b, 1, t, half))?;
+        let sin = self.sin.index_select(&flat, 0)?.reshape((b, 1, t, half))?;
+        Ok((cos, sin))
+    }
+
+    /// Rotates the first `dim` channels of `x` (`b, h, t, head_dim`), GPT-NeoX / Persimmon style.
+    pub fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        if self.dim == 0 {
+            return Ok(x.clone());
+        }
+        let hd = x.dim(D::Minus1)?;
+        let half = self.dim / 2;
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, half)?;
+        let r1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+        let r2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+        if self.dim == hd {
+            Tensor::cat(&[r1, r2], D::Minus1)
+        } else {
+            let pass = x.narrow(D::Minus1, self.dim, hd - self.dim)?;
+            Tensor::cat(&[r1, r2, pass], D::Minus1)
+        }
+    }
+}
+
+/// Cached keys and values of one layer, `(b, kv_heads, t, head_dim)` each.
+#[derive(Clone, Debug)]
+pub struct LayerCache {
+    /// Keys after rotary.
+    pub k: Tensor,
+    /// Values.
+    pub v: Tensor,
+}
+
+/// Multi-head self-attention with optional grouped KV heads and QK-LayerNorm.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    dense: Linear,
+    q_norm: Option<Norm>,
+    k_norm: Option<Norm>,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    /// Creates the attention parameters under `vb`.
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let hd = cfg.head_dim();
+        let d = cfg.d_model;
+        let (q_norm, k_norm) = if cfg.qk_norm {
+            (
+                Some(Norm::new(NormKind::LayerNorm, hd, cfg.norm_eps, vb.pp("q_layernorm"))?),
+                Some(Norm::new(NormKind::LayerNorm, hd, cfg.norm_eps, vb.pp("k_layernorm"))?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            q_proj: candle_nn::linear(d, cfg.n_heads * hd, vb.pp("q_proj"))?,
+            k_proj: candle_nn::linear(d, cfg.n_kv_heads * hd, vb.pp("k_proj"))?,
+            v_proj: candle_nn::linear(d, cfg.n_kv_heads * hd, vb.pp("v_proj"))?,
+            dense: candle_nn::linear(cfg.n_heads * hd, d, vb.pp("dense"))?,
+            q_norm,
+            k_norm,
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: hd,
+        })
+    }
+
+    /// Attends `x` (`b, t, d`) to the cache plus itself; `mask` is additive `(b, 1, t, t_total)`.
+    ///
+    /// Returns the output and, when `want_probs`, the attention probabilities `(b, h, t, t_total)`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rotary: &Rotary,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut Option<LayerCache>>,
+        want_probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (b, t, _) = x.dims3()?;
+        let hd = self.head_dim;
+        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
+        let mut q = heads(self.q_proj.forward(x)?, self.n_heads)?;
+        let mut k = heads(self.k_proj.forward(x)?, self.n_kv_heads)?;
+        let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let q = rotary.apply(&q, cos, sin)?;
+        let k = rotary.apply(&k, cos, sin)?.contiguous()?;
+        let v = v.contiguous()?;
+        let (k, v) = match cache {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some(prev) => (Tensor::cat(&[&prev.k, &k], 2)?, Tensor::cat(&[&prev.v, &v], 2)?),
+                    None => (k, v),
+                };
+                *slot = Some(LayerCache { k: k.clone(), v: v.clone() });
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let rep = self.n_heads / self.n_kv_heads;
+        let (k, v) = if rep > 1 { (repeat_kv(&k, rep)?, repeat_kv(&v, rep)?) } else { (k, v) };
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.n_heads * hd))?;
+        let out = self.dense.forward(&out)?;
+        Ok((out, want_probs.then_some(probs)))
+    }
+}
+
+/// Repeats each KV head `rep` times along the head axis.
+fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
+    let (b, h, t, d) = x.dims4()?;
+    x.unsqueeze(2)?.expand((b, h, rep, t, d))?.reshape((b, h * rep, t, d))
+}
+
+/// The position-wise MLP.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    up: Linear,
+    gate: Option<Linear>,
+    down: Linear,
+    activation: Activation,
+}
+
+impl Mlp {
+    /// Creates the MLP parameters under `vb`.
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let gate = match cfg.activation {
+            Activation::SwiGlu => Some(candle_nn::linear(cfg.d_model, cfg.d_ff, vb.pp("gate_proj"))?),
+            _ => None,
+        };
+        Ok(Self {
+            up: candle_nn::linear(cfg.d_model, cfg.d_ff, vb.pp("dense_h_to_4h"))?,
+            gate,
+            down: candle_nn::linear(cfg.d_ff, cfg.d_model, vb.pp("dense_4h_to_h"))?,
+            activation: cfg.activation,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.up.forward(x)?;
+        let h = match (self.activation, &self.gate) {
+            (Activation::Relu2, _) => h.relu()?.sqr()?,
+            (Activation::Gelu, _) => h.gelu()?,
+            (Activation::SwiGlu, Some(g)) => (candle_nn::ops::silu(&g.forward(x)?)? * h)?,
+            (Activation::SwiGlu, None) => candle_core::bail!("swiglu MLP without gate projection"),
+        };
+        self.down.forward(&h)
+    }
+}
+
+/// One pre-norm decoder block: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
+#[derive(Clone, Debug)]
+pub struct Block {
+    input_norm: Norm,
+    attn: Attention,
+    post_norm: Norm,
+    mlp: Mlp,
+}
+
+impl Block {
+    /// Creates block `vb`'s parameters.
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            input_norm: Norm::new(cfg.norm, cfg.d_model, cfg.norm_eps, vb.pp("input_layernorm"))?,
+            attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            post_norm: Norm::new(cfg.norm, cfg.d_model, cfg.norm_eps, vb.pp("post_attention_layernorm"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+        })
+    }
+
+    /// Runs the block; see [`Attention::forward`] for the arguments.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rotary: &Rotary,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut Option<LayerCache>>,
+        want_probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (a, probs) = self.attn.forward(&self.input_norm.forward(x)?, rotary, cos, sin, mask, cache, want_probs)?;
+        let x = (x + a)?;
+        let m = self.mlp.forward(&self.post_norm.forward(&x)?)?;
+        Ok(((x + m)?, probs))
+    }
+}
+
+/// The additive attention mask `(b, 1, t, past + t)`: causal, and `-inf` on padded keys.
+///
+/// `key_valid` holds `b * (past + t)` flags (1 = real token) for every key position.
+pub fn attention_mask(b: usize, t: usize, past: usize, key_valid: &[u8], device: &Device) -> Result<Tensor> {
+    let tk = past + t;
+    if key_valid.len() != b * tk {
+        candle_core::bail!("attention mask: {} key flags for {b} x {tk} keys", key_valid.len());
+    }
+    let mut m = vec![0f32; b * t * tk];
+    for bi in 0..b {
+        for qi in 0..t {
+            let row = &mut m[(bi * t + qi) * tk..(bi * t + qi + 1) * tk];
+            for (ki, slot) in row.iter_mut().enumerate() {
+                if ki > past + qi || key_valid[bi * tk + ki] == 0 {
+                    *slot = f32::NEG_INFINITY;
+                }
+            }
+            // A padded query row would see no key at all; let it see itself so softmax stays finite.
+            if row.iter().all(|v| v.is_infinite()) {
+                row[past + qi] = 0.0;
+            }
+        }
+    }
+    Tensor::from_vec(m, (b, 1, t, tk), device)?.to_dtype(DType::F32)
+}

@@ -1,0 +1,275 @@
+//! The native (Fuyu-style) early-fusion model: linear patch and frame embeddings
+//! scattered into the token stream of one decoder-only Transformer.
+
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+
+use super::config::ModelConfig;
+use super::layers::{attention_mask, Block, LayerCache, Norm, Rotary};
+use crate::fusion::Batch;
+
+/// Keys and values of every layer for the tokens seen so far, plus which keys are real.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    /// One slot per layer.
+    pub layers: Vec<Option<LayerCache>>,
+    /// `batch * len` flags, 1 for real keys, row-major.
+    pub key_valid: Vec<u8>,
+    /// Batch size.
+    pub batch: usize,
+    /// Number of cached positions per row.
+    pub len: usize,
+    /// Next position id of every row.
+    pub next_pos: Vec<u32>,
+}
+
+impl KvCache {
+    /// Appends `t` new key flags per row.
+    fn push_valid(&mut self, new_valid: &[u8], t: usize) {
+        let mut kv = Vec::with_capacity(self.batch * (self.len + t));
+        for b in 0..self.batch {
+            kv.extend_from_slice(&self.key_valid[b * self.len..(b + 1) * self.len]);
+            kv.extend_from_slice(&new_valid[b * t..(b + 1) * t]);
+        }
+        self.key_valid = kv;
+        self.len += t;
+    }
+
+    /// A cache whose row `i` is a copy of row `rows[i]` of `self`.
+    pub fn select_rows(&self, rows: &[u32]) -> Result<Self> {
+        let device = self
+            .layers
+            .iter()
+            .flatten()
+            .next()
+            .map(|c| c.k.device().clone())
+            .unwrap_or(Device::Cpu);
+        let idx = Tensor::from_slice(rows, rows.len(), &device)?;
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Some(c) => Ok(Some(LayerCache { k: c.k.index_select(&idx, 0)?, v: c.v.index_select(&idx, 0)? })),
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut key_valid = Vec::with_capacity(rows.len() * self.len);
+        let mut next_pos = Vec::with_capacity(rows.len());
+        for &r in rows {
+            let r = r as usize;
+            key_valid.extend_from_slice(&self.key_valid[r * self.len..(r + 1) * self.len]);
+            next_pos.push(self.next_pos[r]);
+        }
+        Ok(Self { layers, key_valid, batch: rows.len(), len: self.len, next_pos })
+    }
+}
+
+/// Output of a forward pass over a batch.
+#[derive(Debug)]
+pub struct ForwardOutput {
+    /// Final hidden states after the last norm, `(b, t, d)`.
+    pub hidden: Tensor,
+    /// Attention probabilities per layer `(b, h, t, keys)`, when asked for.
+    pub attentions: Vec<Tensor>,
+}
+
+/// The native early-fusion decoder.
+#[derive(Clone, Debug)]
+pub struct NativeModel {
+    /// Its configuration.
+    pub cfg: ModelConfig,
+    embed_tokens: Tensor,
+    vision_embed: Option<Linear>,
+    audio_embed: Option<Linear>,
+    blocks: Vec<Block>,
+    final_norm: Norm,
+    lm_head: Option<Linear>,
+    rotary: Rotary,
+    device: Device,
+}
+
+impl NativeModel {
+    /// Builds the model's modules from `vb` (a VarMap for training, safetensors for inference).
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::wrap)?;
+        let device = vb.device().clone();
+        let embed_tokens = vb.get_with_hints(
+            (cfg.vocab_size, cfg.d_model),
+            "embed_tokens.weight",
+            candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+        )?;
+        let vision_embed = (cfg.patch_dim > 0)
+            .then(|| candle_nn::linear(cfg.patch_dim, cfg.d_model, vb.pp("vision_embed")))
+            .transpose()?;
+        let audio_embed = (cfg.frame_dim > 0)
+            .then(|| candle_nn::linear(cfg.frame_dim, cfg.d_model, vb.pp("audio_embed")))
+            .transpose()?;
+        let blocks = (0..cfg.n_layers)
+            .map(|i| Block::new(cfg, vb.pp(format!("layers.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let final_norm = Norm::new(cfg.norm, cfg.d_model, cfg.norm_eps, vb.pp("final_layernorm"))?;
+        let lm_head = (!cfg.tie_embeddings)
+            .then(|| candle_nn::linear_no_bias(cfg.d_model, cfg.vocab_size, vb.pp("lm_head")))
+            .transpose()?;
+        let rotary = Rotary::new(cfg.rotary_dim(), cfg.max_seq_len, cfg.rope_theta, &device)?;
+        Ok(Self { cfg: cfg.clone(), embed_tokens, vision_embed, audio_embed, blocks, final_norm, lm_head, rotary, device })
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Input embeddings `(b, t, d)`: token embeddings with patch and frame rows put in at their placeholders.
+    pub fn embed(&self, batch: &Batch) -> Result<Tensor> {
+        let (b, t) = (batch.batch, batch.seq_len);
+        let n = b * t;
+        if batch.tokens.iter().any(|&id| id as usize >= self.cfg.vocab_size) {
+            candle_core::bail!("token id out of range for vocabulary of {}", self.cfg.vocab_size);
+        }
+        let ids = Tensor::from_slice(&batch.tokens, n, &self.device)?;
+        let mut rows = vec![self.embed_tokens.index_select(&ids, 0)?];
+        let mut gather: Vec<u32> = (0..n as u32).collect();
+        let mut next = n;
+        let mut add = |rows: &mut Vec<Tensor>, layer: &Option<Linear>, data: &[f32], dim: usize, pos: &[usize], what: &str| -> Result<()> {
+            if pos.is_empty() {
+                return Ok(());
+            }
+            let Some(layer) = layer else {
+                candle_core::bail!("this model has no {what} input, but the batch holds {} {what} rows", pos.len());
+            };
+            let want = layer.weight().dim(1)?;
+            if dim != want || data.len() != pos.len() * dim {
+                candle_core::bail!("{what} rows are {dim} wide, the model expects {want}");
+            }
+            let m = Tensor::from_slice(data, (pos.len(), dim), &self.device)?;
+            rows.push(layer.forward(&m)?);
+            for (k, &p) in pos.iter().enumerate() {
+                if p >= n {
+                    candle_core::bail!("{what} position {p} outside the batch of {n} tokens");
+                }
+                gather[p] = (next + k) as u32;
+            }
+            next += pos.len();
+            Ok(())
+        };
+        add(&mut rows, &self.vision_embed, &batch.patches, batch.patch_dim, &batch.patch_positions, "image patch")?;
+        add(&mut rows, &self.audio_embed, &batch.frames, batch.frame_dim, &batch.frame_positions, "audio frame")?;
+        let all = if rows.len() == 1 { rows.pop().unwrap_or_else(|| unreachable!()) } else { Tensor::cat(&rows, 0)? };
+        let gather = Tensor::from_vec(gather, n, &self.device)?;
+        all.index_select(&gather, 0)?.reshape((b, t, self.cfg.d_model))
+    }
+
+    /// Runs the decoder over embeddings `x` (`b, t, d`) with `positions` (`b*t`) and per-token validity.
+    ///
+    /// With a cache, the new keys are appended to it and attention sees the cached ones too.
+    pub fn forward_embeds(
+        &self,
+        x: &Tensor,
+        positions: &[u32],
+        valid: &[u8],
+        cache: Option<&mut KvCache>,
+        want_attn: bool,
+    ) -> Result<ForwardOutput> {
+        let (b, t, _) = x.dims3()?;
+        if positions.iter().any(|&p| p as usize >= self.cfg.max_seq_len) {
+            candle_core::bail!("sequence longer than max_seq_len {}", self.cfg.max_seq_len);
+        }
+        let pos = Tensor::from_slice(positions, (b, t), &self.device)?;
+        let (cos, sin) = self.rotary.tables(&pos)?;
+        let mut attentions = Vec::new();
+        let mut x = x.clone();
+        match cache {
+            Some(cache) => {
+                if cache.layers.is_empty() {
+                    cache.layers = vec![None; self.blocks.len()];
+                    cache.batch = b;
+                    cache.next_pos = vec![0; b];
+                }
+                if cache.batch != b {
+                    candle_core::bail!("cache holds {} rows, input has {b}", cache.batch);
+                }
+                let past = cache.len;
+                cache.push_valid(valid, t);
+                let mask = attention_mask(b, t, past, &cache.key_valid, &self.device)?;
+                for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+                    let (y, p) = block.forward(&x, &self.rotary, &cos, &sin, &mask, Some(slot), want_attn)?;
+                    x = y;
+                    attentions.extend(p);
+                }
+                for bi in 0..b {
+                    let last = (0..t).rev().find(|&i| valid[bi * t + i] == 1);
+                    if let Some(i) = last {
+                        cache.next_pos[bi] = positions[bi * t + i] + 1;
+                    }
+                }
+            }
+            None => {
+                let mask = attention_mask(b, t, 0, valid, &self.device)?;
+                for block in &self.blocks {
+                    let (y, p) = block.forward(&x, &self.rotary, &cos, &sin, &mask, None, want_attn)?;
+                    x = y;
+                    attentions.extend(p);
+                }
+            }
+        }
+        Ok(ForwardOutput { hidden: self.final_norm.forward(&x)?, attentions })
+    }
+
+    /// Full forward over a collated batch.
+    pub fn forward(&self, batch: &Batch, cache: Option<&mut KvCache>, want_attn: bool) -> Result<ForwardOutput> {
+        let x = self.embed(batch)?;
+        self.forward_embeds(&x, &batch.positions, &batch.attention_mask, cache, want_attn)
+    }
+
+    /// Vocabulary logits for hidden rows `h` (`n, d`).
+    pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        match &self.lm_head {
+            Some(head) => head.forward(h),
+            None => h.matmul(&self.embed_tokens.t()?),
+        }
+    }
+
+    /// Logits `(b, vocab)` at the last position of every row of `hidden` (`b, t, d`).
+    pub fn last_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let t = hidden.dim(1)?;
+        self.logits(&hidden.i((.., t - 1, ..))?.contiguous()?)
+    }
+
+    /// Mean cross-entropy of the answer tokens (`target_mask`), predicting each from the position before it.
+    ///
+    /// Only the positions that predict a target go through the LM head.
+    pub fn loss(&self, batch: &Batch) -> Result<(Tensor, usize)> {
+        let out = self.forward(batch, None, false)?;
+        let (rows, targets) = loss_rows(batch);
+        if rows.is_empty() {
+            candle_core::bail!("batch has no answer tokens to learn from");
+        }
+        let d = self.cfg.d_model;
+        let h = out.hidden.reshape((batch.batch * batch.seq_len, d))?;
+        let idx = Tensor::from_slice(&rows, rows.len(), &self.device)?;
+        let logits = self.logits(&h.index_select(&idx, 0)?)?;
+        let targets = Tensor::from_slice(&targets, targets.len(), &self.device)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let picked = logp.gather(&targets.unsqueeze(1)?, 1)?;
+        let loss = (picked.sum_all()?.neg()? / rows.len() as f64)?;
+        Ok((loss.to_dtype(DType::F32)?, rows.len()))
+    }
+}
+
+/// Flat rows whose next token is a target, and those target ids.
+pub fn loss_rows(batch: &Batch) -> (Vec<u32>, Vec<u32>) {
+    let t = batch.seq_len;
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    for b in 0..batch.batch {
+        for i in 1..t {
+            let j = b * t + i;
+            if batch.target_mask[j] {
+                rows.push((j - 1) as u32);
+                targets.push(batch.tokens[j]);
+            }
+        }
+    }
+    (rows, targets)
+}
