@@ -1,1 +1,34 @@
 //! Evaluation harness for multimodal models: tasks, answer parsing, metrics, caching and result files.
+//!
+//! The harness knows models only through the [`Responder`] trait: a model, a file of answers
+//! produced elsewhere ([`PredictionsFile`]), or the test responders ([`Oracle`], [`Constant`],
+//! [`RandomResponder`]). [`run_task`] asks it every question of a task through an on-disk cache,
+//! parses the answers as the original papers do, computes the metrics with seeded bootstrap
+//! intervals, and writes `results/<model>/<task>-<timestamp>.json` plus a samples file.
+
+pub mod cache;
+pub mod chair;
+pub mod error;
+pub mod harness;
+pub mod metrics;
+pub mod parse;
+pub mod report;
+pub mod responder;
+pub mod tasks;
+
+pub use chair::{default_synonyms, ObjectMatcher, SynonymTable};
+pub use error::{EvalError, Result};
+pub use harness::{
+    load_result, merge, merge_into, parse_shard, read_samples, run_task, AnswerMode, Counts,
+    Metrics, Progress, RunConfig, RunOptions, Sample, SplitInfo, TaskResult, Timing, Versions,
+};
+pub use metrics::{Bootstrap, ChairReport, Confusion, CountReport, Estimate, PopeReport};
+pub use parse::{parse_count, parse_yes_no, YesNo};
+pub use report::{compare, compare_results, format_table};
+pub use responder::{
+    Constant, MissingPolicy, Oracle, PredictionsFile, RandomResponder, Request, Responder, Response,
+};
+pub use tasks::{
+    load_task, load_task_with, task, tasks, DataOptions, Label, LoadedSplit, MetricKind, Modality,
+    ParserKind, Question, SplitSpec, TaskSpec,
+};

@@ -1,0 +1,1034 @@
+//! The harness: select questions, ask the model in batches through the cache, score, and write
+//! the result file and `samples.jsonl`; merge shard results.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::cache::{sanitize, ResponseCache};
+use crate::chair::{check_caption, default_synonyms, ObjectMatcher, SynonymTable};
+use crate::error::{EvalError, Result};
+use crate::metrics::{
+    chair_report, count_report, pope_report, Bootstrap, ChairReport, Confusion, CountReport,
+    PopeCounts, PopeReport,
+};
+use crate::parse::{parse_count, parse_yes_no};
+use crate::responder::{argmax, Request, Responder, Response};
+use crate::tasks::{
+    load_task_with, render_prompt, task, DataOptions, Label, MetricKind, ParserKind, TaskSpec,
+};
+
+/// Version of the result-file layout.
+pub const RESULT_FORMAT: u32 = 1;
+
+/// How the model answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerMode {
+    /// The model generates free text, which the task's parser reads.
+    #[default]
+    Generate,
+    /// The model scores the task's fixed candidates; the best-scored one is the answer.
+    Score,
+}
+
+/// Callback told `(done, total)` as answers arrive.
+pub type Progress = Box<dyn Fn(usize, usize) + Send + Sync>;
+
+/// Settings of one run.
+pub struct RunOptions {
+    /// Use only the first N questions of each split.
+    pub limit: Option<usize>,
+    /// Run only shard `i` of `n` (0-based: question index mod n == i, within each split).
+    pub shard: Option<(usize, usize)>,
+    /// Result files go to `<results_dir>/<model>/`.
+    pub results_dir: PathBuf,
+    /// Where the response cache lives.
+    pub cache_dir: PathBuf,
+    /// Told `(done, total)` as answers arrive (cached answers count as done at once).
+    pub progress: Option<Progress>,
+    /// Generate text or score candidates.
+    pub mode: AnswerMode,
+    /// Replaces the task's prompt template (`{question}`, `{object}`).
+    pub prompt_template: Option<String>,
+    /// Folder the question files' `image` fields are relative to.
+    pub images: Option<PathBuf>,
+    /// Folder the question files' `audio` fields are relative to.
+    pub audio: Option<PathBuf>,
+    /// CHAIR synonym table (default: [`default_synonyms`]).
+    pub synonyms: Option<SynonymTable>,
+    /// Confidence-interval settings.
+    pub bootstrap: Bootstrap,
+    /// Read and write the response cache (on by default).
+    pub use_cache: bool,
+    /// Folder name for results (default: the responder's `name()`).
+    pub model_name: Option<String>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            limit: None,
+            shard: None,
+            results_dir: PathBuf::from("results"),
+            cache_dir: PathBuf::from("results/.cache"),
+            progress: None,
+            mode: AnswerMode::Generate,
+            prompt_template: None,
+            images: None,
+            audio: None,
+            synonyms: None,
+            bootstrap: Bootstrap::default(),
+            use_cache: true,
+            model_name: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("limit", &self.limit)
+            .field("shard", &self.shard)
+            .field("results_dir", &self.results_dir)
+            .field("cache_dir", &self.cache_dir)
+            .field("progress", &self.progress.as_ref().map(|_| "callback"))
+            .field("mode", &self.mode)
+            .field("prompt_template", &self.prompt_template)
+            .field("images", &self.images)
+            .field("audio", &self.audio)
+            .field("synonyms", &self.synonyms.as_ref().map(|s| s.len()))
+            .field("bootstrap", &self.bootstrap)
+            .field("use_cache", &self.use_cache)
+            .field("model_name", &self.model_name)
+            .finish()
+    }
+}
+
+/// Parse a shard written `i/n` (0-based `i`, `i < n`).
+pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let err = || {
+        EvalError::Option(format!(
+            "shard `{s}`: expected i/n with 0 <= i < n, e.g. 0/4"
+        ))
+    };
+    let (i, n) = s.split_once('/').ok_or_else(err)?;
+    let i: usize = i.trim().parse().map_err(|_| err())?;
+    let n: usize = n.trim().parse().map_err(|_| err())?;
+    if n == 0 || i >= n {
+        return Err(err());
+    }
+    Ok((i, n))
+}
+
+/// One split as the run used it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SplitInfo {
+    /// The split's task name.
+    pub task: String,
+    /// The short split name.
+    pub split: String,
+    /// The question file.
+    pub source: String,
+    /// Questions in the file.
+    pub questions: usize,
+    /// Questions after `--limit` (all shards together).
+    pub selected: usize,
+    /// Questions this run (shard) answered.
+    pub run: usize,
+}
+
+/// The settings a result was produced with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// The data path given.
+    pub data: String,
+    /// The splits, in task order.
+    pub splits: Vec<SplitInfo>,
+    /// `--limit`.
+    pub limit: Option<usize>,
+    /// `--shard i/n` (none for a full or merged run).
+    pub shard: Option<(usize, usize)>,
+    /// Generate or score candidates.
+    pub mode: AnswerMode,
+    /// The prompt template used.
+    pub prompt_template: String,
+    /// Confidence-interval settings.
+    pub bootstrap: Bootstrap,
+    /// The CHAIR synonym table used (CHAIR tasks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synonyms: Option<BTreeMap<String, Vec<String>>>,
+}
+
+/// The metrics of a task, by kind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Metrics {
+    /// POPE tasks.
+    Pope(PopeReport),
+    /// Counting tasks.
+    Count(CountReport),
+    /// CHAIR.
+    Chair(ChairReport),
+}
+
+/// How many answers came from where.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Questions scored.
+    pub questions: usize,
+    /// Answers read from the cache.
+    pub from_cache: usize,
+    /// Answers the model produced in this run.
+    pub fresh: usize,
+    /// Questions without an answer.
+    pub unanswered: usize,
+    /// POPE: answers neither clearly yes nor no; counting: answers without a number.
+    pub unclear: usize,
+}
+
+/// Where the time went.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    /// Wall-clock seconds of the whole run (summed over shards for a merge).
+    pub total_s: f64,
+    /// Seconds spent inside the model (`Responder::respond`).
+    pub model_s: f64,
+    /// The harness's own seconds: loading, caching, parsing, metrics, writing.
+    pub overhead_s: f64,
+}
+
+/// Versions of everything that shapes the numbers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Versions {
+    /// The `mmlab-eval` crate version.
+    pub mmlab_eval: String,
+    /// Result-file layout version.
+    pub result_format: u32,
+    /// The yes/no rule.
+    pub pope_rule: String,
+    /// The count rule.
+    pub count_rule: String,
+    /// The CHAIR rule.
+    pub chair_rule: String,
+}
+
+impl Default for Versions {
+    fn default() -> Self {
+        Versions {
+            mmlab_eval: env!("CARGO_PKG_VERSION").to_string(),
+            result_format: RESULT_FORMAT,
+            pope_rule: "pope-evaluate.py: first sentence, commas removed, No/not/no => no".into(),
+            count_rule: "first integer or number word zero..twenty; none/no => 0".into(),
+            chair_rule: "longest synonym phrase, regular plurals, mentions with repeats".into(),
+        }
+    }
+}
+
+/// Everything a run produced: written as the result file and printed with `--json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// The task name.
+    pub task: String,
+    /// The model's display name.
+    pub model: String,
+    /// The model's identity (name + weights hash).
+    pub model_identity: String,
+    /// When the run finished (UTC, RFC 3339).
+    pub created: String,
+    /// The settings.
+    pub config: RunConfig,
+    /// The metrics with intervals.
+    pub metrics: Metrics,
+    /// Answer counts.
+    pub counts: Counts,
+    /// Timing.
+    pub timing: Timing,
+    /// Versions.
+    pub versions: Versions,
+    /// The result file (set once written).
+    #[serde(default)]
+    pub result_file: Option<String>,
+    /// The samples file, relative to the result file's folder.
+    #[serde(default)]
+    pub samples_file: Option<String>,
+}
+
+/// One scored question, as written to `samples.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// The split's task name.
+    pub task: String,
+    /// The short split name.
+    pub split: String,
+    /// Position in the split's question file.
+    pub index: usize,
+    /// The question id.
+    pub question_id: String,
+    /// The prompt the model saw.
+    pub prompt: String,
+    /// The model's raw answer.
+    pub answer: String,
+    /// Candidate scores (candidate mode).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::responder::score_serde"
+    )]
+    pub scores: Option<Vec<f32>>,
+    /// The best-scored candidate (candidate mode): the text that was parsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scored_answer: Option<String>,
+    /// The model gave no answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unanswered: bool,
+    /// The parsed answer: "yes"/"no", a count, or the mentioned categories (null if none).
+    pub parsed: Value,
+    /// POPE: whether the answer was clearly yes or no.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear: Option<bool>,
+    /// CHAIR: the hallucinated mentions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hallucinated: Option<Vec<String>>,
+    /// The ground truth.
+    pub label: Value,
+    /// Whether the answer is right (CHAIR: no hallucinated mention).
+    pub correct: bool,
+    /// The answer came from the cache.
+    #[serde(default)]
+    pub cached: bool,
+}
+
+/// An answered question before parsing.
+struct Answered {
+    task: String,
+    split: String,
+    index: usize,
+    question_id: String,
+    prompt: String,
+    label: Label,
+    answer: String,
+    scores: Option<Vec<f32>>,
+    scored_answer: Option<String>,
+    unanswered: bool,
+    cached: bool,
+}
+
+/// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// UTC time as (`20261129T084745Z`, `2026-11-29T08:47:45Z`).
+fn timestamps(t: SystemTime) -> (String, String) {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    let (h, mi, se) = (s / 3600, (s % 3600) / 60, s % 60);
+    (
+        format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{se:02}Z"),
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{se:02}Z"),
+    )
+}
+
+/// Write a file atomically: a temporary file in the same folder, then a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(EvalError::io(path, e));
+    }
+    Ok(())
+}
+
+/// Parse and score answered questions; returns the metrics, the samples and the unclear count.
+fn score(
+    spec: &TaskSpec,
+    splits: &[SplitInfo],
+    mut items: Vec<Answered>,
+    matcher: Option<&ObjectMatcher>,
+    boot: &Bootstrap,
+) -> Result<(Metrics, Vec<Sample>, usize)> {
+    let order: HashMap<&str, usize> = splits
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.task.as_str(), i))
+        .collect();
+    items.sort_by_key(|a| {
+        (
+            order.get(a.task.as_str()).copied().unwrap_or(usize::MAX),
+            a.index,
+        )
+    });
+    let mut samples = Vec::with_capacity(items.len());
+    let mut unclear = 0usize;
+    let sample = |a: Answered, parsed: Value, correct: bool| Sample {
+        task: a.task,
+        split: a.split,
+        index: a.index,
+        question_id: a.question_id,
+        prompt: a.prompt,
+        answer: a.answer,
+        scores: a.scores,
+        scored_answer: a.scored_answer,
+        unanswered: a.unanswered,
+        parsed,
+        clear: None,
+        hallucinated: None,
+        label: a.label.to_json(),
+        correct,
+        cached: a.cached,
+    };
+    let metrics = match spec.parser {
+        ParserKind::YesNo => {
+            let mut per: Vec<PopeCounts> = splits
+                .iter()
+                .map(|s| PopeCounts {
+                    task: s.task.clone(),
+                    split: s.split.clone(),
+                    confusion: Confusion::default(),
+                    unclear: 0,
+                })
+                .collect();
+            for a in items {
+                let Label::YesNo(label) = a.label.clone() else {
+                    return Err(EvalError::Merge(format!(
+                        "question {} of {} has a non-yes/no label",
+                        a.question_id, a.task
+                    )));
+                };
+                let slot = order
+                    .get(a.task.as_str())
+                    .copied()
+                    .ok_or_else(|| EvalError::Merge(format!("unknown split {}", a.task)))?;
+                let (pred, clear) = if a.unanswered {
+                    (None, false)
+                } else {
+                    let p = parse_yes_no(a.scored_answer.as_deref().unwrap_or(&a.answer));
+                    (Some(p.yes), p.clear)
+                };
+                per[slot].confusion.add(label, pred);
+                if !clear && !a.unanswered {
+                    per[slot].unclear += 1;
+                    unclear += 1;
+                }
+                let parsed = match pred {
+                    Some(true) => Value::from("yes"),
+                    Some(false) => Value::from("no"),
+                    None => Value::Null,
+                };
+                let mut s = sample(a, parsed, pred == Some(label));
+                s.clear = Some(clear);
+                samples.push(s);
+            }
+            Metrics::Pope(pope_report(&per, boot))
+        }
+        ParserKind::Count => {
+            let mut pairs = Vec::with_capacity(items.len());
+            for a in items {
+                let Label::Count(label) = a.label.clone() else {
+                    return Err(EvalError::Merge(format!(
+                        "question {} of {} has a non-count label",
+                        a.question_id, a.task
+                    )));
+                };
+                let pred = if a.unanswered {
+                    None
+                } else {
+                    parse_count(a.scored_answer.as_deref().unwrap_or(&a.answer))
+                };
+                if pred.is_none() && !a.unanswered {
+                    unclear += 1;
+                }
+                pairs.push((label, pred));
+                samples.push(sample(
+                    a,
+                    pred.map_or(Value::Null, Value::from),
+                    pred == Some(label),
+                ));
+            }
+            Metrics::Count(count_report(spec.name, &pairs, boot))
+        }
+        ParserKind::Caption => {
+            let matcher = matcher
+                .ok_or_else(|| EvalError::Option("CHAIR needs a synonym table".to_string()))?;
+            let mut checks = Vec::with_capacity(items.len());
+            for a in items {
+                let Label::Objects(objects) = &a.label else {
+                    return Err(EvalError::Merge(format!(
+                        "question {} of {} has no object list",
+                        a.question_id, a.task
+                    )));
+                };
+                let text = if a.unanswered { "" } else { a.answer.as_str() };
+                let c = check_caption(matcher, text, objects);
+                let correct = c.hallucinated.is_empty() && !a.unanswered;
+                let mut s = sample(a, Value::from(c.mentions.clone()), correct);
+                s.hallucinated = Some(c.hallucinated.clone());
+                samples.push(s);
+                checks.push(c);
+            }
+            Metrics::Chair(chair_report(spec.name, &checks, boot))
+        }
+    };
+    Ok((metrics, samples, unclear))
+}
+
+/// Serialise samples as JSON lines.
+fn samples_bytes(samples: &[Sample]) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(samples.len() * 200);
+    for s in samples {
+        serde_json::to_writer(&mut buf, s)
+            .map_err(|e| EvalError::Option(format!("cannot serialise a sample: {e}")))?;
+        buf.push(b'\n');
+    }
+    Ok(buf)
+}
+
+/// Pick unused file names `<dir>/<base>[-k].json` and `.samples.jsonl`.
+fn result_paths(dir: &Path, base: &str) -> (PathBuf, PathBuf) {
+    let mut k = 1;
+    loop {
+        let stem = if k == 1 {
+            base.to_string()
+        } else {
+            format!("{base}-{k}")
+        };
+        let r = dir.join(format!("{stem}.json"));
+        let s = dir.join(format!("{stem}.samples.jsonl"));
+        if !r.exists() && !s.exists() {
+            return (r, s);
+        }
+        k += 1;
+    }
+}
+
+/// Write the samples and then the result file (both atomically); fills in the file names.
+fn write_result(result: &mut TaskResult, samples: &[Sample], dir: &Path, base: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
+    let (rpath, spath) = result_paths(dir, base);
+    write_atomic(&spath, &samples_bytes(samples)?)?;
+    result.result_file = Some(rpath.display().to_string());
+    result.samples_file = spath.file_name().map(|n| n.to_string_lossy().to_string());
+    let json = serde_json::to_vec_pretty(result)
+        .map_err(|e| EvalError::Option(format!("cannot serialise the result: {e}")))?;
+    write_atomic(&rpath, &json)
+}
+
+/// Run a task against a responder and write `results/<model>/<task>-<timestamp>.json` and its
+/// samples file.
+///
+/// Answers already in the cache for this model identity are reused; new ones are appended to
+/// the cache batch by batch, so a killed run resumes where it stopped.
+pub fn run_task(
+    task_name: &str,
+    data: &Path,
+    responder: &mut dyn Responder,
+    opts: &RunOptions,
+) -> Result<TaskResult> {
+    let started = Instant::now();
+    let spec = task(task_name)?;
+    if let Some((i, n)) = opts.shard {
+        if n == 0 || i >= n {
+            return Err(EvalError::Option(format!(
+                "shard {i}/{n}: expected 0 <= i < n"
+            )));
+        }
+    }
+    if opts.limit == Some(0) {
+        return Err(EvalError::Option("--limit must be at least 1".to_string()));
+    }
+    let candidates: Option<Vec<String>> = match opts.mode {
+        AnswerMode::Generate => None,
+        AnswerMode::Score => Some(
+            spec.candidates
+                .ok_or_else(|| {
+                    EvalError::Option(format!(
+                        "task `{}` has no fixed answers to score; use generate mode",
+                        spec.name
+                    ))
+                })?
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        ),
+    };
+    let loaded = load_task_with(
+        task_name,
+        data,
+        &DataOptions {
+            images: opts.images.clone(),
+            audio: opts.audio.clone(),
+        },
+    )?;
+    let template = opts
+        .prompt_template
+        .clone()
+        .unwrap_or_else(|| spec.prompt_template.to_string());
+    let synonyms = (spec.metric == MetricKind::Chair)
+        .then(|| opts.synonyms.clone().unwrap_or_else(default_synonyms));
+    let matcher = synonyms.as_ref().map(ObjectMatcher::new).transpose()?;
+    let identity = responder.identity();
+    let model = opts.model_name.clone().unwrap_or_else(|| responder.name());
+
+    // Select the questions and build the requests.
+    let mut infos = Vec::new();
+    let mut requests: Vec<Vec<(usize, Request)>> = Vec::new();
+    for s in &loaded {
+        let selected = opts.limit.unwrap_or(usize::MAX).min(s.questions.len());
+        let reqs: Vec<(usize, Request)> = s.questions[..selected]
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| opts.shard.is_none_or(|(k, n)| i % n == k))
+            .map(|(i, q)| {
+                (
+                    i,
+                    Request {
+                        task: s.task.clone(),
+                        question_id: q.question_id.clone(),
+                        prompt: render_prompt(&template, q),
+                        image: q.image.clone(),
+                        audio: q.audio.clone(),
+                        candidates: candidates.clone(),
+                    },
+                )
+            })
+            .collect();
+        infos.push(SplitInfo {
+            task: s.task.clone(),
+            split: s.split.clone(),
+            source: s.source.display().to_string(),
+            questions: s.questions.len(),
+            selected,
+            run: reqs.len(),
+        });
+        requests.push(reqs);
+    }
+
+    // Look every request up in the cache.
+    let mut caches: Vec<Option<ResponseCache>> = Vec::new();
+    let mut responses: Vec<Vec<Option<(Response, bool)>>> = Vec::new();
+    let mut pending: Vec<(usize, usize)> = Vec::new();
+    for (si, reqs) in requests.iter().enumerate() {
+        let cache = if opts.use_cache {
+            Some(ResponseCache::open(
+                &opts.cache_dir,
+                &identity,
+                &infos[si].task,
+                opts.shard,
+            )?)
+        } else {
+            None
+        };
+        let mut got = Vec::with_capacity(reqs.len());
+        for (k, (_, r)) in reqs.iter().enumerate() {
+            match cache.as_ref().and_then(|c| c.get(r)) {
+                Some(resp) => got.push(Some((resp.clone(), true))),
+                None => {
+                    got.push(None);
+                    pending.push((si, k));
+                }
+            }
+        }
+        caches.push(cache);
+        responses.push(got);
+    }
+    let total: usize = requests.iter().map(Vec::len).sum();
+    let mut done = total - pending.len();
+    let from_cache = done;
+    if let Some(p) = &opts.progress {
+        p(done, total);
+    }
+
+    // Ask the model for the rest, batch by batch, caching each batch as it arrives.
+    let mut model_s = 0.0;
+    let bs = responder.batch_size().max(1);
+    for chunk in pending.chunks(bs) {
+        let batch: Vec<Request> = chunk
+            .iter()
+            .map(|&(si, k)| requests[si][k].1.clone())
+            .collect();
+        let t = Instant::now();
+        let out = responder.respond(&batch)?;
+        model_s += t.elapsed().as_secs_f64();
+        if out.len() != batch.len() {
+            return Err(EvalError::ResponseShape {
+                identity: identity.clone(),
+                what: "responses".into(),
+                expected: batch.len(),
+                got: out.len(),
+            });
+        }
+        if let Some(c) = &candidates {
+            for r in out.iter().filter(|r| !r.unanswered) {
+                let got = r.scores.as_ref().map_or(0, Vec::len);
+                if got != c.len() {
+                    return Err(EvalError::ResponseShape {
+                        identity: identity.clone(),
+                        what: "scores".into(),
+                        expected: c.len(),
+                        got,
+                    });
+                }
+            }
+        }
+        // Append to each split's cache in contiguous runs.
+        let mut start = 0;
+        while start < chunk.len() {
+            let si = chunk[start].0;
+            let mut end = start + 1;
+            while end < chunk.len() && chunk[end].0 == si {
+                end += 1;
+            }
+            if let Some(c) = caches[si].as_mut() {
+                c.append(&batch[start..end], &out[start..end])?;
+            }
+            start = end;
+        }
+        for (&(si, k), r) in chunk.iter().zip(out) {
+            responses[si][k] = Some((r, false));
+        }
+        done += chunk.len();
+        if let Some(p) = &opts.progress {
+            p(done, total);
+        }
+    }
+
+    // Score.
+    let mut items = Vec::with_capacity(total);
+    for ((s, reqs), got) in loaded.iter().zip(&requests).zip(responses) {
+        for ((idx, r), resp) in reqs.iter().zip(got) {
+            let (resp, cached) = resp.ok_or_else(|| {
+                EvalError::responder(&identity, format!("no answer for {}", r.question_id))
+            })?;
+            let scored_answer = match (&candidates, &resp.scores) {
+                (Some(c), Some(sc)) if !resp.unanswered => argmax(sc).map(|i| c[i].clone()),
+                _ => None,
+            };
+            items.push(Answered {
+                task: s.task.clone(),
+                split: s.split.clone(),
+                index: *idx,
+                question_id: r.question_id.clone(),
+                prompt: r.prompt.clone(),
+                label: s.questions[*idx].label.clone(),
+                answer: resp.answer,
+                scores: resp.scores,
+                scored_answer,
+                unanswered: resp.unanswered,
+                cached,
+            });
+        }
+    }
+    let unanswered = items.iter().filter(|a| a.unanswered).count();
+    let (metrics, samples, unclear) =
+        score(spec, &infos, items, matcher.as_ref(), &opts.bootstrap)?;
+    let (stamp, created) = timestamps(SystemTime::now());
+    let mut result = TaskResult {
+        task: spec.name.to_string(),
+        model: model.clone(),
+        model_identity: identity,
+        created,
+        config: RunConfig {
+            data: data.display().to_string(),
+            splits: infos,
+            limit: opts.limit,
+            shard: opts.shard,
+            mode: opts.mode,
+            prompt_template: template,
+            bootstrap: opts.bootstrap,
+            synonyms: synonyms.map(|s| s.into_iter().collect()),
+        },
+        metrics,
+        counts: Counts {
+            questions: total,
+            from_cache,
+            fresh: total - from_cache,
+            unanswered,
+            unclear,
+        },
+        timing: Timing::default(),
+        versions: Versions::default(),
+        result_file: None,
+        samples_file: None,
+    };
+    let base = match opts.shard {
+        Some((i, n)) => format!("{}-{stamp}-shard{i}of{n}", spec.name),
+        None => format!("{}-{stamp}", spec.name),
+    };
+    let dir = opts.results_dir.join(sanitize(&model, 80));
+    let total_s = started.elapsed().as_secs_f64();
+    result.timing = Timing {
+        total_s,
+        model_s,
+        overhead_s: (total_s - model_s).max(0.0),
+    };
+    write_result(&mut result, &samples, &dir, &base)?;
+    Ok(result)
+}
+
+/// Read a result file.
+pub fn load_result(path: &Path) -> Result<TaskResult> {
+    let bytes = std::fs::read(path).map_err(|e| EvalError::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| EvalError::JsonDocument {
+        path: path.to_path_buf(),
+        source: e,
+    })
+}
+
+/// Read a samples file.
+pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
+    let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| EvalError::Json {
+                path: path.to_path_buf(),
+                line: i + 1,
+                source: e,
+            })
+        })
+        .collect()
+}
+
+/// The samples file of a result, resolved next to the result file.
+pub fn samples_path(result_path: &Path, result: &TaskResult) -> Result<PathBuf> {
+    let name = result
+        .samples_file
+        .as_ref()
+        .ok_or_else(|| EvalError::Data {
+            path: result_path.to_path_buf(),
+            message: "the result names no samples file".to_string(),
+        })?;
+    Ok(result_path.parent().unwrap_or(Path::new(".")).join(name))
+}
+
+/// Merge the results of all shards of one run into one result, written next to the first shard.
+pub fn merge(shard_result_paths: &[PathBuf]) -> Result<TaskResult> {
+    let dir = shard_result_paths
+        .first()
+        .and_then(|p| p.parent())
+        .map(Path::to_path_buf)
+        .ok_or_else(|| EvalError::Merge("no shard results given".to_string()))?;
+    merge_into(shard_result_paths, &dir)
+}
+
+/// [`merge`], writing the merged result into `out_dir`.
+pub fn merge_into(shard_result_paths: &[PathBuf], out_dir: &Path) -> Result<TaskResult> {
+    let started = Instant::now();
+    let mut shards = Vec::new();
+    for p in shard_result_paths {
+        shards.push((p.clone(), load_result(p)?));
+    }
+    let (first_path, first) = shards
+        .first()
+        .ok_or_else(|| EvalError::Merge("no shard results given".to_string()))?;
+    let n = match first.config.shard {
+        Some((_, n)) => n,
+        None => {
+            return Err(EvalError::Merge(format!(
+                "{} is not a shard result",
+                first_path.display()
+            )))
+        }
+    };
+    let strip = |c: &RunConfig| {
+        let mut c = c.clone();
+        c.shard = None;
+        for s in &mut c.splits {
+            s.run = 0;
+        }
+        c
+    };
+    let want = strip(&first.config);
+    let mut seen: Vec<Option<&Path>> = vec![None; n];
+    for (p, r) in &shards {
+        let (i, rn) = r
+            .config
+            .shard
+            .ok_or_else(|| EvalError::Merge(format!("{} is not a shard result", p.display())))?;
+        if rn != n || i >= n {
+            return Err(EvalError::Merge(format!(
+                "{} is shard {i}/{rn}, but {} is one of {n}",
+                p.display(),
+                first_path.display()
+            )));
+        }
+        if r.task != first.task || r.model_identity != first.model_identity {
+            return Err(EvalError::Merge(format!(
+                "{} is task {} of model {}, but {} is task {} of model {}",
+                p.display(),
+                r.task,
+                r.model_identity,
+                first_path.display(),
+                first.task,
+                first.model_identity
+            )));
+        }
+        if strip(&r.config) != want {
+            return Err(EvalError::Merge(format!(
+                "{} was run with different settings (data, limit, mode, prompt or bootstrap) than {}",
+                p.display(),
+                first_path.display()
+            )));
+        }
+        if let Some(prev) = seen[i] {
+            return Err(EvalError::Merge(format!(
+                "shard {i}/{n} given twice: {} and {}",
+                prev.display(),
+                p.display()
+            )));
+        }
+        seen[i] = Some(p);
+    }
+    if let Some(missing) = seen.iter().position(Option::is_none) {
+        return Err(EvalError::Merge(format!("shard {missing}/{n} is missing")));
+    }
+    let spec = task(&first.task)?;
+    let kind = spec.metric;
+    let mut items = Vec::new();
+    let mut keys: HashMap<(String, String), PathBuf> = HashMap::new();
+    for (p, r) in &shards {
+        let sp = samples_path(p, r)?;
+        for s in read_samples(&sp)? {
+            if let Some(prev) = keys.insert((s.task.clone(), s.question_id.clone()), sp.clone()) {
+                return Err(EvalError::Merge(format!(
+                    "question {} of {} appears in both {} and {}",
+                    s.question_id,
+                    s.task,
+                    prev.display(),
+                    sp.display()
+                )));
+            }
+            let label = Label::from_json(kind, &s.label).map_err(|m| {
+                EvalError::Merge(format!(
+                    "{}: question {}: label: {m}",
+                    sp.display(),
+                    s.question_id
+                ))
+            })?;
+            items.push(Answered {
+                task: s.task,
+                split: s.split,
+                index: s.index,
+                question_id: s.question_id,
+                prompt: s.prompt,
+                label,
+                answer: s.answer,
+                scores: s.scores,
+                scored_answer: s.scored_answer,
+                unanswered: s.unanswered,
+                cached: s.cached,
+            });
+        }
+    }
+    for info in &want.splits {
+        let got = items.iter().filter(|a| a.task == info.task).count();
+        if got != info.selected {
+            return Err(EvalError::Merge(format!(
+                "split {} has {got} answered questions across the shards, expected {}",
+                info.task, info.selected
+            )));
+        }
+    }
+    let matcher = want
+        .synonyms
+        .as_ref()
+        .map(|s| ObjectMatcher::new(&s.clone().into_iter().collect()))
+        .transpose()?;
+    let unanswered = items.iter().filter(|a| a.unanswered).count();
+    let total = items.len();
+    let (metrics, samples, unclear) =
+        score(spec, &want.splits, items, matcher.as_ref(), &want.bootstrap)?;
+    let mut config = want.clone();
+    for s in &mut config.splits {
+        s.run = s.selected;
+    }
+    let (stamp, created) = timestamps(SystemTime::now());
+    let model_s: f64 = shards.iter().map(|(_, r)| r.timing.model_s).sum();
+    let shard_total: f64 = shards.iter().map(|(_, r)| r.timing.total_s).sum();
+    let total_s = shard_total + started.elapsed().as_secs_f64();
+    let mut result = TaskResult {
+        task: first.task.clone(),
+        model: first.model.clone(),
+        model_identity: first.model_identity.clone(),
+        created,
+        config,
+        metrics,
+        counts: Counts {
+            questions: total,
+            from_cache: shards.iter().map(|(_, r)| r.counts.from_cache).sum(),
+            fresh: shards.iter().map(|(_, r)| r.counts.fresh).sum(),
+            unanswered,
+            unclear,
+        },
+        timing: Timing {
+            total_s,
+            model_s,
+            overhead_s: (total_s - model_s).max(0.0),
+        },
+        versions: Versions::default(),
+        result_file: None,
+        samples_file: None,
+    };
+    write_result(
+        &mut result,
+        &samples,
+        out_dir,
+        &format!("{}-{stamp}", first.task),
+    )?;
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_795_942_065);
+        assert_eq!(timestamps(t).1, "2026-11-29T08:47:45Z");
+        assert_eq!(timestamps(t).0, "20261129T084745Z");
+    }
+
+    #[test]
+    fn shard_parsing() {
+        assert_eq!(parse_shard("0/4").unwrap(), (0, 4));
+        assert_eq!(parse_shard(" 3 / 4 ").unwrap(), (3, 4));
+        for bad in ["4/4", "1/0", "x/2", "1", "-1/2"] {
+            assert!(parse_shard(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,642 @@
+//! The model interface the harness calls, and the responders that live here: a predictions
+//! file, an oracle, a constant answer and a seeded random answer.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::{EvalError, Result};
+use crate::tasks::{Label, LoadedSplit};
+
+/// One question put to a model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// The split's task name (`pope-random`, `count`, …).
+    pub task: String,
+    /// The question id, unique within the task.
+    pub question_id: String,
+    /// The text the model sees.
+    pub prompt: String,
+    /// The image to show, for image tasks.
+    pub image: Option<PathBuf>,
+    /// The audio clip to play, for audio tasks.
+    pub audio: Option<PathBuf>,
+    /// When set, score these answers (e.g. log-likelihoods of "yes" and "no") instead of
+    /// generating one.
+    pub candidates: Option<Vec<String>>,
+}
+
+/// A model's reply to one [`Request`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// The generated text (in candidate mode the harness uses the best-scored candidate instead).
+    pub answer: String,
+    /// One score per candidate, higher is better (e.g. log-likelihoods), when candidates were asked.
+    #[serde(default, with = "score_serde")]
+    pub scores: Option<Vec<f32>>,
+    /// The model gave no answer at all (counted wrong, never as a "yes").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unanswered: bool,
+}
+
+impl Response {
+    /// A generated answer.
+    pub fn text(answer: impl Into<String>) -> Self {
+        Response {
+            answer: answer.into(),
+            scores: None,
+            unanswered: false,
+        }
+    }
+
+    /// Candidate scores (and the answer text the model would give).
+    pub fn scored(answer: impl Into<String>, scores: Vec<f32>) -> Self {
+        Response {
+            answer: answer.into(),
+            scores: Some(scores),
+            unanswered: false,
+        }
+    }
+
+    /// No answer.
+    pub fn unanswered() -> Self {
+        Response {
+            answer: String::new(),
+            scores: None,
+            unanswered: true,
+        }
+    }
+}
+
+/// JSON for scores that may be infinite or NaN (written as the strings "inf", "-inf", "NaN").
+pub(crate) mod score_serde {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<f32>>, s: S) -> Result<S::Ok, S::Error> {
+        let vals: Option<Vec<Value>> = v.as_ref().map(|v| {
+            v.iter()
+                .map(|&x| {
+                    if x.is_finite() {
+                        Value::from(x)
+                    } else if x.is_nan() {
+                        Value::from("NaN")
+                    } else if x > 0.0 {
+                        Value::from("inf")
+                    } else {
+                        Value::from("-inf")
+                    }
+                })
+                .collect()
+        });
+        vals.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f32>>, D::Error> {
+        let vals: Option<Vec<Value>> = Option::deserialize(d)?;
+        vals.map(|v| {
+            v.into_iter()
+                .map(|x| match &x {
+                    Value::Number(n) => n
+                        .as_f64()
+                        .map(|f| f as f32)
+                        .ok_or_else(|| serde::de::Error::custom(format!("bad score {x}"))),
+                    Value::String(s) if s == "NaN" => Ok(f32::NAN),
+                    Value::String(s) if s == "inf" => Ok(f32::INFINITY),
+                    Value::String(s) if s == "-inf" => Ok(f32::NEG_INFINITY),
+                    _ => Err(serde::de::Error::custom(format!("bad score {x}"))),
+                })
+                .collect()
+        })
+        .transpose()
+    }
+}
+
+/// Anything that answers questions: a model, a predictions file, a test double.
+pub trait Responder {
+    /// A stable string naming the model and its weights (name + weights hash); the cache key.
+    fn identity(&self) -> String;
+
+    /// Answer a batch of requests, one response per request, in order.
+    fn respond(&mut self, batch: &[Request]) -> Result<Vec<Response>, EvalError>;
+
+    /// How many requests to send per call.
+    fn batch_size(&self) -> usize {
+        16
+    }
+
+    /// A short display name, used for the results folder (defaults to the identity).
+    fn name(&self) -> String {
+        self.identity()
+    }
+}
+
+/// Index of the best score (the first among equals; NaN never wins).
+pub fn argmax(scores: &[f32]) -> Option<usize> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &s) in scores.iter().enumerate() {
+        if s.is_nan() {
+            continue;
+        }
+        if best.is_none_or(|(_, b)| s > b) {
+            best = Some((i, s));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// Scores that put `answer` first among `candidates`: 0 for a match, -1 otherwise.
+fn match_scores(candidates: &[String], answer: &str) -> Vec<f32> {
+    candidates
+        .iter()
+        .map(|c| {
+            if c.trim().eq_ignore_ascii_case(answer.trim()) {
+                0.0
+            } else {
+                -1.0
+            }
+        })
+        .collect()
+}
+
+/// Build a response to `req` with `answer` as the text and, when asked, candidate scores.
+fn respond_with(req: &Request, answer: String) -> Response {
+    match &req.candidates {
+        Some(c) => {
+            let scores = match_scores(c, &answer);
+            Response::scored(answer, scores)
+        }
+        None => Response::text(answer),
+    }
+}
+
+/// The answer an oracle gives for a label.
+pub fn label_answer(label: &Label) -> String {
+    match label {
+        Label::YesNo(true) => "Yes".to_string(),
+        Label::YesNo(false) => "No".to_string(),
+        Label::Count(n) => n.to_string(),
+        Label::Objects(objs) if objs.is_empty() => "An empty image.".to_string(),
+        Label::Objects(objs) => {
+            let parts: Vec<String> = objs.iter().map(|o| format!("a {o}")).collect();
+            format!("There is {}.", parts.join(" and "))
+        }
+    }
+}
+
+/// Answers every question correctly (from the labels it was built with).
+#[derive(Clone, Debug)]
+pub struct Oracle {
+    answers: HashMap<(String, String), String>,
+}
+
+impl Oracle {
+    /// An oracle for the questions of these splits.
+    pub fn new(splits: &[LoadedSplit]) -> Self {
+        let answers = splits
+            .iter()
+            .flat_map(|s| {
+                s.questions.iter().map(move |q| {
+                    (
+                        (s.task.clone(), q.question_id.clone()),
+                        label_answer(&q.label),
+                    )
+                })
+            })
+            .collect();
+        Oracle { answers }
+    }
+}
+
+impl Responder for Oracle {
+    fn identity(&self) -> String {
+        "oracle".to_string()
+    }
+
+    fn respond(&mut self, batch: &[Request]) -> Result<Vec<Response>> {
+        batch
+            .iter()
+            .map(|r| {
+                let a = self
+                    .answers
+                    .get(&(r.task.clone(), r.question_id.clone()))
+                    .ok_or_else(|| {
+                        EvalError::responder(
+                            "oracle",
+                            format!("no label for {} question {}", r.task, r.question_id),
+                        )
+                    })?;
+                Ok(respond_with(r, a.clone()))
+            })
+            .collect()
+    }
+
+    fn batch_size(&self) -> usize {
+        1024
+    }
+}
+
+/// Gives the same answer to every question (e.g. always "Yes").
+#[derive(Clone, Debug)]
+pub struct Constant(pub String);
+
+impl Responder for Constant {
+    fn identity(&self) -> String {
+        format!("constant:{}", self.0)
+    }
+
+    fn respond(&mut self, batch: &[Request]) -> Result<Vec<Response>> {
+        Ok(batch
+            .iter()
+            .map(|r| respond_with(r, self.0.clone()))
+            .collect())
+    }
+
+    fn batch_size(&self) -> usize {
+        1024
+    }
+}
+
+/// Answers at random, the same way for the same question and seed whatever the batching.
+///
+/// With candidates it picks one uniformly; otherwise a count in 0..=10 for counting tasks,
+/// a caption of two random shapes for `chair`, and "Yes"/"No" with equal odds for the rest.
+#[derive(Clone, Debug)]
+pub struct RandomResponder {
+    /// The seed of every choice.
+    pub seed: u64,
+}
+
+const RANDOM_SHAPES: [&str; 8] = [
+    "circle", "ring", "square", "triangle", "star", "heart", "arrow", "cross",
+];
+
+impl RandomResponder {
+    fn rng(&self, r: &Request) -> ChaCha8Rng {
+        let mut h = Sha256::new();
+        h.update(self.seed.to_le_bytes());
+        h.update(r.task.as_bytes());
+        h.update([0]);
+        h.update(r.question_id.as_bytes());
+        let mut s = [0u8; 32];
+        s.copy_from_slice(&h.finalize());
+        ChaCha8Rng::from_seed(s)
+    }
+}
+
+impl Responder for RandomResponder {
+    fn identity(&self) -> String {
+        format!("random:{}", self.seed)
+    }
+
+    fn respond(&mut self, batch: &[Request]) -> Result<Vec<Response>> {
+        Ok(batch
+            .iter()
+            .map(|r| {
+                let mut rng = self.rng(r);
+                if let Some(c) = r.candidates.as_ref().filter(|c| !c.is_empty()) {
+                    let pick = rng.random_range(0..c.len());
+                    return respond_with(r, c[pick].clone());
+                }
+                let answer = if r.task.contains("count") {
+                    rng.random_range(0..=10u32).to_string()
+                } else if r.task.contains("chair") {
+                    let a = RANDOM_SHAPES[rng.random_range(0..RANDOM_SHAPES.len())];
+                    let b = RANDOM_SHAPES[rng.random_range(0..RANDOM_SHAPES.len())];
+                    format!("A {a} and a {b}.")
+                } else if rng.random_bool(0.5) {
+                    "Yes".to_string()
+                } else {
+                    "No".to_string()
+                };
+                Response::text(answer)
+            })
+            .collect())
+    }
+
+    fn batch_size(&self) -> usize {
+        1024
+    }
+}
+
+/// What to do when a predictions file has no answer for a question.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MissingPolicy {
+    /// Fail, naming the question id.
+    #[default]
+    Error,
+    /// Count the question as unanswered (wrong, never a "yes").
+    Unanswered,
+}
+
+#[derive(Clone, Debug)]
+struct Prediction {
+    tag: Option<String>,
+    answer: String,
+    line: usize,
+}
+
+/// Answers produced by any external system: JSON lines keyed by question id.
+///
+/// Each line is `{"question_id": 1, "answer": "Yes, there is."}`; the answer may also be under
+/// `"text"` or `"prediction"`, and an optional `"task"` or `"split"` key (`pope-random` or
+/// `random`) tells apart splits that share ids.
+#[derive(Clone, Debug)]
+pub struct PredictionsFile {
+    path: PathBuf,
+    identity: String,
+    name: String,
+    by_id: HashMap<String, Vec<Prediction>>,
+    len: usize,
+    missing: MissingPolicy,
+}
+
+impl PredictionsFile {
+    /// Read a predictions file; every malformed line is an error naming the line.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let bytes = std::fs::read(&path).map_err(|e| EvalError::io(&path, e))?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| EvalError::Data {
+            path: path.clone(),
+            message: format!("not UTF-8 text: {e}"),
+        })?;
+        let field_err = |line: usize, field: &str, message: String| EvalError::Field {
+            path: path.clone(),
+            line,
+            field: field.to_string(),
+            message,
+        };
+        let mut by_id: HashMap<String, Vec<Prediction>> = HashMap::new();
+        let mut len = 0;
+        for (i, raw) in text.lines().enumerate() {
+            let line = i + 1;
+            if raw.trim().is_empty() {
+                continue;
+            }
+            let v: Value = serde_json::from_str(raw).map_err(|e| EvalError::Json {
+                path: path.clone(),
+                line,
+                source: e,
+            })?;
+            let obj = v
+                .as_object()
+                .ok_or_else(|| field_err(line, "(record)", "expected a JSON object".into()))?;
+            let qid = crate::tasks::question_id(obj.get("question_id"))
+                .map_err(|m| field_err(line, "question_id", m))?;
+            let key = ["answer", "text", "prediction"]
+                .into_iter()
+                .find(|k| obj.contains_key(*k))
+                .ok_or_else(|| {
+                    field_err(
+                        line,
+                        "answer",
+                        "missing (also looked for `text` and `prediction`)".into(),
+                    )
+                })?;
+            let answer = obj
+                .get(key)
+                .and_then(Value::as_str)
+                .ok_or_else(|| field_err(line, key, "expected a string".into()))?
+                .to_string();
+            let tag = match ["task", "split"].into_iter().find(|k| obj.contains_key(*k)) {
+                Some(k) => Some(
+                    obj.get(k)
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| field_err(line, k, "expected a string".into()))?
+                        .to_string(),
+                ),
+                None => None,
+            };
+            let entries = by_id.entry(qid.clone()).or_default();
+            if let Some(prev) = entries.iter().find(|p| p.tag == tag) {
+                return Err(EvalError::DuplicateId {
+                    path: path.clone(),
+                    line,
+                    first_line: prev.line,
+                    question_id: qid,
+                });
+            }
+            entries.push(Prediction { tag, answer, line });
+            len += 1;
+        }
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("predictions")
+            .to_string();
+        Ok(PredictionsFile {
+            identity: format!("predictions:{name}:{}", &digest[..16]),
+            name,
+            path,
+            by_id,
+            len,
+            missing: MissingPolicy::Error,
+        })
+    }
+
+    /// Choose what a missing prediction means (default: an error).
+    pub fn with_missing(mut self, policy: MissingPolicy) -> Self {
+        self.missing = policy;
+        self
+    }
+
+    /// Number of predictions in the file.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the file holds no predictions.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The prediction for one request, if any.
+    fn lookup(&self, req: &Request) -> Result<Option<&Prediction>> {
+        let Some(entries) = self.by_id.get(&req.question_id) else {
+            return Ok(None);
+        };
+        let tag_matches = |t: &str| {
+            t == req.task
+                || req
+                    .task
+                    .strip_suffix(t)
+                    .is_some_and(|rest| rest.ends_with('-'))
+        };
+        let tagged: Vec<&Prediction> = entries
+            .iter()
+            .filter(|p| p.tag.as_deref().is_some_and(tag_matches))
+            .collect();
+        let chosen: Vec<&Prediction> = if tagged.is_empty() {
+            entries.iter().filter(|p| p.tag.is_none()).collect()
+        } else {
+            tagged
+        };
+        match chosen.len() {
+            0 => Ok(None),
+            1 => Ok(Some(chosen[0])),
+            _ => Err(EvalError::AmbiguousPrediction {
+                path: self.path.clone(),
+                task: req.task.clone(),
+                question_id: req.question_id.clone(),
+                lines: chosen.iter().map(|p| p.line).collect(),
+            }),
+        }
+    }
+}
+
+impl Responder for PredictionsFile {
+    fn identity(&self) -> String {
+        self.identity.clone()
+    }
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn respond(&mut self, batch: &[Request]) -> Result<Vec<Response>> {
+        batch
+            .iter()
+            .map(|r| match self.lookup(r)? {
+                Some(p) => Ok(respond_with(r, p.answer.clone())),
+                None => match self.missing {
+                    MissingPolicy::Error => Err(EvalError::MissingPrediction {
+                        path: self.path.clone(),
+                        task: r.task.clone(),
+                        question_id: r.question_id.clone(),
+                    }),
+                    MissingPolicy::Unanswered => Ok(Response::unanswered()),
+                },
+            })
+            .collect()
+    }
+
+    fn batch_size(&self) -> usize {
+        4096
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(task: &str, id: &str) -> Request {
+        Request {
+            task: task.into(),
+            question_id: id.into(),
+            prompt: "Is there a ring in the image?".into(),
+            image: None,
+            audio: None,
+            candidates: None,
+        }
+    }
+
+    #[test]
+    fn argmax_prefers_first_and_skips_nan() {
+        assert_eq!(argmax(&[0.1, 0.5, 0.5]), Some(1));
+        assert_eq!(argmax(&[f32::NAN, -3.0]), Some(1));
+        assert_eq!(argmax(&[]), None);
+        assert_eq!(argmax(&[f32::NAN]), None);
+    }
+
+    #[test]
+    fn predictions_file_keys_tags_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("preds.jsonl");
+        std::fs::write(
+            &p,
+            concat!(
+                "{\"question_id\": 1, \"answer\": \"Yes\", \"split\": \"random\"}\n",
+                "{\"question_id\": 1, \"text\": \"No\", \"task\": \"pope-popular\"}\n",
+                "\n",
+                "{\"question_id\": \"x7\", \"prediction\": \"3 rings\"}\n",
+            ),
+        )
+        .unwrap();
+        let mut f = PredictionsFile::open(&p).unwrap();
+        assert_eq!(f.len(), 3);
+        let out = f
+            .respond(&[
+                req("pope-random", "1"),
+                req("pope-popular", "1"),
+                req("count", "x7"),
+            ])
+            .unwrap();
+        let answers: Vec<&str> = out.iter().map(|r| r.answer.as_str()).collect();
+        assert_eq!(answers, ["Yes", "No", "3 rings"]);
+        let err = f.respond(&[req("pope-adversarial", "1")]).unwrap_err();
+        assert!(
+            err.to_string().contains("no prediction for question id 1"),
+            "{err}"
+        );
+        let mut lenient = f.clone().with_missing(MissingPolicy::Unanswered);
+        let out = lenient.respond(&[req("count", "404")]).unwrap();
+        assert!(out[0].unanswered);
+    }
+
+    #[test]
+    fn predictions_file_rejects_bad_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("{\"question_id\": 1}\n", ":1: field `answer`"),
+            ("{\"question_id\": 1, \"answer\": 5}\n", "field `answer`"),
+            ("{\"answer\": \"yes\"}\n", "field `question_id`"),
+            ("{\"question_id\": 1, \"answer\": \"y\"}\n{oops\n", ":2:"),
+            (
+                "{\"question_id\": 1, \"answer\": \"y\"}\n{\"question_id\": 1, \"answer\": \"n\"}\n",
+                "duplicate question id 1",
+            ),
+        ];
+        for (i, (content, needle)) in cases.iter().enumerate() {
+            let p = dir.path().join(format!("bad{i}.jsonl"));
+            std::fs::write(&p, content).unwrap();
+            let err = PredictionsFile::open(&p).unwrap_err().to_string();
+            assert!(err.contains(needle), "case {i}: {err}");
+            assert!(err.contains(&format!("bad{i}.jsonl")), "case {i}: {err}");
+        }
+    }
+
+    #[test]
+    fn ambiguous_untagged_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.jsonl");
+        std::fs::write(
+            &p,
+            "{\"question_id\": 1, \"answer\": \"Yes\", \"split\": \"random\"}\n{\"question_id\": 1, \"answer\": \"No\", \"task\": \"pope-random\"}\n",
+        )
+        .unwrap();
+        let mut f = PredictionsFile::open(&p).unwrap();
+        let err = f.respond(&[req("pope-random", "1")]).unwrap_err();
+        assert!(err.to_string().contains("ambiguous"), "{err}");
+    }
+
+    #[test]
+    fn random_responder_is_order_independent() {
+        let mut r = RandomResponder { seed: 3 };
+        let reqs: Vec<Request> = (0..50)
+            .map(|i| req("pope-random", &i.to_string()))
+            .collect();
+        let all = r.respond(&reqs).unwrap();
+        let mut rev: Vec<Request> = reqs.clone();
+        rev.reverse();
+        let mut back = r.respond(&rev).unwrap();
+        back.reverse();
+        assert_eq!(all, back);
+        let mut other = RandomResponder { seed: 4 };
+        assert_ne!(all, other.respond(&reqs).unwrap());
+    }
+
+    #[test]
+    fn constant_scores_its_own_answer_first() {
+        let mut c = Constant("Yes".into());
+        let mut r = req("pope-random", "1");
+        r.candidates = Some(vec!["yes".into(), "no".into()]);
+        let out = c.respond(&[r]).unwrap();
+        assert_eq!(argmax(out[0].scores.as_ref().unwrap()), Some(0));
+    }
+}
