@@ -1,6 +1,17 @@
 //! One interleaved multimodal sequence and the batch that collates several of them.
 
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use image::RgbImage;
 use serde::{Deserialize, Serialize};
+
+use super::audio::{audio_features_named, in_memory_name, load_audio_capped, AudioConfig};
+use super::error::FusionError;
+use super::image::{check_not_empty, load_image, try_patchify, ImageConfig, PatchGrid};
+use super::text::TextTokenizer;
+use super::video::{video_frames, MAX_VIDEO_STRIDE};
 
 /// What kind of input a token position carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -129,7 +140,11 @@ pub enum CollateError {
 }
 
 /// Pads `seqs` to the longest one and flattens them into a [`Batch`].
-pub fn collate(seqs: &[MultimodalSequence], pad_id: u32, side: PadSide) -> Result<Batch, CollateError> {
+pub fn collate(
+    seqs: &[MultimodalSequence],
+    pad_id: u32,
+    side: PadSide,
+) -> Result<Batch, CollateError> {
     let seq_len = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
     let n = seqs.len() * seq_len;
     let mut b = Batch {
@@ -145,13 +160,21 @@ pub fn collate(seqs: &[MultimodalSequence], pad_id: u32, side: PadSide) -> Resul
     for (bi, s) in seqs.iter().enumerate() {
         if s.n_patches() > 0 {
             if b.patch_dim != 0 && b.patch_dim != s.patch_dim {
-                return Err(CollateError::WidthMismatch { what: "patch", a: b.patch_dim, b: s.patch_dim });
+                return Err(CollateError::WidthMismatch {
+                    what: "patch",
+                    a: b.patch_dim,
+                    b: s.patch_dim,
+                });
             }
             b.patch_dim = s.patch_dim;
         }
         if s.n_frames() > 0 {
             if b.frame_dim != 0 && b.frame_dim != s.frame_dim {
-                return Err(CollateError::WidthMismatch { what: "frame", a: b.frame_dim, b: s.frame_dim });
+                return Err(CollateError::WidthMismatch {
+                    what: "frame",
+                    a: b.frame_dim,
+                    b: s.frame_dim,
+                });
             }
             b.frame_dim = s.frame_dim;
         }
@@ -166,9 +189,367 @@ pub fn collate(seqs: &[MultimodalSequence], pad_id: u32, side: PadSide) -> Resul
         b.modality[base..base + s.len()].copy_from_slice(&s.modality);
         b.attention_mask[base..base + s.len()].fill(1);
         b.patches.extend_from_slice(&s.patches);
-        b.patch_positions.extend(s.patch_positions.iter().map(|p| base + p));
+        b.patch_positions
+            .extend(s.patch_positions.iter().map(|p| base + p));
         b.frames.extend_from_slice(&s.frames);
-        b.frame_positions.extend(s.frame_positions.iter().map(|p| base + p));
+        b.frame_positions
+            .extend(s.frame_positions.iter().map(|p| base + p));
     }
     Ok(b)
+}
+
+// ---------------------------------------------------------------------------
+// The builder: segments -> one MultimodalSequence.
+// ---------------------------------------------------------------------------
+
+/// Visual-token cap [`SequenceBuilder::new`] uses (patches + row markers + frame separators).
+pub const DEFAULT_MAX_VISUAL_TOKENS: usize = 8192;
+
+/// An image given as a file or already in memory.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ImageInput {
+    /// An image file (PNG, JPEG, WebP, GIF, BMP).
+    Path(PathBuf),
+    /// A decoded RGB image.
+    Image(RgbImage),
+}
+
+/// Audio given as a file or as 16 kHz mono samples.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AudioInput {
+    /// An audio file (WAV, FLAC, MP3, OGG/Vorbis); decoded, mixed to mono, resampled to 16 kHz.
+    Path(PathBuf),
+    /// Samples at 16 kHz, mono.
+    Samples(Vec<f32>),
+}
+
+/// One piece of a prompt.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Segment {
+    /// Plain text, tokenised without special tokens.
+    Text(String),
+    /// One image: its patches, with `|NEWLINE|` after each row of patches.
+    Image(ImageInput),
+    /// One audio clip: one placeholder per frame.
+    Audio(AudioInput),
+    /// A video: the frames of the listed images (an animated GIF contributes all its frames),
+    /// every `video_stride`-th kept, separated by `|FRAME|`.
+    Video(Vec<ImageInput>),
+    /// An answer: `<boa>` (if not already there), the answer tokens and `<eos>`; the answer
+    /// tokens and `<eos>` are training targets.
+    Answer(String),
+}
+
+/// Where the builder puts `<bos>`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BosPlacement {
+    /// `<bos>` is the first token (our models).
+    #[default]
+    First,
+    /// `<bos>` follows the images that open the prompt, as HF's `FuyuProcessor` lays out
+    /// `|SPEAKER|... |NEWLINE| <s> text <0x04>` (use with HF Fuyu weights).
+    AfterLeadingImages,
+}
+
+/// Turns a list of [`Segment`]s into one [`MultimodalSequence`].
+///
+/// Layout: `<bos>`, the segments in order, and `<boa>` before every answer and at the
+/// end of a prompt that does not end with an answer. So `[Image, Text(q), Answer(a)]`
+/// becomes `<bos> patches(+|NEWLINE| per row) q <boa> a <eos>` with `target_mask` true on
+/// `a <eos>`, and `[Image, Text(q)]` becomes the generation prompt `<bos> ... q <boa>`.
+#[derive(Clone, Debug)]
+pub struct SequenceBuilder {
+    /// Text tokenizer and special-token ids.
+    pub tokenizer: Arc<TextTokenizer>,
+    /// How images become patches.
+    pub image: ImageConfig,
+    /// How audio becomes frames.
+    pub audio: AudioConfig,
+    /// Most visual tokens (patches, row markers, frame separators) one sequence may hold.
+    pub max_visual_tokens: usize,
+    /// Keep every `video_stride`-th video frame (1 keeps all).
+    pub video_stride: usize,
+}
+
+/// The sequence under construction plus the visual-token count.
+struct Acc {
+    seq: MultimodalSequence,
+    visual: usize,
+}
+
+impl Acc {
+    fn push(&mut self, token: u32, modality: Modality, target: bool) {
+        let pos = self.seq.tokens.len();
+        self.seq.tokens.push(token);
+        self.seq.modality.push(modality);
+        self.seq.positions.push(pos as u32);
+        self.seq.target_mask.push(target);
+    }
+
+    fn last(&self) -> Option<u32> {
+        self.seq.tokens.last().copied()
+    }
+
+    /// Appends a patch grid: placeholders row by row, `newline` after each row.
+    fn push_grid(&mut self, grid: &PatchGrid, image_id: u32, newline_id: u32) {
+        for _ in 0..grid.rows {
+            for _ in 0..grid.cols {
+                self.seq.patch_positions.push(self.seq.tokens.len());
+                self.push(image_id, Modality::ImagePatch, false);
+            }
+            self.push(newline_id, Modality::ImageNewline, false);
+        }
+        self.seq.patches.extend_from_slice(&grid.data);
+    }
+}
+
+impl SequenceBuilder {
+    /// A builder with [`DEFAULT_MAX_VISUAL_TOKENS`] and every video frame kept.
+    pub fn new(tokenizer: Arc<TextTokenizer>, image: ImageConfig, audio: AudioConfig) -> Self {
+        SequenceBuilder {
+            tokenizer,
+            image,
+            audio,
+            max_visual_tokens: DEFAULT_MAX_VISUAL_TOKENS,
+            video_stride: 1,
+        }
+    }
+
+    /// Checks the image and audio configs, the stride and the cap.
+    pub fn validate(&self) -> Result<(), FusionError> {
+        self.image.validate()?;
+        self.audio.validate()?;
+        if self.video_stride == 0 || self.video_stride > MAX_VIDEO_STRIDE {
+            return Err(FusionError::config(
+                "video_stride",
+                self.video_stride,
+                "between 1 and 1000",
+            ));
+        }
+        if self.max_visual_tokens == 0 {
+            return Err(FusionError::config(
+                "max_visual_tokens",
+                self.max_visual_tokens,
+                "at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    fn empty_acc(&self) -> Acc {
+        Acc {
+            seq: MultimodalSequence {
+                patch_dim: self.image.patch_dim(),
+                frame_dim: self.audio.frame_dim(),
+                ..Default::default()
+            },
+            visual: 0,
+        }
+    }
+
+    /// Builds the sequence for `segments` with `<bos>` first (see the type docs for the layout).
+    pub fn build(&self, segments: &[Segment]) -> Result<MultimodalSequence, FusionError> {
+        self.build_placed(segments, BosPlacement::First)
+    }
+
+    /// Builds the sequence for `segments`, putting `<bos>` where `placement` says.
+    pub fn build_placed(
+        &self,
+        segments: &[Segment],
+        placement: BosPlacement,
+    ) -> Result<MultimodalSequence, FusionError> {
+        self.validate()?;
+        let sp = self.tokenizer.specials;
+        let mut acc = self.empty_acc();
+        let bos_at = match placement {
+            BosPlacement::First => 0,
+            BosPlacement::AfterLeadingImages => segments
+                .iter()
+                .position(|s| !matches!(s, Segment::Image(_)))
+                .unwrap_or(segments.len()),
+        };
+        for (i, seg) in segments.iter().enumerate() {
+            if i == bos_at {
+                acc.push(sp.bos, Modality::Text, false);
+            }
+            match seg {
+                Segment::Text(t) => {
+                    for id in self.tokenizer.encode(t)? {
+                        acc.push(id, Modality::Text, false);
+                    }
+                }
+                Segment::Image(input) => {
+                    let (img, name) = match input {
+                        ImageInput::Path(p) => (Cow::Owned(load_image(p)?), p.clone()),
+                        ImageInput::Image(img) => (Cow::Borrowed(img), in_memory_image()),
+                    };
+                    self.push_image(&mut acc, &img, &name)?;
+                }
+                Segment::Video(inputs) => self.push_video(&mut acc, inputs)?,
+                Segment::Audio(input) => {
+                    let frames = match input {
+                        AudioInput::Path(p) => {
+                            let samples = load_audio_capped(p, self.audio.max_seconds)?;
+                            audio_features_named(&samples, &self.audio, p)?
+                        }
+                        AudioInput::Samples(s) => {
+                            audio_features_named(s, &self.audio, &in_memory_name())?
+                        }
+                    };
+                    for _ in 0..frames.n {
+                        acc.seq.frame_positions.push(acc.seq.tokens.len());
+                        acc.push(sp.audio, Modality::AudioFrame, false);
+                    }
+                    acc.seq.frames.extend_from_slice(&frames.data);
+                }
+                Segment::Answer(a) => {
+                    if acc.last() != Some(sp.boa) {
+                        acc.push(sp.boa, Modality::Text, false);
+                    }
+                    for id in self.tokenizer.encode(a)? {
+                        acc.push(id, Modality::Text, true);
+                    }
+                    acc.push(sp.eos, Modality::Text, true);
+                }
+            }
+        }
+        if bos_at == segments.len() {
+            acc.push(sp.bos, Modality::Text, false);
+        }
+        if !matches!(segments.last(), Some(Segment::Answer(_))) {
+            acc.push(sp.boa, Modality::Text, false);
+        }
+        Ok(acc.seq)
+    }
+
+    /// Patchifies one image (after checking the visual-token cap) and appends it.
+    fn push_image(&self, acc: &mut Acc, img: &RgbImage, name: &Path) -> Result<(), FusionError> {
+        check_not_empty(img, name)?;
+        let (rows, cols) = self
+            .image
+            .grid_size(img.height() as usize, img.width() as usize);
+        let needed = acc.visual + rows * (cols + 1);
+        if needed > self.max_visual_tokens {
+            return Err(FusionError::TooManyVisualTokens {
+                path: name.to_path_buf(),
+                tokens: needed,
+                max: self.max_visual_tokens,
+            });
+        }
+        let grid = try_patchify(img, &self.image).map_err(|e| match e {
+            FusionError::ImageResize {
+                from_w,
+                from_h,
+                to_w,
+                to_h,
+                detail,
+                ..
+            } => FusionError::ImageResize {
+                path: name.to_path_buf(),
+                from_w,
+                from_h,
+                to_w,
+                to_h,
+                detail,
+            },
+            other => other,
+        })?;
+        acc.visual = needed;
+        let sp = self.tokenizer.specials;
+        acc.push_grid(&grid, sp.image, sp.newline);
+        Ok(())
+    }
+
+    /// Appends the sampled frames of a video, separated by `|FRAME|`.
+    fn push_video(&self, acc: &mut Acc, inputs: &[ImageInput]) -> Result<(), FusionError> {
+        let sp = self.tokenizer.specials;
+        let mut index = 0usize;
+        let mut kept = 0usize;
+        for input in inputs {
+            let (frames, name): (Box<dyn Iterator<Item = Result<RgbImage, FusionError>>>, _) =
+                match input {
+                    ImageInput::Path(p) => (video_frames(p)?, p.clone()),
+                    ImageInput::Image(img) => {
+                        (Box::new(std::iter::once(Ok(img.clone()))), in_memory_image())
+                    }
+                };
+            for frame in frames {
+                let keep = index % self.video_stride == 0;
+                index += 1;
+                let frame = frame?;
+                if !keep {
+                    continue;
+                }
+                if kept > 0 {
+                    if acc.visual + 1 > self.max_visual_tokens {
+                        return Err(FusionError::TooManyVisualTokens {
+                            path: name.clone(),
+                            tokens: acc.visual + 1,
+                            max: self.max_visual_tokens,
+                        });
+                    }
+                    acc.visual += 1;
+                    acc.push(sp.frame, Modality::VideoFrameSep, false);
+                }
+                self.push_image(acc, &frame, &name)?;
+                kept += 1;
+            }
+        }
+        if kept == 0 {
+            let path = match inputs.first() {
+                Some(ImageInput::Path(p)) => p.clone(),
+                _ => PathBuf::from("<in-memory video>"),
+            };
+            return Err(FusionError::VideoEmpty { path });
+        }
+        Ok(())
+    }
+
+    /// Fast path for training: `<bos> grid question <boa> [answer <eos>]` from pre-tokenised ids.
+    ///
+    /// No tokenising, no config validation and no visual-token cap: the caller has made
+    /// `grid` with [`crate::fusion::image::patchify`] and the ids with [`TextTokenizer::encode`].
+    /// The answer ids and `<eos>` are targets.
+    pub fn build_with_patches(
+        &self,
+        grid: &PatchGrid,
+        question_ids: &[u32],
+        answer_ids: Option<&[u32]>,
+    ) -> MultimodalSequence {
+        let sp = self.tokenizer.specials;
+        let n = 3 + grid.n_tokens() + question_ids.len() + answer_ids.map_or(0, |a| a.len());
+        let mut acc = Acc {
+            seq: MultimodalSequence {
+                tokens: Vec::with_capacity(n),
+                modality: Vec::with_capacity(n),
+                positions: Vec::with_capacity(n),
+                target_mask: Vec::with_capacity(n),
+                patches: Vec::with_capacity(grid.data.len()),
+                patch_dim: grid.patch_dim,
+                patch_positions: Vec::with_capacity(grid.n_patches()),
+                frame_dim: self.audio.frame_dim(),
+                ..Default::default()
+            },
+            visual: 0,
+        };
+        acc.push(sp.bos, Modality::Text, false);
+        acc.push_grid(grid, sp.image, sp.newline);
+        for &id in question_ids {
+            acc.push(id, Modality::Text, false);
+        }
+        acc.push(sp.boa, Modality::Text, false);
+        if let Some(answer) = answer_ids {
+            for &id in answer {
+                acc.push(id, Modality::Text, true);
+            }
+            acc.push(sp.eos, Modality::Text, true);
+        }
+        acc.seq
+    }
+}
+
+/// Name errors use for images that did not come from a file.
+fn in_memory_image() -> PathBuf {
+    PathBuf::from("<in-memory image>")
 }

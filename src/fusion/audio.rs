@@ -1,0 +1,728 @@
+//! Audio to frame rows: decode, mix to mono, resample to 16 kHz, then raw windows or Whisper log-mel.
+//!
+//! Two front-ends (see [`AudioFrontend`]):
+//! - `raw`: non-overlapping windows of `window` samples, the last one zero-padded;
+//!   each window is one frame, embedded linearly by the model.
+//! - `logmel`: Whisper's features exactly as transformers' `WhisperFeatureExtractor`
+//!   computes them (periodic Hann window, `n_fft` 400, hop 160, centred frames with
+//!   reflect padding, power spectrum, Slaney mel filters 0–8 kHz, `log10(max(1e-10, .))`,
+//!   the last frame dropped, floor at `max - 8`, then `(x + 4) / 4`), with `stack`
+//!   consecutive frames concatenated into one token. The last token is completed with
+//!   the clip's floor value (`(max - 8 + 4) / 4`, i.e. "silence") when the frame count is
+//!   not a multiple of `stack`. Unlike `WhisperFeatureExtractor`'s default, the clip is
+//!   not padded to 30 s (it matches the extractor called with `padding="longest"`).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use realfft::{RealFftPlanner, RealToComplex};
+use rubato::{FftFixedInOut, Resampler};
+use serde::{Deserialize, Serialize};
+use symphonia::core::audio::SampleBuffer;
+use symphonia::core::codecs::{DecoderOptions, CODEC_TYPE_NULL};
+use symphonia::core::errors::Error as SymError;
+use symphonia::core::formats::FormatOptions;
+use symphonia::core::io::MediaSourceStream;
+use symphonia::core::meta::MetadataOptions;
+use symphonia::core::probe::Hint;
+
+use super::error::FusionError;
+
+/// Sample rate every front-end works at.
+pub const SAMPLE_RATE: u32 = 16_000;
+/// Whisper's FFT size (25 ms).
+pub const N_FFT: usize = 400;
+/// Whisper's hop length (10 ms).
+pub const HOP: usize = 160;
+/// Cap [`load_audio`] applies when no config is at hand (10 minutes).
+pub const DEFAULT_MAX_SECONDS: f32 = 600.0;
+
+/// Name used in errors for audio that did not come from a file.
+const IN_MEMORY: &str = "<in-memory audio>";
+
+/// How 16 kHz samples become frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AudioFrontend {
+    /// Non-overlapping windows of `window` samples (320 = 20 ms), one frame each.
+    Raw {
+        /// Samples per frame.
+        window: usize,
+    },
+    /// Whisper log-mel features, `stack` consecutive 10 ms frames per token.
+    #[serde(rename = "logmel")]
+    LogMel {
+        /// Number of mel bins (80 or 128 in Whisper).
+        n_mels: usize,
+        /// Consecutive frames concatenated into one token.
+        stack: usize,
+    },
+}
+
+/// Audio settings: front-end and a cap on length.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AudioConfig {
+    /// The front-end that turns samples into frames.
+    pub frontend: AudioFrontend,
+    /// Longest accepted audio in seconds.
+    pub max_seconds: f32,
+}
+
+impl AudioConfig {
+    /// Raw windows of `window` samples, 30 s cap.
+    pub fn raw(window: usize) -> Self {
+        AudioConfig {
+            frontend: AudioFrontend::Raw { window },
+            max_seconds: 30.0,
+        }
+    }
+
+    /// Whisper log-mel with `n_mels` bins and `stack` frames per token, 30 s cap.
+    pub fn logmel(n_mels: usize, stack: usize) -> Self {
+        AudioConfig {
+            frontend: AudioFrontend::LogMel { n_mels, stack },
+            max_seconds: 30.0,
+        }
+    }
+
+    /// Length of one frame row: `window` (raw) or `n_mels * stack` (log-mel).
+    pub fn frame_dim(&self) -> usize {
+        match self.frontend {
+            AudioFrontend::Raw { window } => window,
+            AudioFrontend::LogMel { n_mels, stack } => n_mels * stack,
+        }
+    }
+
+    /// Largest number of 16 kHz samples accepted.
+    pub fn max_samples(&self) -> usize {
+        (self.max_seconds as f64 * SAMPLE_RATE as f64).floor() as usize
+    }
+
+    /// Number of frame rows `n_samples` samples at 16 kHz become (0 if too short).
+    pub fn n_frames(&self, n_samples: usize) -> usize {
+        match self.frontend {
+            AudioFrontend::Raw { window } if window > 0 => n_samples.div_ceil(window),
+            AudioFrontend::LogMel { stack, .. } if stack > 0 => (n_samples / HOP).div_ceil(stack),
+            _ => 0,
+        }
+    }
+
+    /// Checks that every field is usable.
+    pub fn validate(&self) -> Result<(), FusionError> {
+        match self.frontend {
+            AudioFrontend::Raw { window } => {
+                if window == 0 || window > 16_000 {
+                    return Err(FusionError::config(
+                        "audio.frontend.window",
+                        window,
+                        "between 1 and 16000 samples",
+                    ));
+                }
+            }
+            AudioFrontend::LogMel { n_mels, stack } => {
+                if n_mels == 0 || n_mels > 256 {
+                    return Err(FusionError::config(
+                        "audio.frontend.n_mels",
+                        n_mels,
+                        "between 1 and 256 mel bins (Whisper uses 80 or 128)",
+                    ));
+                }
+                if stack == 0 || stack > 100 {
+                    return Err(FusionError::config(
+                        "audio.frontend.stack",
+                        stack,
+                        "between 1 and 100 frames per token",
+                    ));
+                }
+            }
+        }
+        if !(self.max_seconds.is_finite() && self.max_seconds > 0.0) {
+            return Err(FusionError::config(
+                "audio.max_seconds",
+                self.max_seconds,
+                "a positive number of seconds",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        Self::raw(320)
+    }
+}
+
+/// Audio features: `n` frames of `dim` values, row-major.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FrameMatrix {
+    /// Number of frames (tokens).
+    pub n: usize,
+    /// Values per frame.
+    pub dim: usize,
+    /// `n x dim` values, row-major.
+    pub data: Vec<f32>,
+}
+
+impl FrameMatrix {
+    /// Frame `i`, if it exists.
+    pub fn row(&self, i: usize) -> Option<&[f32]> {
+        self.data.get(i * self.dim..(i + 1) * self.dim)
+    }
+}
+
+/// Decodes an audio file to 16 kHz mono, refusing audio over [`DEFAULT_MAX_SECONDS`].
+pub fn load_audio(path: &Path) -> Result<Vec<f32>, FusionError> {
+    load_audio_capped(path, DEFAULT_MAX_SECONDS)
+}
+
+/// Decodes an audio file (WAV, FLAC, MP3, OGG/Vorbis) to 16 kHz mono, refusing audio over `max_seconds`.
+///
+/// Channels are averaged; other rates are resampled with `rubato`'s FFT resampler.
+/// Decoding stops as soon as the cap is crossed, so memory stays bounded.
+pub fn load_audio_capped(path: &Path, max_seconds: f32) -> Result<Vec<f32>, FusionError> {
+    let (samples, rate) = decode_mono(path, max_seconds)?;
+    if samples.is_empty() {
+        return Err(FusionError::AudioEmpty {
+            path: path.to_path_buf(),
+        });
+    }
+    if rate == SAMPLE_RATE {
+        return Ok(samples);
+    }
+    let out = resample(&samples, rate, SAMPLE_RATE).map_err(|detail| FusionError::Resample {
+        path: path.to_path_buf(),
+        from_hz: rate,
+        detail,
+    })?;
+    // Rounding in the resampled length may add a sample or two; the cap was checked at the source rate.
+    Ok(out)
+}
+
+/// Decodes `path` to mono at its own sample rate, stopping with an error past `max_seconds`.
+fn decode_mono(path: &Path, max_seconds: f32) -> Result<(Vec<f32>, u32), FusionError> {
+    let pb = || path.to_path_buf();
+    let decode_err = |e: SymError| match e {
+        SymError::Unsupported(what) => FusionError::AudioUnsupported {
+            path: pb(),
+            detail: what.to_string(),
+        },
+        other => FusionError::AudioDecode {
+            path: pb(),
+            detail: other.to_string(),
+        },
+    };
+    let file = File::open(path).map_err(|source| FusionError::Io { path: pb(), source })?;
+    let mss = MediaSourceStream::new(Box::new(file), Default::default());
+    let mut hint = Hint::new();
+    if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+        hint.with_extension(ext);
+    }
+    let probed = symphonia::default::get_probe()
+        .format(
+            &hint,
+            mss,
+            &FormatOptions::default(),
+            &MetadataOptions::default(),
+        )
+        .map_err(|e| match e {
+            SymError::Unsupported(_) => FusionError::AudioUnsupported {
+                path: pb(),
+                detail: "not a WAV, FLAC, MP3 or OGG/Vorbis file".into(),
+            },
+            other => decode_err(other),
+        })?;
+    let mut format = probed.format;
+    let track = format
+        .tracks()
+        .iter()
+        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+        .ok_or_else(|| FusionError::AudioUnsupported {
+            path: pb(),
+            detail: "no audio track".into(),
+        })?;
+    let track_id = track.id;
+    let rate = track
+        .codec_params
+        .sample_rate
+        .ok_or_else(|| FusionError::AudioDecode {
+            path: pb(),
+            detail: "stream does not state its sample rate".into(),
+        })?;
+    if rate == 0 {
+        return Err(FusionError::AudioDecode {
+            path: pb(),
+            detail: "sample rate is 0".into(),
+        });
+    }
+    let max_frames = (max_seconds as f64 * rate as f64).floor() as u64;
+    let too_long = |frames: u64| FusionError::AudioTooLong {
+        path: pb(),
+        seconds: (frames as f64 / rate as f64) as f32,
+        max_seconds,
+    };
+    if let Some(n) = track.codec_params.n_frames {
+        if n > max_frames {
+            return Err(too_long(n));
+        }
+    }
+    let mut decoder = symphonia::default::get_codecs()
+        .make(&track.codec_params, &DecoderOptions::default())
+        .map_err(decode_err)?;
+    let mut mono: Vec<f32> = Vec::new();
+    let mut buf: Option<SampleBuffer<f32>> = None;
+    loop {
+        let packet = match format.next_packet() {
+            Ok(p) => p,
+            Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(SymError::ResetRequired) => break,
+            Err(e) => return Err(decode_err(e)),
+        };
+        if packet.track_id() != track_id {
+            continue;
+        }
+        let decoded = decoder.decode(&packet).map_err(decode_err)?;
+        let spec = *decoded.spec();
+        let channels = spec.channels.count().max(1);
+        let frames = decoded.frames();
+        if frames == 0 {
+            continue;
+        }
+        if mono.len() as u64 + frames as u64 > max_frames {
+            return Err(too_long(mono.len() as u64 + frames as u64));
+        }
+        let sb = match &mut buf {
+            Some(b) if b.capacity() >= decoded.capacity() * channels => b,
+            _ => buf.insert(SampleBuffer::<f32>::new(decoded.capacity() as u64, spec)),
+        };
+        sb.copy_interleaved_ref(decoded);
+        let inv = 1.0 / channels as f32;
+        mono.extend(
+            sb.samples()
+                .chunks_exact(channels)
+                .map(|fr| fr.iter().sum::<f32>() * inv),
+        );
+    }
+    Ok((mono, rate))
+}
+
+/// Resamples mono `samples` from `from_hz` to `to_hz` with `rubato`'s synchronous FFT resampler.
+///
+/// The resampler's delay is removed, so the output is aligned with the input and has
+/// `ceil(len * to_hz / from_hz)` samples.
+pub fn resample(samples: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, String> {
+    if from_hz == to_hz {
+        return Ok(samples.to_vec());
+    }
+    let expected = (samples.len() as u64 * to_hz as u64).div_ceil(from_hz as u64) as usize;
+    let mut rs = FftFixedInOut::<f32>::new(from_hz as usize, to_hz as usize, 1024, 1)
+        .map_err(|e| e.to_string())?;
+    let delay = rs.output_delay();
+    let mut out: Vec<f32> = Vec::with_capacity(expected + delay + rs.output_frames_max());
+    let mut pos = 0;
+    while samples.len() - pos >= rs.input_frames_next() {
+        let n = rs.input_frames_next();
+        let chunk = rs
+            .process(&[&samples[pos..pos + n]], None)
+            .map_err(|e| e.to_string())?;
+        out.extend_from_slice(&chunk[0]);
+        pos += n;
+    }
+    if pos < samples.len() {
+        let chunk = rs
+            .process_partial(Some(&[&samples[pos..]]), None)
+            .map_err(|e| e.to_string())?;
+        out.extend_from_slice(&chunk[0]);
+    }
+    while out.len() < delay + expected {
+        let chunk = rs
+            .process_partial::<&[f32]>(None, None)
+            .map_err(|e| e.to_string())?;
+        if chunk[0].is_empty() {
+            return Err("resampler produced no output while flushing".into());
+        }
+        out.extend_from_slice(&chunk[0]);
+    }
+    Ok(out[delay..delay + expected].to_vec())
+}
+
+/// Turns 16 kHz mono samples into frame rows with the configured front-end.
+///
+/// Errors on an invalid config, empty audio, audio over `cfg.max_seconds`, non-finite
+/// samples, or (log-mel) audio shorter than one hop.
+pub fn audio_features(samples: &[f32], cfg: &AudioConfig) -> Result<FrameMatrix, FusionError> {
+    audio_features_named(samples, cfg, Path::new(IN_MEMORY))
+}
+
+/// [`audio_features`] with errors naming `name` (the file the samples came from).
+pub fn audio_features_named(
+    samples: &[f32],
+    cfg: &AudioConfig,
+    name: &Path,
+) -> Result<FrameMatrix, FusionError> {
+    cfg.validate()?;
+    if samples.is_empty() {
+        return Err(FusionError::AudioEmpty {
+            path: name.to_path_buf(),
+        });
+    }
+    if samples.len() > cfg.max_samples() {
+        return Err(FusionError::AudioTooLong {
+            path: name.to_path_buf(),
+            seconds: samples.len() as f32 / SAMPLE_RATE as f32,
+            max_seconds: cfg.max_seconds,
+        });
+    }
+    if samples.iter().any(|s| !s.is_finite()) {
+        return Err(FusionError::AudioDecode {
+            path: name.to_path_buf(),
+            detail: "samples contain NaN or infinity".into(),
+        });
+    }
+    match cfg.frontend {
+        AudioFrontend::Raw { window } => Ok(raw_frames(samples, window)),
+        AudioFrontend::LogMel { n_mels, stack } => {
+            if samples.len() < HOP {
+                return Err(FusionError::AudioTooShort {
+                    path: name.to_path_buf(),
+                    samples: samples.len(),
+                    min_samples: HOP,
+                });
+            }
+            let mel = LogMel::new(n_mels).compute(samples);
+            Ok(stack_frames(&mel, stack))
+        }
+    }
+}
+
+/// Cuts samples into non-overlapping windows of `window` samples, zero-padding the last one.
+pub fn raw_frames(samples: &[f32], window: usize) -> FrameMatrix {
+    if window == 0 {
+        return FrameMatrix::default();
+    }
+    let n = samples.len().div_ceil(window);
+    let mut data = vec![0f32; n * window];
+    data[..samples.len()].copy_from_slice(samples);
+    FrameMatrix {
+        n,
+        dim: window,
+        data,
+    }
+}
+
+/// Concatenates `stack` consecutive rows of `m` into one, completing the last row with the minimum of `m`.
+pub fn stack_frames(m: &FrameMatrix, stack: usize) -> FrameMatrix {
+    if stack <= 1 || m.n == 0 {
+        return m.clone();
+    }
+    let n = m.n.div_ceil(stack);
+    let floor = m.data.iter().copied().fold(f32::INFINITY, f32::min);
+    let mut data = vec![floor; n * m.dim * stack];
+    data[..m.data.len()].copy_from_slice(&m.data);
+    FrameMatrix {
+        n,
+        dim: m.dim * stack,
+        data,
+    }
+}
+
+/// Slaney mel scale, as `transformers.audio_utils.hertz_to_mel(..., "slaney")`.
+pub fn hertz_to_mel(freq: f64) -> f64 {
+    let logstep = 27.0 / 6.4f64.ln();
+    if freq >= 1000.0 {
+        15.0 + (freq / 1000.0).ln() * logstep
+    } else {
+        3.0 * freq / 200.0
+    }
+}
+
+/// Inverse of [`hertz_to_mel`].
+pub fn mel_to_hertz(mel: f64) -> f64 {
+    let logstep = 6.4f64.ln() / 27.0;
+    if mel >= 15.0 {
+        1000.0 * (logstep * (mel - 15.0)).exp()
+    } else {
+        200.0 * mel / 3.0
+    }
+}
+
+/// `numpy.linspace(start, stop, num)`.
+fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
+    if num == 1 {
+        return vec![start];
+    }
+    let step = (stop - start) / (num - 1) as f64;
+    let mut v: Vec<f64> = (0..num).map(|i| start + i as f64 * step).collect();
+    if let Some(last) = v.last_mut() {
+        *last = stop;
+    }
+    v
+}
+
+/// Whisper's mel filter bank, `(N_FFT/2 + 1) x n_mels` row-major, Slaney scale and norm, 0–8 kHz.
+pub fn mel_filter_bank(n_mels: usize) -> Vec<f64> {
+    let n_bins = N_FFT / 2 + 1;
+    let mel_min = hertz_to_mel(0.0);
+    let mel_max = hertz_to_mel(8000.0);
+    let filter_freqs: Vec<f64> = linspace(mel_min, mel_max, n_mels + 2)
+        .into_iter()
+        .map(mel_to_hertz)
+        .collect();
+    let fft_freqs = linspace(0.0, (SAMPLE_RATE / 2) as f64, n_bins);
+    let diff: Vec<f64> = filter_freqs.windows(2).map(|w| w[1] - w[0]).collect();
+    let mut fb = vec![0f64; n_bins * n_mels];
+    for (i, &f) in fft_freqs.iter().enumerate() {
+        for j in 0..n_mels {
+            let down = -(filter_freqs[j] - f) / diff[j];
+            let up = (filter_freqs[j + 2] - f) / diff[j + 1];
+            let enorm = 2.0 / (filter_freqs[j + 2] - filter_freqs[j]);
+            fb[i * n_mels + j] = 0f64.max(down.min(up)) * enorm;
+        }
+    }
+    fb
+}
+
+/// One mel filter as a contiguous run of non-zero weights.
+#[derive(Clone, Debug)]
+struct SparseFilter {
+    start: usize,
+    weights: Vec<f64>,
+}
+
+/// A reusable Whisper log-mel extractor for one number of mel bins.
+#[derive(Clone)]
+pub struct LogMel {
+    n_mels: usize,
+    filters: Vec<SparseFilter>,
+    window: Vec<f64>,
+    fft: Arc<dyn RealToComplex<f64>>,
+}
+
+impl std::fmt::Debug for LogMel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogMel").field("n_mels", &self.n_mels).finish()
+    }
+}
+
+impl LogMel {
+    /// Plans the FFT and builds the filter bank for `n_mels` bins.
+    pub fn new(n_mels: usize) -> Self {
+        let n_bins = N_FFT / 2 + 1;
+        let fb = mel_filter_bank(n_mels);
+        let filters = (0..n_mels)
+            .map(|j| {
+                let col: Vec<f64> = (0..n_bins).map(|i| fb[i * n_mels + j]).collect();
+                let start = col.iter().position(|&w| w != 0.0).unwrap_or(0);
+                let end = col.iter().rposition(|&w| w != 0.0).map_or(start, |e| e + 1);
+                SparseFilter {
+                    start,
+                    weights: col[start..end].to_vec(),
+                }
+            })
+            .collect();
+        // Periodic Hann: numpy.hanning(N_FFT + 1)[:-1].
+        let window = (0..N_FFT)
+            .map(|n| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / N_FFT as f64).cos())
+            .collect();
+        let fft = RealFftPlanner::<f64>::new().plan_fft_forward(N_FFT);
+        LogMel {
+            n_mels,
+            filters,
+            window,
+            fft,
+        }
+    }
+
+    /// Number of mel bins.
+    pub fn n_mels(&self) -> usize {
+        self.n_mels
+    }
+
+    /// Log-mel frames of 16 kHz `samples`: `len / 160` rows of `n_mels` values (time-major).
+    ///
+    /// Empty when `samples` is shorter than one hop.
+    pub fn compute(&self, samples: &[f32]) -> FrameMatrix {
+        let len = samples.len();
+        let n_frames = len / HOP; // 1 + len / HOP centred frames, the last one dropped.
+        if n_frames == 0 {
+            return FrameMatrix {
+                n: 0,
+                dim: self.n_mels,
+                data: Vec::new(),
+            };
+        }
+        let half = (N_FFT / 2) as isize;
+        let at = |i: isize| -> f64 { samples[reflect(i, len)] as f64 };
+        let mut data = vec![0f32; n_frames * self.n_mels];
+        let mut input = self.fft.make_input_vec();
+        let mut spectrum = self.fft.make_output_vec();
+        let mut scratch = self.fft.make_scratch_vec();
+        let mut power = vec![0f64; spectrum.len()];
+        let mut max = f64::NEG_INFINITY;
+        let mut logs = vec![0f64; n_frames * self.n_mels];
+        for t in 0..n_frames {
+            let start = (t * HOP) as isize - half;
+            if start >= 0 && start as usize + N_FFT <= len {
+                let s = start as usize;
+                for ((d, &x), &w) in input.iter_mut().zip(&samples[s..s + N_FFT]).zip(&self.window) {
+                    *d = x as f64 * w;
+                }
+            } else {
+                for (k, (d, &w)) in input.iter_mut().zip(&self.window).enumerate() {
+                    *d = at(start + k as isize) * w;
+                }
+            }
+            // Input and buffer lengths come from the plan, so this cannot fail.
+            if self
+                .fft
+                .process_with_scratch(&mut input, &mut spectrum, &mut scratch)
+                .is_err()
+            {
+                spectrum.iter_mut().for_each(|c| *c = Default::default());
+            }
+            for (p, c) in power.iter_mut().zip(&spectrum) {
+                *p = c.re * c.re + c.im * c.im;
+            }
+            let row = &mut logs[t * self.n_mels..(t + 1) * self.n_mels];
+            for (out, f) in row.iter_mut().zip(&self.filters) {
+                let e: f64 = f
+                    .weights
+                    .iter()
+                    .zip(&power[f.start..])
+                    .map(|(w, p)| w * p)
+                    .sum();
+                let l = e.max(1e-10).log10();
+                max = max.max(l);
+                *out = l;
+            }
+        }
+        let floor = max - 8.0;
+        for (d, &l) in data.iter_mut().zip(&logs) {
+            *d = ((l.max(floor) + 4.0) / 4.0) as f32;
+        }
+        FrameMatrix {
+            n: n_frames,
+            dim: self.n_mels,
+            data,
+        }
+    }
+}
+
+/// `numpy.pad(mode="reflect")` index: maps any `i` onto `0..len` by mirroring without repeating the edge.
+fn reflect(i: isize, len: usize) -> usize {
+    if len == 1 {
+        return 0;
+    }
+    let period = 2 * (len as isize - 1);
+    let m = i.rem_euclid(period);
+    if m < len as isize {
+        m as usize
+    } else {
+        (period - m) as usize
+    }
+}
+
+/// Name errors use for in-memory audio.
+pub(crate) fn in_memory_name() -> PathBuf {
+    PathBuf::from(IN_MEMORY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reflect_matches_numpy() {
+        // np.pad([0,1,2,3], 3, mode="reflect") -> [3,2,1,0,1,2,3,2,1,0]
+        let got: Vec<usize> = (-3..7).map(|i| reflect(i, 4)).collect();
+        assert_eq!(got, vec![3, 2, 1, 0, 1, 2, 3, 2, 1, 0]);
+    }
+
+    #[test]
+    fn mel_scale_round_trips() {
+        for f in [0.0, 300.0, 999.0, 1000.0, 4000.0, 8000.0] {
+            assert!((mel_to_hertz(hertz_to_mel(f)) - f).abs() < 1e-9);
+        }
+        assert!((hertz_to_mel(1000.0) - 15.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn filters_are_triangles_with_slaney_area() {
+        let fb = mel_filter_bank(80);
+        // Every filter has some weight and no negative weights.
+        for j in 0..80 {
+            let col: Vec<f64> = (0..201).map(|i| fb[i * 80 + j]).collect();
+            assert!(col.iter().all(|&w| w >= 0.0));
+            assert!(col.iter().any(|&w| w > 0.0), "filter {j} is empty");
+        }
+    }
+
+    #[test]
+    fn raw_frames_pad_the_last_window() {
+        let s: Vec<f32> = (0..7).map(|i| i as f32).collect();
+        let m = raw_frames(&s, 3);
+        assert_eq!((m.n, m.dim), (3, 3));
+        assert_eq!(m.row(2).unwrap(), &[6.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn stacking_concatenates_and_fills_with_floor() {
+        let m = FrameMatrix {
+            n: 3,
+            dim: 2,
+            data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 0.5],
+        };
+        let s = stack_frames(&m, 2);
+        assert_eq!((s.n, s.dim), (2, 4));
+        assert_eq!(s.data, vec![1.0, 2.0, 3.0, 4.0, 5.0, 0.5, 0.5, 0.5]);
+    }
+
+    #[test]
+    fn logmel_frame_count_and_range() {
+        let s: Vec<f32> = (0..16_000)
+            .map(|i| (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 16_000.0).sin())
+            .collect();
+        let m = LogMel::new(80).compute(&s);
+        assert_eq!((m.n, m.dim), (100, 80));
+        let max = m.data.iter().copied().fold(f32::MIN, f32::max);
+        let min = m.data.iter().copied().fold(f32::MAX, f32::min);
+        assert!(max - min <= 2.0 + 1e-6, "floor at max - 8 on the log10 scale");
+    }
+
+    #[test]
+    fn resample_keeps_length_and_tone() {
+        let from = 44_100u32;
+        let s: Vec<f32> = (0..from as usize)
+            .map(|i| (2.0 * std::f64::consts::PI * 1000.0 * i as f64 / from as f64).sin() as f32)
+            .collect();
+        let out = resample(&s, from, 16_000).unwrap();
+        assert_eq!(out.len(), 16_000);
+        // Compare with the ideal 1 kHz tone at 16 kHz away from the edges.
+        let err = (1000..15_000)
+            .map(|i| {
+                let ideal = (2.0 * std::f64::consts::PI * 1000.0 * i as f64 / 16_000.0).sin();
+                (out[i] as f64 - ideal).abs()
+            })
+            .fold(0.0, f64::max);
+        assert!(err < 1e-2, "max error {err}");
+    }
+
+    #[test]
+    fn config_validation_names_field() {
+        let e = AudioConfig::raw(0).validate().unwrap_err().to_string();
+        assert!(e.contains("audio.frontend.window"), "{e}");
+        let mut c = AudioConfig::logmel(80, 2);
+        c.max_seconds = -1.0;
+        assert!(c.validate().unwrap_err().to_string().contains("max_seconds"));
+    }
+
+    #[test]
+    fn frontend_serde_shape() {
+        let j = serde_json::to_string(&AudioConfig::logmel(80, 4)).unwrap();
+        assert_eq!(
+            j,
+            r#"{"frontend":{"kind":"logmel","n_mels":80,"stack":4},"max_seconds":30.0}"#
+        );
+    }
+}

@@ -1,0 +1,422 @@
+//! Images to patch rows, following HuggingFace's `FuyuImageProcessor` exactly.
+//!
+//! The pipeline for one image:
+//! 1. decode with `image` under [`decode_limits`] (PNG, JPEG, WebP, GIF, BMP);
+//! 2. if the image is larger than the box `max_height x max_width`, scale it down —
+//!    never up — keeping the aspect ratio: `s = min(max_h / h, max_w / w)`,
+//!    new size `floor(h * s) x floor(w * s)` (HF's `int()` truncation), with
+//!    Pillow-compatible bilinear resampling (`fast_image_resize`'s convolution
+//!    filter, which reproduces Pillow's `Image.resize(..., BILINEAR)`);
+//! 3. pad bottom and right to whole patches. HF pads the *uint8* image with the
+//!    constant `1` (its `padding_value = 1.0` is applied before rescaling), so
+//!    padded pixels normalise to `(1/255 - 0.5) / 0.5 = -0.99216`, not `-1` or `1`;
+//!    HF pads to the whole box and then crops to `ceil(h / patch) * patch`, which
+//!    is the same as padding to whole patches;
+//! 4. normalise every byte `x` to `(x / 255 - 0.5) / 0.5` (computed as HF does:
+//!    `f32(x * (1/255))` in f64, then `(v - 0.5) / 0.5` in f32);
+//! 5. cut into `patch x patch` patches, patch rows top to bottom, patches left to
+//!    right; each patch is flattened (row-in-patch, column-in-patch, channel),
+//!    channel fastest — `patchify_image`'s `permute(0, 2, 3, 4, 1)`.
+//!
+//! The sequence builder then puts one `|NEWLINE|` token after each row of patches.
+
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+use image::{ImageReader, Limits, RgbImage};
+use serde::{Deserialize, Serialize};
+
+use super::error::FusionError;
+
+/// Largest width or height, in pixels, any decoded image may have.
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+/// Largest allocation, in MiB, the image decoder may make for one image.
+pub const MAX_IMAGE_ALLOC_MIB: u64 = 512;
+
+/// Byte value HF's Fuyu processor pads with (before normalisation).
+pub const PAD_BYTE: u8 = 1;
+
+/// How images become patches: patch side and the box images are scaled down to fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    /// Side of a square patch in pixels (30 for HF Fuyu).
+    pub patch: usize,
+    /// Height of the box an image is scaled down to fit (1080 for HF Fuyu).
+    pub max_height: usize,
+    /// Width of the box an image is scaled down to fit (1920 for HF Fuyu).
+    pub max_width: usize,
+}
+
+impl ImageConfig {
+    /// HF Fuyu's settings: 30-pixel patches, 1080 x 1920 box.
+    pub fn fuyu() -> Self {
+        ImageConfig {
+            patch: 30,
+            max_height: 1080,
+            max_width: 1920,
+        }
+    }
+
+    /// Length of one flattened patch: `patch * patch * 3`.
+    pub fn patch_dim(&self) -> usize {
+        self.patch * self.patch * 3
+    }
+
+    /// Checks that every field is usable.
+    pub fn validate(&self) -> Result<(), FusionError> {
+        if self.patch == 0 || self.patch > 1024 {
+            return Err(FusionError::config(
+                "image.patch",
+                self.patch,
+                "a patch side between 1 and 1024 pixels",
+            ));
+        }
+        if self.max_height == 0 || self.max_height > MAX_IMAGE_SIDE as usize {
+            return Err(FusionError::config(
+                "image.max_height",
+                self.max_height,
+                "a box height between 1 and 16384 pixels",
+            ));
+        }
+        if self.max_width == 0 || self.max_width > MAX_IMAGE_SIDE as usize {
+            return Err(FusionError::config(
+                "image.max_width",
+                self.max_width,
+                "a box width between 1 and 16384 pixels",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Size `(height, width)` an image of `height x width` has after scaling down to fit the box.
+    ///
+    /// Uses HF's arithmetic (f64 scale, truncation); a side that would truncate to 0 becomes 1.
+    pub fn fitted_size(&self, height: usize, width: usize) -> (usize, usize) {
+        if height <= self.max_height && width <= self.max_width {
+            return (height, width);
+        }
+        let sh = self.max_height as f64 / height as f64;
+        let sw = self.max_width as f64 / width as f64;
+        let s = sh.min(sw);
+        let nh = ((height as f64 * s) as usize).max(1);
+        let nw = ((width as f64 * s) as usize).max(1);
+        (nh, nw)
+    }
+
+    /// Patch grid `(rows, cols)` an image of `height x width` becomes.
+    pub fn grid_size(&self, height: usize, width: usize) -> (usize, usize) {
+        if self.patch == 0 || height == 0 || width == 0 {
+            return (0, 0);
+        }
+        let (h, w) = self.fitted_size(height, width);
+        (h.div_ceil(self.patch), w.div_ceil(self.patch))
+    }
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        Self::fuyu()
+    }
+}
+
+/// An image cut into patches: `rows * cols` patches of `patch_dim` values each, row-major.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PatchGrid {
+    /// Number of patch rows.
+    pub rows: usize,
+    /// Number of patches per row.
+    pub cols: usize,
+    /// Length of one flattened patch (`patch * patch * 3`).
+    pub patch_dim: usize,
+    /// Patch matrix, `(rows * cols) x patch_dim`, row-major.
+    pub data: Vec<f32>,
+}
+
+impl PatchGrid {
+    /// Number of patches.
+    pub fn n_patches(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// Tokens this grid occupies in a sequence: one per patch plus one `|NEWLINE|` per row.
+    pub fn n_tokens(&self) -> usize {
+        self.rows * (self.cols + 1)
+    }
+
+    /// The flattened patch at index `i` (row-major), if it exists.
+    pub fn patch(&self, i: usize) -> Option<&[f32]> {
+        self.data.get(i * self.patch_dim..(i + 1) * self.patch_dim)
+    }
+}
+
+/// The decoding limits every image load uses.
+pub fn decode_limits() -> Limits {
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_ALLOC_MIB * 1024 * 1024);
+    limits
+}
+
+/// Maps an `image` error to a [`FusionError`] naming `path`.
+pub(crate) fn image_error(path: &Path, err: image::ImageError) -> FusionError {
+    match err {
+        image::ImageError::Limits(e) => FusionError::ImageTooLarge {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+            max_side: MAX_IMAGE_SIDE,
+            max_mib: MAX_IMAGE_ALLOC_MIB,
+        },
+        image::ImageError::IoError(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => {
+            FusionError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            }
+        }
+        other => FusionError::ImageDecode {
+            path: path.to_path_buf(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// Decodes an image file (PNG, JPEG, WebP, GIF's first frame, BMP) to RGB under [`decode_limits`].
+///
+/// The format is guessed from the file's contents. Alpha is dropped (as Pillow's
+/// `convert("RGB")` does); zero-size images are an error.
+pub fn load_image(path: &Path) -> Result<RgbImage, FusionError> {
+    let reader = ImageReader::open(path).map_err(|source| FusionError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut reader = reader
+        .with_guessed_format()
+        .map_err(|source| FusionError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if reader.format().is_none() {
+        return Err(FusionError::ImageDecode {
+            path: path.to_path_buf(),
+            detail: "unrecognised image format (expected PNG, JPEG, WebP, GIF or BMP)".into(),
+        });
+    }
+    reader.limits(decode_limits());
+    let img = reader.decode().map_err(|e| image_error(path, e))?;
+    let rgb = img.into_rgb8();
+    check_not_empty(&rgb, path)?;
+    Ok(rgb)
+}
+
+/// Errors with [`FusionError::ImageEmpty`] when `img` has zero width or height.
+pub(crate) fn check_not_empty(img: &RgbImage, path: &Path) -> Result<(), FusionError> {
+    if img.width() == 0 || img.height() == 0 {
+        return Err(FusionError::ImageEmpty {
+            path: path.to_path_buf(),
+            width: img.width(),
+            height: img.height(),
+        });
+    }
+    Ok(())
+}
+
+/// Normalised value of every byte: `f32(x * (1/255))` then `(v - 0.5) / 0.5`, as HF computes it.
+static NORM_LUT: LazyLock<[f32; 256]> = LazyLock::new(|| {
+    let mut lut = [0f32; 256];
+    let scale = 1.0f64 / 255.0;
+    for (x, v) in lut.iter_mut().enumerate() {
+        let r = (x as f64 * scale) as f32;
+        *v = (r - 0.5f32) / 0.5f32;
+    }
+    lut
+});
+
+/// The normalised value of one byte, `(x / 255 - 0.5) / 0.5`.
+pub fn normalise_byte(x: u8) -> f32 {
+    NORM_LUT[x as usize]
+}
+
+/// The value padded pixels get after normalisation (`normalise_byte(PAD_BYTE)` = -0.99216).
+pub fn pad_value() -> f32 {
+    normalise_byte(PAD_BYTE)
+}
+
+/// Scales `img` down to fit the box of `cfg` (never up) with Pillow-compatible bilinear filtering.
+///
+/// Returns `None` when the image already fits (no copy is made).
+pub fn resize_to_fit(img: &RgbImage, cfg: &ImageConfig) -> Result<Option<RgbImage>, FusionError> {
+    let (h, w) = (img.height() as usize, img.width() as usize);
+    let (nh, nw) = cfg.fitted_size(h, w);
+    if (nh, nw) == (h, w) {
+        return Ok(None);
+    }
+    let mut dst = RgbImage::new(nw as u32, nh as u32);
+    let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    Resizer::new()
+        .resize(img, &mut dst, &opts)
+        .map_err(|e| FusionError::ImageResize {
+            path: PathBuf::from("<in-memory image>"),
+            from_w: w as u32,
+            from_h: h as u32,
+            to_w: nw as u32,
+            to_h: nh as u32,
+            detail: e.to_string(),
+        })?;
+    Ok(Some(dst))
+}
+
+/// Cuts an image that already fits the box into normalised patches (no resizing).
+///
+/// Pixels beyond the right or bottom edge take [`pad_value`].
+pub fn patchify_fitted(img: &RgbImage, patch: usize) -> PatchGrid {
+    let (h, w) = (img.height() as usize, img.width() as usize);
+    if patch == 0 || h == 0 || w == 0 {
+        return PatchGrid {
+            patch_dim: patch * patch * 3,
+            ..Default::default()
+        };
+    }
+    let rows = h.div_ceil(patch);
+    let cols = w.div_ceil(patch);
+    let patch_dim = patch * patch * 3;
+    let row_len = patch * 3;
+    let lut = &*NORM_LUT;
+    let pad = lut[PAD_BYTE as usize];
+    let raw: &[u8] = img.as_raw();
+    let mut data = vec![pad; rows * cols * patch_dim];
+    for pr in 0..rows {
+        let y_end = ((pr + 1) * patch).min(h);
+        for y in pr * patch..y_end {
+            let src_row = &raw[y * w * 3..(y + 1) * w * 3];
+            let dy = (y - pr * patch) * row_len;
+            for pc in 0..cols {
+                let x0 = pc * patch * 3;
+                let x1 = ((pc + 1) * patch * 3).min(w * 3);
+                let base = (pr * cols + pc) * patch_dim + dy;
+                let dst = &mut data[base..base + (x1 - x0)];
+                for (d, &s) in dst.iter_mut().zip(&src_row[x0..x1]) {
+                    *d = lut[s as usize];
+                }
+            }
+        }
+    }
+    PatchGrid {
+        rows,
+        cols,
+        patch_dim,
+        data,
+    }
+}
+
+/// Scales down (if needed), pads, normalises and patchifies `img` as HF's Fuyu processor does.
+pub fn try_patchify(img: &RgbImage, cfg: &ImageConfig) -> Result<PatchGrid, FusionError> {
+    match resize_to_fit(img, cfg)? {
+        Some(resized) => Ok(patchify_fitted(&resized, cfg.patch)),
+        None => Ok(patchify_fitted(img, cfg.patch)),
+    }
+}
+
+/// Scales down (if needed), pads, normalises and patchifies `img` as HF's Fuyu processor does.
+///
+/// A zero-size image or `cfg.patch == 0` gives an empty grid (0 rows). Resizing
+/// cannot fail for a non-empty RGB image; should it ever, the error is logged and
+/// the grid is empty — use [`try_patchify`] to see the error.
+pub fn patchify(img: &RgbImage, cfg: &ImageConfig) -> PatchGrid {
+    try_patchify(img, cfg).unwrap_or_else(|e| {
+        tracing::error!("patchify: {e}");
+        PatchGrid {
+            patch_dim: cfg.patch_dim(),
+            ..Default::default()
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x * 7 % 256) as u8, (y * 11 % 256) as u8, ((x + y) % 256) as u8])
+        })
+    }
+
+    #[test]
+    fn normalisation_endpoints() {
+        assert_eq!(normalise_byte(0), -1.0);
+        assert_eq!(normalise_byte(255), 1.0);
+        assert!((normalise_byte(128) - (128.0 / 255.0 - 0.5) / 0.5).abs() < 1e-7);
+        assert!((pad_value() - (1.0 / 255.0 - 0.5) / 0.5).abs() < 1e-7);
+    }
+
+    #[test]
+    fn flatten_order_is_row_col_channel() {
+        let img = gradient(4, 4);
+        let g = patchify_fitted(&img, 2);
+        assert_eq!((g.rows, g.cols, g.patch_dim), (2, 2, 12));
+        // Patch (row 1, col 0) = index 2; its element (r=1, c=0, ch=2) is pixel (x=0, y=3), channel 2.
+        let p = g.patch(2).unwrap();
+        let idx = (2 + 0) * 3 + 2;
+        assert_eq!(p[idx], normalise_byte(img.get_pixel(0, 3)[2]));
+        // Element (r=0, c=1, ch=0) of patch (0, 1) is pixel (x=3, y=0), channel 0.
+        let p = g.patch(1).unwrap();
+        assert_eq!(p[3], normalise_byte(img.get_pixel(3, 0)[0]));
+    }
+
+    #[test]
+    fn pads_bottom_and_right_with_hf_value() {
+        let img = gradient(5, 3);
+        let g = patchify_fitted(&img, 4);
+        assert_eq!((g.rows, g.cols), (1, 2));
+        let p1 = g.patch(1).unwrap();
+        // Column 4 of the image is column 0 of patch 1; column 5.. are padding.
+        assert_eq!(p1[0], normalise_byte(img.get_pixel(4, 0)[0]));
+        assert_eq!(p1[3], pad_value());
+        // Row 3 is padding everywhere.
+        let p0 = g.patch(0).unwrap();
+        assert!(p0[3 * 12..].iter().all(|&v| v == pad_value()));
+    }
+
+    #[test]
+    fn fitted_size_follows_hf() {
+        let cfg = ImageConfig::fuyu();
+        assert_eq!(cfg.fitted_size(100, 100), (100, 100));
+        assert_eq!(cfg.fitted_size(1080, 1920), (1080, 1920));
+        // 2160 x 1920: s = 0.5 -> 1080 x 960.
+        assert_eq!(cfg.fitted_size(2160, 1920), (1080, 960));
+        // 1500 x 2600: s = min(0.72, 0.73846) = 0.72 -> 1080 x 1872.
+        assert_eq!(cfg.fitted_size(1500, 2600), (1080, 1872));
+        // Never truncates to zero.
+        assert_eq!(cfg.fitted_size(1, 5000), (1, 1920));
+        assert_eq!(cfg.grid_size(1500, 2600), (36, 63));
+    }
+
+    #[test]
+    fn resized_image_has_fitted_size() {
+        let cfg = ImageConfig {
+            patch: 4,
+            max_height: 10,
+            max_width: 10,
+        };
+        let img = gradient(40, 20);
+        let g = patchify(&img, &cfg);
+        // 20 x 40 -> s = 0.25 -> 5 x 10 -> 2 x 3 patches.
+        assert_eq!((g.rows, g.cols), (2, 3));
+        assert_eq!(g.data.len(), 6 * 48);
+    }
+
+    #[test]
+    fn empty_inputs_give_empty_grid() {
+        let g = patchify(&RgbImage::new(0, 0), &ImageConfig::fuyu());
+        assert_eq!(g.n_patches(), 0);
+        assert!(g.data.is_empty());
+        assert!(ImageConfig {
+            patch: 0,
+            max_height: 8,
+            max_width: 8
+        }
+        .validate()
+        .is_err());
+    }
+}
