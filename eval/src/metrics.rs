@@ -328,19 +328,17 @@ pub struct PopeCounts {
 pub fn pope_report(splits: &[PopeCounts], boot: &Bootstrap) -> PopeReport {
     let b = boot.resamples;
     let mut split_draws: Vec<[Vec<f64>; 5]> = Vec::with_capacity(splits.len());
-    let mut mean_draws: [Vec<f64>; 5] = std::array::from_fn(|_| vec![0.0; b]);
     for s in splits {
         let weights = s.confusion.counts();
         let mut draws: [Vec<f64>; 5] = std::array::from_fn(|_| Vec::with_capacity(b));
         if s.confusion.n() > 0 {
             let mut rng = stream(boot.seed, &s.task);
             let mut counts = [0u64; 6];
-            for i in 0..b {
+            for _ in 0..b {
                 multinomial(&mut rng, &weights, &mut counts);
                 let st = Confusion::from_counts(&counts).stats();
-                for k in 0..5 {
-                    draws[k].push(st[k]);
-                    mean_draws[k][i] += st[k] / splits.len() as f64;
+                for (d, v) in draws.iter_mut().zip(st) {
+                    d.push(v);
                 }
             }
         } else {
@@ -350,6 +348,12 @@ pub fn pope_report(splits: &[PopeCounts], boot: &Bootstrap) -> PopeReport {
         }
         split_draws.push(draws);
     }
+    // Each resample's mean over splits, summed in split order like the point value.
+    let mean_draws: [Vec<f64>; 5] = std::array::from_fn(|k| {
+        (0..b)
+            .map(|i| split_draws.iter().map(|d| d[k][i]).sum::<f64>() / splits.len() as f64)
+            .collect()
+    });
     let rows: Vec<PopeSplit> = splits
         .iter()
         .zip(split_draws)
