@@ -122,7 +122,8 @@ pub struct SceneConfig {
     pub max_objects: usize,
     /// Largest count the balanced count probe targets (counts 0..=max_count are equally likely).
     pub max_count: usize,
-    /// Largest centre jitter in pixels inside a cell (aligned tier).
+    /// Largest centre jitter in pixels inside a cell (aligned tier); capped so that
+    /// every object keeps a 1-px margin inside its cell.
     pub jitter: u32,
     /// Size classes to draw from.
     pub sizes: Vec<Size>,
@@ -614,8 +615,9 @@ fn layout_aligned<R: Rng>(
         .map(|(&(shape, colour, size), &c)| {
             let (col, row) = (c % cols, c / cols);
             let e = extent_of(cfg, size);
-            let margin = ((cell - e) / 2.0).floor().max(0.0) as i32;
-            let j = margin.min(cfg.jitter as i32);
+            // Keep a 1-px margin inside the cell so neighbours never touch.
+            let margin = ((cell - e) / 2.0).floor() as i32 - 1;
+            let j = margin.clamp(0, cfg.jitter as i32);
             let dx = if j > 0 { rng.random_range(-j..=j) } else { 0 };
             let dy = if j > 0 { rng.random_range(-j..=j) } else { 0 };
             let centre = [

@@ -375,7 +375,7 @@ fn class_freq<R: Rng>(class: SoundClass, rng: &mut R) -> f32 {
     let (lo, hi) = match class {
         SoundClass::Beep => (600.0, 1200.0),
         SoundClass::Chirp => (400.0, 800.0),
-        SoundClass::ClickTrain => (18.0, 35.0),
+        SoundClass::ClickTrain => (25.0, 45.0),
         SoundClass::NoiseBurst => (0.0, 0.0),
         SoundClass::Siren => (650.0, 900.0),
         SoundClass::DrumHit => (110.0, 170.0),
@@ -456,8 +456,8 @@ pub fn synthesise(scene: &SoundScene) -> Vec<f32> {
                 SoundClass::ClickTrain => {
                     let period = (sr / f.max(1.0)) as usize;
                     let k = i % period.max(1);
-                    let decay = (-(k as f32) / (0.0015 * sr)).exp();
-                    (TAU * 3000.0 * k as f32 / sr).sin() * decay
+                    let decay = (-(k as f32) / (0.004 * sr)).exp();
+                    ((TAU * 3000.0 * k as f32 / sr).sin() * decay * 1.5).clamp(-1.0, 1.0)
                 }
                 SoundClass::NoiseBurst => noise_sample(&mut ns) * envelope(i, len, ramp),
                 SoundClass::DrumHit => {
