@@ -251,6 +251,9 @@ fn mkdir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).map_err(|e| DatasetError::io(path, e))
 }
 
+/// A file's path relative to the dataset folder and its bytes.
+type NamedBytes = (String, Vec<u8>);
+
 /// Collects written files and their checksums.
 struct Folder {
     root: PathBuf,
@@ -287,7 +290,7 @@ impl Folder {
     fn write_media<T: Sync>(
         &mut self,
         items: &[T],
-        make: &(dyn Fn(&T) -> Result<(String, Vec<u8>)> + Sync),
+        make: &(dyn Fn(&T) -> Result<NamedBytes> + Sync),
         progress: Progress<'_>,
     ) -> Result<()> {
         let root = self.root.clone();
