@@ -4,3 +4,4 @@
 
 pub mod fusion;
 pub mod model;
+pub mod train;

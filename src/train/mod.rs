@@ -1,0 +1,469 @@
+//! Training: AdamW with warm-up and cosine decay, gradient clipping, loss on answer
+//! tokens only, periodic held-out eval, atomic checkpoints and exact resume.
+
+pub mod data;
+pub mod optim;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Var};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use crate::fusion::{collate, PadSide, SequenceBuilder, TextTokenizer};
+use crate::model::checkpoint::{atomic_write, save_dir, tensors_to_bytes, CheckpointError, ModelDirConfig};
+use crate::model::native::loss_rows;
+use crate::model::NativeModel;
+use data::{Example, Factory, Source, SyntheticData};
+use optim::{lr_at, AdamW, AdamWConfig};
+
+/// Errors that stop training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Reading or writing the output directory failed.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A tensor op failed.
+    #[error("tensor error: {0}")]
+    Tensor(#[from] candle_core::Error),
+    /// Building a sample failed.
+    #[error("data: {0}")]
+    Data(#[from] crate::fusion::FusionError),
+    /// The loss became NaN or infinite; the last good checkpoint is kept.
+    #[error("loss is {loss} at step {step}; stopped. The last good checkpoint (step {last_good}) in {dir} is kept; lower the learning rate and resume")]
+    NonFinite {
+        /// Step.
+        step: u64,
+        /// The loss value.
+        loss: f32,
+        /// Step of the last checkpoint written.
+        last_good: u64,
+        /// The output directory.
+        dir: PathBuf,
+    },
+    /// The run's settings are inconsistent.
+    #[error("{0}")]
+    Config(String),
+    /// I/O on a file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io { path: path.to_path_buf(), source }
+}
+
+/// Everything that defines a training run (saved with every checkpoint).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    /// Model to train.
+    pub model: ModelDirConfig,
+    /// Synthetic data settings (`None` when training from a dataset folder).
+    pub data: Option<SyntheticData>,
+    /// Dataset folder, when not synthetic.
+    pub data_dir: Option<PathBuf>,
+    /// Total optimiser steps.
+    pub steps: u64,
+    /// Sequences per step.
+    pub batch_size: usize,
+    /// Warm-up steps.
+    pub warmup: u64,
+    /// Final LR as a share of the peak.
+    pub min_lr_ratio: f64,
+    /// Optimiser settings.
+    pub optim: AdamWConfig,
+    /// Clip the global gradient norm to this (0: no clipping).
+    pub grad_clip: f64,
+    /// Seed of initialisation and data order.
+    pub seed: u64,
+    /// Log every this many steps.
+    pub log_every: u64,
+    /// Held-out eval every this many steps (0: only at the end).
+    pub eval_every: u64,
+    /// Checkpoint every this many steps (0: only at the end).
+    pub ckpt_every: u64,
+    /// Held-out eval batches.
+    pub eval_batches: u64,
+}
+
+/// Progress and metrics state saved in a checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrainState {
+    /// Steps done.
+    pub step: u64,
+    /// Tokens processed.
+    pub tokens: u64,
+    /// Answer tokens the loss saw.
+    pub target_tokens: u64,
+    /// Training seconds so far.
+    pub seconds: f64,
+    /// Optimiser step counter.
+    pub adam_t: u64,
+}
+
+/// A line of `train.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LogLine {
+    /// Step.
+    pub step: u64,
+    /// Mean training loss since the last line (absent on eval lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Learning rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// Gradient norm before clipping at this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    /// Tokens processed so far.
+    pub tokens: u64,
+    /// Throughput since the last line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<f64>,
+    /// Wall seconds of training so far.
+    pub seconds: f64,
+    /// Held-out answer accuracy per question kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<BTreeMap<String, f64>>,
+    /// Held-out loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+}
+
+/// Builds a model and its variables, initialised deterministically from `seed`.
+pub fn init_model(cfg: &ModelDirConfig, seed: u64, device: &Device) -> Result<(NativeModel, VarMap), TrainError> {
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, device);
+    let model = NativeModel::new(&cfg.model, vb)?;
+    reinit(&vm, seed)?;
+    Ok((model, vm))
+}
+
+/// Overwrites every variable with a seeded draw: normal(0, 0.02) for the token embedding,
+/// U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for other matrices, ones for norm weights, zeros for biases.
+pub fn reinit(vm: &VarMap, seed: u64) -> Result<(), TrainError> {
+    use rand::{Rng, SeedableRng};
+    use rand_distr_lite::normal;
+    let data = vm.data().lock().map_err(|_| TrainError::Config("variable map lock poisoned".into()))?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for (k, name) in names.into_iter().enumerate() {
+        let var = &data[name];
+        let n = var.elem_count();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(k as u64));
+        let vals: Vec<f32> = if name.ends_with("embed_tokens.weight") {
+            (0..n).map(|_| 0.02 * normal(&mut rng)).collect()
+        } else if name.contains("layernorm") && name.ends_with("weight") {
+            vec![1.0; n]
+        } else if name.ends_with("bias") {
+            vec![0.0; n]
+        } else {
+            let fan_in = *var.dims().last().unwrap_or(&1) as f32;
+            let bound = 1.0 / fan_in.sqrt();
+            (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+        };
+        var.set(&candle_core::Tensor::from_vec(vals, var.shape().clone(), var.device())?)?;
+    }
+    Ok(())
+}
+
+/// A standard normal draw without pulling in `rand_distr`.
+mod rand_distr_lite {
+    use rand::Rng;
+    /// Box-Muller.
+    pub fn normal<R: Rng>(rng: &mut R) -> f32 {
+        let u1: f64 = rng.random::<f64>().max(1e-300);
+        let u2: f64 = rng.random();
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    }
+}
+
+/// Named variables of a VarMap, sorted.
+pub fn named_vars(vm: &VarMap) -> Vec<(String, Var)> {
+    let data = match vm.data().lock() {
+        Ok(d) => d,
+        Err(p) => p.into_inner(),
+    };
+    let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Teacher-forced answer accuracy and loss of `model` on `batches`, per question kind.
+pub fn evaluate(model: &NativeModel, batches: &[Vec<Example>], pad: u32) -> Result<(BTreeMap<String, f64>, f64), TrainError> {
+    let mut right: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut loss_sum = 0.0;
+    let mut loss_n = 0usize;
+    for ex in batches {
+        let seqs: Vec<_> = ex.iter().map(|e| e.seq.clone()).collect();
+        let batch = collate(&seqs, pad, PadSide::Right).map_err(|e| TrainError::Config(e.to_string()))?;
+        let out = model.forward(&batch, None, false)?;
+        let (rows, targets) = loss_rows(&batch);
+        let d = model.cfg.d_model;
+        let h = out.hidden.reshape((batch.batch * batch.seq_len, d))?;
+        let idx = candle_core::Tensor::from_slice(&rows, rows.len(), model.device())?;
+        let logits = model.logits(&h.index_select(&idx, 0)?)?;
+        let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
+        let tt = candle_core::Tensor::from_slice(&targets, targets.len(), model.device())?;
+        loss_sum -= logp.gather(&tt.unsqueeze(1)?, 1)?.sum_all()?.to_scalar::<f32>()? as f64;
+        loss_n += rows.len();
+        let pred = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
+        // Rows are in sequence order: group them back by sequence.
+        let t = batch.seq_len;
+        for (i, e) in ex.iter().enumerate() {
+            let ok = rows
+                .iter()
+                .zip(&pred)
+                .zip(&targets)
+                .filter(|((r, _), _)| (**r as usize) / t == i)
+                .all(|((_, p), tg)| p == tg);
+            let entry = right.entry(e.kind.name().to_string()).or_default();
+            entry.0 += u64::from(ok);
+            entry.1 += 1;
+        }
+    }
+    let acc = right.into_iter().map(|(k, (r, n))| (k, r as f64 / n.max(1) as f64)).collect();
+    Ok((acc, loss_sum / loss_n.max(1) as f64))
+}
+
+/// What a finished or interrupted run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// Final state.
+    pub state: TrainState,
+    /// Last held-out eval.
+    pub eval: BTreeMap<String, f64>,
+}
+
+/// Options that are not part of the run's identity.
+pub struct RunControl<'a> {
+    /// Continue from `out/checkpoint`.
+    pub resume: bool,
+    /// Called after every step with (step, total, loss, tokens/s).
+    pub progress: &'a dyn Fn(u64, u64, f64, f64),
+    /// Stop after this step (to simulate an interruption in tests); the checkpoint at that step is written.
+    pub stop_after: Option<u64>,
+}
+
+fn checkpoint_dir(out: &Path) -> PathBuf {
+    out.join("checkpoint")
+}
+
+fn write_checkpoint(out: &Path, cfg: &TrainConfig, vm: &VarMap, opt: &AdamW, state: &TrainState) -> Result<(), TrainError> {
+    let tmp = out.join("checkpoint.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    let w = crate::model::checkpoint::safetensors_bytes(vm, DType::F32)
+        .map_err(|msg| TrainError::Config(format!("saving weights: {msg}")))?;
+    std::fs::write(tmp.join("model.safetensors"), w).map_err(io_err(&tmp))?;
+    let mut moments = Vec::new();
+    for s in &opt.slots {
+        let n = s.m.len();
+        moments.push((format!("{}.m", s.name), candle_core::Tensor::from_slice(&s.m, n, &Device::Cpu)?));
+        moments.push((format!("{}.v", s.name), candle_core::Tensor::from_slice(&s.v, n, &Device::Cpu)?));
+    }
+    let ob = tensors_to_bytes(&moments).map_err(|msg| TrainError::Config(format!("saving optimiser: {msg}")))?;
+    std::fs::write(tmp.join("optimizer.safetensors"), ob).map_err(io_err(&tmp))?;
+    let meta = serde_json::json!({ "config": cfg, "state": state });
+    std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(&meta).unwrap_or_default()).map_err(io_err(&tmp))?;
+    let dst = checkpoint_dir(out);
+    let old = out.join("checkpoint.old");
+    let _ = std::fs::remove_dir_all(&old);
+    if dst.exists() {
+        std::fs::rename(&dst, &old).map_err(io_err(&dst))?;
+    }
+    std::fs::rename(&tmp, &dst).map_err(io_err(&tmp))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+fn read_checkpoint(out: &Path, vm: &VarMap, opt: &mut AdamW) -> Result<(TrainConfig, TrainState), TrainError> {
+    let mut dir = checkpoint_dir(out);
+    if !dir.exists() && out.join("checkpoint.old").exists() {
+        dir = out.join("checkpoint.old");
+    }
+    let sp = dir.join("state.json");
+    let text = std::fs::read_to_string(&sp).map_err(io_err(&sp))?;
+    #[derive(Deserialize)]
+    struct Meta {
+        config: TrainConfig,
+        state: TrainState,
+    }
+    let meta: Meta = serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", sp.display())))?;
+    let wp = dir.join("model.safetensors");
+    let w = candle_core::safetensors::load(&wp, &Device::Cpu).map_err(|e| TrainError::Config(format!("{}: {e}", wp.display())))?;
+    for (name, var) in named_vars(vm) {
+        let t = w.get(&name).ok_or_else(|| TrainError::Config(format!("{}: missing tensor {name}", wp.display())))?;
+        var.set(t)?;
+    }
+    let op = dir.join("optimizer.safetensors");
+    let o = candle_core::safetensors::load(&op, &Device::Cpu).map_err(|e| TrainError::Config(format!("{}: {e}", op.display())))?;
+    for s in &mut opt.slots {
+        let get = |k: String| -> Result<Vec<f32>, TrainError> {
+            let t = o.get(&k).ok_or_else(|| TrainError::Config(format!("{}: missing tensor {k}", op.display())))?;
+            Ok(t.to_vec1::<f32>()?)
+        };
+        s.m = get(format!("{}.m", s.name))?;
+        s.v = get(format!("{}.v", s.name))?;
+    }
+    opt.t = meta.state.adam_t;
+    Ok((meta.config, meta.state))
+}
+
+/// Keeps only the `train.jsonl` lines up to `step` (after a resume).
+fn truncate_log(path: &Path, step: u64) -> Result<(), TrainError> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<LogLine>(l).map(|x| x.step <= step).unwrap_or(false))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    atomic_write(path, kept.as_bytes())?;
+    Ok(())
+}
+
+/// Trains `cfg` into the model directory `out` with `tokenizer`; returns the final state.
+pub fn train(cfg: &TrainConfig, tokenizer: TextTokenizer, out: &Path, ctl: &RunControl) -> Result<TrainSummary, TrainError> {
+    let device = Device::Cpu;
+    if cfg.batch_size == 0 || cfg.steps == 0 {
+        return Err(TrainError::Config("steps and batch_size must be positive".into()));
+    }
+    if tokenizer.vocab_size() > cfg.model.model.vocab_size {
+        return Err(TrainError::Config(format!(
+            "tokenizer has {} tokens but the model's vocab_size is {}",
+            tokenizer.vocab_size(),
+            cfg.model.model.vocab_size
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    let (model, vm) = init_model(&cfg.model, cfg.seed, &device)?;
+    let mut opt = AdamW::new(named_vars(&vm), cfg.optim.clone());
+    let log_path = out.join("train.jsonl");
+    let mut state = TrainState { step: 0, tokens: 0, target_tokens: 0, seconds: 0.0, adam_t: 0 };
+    if ctl.resume {
+        let (saved, st) = read_checkpoint(out, &vm, &mut opt)?;
+        if &saved != cfg {
+            return Err(TrainError::Config(format!(
+                "{}: the checkpoint was made with different settings; resume with the same command",
+                checkpoint_dir(out).display()
+            )));
+        }
+        state = st;
+        truncate_log(&log_path, state.step)?;
+    } else {
+        let _ = std::fs::remove_file(&log_path);
+    }
+    let tok = Arc::new(tokenizer);
+    let pad = tok.specials.pad;
+    let builder = SequenceBuilder::new(tok.clone(), cfg.model.image.clone(), cfg.model.audio.clone());
+    let source = match (&cfg.data, &cfg.data_dir) {
+        (Some(d), _) => Source::Synthetic(d.clone()),
+        (None, Some(dir)) => {
+            let p = dir.join("train.jsonl");
+            let records = mmlab_datasets::load_train(&p).map_err(|e| TrainError::Config(e.to_string()))?;
+            if records.is_empty() {
+                return Err(TrainError::Config(format!("{}: no training records", p.display())));
+            }
+            Source::Folder { dir: dir.clone(), records }
+        }
+        (None, None) => return Err(TrainError::Config("no training data given".into())),
+    };
+    let factory = Factory::new(source, cfg.seed, cfg.batch_size, builder);
+    let eval_seed = cfg.seed ^ 0x00E7_A1_5EED;
+    let eval_sets: Vec<Vec<Example>> = (0..cfg.eval_batches)
+        .map(|i| factory.batch_from(eval_seed, i))
+        .collect::<Result<_, _>>()?;
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
+    let mut write_log = |line: &LogLine| -> Result<(), TrainError> {
+        let s = serde_json::to_string(line).unwrap_or_default();
+        writeln!(log, "{s}").and_then(|_| log.flush()).map_err(io_err(&log_path))
+    };
+    let t0 = Instant::now();
+    let secs0 = state.seconds;
+    let mut window = (0f64, 0u64, 0u64, Instant::now());
+    let mut last_eval = BTreeMap::new();
+    let mut last_good = state.step;
+    while state.step < cfg.steps {
+        let step = state.step;
+        let lr = lr_at(step, cfg.steps, cfg.warmup, cfg.optim.lr, cfg.min_lr_ratio);
+        opt.lr = lr;
+        let examples = factory.batch(step)?;
+        let seqs: Vec<_> = examples.into_iter().map(|e| e.seq).collect();
+        let batch = collate(&seqs, pad, PadSide::Right).map_err(|e| TrainError::Config(e.to_string()))?;
+        let (loss, n_targets) = model.loss(&batch)?;
+        let loss_v = loss.to_scalar::<f32>()?;
+        if !loss_v.is_finite() {
+            return Err(TrainError::NonFinite { step, loss: loss_v, last_good, dir: out.to_path_buf() });
+        }
+        let grads = loss.backward()?;
+        let norm = opt.grad_norm(&grads)?;
+        if !norm.is_finite() {
+            return Err(TrainError::NonFinite { step, loss: norm as f32, last_good, dir: out.to_path_buf() });
+        }
+        let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip { cfg.grad_clip / norm } else { 1.0 };
+        opt.step(&grads, scale)?;
+        let real: u64 = batch.attention_mask.iter().map(|&m| m as u64).sum();
+        state.step += 1;
+        state.tokens += real;
+        state.target_tokens += n_targets as u64;
+        state.adam_t = opt.t;
+        state.seconds = secs0 + t0.elapsed().as_secs_f64();
+        window.0 += loss_v as f64;
+        window.1 += 1;
+        window.2 += real;
+        let tps = window.2 as f64 / window.3.elapsed().as_secs_f64().max(1e-9);
+        (ctl.progress)(state.step, cfg.steps, loss_v as f64, tps);
+        let done = state.step == cfg.steps;
+        if state.step % cfg.log_every.max(1) == 0 || done {
+            write_log(&LogLine {
+                step: state.step,
+                loss: Some(window.0 / window.1 as f64),
+                lr: Some(lr),
+                grad_norm: Some(norm),
+                tokens: state.tokens,
+                tokens_per_s: Some(tps),
+                seconds: state.seconds,
+                eval: None,
+                eval_loss: None,
+            })?;
+            window = (0.0, 0, 0, Instant::now());
+        }
+        if (cfg.eval_every > 0 && state.step % cfg.eval_every == 0) || done {
+            let (acc, el) = evaluate(&model, &eval_sets, pad)?;
+            write_log(&LogLine {
+                step: state.step,
+                loss: None,
+                lr: None,
+                grad_norm: None,
+                tokens: state.tokens,
+                tokens_per_s: None,
+                seconds: state.seconds,
+                eval: Some(acc.clone()),
+                eval_loss: Some(el),
+            })?;
+            tracing::info!(step = state.step, eval_loss = el, ?acc, "held-out eval");
+            last_eval = acc;
+        }
+        let stop_here = ctl.stop_after == Some(state.step);
+        if (cfg.ckpt_every > 0 && state.step % cfg.ckpt_every == 0) || done || stop_here {
+            write_checkpoint(out, cfg, &vm, &opt, &state)?;
+            last_good = state.step;
+        }
+        if stop_here {
+            break;
+        }
+    }
+    if state.step == cfg.steps {
+        save_dir(out, &cfg.model, &vm, DType::F32, &tok)?;
+    }
+    Ok(TrainSummary { state, eval: last_eval })
+}
