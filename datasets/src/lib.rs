@@ -21,6 +21,8 @@
 //! Every function is deterministic in its seed: `generate_scene(cfg, seed, i)` depends
 //! only on its arguments, so samples can be made in parallel and on the fly.
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod loaders;
 pub mod pope;

@@ -176,3 +176,27 @@ fn sound_configs_validate() {
         .to_string()
         .contains("noise_level"));
 }
+
+#[test]
+fn class_frequencies_are_skewed_and_themes_co_occur() {
+    let cfg = SoundConfig::short();
+    let n = 3000;
+    let mut freq = std::collections::HashMap::new();
+    let (mut beep, mut whistle, mut both) = (0usize, 0usize, 0usize);
+    for i in 0..n {
+        let c = generate_sound(&cfg, 12, i);
+        for k in c.classes() {
+            *freq.entry(k).or_insert(0usize) += 1;
+        }
+        let (b, w) = (c.contains(SoundClass::Beep), c.contains(SoundClass::Whistle));
+        beep += b as usize;
+        whistle += w as usize;
+        both += (b && w) as usize;
+    }
+    let most = freq[&SoundClass::POPULARITY[0]] as f64;
+    let least = freq[&SoundClass::POPULARITY[7]] as f64;
+    assert!(most > 2.0 * least, "most {most} least {least}");
+    let p_whistle = whistle as f64 / n as f64;
+    let p_whistle_given_beep = both as f64 / beep as f64;
+    assert!(p_whistle_given_beep > 1.3 * p_whistle, "{p_whistle_given_beep} vs {p_whistle}");
+}
