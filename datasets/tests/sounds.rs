@@ -181,22 +181,38 @@ fn sound_configs_validate() {
 fn class_frequencies_are_skewed_and_themes_co_occur() {
     let cfg = SoundConfig::short();
     let n = 3000;
-    let mut freq = std::collections::HashMap::new();
-    let (mut beep, mut whistle, mut both) = (0usize, 0usize, 0usize);
-    for i in 0..n {
-        let c = generate_sound(&cfg, 12, i);
-        for k in c.classes() {
-            *freq.entry(k).or_insert(0usize) += 1;
-        }
-        let (b, w) = (c.contains(SoundClass::Beep), c.contains(SoundClass::Whistle));
-        beep += b as usize;
-        whistle += w as usize;
-        both += (b && w) as usize;
-    }
-    let most = freq[&SoundClass::POPULARITY[0]] as f64;
-    let least = freq[&SoundClass::POPULARITY[7]] as f64;
+    let clips: Vec<SoundScene> = (0..n).map(|i| generate_sound(&cfg, 12, i)).collect();
+    let p = |c: SoundClass| clips.iter().filter(|x| x.contains(c)).count() as f64 / n as f64;
+    let most = p(SoundClass::POPULARITY[0]);
+    let least = p(SoundClass::POPULARITY[7]);
     assert!(most > 2.0 * least, "most {most} least {least}");
-    let p_whistle = whistle as f64 / n as f64;
-    let p_whistle_given_beep = both as f64 / beep as f64;
-    assert!(p_whistle_given_beep > 1.3 * p_whistle, "{p_whistle_given_beep} vs {p_whistle}");
+    // Lift P(a,b) / (P(a) P(b)): pairs that share a theme co-occur clearly more
+    // often than pairs that do not.
+    let (mut themed, mut other) = (Vec::new(), Vec::new());
+    for a in SoundClass::ALL {
+        for b in SoundClass::ALL {
+            if a < b {
+                let both = clips
+                    .iter()
+                    .filter(|x| x.contains(a) && x.contains(b))
+                    .count() as f64;
+                let lift = both / n as f64 / (p(a) * p(b));
+                let shared = SoundClass::THEMES
+                    .iter()
+                    .any(|t| t.contains(&a) && t.contains(&b));
+                if shared {
+                    themed.push(lift);
+                } else {
+                    other.push(lift);
+                }
+            }
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(
+        mean(&themed) > 1.5 * mean(&other),
+        "themed lift {} vs other {}",
+        mean(&themed),
+        mean(&other)
+    );
 }
