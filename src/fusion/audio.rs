@@ -315,8 +315,16 @@ pub fn resample(samples: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, S
     if from_hz == to_hz {
         return Ok(samples.to_vec());
     }
+    if from_hz == 0 || to_hz == 0 {
+        return Err(format!("invalid sample rates {from_hz} -> {to_hz}"));
+    }
     let expected = (samples.len() as u64 * to_hz as u64).div_ceil(from_hz as u64) as usize;
-    let mut rs = FftFixedInOut::<f32>::new(from_hz as usize, to_hz as usize, 1024, 1)
+    // rubato's FFT resampler works on chunks of `k * from / gcd` samples and reports a
+    // delay of half a chunk; with an odd chunk the real delay is half an input sample
+    // less, so use an even number `k` of minimal chunks (about 1024 samples).
+    let min_chunk = (from_hz / gcd(from_hz, to_hz)) as usize;
+    let chunks = 1024usize.div_ceil(min_chunk).max(2).next_multiple_of(2);
+    let mut rs = FftFixedInOut::<f32>::new(from_hz as usize, to_hz as usize, chunks * min_chunk, 1)
         .map_err(|e| e.to_string())?;
     let delay = rs.output_delay();
     let mut out: Vec<f32> = Vec::with_capacity(expected + delay + rs.output_frames_max());
@@ -345,6 +353,15 @@ pub fn resample(samples: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, S
         out.extend_from_slice(&chunk[0]);
     }
     Ok(out[delay..delay + expected].to_vec())
+}
+
+/// Greatest common divisor.
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// Turns 16 kHz mono samples into frame rows with the configured front-end.
@@ -501,7 +518,9 @@ pub struct LogMel {
 
 impl std::fmt::Debug for LogMel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogMel").field("n_mels", &self.n_mels).finish()
+        f.debug_struct("LogMel")
+            .field("n_mels", &self.n_mels)
+            .finish()
     }
 }
 
@@ -565,7 +584,11 @@ impl LogMel {
             let start = (t * HOP) as isize - half;
             if start >= 0 && start as usize + N_FFT <= len {
                 let s = start as usize;
-                for ((d, &x), &w) in input.iter_mut().zip(&samples[s..s + N_FFT]).zip(&self.window) {
+                for ((d, &x), &w) in input
+                    .iter_mut()
+                    .zip(&samples[s..s + N_FFT])
+                    .zip(&self.window)
+                {
                     *d = x as f64 * w;
                 }
             } else {
@@ -687,25 +710,31 @@ mod tests {
         assert_eq!((m.n, m.dim), (100, 80));
         let max = m.data.iter().copied().fold(f32::MIN, f32::max);
         let min = m.data.iter().copied().fold(f32::MAX, f32::min);
-        assert!(max - min <= 2.0 + 1e-6, "floor at max - 8 on the log10 scale");
+        assert!(
+            max - min <= 2.0 + 1e-6,
+            "floor at max - 8 on the log10 scale"
+        );
     }
 
     #[test]
-    fn resample_keeps_length_and_tone() {
-        let from = 44_100u32;
-        let s: Vec<f32> = (0..from as usize)
-            .map(|i| (2.0 * std::f64::consts::PI * 1000.0 * i as f64 / from as f64).sin() as f32)
-            .collect();
-        let out = resample(&s, from, 16_000).unwrap();
-        assert_eq!(out.len(), 16_000);
-        // Compare with the ideal 1 kHz tone at 16 kHz away from the edges.
-        let err = (1000..15_000)
-            .map(|i| {
-                let ideal = (2.0 * std::f64::consts::PI * 1000.0 * i as f64 / 16_000.0).sin();
-                (out[i] as f64 - ideal).abs()
-            })
-            .fold(0.0, f64::max);
-        assert!(err < 1e-2, "max error {err}");
+    fn resample_keeps_length_tone_and_alignment() {
+        for from in [44_100u32, 22_050, 48_000, 8_000, 11_025] {
+            let s: Vec<f32> = (0..from as usize)
+                .map(|i| {
+                    (2.0 * std::f64::consts::PI * 1000.0 * i as f64 / from as f64).sin() as f32
+                })
+                .collect();
+            let out = resample(&s, from, 16_000).unwrap();
+            assert_eq!(out.len(), 16_000);
+            // The ideal 1 kHz tone at 16 kHz, same phase, away from the edges.
+            let err = (1000..15_000)
+                .map(|i| {
+                    let ideal = (2.0 * std::f64::consts::PI * 1000.0 * i as f64 / 16_000.0).sin();
+                    (out[i] as f64 - ideal).abs()
+                })
+                .fold(0.0, f64::max);
+            assert!(err < 1e-3, "{from} Hz: max error {err}");
+        }
     }
 
     #[test]
@@ -714,7 +743,11 @@ mod tests {
         assert!(e.contains("audio.frontend.window"), "{e}");
         let mut c = AudioConfig::logmel(80, 2);
         c.max_seconds = -1.0;
-        assert!(c.validate().unwrap_err().to_string().contains("max_seconds"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_seconds"));
     }
 
     #[test]

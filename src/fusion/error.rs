@@ -153,7 +153,11 @@ pub enum FusionError {
 
 impl FusionError {
     /// Builds a [`FusionError::Config`] error.
-    pub(crate) fn config(field: &'static str, value: impl ToString, expected: &'static str) -> Self {
+    pub(crate) fn config(
+        field: &'static str,
+        value: impl ToString,
+        expected: &'static str,
+    ) -> Self {
         FusionError::Config {
             field,
             value: value.to_string(),

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::audio::{audio_features_named, in_memory_name, load_audio_capped, AudioConfig};
 use super::error::FusionError;
-use super::image::{check_not_empty, load_image, try_patchify, ImageConfig, PatchGrid};
+use super::image::{check_not_empty, load_image, patchify, ImageConfig, PatchGrid};
 use super::text::TextTokenizer;
 use super::video::{video_frames, MAX_VIDEO_STRIDE};
 
@@ -437,24 +437,7 @@ impl SequenceBuilder {
                 max: self.max_visual_tokens,
             });
         }
-        let grid = try_patchify(img, &self.image).map_err(|e| match e {
-            FusionError::ImageResize {
-                from_w,
-                from_h,
-                to_w,
-                to_h,
-                detail,
-                ..
-            } => FusionError::ImageResize {
-                path: name.to_path_buf(),
-                from_w,
-                from_h,
-                to_w,
-                to_h,
-                detail,
-            },
-            other => other,
-        })?;
+        let grid = patchify(img, &self.image);
         acc.visual = needed;
         let sp = self.tokenizer.specials;
         acc.push_grid(&grid, sp.image, sp.newline);
@@ -470,9 +453,10 @@ impl SequenceBuilder {
             let (frames, name): (Box<dyn Iterator<Item = Result<RgbImage, FusionError>>>, _) =
                 match input {
                     ImageInput::Path(p) => (video_frames(p)?, p.clone()),
-                    ImageInput::Image(img) => {
-                        (Box::new(std::iter::once(Ok(img.clone()))), in_memory_image())
-                    }
+                    ImageInput::Image(img) => (
+                        Box::new(std::iter::once(Ok(img.clone()))),
+                        in_memory_image(),
+                    ),
                 };
             for frame in frames {
                 let keep = index % self.video_stride == 0;
@@ -552,4 +536,373 @@ impl SequenceBuilder {
 /// Name errors use for images that did not come from a file.
 fn in_memory_image() -> PathBuf {
     PathBuf::from("<in-memory image>")
+}
+
+/// Per-modality token counts of a sequence.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModalityCounts {
+    /// Text tokens (specials included).
+    pub text: usize,
+    /// Image patch placeholders.
+    pub image_patch: usize,
+    /// `|NEWLINE|` tokens.
+    pub image_newline: usize,
+    /// Audio frame placeholders.
+    pub audio_frame: usize,
+    /// `|FRAME|` separators.
+    pub video_frame_sep: usize,
+    /// Padding.
+    pub pad: usize,
+    /// Tokens with `target_mask` set.
+    pub targets: usize,
+}
+
+impl MultimodalSequence {
+    /// Counts tokens per modality (and targets).
+    pub fn counts(&self) -> ModalityCounts {
+        let mut c = ModalityCounts::default();
+        for m in &self.modality {
+            match m {
+                Modality::Text => c.text += 1,
+                Modality::ImagePatch => c.image_patch += 1,
+                Modality::ImageNewline => c.image_newline += 1,
+                Modality::AudioFrame => c.audio_frame += 1,
+                Modality::VideoFrameSep => c.video_frame_sep += 1,
+                Modality::Pad => c.pad += 1,
+            }
+        }
+        c.targets = self.target_mask.iter().filter(|&&t| t).count();
+        c
+    }
+
+    /// A human-readable layout: counts per modality, then each run of tokens in order, with
+    /// every image drawn as its patch grid (`P` per patch, `|NEWLINE|` per row).
+    pub fn render_layout(&self, tok: &TextTokenizer) -> String {
+        use std::fmt::Write as _;
+        let c = self.counts();
+        let mut out = String::new();
+        let _ = writeln!(out, "total tokens: {}", self.len());
+        let _ = writeln!(
+            out,
+            "  text {}  image patches {}  image newlines {}  audio frames {}  video frame separators {}",
+            c.text, c.image_patch, c.image_newline, c.audio_frame, c.video_frame_sep
+        );
+        let _ = writeln!(
+            out,
+            "  patch matrix {} x {}  frame matrix {} x {}  targets {}",
+            self.n_patches(),
+            self.patch_dim,
+            self.n_frames(),
+            self.frame_dim,
+            c.targets
+        );
+        let _ = writeln!(out, "layout (position: run):");
+        let name = |id: u32| tok.id_to_token(id).unwrap_or_else(|| format!("#{id}"));
+        let mut i = 0;
+        while i < self.len() {
+            let m = self.modality[i];
+            let start = i;
+            match m {
+                Modality::ImagePatch | Modality::ImageNewline => {
+                    let mut rows: Vec<usize> = Vec::new();
+                    let mut cols = 0;
+                    while i < self.len()
+                        && matches!(
+                            self.modality[i],
+                            Modality::ImagePatch | Modality::ImageNewline
+                        )
+                    {
+                        if self.modality[i] == Modality::ImageNewline {
+                            rows.push(cols);
+                            cols = 0;
+                        } else {
+                            cols += 1;
+                        }
+                        i += 1;
+                    }
+                    if cols > 0 {
+                        rows.push(cols);
+                    }
+                    let width = rows.first().copied().unwrap_or(0);
+                    let _ = writeln!(
+                        out,
+                        "{start:>6}: image, {} rows x {width} patches",
+                        rows.len()
+                    );
+                    for r in &rows {
+                        let _ = writeln!(
+                            out,
+                            "        {} {}",
+                            "P".repeat(*r),
+                            name(tok.specials.newline)
+                        );
+                    }
+                }
+                Modality::AudioFrame => {
+                    while i < self.len() && self.modality[i] == Modality::AudioFrame {
+                        i += 1;
+                    }
+                    let _ = writeln!(
+                        out,
+                        "{start:>6}: audio, {} frames of {} values",
+                        i - start,
+                        self.frame_dim
+                    );
+                }
+                Modality::VideoFrameSep | Modality::Pad => {
+                    let _ = writeln!(out, "{start:>6}: {}", name(self.tokens[i]));
+                    i += 1;
+                }
+                Modality::Text => {
+                    let target = self.target_mask[i];
+                    while i < self.len()
+                        && self.modality[i] == Modality::Text
+                        && self.target_mask[i] == target
+                    {
+                        i += 1;
+                    }
+                    let pieces: Vec<String> = self.tokens[start..i]
+                        .iter()
+                        .map(|&id| {
+                            if tok.specials.contains(id) {
+                                name(id)
+                            } else {
+                                format!("{:?}", tok.decode(&[id]).unwrap_or_else(|_| name(id)))
+                            }
+                        })
+                        .collect();
+                    let label = if target { "answer (target)" } else { "text" };
+                    let _ = writeln!(out, "{start:>6}: {label}: {}", pieces.join(" "));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builder() -> SequenceBuilder {
+        let tok = Arc::new(TextTokenizer::builtin().unwrap());
+        SequenceBuilder::new(
+            tok,
+            ImageConfig {
+                patch: 4,
+                max_height: 64,
+                max_width: 64,
+            },
+            AudioConfig::raw(10),
+        )
+    }
+
+    fn img(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]))
+    }
+
+    #[test]
+    fn training_sample_layout() {
+        let b = builder();
+        let sp = b.tokenizer.specials;
+        let q = b.tokenizer.encode("Is there a ring?").unwrap();
+        let a = b.tokenizer.encode("yes").unwrap();
+        let seq = b
+            .build(&[
+                Segment::Image(ImageInput::Image(img(8, 12))),
+                Segment::Text("Is there a ring?".into()),
+                Segment::Answer("yes".into()),
+            ])
+            .unwrap();
+        // <bos>, 3 rows x (2 patches + newline), question, <boa>, answer, <eos>
+        let n = 1 + 9 + q.len() + 1 + a.len() + 1;
+        assert_eq!(seq.len(), n);
+        assert_eq!(seq.tokens[0], sp.bos);
+        assert_eq!(
+            &seq.tokens[1..10],
+            &[
+                sp.image, sp.image, sp.newline, sp.image, sp.image, sp.newline, sp.image, sp.image,
+                sp.newline
+            ]
+        );
+        assert_eq!(seq.patch_positions, vec![1, 2, 4, 5, 7, 8]);
+        assert_eq!(seq.patches.len(), 6 * 48);
+        assert_eq!(seq.patch_dim, 48);
+        assert_eq!(&seq.tokens[10..10 + q.len()], &q[..]);
+        let boa = 10 + q.len();
+        assert_eq!(seq.tokens[boa], sp.boa);
+        assert_eq!(&seq.tokens[boa + 1..n - 1], &a[..]);
+        assert_eq!(seq.tokens[n - 1], sp.eos);
+        let targets: Vec<usize> = (0..n).filter(|&i| seq.target_mask[i]).collect();
+        assert_eq!(targets, (boa + 1..n).collect::<Vec<_>>());
+        assert_eq!(seq.positions, (0..n as u32).collect::<Vec<_>>());
+        assert_eq!(seq.modality.len(), n);
+        assert_eq!(seq.modality[3], Modality::ImageNewline);
+    }
+
+    #[test]
+    fn generation_prompt_ends_with_boa() {
+        let b = builder();
+        let seq = b
+            .build(&[
+                Segment::Image(ImageInput::Image(img(4, 4))),
+                Segment::Text("Count.".into()),
+            ])
+            .unwrap();
+        assert_eq!(*seq.tokens.last().unwrap(), b.tokenizer.specials.boa);
+        assert!(seq.target_mask.iter().all(|&t| !t));
+        let empty = b.build(&[]).unwrap();
+        let sp = b.tokenizer.specials;
+        assert_eq!(empty.tokens, vec![sp.bos, sp.boa]);
+    }
+
+    #[test]
+    fn fast_path_equals_build() {
+        let b = builder();
+        let image = img(10, 7);
+        let q = b.tokenizer.encode("How many?").unwrap();
+        let a = b.tokenizer.encode("two").unwrap();
+        let slow = b
+            .build(&[
+                Segment::Image(ImageInput::Image(image.clone())),
+                Segment::Text("How many?".into()),
+                Segment::Answer("two".into()),
+            ])
+            .unwrap();
+        let grid = patchify(&image, &b.image);
+        let fast = b.build_with_patches(&grid, &q, Some(&a));
+        assert_eq!(slow, fast);
+        let slow_prompt = b
+            .build(&[
+                Segment::Image(ImageInput::Image(image)),
+                Segment::Text("How many?".into()),
+            ])
+            .unwrap();
+        assert_eq!(slow_prompt, b.build_with_patches(&grid, &q, None));
+    }
+
+    #[test]
+    fn audio_frames_are_placeholders_with_rows() {
+        let b = builder();
+        let samples: Vec<f32> = (0..25).map(|i| i as f32 / 25.0).collect();
+        let seq = b
+            .build(&[
+                Segment::Audio(AudioInput::Samples(samples.clone())),
+                Segment::Text("What is it?".into()),
+            ])
+            .unwrap();
+        assert_eq!(seq.n_frames(), 3);
+        assert_eq!(seq.frame_dim, 10);
+        assert_eq!(seq.frame_positions, vec![1, 2, 3]);
+        assert_eq!(&seq.frames[..25], &samples[..]);
+        assert!(seq.frames[25..].iter().all(|&v| v == 0.0));
+        for &p in &seq.frame_positions {
+            assert_eq!(seq.tokens[p], b.tokenizer.specials.audio);
+            assert_eq!(seq.modality[p], Modality::AudioFrame);
+        }
+    }
+
+    #[test]
+    fn video_frames_are_strided_and_separated() {
+        let mut b = builder();
+        b.video_stride = 2;
+        let frames: Vec<ImageInput> = (0..5).map(|_| ImageInput::Image(img(4, 4))).collect();
+        let seq = b.build(&[Segment::Video(frames)]).unwrap();
+        let c = seq.counts();
+        // Frames 0, 2, 4 kept: 3 x (1 patch + 1 newline), 2 separators.
+        assert_eq!(
+            (c.image_patch, c.image_newline, c.video_frame_sep),
+            (3, 3, 2)
+        );
+        let sep: Vec<usize> = (0..seq.len())
+            .filter(|&i| seq.modality[i] == Modality::VideoFrameSep)
+            .collect();
+        assert_eq!(sep, vec![3, 6]);
+        assert!(sep
+            .iter()
+            .all(|&i| seq.tokens[i] == b.tokenizer.specials.frame));
+    }
+
+    #[test]
+    fn visual_cap_is_enforced_before_patchifying() {
+        let mut b = builder();
+        b.max_visual_tokens = 10;
+        // 16 x 16 with patch 4 -> 4 rows x (4 + 1) = 20 tokens.
+        let e = b
+            .build(&[Segment::Image(ImageInput::Image(img(16, 16)))])
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FusionError::TooManyVisualTokens {
+                    tokens: 20,
+                    max: 10,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = b.build(&[Segment::Video(vec![])]).unwrap_err();
+        assert!(matches!(e, FusionError::VideoEmpty { .. }), "{e}");
+    }
+
+    #[test]
+    fn hf_fuyu_order_puts_bos_after_leading_images() {
+        let b = builder();
+        let sp = b.tokenizer.specials;
+        let seq = b
+            .build_placed(
+                &[
+                    Segment::Image(ImageInput::Image(img(4, 4))),
+                    Segment::Text("Hi".into()),
+                ],
+                BosPlacement::AfterLeadingImages,
+            )
+            .unwrap();
+        assert_eq!(&seq.tokens[..3], &[sp.image, sp.newline, sp.bos]);
+        let only_image = b
+            .build_placed(
+                &[Segment::Image(ImageInput::Image(img(4, 4)))],
+                BosPlacement::AfterLeadingImages,
+            )
+            .unwrap();
+        assert_eq!(
+            only_image.tokens,
+            vec![sp.image, sp.newline, sp.bos, sp.boa]
+        );
+    }
+
+    #[test]
+    fn built_sequences_collate() {
+        let b = builder();
+        let s1 = b
+            .build(&[
+                Segment::Image(ImageInput::Image(img(4, 4))),
+                Segment::Answer("yes".into()),
+            ])
+            .unwrap();
+        let s2 = b.build(&[Segment::Text("no image here".into())]).unwrap();
+        let batch = collate(
+            &[s1.clone(), s2.clone()],
+            b.tokenizer.specials.pad,
+            PadSide::Left,
+        )
+        .unwrap();
+        assert_eq!(batch.seq_len, s1.len().max(s2.len()));
+        assert_eq!(batch.patch_positions.len(), 1);
+        let p = batch.patch_positions[0];
+        assert_eq!(batch.tokens[p], b.tokenizer.specials.image);
+    }
+
+    #[test]
+    fn specials_in_user_text_stay_text() {
+        let b = builder();
+        let seq = b
+            .build(&[Segment::Text("<image> |NEWLINE| <eos>".into())])
+            .unwrap();
+        assert_eq!(seq.n_patches(), 0);
+        let sp = b.tokenizer.specials;
+        let inner = &seq.tokens[1..seq.len() - 1];
+        assert!(inner.iter().all(|&t| !sp.contains(t)), "{inner:?}");
+    }
 }
