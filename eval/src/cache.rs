@@ -1,15 +1,14 @@
 //! The on-disk response cache: append-only JSON lines, one file per (model identity, task).
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{EvalError, Result};
+use crate::fxhash::FxHashMap;
 use crate::responder::{Request, Response};
 
 /// Keep the characters that are safe in a file name, replacing the rest with `_`.
@@ -39,45 +38,52 @@ pub fn model_cache_dir(cache_dir: &Path, identity: &str) -> PathBuf {
     cache_dir.join(format!("{}-{}", sanitize(identity, 60), &digest[..12]))
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Key {
-    question_id: String,
+/// A cached response with the rest of its key (the question id is the map key).
+#[derive(Clone, Debug)]
+struct Entry {
     prompt: String,
     candidates: Option<Vec<String>>,
+    /// `None` once taken by [`ResponseCache::take`].
+    response: Option<Response>,
+    /// The next entry with the same question id.
+    next: Option<u32>,
 }
 
-impl Key {
-    fn of(r: &Request) -> Self {
-        Key {
-            question_id: r.question_id.clone(),
-            prompt: r.prompt.clone(),
-            candidates: r.candidates.clone(),
-        }
-    }
+fn ser_scores<S: serde::Serializer>(v: &&Option<Vec<f32>>, s: S) -> Result<S::Ok, S::Error> {
+    crate::responder::score_serde::serialize(v, s)
 }
 
 #[derive(Serialize)]
 struct LineOut<'a> {
     question_id: &'a str,
     prompt: &'a str,
-    candidates: &'a Option<Vec<String>>,
-    #[serde(flatten)]
-    response: &'a Response,
+    candidates: Option<&'a [String]>,
+    answer: &'a str,
+    #[serde(serialize_with = "ser_scores")]
+    scores: &'a Option<Vec<f32>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    unanswered: bool,
 }
 
+/// Any line of a cache file: a header (`identity`, `task`) or a response.
 #[derive(Deserialize)]
 struct LineIn {
-    question_id: String,
-    prompt: String,
+    identity: Option<String>,
+    task: Option<String>,
+    question_id: Option<String>,
+    prompt: Option<String>,
     candidates: Option<Vec<String>>,
-    #[serde(flatten)]
-    response: Response,
+    answer: Option<String>,
+    #[serde(default, with = "crate::responder::score_serde")]
+    scores: Option<Vec<f32>>,
+    #[serde(default)]
+    unanswered: bool,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Header {
-    identity: String,
-    task: String,
+#[derive(Serialize)]
+struct Header<'a> {
+    identity: &'a str,
+    task: &'a str,
 }
 
 /// Responses already given by one model to one task's questions, and the file new ones go to.
@@ -91,7 +97,8 @@ pub struct ResponseCache {
     identity: String,
     task: String,
     file: Option<File>,
-    entries: HashMap<Key, Response>,
+    by_id: FxHashMap<String, u32>,
+    entries: Vec<Entry>,
 }
 
 impl ResponseCache {
@@ -114,7 +121,8 @@ impl ResponseCache {
             identity: identity.to_string(),
             task: task.to_string(),
             file: None,
-            entries: HashMap::new(),
+            by_id: FxHashMap::default(),
+            entries: Vec::new(),
         };
         if !cache.dir.is_dir() {
             return Ok(cache);
@@ -156,63 +164,128 @@ impl ResponseCache {
                 .map_err(|e| EvalError::io(path, e))?;
         }
         let text = String::from_utf8_lossy(&bytes[..complete]);
-        for (i, raw) in text.lines().enumerate() {
-            if raw.trim().is_empty() {
-                continue;
-            }
-            let line = i + 1;
-            let v: Value = serde_json::from_str(raw).map_err(|e| EvalError::Json {
+        let lines = crate::tasks::numbered_lines(&text);
+        for &(line, raw) in &lines {
+            let l: LineIn = serde_json::from_str(raw).map_err(|e| EvalError::Json {
                 path: path.to_path_buf(),
                 line,
                 source: e,
             })?;
-            if v.get("identity").is_some() {
-                let h: Header = serde_json::from_value(v).map_err(|e| EvalError::Json {
-                    path: path.to_path_buf(),
-                    line,
-                    source: e,
-                })?;
-                if h.identity != self.identity || h.task != self.task {
+            if let Some(identity) = l.identity {
+                let task = l.task.unwrap_or_default();
+                if identity != self.identity || task != self.task {
                     return Err(EvalError::Data {
                         path: path.to_path_buf(),
                         message: format!(
-                            "cache file belongs to model `{}` task `{}`, not `{}` task `{}`",
-                            h.identity, h.task, self.identity, self.task
+                            "cache file belongs to model `{identity}` task `{task}`, not `{}` task `{}`",
+                            self.identity, self.task
                         ),
                     });
                 }
                 continue;
             }
-            let l: LineIn = serde_json::from_value(v).map_err(|e| EvalError::Json {
+            let missing = |field: &str| EvalError::Field {
                 path: path.to_path_buf(),
                 line,
-                source: e,
-            })?;
-            self.entries.insert(
-                Key {
-                    question_id: l.question_id,
-                    prompt: l.prompt,
+                field: field.to_string(),
+                message: "missing".to_string(),
+            };
+            let qid = l.question_id.ok_or_else(|| missing("question_id"))?;
+            let prompt = l.prompt.ok_or_else(|| missing("prompt"))?;
+            let answer = l.answer.ok_or_else(|| missing("answer"))?;
+            self.insert(
+                qid,
+                Entry {
+                    prompt,
                     candidates: l.candidates,
+                    response: Some(Response {
+                        answer,
+                        scores: l.scores,
+                        unanswered: l.unanswered,
+                    }),
+                    next: None,
                 },
-                l.response,
             );
         }
         Ok(())
     }
 
+    /// Add or replace an entry.
+    fn insert(&mut self, qid: String, e: Entry) {
+        let idx = self.entries.len() as u32;
+        let Some(&first) = self.by_id.get(&qid) else {
+            self.by_id.insert(qid, idx);
+            self.entries.push(e);
+            return;
+        };
+        let mut cur = first as usize;
+        loop {
+            let x = &mut self.entries[cur];
+            if x.prompt == e.prompt && x.candidates == e.candidates {
+                x.response = e.response;
+                return;
+            }
+            match x.next {
+                Some(n) => cur = n as usize,
+                None => break,
+            }
+        }
+        self.entries[cur].next = Some(idx);
+        self.entries.push(e);
+    }
+
+    /// Index of the entry for a question with this prompt and candidates.
+    fn find(
+        &self,
+        question_id: &str,
+        prompt: &str,
+        candidates: Option<&[String]>,
+    ) -> Option<usize> {
+        let mut cur = *self.by_id.get(question_id)? as usize;
+        loop {
+            let e = &self.entries[cur];
+            if e.prompt == prompt && e.candidates.as_deref() == candidates {
+                return Some(cur);
+            }
+            cur = e.next? as usize;
+        }
+    }
+
+    /// The cached response to a question with this prompt and candidates, if any.
+    pub fn lookup(
+        &self,
+        question_id: &str,
+        prompt: &str,
+        candidates: Option<&[String]>,
+    ) -> Option<&Response> {
+        let i = self.find(question_id, prompt, candidates)?;
+        self.entries[i].response.as_ref()
+    }
+
+    /// Move a cached response out of this in-memory view (the file keeps it).
+    pub fn take(
+        &mut self,
+        question_id: &str,
+        prompt: &str,
+        candidates: Option<&[String]>,
+    ) -> Option<Response> {
+        let i = self.find(question_id, prompt, candidates)?;
+        self.entries[i].response.take()
+    }
+
     /// The cached response to a request, if any.
     pub fn get(&self, req: &Request) -> Option<&Response> {
-        self.entries.get(&Key::of(req))
+        self.lookup(&req.question_id, &req.prompt, req.candidates.as_deref())
     }
 
     /// Number of cached responses.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.iter().filter(|e| e.response.is_some()).count()
     }
 
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     /// The file new responses are appended to.
@@ -222,6 +295,9 @@ impl ResponseCache {
 
     /// Append responses and hand them to the operating system in one write, so a killed
     /// process loses at most this batch (and leaves at most one partial line).
+    ///
+    /// Appended responses are not added to this in-memory view (a run asks each question once);
+    /// the next [`ResponseCache::open`] sees them.
     pub fn append(&mut self, reqs: &[Request], resps: &[Response]) -> Result<()> {
         let mut buf = Vec::with_capacity(reqs.len() * 128);
         if self.file.is_none() {
@@ -234,8 +310,8 @@ impl ResponseCache {
                 .map_err(|e| EvalError::io(&self.write_path, e))?;
             if fresh {
                 let h = Header {
-                    identity: self.identity.clone(),
-                    task: self.task.clone(),
+                    identity: &self.identity,
+                    task: &self.task,
                 };
                 serde_json::to_writer(&mut buf, &h)
                     .map_err(|e| EvalError::io(&self.write_path, e.into()))?;
@@ -247,8 +323,10 @@ impl ResponseCache {
             let line = LineOut {
                 question_id: &r.question_id,
                 prompt: &r.prompt,
-                candidates: &r.candidates,
-                response: resp,
+                candidates: r.candidates.as_deref(),
+                answer: &resp.answer,
+                scores: &resp.scores,
+                unanswered: resp.unanswered,
             };
             serde_json::to_writer(&mut buf, &line)
                 .map_err(|e| EvalError::io(&self.write_path, e.into()))?;
@@ -258,9 +336,6 @@ impl ResponseCache {
             f.write_all(&buf)
                 .and_then(|_| f.flush())
                 .map_err(|e| EvalError::io(&self.write_path, e))?;
-        }
-        for (r, resp) in reqs.iter().zip(resps) {
-            self.entries.insert(Key::of(r), resp.clone());
         }
         Ok(())
     }

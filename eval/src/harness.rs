@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -305,8 +306,8 @@ pub struct Sample {
 
 /// An answered question before parsing.
 struct Answered {
-    task: String,
-    split: String,
+    /// Position of the split in the run's split list.
+    split: usize,
     index: usize,
     question_id: String,
     prompt: String,
@@ -377,22 +378,18 @@ fn score(
     matcher: Option<&ObjectMatcher>,
     boot: &Bootstrap,
 ) -> Result<(Metrics, Vec<Sample>, usize)> {
-    let order: HashMap<&str, usize> = splits
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.task.as_str(), i))
-        .collect();
-    items.sort_by_key(|a| {
-        (
-            order.get(a.task.as_str()).copied().unwrap_or(usize::MAX),
-            a.index,
-        )
-    });
+    items.sort_by_key(|a| (a.split, a.index));
+    if let Some(a) = items.iter().find(|a| a.split >= splits.len()) {
+        return Err(EvalError::Merge(format!(
+            "question {} belongs to no split of the task",
+            a.question_id
+        )));
+    }
     let mut samples = Vec::with_capacity(items.len());
     let mut unclear = 0usize;
     let sample = |a: Answered, parsed: Value, correct: bool| Sample {
-        task: a.task,
-        split: a.split,
+        task: splits[a.split].task.clone(),
+        split: splits[a.split].split.clone(),
         index: a.index,
         question_id: a.question_id,
         prompt: a.prompt,
@@ -422,13 +419,10 @@ fn score(
                 let Label::YesNo(label) = a.label.clone() else {
                     return Err(EvalError::Merge(format!(
                         "question {} of {} has a non-yes/no label",
-                        a.question_id, a.task
+                        a.question_id, splits[a.split].task
                     )));
                 };
-                let slot = order
-                    .get(a.task.as_str())
-                    .copied()
-                    .ok_or_else(|| EvalError::Merge(format!("unknown split {}", a.task)))?;
+                let slot = a.split;
                 let (pred, clear) = if a.unanswered {
                     (None, false)
                 } else {
@@ -457,7 +451,7 @@ fn score(
                 let Label::Count(label) = a.label.clone() else {
                     return Err(EvalError::Merge(format!(
                         "question {} of {} has a non-count label",
-                        a.question_id, a.task
+                        a.question_id, splits[a.split].task
                     )));
                 };
                 let pred = if a.unanswered {
@@ -485,7 +479,7 @@ fn score(
                 let Label::Objects(objects) = &a.label else {
                     return Err(EvalError::Merge(format!(
                         "question {} of {} has no object list",
-                        a.question_id, a.task
+                        a.question_id, splits[a.split].task
                     )));
                 };
                 let text = if a.unanswered { "" } else { a.answer.as_str() };
@@ -504,13 +498,19 @@ fn score(
 
 /// Serialise samples as JSON lines.
 fn samples_bytes(samples: &[Sample]) -> Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(samples.len() * 200);
-    for s in samples {
-        serde_json::to_writer(&mut buf, s)
-            .map_err(|e| EvalError::Option(format!("cannot serialise a sample: {e}")))?;
-        buf.push(b'\n');
-    }
-    Ok(buf)
+    let parts: Vec<Vec<u8>> = samples
+        .par_chunks(2048)
+        .map(|chunk| {
+            let mut buf = Vec::with_capacity(chunk.len() * 256);
+            for s in chunk {
+                serde_json::to_writer(&mut buf, s)
+                    .map_err(|e| EvalError::Option(format!("cannot serialise a sample: {e}")))?;
+                buf.push(b'\n');
+            }
+            Ok(buf)
+        })
+        .collect::<Result<_>>()?;
+    Ok(parts.concat())
 }
 
 /// Pick unused file names `<dir>/<base>[-k].json` and `.samples.jsonl`.
@@ -599,69 +599,59 @@ pub fn run_task(
     let identity = responder.identity();
     let model = opts.model_name.clone().unwrap_or_else(|| responder.name());
 
-    // Select the questions and build the requests.
+    // Select the questions and render their prompts.
     let mut infos = Vec::new();
-    let mut requests: Vec<Vec<(usize, Request)>> = Vec::new();
+    let mut selected: Vec<Vec<(usize, String)>> = Vec::new();
     for s in &loaded {
-        let selected = opts.limit.unwrap_or(usize::MAX).min(s.questions.len());
-        let reqs: Vec<(usize, Request)> = s.questions[..selected]
+        let n_sel = opts.limit.unwrap_or(usize::MAX).min(s.questions.len());
+        let chosen: Vec<(usize, String)> = s.questions[..n_sel]
             .iter()
             .enumerate()
             .filter(|(i, _)| opts.shard.is_none_or(|(k, n)| i % n == k))
-            .map(|(i, q)| {
-                (
-                    i,
-                    Request {
-                        task: s.task.clone(),
-                        question_id: q.question_id.clone(),
-                        prompt: render_prompt(&template, q),
-                        image: q.image.clone(),
-                        audio: q.audio.clone(),
-                        candidates: candidates.clone(),
-                    },
-                )
-            })
+            .map(|(i, q)| (i, render_prompt(&template, q)))
             .collect();
         infos.push(SplitInfo {
             task: s.task.clone(),
             split: s.split.clone(),
             source: s.source.display().to_string(),
             questions: s.questions.len(),
-            selected,
-            run: reqs.len(),
+            selected: n_sel,
+            run: chosen.len(),
         });
-        requests.push(reqs);
+        selected.push(chosen);
     }
 
-    // Look every request up in the cache.
-    let mut caches: Vec<Option<ResponseCache>> = Vec::new();
+    // Look every question up in the cache.
+    // One thread per split's cache file.
+    let mut caches: Vec<Option<ResponseCache>> = infos
+        .par_iter()
+        .map(|info| {
+            opts.use_cache
+                .then(|| ResponseCache::open(&opts.cache_dir, &identity, &info.task, opts.shard))
+                .transpose()
+        })
+        .collect::<Result<_>>()?;
     let mut responses: Vec<Vec<Option<(Response, bool)>>> = Vec::new();
     let mut pending: Vec<(usize, usize)> = Vec::new();
-    for (si, reqs) in requests.iter().enumerate() {
-        let cache = if opts.use_cache {
-            Some(ResponseCache::open(
-                &opts.cache_dir,
-                &identity,
-                &infos[si].task,
-                opts.shard,
-            )?)
-        } else {
-            None
-        };
-        let mut got = Vec::with_capacity(reqs.len());
-        for (k, (_, r)) in reqs.iter().enumerate() {
-            match cache.as_ref().and_then(|c| c.get(r)) {
-                Some(resp) => got.push(Some((resp.clone(), true))),
+    for (si, chosen) in selected.iter().enumerate() {
+        let cache = &mut caches[si];
+        let questions = &loaded[si].questions;
+        let mut got = Vec::with_capacity(chosen.len());
+        for (k, (i, prompt)) in chosen.iter().enumerate() {
+            let hit = cache
+                .as_mut()
+                .and_then(|c| c.take(&questions[*i].question_id, prompt, candidates.as_deref()));
+            match hit {
+                Some(resp) => got.push(Some((resp, true))),
                 None => {
                     got.push(None);
                     pending.push((si, k));
                 }
             }
         }
-        caches.push(cache);
         responses.push(got);
     }
-    let total: usize = requests.iter().map(Vec::len).sum();
+    let total: usize = selected.iter().map(Vec::len).sum();
     let mut done = total - pending.len();
     let from_cache = done;
     if let Some(p) = &opts.progress {
@@ -674,7 +664,18 @@ pub fn run_task(
     for chunk in pending.chunks(bs) {
         let batch: Vec<Request> = chunk
             .iter()
-            .map(|&(si, k)| requests[si][k].1.clone())
+            .map(|&(si, k)| {
+                let (i, prompt) = &selected[si][k];
+                let q = &loaded[si].questions[*i];
+                Request {
+                    task: loaded[si].task.clone(),
+                    question_id: q.question_id.clone(),
+                    prompt: prompt.clone(),
+                    image: q.image.clone(),
+                    audio: q.audio.clone(),
+                    candidates: candidates.clone(),
+                }
+            })
             .collect();
         let t = Instant::now();
         let out = responder.respond(&batch)?;
@@ -721,25 +722,26 @@ pub fn run_task(
             p(done, total);
         }
     }
+    drop(caches);
 
     // Score.
     let mut items = Vec::with_capacity(total);
-    for ((s, reqs), got) in loaded.iter().zip(&requests).zip(responses) {
-        for ((idx, r), resp) in reqs.iter().zip(got) {
+    for (si, ((s, chosen), got)) in loaded.iter().zip(selected).zip(responses).enumerate() {
+        for ((idx, prompt), resp) in chosen.into_iter().zip(got) {
+            let q = &s.questions[idx];
             let (resp, cached) = resp.ok_or_else(|| {
-                EvalError::responder(&identity, format!("no answer for {}", r.question_id))
+                EvalError::responder(&identity, format!("no answer for {}", q.question_id))
             })?;
             let scored_answer = match (&candidates, &resp.scores) {
                 (Some(c), Some(sc)) if !resp.unanswered => argmax(sc).map(|i| c[i].clone()),
                 _ => None,
             };
             items.push(Answered {
-                task: s.task.clone(),
-                split: s.split.clone(),
-                index: *idx,
-                question_id: r.question_id.clone(),
-                prompt: r.prompt.clone(),
-                label: s.questions[*idx].label.clone(),
+                split: si,
+                index: idx,
+                question_id: q.question_id.clone(),
+                prompt,
+                label: q.label.clone(),
                 answer: resp.answer,
                 scores: resp.scores,
                 scored_answer,
@@ -936,9 +938,20 @@ pub fn merge_into(shard_result_paths: &[PathBuf], out_dir: &Path) -> Result<Task
                     s.question_id
                 ))
             })?;
+            let split = want
+                .splits
+                .iter()
+                .position(|i| i.task == s.task)
+                .ok_or_else(|| {
+                    EvalError::Merge(format!(
+                        "{}: question {} is of split {}, which the task does not have",
+                        sp.display(),
+                        s.question_id,
+                        s.task
+                    ))
+                })?;
             items.push(Answered {
-                task: s.task,
-                split: s.split,
+                split,
                 index: s.index,
                 question_id: s.question_id,
                 prompt: s.prompt,
@@ -951,8 +964,8 @@ pub fn merge_into(shard_result_paths: &[PathBuf], out_dir: &Path) -> Result<Task
             });
         }
     }
-    for info in &want.splits {
-        let got = items.iter().filter(|a| a.task == info.task).count();
+    for (si, info) in want.splits.iter().enumerate() {
+        let got = items.iter().filter(|a| a.split == si).count();
         if got != info.selected {
             return Err(EvalError::Merge(format!(
                 "split {} has {got} answered questions across the shards, expected {}",

@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod chair;
 pub mod error;
+mod fxhash;
 pub mod harness;
 pub mod metrics;
 pub mod parse;

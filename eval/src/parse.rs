@@ -26,17 +26,28 @@ pub fn parse_yes_no(text: &str) -> YesNo {
         Some(i) => &text[..i],
         None => text,
     };
-    let no_commas: String = first.chars().filter(|&c| c != ',').collect();
-    let official_no = no_commas
-        .split(' ')
-        .any(|w| w == "No" || w == "not" || w == "no");
+    // Removing commas before splitting on ' ' equals splitting first and removing them per word.
+    let official_no = first.split(' ').any(|w| {
+        eq_without_commas(w, "No") || eq_without_commas(w, "not") || eq_without_commas(w, "no")
+    });
     let mut yes_word = false;
     let mut no_word = false;
-    for w in no_commas.split_whitespace() {
+    for w in first.split_whitespace() {
         let w = w.trim_matches(|c: char| !c.is_alphanumeric());
-        if w.eq_ignore_ascii_case("yes") {
+        let lower_is = |t: &str| {
+            let mut a = w.chars().filter(|&c| c != ',');
+            let mut b = t.chars();
+            loop {
+                match (a.next(), b.next()) {
+                    (None, None) => return true,
+                    (Some(x), Some(y)) if x.to_ascii_lowercase() == y => {}
+                    _ => return false,
+                }
+            }
+        };
+        if lower_is("yes") {
             yes_word = true;
-        } else if w.eq_ignore_ascii_case("no") || w.eq_ignore_ascii_case("not") {
+        } else if lower_is("no") || lower_is("not") {
             no_word = true;
         }
     }
@@ -48,6 +59,19 @@ pub fn parse_yes_no(text: &str) -> YesNo {
     YesNo {
         yes: !official_no,
         clear,
+    }
+}
+
+/// Whether `word` with its commas removed is exactly `target`.
+fn eq_without_commas(word: &str, target: &str) -> bool {
+    let mut a = word.chars().filter(|&c| c != ',');
+    let mut b = target.chars();
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (Some(x), Some(y)) if x == y => {}
+            _ => return false,
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{EvalError, Result};
+use crate::fxhash::{map_with_capacity, FxHashMap};
 use crate::tasks::{Label, LoadedSplit};
 
 /// One question put to a model.
@@ -334,11 +335,72 @@ pub enum MissingPolicy {
     Unanswered,
 }
 
+/// The fields of a predictions line that are read (others are skipped unparsed).
+#[derive(Deserialize)]
+struct RawPrediction {
+    question_id: Option<Value>,
+    answer: Option<Value>,
+    text: Option<Value>,
+    prediction: Option<Value>,
+    task: Option<Value>,
+    split: Option<Value>,
+}
+
+/// Parse one predictions line into its question id and prediction.
+fn parse_prediction(
+    path: &Path,
+    line: usize,
+    raw: &str,
+) -> Result<(String, Option<String>, String)> {
+    let field_err = |field: &str, message: &str| EvalError::Field {
+        path: path.to_path_buf(),
+        line,
+        field: field.to_string(),
+        message: message.to_string(),
+    };
+    let r: RawPrediction = serde_json::from_str(raw).map_err(|e| EvalError::Json {
+        path: path.to_path_buf(),
+        line,
+        source: e,
+    })?;
+    let qid = crate::tasks::question_id(r.question_id.as_ref())
+        .map_err(|m| field_err("question_id", &m))?;
+    let (key, value) = [
+        ("answer", r.answer),
+        ("text", r.text),
+        ("prediction", r.prediction),
+    ]
+    .into_iter()
+    .find(|(_, v)| v.is_some())
+    .ok_or_else(|| {
+        field_err(
+            "answer",
+            "missing (also looked for `text` and `prediction`)",
+        )
+    })?;
+    let answer = match value {
+        Some(Value::String(a)) => a,
+        _ => return Err(field_err(key, "expected a string")),
+    };
+    let tag = match [("task", r.task), ("split", r.split)]
+        .into_iter()
+        .find(|(_, v)| v.is_some())
+    {
+        Some((_, Some(Value::String(t)))) => Some(t),
+        Some((k, _)) => return Err(field_err(k, "expected a string")),
+        None => None,
+    };
+    Ok((qid, tag, answer))
+}
+
 #[derive(Clone, Debug)]
 struct Prediction {
-    tag: Option<String>,
+    /// Index into the interned tags.
+    tag: Option<u32>,
     answer: String,
     line: usize,
+    /// The next prediction with the same question id.
+    next: Option<u32>,
 }
 
 /// Answers produced by any external system: JSON lines keyed by question id.
@@ -351,8 +413,10 @@ pub struct PredictionsFile {
     path: PathBuf,
     identity: String,
     name: String,
-    by_id: HashMap<String, Vec<Prediction>>,
-    len: usize,
+    /// Question id → first of its predictions (the rest are chained through `next`).
+    by_id: FxHashMap<String, u32>,
+    preds: Vec<Prediction>,
+    tags: Vec<String>,
     missing: MissingPolicy,
 }
 
@@ -365,64 +429,50 @@ impl PredictionsFile {
             path: path.clone(),
             message: format!("not UTF-8 text: {e}"),
         })?;
-        let field_err = |line: usize, field: &str, message: String| EvalError::Field {
-            path: path.clone(),
-            line,
-            field: field.to_string(),
-            message,
-        };
-        let mut by_id: HashMap<String, Vec<Prediction>> = HashMap::new();
-        let mut len = 0;
-        for (i, raw) in text.lines().enumerate() {
-            let line = i + 1;
-            if raw.trim().is_empty() {
-                continue;
+        let lines = crate::tasks::numbered_lines(text);
+        let mut by_id: FxHashMap<String, u32> = map_with_capacity(lines.len());
+        let mut preds: Vec<Prediction> = Vec::with_capacity(lines.len());
+        let mut tags: Vec<String> = Vec::new();
+        for &(line, raw) in &lines {
+            let (qid, tag, answer) = parse_prediction(&path, line, raw)?;
+            let tag = tag.map(|t| match tags.iter().position(|x| *x == t) {
+                Some(i) => i as u32,
+                None => {
+                    tags.push(t);
+                    (tags.len() - 1) as u32
+                }
+            });
+            let idx = preds.len() as u32;
+            match by_id.get(&qid) {
+                Some(&first) => {
+                    let mut cur = first;
+                    loop {
+                        let p = &preds[cur as usize];
+                        if p.tag == tag {
+                            return Err(EvalError::DuplicateId {
+                                path: path.clone(),
+                                line,
+                                first_line: p.line,
+                                question_id: qid,
+                            });
+                        }
+                        match p.next {
+                            Some(n) => cur = n,
+                            None => break,
+                        }
+                    }
+                    preds[cur as usize].next = Some(idx);
+                }
+                None => {
+                    by_id.insert(qid, idx);
+                }
             }
-            let v: Value = serde_json::from_str(raw).map_err(|e| EvalError::Json {
-                path: path.clone(),
+            preds.push(Prediction {
+                tag,
+                answer,
                 line,
-                source: e,
-            })?;
-            let obj = v
-                .as_object()
-                .ok_or_else(|| field_err(line, "(record)", "expected a JSON object".into()))?;
-            let qid = crate::tasks::question_id(obj.get("question_id"))
-                .map_err(|m| field_err(line, "question_id", m))?;
-            let key = ["answer", "text", "prediction"]
-                .into_iter()
-                .find(|k| obj.contains_key(*k))
-                .ok_or_else(|| {
-                    field_err(
-                        line,
-                        "answer",
-                        "missing (also looked for `text` and `prediction`)".into(),
-                    )
-                })?;
-            let answer = obj
-                .get(key)
-                .and_then(Value::as_str)
-                .ok_or_else(|| field_err(line, key, "expected a string".into()))?
-                .to_string();
-            let tag = match ["task", "split"].into_iter().find(|k| obj.contains_key(*k)) {
-                Some(k) => Some(
-                    obj.get(k)
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| field_err(line, k, "expected a string".into()))?
-                        .to_string(),
-                ),
-                None => None,
-            };
-            let entries = by_id.entry(qid.clone()).or_default();
-            if let Some(prev) = entries.iter().find(|p| p.tag == tag) {
-                return Err(EvalError::DuplicateId {
-                    path: path.clone(),
-                    line,
-                    first_line: prev.line,
-                    question_id: qid,
-                });
-            }
-            entries.push(Prediction { tag, answer, line });
-            len += 1;
+                next: None,
+            });
         }
         let digest = hex::encode(Sha256::digest(&bytes));
         let name = path
@@ -435,7 +485,8 @@ impl PredictionsFile {
             name,
             path,
             by_id,
-            len,
+            preds,
+            tags,
             missing: MissingPolicy::Error,
         })
     }
@@ -448,44 +499,53 @@ impl PredictionsFile {
 
     /// Number of predictions in the file.
     pub fn len(&self) -> usize {
-        self.len
+        self.preds.len()
     }
 
     /// Whether the file holds no predictions.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.preds.is_empty()
     }
 
     /// The prediction for one request, if any.
     fn lookup(&self, req: &Request) -> Result<Option<&Prediction>> {
-        let Some(entries) = self.by_id.get(&req.question_id) else {
+        let Some(&first) = self.by_id.get(req.question_id.as_str()) else {
             return Ok(None);
         };
-        let tag_matches = |t: &str| {
-            t == req.task
-                || req
-                    .task
-                    .strip_suffix(t)
-                    .is_some_and(|rest| rest.ends_with('-'))
+        let chain = || {
+            std::iter::successors(Some(&self.preds[first as usize]), |p| {
+                p.next.map(|n| &self.preds[n as usize])
+            })
         };
-        let tagged: Vec<&Prediction> = entries
-            .iter()
-            .filter(|p| p.tag.as_deref().is_some_and(tag_matches))
-            .collect();
-        let chosen: Vec<&Prediction> = if tagged.is_empty() {
-            entries.iter().filter(|p| p.tag.is_none()).collect()
-        } else {
-            tagged
+        let tag_matches = |p: &Prediction| {
+            p.tag.is_some_and(|t| {
+                let t = self.tags[t as usize].as_str();
+                t == req.task
+                    || req
+                        .task
+                        .strip_suffix(t)
+                        .is_some_and(|rest| rest.ends_with('-'))
+            })
         };
-        match chosen.len() {
-            0 => Ok(None),
-            1 => Ok(Some(chosen[0])),
-            _ => Err(EvalError::AmbiguousPrediction {
+        let untagged = |p: &Prediction| p.tag.is_none();
+        let pick = |f: &dyn Fn(&Prediction) -> bool| -> Result<Option<&Prediction>> {
+            let mut it = chain().filter(|p| f(p));
+            let Some(found) = it.next() else {
+                return Ok(None);
+            };
+            if it.next().is_none() {
+                return Ok(Some(found));
+            }
+            Err(EvalError::AmbiguousPrediction {
                 path: self.path.clone(),
                 task: req.task.clone(),
                 question_id: req.question_id.clone(),
-                lines: chosen.iter().map(|p| p.line).collect(),
-            }),
+                lines: chain().filter(|p| f(p)).map(|p| p.line).collect(),
+            })
+        };
+        match pick(&tag_matches)? {
+            Some(p) => Ok(Some(p)),
+            None => pick(&untagged),
         }
     }
 }

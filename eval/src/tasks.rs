@@ -1,12 +1,13 @@
 //! The task registry and the question-file loader.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{EvalError, Result};
+use crate::fxhash::{map_with_capacity, FxHashMap};
 
 /// What the model is given besides the prompt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -431,8 +432,9 @@ pub fn load_task_with(name: &str, data: &Path, opts: &DataOptions) -> Result<Vec
             root.clone()
         }
     });
+    // One thread per split file.
     found
-        .into_iter()
+        .into_par_iter()
         .map(|(split, path)| read_question_file(spec, split, &path, &media))
         .collect()
 }
@@ -463,6 +465,97 @@ pub(crate) fn question_id(v: Option<&Value>) -> std::result::Result<String, Stri
     }
 }
 
+/// The fields of a question line that the loader reads (others are skipped unparsed).
+#[derive(Deserialize)]
+struct RawQuestion {
+    question_id: Option<Value>,
+    text: Option<Value>,
+    question: Option<Value>,
+    image: Option<Value>,
+    audio: Option<Value>,
+    label: Option<Value>,
+    objects: Option<Value>,
+    object: Option<Value>,
+}
+
+/// Non-blank lines of a text with their 1-based numbers.
+pub(crate) fn numbered_lines(text: &str) -> Vec<(usize, &str)> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| (i + 1, l))
+        .collect()
+}
+
+/// Parse one question line (everything but the duplicate-id check).
+fn parse_question(
+    spec: &TaskSpec,
+    path: &Path,
+    media: &Path,
+    line: usize,
+    raw: &str,
+) -> Result<Question> {
+    let field_err = |field: &str, message: String| EvalError::Field {
+        path: path.to_path_buf(),
+        line,
+        field: field.to_string(),
+        message,
+    };
+    let r: RawQuestion = serde_json::from_str(raw).map_err(|e| EvalError::Json {
+        path: path.to_path_buf(),
+        line,
+        source: e,
+    })?;
+    let qid = question_id(r.question_id.as_ref()).map_err(|m| field_err("question_id", m))?;
+    let qtext = match r.text.or(r.question) {
+        Some(Value::String(t)) => t,
+        _ => {
+            return Err(field_err(
+                "text",
+                "expected the question as a string".to_string(),
+            ))
+        }
+    };
+    let (media_field, media_value) = match spec.modality {
+        Modality::Image => ("image", r.image),
+        Modality::Audio => ("audio", r.audio),
+    };
+    let media_path = match media_value {
+        Some(Value::String(m)) if !m.is_empty() => media.join(m),
+        _ => {
+            return Err(field_err(
+                media_field,
+                format!("expected a file name relative to {}", media.display()),
+            ))
+        }
+    };
+    let (label_field, label_value) = match spec.metric {
+        MetricKind::Chair => ("objects", r.objects),
+        _ => ("label", r.label),
+    };
+    let label_value = label_value.ok_or_else(|| field_err(label_field, "missing".to_string()))?;
+    let label =
+        Label::from_json(spec.metric, &label_value).map_err(|m| field_err(label_field, m))?;
+    let object = match r.object {
+        Some(Value::String(o)) => Some(o),
+        _ => None,
+    };
+    let (image, audio) = match spec.modality {
+        Modality::Image => (Some(media_path), None),
+        Modality::Audio => (None, Some(media_path)),
+    };
+    Ok(Question {
+        question_id: qid,
+        index: 0,
+        line,
+        text: qtext,
+        object,
+        image,
+        audio,
+        label,
+    })
+}
+
 /// Read one question file of a split.
 fn read_question_file(
     spec: &TaskSpec,
@@ -471,97 +564,24 @@ fn read_question_file(
     media: &Path,
 ) -> Result<LoadedSplit> {
     let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
-    let field_err = |line: usize, field: &str, message: String| EvalError::Field {
-        path: path.to_path_buf(),
-        line,
-        field: field.to_string(),
-        message,
-    };
-    let mut questions = Vec::new();
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        if raw.trim().is_empty() {
-            continue;
-        }
-        let v: Value = serde_json::from_str(raw).map_err(|e| EvalError::Json {
-            path: path.to_path_buf(),
-            line,
-            source: e,
-        })?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| field_err(line, "(record)", "expected a JSON object".to_string()))?;
-        let qid =
-            question_id(obj.get("question_id")).map_err(|m| field_err(line, "question_id", m))?;
-        if let Some(&first_line) = seen.get(&qid) {
+    let lines = numbered_lines(&text);
+    let mut questions = Vec::with_capacity(lines.len());
+    let mut seen: FxHashMap<&str, usize> = map_with_capacity(lines.len());
+    for &(line, raw) in &lines {
+        let mut q = parse_question(spec, path, media, line, raw)?;
+        q.index = questions.len();
+        questions.push(q);
+    }
+    for q in &questions {
+        if let Some(&first_line) = seen.get(q.question_id.as_str()) {
             return Err(EvalError::DuplicateId {
                 path: path.to_path_buf(),
-                line,
+                line: q.line,
                 first_line,
-                question_id: qid,
+                question_id: q.question_id.clone(),
             });
         }
-        seen.insert(qid.clone(), line);
-        let text_field = if obj.contains_key("text") {
-            "text"
-        } else {
-            "question"
-        };
-        let qtext = obj
-            .get(text_field)
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                field_err(
-                    line,
-                    "text",
-                    "expected the question as a string".to_string(),
-                )
-            })?
-            .to_string();
-        let media_field = match spec.modality {
-            Modality::Image => "image",
-            Modality::Audio => "audio",
-        };
-        let media_path = obj
-            .get(media_field)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(|s| media.join(s))
-            .ok_or_else(|| {
-                field_err(
-                    line,
-                    media_field,
-                    format!("expected a file name relative to {}", media.display()),
-                )
-            })?;
-        let label_field = match spec.metric {
-            MetricKind::Chair => "objects",
-            _ => "label",
-        };
-        let label_value = obj
-            .get(label_field)
-            .ok_or_else(|| field_err(line, label_field, "missing".to_string()))?;
-        let label = Label::from_json(spec.metric, label_value)
-            .map_err(|m| field_err(line, label_field, m))?;
-        let object = obj
-            .get("object")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let (image, audio) = match spec.modality {
-            Modality::Image => (Some(media_path), None),
-            Modality::Audio => (None, Some(media_path)),
-        };
-        questions.push(Question {
-            question_id: qid,
-            index: questions.len(),
-            line,
-            text: qtext,
-            object,
-            image,
-            audio,
-            label,
-        });
+        seen.insert(&q.question_id, q.line);
     }
     if questions.is_empty() {
         return Err(EvalError::Data {
