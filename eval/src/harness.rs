@@ -348,8 +348,13 @@ fn timestamps(t: SystemTime) -> (String, String) {
     )
 }
 
-/// Write a file atomically: a temporary file in the same folder, then a rename.
+/// Write a file atomically: a temporary file in the same folder, flushed to disk, then a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_parts_atomic(path, &[bytes], true)
+}
+
+/// Write the concatenation of `parts` atomically; `durable` also waits for the disk.
+fn write_parts_atomic(path: &Path, parts: &[&[u8]], durable: bool) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
     let name = path
@@ -359,8 +364,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        for p in parts {
+            f.write_all(p)?;
+        }
+        if durable {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)
     })();
     if let Err(e) = res {
@@ -496,10 +505,10 @@ fn score(
     Ok((metrics, samples, unclear))
 }
 
-/// Serialise samples as JSON lines.
-fn samples_bytes(samples: &[Sample]) -> Result<Vec<u8>> {
-    let parts: Vec<Vec<u8>> = samples
-        .par_chunks(2048)
+/// Serialise samples as JSON lines, in chunks (one per thread task) to be written in order.
+fn samples_bytes(samples: &[Sample]) -> Result<Vec<Vec<u8>>> {
+    samples
+        .par_chunks(4096)
         .map(|chunk| {
             let mut buf = Vec::with_capacity(chunk.len() * 256);
             for s in chunk {
@@ -509,8 +518,7 @@ fn samples_bytes(samples: &[Sample]) -> Result<Vec<u8>> {
             }
             Ok(buf)
         })
-        .collect::<Result<_>>()?;
-    Ok(parts.concat())
+        .collect()
 }
 
 /// Pick unused file names `<dir>/<base>[-k].json` and `.samples.jsonl`.
@@ -535,7 +543,11 @@ fn result_paths(dir: &Path, base: &str) -> (PathBuf, PathBuf) {
 fn write_result(result: &mut TaskResult, samples: &[Sample], dir: &Path, base: &str) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
     let (rpath, spath) = result_paths(dir, base);
-    write_atomic(&spath, &samples_bytes(samples)?)?;
+    // The samples are written atomically but not waited for on disk: the result file, written
+    // last and durably, is what marks a run as finished.
+    let parts = samples_bytes(samples)?;
+    let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    write_parts_atomic(&spath, &parts, false)?;
     result.result_file = Some(rpath.display().to_string());
     result.samples_file = spath.file_name().map(|n| n.to_string_lossy().to_string());
     let json = serde_json::to_vec_pretty(result)

@@ -332,13 +332,20 @@ fn limit_takes_the_first_questions_of_each_split() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     write_dataset(&data, 30, 9);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
     let o = RunOptions {
         limit: Some(7),
+        progress: Some(Box::new(move |done, total| {
+            log.lock().unwrap().push((done, total))
+        })),
         ..opts(tmp.path())
     };
     let splits = load_task("pope", &data).unwrap();
     let r = run_task("pope", &data, &mut Oracle::new(&splits), &o).unwrap();
     assert_eq!(r.counts.questions, 21);
+    // Told once before asking (nothing cached) and once per batch (the oracle takes all 21).
+    assert_eq!(*seen.lock().unwrap(), vec![(0, 21), (21, 21)]);
     for s in &pope(&r).splits {
         assert_eq!(s.n, 7);
         // Labels alternate yes/no from yes: 4 yes in the first 7.
