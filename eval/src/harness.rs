@@ -875,15 +875,22 @@ pub fn merge_into(shard_result_paths: &[PathBuf], out_dir: &Path) -> Result<Task
             )))
         }
     };
+    // Shards may run on different machines, so data paths may differ; the questions may not.
     let strip = |c: &RunConfig| {
         let mut c = c.clone();
         c.shard = None;
+        c.data = String::new();
         for s in &mut c.splits {
             s.run = 0;
+            s.source = String::new();
         }
         c
     };
-    let want = strip(&first.config);
+    let mut want = strip(&first.config);
+    want.data = first.config.data.clone();
+    for (w, s) in want.splits.iter_mut().zip(&first.config.splits) {
+        w.source = s.source.clone();
+    }
     let mut seen: Vec<Option<&Path>> = vec![None; n];
     for (p, r) in &shards {
         let (i, rn) = r
@@ -908,11 +915,23 @@ pub fn merge_into(shard_result_paths: &[PathBuf], out_dir: &Path) -> Result<Task
                 first.model_identity
             )));
         }
-        if strip(&r.config) != want {
+        if strip(&r.config) != strip(&first.config) {
             return Err(EvalError::Merge(format!(
-                "{} was run with different settings (data, limit, mode, prompt or bootstrap) than {}",
+                "{} was run with different settings (splits, limit, mode, prompt, bootstrap or \
+                 synonyms) than {}",
                 p.display(),
                 first_path.display()
+            )));
+        }
+        if r.versions != first.versions {
+            return Err(EvalError::Merge(format!(
+                "{} was scored by mmlab-eval {} ({}), {} by {} ({})",
+                p.display(),
+                r.versions.mmlab_eval,
+                r.versions.pope_rule,
+                first_path.display(),
+                first.versions.mmlab_eval,
+                first.versions.pope_rule
             )));
         }
         if let Some(prev) = seen[i] {

@@ -302,6 +302,24 @@ fn shards_merge_to_the_unsharded_result() {
     ];
     let err = merge(&twice).unwrap_err().to_string();
     assert!(err.contains("given twice"), "{err}");
+    let odd = run_task(
+        "pope",
+        &data,
+        &mut RandomResponder { seed: 3 },
+        &RunOptions {
+            shard: Some((2, 3)),
+            limit: Some(30),
+            ..opts(tmp.path())
+        },
+    )
+    .unwrap();
+    let mixed = vec![
+        shard_paths[0].clone(),
+        shard_paths[1].clone(),
+        PathBuf::from(odd.result_file.unwrap()),
+    ];
+    let err = merge(&mixed).unwrap_err().to_string();
+    assert!(err.contains("different settings"), "{err}");
     let err = merge(&[PathBuf::from(full.result_file.unwrap())])
         .unwrap_err()
         .to_string();
