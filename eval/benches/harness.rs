@@ -58,6 +58,7 @@ fn bench(c: &mut Criterion) {
     let fresh = AtomicUsize::new(0);
     let mut g = c.benchmark_group("pope-90k-predictions");
     g.sample_size(10);
+    g.measurement_time(std::time::Duration::from_secs(12));
     g.bench_function(
         "cold cache (open, ask, cache, parse, metrics, write)",
         |b| {
