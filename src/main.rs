@@ -1,3 +1,6 @@
 fn main() {
-    println!("mmlab");
+    if let Err(e) = mmlab::cli::main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -196,6 +196,37 @@ mod tests {
     }
 
     #[test]
+    fn layout_of_image_audio_text_prompt() {
+        let fx = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fusion/");
+        let image = format!("{fx}fuyu_exact.png");
+        let audio = format!("{fx}whisper_short.wav");
+        let cli = Cli::try_parse_from([
+            "t",
+            "--image",
+            &image,
+            "--audio",
+            &audio,
+            "--text",
+            "Is there a ring in the image?",
+            "--patch",
+            "30",
+        ])
+        .unwrap();
+        let out = render(&cli.args).unwrap();
+        insta::with_settings!({
+            snapshot_path => "../../tests/snapshots",
+            prepend_module_to_snapshot => false,
+        }, {
+            insta::assert_snapshot!("fusion_cli_tokenize_layout", out);
+        });
+        let json_cli =
+            Cli::try_parse_from(["t", "--text", "yes", "--answer", "no", "--json"]).unwrap();
+        let seq: MultimodalSequence =
+            serde_json::from_str(&render(&json_cli.args).unwrap()).unwrap();
+        assert_eq!(seq.counts().targets, 2);
+    }
+
+    #[test]
     fn bad_config_is_an_error_not_a_panic() {
         let cli = Cli::try_parse_from(["t", "--patch", "0"]).unwrap();
         let e = cli.args.builder().unwrap_err().to_string();

@@ -6,6 +6,8 @@ pub mod generate;
 pub mod layers;
 pub mod native;
 pub mod presets;
+pub mod resolve;
+pub mod responder;
 
 pub use checkpoint::{load_dir, LoadedModel, ModelDirConfig};
 pub use config::{Activation, ModelConfig, NormKind};

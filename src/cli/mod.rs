@@ -1,0 +1,56 @@
+//! The `mmlab` command line (clap): one module per subcommand.
+
+pub mod ask;
+pub mod data;
+pub mod models;
+pub mod tokenize;
+pub mod train;
+
+use clap::{Parser, Subcommand};
+
+/// mmlab: a workbench for native (early-fusion) multimodal models.
+#[derive(Debug, Parser)]
+#[command(name = "mmlab", version, about)]
+pub struct Cli {
+    /// Threads for tensor math and data generation (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show how text, images, audio and video fuse into one token sequence.
+    Tokenize(tokenize::TokenizeArgs),
+    /// List model presets and model directories.
+    Models(models::ModelsArgs),
+    /// Write procedural datasets, or rebuild POPE from COCO annotations.
+    Data(data::DataArgs),
+    /// Train a model.
+    Train(train::TrainArgs),
+    /// Ask a model a question about an image and/or audio clip.
+    Ask(ask::AskArgs),
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MMLAB_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match &cli.command {
+        Command::Tokenize(a) => tokenize::run(a),
+        Command::Models(a) => models::run(a),
+        Command::Data(a) => data::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Ask(a) => ask::run(a),
+    }
+}

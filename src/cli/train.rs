@@ -1,0 +1,145 @@
+//! `mmlab train`: train a preset (or resume a run) into a model directory.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::fusion::TextTokenizer;
+use crate::model::presets::{parameter_count, preset, PRESET_VOCAB};
+use crate::train::data::{corpus, SyntheticData};
+use crate::train::optim::AdamWConfig;
+use crate::train::{train, RunControl, TrainConfig};
+
+/// Arguments of `mmlab train`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Preset to train (`fuyu-tiny`, `fuyu-small`, `fuyu-base`).
+    #[arg(long)]
+    pub model: String,
+    /// A dataset folder (from `mmlab data`) to train on; default: samples generated on the fly.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Output model directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Optimiser steps (default: the preset's recipe).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Sequences per step.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Seed of initialisation and data order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Continue the run in `--out` from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Checkpoint every N steps.
+    #[arg(long, default_value_t = 500)]
+    pub ckpt_every: u64,
+    /// Held-out eval every N steps.
+    #[arg(long, default_value_t = 500)]
+    pub eval_every: u64,
+    /// Stop after this step, leaving a checkpoint to resume from.
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+}
+
+/// The default recipe of a preset: (steps, batch, lr, warmup).
+pub fn recipe(name: &str) -> (u64, usize, f64, u64) {
+    match name {
+        "fuyu-tiny" => (200, 32, 3e-3, 20),
+        "fuyu-small" => (6000, 96, 3e-3, 200),
+        _ => (20000, 64, 1e-3, 500),
+    }
+}
+
+/// Builds the run configuration from the arguments.
+pub fn config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
+    let Some(p) = preset(&args.model) else {
+        bail!("unknown preset {:?}; `mmlab models` lists them", args.model);
+    };
+    let (steps, batch, lr, warmup) = recipe(p.name);
+    let mut data = SyntheticData::small();
+    data.scene.width = p.config.image.max_width as u32;
+    data.scene.height = p.config.image.max_height as u32;
+    Ok(TrainConfig {
+        model: p.config.clone(),
+        data: args.data.is_none().then_some(data),
+        data_dir: args.data.clone(),
+        steps: args.steps.unwrap_or(steps),
+        batch_size: args.batch_size.unwrap_or(batch),
+        warmup: warmup.min(args.steps.unwrap_or(steps) / 10),
+        min_lr_ratio: 0.05,
+        optim: AdamWConfig { lr: args.lr.unwrap_or(lr), ..AdamWConfig::default() },
+        grad_clip: 1.0,
+        seed: args.seed,
+        log_every: 20,
+        eval_every: args.eval_every,
+        ckpt_every: args.ckpt_every,
+        eval_batches: 8,
+    })
+}
+
+/// The tokenizer for a run: reused from the output directory on resume, else trained on the data's texts.
+pub fn tokenizer_for(cfg: &TrainConfig, args: &TrainArgs) -> anyhow::Result<TextTokenizer> {
+    let saved = args.out.join("tokenizer.json");
+    if args.resume && saved.is_file() {
+        return TextTokenizer::from_file(&saved).with_context(|| format!("loading {}", saved.display()));
+    }
+    let texts = match (&cfg.data, &cfg.data_dir) {
+        (Some(d), _) => corpus(d, cfg.seed, 2000, &cfg.model.image),
+        (None, Some(dir)) => {
+            let p = dir.join("train.jsonl");
+            let recs = mmlab_datasets::load_train(&p)?;
+            let mut t = crate::fusion::text::builtin_corpus();
+            for r in recs {
+                t.push(r.question);
+                t.push(r.answer);
+            }
+            t
+        }
+        (None, None) => bail!("no training data"),
+    };
+    Ok(TextTokenizer::train_bpe(&texts, PRESET_VOCAB)?)
+}
+
+/// Runs training with a progress bar.
+pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+    let cfg = config(args)?;
+    let tok = tokenizer_for(&cfg, args)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    tok.save(&args.out.join("tokenizer.json"))?;
+    eprintln!(
+        "training {} ({} parameters) for {} steps x {} sequences into {}",
+        args.model,
+        parameter_count(&cfg.model.model),
+        cfg.steps,
+        cfg.batch_size,
+        args.out.display()
+    );
+    let bar = ProgressBar::new(cfg.steps);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let progress = |step: u64, _total: u64, loss: f64, tps: f64| {
+        bar.set_position(step);
+        bar.set_message(format!("loss {loss:.4}  {tps:.0} tok/s"));
+    };
+    let ctl = RunControl { resume: args.resume, progress: &progress, stop_after: args.stop_after };
+    let summary = train(&cfg, tok, &args.out, &ctl)?;
+    bar.finish();
+    let cmd: Vec<String> = std::env::args().collect();
+    std::fs::write(args.out.join("COMMAND"), format!("{}\n", cmd.join(" ")))
+        .with_context(|| format!("writing {}", args.out.join("COMMAND").display()))?;
+    eprintln!(
+        "step {} / {}: {} tokens in {:.1} s; held-out answer accuracy {:?}",
+        summary.state.step, cfg.steps, summary.state.tokens, summary.state.seconds, summary.eval
+    );
+    Ok(())
+}
