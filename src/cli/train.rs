@@ -53,7 +53,7 @@ pub struct TrainArgs {
 pub fn recipe(name: &str) -> (u64, usize, f64, u64) {
     match name {
         "fuyu-tiny" => (200, 32, 3e-3, 20),
-        "fuyu-small" => (6000, 96, 3e-3, 200),
+        "fuyu-small" => (7000, 64, 4e-3, 200),
         _ => (20000, 64, 1e-3, 500),
     }
 }

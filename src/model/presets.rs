@@ -22,7 +22,7 @@ pub const PRESET_VOCAB: usize = 384;
 
 fn native(name: &'static str, d: usize, layers: usize, heads: usize, ff: usize, patch: usize, image: usize) -> ModelDirConfig {
     let image = ImageConfig { patch, max_height: image, max_width: image };
-    let audio = AudioConfig::raw(320);
+    let audio = AudioConfig::raw(640);
     ModelDirConfig {
         design: "native".into(),
         preset: Some(name.into()),

@@ -35,14 +35,14 @@ pub struct SyntheticData {
 }
 
 impl SyntheticData {
-    /// Presence + counting on aligned 48x48 scenes, with an audio batch every fourth step.
+    /// Presence + counting on aligned 48x48 scenes, with an audio batch every fifth step.
     pub fn small() -> Self {
         Self {
             scene: SceneConfig::small(),
             sound: SoundConfig::short(),
             mix: QaMix::presence_and_count(),
             audio_mix: QaMix::presence_and_count(),
-            audio_every: 4,
+            audio_every: 5,
         }
     }
 }

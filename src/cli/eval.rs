@@ -1,0 +1,186 @@
+//! `mmlab eval`: run a task on a model (preset, directory, or predictions file) and print its table.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use mmlab_datasets::{write_shapes, write_sounds, ShapesDatasetConfig, SoundsDatasetConfig};
+use mmlab_eval::{
+    compare, format_table, merge, parse_shard, task, tasks, AnswerMode, PredictionsFile, Responder, RunOptions,
+};
+
+use crate::model::resolve::load_model;
+use crate::model::responder::ModelResponder;
+
+/// Seed of the default synthetic test set (no training stream uses it).
+pub const DEFAULT_EVAL_SEED: u64 = 1_000_000_007;
+
+/// Arguments of `mmlab eval`.
+#[derive(Clone, Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct EvalArgs {
+    /// `tasks`, `compare` or `merge` instead of a task.
+    #[command(subcommand)]
+    pub action: Option<EvalAction>,
+    /// Task to run: pope, pope-random, pope-popular, pope-adversarial, count, chair, audio-pope, audio-count.
+    pub task: Option<String>,
+    /// Preset name, model directory, or a predictions file (JSON lines keyed by question_id).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Dataset folder or question file (default: the synthetic test set, generated once from a fixed seed).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Image folder, when the question files name images elsewhere (e.g. COCO val2014).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// Only the first N questions of each split.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Run shard i of n (0-based), e.g. `--shard 0/4`; combine with `mmlab eval merge`.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Score the task's fixed candidates (yes/no, 0-20) instead of generating.
+    #[arg(long)]
+    pub score: bool,
+    /// Run the full prompt for every question (no shared image prefix).
+    #[arg(long)]
+    pub no_prefix_cache: bool,
+    /// Ignore and do not write the response cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Where result files go.
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Helper actions of `mmlab eval`.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum EvalAction {
+    /// List the tasks.
+    Tasks,
+    /// A table across models and tasks from result files or folders.
+    Compare {
+        /// Result files or folders (default: results/).
+        paths: Vec<PathBuf>,
+    },
+    /// Combine shard result files into one result.
+    Merge {
+        /// The shards' result files.
+        paths: Vec<PathBuf>,
+    },
+}
+
+/// Where the default synthetic test set lives (relative to the working directory).
+pub fn default_data_root() -> PathBuf {
+    PathBuf::from("data").join(format!("eval-{DEFAULT_EVAL_SEED}"))
+}
+
+/// The default test set for a task's modality, written on first use.
+pub fn default_data(audio: bool) -> anyhow::Result<PathBuf> {
+    let root = default_data_root();
+    let dir = root.join(if audio { "sounds" } else { "shapes" });
+    if dir.join("manifest.json").is_file() {
+        return Ok(dir);
+    }
+    eprintln!("writing the default synthetic test set to {} (seed {DEFAULT_EVAL_SEED}, once)", dir.display());
+    if audio {
+        let cfg = SoundsDatasetConfig { seed: DEFAULT_EVAL_SEED, train_clips: 0, ..SoundsDatasetConfig::default() };
+        let b = ProgressBar::new(cfg.total_items());
+        write_sounds(&dir, &cfg, &|n| b.inc(n)).with_context(|| format!("writing {}", dir.display()))?;
+        b.finish_and_clear();
+    } else {
+        let cfg = ShapesDatasetConfig { seed: DEFAULT_EVAL_SEED, train_images: 0, ..ShapesDatasetConfig::default() };
+        let b = ProgressBar::new(cfg.total_items());
+        write_shapes(&dir, &cfg, &|n| b.inc(n)).with_context(|| format!("writing {}", dir.display()))?;
+        b.finish_and_clear();
+    }
+    Ok(dir)
+}
+
+fn responder(model: &str, no_prefix_cache: bool) -> anyhow::Result<Box<dyn Responder>> {
+    let p = Path::new(model);
+    if p.is_file() {
+        return Ok(Box::new(PredictionsFile::open(p).with_context(|| format!("reading predictions {}", p.display()))?));
+    }
+    let loaded = load_model(model)?;
+    let name = if Path::new(model).is_dir() {
+        p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| model.to_string())
+    } else {
+        model.to_string()
+    };
+    let mut r = ModelResponder::new(loaded, name);
+    r.prefix_cache = !no_prefix_cache;
+    Ok(Box::new(r))
+}
+
+/// Runs `mmlab eval`.
+pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
+    match &args.action {
+        Some(EvalAction::Tasks) => {
+            for t in tasks() {
+                println!("{:<18} {}", t.name, t.description);
+            }
+            return Ok(());
+        }
+        Some(EvalAction::Compare { paths }) => {
+            let paths = if paths.is_empty() { vec![args.results.clone()] } else { paths.clone() };
+            print!("{}", compare(&paths)?);
+            return Ok(());
+        }
+        Some(EvalAction::Merge { paths }) => {
+            let r = merge(paths)?;
+            print!("{}", format_table(&r));
+            return Ok(());
+        }
+        None => {}
+    }
+    let Some(task_name) = &args.task else {
+        bail!("name a task (`mmlab eval tasks` lists them), e.g. `mmlab eval pope --model fuyu-small`");
+    };
+    let Some(model) = &args.model else {
+        bail!("--model is required: a preset name, a model directory or a predictions file");
+    };
+    let spec = task(task_name)?;
+    let data = match &args.data {
+        Some(d) => d.clone(),
+        None => default_data(spec.modality == mmlab_eval::tasks::Modality::Audio)?,
+    };
+    let mut resp = responder(model, args.no_prefix_cache)?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} answers  [{elapsed_precise} < {eta_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let b2 = bar.clone();
+    let synonyms = mmlab_datasets::vocab::synonyms()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
+        .collect();
+    let opts = RunOptions {
+        limit: args.limit,
+        shard: args.shard.as_deref().map(parse_shard).transpose()?,
+        results_dir: args.results.clone(),
+        cache_dir: args.results.join(".cache"),
+        progress: Some(Box::new(move |done, total| {
+            b2.set_length(total as u64);
+            b2.set_position(done as u64);
+        })),
+        mode: if args.score { AnswerMode::Score } else { AnswerMode::Generate },
+        images: args.images.clone(),
+        synonyms: Some(synonyms),
+        use_cache: !args.no_cache,
+        ..RunOptions::default()
+    };
+    let result = mmlab_eval::run_task(task_name, &data, resp.as_mut(), &opts)?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", format_table(&result));
+        println!("data: {}", data.display());
+    }
+    Ok(())
+}
