@@ -487,22 +487,36 @@ pub fn patchify_fitted(img: &RgbImage, patch: usize) -> PatchGrid {
     let lut = &*NORM_LUT;
     let pad = lut[PAD_BYTE as usize];
     let raw: &[u8] = img.as_raw();
-    let mut data = vec![pad; rows * cols * patch_dim];
-    for pr in 0..rows {
-        let y_end = ((pr + 1) * patch).min(h);
-        for y in pr * patch..y_end {
-            let src_row = &raw[y * w * 3..(y + 1) * w * 3];
-            let dy = (y - pr * patch) * row_len;
+    // Every value is written exactly once below, so start from (cheap, lazily zeroed) zeros.
+    let mut data = vec![0f32; rows * cols * patch_dim];
+    let fill_patch_row = |(pr, out): (usize, &mut [f32])| {
+        for dy in 0..patch {
+            let y = pr * patch + dy;
             for pc in 0..cols {
-                let x0 = pc * patch * 3;
-                let x1 = ((pc + 1) * patch * 3).min(w * 3);
-                let base = (pr * cols + pc) * patch_dim + dy;
-                let dst = &mut data[base..base + (x1 - x0)];
-                for (d, &s) in dst.iter_mut().zip(&src_row[x0..x1]) {
+                let base = pc * patch_dim + dy * row_len;
+                let dst = &mut out[base..base + row_len];
+                if y >= h {
+                    dst.fill(pad);
+                    continue;
+                }
+                let x0 = pc * row_len;
+                let x1 = ((pc + 1) * row_len).min(w * 3);
+                let src = &raw[y * w * 3 + x0..y * w * 3 + x1];
+                let (head, tail) = dst.split_at_mut(x1 - x0);
+                for (d, &s) in head.iter_mut().zip(src) {
                     *d = lut[s as usize];
                 }
+                tail.fill(pad);
             }
         }
+    };
+    let chunk = cols * patch_dim;
+    if data.len() >= PARALLEL_MIN_BYTES {
+        data.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(fill_patch_row);
+    } else {
+        data.chunks_mut(chunk).enumerate().for_each(fill_patch_row);
     }
     PatchGrid {
         rows,
