@@ -1,0 +1,118 @@
+//! Training runs: a resumed run matches an uninterrupted one; bad model directories get clear errors.
+
+use candle_core::Device;
+use mmlab::fusion::TextTokenizer;
+use mmlab::model::checkpoint::load_dir;
+use mmlab::model::presets::preset;
+use mmlab::train::data::SyntheticData;
+use mmlab::train::optim::AdamWConfig;
+use mmlab::train::{train, LogLine, RunControl, TrainConfig};
+
+fn config(steps: u64) -> TrainConfig {
+    let tok = TextTokenizer::builtin().unwrap();
+    let mut model = preset("fuyu-tiny").unwrap().config;
+    model.model.vocab_size = model.model.vocab_size.max(tok.vocab_size());
+    TrainConfig {
+        model,
+        data: Some(SyntheticData::small()),
+        data_dir: None,
+        steps,
+        batch_size: 8,
+        warmup: 2,
+        min_lr_ratio: 0.1,
+        optim: AdamWConfig::default(),
+        grad_clip: 1.0,
+        seed: 4,
+        log_every: 1,
+        eval_every: 0,
+        ckpt_every: 0,
+        eval_batches: 1,
+    }
+}
+
+fn losses(dir: &std::path::Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(dir.join("train.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<LogLine>(l).unwrap())
+        .filter_map(|l| l.loss.map(|x| (l.step, x)))
+        .collect()
+}
+
+#[test]
+fn resumed_run_matches_uninterrupted_run() {
+    let cfg = config(10);
+    let quiet = |_: u64, _: u64, _: f64, _: f64| {};
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    train(&cfg, TextTokenizer::builtin().unwrap(), a.path(), &RunControl { resume: false, progress: &quiet, stop_after: None })
+        .unwrap();
+    let half = train(
+        &cfg,
+        TextTokenizer::builtin().unwrap(),
+        b.path(),
+        &RunControl { resume: false, progress: &quiet, stop_after: Some(4) },
+    )
+    .unwrap();
+    assert_eq!(half.state.step, 4);
+    assert!(!b.path().join("model.safetensors").exists(), "an interrupted run must not write the final model");
+    train(&cfg, TextTokenizer::builtin().unwrap(), b.path(), &RunControl { resume: true, progress: &quiet, stop_after: None })
+        .unwrap();
+    assert_eq!(losses(a.path()).len(), 10);
+    assert_eq!(losses(a.path()), losses(b.path()), "loss curves differ after resume");
+    let wa = std::fs::read(a.path().join("model.safetensors")).unwrap();
+    let wb = std::fs::read(b.path().join("model.safetensors")).unwrap();
+    assert!(wa == wb, "final weights differ after resume");
+    // The finished directory loads as a model.
+    let m = load_dir(a.path(), &Device::Cpu).unwrap();
+    assert_eq!(m.config.preset.as_deref(), Some("fuyu-tiny"));
+    // Resuming with other settings is refused.
+    let mut other = cfg.clone();
+    other.optim.lr *= 2.0;
+    let err = train(&other, TextTokenizer::builtin().unwrap(), a.path(), &RunControl { resume: true, progress: &quiet, stop_after: None })
+        .unwrap_err();
+    assert!(err.to_string().contains("different settings"), "{err}");
+}
+
+fn trained_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let quiet = |_: u64, _: u64, _: f64, _: f64| {};
+    train(&config(1), TextTokenizer::builtin().unwrap(), d.path(), &RunControl { resume: false, progress: &quiet, stop_after: None })
+        .unwrap();
+    d
+}
+
+#[test]
+fn truncated_or_hostile_weights_are_clear_errors() {
+    let d = trained_dir();
+    let w = d.path().join("model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
+    let e = load_dir(d.path(), &Device::Cpu).err().expect("truncated weights must fail").to_string();
+    assert!(e.contains("model.safetensors"), "{e}");
+    // A header that claims an enormous length.
+    let mut hostile = (u64::MAX / 2).to_le_bytes().to_vec();
+    hostile.extend_from_slice(b"{}");
+    std::fs::write(&w, &hostile).unwrap();
+    let e = load_dir(d.path(), &Device::Cpu).err().expect("hostile header must fail").to_string();
+    assert!(e.contains("model.safetensors"), "{e}");
+}
+
+#[test]
+fn bad_configs_are_clear_errors() {
+    let d = trained_dir();
+    let c = d.path().join("config.json");
+    std::fs::write(&c, "{ not json").unwrap();
+    let e = load_dir(d.path(), &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("config.json"), "{e}");
+    let mut cfg = preset("fuyu-tiny").unwrap().config;
+    cfg.model.n_heads = 3; // 32 is not divisible by 3
+    std::fs::write(&c, serde_json::to_string(&cfg).unwrap()).unwrap();
+    let e = load_dir(d.path(), &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("config.json") && e.contains("n_heads"), "{e}");
+    let mut cfg = preset("fuyu-tiny").unwrap().config;
+    cfg.model.d_model = 64; // weights are 32 wide
+    std::fs::write(&c, serde_json::to_string(&cfg).unwrap()).unwrap();
+    let e = load_dir(d.path(), &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("model.safetensors"), "{e}");
+}
