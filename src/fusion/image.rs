@@ -565,7 +565,7 @@ mod tests {
         assert_eq!((g.rows, g.cols, g.patch_dim), (2, 2, 12));
         // Patch (row 1, col 0) = index 2; its element (r=1, c=0, ch=2) is pixel (x=0, y=3), channel 2.
         let p = g.patch(2).unwrap();
-        let idx = (2 + 0) * 3 + 2;
+        let idx = 2 * 3 + 2; // (r * 2 + c) * 3 + ch with r = 1, c = 0, ch = 2
         assert_eq!(p[idx], normalise_byte(img.get_pixel(0, 3)[2]));
         // Element (r=0, c=1, ch=0) of patch (0, 1) is pixel (x=3, y=0), channel 0.
         let p = g.patch(1).unwrap();

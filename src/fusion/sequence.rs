@@ -459,7 +459,7 @@ impl SequenceBuilder {
                     ),
                 };
             for frame in frames {
-                let keep = index % self.video_stride == 0;
+                let keep = index.is_multiple_of(self.video_stride);
                 index += 1;
                 let frame = frame?;
                 if !keep {

@@ -86,7 +86,7 @@ pub fn sample_frames(
     let mut kept = Vec::new();
     for (i, frame) in video_frames(path)?.enumerate() {
         let frame = frame?;
-        if i % stride != 0 {
+        if !i.is_multiple_of(stride) {
             continue;
         }
         if kept.len() == max_frames {
