@@ -23,9 +23,20 @@ fn mixed_batch(cfg: &mmlab::model::ModelDirConfig, tok: Arc<TextTokenizer>, n: u
     d.scene.width = cfg.image.max_width as u32;
     d.scene.height = cfg.image.max_height as u32;
     let f = Factory::new(Source::Synthetic(d.clone()), 7, n, builder);
-    let mut seqs: Vec<_> = f.batch(0).expect("image batch").into_iter().map(|e| e.seq).collect();
+    let mut seqs: Vec<_> = f
+        .batch(0)
+        .expect("image batch")
+        .into_iter()
+        .map(|e| e.seq)
+        .collect();
     let audio_step = d.audio_every - 1;
-    seqs.extend(f.batch(audio_step).expect("audio batch").into_iter().take(2).map(|e| e.seq));
+    seqs.extend(
+        f.batch(audio_step)
+            .expect("audio batch")
+            .into_iter()
+            .take(2)
+            .map(|e| e.seq),
+    );
     collate(&seqs, tok.specials.pad, PadSide::Right).expect("collate")
 }
 
@@ -38,15 +49,32 @@ fn every_parameter_of_every_preset_gets_a_gradient() {
         let (model, vm) = init_model(&cfg, 1, &Device::Cpu).expect("init");
         let vars = named_vars(&vm);
         let n: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
-        assert_eq!(n, parameter_count(&cfg.model), "{}: parameter_count disagrees with the built model", p.name);
+        assert_eq!(
+            n,
+            parameter_count(&cfg.model),
+            "{}: parameter_count disagrees with the built model",
+            p.name
+        );
         let batch = mixed_batch(&cfg, tok.clone(), 4);
         assert!(!batch.patch_positions.is_empty() && !batch.frame_positions.is_empty());
         let (loss, _) = model.loss(&batch).expect("loss");
         let grads = loss.backward().expect("backward");
         for (name, var) in &vars {
-            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{}: no gradient for {name}", p.name));
-            let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(norm > 0.0 && norm.is_finite(), "{}: gradient of {name} is {norm}", p.name);
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{}: no gradient for {name}", p.name));
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                norm > 0.0 && norm.is_finite(),
+                "{}: gradient of {name} is {norm}",
+                p.name
+            );
         }
     }
 }
@@ -63,19 +91,35 @@ fn finite_differences_match_autograd_on_fuyu_tiny() {
     let loss_at = || model.loss(&batch).unwrap().0.to_scalar::<f32>().unwrap() as f64;
     let mut checked = 0;
     for (name, var) in named_vars(&vm) {
-        let g = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         // The element with the largest gradient: the one finite differences resolve best.
-        let (i, gi) = g.iter().enumerate().fold((0, 0f32), |b, (i, &v)| if v.abs() > b.1.abs() { (i, v) } else { b });
+        let (i, gi) =
+            g.iter().enumerate().fold(
+                (0, 0f32),
+                |b, (i, &v)| if v.abs() > b.1.abs() { (i, v) } else { b },
+            );
         if gi.abs() < 1e-3 {
             continue;
         }
-        let orig = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let orig = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         // A step small enough that curvature does not matter, large enough for f32 loss resolution.
         let h = (2e-3 / gi.abs()).clamp(1e-4, 1e-2);
         let set = |delta: f32| {
             let mut w = orig.clone();
             w[i] += delta;
-            var.set(&Tensor::from_vec(w, var.shape().clone(), &Device::Cpu).unwrap()).unwrap();
+            var.set(&Tensor::from_vec(w, var.shape().clone(), &Device::Cpu).unwrap())
+                .unwrap();
         };
         set(h);
         let lp = loss_at();
@@ -84,10 +128,16 @@ fn finite_differences_match_autograd_on_fuyu_tiny() {
         set(0.0);
         let fd = (lp - lm) / (2.0 * h as f64);
         let rel = (fd - gi as f64).abs() / (gi.abs() as f64).max(1e-3);
-        assert!(rel < 0.05, "{name}[{i}]: autograd {gi}, finite difference {fd} (rel err {rel:.3})");
+        assert!(
+            rel < 0.05,
+            "{name}[{i}]: autograd {gi}, finite difference {fd} (rel err {rel:.3})"
+        );
         checked += 1;
     }
-    assert!(checked >= 10, "only {checked} parameters had a gradient large enough to check");
+    assert!(
+        checked >= 10,
+        "only {checked} parameters had a gradient large enough to check"
+    );
 }
 
 #[test]
@@ -99,7 +149,11 @@ fn prefix_cached_generation_equals_full_generation() {
     let builder = SequenceBuilder::new(tok.clone(), cfg.image.clone(), cfg.audio.clone());
     let d = SyntheticData::small();
     let f = Factory::new(Source::Synthetic(d.clone()), 11, 6, builder.clone());
-    let questions = ["Is there a ring in the image?", "How many stars are there in the image?", "Is there a red circle?"];
+    let questions = [
+        "Is there a ring in the image?",
+        "How many stars are there in the image?",
+        "Is there a red circle?",
+    ];
     let mut prefixes = Vec::new();
     let mut suffixes = Vec::new();
     let mut full = Vec::new();
@@ -123,13 +177,18 @@ fn prefix_cached_generation_equals_full_generation() {
         prefixes.push(pre);
     }
     let _ = f;
-    let opts = GenerateOptions { max_new_tokens: 5, ..Default::default() };
+    let opts = GenerateOptions {
+        max_new_tokens: 5,
+        ..Default::default()
+    };
     let a = generate(&model, &full, tok.specials.pad, &opts).unwrap();
     let b = generate_with_prefixes(&model, &prefixes, &suffixes, tok.specials.pad, &opts).unwrap();
     assert_eq!(a, b);
     // And the next-token logits agree numerically.
     let batch = collate(&full[..1], tok.specials.pad, PadSide::Left).unwrap();
-    let lf = model.last_logits(&model.forward(&batch, None, false).unwrap().hidden).unwrap();
+    let lf = model
+        .last_logits(&model.forward(&batch, None, false).unwrap().hidden)
+        .unwrap();
     let mut cache = KvCache::default();
     let pb = collate(&prefixes[..1], tok.specials.pad, PadSide::Left).unwrap();
     model.forward(&pb, Some(&mut cache), false).unwrap();
@@ -138,14 +197,25 @@ fn prefix_cached_generation_equals_full_generation() {
         batch: 1,
         seq_len: ids.len(),
         tokens: ids.clone(),
-        positions: (0..ids.len() as u32).map(|k| cache.next_pos[0] + k).collect(),
+        positions: (0..ids.len() as u32)
+            .map(|k| cache.next_pos[0] + k)
+            .collect(),
         attention_mask: vec![1; ids.len()],
         target_mask: vec![false; ids.len()],
         modality: vec![mmlab::fusion::Modality::Text; ids.len()],
         ..Default::default()
     };
-    let lc = model.last_logits(&model.forward(&sb, Some(&mut cache), false).unwrap().hidden).unwrap();
-    let diff = (lf - lc).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let lc = model
+        .last_logits(&model.forward(&sb, Some(&mut cache), false).unwrap().hidden)
+        .unwrap();
+    let diff = (lf - lc)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(diff < 1e-4, "prefix-cached logits differ by {diff}");
 }
 
@@ -159,9 +229,23 @@ fn left_padding_does_not_change_the_answer() {
     let scene = mmlab_datasets::generate_scene(&SyntheticData::small().scene, 2, 0);
     let grid = mmlab::fusion::patchify(&mmlab_datasets::render(&scene), &cfg.image);
     let short = builder.build_with_patches(&grid, &tok.encode("Is there a ring?").unwrap(), None);
-    let long = builder.build_with_patches(&grid, &tok.encode("How many rings are there in the image today?").unwrap(), None);
-    let opts = GenerateOptions { max_new_tokens: 4, ..Default::default() };
-    let alone = generate(&model, std::slice::from_ref(&short), tok.specials.pad, &opts).unwrap();
+    let long = builder.build_with_patches(
+        &grid,
+        &tok.encode("How many rings are there in the image today?")
+            .unwrap(),
+        None,
+    );
+    let opts = GenerateOptions {
+        max_new_tokens: 4,
+        ..Default::default()
+    };
+    let alone = generate(
+        &model,
+        std::slice::from_ref(&short),
+        tok.specials.pad,
+        &opts,
+    )
+    .unwrap();
     let padded = generate(&model, &[long, short], tok.specials.pad, &opts).unwrap();
     assert_eq!(alone[0], padded[1]);
 }

@@ -45,21 +45,50 @@ fn resumed_run_matches_uninterrupted_run() {
     let quiet = |_: u64, _: u64, _: f64, _: f64| {};
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    train(&cfg, TextTokenizer::builtin().unwrap(), a.path(), &RunControl { resume: false, progress: &quiet, stop_after: None })
-        .unwrap();
+    train(
+        &cfg,
+        TextTokenizer::builtin().unwrap(),
+        a.path(),
+        &RunControl {
+            resume: false,
+            progress: &quiet,
+            stop_after: None,
+        },
+    )
+    .unwrap();
     let half = train(
         &cfg,
         TextTokenizer::builtin().unwrap(),
         b.path(),
-        &RunControl { resume: false, progress: &quiet, stop_after: Some(4) },
+        &RunControl {
+            resume: false,
+            progress: &quiet,
+            stop_after: Some(4),
+        },
     )
     .unwrap();
     assert_eq!(half.state.step, 4);
-    assert!(!b.path().join("model.safetensors").exists(), "an interrupted run must not write the final model");
-    train(&cfg, TextTokenizer::builtin().unwrap(), b.path(), &RunControl { resume: true, progress: &quiet, stop_after: None })
-        .unwrap();
+    assert!(
+        !b.path().join("model.safetensors").exists(),
+        "an interrupted run must not write the final model"
+    );
+    train(
+        &cfg,
+        TextTokenizer::builtin().unwrap(),
+        b.path(),
+        &RunControl {
+            resume: true,
+            progress: &quiet,
+            stop_after: None,
+        },
+    )
+    .unwrap();
     assert_eq!(losses(a.path()).len(), 10);
-    assert_eq!(losses(a.path()), losses(b.path()), "loss curves differ after resume");
+    assert_eq!(
+        losses(a.path()),
+        losses(b.path()),
+        "loss curves differ after resume"
+    );
     let wa = std::fs::read(a.path().join("model.safetensors")).unwrap();
     let wb = std::fs::read(b.path().join("model.safetensors")).unwrap();
     assert!(wa == wb, "final weights differ after resume");
@@ -69,16 +98,34 @@ fn resumed_run_matches_uninterrupted_run() {
     // Resuming with other settings is refused.
     let mut other = cfg.clone();
     other.optim.lr *= 2.0;
-    let err = train(&other, TextTokenizer::builtin().unwrap(), a.path(), &RunControl { resume: true, progress: &quiet, stop_after: None })
-        .unwrap_err();
+    let err = train(
+        &other,
+        TextTokenizer::builtin().unwrap(),
+        a.path(),
+        &RunControl {
+            resume: true,
+            progress: &quiet,
+            stop_after: None,
+        },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("different settings"), "{err}");
 }
 
 fn trained_dir() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     let quiet = |_: u64, _: u64, _: f64, _: f64| {};
-    train(&config(1), TextTokenizer::builtin().unwrap(), d.path(), &RunControl { resume: false, progress: &quiet, stop_after: None })
-        .unwrap();
+    train(
+        &config(1),
+        TextTokenizer::builtin().unwrap(),
+        d.path(),
+        &RunControl {
+            resume: false,
+            progress: &quiet,
+            stop_after: None,
+        },
+    )
+    .unwrap();
     d
 }
 
@@ -88,13 +135,19 @@ fn truncated_or_hostile_weights_are_clear_errors() {
     let w = d.path().join("model.safetensors");
     let bytes = std::fs::read(&w).unwrap();
     std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
-    let e = load_dir(d.path(), &Device::Cpu).err().expect("truncated weights must fail").to_string();
+    let e = load_dir(d.path(), &Device::Cpu)
+        .err()
+        .expect("truncated weights must fail")
+        .to_string();
     assert!(e.contains("model.safetensors"), "{e}");
     // A header that claims an enormous length.
     let mut hostile = (u64::MAX / 2).to_le_bytes().to_vec();
     hostile.extend_from_slice(b"{}");
     std::fs::write(&w, &hostile).unwrap();
-    let e = load_dir(d.path(), &Device::Cpu).err().expect("hostile header must fail").to_string();
+    let e = load_dir(d.path(), &Device::Cpu)
+        .err()
+        .expect("hostile header must fail")
+        .to_string();
     assert!(e.contains("model.safetensors"), "{e}");
 }
 

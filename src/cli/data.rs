@@ -73,8 +73,10 @@ pub enum DataKind {
 fn bar(total: u64) -> ProgressBar {
     let b = ProgressBar::new(total);
     b.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} items  [{elapsed_precise} < {eta_precise}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} items  [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     b
 }
@@ -82,7 +84,13 @@ fn bar(total: u64) -> ProgressBar {
 /// Writes the dataset and prints its counts.
 pub fn run(args: &DataArgs) -> anyhow::Result<()> {
     let manifest = match &args.kind {
-        DataKind::Shapes { out, images, train_images, scenes, seed } => {
+        DataKind::Shapes {
+            out,
+            images,
+            train_images,
+            scenes,
+            seed,
+        } => {
             let Some(scene) = SceneConfig::preset(scenes) else {
                 bail!("unknown scene preset {scenes:?} (small, medium, free-small, free-medium, occlusion-medium)");
             };
@@ -94,11 +102,17 @@ pub fn run(args: &DataArgs) -> anyhow::Result<()> {
                 ..ShapesDatasetConfig::default()
             };
             let b = bar(cfg.total_items());
-            let m = write_shapes(out, &cfg, &|n| b.inc(n)).with_context(|| format!("writing {}", out.display()))?;
+            let m = write_shapes(out, &cfg, &|n| b.inc(n))
+                .with_context(|| format!("writing {}", out.display()))?;
             b.finish();
             m
         }
-        DataKind::Sounds { out, clips, train_clips, seed } => {
+        DataKind::Sounds {
+            out,
+            clips,
+            train_clips,
+            seed,
+        } => {
             let cfg = SoundsDatasetConfig {
                 seed: *seed,
                 pope_clips: *clips,
@@ -106,12 +120,22 @@ pub fn run(args: &DataArgs) -> anyhow::Result<()> {
                 ..SoundsDatasetConfig::default()
             };
             let b = bar(cfg.total_items());
-            let m = write_sounds(out, &cfg, &|n| b.inc(n)).with_context(|| format!("writing {}", out.display()))?;
+            let m = write_sounds(out, &cfg, &|n| b.inc(n))
+                .with_context(|| format!("writing {}", out.display()))?;
             b.finish();
             m
         }
-        DataKind::Pope { annotations, out, images, seed } => {
-            let cfg = PopeConfig { images: *images, seed: *seed, ..PopeConfig::default() };
+        DataKind::Pope {
+            annotations,
+            out,
+            images,
+            seed,
+        } => {
+            let cfg = PopeConfig {
+                images: *images,
+                seed: *seed,
+                ..PopeConfig::default()
+            };
             let b = bar(*images as u64);
             let m = write_pope_from_coco(annotations, out, &cfg, &|n| b.inc(n))
                 .with_context(|| format!("rebuilding POPE from {}", annotations.display()))?;

@@ -6,7 +6,8 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use mmlab_datasets::{write_shapes, write_sounds, ShapesDatasetConfig, SoundsDatasetConfig};
 use mmlab_eval::{
-    compare, format_table, merge, parse_shard, task, tasks, AnswerMode, PredictionsFile, Responder, RunOptions,
+    compare, format_table, merge, parse_shard, task, tasks, AnswerMode, PredictionsFile, Responder,
+    RunOptions,
 };
 
 use crate::model::resolve::load_model;
@@ -85,16 +86,29 @@ pub fn default_data(audio: bool) -> anyhow::Result<PathBuf> {
     if dir.join("manifest.json").is_file() {
         return Ok(dir);
     }
-    eprintln!("writing the default synthetic test set to {} (seed {DEFAULT_EVAL_SEED}, once)", dir.display());
+    eprintln!(
+        "writing the default synthetic test set to {} (seed {DEFAULT_EVAL_SEED}, once)",
+        dir.display()
+    );
     if audio {
-        let cfg = SoundsDatasetConfig { seed: DEFAULT_EVAL_SEED, train_clips: 0, ..SoundsDatasetConfig::default() };
+        let cfg = SoundsDatasetConfig {
+            seed: DEFAULT_EVAL_SEED,
+            train_clips: 0,
+            ..SoundsDatasetConfig::default()
+        };
         let b = ProgressBar::new(cfg.total_items());
-        write_sounds(&dir, &cfg, &|n| b.inc(n)).with_context(|| format!("writing {}", dir.display()))?;
+        write_sounds(&dir, &cfg, &|n| b.inc(n))
+            .with_context(|| format!("writing {}", dir.display()))?;
         b.finish_and_clear();
     } else {
-        let cfg = ShapesDatasetConfig { seed: DEFAULT_EVAL_SEED, train_images: 0, ..ShapesDatasetConfig::default() };
+        let cfg = ShapesDatasetConfig {
+            seed: DEFAULT_EVAL_SEED,
+            train_images: 0,
+            ..ShapesDatasetConfig::default()
+        };
         let b = ProgressBar::new(cfg.total_items());
-        write_shapes(&dir, &cfg, &|n| b.inc(n)).with_context(|| format!("writing {}", dir.display()))?;
+        write_shapes(&dir, &cfg, &|n| b.inc(n))
+            .with_context(|| format!("writing {}", dir.display()))?;
         b.finish_and_clear();
     }
     Ok(dir)
@@ -103,11 +117,15 @@ pub fn default_data(audio: bool) -> anyhow::Result<PathBuf> {
 fn responder(model: &str, no_prefix_cache: bool) -> anyhow::Result<Box<dyn Responder>> {
     let p = Path::new(model);
     if p.is_file() {
-        return Ok(Box::new(PredictionsFile::open(p).with_context(|| format!("reading predictions {}", p.display()))?));
+        return Ok(Box::new(PredictionsFile::open(p).with_context(|| {
+            format!("reading predictions {}", p.display())
+        })?));
     }
     let loaded = load_model(model)?;
     let name = if Path::new(model).is_dir() {
-        p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| model.to_string())
+        p.file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| model.to_string())
     } else {
         model.to_string()
     };
@@ -126,7 +144,11 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         Some(EvalAction::Compare { paths }) => {
-            let paths = if paths.is_empty() { vec![args.results.clone()] } else { paths.clone() };
+            let paths = if paths.is_empty() {
+                vec![args.results.clone()]
+            } else {
+                paths.clone()
+            };
             print!("{}", compare(&paths)?);
             return Ok(());
         }
@@ -151,8 +173,10 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let mut resp = responder(model, args.no_prefix_cache)?;
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} answers  [{elapsed_precise} < {eta_precise}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} answers  [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let b2 = bar.clone();
     let synonyms = mmlab_datasets::vocab::synonyms()
@@ -168,7 +192,11 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             b2.set_length(total as u64);
             b2.set_position(done as u64);
         })),
-        mode: if args.score { AnswerMode::Score } else { AnswerMode::Generate },
+        mode: if args.score {
+            AnswerMode::Score
+        } else {
+            AnswerMode::Generate
+        },
         images: args.images.clone(),
         synonyms: Some(synonyms),
         use_cache: !args.no_cache,

@@ -43,7 +43,9 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
     }
     // candle's CPU worker pool spins while it waits; on small tensors and a busy machine
     // one thread is faster (measured 2x on `fuyu-small` training). CANDLE_NUM_THREADS overrides.
@@ -51,7 +53,10 @@ pub fn main() -> anyhow::Result<()> {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MMLAB_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MMLAB_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match &cli.command {

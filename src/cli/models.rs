@@ -20,9 +20,14 @@ pub fn run(args: &ModelsArgs) -> anyhow::Result<()> {
 
 /// The table as text.
 pub fn render(args: &ModelsArgs) -> String {
-    let mut out = format!("{:<14} {:<8} {:>10}  {:<44} {}\n", "name", "design", "params", "about", "weights");
+    let mut out = format!(
+        "{:<14} {:<8} {:>10}  {:<44} {}\n",
+        "name", "design", "params", "about", "weights"
+    );
     for p in presets() {
-        let w = shipped_dir(p.name).map(|d| d.display().to_string()).unwrap_or_else(|| "(not trained here)".into());
+        let w = shipped_dir(p.name)
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| "(not trained here)".into());
         out += &format!(
             "{:<14} {:<8} {:>10}  {:<44} {}\n",
             p.name,

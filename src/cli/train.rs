@@ -75,7 +75,10 @@ pub fn config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         batch_size: args.batch_size.unwrap_or(batch),
         warmup: warmup.min(args.steps.unwrap_or(steps) / 10),
         min_lr_ratio: 0.05,
-        optim: AdamWConfig { lr: args.lr.unwrap_or(lr), ..AdamWConfig::default() },
+        optim: AdamWConfig {
+            lr: args.lr.unwrap_or(lr),
+            ..AdamWConfig::default()
+        },
         grad_clip: 1.0,
         seed: args.seed,
         log_every: 20,
@@ -89,7 +92,8 @@ pub fn config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
 pub fn tokenizer_for(cfg: &TrainConfig, args: &TrainArgs) -> anyhow::Result<TextTokenizer> {
     let saved = args.out.join("tokenizer.json");
     if args.resume && saved.is_file() {
-        return TextTokenizer::from_file(&saved).with_context(|| format!("loading {}", saved.display()));
+        return TextTokenizer::from_file(&saved)
+            .with_context(|| format!("loading {}", saved.display()));
     }
     let texts = match (&cfg.data, &cfg.data_dir) {
         (Some(d), _) => corpus(d, cfg.seed, 2000, &cfg.model.image),
@@ -112,7 +116,8 @@ pub fn tokenizer_for(cfg: &TrainConfig, args: &TrainArgs) -> anyhow::Result<Text
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let cfg = config(args)?;
     let tok = tokenizer_for(&cfg, args)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     tok.save(&args.out.join("tokenizer.json"))?;
     eprintln!(
         "training {} ({} parameters) for {} steps x {} sequences into {}",
@@ -124,14 +129,20 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     );
     let bar = ProgressBar::new(cfg.steps);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let progress = |step: u64, _total: u64, loss: f64, tps: f64| {
         bar.set_position(step);
         bar.set_message(format!("loss {loss:.4}  {tps:.0} tok/s"));
     };
-    let ctl = RunControl { resume: args.resume, progress: &progress, stop_after: args.stop_after };
+    let ctl = RunControl {
+        resume: args.resume,
+        progress: &progress,
+        stop_after: args.stop_after,
+    };
     let summary = train(&cfg, tok, &args.out, &ctl)?;
     bar.finish();
     let cmd: Vec<String> = std::env::args().collect();

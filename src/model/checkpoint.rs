@@ -81,18 +81,29 @@ pub struct LoadedModel {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io { path: path.to_path_buf(), source }
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Reads and validates `dir/config.json`.
 pub fn read_config(dir: &Path) -> Result<ModelDirConfig, CheckpointError> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-    let cfg: ModelDirConfig =
-        serde_json::from_str(&text).map_err(|e| CheckpointError::Config { path: path.clone(), msg: e.to_string() })?;
-    cfg.model.validate().map_err(|e| CheckpointError::Config { path: path.clone(), msg: e.0 })?;
+    let cfg: ModelDirConfig = serde_json::from_str(&text).map_err(|e| CheckpointError::Config {
+        path: path.clone(),
+        msg: e.to_string(),
+    })?;
+    cfg.model.validate().map_err(|e| CheckpointError::Config {
+        path: path.clone(),
+        msg: e.0,
+    })?;
     if cfg.design != "native" {
-        return Err(CheckpointError::Config { path, msg: format!("unknown design {:?} (expected \"native\")", cfg.design) });
+        return Err(CheckpointError::Config {
+            path,
+            msg: format!("unknown design {:?} (expected \"native\")", cfg.design),
+        });
     }
     Ok(cfg)
 }
@@ -103,8 +114,12 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<LoadedModel, CheckpointEr
     let wpath = dir.join("model.safetensors");
     let bytes = std::fs::read(&wpath).map_err(io(&wpath))?;
     let weights_sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
-    let werr = |msg: String| CheckpointError::Weights { path: wpath.clone(), msg };
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| werr(e.to_string()))?;
+    let werr = |msg: String| CheckpointError::Weights {
+        path: wpath.clone(),
+        msg,
+    };
+    let tensors =
+        candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| werr(e.to_string()))?;
     let tensors: HashMap<String, Tensor> = tensors
         .into_iter()
         .map(|(k, v)| v.to_dtype(DType::F32).map(|v| (k, v)))
@@ -113,15 +128,27 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<LoadedModel, CheckpointEr
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
     let model = NativeModel::new(&config.model, vb).map_err(|e| werr(e.to_string()))?;
     let tpath = dir.join("tokenizer.json");
-    let tokenizer = TextTokenizer::from_file(&tpath)
-        .map_err(|e| CheckpointError::Tokenizer { path: tpath.clone(), msg: e.to_string() })?;
+    let tokenizer = TextTokenizer::from_file(&tpath).map_err(|e| CheckpointError::Tokenizer {
+        path: tpath.clone(),
+        msg: e.to_string(),
+    })?;
     if tokenizer.vocab_size() > config.model.vocab_size {
         return Err(CheckpointError::Config {
             path: dir.join("config.json"),
-            msg: format!("tokenizer has {} tokens but vocab_size is {}", tokenizer.vocab_size(), config.model.vocab_size),
+            msg: format!(
+                "tokenizer has {} tokens but vocab_size is {}",
+                tokenizer.vocab_size(),
+                config.model.vocab_size
+            ),
         });
     }
-    Ok(LoadedModel { dir: dir.to_path_buf(), config, model, tokenizer, weights_sha256 })
+    Ok(LoadedModel {
+        dir: dir.to_path_buf(),
+        config,
+        model,
+        tokenizer,
+        weights_sha256,
+    })
 }
 
 /// Writes `bytes` to `path` atomically (temp file + rename).
@@ -136,12 +163,18 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
 
 /// Serialises `vars` (sorted by name) as safetensors in `dtype`.
 pub fn safetensors_bytes(vars: &VarMap, dtype: DType) -> Result<Vec<u8>, String> {
-    let data = vars.data().lock().map_err(|_| "variable map lock poisoned".to_string())?;
+    let data = vars
+        .data()
+        .lock()
+        .map_err(|_| "variable map lock poisoned".to_string())?;
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
     let mut tensors = Vec::with_capacity(names.len());
     for name in names {
-        let t = data[name].as_tensor().to_dtype(dtype).map_err(|e| e.to_string())?;
+        let t = data[name]
+            .as_tensor()
+            .to_dtype(dtype)
+            .map_err(|e| e.to_string())?;
         tensors.push((name.clone(), t));
     }
     tensors_to_bytes(&tensors)
@@ -149,17 +182,36 @@ pub fn safetensors_bytes(vars: &VarMap, dtype: DType) -> Result<Vec<u8>, String>
 
 /// Serialises named tensors as safetensors bytes.
 pub fn tensors_to_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, String> {
-    fn le<T: candle_core::WithDType>(t: &Tensor, f: impl Fn(T) -> Vec<u8>) -> Result<Vec<u8>, String> {
-        Ok(t.to_vec1::<T>().map_err(|e| e.to_string())?.into_iter().flat_map(f).collect())
+    fn le<T: candle_core::WithDType>(
+        t: &Tensor,
+        f: impl Fn(T) -> Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        Ok(t.to_vec1::<T>()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .flat_map(f)
+            .collect())
     }
     let mut owned = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let flat = t.flatten_all().map_err(|e| e.to_string())?;
         let (bytes, dt) = match t.dtype() {
-            DType::F32 => (le::<f32>(&flat, |v| v.to_le_bytes().to_vec())?, safetensors::Dtype::F32),
-            DType::F16 => (le::<half::f16>(&flat, |v| v.to_le_bytes().to_vec())?, safetensors::Dtype::F16),
-            DType::BF16 => (le::<half::bf16>(&flat, |v| v.to_le_bytes().to_vec())?, safetensors::Dtype::BF16),
-            DType::U32 => (le::<u32>(&flat, |v| v.to_le_bytes().to_vec())?, safetensors::Dtype::U32),
+            DType::F32 => (
+                le::<f32>(&flat, |v| v.to_le_bytes().to_vec())?,
+                safetensors::Dtype::F32,
+            ),
+            DType::F16 => (
+                le::<half::f16>(&flat, |v| v.to_le_bytes().to_vec())?,
+                safetensors::Dtype::F16,
+            ),
+            DType::BF16 => (
+                le::<half::bf16>(&flat, |v| v.to_le_bytes().to_vec())?,
+                safetensors::Dtype::BF16,
+            ),
+            DType::U32 => (
+                le::<u32>(&flat, |v| v.to_le_bytes().to_vec())?,
+                safetensors::Dtype::U32,
+            ),
             other => return Err(format!("cannot save dtype {other:?}")),
         };
         owned.push((name.clone(), bytes, t.dims().to_vec(), dt));
@@ -167,7 +219,9 @@ pub fn tensors_to_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, String>
     let views = owned
         .iter()
         .map(|(n, b, s, d)| {
-            safetensors::tensor::TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v)).map_err(|e| e.to_string())
+            safetensors::tensor::TensorView::new(*d, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| e.to_string())
         })
         .collect::<Result<Vec<_>, String>>()?;
     safetensors::tensor::serialize(views, None).map_err(|e| e.to_string())
@@ -183,12 +237,23 @@ pub fn save_dir(
 ) -> Result<(), CheckpointError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let wpath = dir.join("model.safetensors");
-    let bytes = safetensors_bytes(vars, dtype).map_err(|msg| CheckpointError::Weights { path: wpath.clone(), msg })?;
+    let bytes = safetensors_bytes(vars, dtype).map_err(|msg| CheckpointError::Weights {
+        path: wpath.clone(),
+        msg,
+    })?;
     atomic_write(&wpath, &bytes)?;
     let cpath = dir.join("config.json");
-    let json = serde_json::to_vec_pretty(config).map_err(|e| CheckpointError::Config { path: cpath.clone(), msg: e.to_string() })?;
+    let json = serde_json::to_vec_pretty(config).map_err(|e| CheckpointError::Config {
+        path: cpath.clone(),
+        msg: e.to_string(),
+    })?;
     atomic_write(&cpath, &json)?;
     let tpath = dir.join("tokenizer.json");
-    tokenizer.save(&tpath).map_err(|e| CheckpointError::Tokenizer { path: tpath.clone(), msg: e.to_string() })?;
+    tokenizer
+        .save(&tpath)
+        .map_err(|e| CheckpointError::Tokenizer {
+            path: tpath.clone(),
+            msg: e.to_string(),
+        })?;
     Ok(())
 }

@@ -85,16 +85,28 @@ impl ModelConfig {
             return err("vocab_size, d_model, n_layers and d_ff must be positive".into());
         }
         if self.n_heads == 0 || self.d_model % self.n_heads != 0 {
-            return err(format!("d_model {} is not divisible by n_heads {}", self.d_model, self.n_heads));
+            return err(format!(
+                "d_model {} is not divisible by n_heads {}",
+                self.d_model, self.n_heads
+            ));
         }
         if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
-            return err(format!("n_heads {} is not a multiple of n_kv_heads {}", self.n_heads, self.n_kv_heads));
+            return err(format!(
+                "n_heads {} is not a multiple of n_kv_heads {}",
+                self.n_heads, self.n_kv_heads
+            ));
         }
         if !(0.0..=1.0).contains(&self.partial_rotary_factor) {
-            return err(format!("partial_rotary_factor {} is outside [0, 1]", self.partial_rotary_factor));
+            return err(format!(
+                "partial_rotary_factor {} is outside [0, 1]",
+                self.partial_rotary_factor
+            ));
         }
         if self.max_seq_len == 0 || self.max_seq_len > 1 << 20 {
-            return err(format!("max_seq_len {} is outside 1..=1048576", self.max_seq_len));
+            return err(format!(
+                "max_seq_len {} is outside 1..=1048576",
+                self.max_seq_len
+            ));
         }
         if !(self.norm_eps > 0.0 && self.norm_eps < 1.0) {
             return err(format!("norm_eps {} is outside (0, 1)", self.norm_eps));
@@ -102,9 +114,13 @@ impl ModelConfig {
         if !(self.rope_theta > 1.0) {
             return err(format!("rope_theta {} must be > 1", self.rope_theta));
         }
-        let params = self.d_model as u128 * (self.vocab_size as u128 + self.n_layers as u128 * (4 * self.d_model + 3 * self.d_ff) as u128);
+        let params = self.d_model as u128
+            * (self.vocab_size as u128
+                + self.n_layers as u128 * (4 * self.d_model + 3 * self.d_ff) as u128);
         if params > 100_000_000_000 {
-            return err(format!("about {params} parameters is more than this workbench will allocate"));
+            return err(format!(
+                "about {params} parameters is more than this workbench will allocate"
+            ));
         }
         Ok(())
     }

@@ -24,7 +24,13 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 16, temperature: 0.0, top_k: 0, seed: 0, stop_tokens: Vec::new() }
+        Self {
+            max_new_tokens: 16,
+            temperature: 0.0,
+            top_k: 0,
+            seed: 0,
+            stop_tokens: Vec::new(),
+        }
     }
 }
 
@@ -34,7 +40,13 @@ fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut rand_chacha::ChaCha8Rn
         logits
             .iter()
             .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+            .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
+                if v > best.1 {
+                    (i, v)
+                } else {
+                    best
+                }
+            })
             .0 as u32
     };
     if opts.temperature <= 0.0 {
@@ -46,7 +58,10 @@ fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut rand_chacha::ChaCha8Rn
         idx.truncate(opts.top_k);
     }
     let max = logits[idx[0]] as f64;
-    let w: Vec<f64> = idx.iter().map(|&i| ((logits[i] as f64 - max) / opts.temperature).exp()).collect();
+    let w: Vec<f64> = idx
+        .iter()
+        .map(|&i| ((logits[i] as f64 - max) / opts.temperature).exp())
+        .collect();
     let total: f64 = w.iter().sum();
     let mut r = rng.random::<f64>() * total;
     for (k, wk) in w.iter().enumerate() {
@@ -110,7 +125,12 @@ fn decode_loop(
 }
 
 /// Generates a continuation for each prompt (prompts end with `<boa>`), batched with left padding.
-pub fn generate(model: &NativeModel, prompts: &[MultimodalSequence], pad_id: u32, opts: &GenerateOptions) -> Result<Vec<Vec<u32>>> {
+pub fn generate(
+    model: &NativeModel,
+    prompts: &[MultimodalSequence],
+    pad_id: u32,
+    opts: &GenerateOptions,
+) -> Result<Vec<Vec<u32>>> {
     if prompts.is_empty() {
         return Ok(Vec::new());
     }
@@ -173,7 +193,11 @@ pub fn generate_with_prefixes(
 }
 
 /// Log-probabilities `(n, vocab)` of the next token after each prompt (prompts end with `<boa>`).
-pub fn next_token_logprobs(model: &NativeModel, prompts: &[MultimodalSequence], pad_id: u32) -> Result<Tensor> {
+pub fn next_token_logprobs(
+    model: &NativeModel,
+    prompts: &[MultimodalSequence],
+    pad_id: u32,
+) -> Result<Tensor> {
     let batch = collate(prompts, pad_id, PadSide::Left).map_err(candle_core::Error::wrap)?;
     let o = model.forward(&batch, None, false)?;
     candle_nn::ops::log_softmax(&model.last_logits(&o.hidden)?, D::Minus1)

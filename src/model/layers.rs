@@ -22,7 +22,9 @@ impl Norm {
     pub fn new(kind: NormKind, dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints(dim, "weight", candle_nn::Init::Const(1.0))?;
         let bias = match kind {
-            NormKind::LayerNorm => Some(vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.0))?),
+            NormKind::LayerNorm => {
+                Some(vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.0))?)
+            }
             NormKind::RmsNorm => None,
         };
         Ok(Self { weight, bias, eps })
@@ -42,7 +44,8 @@ impl Module for Norm {
             }
             None => {
                 let ms = (x.sqr()?.sum_keepdim(D::Minus1)? / d)?;
-                x.broadcast_div(&(ms + self.eps)?.sqrt()?)?.broadcast_mul(&self.weight)
+                x.broadcast_div(&(ms + self.eps)?.sqrt()?)?
+                    .broadcast_mul(&self.weight)
             }
         }
     }
@@ -137,8 +140,18 @@ impl Attention {
         let d = cfg.d_model;
         let (q_norm, k_norm) = if cfg.qk_norm {
             (
-                Some(Norm::new(NormKind::LayerNorm, hd, cfg.norm_eps, vb.pp("q_layernorm"))?),
-                Some(Norm::new(NormKind::LayerNorm, hd, cfg.norm_eps, vb.pp("k_layernorm"))?),
+                Some(Norm::new(
+                    NormKind::LayerNorm,
+                    hd,
+                    cfg.norm_eps,
+                    vb.pp("q_layernorm"),
+                )?),
+                Some(Norm::new(
+                    NormKind::LayerNorm,
+                    hd,
+                    cfg.norm_eps,
+                    vb.pp("k_layernorm"),
+                )?),
             )
         } else {
             (None, None)
@@ -185,20 +198,33 @@ impl Attention {
         let (k, v) = match cache {
             Some(slot) => {
                 let (k, v) = match slot.take() {
-                    Some(prev) => (Tensor::cat(&[&prev.k, &k], 2)?, Tensor::cat(&[&prev.v, &v], 2)?),
+                    Some(prev) => (
+                        Tensor::cat(&[&prev.k, &k], 2)?,
+                        Tensor::cat(&[&prev.v, &v], 2)?,
+                    ),
                     None => (k, v),
                 };
-                *slot = Some(LayerCache { k: k.clone(), v: v.clone() });
+                *slot = Some(LayerCache {
+                    k: k.clone(),
+                    v: v.clone(),
+                });
                 (k, v)
             }
             None => (k, v),
         };
         let rep = self.n_heads / self.n_kv_heads;
-        let (k, v) = if rep > 1 { (repeat_kv(&k, rep)?, repeat_kv(&v, rep)?) } else { (k, v) };
+        let (k, v) = if rep > 1 {
+            (repeat_kv(&k, rep)?, repeat_kv(&v, rep)?)
+        } else {
+            (k, v)
+        };
         let scale = 1.0 / (hd as f64).sqrt();
         let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, self.n_heads * hd))?;
+        let out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, self.n_heads * hd))?;
         let out = self.dense.forward(&out)?;
         Ok((out, want_probs.then_some(probs)))
     }
@@ -207,7 +233,9 @@ impl Attention {
 /// Repeats each KV head `rep` times along the head axis.
 fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
     let (b, h, t, d) = x.dims4()?;
-    x.unsqueeze(2)?.expand((b, h, rep, t, d))?.reshape((b, h * rep, t, d))
+    x.unsqueeze(2)?
+        .expand((b, h, rep, t, d))?
+        .reshape((b, h * rep, t, d))
 }
 
 /// The position-wise MLP.
@@ -223,7 +251,11 @@ impl Mlp {
     /// Creates the MLP parameters under `vb`.
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         let gate = match cfg.activation {
-            Activation::SwiGlu => Some(candle_nn::linear(cfg.d_model, cfg.d_ff, vb.pp("gate_proj"))?),
+            Activation::SwiGlu => Some(candle_nn::linear(
+                cfg.d_model,
+                cfg.d_ff,
+                vb.pp("gate_proj"),
+            )?),
             _ => None,
         };
         Ok(Self {
@@ -261,9 +293,19 @@ impl Block {
     /// Creates block `vb`'s parameters.
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            input_norm: Norm::new(cfg.norm, cfg.d_model, cfg.norm_eps, vb.pp("input_layernorm"))?,
+            input_norm: Norm::new(
+                cfg.norm,
+                cfg.d_model,
+                cfg.norm_eps,
+                vb.pp("input_layernorm"),
+            )?,
             attn: Attention::new(cfg, vb.pp("self_attn"))?,
-            post_norm: Norm::new(cfg.norm, cfg.d_model, cfg.norm_eps, vb.pp("post_attention_layernorm"))?,
+            post_norm: Norm::new(
+                cfg.norm,
+                cfg.d_model,
+                cfg.norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
         })
     }
@@ -280,7 +322,15 @@ impl Block {
         cache: Option<&mut Option<LayerCache>>,
         want_probs: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let (a, probs) = self.attn.forward(&self.input_norm.forward(x)?, rotary, cos, sin, mask, cache, want_probs)?;
+        let (a, probs) = self.attn.forward(
+            &self.input_norm.forward(x)?,
+            rotary,
+            cos,
+            sin,
+            mask,
+            cache,
+            want_probs,
+        )?;
         let x = (x + a)?;
         let m = self.mlp.forward(&self.post_norm.forward(&x)?)?;
         Ok(((x + m)?, probs))
@@ -290,10 +340,19 @@ impl Block {
 /// The additive attention mask `(b, 1, t, past + t)`: causal, and `-inf` on padded keys.
 ///
 /// `key_valid` holds `b * (past + t)` flags (1 = real token) for every key position.
-pub fn attention_mask(b: usize, t: usize, past: usize, key_valid: &[u8], device: &Device) -> Result<Tensor> {
+pub fn attention_mask(
+    b: usize,
+    t: usize,
+    past: usize,
+    key_valid: &[u8],
+    device: &Device,
+) -> Result<Tensor> {
     let tk = past + t;
     if key_valid.len() != b * tk {
-        candle_core::bail!("attention mask: {} key flags for {b} x {tk} keys", key_valid.len());
+        candle_core::bail!(
+            "attention mask: {} key flags for {b} x {tk} keys",
+            key_valid.len()
+        );
     }
     let mut m = vec![0f32; b * t * tk];
     for bi in 0..b {

@@ -49,7 +49,10 @@ impl KvCache {
             .layers
             .iter()
             .map(|l| match l {
-                Some(c) => Ok(Some(LayerCache { k: c.k.index_select(&idx, 0)?, v: c.v.index_select(&idx, 0)? })),
+                Some(c) => Ok(Some(LayerCache {
+                    k: c.k.index_select(&idx, 0)?,
+                    v: c.v.index_select(&idx, 0)?,
+                })),
                 None => Ok(None),
             })
             .collect::<Result<Vec<_>>>()?;
@@ -60,7 +63,13 @@ impl KvCache {
             key_valid.extend_from_slice(&self.key_valid[r * self.len..(r + 1) * self.len]);
             next_pos.push(self.next_pos[r]);
         }
-        Ok(Self { layers, key_valid, batch: rows.len(), len: self.len, next_pos })
+        Ok(Self {
+            layers,
+            key_valid,
+            batch: rows.len(),
+            len: self.len,
+            next_pos,
+        })
     }
 }
 
@@ -96,7 +105,10 @@ impl NativeModel {
         let embed_tokens = vb.get_with_hints(
             (cfg.vocab_size, cfg.d_model),
             "embed_tokens.weight",
-            candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+            candle_nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
         )?;
         let vision_embed = (cfg.patch_dim > 0)
             .then(|| candle_nn::linear(cfg.patch_dim, cfg.d_model, vb.pp("vision_embed")))
@@ -107,12 +119,27 @@ impl NativeModel {
         let blocks = (0..cfg.n_layers)
             .map(|i| Block::new(cfg, vb.pp(format!("layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;
-        let final_norm = Norm::new(cfg.norm, cfg.d_model, cfg.norm_eps, vb.pp("final_layernorm"))?;
+        let final_norm = Norm::new(
+            cfg.norm,
+            cfg.d_model,
+            cfg.norm_eps,
+            vb.pp("final_layernorm"),
+        )?;
         let lm_head = (!cfg.tie_embeddings)
             .then(|| candle_nn::linear_no_bias(cfg.d_model, cfg.vocab_size, vb.pp("lm_head")))
             .transpose()?;
         let rotary = Rotary::new(cfg.rotary_dim(), cfg.max_seq_len, cfg.rope_theta, &device)?;
-        Ok(Self { cfg: cfg.clone(), embed_tokens, vision_embed, audio_embed, blocks, final_norm, lm_head, rotary, device })
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed_tokens,
+            vision_embed,
+            audio_embed,
+            blocks,
+            final_norm,
+            lm_head,
+            rotary,
+            device,
+        })
     }
 
     /// The device the weights live on.
@@ -124,19 +151,35 @@ impl NativeModel {
     pub fn embed(&self, batch: &Batch) -> Result<Tensor> {
         let (b, t) = (batch.batch, batch.seq_len);
         let n = b * t;
-        if batch.tokens.iter().any(|&id| id as usize >= self.cfg.vocab_size) {
-            candle_core::bail!("token id out of range for vocabulary of {}", self.cfg.vocab_size);
+        if batch
+            .tokens
+            .iter()
+            .any(|&id| id as usize >= self.cfg.vocab_size)
+        {
+            candle_core::bail!(
+                "token id out of range for vocabulary of {}",
+                self.cfg.vocab_size
+            );
         }
         let ids = Tensor::from_slice(&batch.tokens, n, &self.device)?;
         let mut rows = vec![self.embed_tokens.index_select(&ids, 0)?];
         let mut gather: Vec<u32> = (0..n as u32).collect();
         let mut next = n;
-        let mut add = |rows: &mut Vec<Tensor>, layer: &Option<Linear>, data: &[f32], dim: usize, pos: &[usize], what: &str| -> Result<()> {
+        let mut add = |rows: &mut Vec<Tensor>,
+                       layer: &Option<Linear>,
+                       data: &[f32],
+                       dim: usize,
+                       pos: &[usize],
+                       what: &str|
+         -> Result<()> {
             if pos.is_empty() {
                 return Ok(());
             }
             let Some(layer) = layer else {
-                candle_core::bail!("this model has no {what} input, but the batch holds {} {what} rows", pos.len());
+                candle_core::bail!(
+                    "this model has no {what} input, but the batch holds {} {what} rows",
+                    pos.len()
+                );
             };
             let want = layer.weight().dim(1)?;
             if dim != want || data.len() != pos.len() * dim {
@@ -153,11 +196,30 @@ impl NativeModel {
             next += pos.len();
             Ok(())
         };
-        add(&mut rows, &self.vision_embed, &batch.patches, batch.patch_dim, &batch.patch_positions, "image patch")?;
-        add(&mut rows, &self.audio_embed, &batch.frames, batch.frame_dim, &batch.frame_positions, "audio frame")?;
-        let all = if rows.len() == 1 { rows.pop().unwrap_or_else(|| unreachable!()) } else { Tensor::cat(&rows, 0)? };
+        add(
+            &mut rows,
+            &self.vision_embed,
+            &batch.patches,
+            batch.patch_dim,
+            &batch.patch_positions,
+            "image patch",
+        )?;
+        add(
+            &mut rows,
+            &self.audio_embed,
+            &batch.frames,
+            batch.frame_dim,
+            &batch.frame_positions,
+            "audio frame",
+        )?;
+        let all = if rows.len() == 1 {
+            rows.pop().unwrap_or_else(|| unreachable!())
+        } else {
+            Tensor::cat(&rows, 0)?
+        };
         let gather = Tensor::from_vec(gather, n, &self.device)?;
-        all.index_select(&gather, 0)?.reshape((b, t, self.cfg.d_model))
+        all.index_select(&gather, 0)?
+            .reshape((b, t, self.cfg.d_model))
     }
 
     /// Runs the decoder over embeddings `x` (`b, t, d`) with `positions` (`b*t`) and per-token validity.
@@ -172,7 +234,10 @@ impl NativeModel {
         want_attn: bool,
     ) -> Result<ForwardOutput> {
         let (b, t, _) = x.dims3()?;
-        if positions.iter().any(|&p| p as usize >= self.cfg.max_seq_len) {
+        if positions
+            .iter()
+            .any(|&p| p as usize >= self.cfg.max_seq_len)
+        {
             candle_core::bail!("sequence longer than max_seq_len {}", self.cfg.max_seq_len);
         }
         let pos = Tensor::from_slice(positions, (b, t), &self.device)?;
@@ -193,7 +258,15 @@ impl NativeModel {
                 cache.push_valid(valid, t);
                 let mask = attention_mask(b, t, past, &cache.key_valid, &self.device)?;
                 for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-                    let (y, p) = block.forward(&x, &self.rotary, &cos, &sin, &mask, Some(slot), want_attn)?;
+                    let (y, p) = block.forward(
+                        &x,
+                        &self.rotary,
+                        &cos,
+                        &sin,
+                        &mask,
+                        Some(slot),
+                        want_attn,
+                    )?;
                     x = y;
                     attentions.extend(p);
                 }
@@ -207,19 +280,34 @@ impl NativeModel {
             None => {
                 let mask = attention_mask(b, t, 0, valid, &self.device)?;
                 for block in &self.blocks {
-                    let (y, p) = block.forward(&x, &self.rotary, &cos, &sin, &mask, None, want_attn)?;
+                    let (y, p) =
+                        block.forward(&x, &self.rotary, &cos, &sin, &mask, None, want_attn)?;
                     x = y;
                     attentions.extend(p);
                 }
             }
         }
-        Ok(ForwardOutput { hidden: self.final_norm.forward(&x)?, attentions })
+        Ok(ForwardOutput {
+            hidden: self.final_norm.forward(&x)?,
+            attentions,
+        })
     }
 
     /// Full forward over a collated batch.
-    pub fn forward(&self, batch: &Batch, cache: Option<&mut KvCache>, want_attn: bool) -> Result<ForwardOutput> {
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        cache: Option<&mut KvCache>,
+        want_attn: bool,
+    ) -> Result<ForwardOutput> {
         let x = self.embed(batch)?;
-        self.forward_embeds(&x, &batch.positions, &batch.attention_mask, cache, want_attn)
+        self.forward_embeds(
+            &x,
+            &batch.positions,
+            &batch.attention_mask,
+            cache,
+            want_attn,
+        )
     }
 
     /// Vocabulary logits for hidden rows `h` (`n, d`).

@@ -20,8 +20,20 @@ pub struct Preset {
 /// Vocabulary size of the BPE our presets train.
 pub const PRESET_VOCAB: usize = 384;
 
-fn native(name: &'static str, d: usize, layers: usize, heads: usize, ff: usize, patch: usize, image: usize) -> ModelDirConfig {
-    let image = ImageConfig { patch, max_height: image, max_width: image };
+fn native(
+    name: &'static str,
+    d: usize,
+    layers: usize,
+    heads: usize,
+    ff: usize,
+    patch: usize,
+    image: usize,
+) -> ModelDirConfig {
+    let image = ImageConfig {
+        patch,
+        max_height: image,
+        max_width: image,
+    };
     let audio = AudioConfig::raw(640);
     ModelDirConfig {
         design: "native".into(),
@@ -77,7 +89,9 @@ pub fn preset(name: &str) -> Option<Preset> {
 
 /// Where the shipped weights of a preset live (`models/<name>` in the repository), if present.
 pub fn shipped_dir(name: &str) -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(name);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(name);
     dir.join("model.safetensors").exists().then_some(dir)
 }
 
@@ -93,12 +107,31 @@ pub fn parameter_count(cfg: &ModelConfig) -> usize {
         + 2 * (d * cfg.n_kv_heads * hd + cfg.n_kv_heads * hd) // k, v
         + cfg.n_heads * hd * d + d // dense
         + if cfg.qk_norm { 4 * hd } else { 0 };
-    let mlp = d * cfg.d_ff + cfg.d_ff + cfg.d_ff * d + d
-        + if cfg.activation == Activation::SwiGlu { d * cfg.d_ff + cfg.d_ff } else { 0 };
+    let mlp = d * cfg.d_ff
+        + cfg.d_ff
+        + cfg.d_ff * d
+        + d
+        + if cfg.activation == Activation::SwiGlu {
+            d * cfg.d_ff + cfg.d_ff
+        } else {
+            0
+        };
     let block = norm(d) * 2 + attn + mlp;
     let embed = cfg.vocab_size * d
-        + if cfg.patch_dim > 0 { cfg.patch_dim * d + d } else { 0 }
-        + if cfg.frame_dim > 0 { cfg.frame_dim * d + d } else { 0 };
-    let head = if cfg.tie_embeddings { 0 } else { d * cfg.vocab_size };
+        + if cfg.patch_dim > 0 {
+            cfg.patch_dim * d + d
+        } else {
+            0
+        }
+        + if cfg.frame_dim > 0 {
+            cfg.frame_dim * d + d
+        } else {
+            0
+        };
+    let head = if cfg.tie_embeddings {
+        0
+    } else {
+        d * cfg.vocab_size
+    };
     embed + cfg.n_layers * block + norm(d) + head
 }

@@ -29,7 +29,12 @@ pub fn model_dir(arg: &str) -> Result<PathBuf, ResolveError> {
     }
     if preset(arg).is_some() {
         return shipped_dir(arg).ok_or_else(|| {
-            ResolveError::Untrained(arg.to_string(), PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(arg))
+            ResolveError::Untrained(
+                arg.to_string(),
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("models")
+                    .join(arg),
+            )
         });
     }
     let names: Vec<&str> = presets().iter().map(|p| p.name).collect();

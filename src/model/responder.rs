@@ -30,20 +30,42 @@ pub struct ModelResponder {
 }
 
 fn model_err(e: impl std::fmt::Display) -> EvalError {
-    EvalError::Responder { identity: "mmlab model".into(), message: e.to_string() }
+    EvalError::Responder {
+        identity: "mmlab model".into(),
+        message: e.to_string(),
+    }
 }
 
 impl ModelResponder {
     /// Wraps a loaded model; greedy decoding of up to 8 tokens.
     pub fn new(model: LoadedModel, display: String) -> Self {
         let tok = Arc::new(model.tokenizer.clone());
-        let builder = SequenceBuilder::new(tok.clone(), model.config.image.clone(), model.config.audio.clone());
-        let opts = GenerateOptions { max_new_tokens: 8, stop_tokens: vec![tok.specials.eos, tok.specials.pad], ..Default::default() };
-        Self { model, display, opts, prefix_cache: true, batch: 192, builder }
+        let builder = SequenceBuilder::new(
+            tok.clone(),
+            model.config.image.clone(),
+            model.config.audio.clone(),
+        );
+        let opts = GenerateOptions {
+            max_new_tokens: 8,
+            stop_tokens: vec![tok.specials.eos, tok.specials.pad],
+            ..Default::default()
+        };
+        Self {
+            model,
+            display,
+            opts,
+            prefix_cache: true,
+            batch: 192,
+            builder,
+        }
     }
 
     /// `<bos>` + the media of a request (no text, no `<boa>`).
-    fn prefix(&self, image: &Option<PathBuf>, audio: &Option<PathBuf>) -> Result<MultimodalSequence, EvalError> {
+    fn prefix(
+        &self,
+        image: &Option<PathBuf>,
+        audio: &Option<PathBuf>,
+    ) -> Result<MultimodalSequence, EvalError> {
         let mut segs = Vec::new();
         if let Some(i) = image {
             segs.push(Segment::Image(ImageInput::Path(i.clone())));
@@ -86,15 +108,19 @@ impl ModelResponder {
 
     /// Sum of log-probabilities of each candidate answer (and `<eos>`) after the prompt.
     fn score(&self, r: &Request, cands: &[String]) -> Result<Vec<f32>, EvalError> {
-        let seqs = cands.iter().map(|c| self.full(r, Some(c))).collect::<Result<Vec<_>, _>>()?;
+        let seqs = cands
+            .iter()
+            .map(|c| self.full(r, Some(c)))
+            .collect::<Result<Vec<_>, _>>()?;
         let pad = self.builder.tokenizer.specials.pad;
         let batch = collate(&seqs, pad, PadSide::Right).map_err(model_err)?;
         let m = &self.model.model;
         let out = m.forward(&batch, None, false).map_err(model_err)?;
-        let logp = candle_nn::ops::log_softmax(&m.logits(&out.hidden).map_err(model_err)?, D::Minus1)
-            .map_err(model_err)?
-            .to_vec3::<f32>()
-            .map_err(model_err)?;
+        let logp =
+            candle_nn::ops::log_softmax(&m.logits(&out.hidden).map_err(model_err)?, D::Minus1)
+                .map_err(model_err)?
+                .to_vec3::<f32>()
+                .map_err(model_err)?;
         let t = batch.seq_len;
         Ok((0..seqs.len())
             .map(|b| {
@@ -107,7 +133,11 @@ impl ModelResponder {
     }
 
     fn decode(&self, ids: &[u32]) -> Result<String, EvalError> {
-        self.builder.tokenizer.decode(ids).map(|s| s.trim().to_string()).map_err(model_err)
+        self.builder
+            .tokenizer
+            .decode(ids)
+            .map(|s| s.trim().to_string())
+            .map_err(model_err)
     }
 }
 
@@ -132,7 +162,11 @@ impl Responder for ModelResponder {
                 Some(c) if !c.is_empty() => {
                     let scores = self.score(r, c)?;
                     let best = mmlab_eval::responder::argmax(&scores).unwrap_or(0);
-                    out[i] = Response { answer: c[best].clone(), scores: Some(scores), ..Default::default() };
+                    out[i] = Response {
+                        answer: c[best].clone(),
+                        scores: Some(scores),
+                        ..Default::default()
+                    };
                 }
                 _ => gen_idx.push(i),
             }
@@ -158,13 +192,17 @@ impl Responder for ModelResponder {
                 suffixes.push((p, self.suffix(&r.prompt)?));
             }
             if !suffixes.is_empty() {
-                let ids = generate_with_prefixes(m, &prefixes, &suffixes, pad, &self.opts).map_err(model_err)?;
+                let ids = generate_with_prefixes(m, &prefixes, &suffixes, pad, &self.opts)
+                    .map_err(model_err)?;
                 for (k, &i) in gen_idx.iter().enumerate() {
                     out[i].answer = self.decode(&ids[k])?;
                 }
             }
         } else if !gen_idx.is_empty() {
-            let seqs = gen_idx.iter().map(|&i| self.full(&batch[i], None)).collect::<Result<Vec<_>, _>>()?;
+            let seqs = gen_idx
+                .iter()
+                .map(|&i| self.full(&batch[i], None))
+                .collect::<Result<Vec<_>, _>>()?;
             let ids = generate(m, &seqs, pad, &self.opts).map_err(model_err)?;
             for (k, &i) in gen_idx.iter().enumerate() {
                 out[i].answer = self.decode(&ids[k])?;

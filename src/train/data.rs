@@ -4,15 +4,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mmlab_datasets::{
-    audio_training_questions, generate_scene, generate_sound, render, stream_rng, synthesise, training_questions,
-    QaKind, QaMix, SceneConfig, SoundConfig, TrainRecord,
+    audio_training_questions, generate_scene, generate_sound, render, stream_rng, synthesise,
+    training_questions, QaKind, QaMix, SceneConfig, SoundConfig, TrainRecord,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::fusion::{
-    patchify, AudioInput, FusionError, ImageConfig, ImageInput, MultimodalSequence, Segment, SequenceBuilder,
-    TextTokenizer,
+    patchify, AudioInput, FusionError, ImageConfig, ImageInput, MultimodalSequence, Segment,
+    SequenceBuilder, TextTokenizer,
 };
 
 /// Stream ids for [`stream_rng`], so question and scene randomness never collide.
@@ -83,7 +83,12 @@ pub struct Factory {
 impl Factory {
     /// A factory building sequences with `tokenizer` and the model's image/audio settings.
     pub fn new(source: Source, seed: u64, batch_size: usize, builder: SequenceBuilder) -> Self {
-        Self { source, seed, batch_size, builder }
+        Self {
+            source,
+            seed,
+            batch_size,
+            builder,
+        }
     }
 
     /// The builder in use.
@@ -101,7 +106,12 @@ impl Factory {
     }
 
     /// Examples made from scene `index` of stream `seed`.
-    pub fn scene_examples(&self, d: &SyntheticData, seed: u64, index: u64) -> Result<Vec<Example>, FusionError> {
+    pub fn scene_examples(
+        &self,
+        d: &SyntheticData,
+        seed: u64,
+        index: u64,
+    ) -> Result<Vec<Example>, FusionError> {
         let scene = generate_scene(&d.scene, seed, index);
         let img = render(&scene);
         let grid = patchify(&img, &self.builder.image);
@@ -111,13 +121,21 @@ impl Factory {
             .map(|qa| {
                 let q = self.encode(&qa.question)?;
                 let a = self.encode(&qa.answer)?;
-                Ok(Example { kind: qa.kind, seq: self.builder.build_with_patches(&grid, &q, Some(&a)) })
+                Ok(Example {
+                    kind: qa.kind,
+                    seq: self.builder.build_with_patches(&grid, &q, Some(&a)),
+                })
             })
             .collect()
     }
 
     /// Examples made from sound clip `index` of stream `seed`.
-    pub fn sound_examples(&self, d: &SyntheticData, seed: u64, index: u64) -> Result<Vec<Example>, FusionError> {
+    pub fn sound_examples(
+        &self,
+        d: &SyntheticData,
+        seed: u64,
+        index: u64,
+    ) -> Result<Vec<Example>, FusionError> {
         let clip = generate_sound(&d.sound, seed, index);
         let samples = synthesise(&clip);
         let mut rng = stream_rng(seed, index, PURPOSE_AUDIO_QA);
@@ -150,12 +168,27 @@ impl Factory {
         match &self.source {
             Source::Synthetic(d) => {
                 let audio = self.is_audio_step(step);
-                let per = if audio { d.audio_mix.presence + d.audio_mix.count } else { d.mix.presence + d.mix.count + d.mix.colour + d.mix.attribute + d.mix.spatial + d.mix.caption };
+                let per = if audio {
+                    d.audio_mix.presence + d.audio_mix.count
+                } else {
+                    d.mix.presence
+                        + d.mix.count
+                        + d.mix.colour
+                        + d.mix.attribute
+                        + d.mix.spatial
+                        + d.mix.caption
+                };
                 let items = bs.div_ceil(per.max(1) as u64);
                 let base = step * items;
                 let groups: Vec<Vec<Example>> = (0..items)
                     .into_par_iter()
-                    .map(|j| if audio { self.sound_examples(d, seed, base + j) } else { self.scene_examples(d, seed, base + j) })
+                    .map(|j| {
+                        if audio {
+                            self.sound_examples(d, seed, base + j)
+                        } else {
+                            self.scene_examples(d, seed, base + j)
+                        }
+                    })
                     .collect::<Result<_, _>>()?;
                 let mut out: Vec<Example> = groups.into_iter().flatten().collect();
                 out.truncate(self.batch_size);
@@ -172,7 +205,10 @@ impl Factory {
                     .map(|j| {
                         let k = step * bs + j;
                         let epoch = k / n;
-                        let perm = epoch_permutation(records.len(), seed ^ epoch.wrapping_mul(0x9E37_79B9));
+                        let perm = epoch_permutation(
+                            records.len(),
+                            seed ^ epoch.wrapping_mul(0x9E37_79B9),
+                        );
                         let r = &records[perm[(k % n) as usize]];
                         self.folder_example(dir, r)
                     })
@@ -184,14 +220,19 @@ impl Factory {
     fn folder_example(&self, dir: &Path, r: &TrainRecord) -> Result<Example, FusionError> {
         let mut segs = Vec::new();
         if let Some(img) = &r.image {
-            segs.push(Segment::Image(ImageInput::Path(dir.join("images").join(img))));
+            segs.push(Segment::Image(ImageInput::Path(
+                dir.join("images").join(img),
+            )));
         }
         if let Some(a) = &r.audio {
             segs.push(Segment::Audio(AudioInput::Path(dir.join("audio").join(a))));
         }
         segs.push(Segment::Text(r.question.clone()));
         segs.push(Segment::Answer(r.answer.clone()));
-        Ok(Example { kind: r.kind, seq: self.builder.build(&segs)? })
+        Ok(Example {
+            kind: r.kind,
+            seq: self.builder.build(&segs)?,
+        })
     }
 }
 

@@ -15,7 +15,9 @@ use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use crate::fusion::{collate, PadSide, SequenceBuilder, TextTokenizer};
-use crate::model::checkpoint::{atomic_write, save_dir, tensors_to_bytes, CheckpointError, ModelDirConfig};
+use crate::model::checkpoint::{
+    atomic_write, save_dir, tensors_to_bytes, CheckpointError, ModelDirConfig,
+};
 use crate::model::native::loss_rows;
 use crate::model::NativeModel;
 use data::{Example, Factory, Source, SyntheticData};
@@ -59,7 +61,10 @@ pub enum TrainError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.to_path_buf(), source }
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Everything that defines a training run (saved with every checkpoint).
@@ -140,7 +145,11 @@ pub struct LogLine {
 }
 
 /// Builds a model and its variables, initialised deterministically from `seed`.
-pub fn init_model(cfg: &ModelDirConfig, seed: u64, device: &Device) -> Result<(NativeModel, VarMap), TrainError> {
+pub fn init_model(
+    cfg: &ModelDirConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<(NativeModel, VarMap), TrainError> {
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, device);
     let model = NativeModel::new(&cfg.model, vb)?;
@@ -153,13 +162,18 @@ pub fn init_model(cfg: &ModelDirConfig, seed: u64, device: &Device) -> Result<(N
 pub fn reinit(vm: &VarMap, seed: u64) -> Result<(), TrainError> {
     use rand::{Rng, SeedableRng};
     use rand_distr_lite::normal;
-    let data = vm.data().lock().map_err(|_| TrainError::Config("variable map lock poisoned".into()))?;
+    let data = vm
+        .data()
+        .lock()
+        .map_err(|_| TrainError::Config("variable map lock poisoned".into()))?;
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
     for (k, name) in names.into_iter().enumerate() {
         let var = &data[name];
         let n = var.elem_count();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(k as u64));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+            seed.wrapping_mul(1_000_003).wrapping_add(k as u64),
+        );
         let vals: Vec<f32> = if name.ends_with("embed_tokens.weight") {
             (0..n).map(|_| 0.02 * normal(&mut rng)).collect()
         } else if name.contains("layernorm") && name.ends_with("weight") {
@@ -171,7 +185,11 @@ pub fn reinit(vm: &VarMap, seed: u64) -> Result<(), TrainError> {
             let bound = 1.0 / fan_in.sqrt();
             (0..n).map(|_| rng.random_range(-bound..bound)).collect()
         };
-        var.set(&candle_core::Tensor::from_vec(vals, var.shape().clone(), var.device())?)?;
+        var.set(&candle_core::Tensor::from_vec(
+            vals,
+            var.shape().clone(),
+            var.device(),
+        )?)?;
     }
     Ok(())
 }
@@ -199,13 +217,18 @@ pub fn named_vars(vm: &VarMap) -> Vec<(String, Var)> {
 }
 
 /// Teacher-forced answer accuracy and loss of `model` on `batches`, per question kind.
-pub fn evaluate(model: &NativeModel, batches: &[Vec<Example>], pad: u32) -> Result<(BTreeMap<String, f64>, f64), TrainError> {
+pub fn evaluate(
+    model: &NativeModel,
+    batches: &[Vec<Example>],
+    pad: u32,
+) -> Result<(BTreeMap<String, f64>, f64), TrainError> {
     let mut right: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut loss_sum = 0.0;
     let mut loss_n = 0usize;
     for ex in batches {
         let seqs: Vec<_> = ex.iter().map(|e| e.seq.clone()).collect();
-        let batch = collate(&seqs, pad, PadSide::Right).map_err(|e| TrainError::Config(e.to_string()))?;
+        let batch =
+            collate(&seqs, pad, PadSide::Right).map_err(|e| TrainError::Config(e.to_string()))?;
         let out = model.forward(&batch, None, false)?;
         let (rows, targets) = loss_rows(&batch);
         let d = model.cfg.d_model;
@@ -214,7 +237,10 @@ pub fn evaluate(model: &NativeModel, batches: &[Vec<Example>], pad: u32) -> Resu
         let logits = model.logits(&h.index_select(&idx, 0)?)?;
         let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
         let tt = candle_core::Tensor::from_slice(&targets, targets.len(), model.device())?;
-        loss_sum -= logp.gather(&tt.unsqueeze(1)?, 1)?.sum_all()?.to_scalar::<f32>()? as f64;
+        loss_sum -= logp
+            .gather(&tt.unsqueeze(1)?, 1)?
+            .sum_all()?
+            .to_scalar::<f32>()? as f64;
         loss_n += rows.len();
         let pred = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
         // Rows are in sequence order: group them back by sequence.
@@ -231,7 +257,10 @@ pub fn evaluate(model: &NativeModel, batches: &[Vec<Example>], pad: u32) -> Resu
             entry.1 += 1;
         }
     }
-    let acc = right.into_iter().map(|(k, (r, n))| (k, r as f64 / n.max(1) as f64)).collect();
+    let acc = right
+        .into_iter()
+        .map(|(k, (r, n))| (k, r as f64 / n.max(1) as f64))
+        .collect();
     Ok((acc, loss_sum / loss_n.max(1) as f64))
 }
 
@@ -258,7 +287,13 @@ fn checkpoint_dir(out: &Path) -> PathBuf {
     out.join("checkpoint")
 }
 
-fn write_checkpoint(out: &Path, cfg: &TrainConfig, vm: &VarMap, opt: &AdamW, state: &TrainState) -> Result<(), TrainError> {
+fn write_checkpoint(
+    out: &Path,
+    cfg: &TrainConfig,
+    vm: &VarMap,
+    opt: &AdamW,
+    state: &TrainState,
+) -> Result<(), TrainError> {
     let tmp = out.join("checkpoint.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
@@ -268,13 +303,24 @@ fn write_checkpoint(out: &Path, cfg: &TrainConfig, vm: &VarMap, opt: &AdamW, sta
     let mut moments = Vec::new();
     for s in &opt.slots {
         let n = s.m.len();
-        moments.push((format!("{}.m", s.name), candle_core::Tensor::from_slice(&s.m, n, &Device::Cpu)?));
-        moments.push((format!("{}.v", s.name), candle_core::Tensor::from_slice(&s.v, n, &Device::Cpu)?));
+        moments.push((
+            format!("{}.m", s.name),
+            candle_core::Tensor::from_slice(&s.m, n, &Device::Cpu)?,
+        ));
+        moments.push((
+            format!("{}.v", s.name),
+            candle_core::Tensor::from_slice(&s.v, n, &Device::Cpu)?,
+        ));
     }
-    let ob = tensors_to_bytes(&moments).map_err(|msg| TrainError::Config(format!("saving optimiser: {msg}")))?;
+    let ob = tensors_to_bytes(&moments)
+        .map_err(|msg| TrainError::Config(format!("saving optimiser: {msg}")))?;
     std::fs::write(tmp.join("optimizer.safetensors"), ob).map_err(io_err(&tmp))?;
     let meta = serde_json::json!({ "config": cfg, "state": state });
-    std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(&meta).unwrap_or_default()).map_err(io_err(&tmp))?;
+    std::fs::write(
+        tmp.join("state.json"),
+        serde_json::to_vec_pretty(&meta).unwrap_or_default(),
+    )
+    .map_err(io_err(&tmp))?;
     let dst = checkpoint_dir(out);
     let old = out.join("checkpoint.old");
     let _ = std::fs::remove_dir_all(&old);
@@ -286,7 +332,11 @@ fn write_checkpoint(out: &Path, cfg: &TrainConfig, vm: &VarMap, opt: &AdamW, sta
     Ok(())
 }
 
-fn read_checkpoint(out: &Path, vm: &VarMap, opt: &mut AdamW) -> Result<(TrainConfig, TrainState), TrainError> {
+fn read_checkpoint(
+    out: &Path,
+    vm: &VarMap,
+    opt: &mut AdamW,
+) -> Result<(TrainConfig, TrainState), TrainError> {
     let mut dir = checkpoint_dir(out);
     if !dir.exists() && out.join("checkpoint.old").exists() {
         dir = out.join("checkpoint.old");
@@ -298,18 +348,25 @@ fn read_checkpoint(out: &Path, vm: &VarMap, opt: &mut AdamW) -> Result<(TrainCon
         config: TrainConfig,
         state: TrainState,
     }
-    let meta: Meta = serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", sp.display())))?;
+    let meta: Meta = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", sp.display())))?;
     let wp = dir.join("model.safetensors");
-    let w = candle_core::safetensors::load(&wp, &Device::Cpu).map_err(|e| TrainError::Config(format!("{}: {e}", wp.display())))?;
+    let w = candle_core::safetensors::load(&wp, &Device::Cpu)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", wp.display())))?;
     for (name, var) in named_vars(vm) {
-        let t = w.get(&name).ok_or_else(|| TrainError::Config(format!("{}: missing tensor {name}", wp.display())))?;
+        let t = w.get(&name).ok_or_else(|| {
+            TrainError::Config(format!("{}: missing tensor {name}", wp.display()))
+        })?;
         var.set(t)?;
     }
     let op = dir.join("optimizer.safetensors");
-    let o = candle_core::safetensors::load(&op, &Device::Cpu).map_err(|e| TrainError::Config(format!("{}: {e}", op.display())))?;
+    let o = candle_core::safetensors::load(&op, &Device::Cpu)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", op.display())))?;
     for s in &mut opt.slots {
         let get = |k: String| -> Result<Vec<f32>, TrainError> {
-            let t = o.get(&k).ok_or_else(|| TrainError::Config(format!("{}: missing tensor {k}", op.display())))?;
+            let t = o.get(&k).ok_or_else(|| {
+                TrainError::Config(format!("{}: missing tensor {k}", op.display()))
+            })?;
             Ok(t.to_vec1::<f32>()?)
         };
         s.m = get(format!("{}.m", s.name))?;
@@ -321,10 +378,16 @@ fn read_checkpoint(out: &Path, vm: &VarMap, opt: &mut AdamW) -> Result<(TrainCon
 
 /// Keeps only the `train.jsonl` lines up to `step` (after a resume).
 fn truncate_log(path: &Path, step: u64) -> Result<(), TrainError> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
     let kept: String = text
         .lines()
-        .filter(|l| serde_json::from_str::<LogLine>(l).map(|x| x.step <= step).unwrap_or(false))
+        .filter(|l| {
+            serde_json::from_str::<LogLine>(l)
+                .map(|x| x.step <= step)
+                .unwrap_or(false)
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     atomic_write(path, kept.as_bytes())?;
@@ -332,10 +395,17 @@ fn truncate_log(path: &Path, step: u64) -> Result<(), TrainError> {
 }
 
 /// Trains `cfg` into the model directory `out` with `tokenizer`; returns the final state.
-pub fn train(cfg: &TrainConfig, tokenizer: TextTokenizer, out: &Path, ctl: &RunControl) -> Result<TrainSummary, TrainError> {
+pub fn train(
+    cfg: &TrainConfig,
+    tokenizer: TextTokenizer,
+    out: &Path,
+    ctl: &RunControl,
+) -> Result<TrainSummary, TrainError> {
     let device = Device::Cpu;
     if cfg.batch_size == 0 || cfg.steps == 0 {
-        return Err(TrainError::Config("steps and batch_size must be positive".into()));
+        return Err(TrainError::Config(
+            "steps and batch_size must be positive".into(),
+        ));
     }
     if tokenizer.vocab_size() > cfg.model.model.vocab_size {
         return Err(TrainError::Config(format!(
@@ -348,7 +418,13 @@ pub fn train(cfg: &TrainConfig, tokenizer: TextTokenizer, out: &Path, ctl: &RunC
     let (model, vm) = init_model(&cfg.model, cfg.seed, &device)?;
     let mut opt = AdamW::new(named_vars(&vm), cfg.optim.clone());
     let log_path = out.join("train.jsonl");
-    let mut state = TrainState { step: 0, tokens: 0, target_tokens: 0, seconds: 0.0, adam_t: 0 };
+    let mut state = TrainState {
+        step: 0,
+        tokens: 0,
+        target_tokens: 0,
+        seconds: 0.0,
+        adam_t: 0,
+    };
     if ctl.resume {
         let (saved, st) = read_checkpoint(out, &vm, &mut opt)?;
         if &saved != cfg {
@@ -364,16 +440,27 @@ pub fn train(cfg: &TrainConfig, tokenizer: TextTokenizer, out: &Path, ctl: &RunC
     }
     let tok = Arc::new(tokenizer);
     let pad = tok.specials.pad;
-    let builder = SequenceBuilder::new(tok.clone(), cfg.model.image.clone(), cfg.model.audio.clone());
+    let builder = SequenceBuilder::new(
+        tok.clone(),
+        cfg.model.image.clone(),
+        cfg.model.audio.clone(),
+    );
     let source = match (&cfg.data, &cfg.data_dir) {
         (Some(d), _) => Source::Synthetic(d.clone()),
         (None, Some(dir)) => {
             let p = dir.join("train.jsonl");
-            let records = mmlab_datasets::load_train(&p).map_err(|e| TrainError::Config(e.to_string()))?;
+            let records =
+                mmlab_datasets::load_train(&p).map_err(|e| TrainError::Config(e.to_string()))?;
             if records.is_empty() {
-                return Err(TrainError::Config(format!("{}: no training records", p.display())));
+                return Err(TrainError::Config(format!(
+                    "{}: no training records",
+                    p.display()
+                )));
             }
-            Source::Folder { dir: dir.clone(), records }
+            Source::Folder {
+                dir: dir.clone(),
+                records,
+            }
         }
         (None, None) => return Err(TrainError::Config("no training data given".into())),
     };
@@ -382,10 +469,16 @@ pub fn train(cfg: &TrainConfig, tokenizer: TextTokenizer, out: &Path, ctl: &RunC
     let eval_sets: Vec<Vec<Example>> = (0..cfg.eval_batches)
         .map(|i| factory.batch_from(eval_seed, i))
         .collect::<Result<_, _>>()?;
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io_err(&log_path))?;
     let mut write_log = |line: &LogLine| -> Result<(), TrainError> {
         let s = serde_json::to_string(line).unwrap_or_default();
-        writeln!(log, "{s}").and_then(|_| log.flush()).map_err(io_err(&log_path))
+        writeln!(log, "{s}")
+            .and_then(|_| log.flush())
+            .map_err(io_err(&log_path))
     };
     let t0 = Instant::now();
     let secs0 = state.seconds;
@@ -398,18 +491,33 @@ pub fn train(cfg: &TrainConfig, tokenizer: TextTokenizer, out: &Path, ctl: &RunC
         opt.lr = lr;
         let examples = factory.batch(step)?;
         let seqs: Vec<_> = examples.into_iter().map(|e| e.seq).collect();
-        let batch = collate(&seqs, pad, PadSide::Right).map_err(|e| TrainError::Config(e.to_string()))?;
+        let batch =
+            collate(&seqs, pad, PadSide::Right).map_err(|e| TrainError::Config(e.to_string()))?;
         let (loss, n_targets) = model.loss(&batch)?;
         let loss_v = loss.to_scalar::<f32>()?;
         if !loss_v.is_finite() {
-            return Err(TrainError::NonFinite { step, loss: loss_v, last_good, dir: out.to_path_buf() });
+            return Err(TrainError::NonFinite {
+                step,
+                loss: loss_v,
+                last_good,
+                dir: out.to_path_buf(),
+            });
         }
         let grads = loss.backward()?;
         let norm = opt.grad_norm(&grads)?;
         if !norm.is_finite() {
-            return Err(TrainError::NonFinite { step, loss: norm as f32, last_good, dir: out.to_path_buf() });
+            return Err(TrainError::NonFinite {
+                step,
+                loss: norm as f32,
+                last_good,
+                dir: out.to_path_buf(),
+            });
         }
-        let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip { cfg.grad_clip / norm } else { 1.0 };
+        let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
+            cfg.grad_clip / norm
+        } else {
+            1.0
+        };
         opt.step(&grads, scale)?;
         let real: u64 = batch.attention_mask.iter().map(|&m| m as u64).sum();
         state.step += 1;
@@ -465,5 +573,8 @@ pub fn train(cfg: &TrainConfig, tokenizer: TextTokenizer, out: &Path, ctl: &RunC
     if state.step == cfg.steps {
         save_dir(out, &cfg.model, &vm, DType::F32, &tok)?;
     }
-    Ok(TrainSummary { state, eval: last_eval })
+    Ok(TrainSummary {
+        state,
+        eval: last_eval,
+    })
 }

@@ -19,7 +19,13 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { lr: 3e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+        Self {
+            lr: 3e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
     }
 }
 
@@ -60,10 +66,21 @@ impl AdamW {
             .map(|(name, var)| {
                 let n = var.elem_count();
                 let decay = var.rank() == 2 && !name.contains("embed_tokens");
-                Slot { name, var, m: vec![0.0; n], v: vec![0.0; n], decay }
+                Slot {
+                    name,
+                    var,
+                    m: vec![0.0; n],
+                    v: vec![0.0; n],
+                    decay,
+                }
             })
             .collect();
-        Self { lr: cfg.lr, cfg, t: 0, slots }
+        Self {
+            lr: cfg.lr,
+            cfg,
+            t: 0,
+            slots,
+        }
     }
 
     /// Global L2 norm of the gradients.
@@ -71,7 +88,11 @@ impl AdamW {
         let mut total = 0f64;
         for s in &self.slots {
             if let Some(g) = grads.get(s.var.as_tensor()) {
-                total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                total += g
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?;
             }
         }
         Ok(total.sqrt())
@@ -88,10 +109,16 @@ impl AdamW {
         let bc2_sqrt = bc2.sqrt() as f32;
         let (b1f, b2f, eps, gs) = (b1 as f32, b2 as f32, c.eps as f32, grad_scale as f32);
         for s in &mut self.slots {
-            let Some(g) = grads.get(s.var.as_tensor()) else { continue };
+            let Some(g) = grads.get(s.var.as_tensor()) else {
+                continue;
+            };
             let g = g.flatten_all()?.to_vec1::<f32>()?;
             let mut p = s.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-            let decay = if s.decay { (1.0 - self.lr * c.weight_decay) as f32 } else { 1.0 };
+            let decay = if s.decay {
+                (1.0 - self.lr * c.weight_decay) as f32
+            } else {
+                1.0
+            };
             for i in 0..p.len() {
                 let gi = g[i] * gs;
                 s.m[i] = b1f * s.m[i] + (1.0 - b1f) * gi;
