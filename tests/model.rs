@@ -18,7 +18,7 @@ fn tokenizer() -> Arc<TextTokenizer> {
 
 /// A batch with image sequences and audio sequences from the synthetic generator.
 fn mixed_batch(cfg: &mmlab::model::ModelDirConfig, tok: Arc<TextTokenizer>, n: usize) -> Batch {
-    let builder = SequenceBuilder::new(tok.clone(), cfg.image.clone(), cfg.audio.clone());
+    let builder = SequenceBuilder::new(tok.clone(), cfg.image, cfg.audio);
     let mut d = SyntheticData::small();
     d.scene.width = cfg.image.max_width as u32;
     d.scene.height = cfg.image.max_height as u32;
@@ -146,9 +146,8 @@ fn prefix_cached_generation_equals_full_generation() {
     let mut cfg = preset("fuyu-tiny").unwrap().config;
     cfg.model.vocab_size = cfg.model.vocab_size.max(tok.vocab_size());
     let (model, _vm) = init_model(&cfg, 5, &Device::Cpu).unwrap();
-    let builder = SequenceBuilder::new(tok.clone(), cfg.image.clone(), cfg.audio.clone());
+    let builder = SequenceBuilder::new(tok.clone(), cfg.image, cfg.audio);
     let d = SyntheticData::small();
-    let f = Factory::new(Source::Synthetic(d.clone()), 11, 6, builder.clone());
     let questions = [
         "Is there a ring in the image?",
         "How many stars are there in the image?",
@@ -161,9 +160,7 @@ fn prefix_cached_generation_equals_full_generation() {
         let scene = mmlab_datasets::generate_scene(&d.scene, 11, img);
         let grid = mmlab::fusion::patchify(&mmlab_datasets::render(&scene), &cfg.image);
         let mut pre = builder.build_with_patches(&grid, &[], None);
-        for v in [&mut pre.target_mask] {
-            v.pop();
-        }
+        pre.target_mask.pop();
         pre.tokens.pop();
         pre.modality.pop();
         pre.positions.pop();
@@ -176,7 +173,6 @@ fn prefix_cached_generation_equals_full_generation() {
         }
         prefixes.push(pre);
     }
-    let _ = f;
     let opts = GenerateOptions {
         max_new_tokens: 5,
         ..Default::default()
@@ -225,7 +221,7 @@ fn left_padding_does_not_change_the_answer() {
     let mut cfg = preset("fuyu-tiny").unwrap().config;
     cfg.model.vocab_size = cfg.model.vocab_size.max(tok.vocab_size());
     let (model, _vm) = init_model(&cfg, 9, &Device::Cpu).unwrap();
-    let builder = SequenceBuilder::new(tok.clone(), cfg.image.clone(), cfg.audio.clone());
+    let builder = SequenceBuilder::new(tok.clone(), cfg.image, cfg.audio);
     let scene = mmlab_datasets::generate_scene(&SyntheticData::small().scene, 2, 0);
     let grid = mmlab::fusion::patchify(&mmlab_datasets::render(&scene), &cfg.image);
     let short = builder.build_with_patches(&grid, &tok.encode("Is there a ring?").unwrap(), None);

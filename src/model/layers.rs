@@ -169,6 +169,7 @@ impl Attention {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     /// Attends `x` (`b, t, d`) to the cache plus itself; `mask` is additive `(b, 1, t, t_total)`.
     ///
     /// Returns the output and, when `want_probs`, the attention probabilities `(b, h, t, t_total)`.

@@ -42,8 +42,8 @@ impl ModelResponder {
         let tok = Arc::new(model.tokenizer.clone());
         let builder = SequenceBuilder::new(
             tok.clone(),
-            model.config.image.clone(),
-            model.config.audio.clone(),
+            model.config.image,
+            model.config.audio,
         );
         let opts = GenerateOptions {
             max_new_tokens: 8,

@@ -57,6 +57,7 @@ pub struct Example {
 }
 
 /// Where training samples come from.
+#[allow(clippy::large_enum_variant)]
 pub enum Source {
     /// The procedural generators, seeded; sample `i` depends only on `(seed, i)`.
     Synthetic(SyntheticData),

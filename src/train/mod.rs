@@ -442,8 +442,8 @@ pub fn train(
     let pad = tok.specials.pad;
     let builder = SequenceBuilder::new(
         tok.clone(),
-        cfg.model.image.clone(),
-        cfg.model.audio.clone(),
+        cfg.model.image,
+        cfg.model.audio,
     );
     let source = match (&cfg.data, &cfg.data_dir) {
         (Some(d), _) => Source::Synthetic(d.clone()),
@@ -465,7 +465,7 @@ pub fn train(
         (None, None) => return Err(TrainError::Config("no training data given".into())),
     };
     let factory = Factory::new(source, cfg.seed, cfg.batch_size, builder);
-    let eval_seed = cfg.seed ^ 0x00E7_A1_5EED;
+    let eval_seed = cfg.seed ^ 0x0000_E7A1_5EED;
     let eval_sets: Vec<Vec<Example>> = (0..cfg.eval_batches)
         .map(|i| factory.batch_from(eval_seed, i))
         .collect::<Result<_, _>>()?;
@@ -531,7 +531,7 @@ pub fn train(
         let tps = window.2 as f64 / window.3.elapsed().as_secs_f64().max(1e-9);
         (ctl.progress)(state.step, cfg.steps, loss_v as f64, tps);
         let done = state.step == cfg.steps;
-        if state.step % cfg.log_every.max(1) == 0 || done {
+        if state.step.is_multiple_of(cfg.log_every.max(1)) || done {
             write_log(&LogLine {
                 step: state.step,
                 loss: Some(window.0 / window.1 as f64),
@@ -545,7 +545,7 @@ pub fn train(
             })?;
             window = (0.0, 0, 0, Instant::now());
         }
-        if (cfg.eval_every > 0 && state.step % cfg.eval_every == 0) || done {
+        if (cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every)) || done {
             let (acc, el) = evaluate(&model, &eval_sets, pad)?;
             write_log(&LogLine {
                 step: state.step,
@@ -562,7 +562,7 @@ pub fn train(
             last_eval = acc;
         }
         let stop_here = ctl.stop_after == Some(state.step);
-        if (cfg.ckpt_every > 0 && state.step % cfg.ckpt_every == 0) || done || stop_here {
+        if (cfg.ckpt_every > 0 && state.step.is_multiple_of(cfg.ckpt_every)) || done || stop_here {
             write_checkpoint(out, cfg, &vm, &opt, &state)?;
             last_good = state.step;
         }
