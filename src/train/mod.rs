@@ -440,11 +440,7 @@ pub fn train(
     }
     let tok = Arc::new(tokenizer);
     let pad = tok.specials.pad;
-    let builder = SequenceBuilder::new(
-        tok.clone(),
-        cfg.model.image,
-        cfg.model.audio,
-    );
+    let builder = SequenceBuilder::new(tok.clone(), cfg.model.image, cfg.model.audio);
     let source = match (&cfg.data, &cfg.data_dir) {
         (Some(d), _) => Source::Synthetic(d.clone()),
         (None, Some(dir)) => {
