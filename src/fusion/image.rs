@@ -23,7 +23,6 @@
 //! The sequence builder then puts one `|NEWLINE|` token after each row of patches.
 
 use std::path::{Path, PathBuf};
-use std::sync::LazyLock;
 
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{ImageReader, Limits, RgbImage};
@@ -224,20 +223,13 @@ pub(crate) fn check_not_empty(img: &RgbImage, path: &Path) -> Result<(), FusionE
     Ok(())
 }
 
-/// Normalised value of every byte: `f32(x * (1/255))` then `(v - 0.5) / 0.5`, as HF computes it.
-static NORM_LUT: LazyLock<[f32; 256]> = LazyLock::new(|| {
-    let mut lut = [0f32; 256];
-    let scale = 1.0f64 / 255.0;
-    for (x, v) in lut.iter_mut().enumerate() {
-        let r = (x as f64 * scale) as f32;
-        *v = (r - 0.5f32) / 0.5f32;
-    }
-    lut
-});
-
-/// The normalised value of one byte, `(x / 255 - 0.5) / 0.5`.
+/// The normalised value of one byte, `(x / 255 - 0.5) / 0.5`, computed as HF does.
+///
+/// HF rescales in f64 and stores f32 (`f32(x * (1/255))`), then normalises in f32;
+/// `(v - 0.5) / 0.5` equals `(v - 0.5) * 2` exactly, and this form vectorises.
+#[inline(always)]
 pub fn normalise_byte(x: u8) -> f32 {
-    NORM_LUT[x as usize]
+    ((x as f64 * (1.0 / 255.0)) as f32 - 0.5) * 2.0
 }
 
 /// The value padded pixels get after normalisation (`normalise_byte(PAD_BYTE)` = -0.99216).
@@ -484,8 +476,7 @@ pub fn patchify_fitted(img: &RgbImage, patch: usize) -> PatchGrid {
     let cols = w.div_ceil(patch);
     let patch_dim = patch * patch * 3;
     let row_len = patch * 3;
-    let lut = &*NORM_LUT;
-    let pad = lut[PAD_BYTE as usize];
+    let pad = pad_value();
     let raw: &[u8] = img.as_raw();
     // Every value is written exactly once below, so start from (cheap, lazily zeroed) zeros.
     let mut data = vec![0f32; rows * cols * patch_dim];
@@ -504,7 +495,7 @@ pub fn patchify_fitted(img: &RgbImage, patch: usize) -> PatchGrid {
                 let src = &raw[y * w * 3 + x0..y * w * 3 + x1];
                 let (head, tail) = dst.split_at_mut(x1 - x0);
                 for (d, &s) in head.iter_mut().zip(src) {
-                    *d = lut[s as usize];
+                    *d = normalise_byte(s);
                 }
                 tail.fill(pad);
             }
@@ -548,6 +539,15 @@ mod tests {
                 ((x + y) % 256) as u8,
             ])
         })
+    }
+
+    #[test]
+    fn normalisation_is_hfs_two_steps() {
+        for x in 0..=255u8 {
+            let rescaled = (x as f64 * (1.0 / 255.0)) as f32;
+            let hf = (rescaled - 0.5f32) / 0.5f32;
+            assert_eq!(normalise_byte(x).to_bits(), hf.to_bits(), "{x}");
+        }
     }
 
     #[test]
