@@ -505,7 +505,7 @@ pub fn mel_filter_bank(n_mels: usize) -> Vec<f64> {
 #[derive(Clone, Debug)]
 struct SparseFilter {
     start: usize,
-    weights: Vec<f64>,
+    weights: Vec<f32>,
 }
 
 /// A reusable Whisper log-mel extractor for one number of mel bins.
@@ -513,8 +513,8 @@ struct SparseFilter {
 pub struct LogMel {
     n_mels: usize,
     filters: Vec<SparseFilter>,
-    window: Vec<f64>,
-    fft: Arc<dyn RealToComplex<f64>>,
+    window: Vec<f32>,
+    fft: Arc<dyn RealToComplex<f32>>,
 }
 
 impl std::fmt::Debug for LogMel {
@@ -537,15 +537,17 @@ impl LogMel {
                 let end = col.iter().rposition(|&w| w != 0.0).map_or(start, |e| e + 1);
                 SparseFilter {
                     start,
-                    weights: col[start..end].to_vec(),
+                    weights: col[start..end].iter().map(|&w| w as f32).collect(),
                 }
             })
             .collect();
         // Periodic Hann: numpy.hanning(N_FFT + 1)[:-1].
         let window = (0..N_FFT)
-            .map(|n| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / N_FFT as f64).cos())
+            .map(|n| {
+                (0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / N_FFT as f64).cos()) as f32
+            })
             .collect();
-        let fft = RealFftPlanner::<f64>::new().plan_fft_forward(N_FFT);
+        let fft = RealFftPlanner::<f32>::new().plan_fft_forward(N_FFT);
         LogMel {
             n_mels,
             filters,
@@ -573,7 +575,8 @@ impl LogMel {
                 data: Vec::new(),
             };
         }
-        // Pass 1: mel energies (f64 FFT and sums, stored as f32), frames split across threads.
+        // Pass 1: mel energies in f32 (as the torch STFT path computes them), frames split
+        // across threads.
         let mut data = vec![0f32; n_frames * n_mels];
         let chunk = n_frames.div_ceil(rayon::current_num_threads() * 4).max(64);
         data.par_chunks_mut(chunk * n_mels)
@@ -602,7 +605,7 @@ impl LogMel {
         let mut input = self.fft.make_input_vec();
         let mut spectrum = self.fft.make_output_vec();
         let mut scratch = self.fft.make_scratch_vec();
-        let mut power = vec![0f64; spectrum.len()];
+        let mut power = vec![0f32; spectrum.len()];
         for (k, row) in out.chunks_exact_mut(self.n_mels).enumerate() {
             let start = ((first + k) * HOP) as isize - half;
             if start >= 0 && start as usize + N_FFT <= len {
@@ -612,11 +615,11 @@ impl LogMel {
                     .zip(&samples[s..s + N_FFT])
                     .zip(&self.window)
                 {
-                    *d = x as f64 * w;
+                    *d = x * w;
                 }
             } else {
                 for (j, (d, &w)) in input.iter_mut().zip(&self.window).enumerate() {
-                    *d = samples[reflect(start + j as isize, len)] as f64 * w;
+                    *d = samples[reflect(start + j as isize, len)] * w;
                 }
             }
             // Input and buffer lengths come from the plan, so this cannot fail.
@@ -631,13 +634,12 @@ impl LogMel {
                 *p = c.re * c.re + c.im * c.im;
             }
             for (o, f) in row.iter_mut().zip(&self.filters) {
-                let e: f64 = f
+                *o = f
                     .weights
                     .iter()
                     .zip(&power[f.start..])
                     .map(|(w, p)| w * p)
                     .sum();
-                *o = e as f32;
             }
         }
     }
