@@ -27,6 +27,7 @@ fn config(steps: u64) -> TrainConfig {
         eval_every: 0,
         ckpt_every: 0,
         eval_batches: 1,
+        init_from: None,
     }
 }
 
@@ -168,4 +169,53 @@ fn bad_configs_are_clear_errors() {
     std::fs::write(&c, serde_json::to_string(&cfg).unwrap()).unwrap();
     let e = load_dir(d.path(), &Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("model.safetensors"), "{e}");
+}
+
+#[test]
+fn warm_start_begins_from_the_given_weights() {
+    let a = trained_dir();
+    let quiet = |_: u64, _: u64, _: f64, _: f64| {};
+    // With a zero learning rate the warm-started run must save exactly the weights it began from.
+    let mut cfg = config(2);
+    cfg.optim.lr = 0.0;
+    cfg.init_from = Some(a.path().to_path_buf());
+    let b = tempfile::tempdir().unwrap();
+    let ctl = RunControl {
+        resume: false,
+        progress: &quiet,
+        stop_after: None,
+    };
+    train(&cfg, TextTokenizer::builtin().unwrap(), b.path(), &ctl).unwrap();
+    let wa =
+        candle_core::safetensors::load(a.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let wb =
+        candle_core::safetensors::load(b.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(wa.len(), wb.len());
+    for (k, ta) in &wa {
+        let (x, y) = (
+            ta.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            wb[k].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert_eq!(x, y, "{k} changed");
+    }
+    // A fresh initialisation differs from it.
+    cfg.init_from = None;
+    let c = tempfile::tempdir().unwrap();
+    train(&cfg, TextTokenizer::builtin().unwrap(), c.path(), &ctl).unwrap();
+    let wc =
+        candle_core::safetensors::load(c.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(wa
+        .iter()
+        .any(|(k, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            != wc[k].flatten_all().unwrap().to_vec1::<f32>().unwrap()));
+    // A directory of another shape is refused with its path named.
+    let mut other = config(1);
+    other.model.model.d_model = 64;
+    other.model.model.d_ff = 128;
+    other.init_from = Some(a.path().to_path_buf());
+    let d = tempfile::tempdir().unwrap();
+    let e = train(&other, TextTokenizer::builtin().unwrap(), d.path(), &ctl)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("config.json") && e.contains("differ"), "{e}");
 }

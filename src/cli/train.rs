@@ -38,6 +38,10 @@ pub struct TrainArgs {
     /// Continue the run in `--out` from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Warm start: begin from the weights (and tokenizer) of this model directory, with a
+    /// fresh optimiser and learning-rate schedule.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
     /// Checkpoint every N steps.
     #[arg(long, default_value_t = 500)]
     pub ckpt_every: u64,
@@ -85,11 +89,16 @@ pub fn config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         eval_every: args.eval_every,
         ckpt_every: args.ckpt_every,
         eval_batches: 8,
+        init_from: args.init.clone(),
     })
 }
 
 /// The tokenizer for a run: reused from the output directory on resume, else trained on the data's texts.
 pub fn tokenizer_for(cfg: &TrainConfig, args: &TrainArgs) -> anyhow::Result<TextTokenizer> {
+    if let Some(dir) = &args.init {
+        let p = dir.join("tokenizer.json");
+        return TextTokenizer::from_file(&p).with_context(|| format!("loading {}", p.display()));
+    }
     let saved = args.out.join("tokenizer.json");
     if args.resume && saved.is_file() {
         return TextTokenizer::from_file(&saved)

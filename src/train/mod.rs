@@ -98,6 +98,10 @@ pub struct TrainConfig {
     pub ckpt_every: u64,
     /// Held-out eval batches.
     pub eval_batches: u64,
+    /// Start from the weights of this model directory (a warm start: fresh optimiser and
+    /// schedule) instead of a seeded initialisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 /// Progress and metrics state saved in a checkpoint.
@@ -376,6 +380,39 @@ fn read_checkpoint(
     Ok((meta.config, meta.state))
 }
 
+/// Copies the weights of the model directory `dir` into `vm` (a warm start); the
+/// directory's model settings must equal `model`.
+fn load_weights(dir: &Path, model: &ModelDirConfig, vm: &VarMap) -> Result<(), TrainError> {
+    let cp = dir.join("config.json");
+    let text = std::fs::read_to_string(&cp).map_err(io_err(&cp))?;
+    let theirs: ModelDirConfig = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", cp.display())))?;
+    if theirs.model != model.model || theirs.image != model.image || theirs.audio != model.audio {
+        return Err(TrainError::Config(format!(
+            "{}: its model, image or audio settings differ from the preset being trained",
+            cp.display()
+        )));
+    }
+    let wp = dir.join("model.safetensors");
+    let w = candle_core::safetensors::load(&wp, &Device::Cpu)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", wp.display())))?;
+    for (name, var) in named_vars(vm) {
+        let t = w.get(&name).ok_or_else(|| {
+            TrainError::Config(format!("{}: missing tensor {name}", wp.display()))
+        })?;
+        if t.dims() != var.dims() {
+            return Err(TrainError::Config(format!(
+                "{}: tensor {name} has shape {:?}, the model needs {:?}",
+                wp.display(),
+                t.dims(),
+                var.dims()
+            )));
+        }
+        var.set(&t.to_dtype(DType::F32)?)?;
+    }
+    Ok(())
+}
+
 /// Keeps only the `train.jsonl` lines up to `step` (after a resume).
 fn truncate_log(path: &Path, step: u64) -> Result<(), TrainError> {
     let Ok(text) = std::fs::read_to_string(path) else {
@@ -416,6 +453,11 @@ pub fn train(
     }
     std::fs::create_dir_all(out).map_err(io_err(out))?;
     let (model, vm) = init_model(&cfg.model, cfg.seed, &device)?;
+    if let Some(dir) = &cfg.init_from {
+        if !ctl.resume {
+            load_weights(dir, &cfg.model, &vm)?;
+        }
+    }
     let mut opt = AdamW::new(named_vars(&vm), cfg.optim.clone());
     let log_path = out.join("train.jsonl");
     let mut state = TrainState {
