@@ -1,6 +1,7 @@
 //! The `mmlab` command line (clap): one module per subcommand.
 
 pub mod ask;
+pub mod bench;
 pub mod data;
 pub mod eval;
 pub mod models;
@@ -36,6 +37,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Ask a model a question about an image and/or audio clip.
     Ask(ask::AskArgs),
+    /// Time training steps on fixed batches (and write them for the PyTorch side-by-side).
+    Bench(bench::BenchArgs),
 }
 
 /// Parses the command line and runs it.
@@ -66,5 +69,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Train(a) => train::run(a),
         Command::Ask(a) => ask::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }

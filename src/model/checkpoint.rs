@@ -212,6 +212,11 @@ pub fn tensors_to_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, String>
                 le::<u32>(&flat, |v| v.to_le_bytes().to_vec())?,
                 safetensors::Dtype::U32,
             ),
+            DType::I64 => (
+                le::<i64>(&flat, |v| v.to_le_bytes().to_vec())?,
+                safetensors::Dtype::I64,
+            ),
+            DType::U8 => (le::<u8>(&flat, |v| vec![v])?, safetensors::Dtype::U8),
             other => return Err(format!("cannot save dtype {other:?}")),
         };
         owned.push((name.clone(), bytes, t.dims().to_vec(), dt));
