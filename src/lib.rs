@@ -4,5 +4,6 @@
 
 pub mod cli;
 pub mod fusion;
+pub mod kernels;
 pub mod model;
 pub mod train;

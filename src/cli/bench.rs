@@ -121,8 +121,9 @@ pub fn forward_flops(c: &ModelConfig, batch: &Batch, targets: usize) -> f64 {
     } else {
         1.0
     };
-    let per_layer = 2.0 * n * (d * d + 2.0 * d * kv + d * d + up * d * c.d_ff as f64 + c.d_ff as f64 * d)
-        + 2.0 * 2.0 * (batch.batch as f64) * (batch.seq_len as f64).powi(2) * d;
+    let per_layer =
+        2.0 * n * (d * d + 2.0 * d * kv + d * d + up * d * c.d_ff as f64 + c.d_ff as f64 * d)
+            + 2.0 * 2.0 * (batch.batch as f64) * (batch.seq_len as f64).powi(2) * d;
     let embed = 2.0 * (batch.patches.len() as f64) * d + 2.0 * (batch.frames.len() as f64) * d;
     let head = 2.0 * targets as f64 * d * c.vocab_size as f64;
     c.n_layers as f64 * per_layer + embed + head
@@ -171,10 +172,7 @@ fn batch_tensors(i: usize, b: &Batch) -> anyhow::Result<Vec<(String, Tensor)>> {
     ));
     out.push((
         "patch_positions",
-        i64s(
-            b.patch_positions.iter().map(|&x| x as i64).collect(),
-            &[np],
-        )?,
+        i64s(b.patch_positions.iter().map(|&x| x as i64).collect(), &[np])?,
     ));
     let nf = b.frame_positions.len();
     out.push((
@@ -183,10 +181,7 @@ fn batch_tensors(i: usize, b: &Batch) -> anyhow::Result<Vec<(String, Tensor)>> {
     ));
     out.push((
         "frame_positions",
-        i64s(
-            b.frame_positions.iter().map(|&x| x as i64).collect(),
-            &[nf],
-        )?,
+        i64s(b.frame_positions.iter().map(|&x| x as i64).collect(), &[nf])?,
     ));
     Ok(out
         .into_iter()

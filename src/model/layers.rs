@@ -5,7 +5,9 @@
 //! and run inference.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::kernels::Linear;
 
 use super::config::{Activation, ModelConfig, NormKind};
 
@@ -32,7 +34,21 @@ impl Norm {
 }
 
 impl Module for Norm {
+    /// The fused op of [`crate::kernels`] for f32, the plain path otherwise.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.dtype() != DType::F32 || self.weight.dtype() != DType::F32 {
+            return self.forward_plain(x);
+        }
+        match &self.bias {
+            Some(b) => crate::kernels::layer_norm(x, &self.weight, b, self.eps),
+            None => crate::kernels::rms_norm(x, &self.weight, self.eps),
+        }
+    }
+}
+
+impl Norm {
+    /// The norm built from candle's differentiable ops (reference for the fused op).
+    pub fn forward_plain(&self, x: &Tensor) -> Result<Tensor> {
         let d = x.dim(D::Minus1)? as f64;
         match &self.bias {
             Some(bias) => {
@@ -157,10 +173,10 @@ impl Attention {
             (None, None)
         };
         Ok(Self {
-            q_proj: candle_nn::linear(d, cfg.n_heads * hd, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear(d, cfg.n_kv_heads * hd, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear(d, cfg.n_kv_heads * hd, vb.pp("v_proj"))?,
-            dense: candle_nn::linear(cfg.n_heads * hd, d, vb.pp("dense"))?,
+            q_proj: Linear::new(d, cfg.n_heads * hd, true, vb.pp("q_proj"))?,
+            k_proj: Linear::new(d, cfg.n_kv_heads * hd, true, vb.pp("k_proj"))?,
+            v_proj: Linear::new(d, cfg.n_kv_heads * hd, true, vb.pp("v_proj"))?,
+            dense: Linear::new(cfg.n_heads * hd, d, true, vb.pp("dense"))?,
             q_norm,
             k_norm,
             n_heads: cfg.n_heads,
@@ -221,7 +237,11 @@ impl Attention {
         };
         let scale = 1.0 / (hd as f64).sqrt();
         let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let probs = if scores.dtype() == DType::F32 {
+            crate::kernels::softmax_last(&scores)?
+        } else {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        };
         let out = probs
             .matmul(&v)?
             .transpose(1, 2)?
@@ -252,17 +272,18 @@ impl Mlp {
     /// Creates the MLP parameters under `vb`.
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         let gate = match cfg.activation {
-            Activation::SwiGlu => Some(candle_nn::linear(
+            Activation::SwiGlu => Some(Linear::new(
                 cfg.d_model,
                 cfg.d_ff,
+                true,
                 vb.pp("gate_proj"),
             )?),
             _ => None,
         };
         Ok(Self {
-            up: candle_nn::linear(cfg.d_model, cfg.d_ff, vb.pp("dense_h_to_4h"))?,
+            up: Linear::new(cfg.d_model, cfg.d_ff, true, vb.pp("dense_h_to_4h"))?,
             gate,
-            down: candle_nn::linear(cfg.d_ff, cfg.d_model, vb.pp("dense_4h_to_h"))?,
+            down: Linear::new(cfg.d_ff, cfg.d_model, true, vb.pp("dense_4h_to_h"))?,
             activation: cfg.activation,
         })
     }

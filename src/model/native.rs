@@ -2,7 +2,9 @@
 //! scattered into the token stream of one decoder-only Transformer.
 
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::kernels::Linear;
 
 use super::config::ModelConfig;
 use super::layers::{attention_mask, Block, LayerCache, Norm, Rotary};
@@ -111,10 +113,10 @@ impl NativeModel {
             },
         )?;
         let vision_embed = (cfg.patch_dim > 0)
-            .then(|| candle_nn::linear(cfg.patch_dim, cfg.d_model, vb.pp("vision_embed")))
+            .then(|| Linear::new(cfg.patch_dim, cfg.d_model, true, vb.pp("vision_embed")))
             .transpose()?;
         let audio_embed = (cfg.frame_dim > 0)
-            .then(|| candle_nn::linear(cfg.frame_dim, cfg.d_model, vb.pp("audio_embed")))
+            .then(|| Linear::new(cfg.frame_dim, cfg.d_model, true, vb.pp("audio_embed")))
             .transpose()?;
         let blocks = (0..cfg.n_layers)
             .map(|i| Block::new(cfg, vb.pp(format!("layers.{i}"))))
@@ -126,7 +128,7 @@ impl NativeModel {
             vb.pp("final_layernorm"),
         )?;
         let lm_head = (!cfg.tie_embeddings)
-            .then(|| candle_nn::linear_no_bias(cfg.d_model, cfg.vocab_size, vb.pp("lm_head")))
+            .then(|| Linear::new(cfg.d_model, cfg.vocab_size, false, vb.pp("lm_head")))
             .transpose()?;
         let rotary = Rotary::new(cfg.rotary_dim(), cfg.max_seq_len, cfg.rope_theta, &device)?;
         Ok(Self {
@@ -181,7 +183,7 @@ impl NativeModel {
                     pos.len()
                 );
             };
-            let want = layer.weight().dim(1)?;
+            let want = layer.weight.dim(1)?;
             if dim != want || data.len() != pos.len() * dim {
                 candle_core::bail!("{what} rows are {dim} wide, the model expects {want}");
             }

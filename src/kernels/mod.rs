@@ -1,0 +1,450 @@
+//! Fused CPU ops with their backward, as candle `CustomOp`s.
+//!
+//! candle builds LayerNorm, softmax and `Linear` from many small ops; on the training step of
+//! `fuyu-small` that made backward 80% of the time (profile in the issue note): every
+//! broadcast of a parameter (a bias, a norm weight, `Linear`'s weight broadcast over the
+//! batch) is reduced in backward by candle's generic strided sum, which is slow. The ops here
+//! compute forward and backward in one pass over contiguous rows:
+//!
+//! - [`linear`]: `x W^T + b` as one 2-D matmul (so `dW` is one matmul too) and a fused bias;
+//! - [`add_bias`]: `x + b` over rows, `db` a column sum;
+//! - [`layer_norm`] / [`rms_norm`]: the norm with its affine parameters;
+//! - [`softmax_last`]: softmax over the last dimension, `dx = y (g - sum(g y))`.
+//!
+//! All are f32 (the models train and run in f32); tests compare them with the plain candle
+//! path, forward and gradients (`tests/kernels.rs`).
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Rows handled per parallel task; small tensors stay on one thread.
+const ROWS_PER_TASK: usize = 256;
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{what}: only f32 is supported, got {:?}", s.dtype());
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
+
+/// Runs `f(index, chunk)` over `chunk`-sized pieces of `out`, in parallel when candle is
+/// allowed more than one thread (`CANDLE_NUM_THREADS`), so the op keeps to the thread budget.
+fn run_chunks<R: Send>(
+    out: &mut [f32],
+    chunk: usize,
+    f: impl Fn(usize, &mut [f32]) -> R + Sync + Send,
+) -> Vec<R> {
+    let chunk = chunk.max(1);
+    if candle_core::utils::get_num_threads() > 1 && out.len() > chunk {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .map(|(i, c)| f(i, c))
+            .collect()
+    } else {
+        out.chunks_mut(chunk)
+            .enumerate()
+            .map(|(i, c)| f(i, c))
+            .collect()
+    }
+}
+
+/// The `i`-th `chunk`-sized piece of `v`.
+fn piece(v: &[f32], i: usize, chunk: usize) -> &[f32] {
+    &v[i * chunk..((i + 1) * chunk).min(v.len())]
+}
+
+fn contiguous_vec(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+/// Sums the rows (`n x d`, row-major) of `g` into a `d` vector.
+fn column_sum(g: &[f32], d: usize) -> Vec<f32> {
+    let mut acc = vec![0f32; d];
+    for row in g.chunks_exact(d) {
+        for (a, &x) in acc.iter_mut().zip(row) {
+            *a += x;
+        }
+    }
+    acc
+}
+
+// ---------------------------------------------------------------------------------------
+// bias
+
+struct AddBias;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "mmlab-add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "add_bias")?;
+        let b = f32_slice(s2, l2, "add_bias")?;
+        let d = b.len();
+        let mut out = x.to_vec();
+        run_chunks(&mut out, d * ROWS_PER_TASK, |_, chunk| {
+            for row in chunk.chunks_exact_mut(d) {
+                for (o, &bb) in row.iter_mut().zip(b) {
+                    *o += bb;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = b.elem_count();
+        let g = contiguous_vec(grad)?;
+        let db = Tensor::from_vec(column_sum(&g, d), b.shape(), b.device())?;
+        Ok((Some(grad.clone()), Some(db)))
+    }
+}
+
+/// `x + b` with `b` (`d`) added to every row of `x` (`..., d`).
+pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let d = x.dim(candle_core::D::Minus1)?;
+    if b.dims() != [d] {
+        candle_core::bail!("add_bias: bias {:?} for rows of {d}", b.dims());
+    }
+    x.contiguous()?.apply_op2(&b.contiguous()?, AddBias)
+}
+
+/// `x W^T (+ b)` for `x` (`..., in`) and `W` (`out, in`), computed as one 2-D matmul.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let Some((&inp, lead)) = dims.split_last() else {
+        candle_core::bail!("linear: scalar input");
+    };
+    let rows: usize = lead.iter().product();
+    let y = x.reshape((rows, inp))?.matmul(&w.t()?)?;
+    let y = match b {
+        Some(b) => add_bias(&y, b)?,
+        None => y,
+    };
+    let mut out = lead.to_vec();
+    out.push(w.dim(0)?);
+    y.reshape(out)
+}
+
+/// A linear layer (`weight`: `out x in`, optional `bias`) using [`linear`].
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// `out x in`.
+    pub weight: Tensor,
+    /// `out`.
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Creates `weight` (and `bias`) under `vb` with candle_nn's default initialisation.
+    pub fn new(inp: usize, out: usize, bias: bool, vb: candle_nn::VarBuilder) -> Result<Self> {
+        let l = if bias {
+            candle_nn::linear(inp, out, vb)?
+        } else {
+            candle_nn::linear_no_bias(inp, out, vb)?
+        };
+        Ok(Self {
+            weight: l.weight().clone(),
+            bias: l.bias().cloned(),
+        })
+    }
+}
+
+impl candle_core::Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        linear(x, &self.weight, self.bias.as_ref())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// norms
+
+struct LayerNormOp {
+    eps: f32,
+    rms: bool,
+}
+
+impl LayerNormOp {
+    /// Mean (0 for RMSNorm) and reciprocal standard deviation of one row.
+    fn stats(&self, row: &[f32]) -> (f32, f32) {
+        let d = row.len() as f32;
+        if self.rms {
+            let ms = row.iter().map(|v| v * v).sum::<f32>() / d;
+            (0.0, 1.0 / (ms + self.eps).sqrt())
+        } else {
+            let mean = row.iter().sum::<f32>() / d;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
+            (mean, 1.0 / (var + self.eps).sqrt())
+        }
+    }
+
+    fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
+        let d = w.len();
+        let mut out = vec![0f32; x.len()];
+        let chunk = d * ROWS_PER_TASK;
+        run_chunks(&mut out, chunk, |ci, oc| {
+            let xc = piece(x, ci, chunk);
+            for (o, row) in oc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
+                let (mean, rstd) = self.stats(row);
+                match b {
+                    Some(b) => {
+                        for i in 0..d {
+                            o[i] = (row[i] - mean) * rstd * w[i] + b[i];
+                        }
+                    }
+                    None => {
+                        for i in 0..d {
+                            o[i] = (row[i] - mean) * rstd * w[i];
+                        }
+                    }
+                }
+            }
+        });
+        out
+    }
+
+    /// Gradients of x, w and b.
+    fn backward(&self, x: &[f32], w: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let d = w.len();
+        let df = d as f32;
+        let chunk = d * ROWS_PER_TASK;
+        let mut dx = vec![0f32; x.len()];
+        let partial: Vec<(Vec<f32>, Vec<f32>)> = run_chunks(&mut dx, chunk, |ci, dxc| {
+            let (xc, gc) = (piece(x, ci, chunk), piece(g, ci, chunk));
+            let mut dw = vec![0f32; d];
+            let mut db = vec![0f32; d];
+            let mut xhat = vec![0f32; d];
+            for ((dxr, xr), gr) in dxc
+                .chunks_exact_mut(d)
+                .zip(xc.chunks_exact(d))
+                .zip(gc.chunks_exact(d))
+            {
+                let (mean, rstd) = self.stats(xr);
+                let (mut s_gw, mut s_gwx) = (0f32, 0f32);
+                for i in 0..d {
+                    xhat[i] = (xr[i] - mean) * rstd;
+                    let gw = gr[i] * w[i];
+                    s_gw += gw;
+                    s_gwx += gw * xhat[i];
+                    dw[i] += gr[i] * xhat[i];
+                    db[i] += gr[i];
+                }
+                let (m_gw, m_gwx) = (s_gw / df, s_gwx / df);
+                for i in 0..d {
+                    let gw = gr[i] * w[i];
+                    dxr[i] = if self.rms {
+                        rstd * (gw - xhat[i] * m_gwx)
+                    } else {
+                        rstd * (gw - m_gw - xhat[i] * m_gwx)
+                    };
+                }
+            }
+            (dw, db)
+        });
+        let mut dw = vec![0f32; d];
+        let mut db = vec![0f32; d];
+        for (pw, pb) in partial {
+            for i in 0..d {
+                dw[i] += pw[i];
+                db[i] += pb[i];
+            }
+        }
+        (dx, dw, db)
+    }
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "mmlab-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "layer_norm")?;
+        let w = f32_slice(s2, l2, "layer_norm")?;
+        let b = f32_slice(s3, l3, "layer_norm")?;
+        Ok((
+            CpuStorage::F32(self.forward(x, w, Some(b))),
+            l1.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = self.backward(
+            &contiguous_vec(x)?,
+            &contiguous_vec(w)?,
+            &contiguous_vec(grad)?,
+        );
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dw, w.shape(), w.device())?),
+            Some(Tensor::from_vec(db, b.shape(), b.device())?),
+        ))
+    }
+}
+
+impl CustomOp2 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "mmlab-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "rms_norm")?;
+        let w = f32_slice(s2, l2, "rms_norm")?;
+        Ok((
+            CpuStorage::F32(self.forward(x, w, None)),
+            l1.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = self.backward(
+            &contiguous_vec(x)?,
+            &contiguous_vec(w)?,
+            &contiguous_vec(grad)?,
+        );
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dw, w.shape(), w.device())?),
+        ))
+    }
+}
+
+fn check_norm_args(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<()> {
+    let d = x.dim(candle_core::D::Minus1)?;
+    if w.dims() != [d] || b.is_some_and(|b| b.dims() != [d]) {
+        candle_core::bail!(
+            "norm: weight {:?} / bias {:?} for rows of {d}",
+            w.dims(),
+            b.map(|b| b.dims().to_vec())
+        );
+    }
+    Ok(())
+}
+
+/// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * w + b`.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    check_norm_args(x, w, Some(b))?;
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        LayerNormOp {
+            eps: eps as f32,
+            rms: false,
+        },
+    )
+}
+
+/// RMSNorm over the last dimension: `x / sqrt(mean(x^2) + eps) * w`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    check_norm_args(x, w, None)?;
+    x.contiguous()?.apply_op2(
+        &w.contiguous()?,
+        LayerNormOp {
+            eps: eps as f32,
+            rms: true,
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// softmax
+
+struct SoftmaxLast;
+
+impl CustomOp1 for SoftmaxLast {
+    fn name(&self) -> &'static str {
+        "mmlab-softmax-last"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "softmax_last")?;
+        let d = l.dims().last().copied().unwrap_or(1).max(1);
+        let mut out = x.to_vec();
+        run_chunks(&mut out, d * ROWS_PER_TASK, |_, chunk| {
+            for row in chunk.chunks_exact_mut(d) {
+                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut s = 0f32;
+                for v in row.iter_mut() {
+                    *v = (*v - m).exp();
+                    s += *v;
+                }
+                let inv = 1.0 / s;
+                for v in row.iter_mut() {
+                    *v *= inv;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let d = res.dim(candle_core::D::Minus1)?.max(1);
+        let y = contiguous_vec(res)?;
+        let g = contiguous_vec(grad)?;
+        let mut dx = vec![0f32; y.len()];
+        let chunk = d * ROWS_PER_TASK;
+        run_chunks(&mut dx, chunk, |ci, dc| {
+            let (yc, gc) = (piece(&y, ci, chunk), piece(&g, ci, chunk));
+            for ((dr, yr), gr) in dc
+                .chunks_exact_mut(d)
+                .zip(yc.chunks_exact(d))
+                .zip(gc.chunks_exact(d))
+            {
+                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                for i in 0..d {
+                    dr[i] = yr[i] * (gr[i] - dot);
+                }
+            }
+        });
+        Ok(Some(Tensor::from_vec(dx, res.shape(), res.device())?))
+    }
+}
+
+/// Softmax over the last dimension (rows of `-inf` only are not allowed).
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(SoftmaxLast)
+}

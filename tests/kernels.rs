@@ -1,0 +1,214 @@
+//! Fused CPU ops against the plain candle path: forward values and gradients (<= 1e-5),
+//! on odd sizes, a single row, and with masks.
+
+use candle_core::{Device, Tensor, Var, D};
+use mmlab::kernels;
+
+fn rand(shape: &[usize], seed: u64) -> Tensor {
+    // Deterministic values in [-2, 2) without a RNG dependency.
+    let n: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Compares `fused(vars)` and `plain(vars)`: outputs, and gradients of `sum(out * r)` for a
+/// fixed random `r`, for every var (within `tol`, times the gradient's largest magnitude
+/// when that is above 1).
+fn compare(
+    name: &str,
+    inputs: &[Tensor],
+    fused: impl Fn(&[Tensor]) -> Tensor,
+    plain: impl Fn(&[Tensor]) -> Tensor,
+    tol: f32,
+) {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let yf = fused(&ts);
+    let yp = plain(&ts);
+    let d = max_diff(&yf, &yp);
+    assert!(d <= tol, "{name}: forward differs by {d}");
+    let r = rand(yf.dims(), 99);
+    let gf = (&yf * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gp = (&yp * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    for (i, v) in vars.iter().enumerate() {
+        let a = gf.get(v.as_tensor()).expect("fused op gave no gradient");
+        let b = gp.get(v.as_tensor()).expect("plain op gave no gradient");
+        // Gradients of weights sum over many rows: compare relative to their magnitude.
+        let scale = 1f32.max(
+            b.abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+        );
+        let d = max_diff(a, b);
+        assert!(
+            d <= tol * scale,
+            "{name}: gradient of input {i} differs by {d} (scale {scale})"
+        );
+    }
+}
+
+fn plain_layer_norm(x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f64) -> Tensor {
+    let d = x.dim(D::Minus1).unwrap() as f64;
+    let (xc, var) = if b.is_some() {
+        let mean = (x.sum_keepdim(D::Minus1).unwrap() / d).unwrap();
+        let xc = x.broadcast_sub(&mean).unwrap();
+        let var = (xc.sqr().unwrap().sum_keepdim(D::Minus1).unwrap() / d).unwrap();
+        (xc, var)
+    } else {
+        let ms = (x.sqr().unwrap().sum_keepdim(D::Minus1).unwrap() / d).unwrap();
+        (x.clone(), ms)
+    };
+    let y = xc
+        .broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
+        .unwrap()
+        .broadcast_mul(w)
+        .unwrap();
+    match b {
+        Some(b) => y.broadcast_add(b).unwrap(),
+        None => y,
+    }
+}
+
+#[test]
+fn layer_norm_matches_plain_path() {
+    for (shape, seed) in [
+        (vec![3, 5, 7], 1u64),
+        (vec![1, 1, 64], 2),
+        (vec![2, 3, 300, 16], 3),
+    ] {
+        let d = *shape.last().unwrap();
+        let inputs = [
+            rand(&shape, seed),
+            rand(&[d], seed + 10),
+            rand(&[d], seed + 20),
+        ];
+        compare(
+            &format!("layer_norm {shape:?}"),
+            &inputs,
+            |t| kernels::layer_norm(&t[0], &t[1], &t[2], 1e-5).unwrap(),
+            |t| plain_layer_norm(&t[0], &t[1], Some(&t[2]), 1e-5),
+            1e-5,
+        );
+        compare(
+            &format!("rms_norm {shape:?}"),
+            &inputs[..2],
+            |t| kernels::rms_norm(&t[0], &t[1], 1e-6).unwrap(),
+            |t| plain_layer_norm(&t[0], &t[1], None, 1e-6),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn layer_norm_of_a_transposed_view_matches() {
+    // QK-norm runs on (b, h, t, hd) views made by a transpose.
+    let x = rand(&[2, 5, 3, 8], 7).transpose(1, 2).unwrap();
+    let w = rand(&[8], 8);
+    let b = rand(&[8], 9);
+    let d = max_diff(
+        &kernels::layer_norm(&x, &w, &b, 1e-5).unwrap(),
+        &plain_layer_norm(&x, &w, Some(&b), 1e-5),
+    );
+    assert!(d <= 1e-5, "{d}");
+}
+
+#[test]
+fn linear_and_bias_match_plain_path() {
+    for (shape, out, seed) in [
+        (vec![4, 7, 9], 5usize, 1u64),
+        (vec![1, 1, 3], 1, 2),
+        (vec![600, 13], 11, 3),
+    ] {
+        let inp = *shape.last().unwrap();
+        let inputs = [
+            rand(&shape, seed),
+            rand(&[out, inp], seed + 1),
+            rand(&[out], seed + 2),
+        ];
+        compare(
+            &format!("linear {shape:?} -> {out}"),
+            &inputs,
+            |t| kernels::linear(&t[0], &t[1], Some(&t[2])).unwrap(),
+            |t| {
+                candle_nn::Module::forward(
+                    &candle_nn::Linear::new(t[1].clone(), Some(t[2].clone())),
+                    &t[0],
+                )
+                .unwrap()
+            },
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn softmax_matches_plain_path_with_masked_entries() {
+    for (shape, seed) in [
+        (vec![2, 3, 5, 5], 1u64),
+        (vec![1, 1, 1, 1], 2),
+        (vec![3, 700], 3),
+    ] {
+        let x = rand(&shape, seed);
+        // Mask every third entry to -inf except the first column (no row is all -inf).
+        let n = *shape.last().unwrap();
+        let m: Vec<f32> = (0..x.elem_count())
+            .map(|i| {
+                if i % n != 0 && i % 3 == 0 {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(m, x.dims(), &Device::Cpu).unwrap();
+        compare(
+            &format!("softmax {shape:?}"),
+            &[x],
+            |t| kernels::softmax_last(&(&t[0] + &mask).unwrap()).unwrap(),
+            |t| candle_nn::ops::softmax(&(&t[0] + &mask).unwrap(), D::Minus1).unwrap(),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn wrong_shapes_and_dtypes_are_errors_not_panics() {
+    let x = rand(&[2, 4], 1);
+    assert!(kernels::layer_norm(&x, &rand(&[3], 2), &rand(&[4], 3), 1e-5).is_err());
+    assert!(kernels::add_bias(&x, &rand(&[5], 2)).is_err());
+    let xh = x.to_dtype(candle_core::DType::F16).unwrap();
+    let e = kernels::softmax_last(&xh).unwrap_err().to_string();
+    assert!(e.contains("f32"), "{e}");
+}
