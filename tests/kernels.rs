@@ -212,3 +212,61 @@ fn wrong_shapes_and_dtypes_are_errors_not_panics() {
     let e = kernels::softmax_last(&xh).unwrap_err().to_string();
     assert!(e.contains("f32"), "{e}");
 }
+
+fn plain_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Tensor {
+    let (b, h, tq, hd) = q.dims4().unwrap();
+    let kvh = k.dim(1).unwrap();
+    let rep = h / kvh;
+    let expand = |x: &Tensor| {
+        let (b, n, t, d) = x.dims4().unwrap();
+        x.unsqueeze(2)
+            .unwrap()
+            .expand((b, n, rep, t, d))
+            .unwrap()
+            .reshape((b, n * rep, t, d))
+            .unwrap()
+    };
+    let (k, v) = (expand(k), expand(v));
+    let s = (q.matmul(&k.t().unwrap()).unwrap() * scale)
+        .unwrap()
+        .broadcast_add(mask)
+        .unwrap();
+    let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
+    p.matmul(&v)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((b, tq, h * hd))
+        .unwrap()
+}
+
+#[test]
+fn attention_matches_plain_path_with_causal_padding_and_grouped_heads() {
+    // (b, h, kv_heads, tq, past, hd); past > 0 is the KV-cache case (queries see old keys).
+    for (b, h, kvh, tq, past, hd, seed) in [
+        (2usize, 4usize, 2usize, 7usize, 0usize, 8usize, 1u64),
+        (1, 1, 1, 1, 0, 4, 2),
+        (3, 2, 2, 5, 3, 6, 3),
+        (1, 6, 3, 33, 0, 5, 4),
+    ] {
+        let tk = past + tq;
+        // Batch row 1 has its last two keys padded.
+        let valid: Vec<u8> = (0..b * tk)
+            .map(|i| u8::from(!(i / tk == 1 && i % tk + 2 >= tk)))
+            .collect();
+        let mask = mmlab::model::layers::attention_mask(b, tq, past, &valid, &Device::Cpu).unwrap();
+        let inputs = [
+            rand(&[b, h, tq, hd], seed),
+            rand(&[b, kvh, tk, hd], seed + 1),
+            rand(&[b, kvh, tk, hd], seed + 2),
+        ];
+        let scale = 1.0 / (hd as f64).sqrt();
+        compare(
+            &format!("attention b{b} h{h} kv{kvh} tq{tq} past{past} hd{hd}"),
+            &inputs,
+            |t| kernels::attention(&t[0], &t[1], &t[2], &mask, scale).unwrap(),
+            |t| plain_attention(&t[0], &t[1], &t[2], &mask, scale),
+            1e-5,
+        );
+    }
+}

@@ -448,3 +448,276 @@ impl CustomOp1 for SoftmaxLast {
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(SoftmaxLast)
 }
+
+// ---------------------------------------------------------------------------------------
+// attention
+
+/// Fused multi-head attention: one query row at a time, so memory is O(keys) per row and the
+/// `queries x keys` matrix is never stored; backward recomputes the probabilities.
+#[derive(Clone)]
+struct AttentionOp {
+    b: usize,
+    h: usize,
+    kvh: usize,
+    tq: usize,
+    tk: usize,
+    hd: usize,
+    scale: f32,
+    /// Additive mask, `b x tq x tk` (0 or -inf), shared by all heads.
+    mask: std::sync::Arc<Vec<f32>>,
+}
+
+impl AttentionOp {
+    fn mask_row(&self, bi: usize, i: usize) -> &[f32] {
+        let o = (bi * self.tq + i) * self.tk;
+        &self.mask[o..o + self.tk]
+    }
+
+    /// Softmax probabilities of query row `qi` against keys `k` (`tk x hd`), into `p`.
+    fn probs(&self, qi: &[f32], k: &[f32], mask: &[f32], p: &mut [f32]) {
+        let hd = self.hd;
+        let mut m = f32::NEG_INFINITY;
+        for ((pj, kj), &mj) in p.iter_mut().zip(k.chunks_exact(hd)).zip(mask) {
+            let s = if mj == f32::NEG_INFINITY {
+                f32::NEG_INFINITY
+            } else {
+                let mut dot = 0f32;
+                for (a, b) in qi.iter().zip(kj) {
+                    dot += a * b;
+                }
+                dot * self.scale + mj
+            };
+            *pj = s;
+            m = m.max(s);
+        }
+        if m == f32::NEG_INFINITY {
+            p.iter_mut().for_each(|x| *x = 0.0);
+            return;
+        }
+        let mut sum = 0f32;
+        for x in p.iter_mut() {
+            *x = (*x - m).exp();
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        p.iter_mut().for_each(|x| *x *= inv);
+    }
+
+    /// Output rows (`tq x hd`) of batch `bi`, query head `hi`.
+    fn head_forward(&self, bi: usize, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) {
+        let hd = self.hd;
+        let mut p = vec![0f32; self.tk];
+        for (i, (qi, oi)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
+            self.probs(qi, k, self.mask_row(bi, i), &mut p);
+            oi.iter_mut().for_each(|x| *x = 0.0);
+            for (&pj, vj) in p.iter().zip(v.chunks_exact(hd)) {
+                if pj != 0.0 {
+                    for (o, &x) in oi.iter_mut().zip(vj) {
+                        *o += pj * x;
+                    }
+                }
+            }
+        }
+    }
+
+    fn head_slices<'a>(
+        &self,
+        t: &'a [f32],
+        bi: usize,
+        head: usize,
+        heads: usize,
+        len: usize,
+    ) -> &'a [f32] {
+        let o = (bi * heads + head) * len * self.hd;
+        &t[o..o + len * self.hd]
+    }
+
+    fn forward(&self, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+        let (tq, hd, h) = (self.tq, self.hd, self.h);
+        let rep = h / self.kvh;
+        // Computed in (b, h, tq, hd), then laid out as (b, tq, h * hd).
+        let mut bh = vec![0f32; self.b * h * tq * hd];
+        run_chunks(&mut bh, tq * hd, |idx, out| {
+            let (bi, hi) = (idx / h, idx % h);
+            let kv = hi / rep;
+            self.head_forward(
+                bi,
+                self.head_slices(q, bi, hi, h, tq),
+                self.head_slices(k, bi, kv, self.kvh, self.tk),
+                self.head_slices(v, bi, kv, self.kvh, self.tk),
+                out,
+            );
+        });
+        let mut out = vec![0f32; bh.len()];
+        for bi in 0..self.b {
+            for hi in 0..h {
+                for i in 0..tq {
+                    let src = ((bi * h + hi) * tq + i) * hd;
+                    let dst = ((bi * tq + i) * h + hi) * hd;
+                    out[dst..dst + hd].copy_from_slice(&bh[src..src + hd]);
+                }
+            }
+        }
+        out
+    }
+
+    /// Gradients of q, k, v for one (batch, KV head) group: `(dq of its rep query heads, dk, dv)`.
+    fn group_backward(
+        &self,
+        bi: usize,
+        kv: usize,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        g: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (tq, tk, hd, h) = (self.tq, self.tk, self.hd, self.h);
+        let rep = h / self.kvh;
+        let ks = self.head_slices(k, bi, kv, self.kvh, tk);
+        let vs = self.head_slices(v, bi, kv, self.kvh, tk);
+        let mut dq = vec![0f32; rep * tq * hd];
+        let mut dk = vec![0f32; tk * hd];
+        let mut dv = vec![0f32; tk * hd];
+        let mut p = vec![0f32; tk];
+        let mut o = vec![0f32; hd];
+        for r in 0..rep {
+            let hi = kv * rep + r;
+            let qs = self.head_slices(q, bi, hi, h, tq);
+            for i in 0..tq {
+                let qi = &qs[i * hd..(i + 1) * hd];
+                let go = (bi * tq + i) * h * hd + hi * hd;
+                let gi = &g[go..go + hd];
+                self.probs(qi, ks, self.mask_row(bi, i), &mut p);
+                // o_i = sum_j p_j v_j; dv_j += p_j g_i; dp_j = g_i . v_j
+                o.iter_mut().for_each(|x| *x = 0.0);
+                for (j, &pj) in p.iter().enumerate() {
+                    if pj == 0.0 {
+                        continue;
+                    }
+                    let vj = &vs[j * hd..(j + 1) * hd];
+                    let dvj = &mut dv[j * hd..(j + 1) * hd];
+                    for c in 0..hd {
+                        o[c] += pj * vj[c];
+                        dvj[c] += pj * gi[c];
+                    }
+                }
+                let go_dot: f32 = o.iter().zip(gi).map(|(a, b)| a * b).sum();
+                let dqi = &mut dq[(r * tq + i) * hd..(r * tq + i + 1) * hd];
+                for (j, &pj) in p.iter().enumerate() {
+                    if pj == 0.0 {
+                        continue;
+                    }
+                    let vj = &vs[j * hd..(j + 1) * hd];
+                    let dp: f32 = gi.iter().zip(vj).map(|(a, b)| a * b).sum();
+                    let ds = pj * (dp - go_dot) * self.scale;
+                    let kj = &ks[j * hd..(j + 1) * hd];
+                    let dkj = &mut dk[j * hd..(j + 1) * hd];
+                    for c in 0..hd {
+                        dqi[c] += ds * kj[c];
+                        dkj[c] += ds * qi[c];
+                    }
+                }
+            }
+        }
+        (dq, dk, dv)
+    }
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "mmlab-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let q = f32_slice(s1, l1, "attention")?;
+        let k = f32_slice(s2, l2, "attention")?;
+        let v = f32_slice(s3, l3, "attention")?;
+        Ok((
+            CpuStorage::F32(self.forward(q, k, v)),
+            Shape::from((self.b, self.tq, self.h * self.hd)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (qv, kv_, vv, g) = (
+            contiguous_vec(q)?,
+            contiguous_vec(k)?,
+            contiguous_vec(v)?,
+            contiguous_vec(grad)?,
+        );
+        let groups = self.b * self.kvh;
+        let work =
+            |idx: usize| self.group_backward(idx / self.kvh, idx % self.kvh, &qv, &kv_, &vv, &g);
+        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> =
+            if candle_core::utils::get_num_threads() > 1 && groups > 1 {
+                (0..groups).into_par_iter().map(work).collect()
+            } else {
+                (0..groups).map(work).collect()
+            };
+        // Each group's dq covers `rep` consecutive query heads of one batch row, so in the
+        // (b, h, tq, hd) layout the groups are consecutive: concatenation is the layout.
+        let mut dq = Vec::with_capacity(qv.len());
+        let mut dk = Vec::with_capacity(kv_.len());
+        let mut dv = Vec::with_capacity(vv.len());
+        for (a, b, c) in parts {
+            dq.extend(a);
+            dk.extend(b);
+            dv.extend(c);
+        }
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), q.device())?),
+            Some(Tensor::from_vec(dk, k.shape(), k.device())?),
+            Some(Tensor::from_vec(dv, v.shape(), v.device())?),
+        ))
+    }
+}
+
+/// Scaled dot-product attention of `q` (`b, h, tq, hd`) over `k`, `v` (`b, kv_heads, tk, hd`)
+/// with an additive `mask` (`b, 1, tq, tk`, 0 or -inf); query head `j` reads KV head
+/// `j / (h / kv_heads)`. Returns `(b, tq, h * hd)`: the heads already concatenated.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    let (b, h, tq, hd) = q.dims4()?;
+    let (bk, kvh, tk, hdk) = k.dims4()?;
+    if bk != b || hdk != hd || v.dims() != k.dims() || kvh == 0 || h % kvh != 0 {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?}, v {:?} do not fit together",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    if mask.dims() != [b, 1, tq, tk] {
+        candle_core::bail!(
+            "attention: mask {:?} for q {:?} and {tk} keys",
+            mask.dims(),
+            q.dims()
+        );
+    }
+    let op = AttentionOp {
+        b,
+        h,
+        kvh,
+        tq,
+        tk,
+        hd,
+        scale: scale as f32,
+        mask: std::sync::Arc::new(mask.flatten_all()?.to_vec1::<f32>()?),
+    };
+    q.contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}

@@ -126,6 +126,12 @@ impl Rotary {
     }
 }
 
+/// Query x key count from which attention uses the fused op of [`crate::kernels`]: on short
+/// sequences candle's batched matmuls are faster (measured on `fuyu-small` training, seq ~40:
+/// 14.9k tokens/s plain vs 12.3k fused); on long ones the plain path's `seq x seq` score,
+/// probability and gradient matrices dominate memory.
+pub const FUSED_ATTENTION_MIN_SCORES: usize = 512 * 512;
+
 /// Cached keys and values of one layer, `(b, kv_heads, t, head_dim)` each.
 #[derive(Clone, Debug)]
 pub struct LayerCache {
@@ -229,13 +235,24 @@ impl Attention {
             }
             None => (k, v),
         };
+        let scale = 1.0 / (hd as f64).sqrt();
+        let (tq, tk) = (q.dim(2)?, k.dim(2)?);
+        if !want_probs
+            && q.dtype() == DType::F32
+            && mask.dtype() == DType::F32
+            && tq * tk >= FUSED_ATTENTION_MIN_SCORES
+        {
+            // The fused op (grouped KV heads handled inside, heads concatenated on output):
+            // memory O(keys) per query row instead of the full score matrix.
+            let out = crate::kernels::attention(&q, &k, &v, mask, scale)?;
+            return Ok((self.dense.forward(&out)?, None));
+        }
         let rep = self.n_heads / self.n_kv_heads;
         let (k, v) = if rep > 1 {
             (repeat_kv(&k, rep)?, repeat_kv(&v, rep)?)
         } else {
             (k, v)
         };
-        let scale = 1.0 / (hd as f64).sqrt();
         let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
         let probs = if scores.dtype() == DType::F32 {
             crate::kernels::softmax_last(&scores)?
