@@ -270,3 +270,32 @@ fn attention_matches_plain_path_with_causal_padding_and_grouped_heads() {
         );
     }
 }
+
+#[test]
+fn rotary_and_relu2_match_plain_path() {
+    use mmlab::model::layers::Rotary;
+    for (b, h, t, hd, dim, seed) in [
+        (2usize, 3usize, 5usize, 8usize, 4usize, 1u64),
+        (1, 1, 1, 6, 6, 2),
+        (2, 2, 9, 10, 2, 3),
+    ] {
+        let rot = Rotary::new(dim, 64, 10000.0, &Device::Cpu).unwrap();
+        let pos: Vec<u32> = (0..b * t).map(|i| (i % t) as u32 + 3).collect();
+        let pos = Tensor::from_vec(pos, (b, t), &Device::Cpu).unwrap();
+        let (cos, sin) = rot.tables(&pos).unwrap();
+        compare(
+            &format!("rotary b{b} h{h} t{t} hd{hd} dim{dim}"),
+            &[rand(&[b, h, t, hd], seed)],
+            |x| kernels::rotary(&x[0], &cos, &sin, dim).unwrap(),
+            |x| rot.apply_plain(&x[0], &cos, &sin).unwrap(),
+            1e-5,
+        );
+    }
+    compare(
+        "relu2",
+        &[rand(&[3, 7, 11], 5)],
+        |x| kernels::relu2(&x[0]).unwrap(),
+        |x| x[0].relu().unwrap().sqr().unwrap(),
+        1e-5,
+    );
+}

@@ -9,7 +9,10 @@
 //! - [`linear`]: `x W^T + b` as one 2-D matmul (so `dW` is one matmul too) and a fused bias;
 //! - [`add_bias`]: `x + b` over rows, `db` a column sum;
 //! - [`layer_norm`] / [`rms_norm`]: the norm with its affine parameters;
-//! - [`softmax_last`]: softmax over the last dimension, `dx = y (g - sum(g y))`.
+//! - [`softmax_last`]: softmax over the last dimension, `dx = y (g - sum(g y))`;
+//! - [`attention`]: scaled dot-product attention, one query row at a time (O(keys) memory);
+//! - [`rotary`]: rotate-half positions, backward the inverse rotation;
+//! - [`relu2`]: `relu(x)^2`.
 //!
 //! All are f32 (the models train and run in f32); tests compare them with the plain candle
 //! path, forward and gradients (`tests/kernels.rs`).
@@ -17,6 +20,13 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+/// False when `MMLAB_PLAIN_OPS` is set: the model then uses candle's plain ops everywhere
+/// (for before/after measurements and for debugging a fused op).
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("MMLAB_PLAIN_OPS").is_none())
+}
 
 /// Rows handled per parallel task; small tensors stay on one thread.
 const ROWS_PER_TASK: usize = 256;
@@ -169,7 +179,11 @@ impl Linear {
 
 impl candle_core::Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        linear(x, &self.weight, self.bias.as_ref())
+        if enabled() && x.dtype() == candle_core::DType::F32 {
+            linear(x, &self.weight, self.bias.as_ref())
+        } else {
+            candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(x)
+        }
     }
 }
 
@@ -720,4 +734,122 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) 
     };
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+// ---------------------------------------------------------------------------------------
+// rotary positions and the relu² activation
+
+/// GPT-NeoX rotary on the first `dim` channels of every head row; `cos` / `sin` are
+/// `b x t x dim/2`, shared by the heads.
+struct RotaryOp {
+    h: usize,
+    t: usize,
+    hd: usize,
+    dim: usize,
+    cos: std::sync::Arc<Vec<f32>>,
+    sin: std::sync::Arc<Vec<f32>>,
+}
+
+impl RotaryOp {
+    /// Rotates every row of `x` by `+angle` (forward) or `-angle` (backward, `sign = -1`).
+    fn rotate(&self, x: &[f32], sign: f32) -> Vec<f32> {
+        let (hd, half, t) = (self.hd, self.dim / 2, self.t);
+        let mut out = x.to_vec();
+        let rows_per_head = t;
+        run_chunks(&mut out, rows_per_head * hd, |idx, chunk| {
+            let bi = idx / self.h;
+            for (ti, row) in chunk.chunks_exact_mut(hd).enumerate() {
+                let o = (bi * t + ti) * half;
+                let (c, s) = (&self.cos[o..o + half], &self.sin[o..o + half]);
+                for i in 0..half {
+                    let (x1, x2) = (row[i], row[half + i]);
+                    let si = sign * s[i];
+                    row[i] = x1 * c[i] - x2 * si;
+                    row[half + i] = x2 * c[i] + x1 * si;
+                }
+            }
+        });
+        out
+    }
+}
+
+impl CustomOp1 for RotaryOp {
+    fn name(&self) -> &'static str {
+        "mmlab-rotary"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "rotary")?;
+        Ok((CpuStorage::F32(self.rotate(x, 1.0)), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let g = contiguous_vec(grad)?;
+        Ok(Some(Tensor::from_vec(
+            self.rotate(&g, -1.0),
+            x.shape(),
+            x.device(),
+        )?))
+    }
+}
+
+/// Rotary positions (GPT-NeoX rotate-half) on the first `dim` channels of `x`
+/// (`b, h, t, hd`), with `cos` / `sin` of shape `(b, 1, t, dim/2)`.
+pub fn rotary(x: &Tensor, cos: &Tensor, sin: &Tensor, dim: usize) -> Result<Tensor> {
+    let (b, h, t, hd) = x.dims4()?;
+    let half = dim / 2;
+    if dim % 2 != 0 || dim > hd || cos.dims() != [b, 1, t, half] || sin.dims() != cos.dims() {
+        candle_core::bail!(
+            "rotary: x {:?}, cos {:?}, sin {:?} for {dim} rotated channels",
+            x.dims(),
+            cos.dims(),
+            sin.dims()
+        );
+    }
+    let op = RotaryOp {
+        h,
+        t,
+        hd,
+        dim,
+        cos: std::sync::Arc::new(cos.flatten_all()?.to_vec1::<f32>()?),
+        sin: std::sync::Arc::new(sin.flatten_all()?.to_vec1::<f32>()?),
+    };
+    x.contiguous()?.apply_op1(op)
+}
+
+struct Relu2;
+
+impl CustomOp1 for Relu2 {
+    fn name(&self) -> &'static str {
+        "mmlab-relu2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "relu2")?;
+        let mut out = x.to_vec();
+        run_chunks(&mut out, 1 << 16, |_, c| {
+            for v in c.iter_mut() {
+                let r = v.max(0.0);
+                *v = r * r;
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let xv = contiguous_vec(x)?;
+        let mut g = contiguous_vec(grad)?;
+        run_chunks(&mut g, 1 << 16, |ci, c| {
+            let xc = piece(&xv, ci, 1 << 16);
+            for (gv, &xi) in c.iter_mut().zip(xc) {
+                *gv *= 2.0 * xi.max(0.0);
+            }
+        });
+        Ok(Some(Tensor::from_vec(g, x.shape(), x.device())?))
+    }
+}
+
+/// `relu(x)^2` (Persimmon's MLP activation) in one op.
+pub fn relu2(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Relu2)
 }

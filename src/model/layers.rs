@@ -36,7 +36,10 @@ impl Norm {
 impl Module for Norm {
     /// The fused op of [`crate::kernels`] for f32, the plain path otherwise.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.dtype() != DType::F32 || self.weight.dtype() != DType::F32 {
+        if !crate::kernels::enabled()
+            || x.dtype() != DType::F32
+            || self.weight.dtype() != DType::F32
+        {
             return self.forward_plain(x);
         }
         match &self.bias {
@@ -108,6 +111,17 @@ impl Rotary {
 
     /// Rotates the first `dim` channels of `x` (`b, h, t, head_dim`), GPT-NeoX / Persimmon style.
     pub fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        if self.dim == 0 {
+            return Ok(x.clone());
+        }
+        if crate::kernels::enabled() && x.dtype() == DType::F32 && cos.dtype() == DType::F32 {
+            return crate::kernels::rotary(x, cos, sin, self.dim);
+        }
+        self.apply_plain(x, cos, sin)
+    }
+
+    /// [`Rotary::apply`] built from candle's ops (reference for the fused op).
+    pub fn apply_plain(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         if self.dim == 0 {
             return Ok(x.clone());
         }
@@ -238,6 +252,7 @@ impl Attention {
         let scale = 1.0 / (hd as f64).sqrt();
         let (tq, tk) = (q.dim(2)?, k.dim(2)?);
         if !want_probs
+            && crate::kernels::enabled()
             && q.dtype() == DType::F32
             && mask.dtype() == DType::F32
             && tq * tk >= FUSED_ATTENTION_MIN_SCORES
@@ -254,7 +269,7 @@ impl Attention {
             (k, v)
         };
         let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let probs = if scores.dtype() == DType::F32 {
+        let probs = if crate::kernels::enabled() && scores.dtype() == DType::F32 {
             crate::kernels::softmax_last(&scores)?
         } else {
             candle_nn::ops::softmax(&scores, D::Minus1)?
@@ -310,6 +325,9 @@ impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.up.forward(x)?;
         let h = match (self.activation, &self.gate) {
+            (Activation::Relu2, _) if crate::kernels::enabled() && h.dtype() == DType::F32 => {
+                crate::kernels::relu2(&h)?
+            }
             (Activation::Relu2, _) => h.relu()?.sqr()?,
             (Activation::Gelu, _) => h.gelu()?,
             (Activation::SwiGlu, Some(g)) => (candle_nn::ops::silu(&g.forward(x)?)? * h)?,
