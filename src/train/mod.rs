@@ -483,11 +483,14 @@ pub fn train(
     let tok = Arc::new(tokenizer);
     let pad = tok.specials.pad;
     let builder = SequenceBuilder::new(tok.clone(), cfg.model.image, cfg.model.audio);
-    let source = match (&cfg.data, &cfg.data_dir) {
-        (Some(d), _) => Source::Synthetic(d.clone()),
+    // Synthetic data: the held-out eval uses another seed of the generators. A dataset
+    // folder: the last 5% of its records (at least one, when there are two or more) are held
+    // out of training and used for the eval.
+    let (source, eval_source) = match (&cfg.data, &cfg.data_dir) {
+        (Some(d), _) => (Source::Synthetic(d.clone()), None),
         (None, Some(dir)) => {
             let p = dir.join("train.jsonl");
-            let records =
+            let mut records =
                 mmlab_datasets::load_train(&p).map_err(|e| TrainError::Config(e.to_string()))?;
             if records.is_empty() {
                 return Err(TrainError::Config(format!(
@@ -495,18 +498,39 @@ pub fn train(
                     p.display()
                 )));
             }
-            Source::Folder {
+            let held = if records.len() >= 2 {
+                (records.len() / 20).max(1)
+            } else {
+                0
+            };
+            let eval_records = records.split_off(records.len() - held);
+            let eval = (!eval_records.is_empty()).then(|| Source::Folder {
                 dir: dir.clone(),
-                records,
-            }
+                records: eval_records,
+            });
+            (
+                Source::Folder {
+                    dir: dir.clone(),
+                    records,
+                },
+                eval,
+            )
         }
         (None, None) => return Err(TrainError::Config("no training data given".into())),
     };
-    let factory = Factory::new(source, cfg.seed, cfg.batch_size, builder);
+    let factory = Factory::new(source, cfg.seed, cfg.batch_size, builder.clone());
     let eval_seed = cfg.seed ^ 0x0000_E7A1_5EED;
-    let eval_sets: Vec<Vec<Example>> = (0..cfg.eval_batches)
-        .map(|i| factory.batch_from(eval_seed, i))
-        .collect::<Result<_, _>>()?;
+    let eval_sets: Vec<Vec<Example>> = match eval_source {
+        Some(src) => {
+            let ef = Factory::new(src, eval_seed, cfg.batch_size, builder);
+            (0..cfg.eval_batches)
+                .map(|i| ef.batch_from(eval_seed, i))
+                .collect::<Result<_, _>>()?
+        }
+        None => (0..cfg.eval_batches)
+            .map(|i| factory.batch_from(eval_seed, i))
+            .collect::<Result<_, _>>()?,
+    };
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
