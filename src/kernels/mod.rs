@@ -12,7 +12,7 @@
 //! - [`softmax_last`]: softmax over the last dimension, `dx = y (g - sum(g y))`;
 //! - [`attention`]: scaled dot-product attention, one query row at a time (O(keys) memory);
 //! - [`rotary`]: rotate-half positions, backward the inverse rotation;
-//! - [`relu2`]: `relu(x)^2`.
+//! - [`relu2`]: relu(x) squared.
 //!
 //! All are f32 (the models train and run in f32); tests compare them with the plain candle
 //! path, forward and gradients (`tests/kernels.rs`).
@@ -798,7 +798,11 @@ impl CustomOp1 for RotaryOp {
 pub fn rotary(x: &Tensor, cos: &Tensor, sin: &Tensor, dim: usize) -> Result<Tensor> {
     let (b, h, t, hd) = x.dims4()?;
     let half = dim / 2;
-    if dim % 2 != 0 || dim > hd || cos.dims() != [b, 1, t, half] || sin.dims() != cos.dims() {
+    if !dim.is_multiple_of(2)
+        || dim > hd
+        || cos.dims() != [b, 1, t, half]
+        || sin.dims() != cos.dims()
+    {
         candle_core::bail!(
             "rotary: x {:?}, cos {:?}, sin {:?} for {dim} rotated channels",
             x.dims(),
