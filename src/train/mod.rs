@@ -354,15 +354,7 @@ fn read_checkpoint(
     }
     let meta: Meta = serde_json::from_str(&text)
         .map_err(|e| TrainError::Config(format!("{}: {e}", sp.display())))?;
-    let wp = dir.join("model.safetensors");
-    let w = candle_core::safetensors::load(&wp, &Device::Cpu)
-        .map_err(|e| TrainError::Config(format!("{}: {e}", wp.display())))?;
-    for (name, var) in named_vars(vm) {
-        let t = w.get(&name).ok_or_else(|| {
-            TrainError::Config(format!("{}: missing tensor {name}", wp.display()))
-        })?;
-        var.set(t)?;
-    }
+    load_vars(&dir.join("model.safetensors"), vm)?;
     let op = dir.join("optimizer.safetensors");
     let o = candle_core::safetensors::load(&op, &Device::Cpu)
         .map_err(|e| TrainError::Config(format!("{}: {e}", op.display())))?;
@@ -393,8 +385,12 @@ fn load_weights(dir: &Path, model: &ModelDirConfig, vm: &VarMap) -> Result<(), T
             cp.display()
         )));
     }
-    let wp = dir.join("model.safetensors");
-    let w = candle_core::safetensors::load(&wp, &Device::Cpu)
+    load_vars(&dir.join("model.safetensors"), vm)
+}
+
+/// Sets every variable of `vm` from the safetensors file `wp` (names and shapes must match).
+fn load_vars(wp: &Path, vm: &VarMap) -> Result<(), TrainError> {
+    let w = candle_core::safetensors::load(wp, &Device::Cpu)
         .map_err(|e| TrainError::Config(format!("{}: {e}", wp.display())))?;
     for (name, var) in named_vars(vm) {
         let t = w.get(&name).ok_or_else(|| {
