@@ -701,6 +701,27 @@ impl CustomOp3 for AttentionOp {
     }
 }
 
+thread_local! {
+    /// The last mask read by [`attention`]: every layer of one forward passes the same mask
+    /// tensor, so it is copied out once per forward, not once per layer.
+    static LAST_MASK: std::cell::RefCell<Option<(candle_core::TensorId, std::sync::Arc<Vec<f32>>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn shared_mask(mask: &Tensor) -> Result<std::sync::Arc<Vec<f32>>> {
+    LAST_MASK.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if let Some((id, m)) = slot.as_ref() {
+            if *id == mask.id() {
+                return Ok(m.clone());
+            }
+        }
+        let m = std::sync::Arc::new(mask.flatten_all()?.to_vec1::<f32>()?);
+        *slot = Some((mask.id(), m.clone()));
+        Ok(m)
+    })
+}
+
 /// Scaled dot-product attention of `q` (`b, h, tq, hd`) over `k`, `v` (`b, kv_heads, tk, hd`)
 /// with an additive `mask` (`b, 1, tq, tk`, 0 or -inf); query head `j` reads KV head
 /// `j / (h / kv_heads)`. Returns `(b, tq, h * hd)`: the heads already concatenated.
@@ -730,7 +751,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) 
         tk,
         hd,
         scale: scale as f32,
-        mask: std::sync::Arc::new(mask.flatten_all()?.to_vec1::<f32>()?),
+        mask: shared_mask(mask)?,
     };
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
