@@ -172,6 +172,7 @@ impl Fixture {
             frames: self.f32s("in.frames"),
             frame_dim: self.get("in.frames").dim(1).unwrap(),
             frame_positions,
+            images: Vec::new(),
         }
     }
 }

@@ -28,6 +28,7 @@ fn config(steps: u64) -> TrainConfig {
         ckpt_every: 0,
         eval_batches: 1,
         init_from: None,
+        freeze: Vec::new(),
     }
 }
 

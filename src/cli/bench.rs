@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use crate::cli::train::{config, tokenizer_for, TrainArgs};
-use crate::fusion::{collate, Batch, PadSide, SequenceBuilder};
+use crate::fusion::{collate, Batch, PadSide};
 use crate::model::checkpoint::tensors_to_bytes;
 use crate::model::presets::parameter_count;
 use crate::model::ModelConfig;
@@ -207,6 +207,7 @@ pub fn train_bench(a: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
         ckpt_every: 0,
         eval_every: 0,
         stop_after: None,
+        freeze: Vec::new(),
     };
     let cfg = config(&targs)?;
     let tok = std::sync::Arc::new(tokenizer_for(&cfg, &targs)?);
@@ -214,7 +215,7 @@ pub fn train_bench(a: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
     let Some(data) = cfg.data.clone() else {
         bail!("the benchmark uses synthetic data");
     };
-    let builder = SequenceBuilder::new(tok.clone(), cfg.model.image, cfg.model.audio);
+    let builder = cfg.model.builder(tok.clone());
     let factory = Factory::new(Source::Synthetic(data), cfg.seed, cfg.batch_size, builder);
     let total = a.steps + a.warmup;
     let batches: Vec<Batch> = (0..total)

@@ -109,6 +109,7 @@ impl TokenizeArgs {
             },
             max_visual_tokens: self.max_visual_tokens,
             video_stride: self.video_stride,
+            image_tokens: None,
         };
         builder.validate()?;
         Ok(builder)

@@ -14,7 +14,7 @@ use crate::train::{train, RunControl, TrainConfig};
 /// Arguments of `mmlab train`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct TrainArgs {
-    /// Preset to train (`fuyu-tiny`, `fuyu-small`, `fuyu-base`).
+    /// Preset to train (`mmlab models` lists them: `fuyu-small`, `llava-small`, ...).
     #[arg(long)]
     pub model: String,
     /// A dataset folder (from `mmlab data`) to train on; default: samples generated on the fly.
@@ -48,6 +48,10 @@ pub struct TrainArgs {
     /// Held-out eval every N steps.
     #[arg(long, default_value_t = 500)]
     pub eval_every: u64,
+    /// Components to keep frozen, comma-separated: `encoder`, `connector`, `decoder`
+    /// (stage 1 alignment of a bolted design: `--freeze encoder,decoder`).
+    #[arg(long, value_delimiter = ',')]
+    pub freeze: Vec<String>,
     /// Stop after this step, leaving a checkpoint to resume from.
     #[arg(long)]
     pub stop_after: Option<u64>,
@@ -55,9 +59,9 @@ pub struct TrainArgs {
 
 /// The default recipe of a preset: (steps, batch, lr, warmup).
 pub fn recipe(name: &str) -> (u64, usize, f64, u64) {
-    match name {
-        "fuyu-tiny" => (200, 32, 3e-3, 20),
-        "fuyu-small" => (7000, 64, 4e-3, 200),
+    match name.rsplit('-').next() {
+        Some("tiny") => (200, 32, 3e-3, 20),
+        Some("small") => (7000, 64, 4e-3, 200),
         _ => (20000, 64, 1e-3, 500),
     }
 }
@@ -90,6 +94,7 @@ pub fn config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         ckpt_every: args.ckpt_every,
         eval_batches: 8,
         init_from: args.init.clone(),
+        freeze: args.freeze.clone(),
     })
 }
 

@@ -59,6 +59,35 @@ pub struct MultimodalSequence {
     pub frame_dim: usize,
     /// Token index of each frame row.
     pub frame_positions: Vec<usize>,
+    /// One entry per image: its rows of `patches` and its token slots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageSpan>,
+}
+
+/// Where one image's patches are and which token slots it fills.
+///
+/// A native (Fuyu) image fills one slot per patch (`slot_start == patch_start`,
+/// `n_slots == rows * cols`); an image for a resampling connector (Q-Former, perceiver)
+/// fills a fixed number of slots whatever its size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSpan {
+    /// First row of the image in the patch matrix.
+    pub patch_start: usize,
+    /// Patch rows of its grid.
+    pub rows: usize,
+    /// Patches per grid row.
+    pub cols: usize,
+    /// Index into `patch_positions` of its first slot.
+    pub slot_start: usize,
+    /// Number of token slots it fills.
+    pub n_slots: usize,
+}
+
+impl ImageSpan {
+    /// Number of patches of the image.
+    pub fn n_patches(&self) -> usize {
+        self.rows * self.cols
+    }
 }
 
 impl MultimodalSequence {
@@ -122,6 +151,8 @@ pub struct Batch {
     pub frame_dim: usize,
     /// Flat index (`b * seq_len + i`) of each frame row.
     pub frame_positions: Vec<usize>,
+    /// Every image of every sequence (patch rows and slots offset into the batch).
+    pub images: Vec<ImageSpan>,
 }
 
 /// Errors from collating sequences that cannot share one batch.
@@ -188,6 +219,12 @@ pub fn collate(
         b.target_mask[base..base + s.len()].copy_from_slice(&s.target_mask);
         b.modality[base..base + s.len()].copy_from_slice(&s.modality);
         b.attention_mask[base..base + s.len()].fill(1);
+        let (p0, s0) = (b.patches.len() / b.patch_dim.max(1), b.patch_positions.len());
+        b.images.extend(s.images.iter().map(|im| ImageSpan {
+            patch_start: im.patch_start + p0,
+            slot_start: im.slot_start + s0,
+            ..*im
+        }));
         b.patches.extend_from_slice(&s.patches);
         b.patch_positions
             .extend(s.patch_positions.iter().map(|p| base + p));
@@ -270,6 +307,9 @@ pub struct SequenceBuilder {
     pub max_visual_tokens: usize,
     /// Keep every `video_stride`-th video frame (1 keeps all).
     pub video_stride: usize,
+    /// Token slots per image for resampling connectors (`None`: one slot per patch and a
+    /// `|NEWLINE|` after each patch row, the native layout).
+    pub image_tokens: Option<usize>,
 }
 
 /// The sequence under construction plus the visual-token count.
@@ -291,16 +331,35 @@ impl Acc {
         self.seq.tokens.last().copied()
     }
 
-    /// Appends a patch grid: placeholders row by row, `newline` after each row.
-    fn push_grid(&mut self, grid: &PatchGrid, image_id: u32, newline_id: u32) {
-        for _ in 0..grid.rows {
-            for _ in 0..grid.cols {
-                self.seq.patch_positions.push(self.seq.tokens.len());
-                self.push(image_id, Modality::ImagePatch, false);
+    /// Appends a patch grid: placeholders row by row, `newline` after each row; or, with
+    /// `slots`, that many placeholders and no newlines (a resampled image).
+    fn push_grid(&mut self, grid: &PatchGrid, image_id: u32, newline_id: u32, slots: Option<usize>) {
+        let span = ImageSpan {
+            patch_start: self.seq.patches.len() / grid.patch_dim.max(1),
+            rows: grid.rows,
+            cols: grid.cols,
+            slot_start: self.seq.patch_positions.len(),
+            n_slots: slots.unwrap_or(grid.n_patches()),
+        };
+        match slots {
+            None => {
+                for _ in 0..grid.rows {
+                    for _ in 0..grid.cols {
+                        self.seq.patch_positions.push(self.seq.tokens.len());
+                        self.push(image_id, Modality::ImagePatch, false);
+                    }
+                    self.push(newline_id, Modality::ImageNewline, false);
+                }
             }
-            self.push(newline_id, Modality::ImageNewline, false);
+            Some(n) => {
+                for _ in 0..n {
+                    self.seq.patch_positions.push(self.seq.tokens.len());
+                    self.push(image_id, Modality::ImagePatch, false);
+                }
+            }
         }
         self.seq.patches.extend_from_slice(&grid.data);
+        self.seq.images.push(span);
     }
 }
 
@@ -313,6 +372,7 @@ impl SequenceBuilder {
             audio,
             max_visual_tokens: DEFAULT_MAX_VISUAL_TOKENS,
             video_stride: 1,
+            image_tokens: None,
         }
     }
 
@@ -429,7 +489,7 @@ impl SequenceBuilder {
         let (rows, cols) = self
             .image
             .grid_size(img.height() as usize, img.width() as usize);
-        let needed = acc.visual + rows * (cols + 1);
+        let needed = acc.visual + self.image_tokens.unwrap_or(rows * (cols + 1));
         if needed > self.max_visual_tokens {
             return Err(FusionError::TooManyVisualTokens {
                 path: name.to_path_buf(),
@@ -440,7 +500,7 @@ impl SequenceBuilder {
         let grid = patchify(img, &self.image);
         acc.visual = needed;
         let sp = self.tokenizer.specials;
-        acc.push_grid(&grid, sp.image, sp.newline);
+        acc.push_grid(&grid, sp.image, sp.newline, self.image_tokens);
         Ok(())
     }
 
@@ -518,7 +578,7 @@ impl SequenceBuilder {
             visual: 0,
         };
         acc.push(sp.bos, Modality::Text, false);
-        acc.push_grid(grid, sp.image, sp.newline);
+        acc.push_grid(grid, sp.image, sp.newline, self.image_tokens);
         for &id in question_ids {
             acc.push(id, Modality::Text, false);
         }

@@ -66,6 +66,19 @@ pub struct ModelDirConfig {
     pub audio: AudioConfig,
 }
 
+/// Designs a model directory may hold.
+pub const DESIGNS: [&str; 4] = ["native", "llava", "qformer", "flamingo"];
+
+impl ModelDirConfig {
+    /// The sequence builder for this model: the native layout, or a fixed number of slots
+    /// per image for resampling connectors.
+    pub fn builder(&self, tokenizer: std::sync::Arc<TextTokenizer>) -> crate::fusion::SequenceBuilder {
+        let mut b = crate::fusion::SequenceBuilder::new(tokenizer, self.image, self.audio);
+        b.image_tokens = self.model.bolt.as_ref().and_then(|x| x.image_tokens());
+        b
+    }
+}
+
 /// A loaded model with its tokenizer and config.
 pub struct LoadedModel {
     /// The directory it came from.
@@ -99,10 +112,20 @@ pub fn read_config(dir: &Path) -> Result<ModelDirConfig, CheckpointError> {
         path: path.clone(),
         msg: e.0,
     })?;
-    if cfg.design != "native" {
+    if !DESIGNS.contains(&cfg.design.as_str()) {
         return Err(CheckpointError::Config {
             path,
-            msg: format!("unknown design {:?} (expected \"native\")", cfg.design),
+            msg: format!("unknown design {:?} (expected one of {DESIGNS:?})", cfg.design),
+        });
+    }
+    if (cfg.design == "native") != cfg.model.bolt.is_none() {
+        return Err(CheckpointError::Config {
+            path,
+            msg: format!(
+                "design {:?} does not match the model settings (a bolt section is {})",
+                cfg.design,
+                if cfg.model.bolt.is_some() { "present" } else { "missing" }
+            ),
         });
     }
     Ok(cfg)

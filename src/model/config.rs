@@ -59,6 +59,143 @@ pub struct ModelConfig {
     pub frame_dim: usize,
     /// Share the token embedding with the LM head.
     pub tie_embeddings: bool,
+    /// A bolted-on design: images go through a vision encoder and a connector instead of
+    /// the native linear patch embedding (`None`: the native Fuyu-style model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bolt: Option<BoltConfig>,
+}
+
+/// How encoder features reach the decoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectorKind {
+    /// One linear projection per patch feature (LLaVA-1.0); one token slot per patch.
+    Linear,
+    /// Two-layer MLP with GELU per patch feature (LLaVA-1.5); one token slot per patch.
+    Mlp,
+    /// Learned queries cross-attending to the encoder features (BLIP-2); `n_queries` slots
+    /// per image whatever its size.
+    QFormer,
+    /// Perceiver resampler feeding gated cross-attention layers in the decoder (Flamingo);
+    /// one `|IMAGE|` slot per image in the token stream.
+    Perceiver,
+}
+
+impl ConnectorKind {
+    /// Name used in presets and reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ConnectorKind::Linear => "linear",
+            ConnectorKind::Mlp => "mlp",
+            ConnectorKind::QFormer => "qformer",
+            ConnectorKind::Perceiver => "perceiver",
+        }
+    }
+}
+
+/// A ViT-style vision encoder: linear patch embedding, learned row and column position
+/// embeddings, bidirectional pre-norm Transformer blocks, final LayerNorm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EncoderConfig {
+    /// Hidden width.
+    pub d_model: usize,
+    /// Transformer blocks.
+    pub n_layers: usize,
+    /// Attention heads.
+    pub n_heads: usize,
+    /// MLP inner width.
+    pub d_ff: usize,
+    /// Largest number of patch rows or columns an image may have.
+    pub max_grid: usize,
+}
+
+/// The encoder and connector of a bolted-on design.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BoltConfig {
+    /// The vision encoder.
+    pub encoder: EncoderConfig,
+    /// The connector.
+    pub connector: ConnectorKind,
+    /// Learned queries (Q-Former) or latents (perceiver) per image.
+    #[serde(default)]
+    pub n_queries: usize,
+    /// Layers of the Q-Former or perceiver resampler.
+    #[serde(default)]
+    pub connector_layers: usize,
+    /// A gated cross-attention layer before every `xattn_every`-th decoder block (perceiver).
+    #[serde(default)]
+    pub xattn_every: usize,
+    /// MLP width of the gated cross-attention layers.
+    #[serde(default)]
+    pub xattn_d_ff: usize,
+}
+
+impl BoltConfig {
+    /// Token slots one image fills (`None`: one per patch, with row newlines, as native).
+    pub fn image_tokens(&self) -> Option<usize> {
+        match self.connector {
+            ConnectorKind::Linear | ConnectorKind::Mlp => None,
+            ConnectorKind::QFormer => Some(self.n_queries),
+            ConnectorKind::Perceiver => Some(1),
+        }
+    }
+
+    /// The encoder's blocks described as a decoder configuration (no rotary, GELU MLP).
+    pub fn encoder_block_config(&self, eps: f64) -> ModelConfig {
+        let e = &self.encoder;
+        ModelConfig {
+            vocab_size: 1,
+            d_model: e.d_model,
+            n_layers: e.n_layers.max(1),
+            n_heads: e.n_heads,
+            n_kv_heads: e.n_heads,
+            d_ff: e.d_ff,
+            max_seq_len: 1,
+            norm: NormKind::LayerNorm,
+            norm_eps: eps,
+            qk_norm: false,
+            rope_theta: 10_000.0,
+            partial_rotary_factor: 0.0,
+            activation: Activation::Gelu,
+            patch_dim: 0,
+            frame_dim: 0,
+            tie_embeddings: true,
+            bolt: None,
+        }
+    }
+
+    fn validate(&self, decoder_layers: usize) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        let e = &self.encoder;
+        if e.d_model == 0 || e.d_ff == 0 || e.max_grid == 0 || e.max_grid > 4096 {
+            return err("encoder d_model, d_ff must be positive and max_grid in 1..=4096".into());
+        }
+        if e.n_heads == 0 || !e.d_model.is_multiple_of(e.n_heads) {
+            return err(format!(
+                "encoder d_model {} is not divisible by n_heads {}",
+                e.d_model, e.n_heads
+            ));
+        }
+        match self.connector {
+            ConnectorKind::QFormer | ConnectorKind::Perceiver => {
+                if self.n_queries == 0 || self.n_queries > 4096 || self.connector_layers == 0 {
+                    return err(format!(
+                        "{} needs n_queries in 1..=4096 and connector_layers >= 1",
+                        self.connector.name()
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if self.connector == ConnectorKind::Perceiver
+            && (self.xattn_every == 0 || self.xattn_every > decoder_layers || self.xattn_d_ff == 0)
+        {
+            return err(format!(
+                "perceiver needs xattn_every in 1..={decoder_layers} and xattn_d_ff > 0"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// An impossible or inconsistent configuration.
@@ -117,6 +254,12 @@ impl ModelConfig {
         let params = self.d_model as u128
             * (self.vocab_size as u128
                 + self.n_layers as u128 * (4 * self.d_model + 3 * self.d_ff) as u128);
+        if let Some(b) = &self.bolt {
+            if self.patch_dim == 0 {
+                return err("a bolted-on design needs image input (patch_dim > 0)".into());
+            }
+            b.validate(self.n_layers)?;
+        }
         if params > 100_000_000_000 {
             return err(format!(
                 "about {params} parameters is more than this workbench will allocate"

@@ -283,6 +283,74 @@ impl Attention {
     }
 }
 
+/// Multi-head attention of queries `x` (`b, tq, d_q`) over a separate context (`b, tk, d_kv`):
+/// the cross-attention of Q-Former, perceiver and Flamingo layers (no rotary, no cache).
+#[derive(Clone, Debug)]
+pub struct CrossAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    dense: Linear,
+    n_heads: usize,
+    head_dim: usize,
+}
+
+impl CrossAttention {
+    /// Projections to `d_q` wide heads (`n_heads` of them) under `vb`.
+    pub fn new(d_q: usize, d_kv: usize, n_heads: usize, vb: VarBuilder) -> Result<Self> {
+        if n_heads == 0 || !d_q.is_multiple_of(n_heads) {
+            candle_core::bail!("cross-attention width {d_q} is not divisible by {n_heads} heads");
+        }
+        Ok(Self {
+            q_proj: Linear::new(d_q, d_q, true, vb.pp("q_proj"))?,
+            k_proj: Linear::new(d_kv, d_q, true, vb.pp("k_proj"))?,
+            v_proj: Linear::new(d_kv, d_q, true, vb.pp("v_proj"))?,
+            dense: Linear::new(d_q, d_q, true, vb.pp("dense"))?,
+            n_heads,
+            head_dim: d_q / n_heads,
+        })
+    }
+
+    /// Attends `x` to `ctx`; `mask` is additive and broadcasts to `(b, h, tq, tk)`.
+    pub fn forward(&self, x: &Tensor, ctx: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, tq, _) = x.dims3()?;
+        let tk = ctx.dim(1)?;
+        let (h, hd) = (self.n_heads, self.head_dim);
+        let q = self
+            .q_proj
+            .forward(x)?
+            .reshape((b, tq, h, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = self
+            .k_proj
+            .forward(ctx)?
+            .reshape((b, tk, h, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = self
+            .v_proj
+            .forward(ctx)?
+            .reshape((b, tk, h, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let mut scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let probs = if crate::kernels::enabled() && scores.dtype() == DType::F32 {
+            crate::kernels::softmax_last(&scores)?
+        } else {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        };
+        let out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, tq, h * hd))?;
+        self.dense.forward(&out)
+    }
+}
+
 /// Repeats each KV head `rep` times along the head axis.
 fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
     let (b, h, t, d) = x.dims4()?;
@@ -301,6 +369,16 @@ pub struct Mlp {
 }
 
 impl Mlp {
+    /// A GELU MLP `d -> d_ff -> d` outside a decoder (encoders, connectors, cross-attention layers).
+    pub fn gelu(d: usize, d_ff: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            up: Linear::new(d, d_ff, true, vb.pp("dense_h_to_4h"))?,
+            gate: None,
+            down: Linear::new(d_ff, d, true, vb.pp("dense_4h_to_h"))?,
+            activation: Activation::Gelu,
+        })
+    }
+
     /// Creates the MLP parameters under `vb`.
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         let gate = match cfg.activation {

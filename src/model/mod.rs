@@ -2,6 +2,8 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod connector;
+pub mod encoder;
 pub mod generate;
 pub mod layers;
 pub mod native;
@@ -10,5 +12,5 @@ pub mod resolve;
 pub mod responder;
 
 pub use checkpoint::{load_dir, LoadedModel, ModelDirConfig};
-pub use config::{Activation, ModelConfig, NormKind};
+pub use config::{Activation, BoltConfig, ConnectorKind, EncoderConfig, ModelConfig, NormKind};
 pub use native::{KvCache, NativeModel};

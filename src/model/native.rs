@@ -7,6 +7,7 @@ use candle_nn::VarBuilder;
 use crate::kernels::Linear;
 
 use super::config::ModelConfig;
+use super::connector::{Bolted, VisualInput, XCtx};
 use super::layers::{attention_mask, Block, LayerCache, Norm, Rotary};
 use crate::fusion::Batch;
 
@@ -23,6 +24,8 @@ pub struct KvCache {
     pub len: usize,
     /// Next position id of every row.
     pub next_pos: Vec<u32>,
+    /// Image latents the gated cross-attention layers attend to (Flamingo designs).
+    pub xctx: Option<XCtx>,
 }
 
 impl KvCache {
@@ -65,12 +68,14 @@ impl KvCache {
             key_valid.extend_from_slice(&self.key_valid[r * self.len..(r + 1) * self.len]);
             next_pos.push(self.next_pos[r]);
         }
+        let xctx = self.xctx.as_ref().map(|c| c.select_rows(rows)).transpose()?;
         Ok(Self {
             layers,
             key_valid,
             batch: rows.len(),
             len: self.len,
             next_pos,
+            xctx,
         })
     }
 }
@@ -97,6 +102,8 @@ pub struct NativeModel {
     lm_head: Option<Linear>,
     rotary: Rotary,
     device: Device,
+    /// Vision encoder and connector of a bolted-on design (`None`: native).
+    pub bolt: Option<Bolted>,
 }
 
 impl NativeModel {
@@ -112,7 +119,12 @@ impl NativeModel {
                 stdev: 0.02,
             },
         )?;
-        let vision_embed = (cfg.patch_dim > 0)
+        let bolt = cfg
+            .bolt
+            .as_ref()
+            .map(|b| Bolted::new(cfg, b, vb.clone()))
+            .transpose()?;
+        let vision_embed = (cfg.patch_dim > 0 && bolt.is_none())
             .then(|| Linear::new(cfg.patch_dim, cfg.d_model, true, vb.pp("vision_embed")))
             .transpose()?;
         let audio_embed = (cfg.frame_dim > 0)
@@ -141,6 +153,7 @@ impl NativeModel {
             lm_head,
             rotary,
             device,
+            bolt,
         })
     }
 
@@ -151,6 +164,11 @@ impl NativeModel {
 
     /// Input embeddings `(b, t, d)`: token embeddings with patch and frame rows put in at their placeholders.
     pub fn embed(&self, batch: &Batch) -> Result<Tensor> {
+        Ok(self.embed_with_context(batch)?.0)
+    }
+
+    /// [`NativeModel::embed`], plus the image latents a Flamingo design cross-attends to.
+    pub fn embed_with_context(&self, batch: &Batch) -> Result<(Tensor, Option<XCtx>)> {
         let (b, t) = (batch.batch, batch.seq_len);
         let n = b * t;
         if batch
@@ -167,6 +185,22 @@ impl NativeModel {
         let mut rows = vec![self.embed_tokens.index_select(&ids, 0)?];
         let mut gather: Vec<u32> = (0..n as u32).collect();
         let mut next = n;
+        let mut xctx = None;
+        if let (Some(bolt), false) = (&self.bolt, batch.patch_positions.is_empty()) {
+            match bolt.visual_input(batch)? {
+                VisualInput::Slots(t) => {
+                    for (k, &p) in batch.patch_positions.iter().enumerate() {
+                        if p >= n {
+                            candle_core::bail!("image slot {p} outside the batch of {n} tokens");
+                        }
+                        gather[p] = (next + k) as u32;
+                    }
+                    next += batch.patch_positions.len();
+                    rows.push(t);
+                }
+                VisualInput::Context(c) => xctx = Some(c),
+            }
+        }
         let mut add = |rows: &mut Vec<Tensor>,
                        layer: &Option<Linear>,
                        data: &[f32],
@@ -198,14 +232,16 @@ impl NativeModel {
             next += pos.len();
             Ok(())
         };
-        add(
-            &mut rows,
-            &self.vision_embed,
+        if self.bolt.is_none() {
+            add(
+                &mut rows,
+                &self.vision_embed,
             &batch.patches,
             batch.patch_dim,
             &batch.patch_positions,
             "image patch",
         )?;
+        }
         add(
             &mut rows,
             &self.audio_embed,
@@ -220,8 +256,10 @@ impl NativeModel {
             Tensor::cat(&rows, 0)?
         };
         let gather = Tensor::from_vec(gather, n, &self.device)?;
-        all.index_select(&gather, 0)?
-            .reshape((b, t, self.cfg.d_model))
+        let x = all
+            .index_select(&gather, 0)?
+            .reshape((b, t, self.cfg.d_model))?;
+        Ok((x, xctx))
     }
 
     /// Runs the decoder over embeddings `x` (`b, t, d`) with `positions` (`b*t`) and per-token validity.
@@ -234,6 +272,7 @@ impl NativeModel {
         valid: &[u8],
         cache: Option<&mut KvCache>,
         want_attn: bool,
+        xctx: Option<XCtx>,
     ) -> Result<ForwardOutput> {
         let (b, t, _) = x.dims3()?;
         if positions
@@ -259,7 +298,14 @@ impl NativeModel {
                 let past = cache.len;
                 cache.push_valid(valid, t);
                 let mask = attention_mask(b, t, past, &cache.key_valid, &self.device)?;
-                for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+                if let Some(c) = xctx {
+                    cache.xctx = Some(match cache.xctx.take() {
+                        Some(prev) => prev.extend(&c)?,
+                        None => c,
+                    });
+                }
+                for (i, (block, slot)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
+                    x = self.cross_attend(i, &x, cache.xctx.as_ref(), positions)?;
                     let (y, p) = block.forward(
                         &x,
                         &self.rotary,
@@ -281,7 +327,8 @@ impl NativeModel {
             }
             None => {
                 let mask = attention_mask(b, t, 0, valid, &self.device)?;
-                for block in &self.blocks {
+                for (i, block) in self.blocks.iter().enumerate() {
+                    x = self.cross_attend(i, &x, xctx.as_ref(), positions)?;
                     let (y, p) =
                         block.forward(&x, &self.rotary, &cos, &sin, &mask, None, want_attn)?;
                     x = y;
@@ -295,6 +342,17 @@ impl NativeModel {
         })
     }
 
+    /// The gated cross-attention layer before block `i`, if the design has one and there are latents.
+    fn cross_attend(&self, i: usize, x: &Tensor, ctx: Option<&XCtx>, positions: &[u32]) -> Result<Tensor> {
+        let (Some(bolt), Some(ctx)) = (&self.bolt, ctx) else {
+            return Ok(x.clone());
+        };
+        match bolt.xattn.iter().find(|(at, _)| *at == i) {
+            Some((_, layer)) => layer.forward(x, ctx, positions),
+            None => Ok(x.clone()),
+        }
+    }
+
     /// Full forward over a collated batch.
     pub fn forward(
         &self,
@@ -302,13 +360,14 @@ impl NativeModel {
         cache: Option<&mut KvCache>,
         want_attn: bool,
     ) -> Result<ForwardOutput> {
-        let x = self.embed(batch)?;
+        let (x, xctx) = self.embed_with_context(batch)?;
         self.forward_embeds(
             &x,
             &batch.positions,
             &batch.attention_mask,
             cache,
             want_attn,
+            xctx,
         )
     }
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use super::checkpoint::ModelDirConfig;
-use super::config::{Activation, ModelConfig, NormKind};
+use super::config::{Activation, BoltConfig, ConnectorKind, EncoderConfig, ModelConfig, NormKind};
 use crate::fusion::{AudioConfig, ImageConfig};
 
 /// A named model shape with its input processing.
@@ -55,9 +55,56 @@ fn native(
             patch_dim: image.patch_dim(),
             frame_dim: audio.frame_dim(),
             tie_embeddings: false,
+            bolt: None,
         },
         image,
         audio,
+    }
+}
+
+/// A bolted-on preset: the native preset's decoder and image settings with a ViT and a connector.
+#[allow(clippy::too_many_arguments)]
+fn bolted(
+    name: &'static str,
+    base: ModelDirConfig,
+    connector: ConnectorKind,
+    encoder: EncoderConfig,
+    n_queries: usize,
+    connector_layers: usize,
+    xattn_d_ff: usize,
+    decoder_d_ff: usize,
+) -> ModelDirConfig {
+    let mut c = base;
+    c.design = match connector {
+        ConnectorKind::Linear | ConnectorKind::Mlp => "llava",
+        ConnectorKind::QFormer => "qformer",
+        ConnectorKind::Perceiver => "flamingo",
+    }
+    .into();
+    c.preset = Some(name.into());
+    c.model.d_ff = decoder_d_ff;
+    c.model.bolt = Some(BoltConfig {
+        encoder,
+        connector,
+        n_queries,
+        connector_layers,
+        xattn_every: if connector == ConnectorKind::Perceiver {
+            2.min(c.model.n_layers)
+        } else {
+            0
+        },
+        xattn_d_ff,
+    });
+    c
+}
+
+fn enc(d: usize, layers: usize, heads: usize, ff: usize, max_grid: usize) -> EncoderConfig {
+    EncoderConfig {
+        d_model: d,
+        n_layers: layers,
+        n_heads: heads,
+        d_ff: ff,
+        max_grid,
     }
 }
 
@@ -73,6 +120,41 @@ pub fn presets() -> Vec<Preset> {
             name: "fuyu-small",
             about: "the default research model (48x48 scenes, 12-px patches)",
             config: native("fuyu-small", 64, 2, 4, 256, 12, 48),
+        },
+        Preset {
+            name: "llava-small",
+            about: "bolted-on baseline: ViT + 2-layer MLP projector (LLaVA-1.5), fuyu-small's decoder",
+            config: bolted("llava-small", native("fuyu-small", 64, 2, 4, 256, 12, 48), ConnectorKind::Mlp, enc(32, 1, 4, 64, 8), 0, 0, 0, 240),
+        },
+        Preset {
+            name: "llava-linear-small",
+            about: "bolted-on baseline: ViT + linear projector (LLaVA-1.0), fuyu-small's decoder",
+            config: bolted("llava-linear-small", native("fuyu-small", 64, 2, 4, 256, 12, 48), ConnectorKind::Linear, enc(32, 1, 4, 64, 8), 0, 0, 0, 256),
+        },
+        Preset {
+            name: "qformer-small",
+            about: "bolted-on baseline: ViT + Q-Former with 8 queries (BLIP-2), fuyu-small's decoder",
+            config: bolted("qformer-small", native("fuyu-small", 64, 2, 4, 256, 12, 48), ConnectorKind::QFormer, enc(32, 1, 4, 64, 8), 8, 1, 0, 200),
+        },
+        Preset {
+            name: "flamingo-small",
+            about: "bolted-on baseline: ViT + perceiver resampler + gated cross-attention (Flamingo)",
+            config: bolted("flamingo-small", native("fuyu-small", 64, 2, 4, 256, 12, 48), ConnectorKind::Perceiver, enc(32, 1, 4, 64, 8), 8, 1, 64, 160),
+        },
+        Preset {
+            name: "llava-tiny",
+            about: "seconds to train; for tests",
+            config: bolted("llava-tiny", native("fuyu-tiny", 32, 1, 2, 64, 12, 48), ConnectorKind::Mlp, enc(16, 1, 2, 32, 8), 0, 0, 0, 64),
+        },
+        Preset {
+            name: "qformer-tiny",
+            about: "seconds to train; for tests",
+            config: bolted("qformer-tiny", native("fuyu-tiny", 32, 1, 2, 64, 12, 48), ConnectorKind::QFormer, enc(16, 1, 2, 32, 8), 4, 1, 0, 64),
+        },
+        Preset {
+            name: "flamingo-tiny",
+            about: "seconds to train; for tests",
+            config: bolted("flamingo-tiny", native("fuyu-tiny", 32, 1, 2, 64, 12, 48), ConnectorKind::Perceiver, enc(16, 1, 2, 32, 8), 4, 1, 32, 64),
         },
         Preset {
             name: "fuyu-base",
@@ -95,8 +177,8 @@ pub fn shipped_dir(name: &str) -> Option<PathBuf> {
     dir.join("model.safetensors").exists().then_some(dir)
 }
 
-/// Number of trainable parameters of a configuration.
-pub fn parameter_count(cfg: &ModelConfig) -> usize {
+/// Parameters of one decoder block of `cfg`.
+fn block_params(cfg: &ModelConfig) -> usize {
     let d = cfg.d_model;
     let hd = cfg.head_dim();
     let norm = |n: usize| match cfg.norm {
@@ -116,13 +198,58 @@ pub fn parameter_count(cfg: &ModelConfig) -> usize {
         } else {
             0
         };
-    let block = norm(d) * 2 + attn + mlp;
-    let embed = cfg.vocab_size * d
-        + if cfg.patch_dim > 0 {
-            cfg.patch_dim * d + d
-        } else {
-            0
+    norm(d) * 2 + attn + mlp
+}
+
+/// Parameters of the vision encoder, connector and cross-attention layers of a bolted design.
+fn bolt_params(cfg: &ModelConfig, b: &BoltConfig) -> usize {
+    let (d, de, ff) = (cfg.d_model, b.encoder.d_model, b.encoder.d_ff);
+    let xa = |dq: usize, dkv: usize| 2 * (dq * dq + dq) + 2 * (dkv * dq + dq);
+    let mlp = |w: usize, f: usize| 2 * w * f + f + w;
+    let encoder = cfg.patch_dim * de
+        + de
+        + 2 * b.encoder.max_grid * de
+        + b.encoder.n_layers * block_params(&b.encoder_block_config(cfg.norm_eps))
+        + 2 * de;
+    let connector = match b.connector {
+        ConnectorKind::Linear => de * d + d,
+        ConnectorKind::Mlp => de * d + d + d * d + d,
+        ConnectorKind::QFormer => {
+            b.n_queries * de
+                + b.connector_layers * (6 * de + 2 * xa(de, de) + mlp(de, ff))
+                + 2 * de
+                + de * d
+                + d
         }
+        ConnectorKind::Perceiver => {
+            b.n_queries * de + b.connector_layers * (6 * de + xa(de, de) + mlp(de, ff)) + 2 * de
+        }
+    };
+    let xattn = if b.connector == ConnectorKind::Perceiver {
+        let layers = (0..cfg.n_layers)
+            .filter(|i| i.is_multiple_of(b.xattn_every.max(1)))
+            .count();
+        layers * (4 * d + xa(d, de) + mlp(d, b.xattn_d_ff) + 2)
+    } else {
+        0
+    };
+    encoder + connector + xattn
+}
+
+/// Number of trainable parameters of a configuration.
+pub fn parameter_count(cfg: &ModelConfig) -> usize {
+    let d = cfg.d_model;
+    let norm = match cfg.norm {
+        NormKind::LayerNorm => 2 * d,
+        NormKind::RmsNorm => d,
+    };
+    let vision = match &cfg.bolt {
+        Some(b) => bolt_params(cfg, b),
+        None if cfg.patch_dim > 0 => cfg.patch_dim * d + d,
+        None => 0,
+    };
+    let embed = cfg.vocab_size * d
+        + vision
         + if cfg.frame_dim > 0 {
             cfg.frame_dim * d + d
         } else {
@@ -133,5 +260,5 @@ pub fn parameter_count(cfg: &ModelConfig) -> usize {
     } else {
         d * cfg.vocab_size
     };
-    embed + cfg.n_layers * block + norm(d) + head
+    embed + cfg.n_layers * block_params(cfg) + norm + head
 }

@@ -40,7 +40,7 @@ impl ModelResponder {
     /// Wraps a loaded model; greedy decoding of up to 8 tokens.
     pub fn new(model: LoadedModel, display: String) -> Self {
         let tok = Arc::new(model.tokenizer.clone());
-        let builder = SequenceBuilder::new(tok.clone(), model.config.image, model.config.audio);
+        let builder = model.config.builder(tok.clone());
         let opts = GenerateOptions {
             max_new_tokens: 8,
             stop_tokens: vec![tok.specials.eos, tok.specials.pad],

@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Var};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
-use crate::fusion::{collate, PadSide, SequenceBuilder, TextTokenizer};
+use crate::fusion::{collate, PadSide, TextTokenizer};
 use crate::model::checkpoint::{
     atomic_write, save_dir, tensors_to_bytes, CheckpointError, ModelDirConfig,
 };
@@ -102,6 +102,29 @@ pub struct TrainConfig {
     /// schedule) instead of a seeded initialisation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
+    /// Components kept frozen (`encoder`, `connector`, `decoder`; see [`component`]): the
+    /// optimiser never touches their weights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<String>,
+}
+
+/// Component names `freeze` accepts.
+pub const COMPONENTS: [&str; 3] = ["encoder", "connector", "decoder"];
+
+/// The component a variable belongs to: `encoder` (the vision encoder), `connector`
+/// (connectors, Flamingo's cross-attention layers, and the native model's linear patch and
+/// frame embeddings, its only modality adapters) or `decoder` (everything else).
+pub fn component(name: &str) -> &'static str {
+    if name.starts_with("vision_encoder.") {
+        "encoder"
+    } else if ["connector.", "xattn.", "vision_embed.", "audio_embed."]
+        .iter()
+        .any(|p| name.starts_with(p))
+    {
+        "connector"
+    } else {
+        "decoder"
+    }
 }
 
 /// Progress and metrics state saved in a checkpoint.
@@ -180,6 +203,9 @@ pub fn reinit(vm: &VarMap, seed: u64) -> Result<(), TrainError> {
         );
         let vals: Vec<f32> = if name.ends_with("embed_tokens.weight") {
             (0..n).map(|_| 0.02 * normal(&mut rng)).collect()
+        } else if name.ends_with("_gate") {
+            // Flamingo's tanh gates start closed.
+            vec![0.0; n]
         } else if name.contains("layernorm") && name.ends_with("weight") {
             vec![1.0; n]
         } else if name.ends_with("bias") {
@@ -454,7 +480,24 @@ pub fn train(
             load_weights(dir, &cfg.model, &vm)?;
         }
     }
-    let mut opt = AdamW::new(named_vars(&vm), cfg.optim.clone());
+    for f in &cfg.freeze {
+        if !COMPONENTS.contains(&f.as_str()) {
+            return Err(TrainError::Config(format!(
+                "cannot freeze {f:?}: components are {COMPONENTS:?}"
+            )));
+        }
+    }
+    let trainable: Vec<(String, Var)> = named_vars(&vm)
+        .into_iter()
+        .filter(|(n, _)| !cfg.freeze.iter().any(|f| f == component(n)))
+        .collect();
+    if trainable.is_empty() {
+        return Err(TrainError::Config(format!(
+            "freezing {:?} leaves nothing to train",
+            cfg.freeze
+        )));
+    }
+    let mut opt = AdamW::new(trainable, cfg.optim.clone());
     let log_path = out.join("train.jsonl");
     let mut state = TrainState {
         step: 0,
@@ -478,7 +521,7 @@ pub fn train(
     }
     let tok = Arc::new(tokenizer);
     let pad = tok.specials.pad;
-    let builder = SequenceBuilder::new(tok.clone(), cfg.model.image, cfg.model.audio);
+    let builder = cfg.model.builder(tok.clone());
     // Synthetic data: the held-out eval uses another seed of the generators. A dataset
     // folder: the last 5% of its records (at least one, when there are two or more) are held
     // out of training and used for the eval.

@@ -1,0 +1,136 @@
+//! The vision encoder of the bolted-on designs: a small ViT over one image's patches.
+//!
+//! Linear patch embedding plus learned row and column position embeddings (so any grid up
+//! to `max_grid x max_grid` works), bidirectional pre-norm blocks (the decoder's [`Block`]
+//! with no rotary and a key-padding mask instead of the causal one), final LayerNorm.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::config::{BoltConfig, NormKind};
+use super::layers::{Block, Norm, Rotary};
+use crate::fusion::ImageSpan;
+use crate::kernels::Linear;
+
+/// Features of a batch of images, padded to the longest.
+#[derive(Clone, Debug)]
+pub struct EncodedImages {
+    /// `(n_images, p, d_enc)` features; rows past an image's patch count are padding.
+    pub feats: Tensor,
+    /// Additive key mask `(n_images, 1, 1, p)`: 0 on real patches, `-inf` on padding.
+    pub key_mask: Tensor,
+    /// Patches of each image.
+    pub n_patches: Vec<usize>,
+}
+
+/// The ViT.
+#[derive(Clone, Debug)]
+pub struct VisionEncoder {
+    patch_embed: Linear,
+    row_embed: Tensor,
+    col_embed: Tensor,
+    blocks: Vec<Block>,
+    final_norm: Norm,
+    rotary: Rotary,
+    max_grid: usize,
+    d: usize,
+    device: Device,
+}
+
+impl VisionEncoder {
+    /// Creates the encoder's parameters under `vb` for patches `patch_dim` wide.
+    pub fn new(bolt: &BoltConfig, patch_dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let e = &bolt.encoder;
+        let block_cfg = bolt.encoder_block_config(eps);
+        let device = vb.device().clone();
+        let init = candle_nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
+        Ok(Self {
+            patch_embed: Linear::new(patch_dim, e.d_model, true, vb.pp("patch_embed"))?,
+            row_embed: vb.get_with_hints((e.max_grid, e.d_model), "row_embed.weight", init)?,
+            col_embed: vb.get_with_hints((e.max_grid, e.d_model), "col_embed.weight", init)?,
+            blocks: (0..e.n_layers)
+                .map(|i| Block::new(&block_cfg, vb.pp(format!("layers.{i}"))))
+                .collect::<Result<_>>()?,
+            final_norm: Norm::new(NormKind::LayerNorm, e.d_model, eps, vb.pp("final_layernorm"))?,
+            rotary: Rotary::new(0, 1, 10_000.0, &device)?,
+            max_grid: e.max_grid,
+            d: e.d_model,
+            device,
+        })
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.device.clone()
+    }
+
+    /// Encodes every image of `spans` from the patch matrix `patches` (`n, patch_dim`).
+    pub fn forward(&self, patches: &Tensor, spans: &[ImageSpan]) -> Result<EncodedImages> {
+        let n_rows = patches.dim(0)?;
+        let p = spans.iter().map(|s| s.n_patches()).max().unwrap_or(0);
+        if spans.is_empty() || p == 0 {
+            candle_core::bail!("vision encoder: no image patches to encode");
+        }
+        let mut rows = Vec::with_capacity(n_rows);
+        let mut cols = Vec::with_capacity(n_rows);
+        let mut gather = vec![n_rows as u32; spans.len() * p];
+        let mut mask = vec![f32::NEG_INFINITY; spans.len() * p];
+        for (i, s) in spans.iter().enumerate() {
+            if s.rows > self.max_grid || s.cols > self.max_grid {
+                candle_core::bail!(
+                    "image of {} x {} patches is larger than the vision encoder's {} x {} grid",
+                    s.rows,
+                    s.cols,
+                    self.max_grid,
+                    self.max_grid
+                );
+            }
+            if s.patch_start + s.n_patches() > n_rows {
+                candle_core::bail!(
+                    "image patches {}..{} outside the batch's {n_rows} patch rows",
+                    s.patch_start,
+                    s.patch_start + s.n_patches()
+                );
+            }
+            for k in 0..s.n_patches() {
+                gather[i * p + k] = (s.patch_start + k) as u32;
+                mask[i * p + k] = 0.0;
+            }
+        }
+        // Position ids of every patch row in the matrix (rows not in any span stay at 0).
+        rows.resize(n_rows, 0u32);
+        cols.resize(n_rows, 0u32);
+        for s in spans {
+            for k in 0..s.n_patches() {
+                rows[s.patch_start + k] = (k / s.cols.max(1)) as u32;
+                cols[s.patch_start + k] = (k % s.cols.max(1)) as u32;
+            }
+        }
+        let rows = Tensor::from_vec(rows, n_rows, &self.device)?;
+        let cols = Tensor::from_vec(cols, n_rows, &self.device)?;
+        let x = self
+            .patch_embed
+            .forward(patches)?
+            .add(&self.row_embed.index_select(&rows, 0)?)?
+            .add(&self.col_embed.index_select(&cols, 0)?)?;
+        let zero = Tensor::zeros((1, self.d), x.dtype(), &self.device)?;
+        let x = Tensor::cat(&[&x, &zero], 0)?;
+        let gather = Tensor::from_vec(gather, spans.len() * p, &self.device)?;
+        let mut x = x.index_select(&gather, 0)?.reshape((spans.len(), p, self.d))?;
+        let key_mask = Tensor::from_vec(mask, (spans.len(), 1, 1, p), &self.device)?;
+        let dummy = Tensor::zeros(1, DType::F32, &self.device)?;
+        for block in &self.blocks {
+            x = block
+                .forward(&x, &self.rotary, &dummy, &dummy, &key_mask, None, false)?
+                .0;
+        }
+        Ok(EncodedImages {
+            feats: self.final_norm.forward(&x)?,
+            key_mask,
+            n_patches: spans.iter().map(|s| s.n_patches()).collect(),
+        })
+    }
+}
