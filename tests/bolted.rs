@@ -138,6 +138,8 @@ fn train_config(name: &str, freeze: &[&str]) -> TrainConfig {
         ckpt_every: 0,
         eval_batches: 1,
         init_from: None,
+        init_parts: Vec::new(),
+        init_encoder: None,
         freeze: freeze.iter().map(|s| s.to_string()).collect(),
     }
 }

@@ -28,6 +28,8 @@ fn config(steps: u64) -> TrainConfig {
         ckpt_every: 0,
         eval_batches: 1,
         init_from: None,
+        init_parts: Vec::new(),
+        init_encoder: None,
         freeze: Vec::new(),
     }
 }

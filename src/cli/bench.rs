@@ -208,6 +208,8 @@ pub fn train_bench(a: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
         eval_every: 0,
         stop_after: None,
         freeze: Vec::new(),
+        init_parts: Vec::new(),
+        init_encoder: None,
     };
     let cfg = config(&targs)?;
     let tok = std::sync::Arc::new(tokenizer_for(&cfg, &targs)?);

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod data;
 pub mod eval;
 pub mod models;
+pub mod pretrain;
 pub mod tokenize;
 pub mod train;
 
@@ -37,6 +38,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Ask a model a question about an image and/or audio clip.
     Ask(ask::AskArgs),
+    /// Contrastive (CLIP / SigLIP) pre-training of a bolted-on preset's vision encoder.
+    PretrainEncoder(pretrain::PretrainArgs),
     /// Time training steps on fixed batches (and write them for the PyTorch side-by-side).
     Bench(bench::BenchArgs),
 }
@@ -64,6 +67,7 @@ pub fn main() -> anyhow::Result<()> {
         .init();
     match &cli.command {
         Command::Tokenize(a) => tokenize::run(a),
+        Command::PretrainEncoder(a) => pretrain::run(a),
         Command::Models(a) => models::run(a),
         Command::Data(a) => data::run(a),
         Command::Eval(a) => eval::run(a),

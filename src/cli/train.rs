@@ -52,6 +52,13 @@ pub struct TrainArgs {
     /// (stage 1 alignment of a bolted design: `--freeze encoder,decoder`).
     #[arg(long, value_delimiter = ',')]
     pub freeze: Vec<String>,
+    /// With `--init`: copy only these components, comma-separated (e.g. `decoder` to start a
+    /// bolted design from a native model's decoder).
+    #[arg(long, value_delimiter = ',')]
+    pub init_parts: Vec<String>,
+    /// Load the vision encoder from a `mmlab pretrain-encoder` output folder.
+    #[arg(long)]
+    pub init_encoder: Option<PathBuf>,
     /// Stop after this step, leaving a checkpoint to resume from.
     #[arg(long)]
     pub stop_after: Option<u64>,
@@ -95,6 +102,8 @@ pub fn config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         eval_batches: 8,
         init_from: args.init.clone(),
         freeze: args.freeze.clone(),
+        init_parts: args.init_parts.clone(),
+        init_encoder: args.init_encoder.clone(),
     })
 }
 

@@ -1,6 +1,7 @@
 //! Training: AdamW with warm-up and cosine decay, gradient clipping, loss on answer
 //! tokens only, periodic held-out eval, atomic checkpoints and exact resume.
 
+pub mod contrastive;
 pub mod data;
 pub mod optim;
 
@@ -106,6 +107,14 @@ pub struct TrainConfig {
     /// optimiser never touches their weights.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub freeze: Vec<String>,
+    /// With `init_from`: copy only these components (say `decoder`, to start a bolted design
+    /// from another model's decoder); empty copies everything and needs identical settings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_parts: Vec<String>,
+    /// Load the vision encoder (`vision_encoder.*`) from this contrastive pre-training output
+    /// (`mmlab pretrain-encoder`: a folder with `encoder.safetensors`, or the file itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_encoder: Option<PathBuf>,
 }
 
 /// Component names `freeze` accepts.
@@ -414,6 +423,43 @@ fn load_weights(dir: &Path, model: &ModelDirConfig, vm: &VarMap) -> Result<(), T
     load_vars(&dir.join("model.safetensors"), vm)
 }
 
+/// Sets the variables of `vm` that belong to `parts` (see [`component`]) from the
+/// safetensors file `wp`; each must be there with the same shape.
+fn load_parts(wp: &Path, vm: &VarMap, parts: &[&str]) -> Result<(), TrainError> {
+    let w = candle_core::safetensors::load(wp, &Device::Cpu)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", wp.display())))?;
+    let mut n = 0;
+    for (name, var) in named_vars(vm) {
+        if !parts.contains(&component(&name)) {
+            continue;
+        }
+        let t = w.get(&name).ok_or_else(|| {
+            TrainError::Config(format!(
+                "{}: missing tensor {name} (needed for the {} part)",
+                wp.display(),
+                component(&name)
+            ))
+        })?;
+        if t.dims() != var.dims() {
+            return Err(TrainError::Config(format!(
+                "{}: tensor {name} has shape {:?}, the model needs {:?}",
+                wp.display(),
+                t.dims(),
+                var.dims()
+            )));
+        }
+        var.set(&t.to_dtype(DType::F32)?)?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(TrainError::Config(format!(
+            "{}: the model has no {parts:?} weights to load",
+            wp.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Sets every variable of `vm` from the safetensors file `wp` (names and shapes must match).
 fn load_vars(wp: &Path, vm: &VarMap) -> Result<(), TrainError> {
     let w = candle_core::safetensors::load(wp, &Device::Cpu)
@@ -475,16 +521,34 @@ pub fn train(
     }
     std::fs::create_dir_all(out).map_err(io_err(out))?;
     let (model, vm) = init_model(&cfg.model, cfg.seed, &device)?;
-    if let Some(dir) = &cfg.init_from {
-        if !ctl.resume {
-            load_weights(dir, &cfg.model, &vm)?;
-        }
-    }
-    for f in &cfg.freeze {
+    for f in cfg.freeze.iter().chain(&cfg.init_parts) {
         if !COMPONENTS.contains(&f.as_str()) {
             return Err(TrainError::Config(format!(
-                "cannot freeze {f:?}: components are {COMPONENTS:?}"
+                "unknown component {f:?}: components are {COMPONENTS:?}"
             )));
+        }
+    }
+    if !ctl.resume {
+        if let Some(dir) = &cfg.init_from {
+            if cfg.init_parts.is_empty() {
+                load_weights(dir, &cfg.model, &vm)?;
+            } else {
+                let parts: Vec<&str> = cfg.init_parts.iter().map(|s| s.as_str()).collect();
+                load_parts(&dir.join("model.safetensors"), &vm, &parts)?;
+            }
+        }
+        if let Some(p) = &cfg.init_encoder {
+            if cfg.model.model.bolt.is_none() {
+                return Err(TrainError::Config(
+                    "init_encoder: a native model has no vision encoder to load".into(),
+                ));
+            }
+            let file = if p.is_dir() {
+                p.join("encoder.safetensors")
+            } else {
+                p.clone()
+            };
+            load_parts(&file, &vm, &["encoder"])?;
         }
     }
     let trainable: Vec<(String, Var)> = named_vars(&vm)
