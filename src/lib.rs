@@ -2,6 +2,7 @@
 //!
 //! See `DESIGN.md` in the shared folder for the map of the workspace.
 
+pub mod ablate;
 pub mod cli;
 pub mod fusion;
 pub mod kernels;

@@ -1,5 +1,6 @@
 //! The `mmlab` command line (clap): one module per subcommand.
 
+pub mod ablate;
 pub mod ask;
 pub mod bench;
 pub mod data;
@@ -40,6 +41,8 @@ pub enum Command {
     Ask(ask::AskArgs),
     /// Contrastive (CLIP / SigLIP) pre-training of a bolted-on preset's vision encoder.
     PretrainEncoder(pretrain::PretrainArgs),
+    /// Train and evaluate native and bolted-on designs under a matched budget; write a report.
+    Ablate(ablate::AblateArgs),
     /// Time training steps on fixed batches (and write them for the PyTorch side-by-side).
     Bench(bench::BenchArgs),
 }
@@ -67,6 +70,7 @@ pub fn main() -> anyhow::Result<()> {
         .init();
     match &cli.command {
         Command::Tokenize(a) => tokenize::run(a),
+        Command::Ablate(a) => ablate::run_cli(a),
         Command::PretrainEncoder(a) => pretrain::run(a),
         Command::Models(a) => models::run(a),
         Command::Data(a) => data::run(a),

@@ -1,0 +1,720 @@
+//! `mmlab ablate FILE.toml`: train and evaluate several designs ("arms") under one matched
+//! training budget, over several seeds, and write `results.json`, `report.md` and plots.
+//!
+//! Budget: every arm gets the same number of training FLOPs, all its stages counted. FLOPs
+//! per step are estimated from the arm's own batches: for each component (vision encoder,
+//! connector, decoder) `k · N · tokens`, with `N` its matmul parameters (the token embedding
+//! is a lookup and is left out), `tokens` the patches (encoder, connector) or real sequence
+//! tokens (decoder) of a step, and `k = 6` when the component trains, 4 when it is frozen
+//! but gradients flow through it to a trainable part before it, 2 when it only runs forward.
+//! Contrastive pre-training counts `6 · N` over patches (image tower) and caption tokens
+//! (text tower). Each stage gets its share of the budget and as many steps as fit.
+//!
+//! Finished stages and evaluations are kept on disk and not redone on a second run.
+
+pub mod plot;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::fusion::TextTokenizer;
+use crate::model::presets::{preset, PRESET_VOCAB};
+use crate::model::ModelDirConfig;
+use crate::train::contrastive::{pretrain, ContrastiveLoss, PretrainConfig};
+use crate::train::data::{corpus, Factory, Source, SyntheticData};
+use crate::train::optim::AdamWConfig;
+use crate::train::{component, init_model, named_vars, train, RunControl, TrainConfig, LogLine};
+
+/// An ablation file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AblationSpec {
+    /// Name; results go to `results/ablations/<name>/`.
+    pub name: String,
+    /// Seeds every arm is run with.
+    pub seeds: Vec<u64>,
+    /// Training FLOPs every arm gets (all stages).
+    pub train_flops: f64,
+    /// Sequences (or image–caption pairs) per step.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Evaluation settings.
+    #[serde(default)]
+    pub eval: EvalSpec,
+    /// The designs compared.
+    pub arms: Vec<ArmSpec>,
+}
+
+fn default_batch() -> usize {
+    32
+}
+
+/// What each trained model is evaluated on.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSpec {
+    /// Questions per task (per POPE split); `None`: all.
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Also evaluate the audio tasks.
+    #[serde(default = "yes")]
+    pub audio: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for EvalSpec {
+    fn default() -> Self {
+        Self {
+            limit: None,
+            audio: true,
+        }
+    }
+}
+
+/// One design and its recipe.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ArmSpec {
+    /// Name in tables and plots.
+    pub name: String,
+    /// Preset.
+    pub preset: String,
+    /// Stages in order; each warm-starts from the one before.
+    pub stages: Vec<StageSpec>,
+}
+
+/// One stage of a recipe.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// `train` (question answering) or `pretrain` (contrastive encoder pre-training).
+    #[serde(default = "train_kind")]
+    pub kind: String,
+    /// Share of the arm's budget.
+    pub share: f64,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Components kept frozen (train stages).
+    #[serde(default)]
+    pub freeze: Vec<String>,
+    /// Contrastive loss (pretrain stages).
+    #[serde(default)]
+    pub loss: Option<ContrastiveLoss>,
+}
+
+fn train_kind() -> String {
+    "train".into()
+}
+
+impl AblationSpec {
+    /// Reads and checks an ablation file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let spec: Self =
+            toml::from_str(&text).with_context(|| format!("{}: invalid ablation file", path.display()))?;
+        spec.validate()
+            .with_context(|| format!("{}: invalid ablation file", path.display()))?;
+        Ok(spec)
+    }
+
+    /// Checks names, shares, presets and stages.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!("name {:?} must be non-empty letters, digits, '-' or '_'", self.name);
+        }
+        if self.seeds.is_empty() || self.arms.is_empty() {
+            bail!("need at least one seed and one arm");
+        }
+        if !(self.train_flops.is_finite() && self.train_flops > 0.0) {
+            bail!("train_flops must be a positive number");
+        }
+        if self.batch_size < 2 {
+            bail!("batch_size must be at least 2");
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for a in &self.arms {
+            if !names.insert(a.name.clone()) {
+                bail!("two arms are called {:?}", a.name);
+            }
+            let Some(p) = preset(&a.preset) else {
+                bail!("arm {:?}: unknown preset {:?}", a.name, a.preset);
+            };
+            if a.stages.is_empty() {
+                bail!("arm {:?} has no stages", a.name);
+            }
+            let total: f64 = a.stages.iter().map(|s| s.share).sum();
+            if a.stages.iter().any(|s| !(s.share > 0.0)) || (total - 1.0).abs() > 1e-6 {
+                bail!("arm {:?}: stage shares must be positive and sum to 1 (they sum to {total})", a.name);
+            }
+            for (i, s) in a.stages.iter().enumerate() {
+                if !(s.lr.is_finite() && s.lr > 0.0) {
+                    bail!("arm {:?} stage {i}: lr must be positive", a.name);
+                }
+                match s.kind.as_str() {
+                    "train" => {
+                        for f in &s.freeze {
+                            if !crate::train::COMPONENTS.contains(&f.as_str()) {
+                                bail!("arm {:?} stage {i}: cannot freeze {f:?}", a.name);
+                            }
+                        }
+                    }
+                    "pretrain" => {
+                        if p.config.model.bolt.is_none() {
+                            bail!("arm {:?} stage {i}: {} has no vision encoder to pre-train", a.name, a.preset);
+                        }
+                        if i != 0 {
+                            bail!("arm {:?}: a pretrain stage must come first", a.name);
+                        }
+                    }
+                    k => bail!("arm {:?} stage {i}: unknown kind {k:?} (train or pretrain)", a.name),
+                }
+            }
+            if a.stages.iter().all(|s| s.kind != "train") {
+                bail!("arm {:?} has no train stage", a.name);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Matmul parameters per component (`encoder`, `connector`, `decoder`; the token embedding
+/// excluded) and the total parameter count.
+pub fn component_params(cfg: &ModelDirConfig) -> anyhow::Result<(BTreeMap<&'static str, usize>, usize)> {
+    let (_m, vm) = init_model(cfg, 0, &Device::Cpu)?;
+    let mut per = BTreeMap::new();
+    let mut total = 0;
+    for (name, var) in named_vars(&vm) {
+        total += var.elem_count();
+        if name.ends_with("embed_tokens.weight") {
+            continue;
+        }
+        *per.entry(component(&name)).or_insert(0) += var.elem_count();
+    }
+    Ok((per, total))
+}
+
+/// Mean patches, real tokens and caption tokens per step of an arm's data.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StepShape {
+    /// Image patches per step.
+    pub patches: f64,
+    /// Real (unpadded) sequence tokens per step.
+    pub tokens: f64,
+}
+
+fn step_shape(cfg: &ModelDirConfig, data: &SyntheticData, tok: Arc<TextTokenizer>, batch: usize) -> anyhow::Result<StepShape> {
+    let f = Factory::new(Source::Synthetic(data.clone()), 12_345, batch, cfg.builder(tok));
+    let steps = data.audio_every.max(1) * 2;
+    let (mut p, mut t) = (0usize, 0usize);
+    for s in 0..steps {
+        for e in f.batch(s)? {
+            p += e.seq.patches.len() / e.seq.patch_dim.max(1);
+            t += e.seq.len();
+        }
+    }
+    Ok(StepShape {
+        patches: p as f64 / steps as f64,
+        tokens: t as f64 / steps as f64,
+    })
+}
+
+/// Training FLOPs of one step (see the module docs).
+pub fn train_step_flops(per: &BTreeMap<&'static str, usize>, shape: &StepShape, freeze: &[String]) -> f64 {
+    let order = ["encoder", "connector", "decoder"];
+    let mut upstream_trains = false;
+    let mut flops = 0.0;
+    for c in order {
+        let n = *per.get(c).unwrap_or(&0) as f64;
+        let trains = !freeze.iter().any(|f| f == c);
+        let k = if trains {
+            6.0
+        } else if upstream_trains {
+            4.0
+        } else {
+            2.0
+        };
+        upstream_trains |= trains && n > 0.0;
+        let tokens = if c == "decoder" { shape.tokens } else { shape.patches };
+        flops += k * n * tokens;
+    }
+    flops
+}
+
+/// Metrics of one trained model.
+pub type RunMetrics = BTreeMap<String, f64>;
+
+/// One stage as run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StageRun {
+    /// Kind.
+    pub kind: String,
+    /// Steps it ran.
+    pub steps: u64,
+    /// Estimated FLOPs per step.
+    pub flops_per_step: f64,
+    /// Estimated FLOPs spent.
+    pub flops: f64,
+    /// Wall seconds (as logged by the stage).
+    pub seconds: f64,
+}
+
+/// One arm and seed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SeedRun {
+    /// Seed.
+    pub seed: u64,
+    /// Its stages.
+    pub stages: Vec<StageRun>,
+    /// Metrics of the final model.
+    pub metrics: RunMetrics,
+    /// Held-out curve: (cumulative FLOPs, held-out presence accuracy, counting accuracy).
+    pub curve: Vec<(f64, f64, f64)>,
+}
+
+/// Mean and 95% interval (Student t over seeds).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    /// Mean over seeds.
+    pub mean: f64,
+    /// Half-width of the 95% interval (0 with one seed).
+    pub half_width: f64,
+    /// Seeds.
+    pub n: usize,
+}
+
+/// One arm's results.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ArmResult {
+    /// Arm name.
+    pub name: String,
+    /// Preset.
+    pub preset: String,
+    /// Total parameters.
+    pub parameters: usize,
+    /// Training FLOPs spent (mean over seeds).
+    pub flops_spent: f64,
+    /// Per seed.
+    pub runs: Vec<SeedRun>,
+    /// Per metric.
+    pub summary: BTreeMap<String, Summary>,
+}
+
+/// `results.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AblationResults {
+    /// The spec as run.
+    pub spec: AblationSpec,
+    /// Per arm.
+    pub arms: Vec<ArmResult>,
+}
+
+/// The metrics reported, in table order, with their labels.
+pub const METRICS: [(&str, &str); 6] = [
+    ("pope_random_f1", "POPE random F1"),
+    ("pope_popular_f1", "POPE popular F1"),
+    ("pope_adversarial_f1", "POPE adversarial F1"),
+    ("count_accuracy", "counting accuracy"),
+    ("audio_pope_f1", "audio-POPE F1 (mean)"),
+    ("audio_count_accuracy", "audio counting accuracy"),
+];
+
+/// Two-sided 95% Student t quantile for `df` degrees of freedom.
+fn t975(df: usize) -> f64 {
+    const T: [f64; 10] = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228];
+    match df {
+        0 => 0.0,
+        d if d <= 10 => T[d - 1],
+        d if d <= 30 => 2.042 + (2.228 - 2.042) * (30 - d) as f64 / 20.0,
+        _ => 1.96,
+    }
+}
+
+/// Mean and t-interval of `xs`.
+pub fn summarize(xs: &[f64]) -> Summary {
+    let n = xs.len();
+    let mean = xs.iter().sum::<f64>() / n.max(1) as f64;
+    let half_width = if n < 2 {
+        0.0
+    } else {
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+        t975(n - 1) * (var / n as f64).sqrt()
+    };
+    Summary { mean, half_width, n }
+}
+
+fn evaluate(model_dir: &Path, eval_dir: &Path, spec: &EvalSpec) -> anyhow::Result<RunMetrics> {
+    let done = eval_dir.join("metrics.json");
+    if let Ok(text) = std::fs::read_to_string(&done) {
+        if let Ok(m) = serde_json::from_str::<RunMetrics>(&text) {
+            return Ok(m);
+        }
+    }
+    std::fs::create_dir_all(eval_dir).with_context(|| format!("creating {}", eval_dir.display()))?;
+    let loaded = crate::model::load_dir(model_dir, &Device::Cpu)?;
+    let mut resp = crate::model::responder::ModelResponder::new(loaded, model_dir.display().to_string());
+    let mut tasks = vec!["pope", "count"];
+    if spec.audio {
+        tasks.extend(["audio-pope", "audio-count"]);
+    }
+    let mut m = RunMetrics::new();
+    for t in tasks {
+        let audio = t.starts_with("audio");
+        let data = crate::cli::eval::default_data(audio)?;
+        let opts = mmlab_eval::RunOptions {
+            limit: spec.limit,
+            results_dir: eval_dir.to_path_buf(),
+            cache_dir: eval_dir.join(".cache"),
+            use_cache: false,
+            synonyms: Some(
+                mmlab_datasets::vocab::synonyms()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
+                    .collect(),
+            ),
+            ..mmlab_eval::RunOptions::default()
+        };
+        let r = mmlab_eval::run_task(t, &data, &mut resp, &opts)
+            .with_context(|| format!("evaluating {} on {t}", model_dir.display()))?;
+        match &r.metrics {
+            mmlab_eval::Metrics::Pope(p) => {
+                if audio {
+                    let f1 = p.splits.iter().map(|s| s.f1.value).sum::<f64>() / p.splits.len().max(1) as f64;
+                    m.insert("audio_pope_f1".into(), f1);
+                } else {
+                    for s in &p.splits {
+                        m.insert(format!("pope_{}_f1", s.split), s.f1.value);
+                    }
+                }
+            }
+            mmlab_eval::Metrics::Count(c) => {
+                let key = if audio { "audio_count_accuracy" } else { "count_accuracy" };
+                m.insert(key.into(), c.accuracy.value);
+            }
+            _ => {}
+        }
+    }
+    crate::model::checkpoint::atomic_write(&done, serde_json::to_string_pretty(&m)?.as_bytes())?;
+    Ok(m)
+}
+
+/// Everything `run` needs to know about one arm before training.
+struct ArmPlan {
+    cfg: ModelDirConfig,
+    data: SyntheticData,
+    per: BTreeMap<&'static str, usize>,
+    total: usize,
+    stage_flops: Vec<f64>,
+}
+
+fn plan(spec: &AblationSpec, arm: &ArmSpec, tok: &Arc<TextTokenizer>) -> anyhow::Result<ArmPlan> {
+    let p = preset(&arm.preset).with_context(|| format!("unknown preset {}", arm.preset))?;
+    let mut cfg = p.config.clone();
+    cfg.model.vocab_size = cfg.model.vocab_size.max(tok.vocab_size());
+    let mut data = SyntheticData::small();
+    data.scene.width = cfg.image.max_width as u32;
+    data.scene.height = cfg.image.max_height as u32;
+    let (per, total) = component_params(&cfg)?;
+    let shape = step_shape(&cfg, &data, tok.clone(), spec.batch_size)?;
+    let mut stage_flops = Vec::new();
+    for s in &arm.stages {
+        stage_flops.push(if s.kind == "pretrain" {
+            // Image tower over the patches of `batch` scenes, text tower over about 12
+            // caption tokens each (both towers have the encoder's block shape).
+            let enc = *per.get("encoder").unwrap_or(&0) as f64;
+            let patches_per_scene = (cfg.image.max_height / cfg.image.patch) * (cfg.image.max_width / cfg.image.patch);
+            6.0 * enc * spec.batch_size as f64 * (patches_per_scene as f64 + 12.0)
+        } else {
+            train_step_flops(&per, &shape, &s.freeze)
+        });
+    }
+    Ok(ArmPlan {
+        cfg,
+        data,
+        per,
+        total,
+        stage_flops,
+    })
+}
+
+fn read_curve(log: &Path, flops_per_token: f64, offset: f64) -> Vec<(f64, f64, f64)> {
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<LogLine>(l).ok())
+        .filter_map(|l| {
+            let e = l.eval?;
+            Some((
+                offset + l.tokens as f64 * flops_per_token,
+                *e.get("presence")?,
+                *e.get("count")?,
+            ))
+        })
+        .collect()
+}
+
+fn log_seconds(log: &Path) -> f64 {
+    std::fs::read_to_string(log)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .filter_map(|l| serde_json::from_value::<serde_json::Value>(serde_json::from_str(l).ok()?).ok())
+                .filter_map(|v| v.get("seconds").and_then(|s| s.as_f64()))
+                .last()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Runs (or resumes) the ablation into `out`; `say` gets one line per event.
+pub fn run(spec: &AblationSpec, out: &Path, say: &dyn Fn(&str)) -> anyhow::Result<AblationResults> {
+    spec.validate()?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    crate::model::checkpoint::atomic_write(
+        &out.join("spec.json"),
+        serde_json::to_string_pretty(spec)?.as_bytes(),
+    )?;
+    // One tokenizer for every arm and seed, so text handling is not a difference.
+    let tok_path = out.join("tokenizer.json");
+    let tok = if tok_path.is_file() {
+        TextTokenizer::from_file(&tok_path)?
+    } else {
+        let d = SyntheticData::small();
+        let t = TextTokenizer::train_bpe(&corpus(&d, 0, 2000, &crate::fusion::ImageConfig::default()), PRESET_VOCAB)?;
+        t.save(&tok_path)?;
+        t
+    };
+    let tok = Arc::new(tok);
+    let quiet = |_: u64, _: u64, _: f64, _: f64| {};
+    let mut arms = Vec::new();
+    for arm in &spec.arms {
+        let plan = plan(spec, arm, &tok)?;
+        let mut runs = Vec::new();
+        for &seed in &spec.seeds {
+            let run_dir = out.join("runs").join(format!("{}-s{seed}", slug(&arm.name)));
+            let mut stages = Vec::new();
+            let mut prev_model: Option<PathBuf> = None;
+            let mut encoder: Option<PathBuf> = None;
+            let mut curve = Vec::new();
+            let mut spent = 0.0;
+            for (i, (s, &fps)) in arm.stages.iter().zip(&plan.stage_flops).enumerate() {
+                let dir = run_dir.join(format!("stage{i}-{}", s.kind));
+                let steps = ((s.share * spec.train_flops / fps).floor() as u64).max(1);
+                if s.kind == "pretrain" {
+                    let marker = dir.join("encoder.safetensors");
+                    if !marker.is_file() {
+                        say(&format!("{} seed {seed}: stage {i} contrastive pre-training, {steps} steps", arm.name));
+                        let pc = PretrainConfig {
+                            model: plan.cfg.clone(),
+                            data: plan.data.clone(),
+                            loss: s.loss.unwrap_or(ContrastiveLoss::Siglip),
+                            steps,
+                            batch_size: spec.batch_size,
+                            lr: s.lr,
+                            seed,
+                            eval_pairs: 128,
+                        };
+                        pretrain(&pc, &tok, &dir, &|_, _, _| {})
+                            .with_context(|| format!("{}: pre-training", dir.display()))?;
+                    }
+                    encoder = Some(dir.clone());
+                } else {
+                    let marker = dir.join("model.safetensors");
+                    if !marker.is_file() {
+                        say(&format!(
+                            "{} seed {seed}: stage {i} training{}, {steps} steps",
+                            arm.name,
+                            if s.freeze.is_empty() { String::new() } else { format!(" (frozen: {})", s.freeze.join(", ")) }
+                        ));
+                        let tc = TrainConfig {
+                            model: plan.cfg.clone(),
+                            data: Some(plan.data.clone()),
+                            data_dir: None,
+                            steps,
+                            batch_size: spec.batch_size,
+                            warmup: (steps / 20).clamp(1, 200),
+                            min_lr_ratio: 0.05,
+                            optim: AdamWConfig {
+                                lr: s.lr,
+                                ..AdamWConfig::default()
+                            },
+                            grad_clip: 1.0,
+                            seed: seed.wrapping_mul(1000).wrapping_add(i as u64),
+                            log_every: 20,
+                            eval_every: (steps / 8).max(1),
+                            ckpt_every: 500,
+                            eval_batches: 4,
+                            init_from: prev_model.clone(),
+                            freeze: s.freeze.clone(),
+                            init_parts: Vec::new(),
+                            init_encoder: if prev_model.is_none() { encoder.clone() } else { None },
+                        };
+                        let resume = dir.join("checkpoint").join("state.json").is_file();
+                        train(
+                            &tc,
+                            (*tok).clone(),
+                            &dir,
+                            &RunControl {
+                                resume,
+                                progress: &quiet,
+                                stop_after: None,
+                            },
+                        )
+                        .with_context(|| format!("{}: training", dir.display()))?;
+                        let _ = std::fs::remove_dir_all(dir.join("checkpoint"));
+                    }
+                    let shape_tokens = fps; // FLOPs per step; convert log tokens to FLOPs below.
+                    let tokens_per_step = step_tokens(&dir).unwrap_or(0.0);
+                    let fpt = if tokens_per_step > 0.0 { shape_tokens / tokens_per_step } else { 0.0 };
+                    curve.extend(read_curve(&dir.join("train.jsonl"), fpt, spent));
+                    prev_model = Some(dir.clone());
+                }
+                let seconds = log_seconds(&dir.join("train.jsonl"));
+                stages.push(StageRun {
+                    kind: s.kind.clone(),
+                    steps,
+                    flops_per_step: fps,
+                    flops: steps as f64 * fps,
+                    seconds,
+                });
+                spent += steps as f64 * fps;
+            }
+            let model_dir = prev_model.context("arm has no train stage")?;
+            say(&format!("{} seed {seed}: evaluating", arm.name));
+            let metrics = evaluate(&model_dir, &run_dir.join("eval"), &spec.eval)?;
+            runs.push(SeedRun {
+                seed,
+                stages,
+                metrics,
+                curve,
+            });
+        }
+        let mut summary = BTreeMap::new();
+        for (k, _) in METRICS {
+            let xs: Vec<f64> = runs.iter().filter_map(|r| r.metrics.get(k).copied()).collect();
+            if !xs.is_empty() {
+                summary.insert(k.to_string(), summarize(&xs));
+            }
+        }
+        let flops_spent = runs
+            .iter()
+            .map(|r| r.stages.iter().map(|s| s.flops).sum::<f64>())
+            .sum::<f64>()
+            / runs.len().max(1) as f64;
+        let _ = &plan.per;
+        arms.push(ArmResult {
+            name: arm.name.clone(),
+            preset: arm.preset.clone(),
+            parameters: plan.total,
+            flops_spent,
+            runs,
+            summary,
+        });
+    }
+    let results = AblationResults {
+        spec: spec.clone(),
+        arms,
+    };
+    crate::model::checkpoint::atomic_write(
+        &out.join("results.json"),
+        serde_json::to_string_pretty(&results)?.as_bytes(),
+    )?;
+    plot::write_plots(&results, out)?;
+    crate::model::checkpoint::atomic_write(&out.join("report.md"), report(&results).as_bytes())?;
+    Ok(results)
+}
+
+/// Mean real tokens per step of a finished stage (from its log).
+fn step_tokens(dir: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join("train.jsonl")).ok()?;
+    let last = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<LogLine>(l).ok())
+        .last()?;
+    Some(last.tokens as f64 / last.step.max(1) as f64)
+}
+
+/// A file-name-safe version of an arm name.
+pub fn slug(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect()
+}
+
+/// `report.md`.
+pub fn report(r: &AblationResults) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "# Ablation `{}`\n", r.spec.name);
+    let _ = writeln!(
+        s,
+        "Every arm: {:.3e} training FLOPs (all stages), batch {}, seeds {:?}. Cells: mean ± 95% interval over seeds (Student t; ± 0 with one seed).\n",
+        r.spec.train_flops, r.spec.batch_size, r.spec.seeds
+    );
+    let _ = write!(s, "| arm | params |");
+    for (_, label) in METRICS {
+        let _ = write!(s, " {label} |");
+    }
+    let _ = writeln!(s);
+    let _ = write!(s, "|---|---|");
+    for _ in METRICS {
+        let _ = write!(s, "---|");
+    }
+    let _ = writeln!(s);
+    for a in &r.arms {
+        let _ = write!(s, "| {} (`{}`) | {} |", a.name, a.preset, a.parameters);
+        for (k, _) in METRICS {
+            match a.summary.get(k) {
+                Some(x) => {
+                    let best = r
+                        .arms
+                        .iter()
+                        .filter_map(|b| b.summary.get(k).map(|y| y.mean))
+                        .fold(f64::MIN, f64::max);
+                    if (x.mean - best).abs() < 1e-12 {
+                        let _ = write!(s, " **{:.3} ± {:.3}** |", x.mean, x.half_width);
+                    } else {
+                        let _ = write!(s, " {:.3} ± {:.3} |", x.mean, x.half_width);
+                    }
+                }
+                None => {
+                    let _ = write!(s, " — |");
+                }
+            }
+        }
+        let _ = writeln!(s);
+    }
+    let _ = writeln!(s, "\n## Budgets actually spent\n");
+    let _ = writeln!(s, "| arm | seed | stage | steps | FLOPs/step | FLOPs | seconds |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    for a in &r.arms {
+        for run in &a.runs {
+            for (i, st) in run.stages.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {i} {} | {} | {:.3e} | {:.3e} | {:.0} |",
+                    a.name, run.seed, st.kind, st.steps, st.flops_per_step, st.flops, st.seconds
+                );
+            }
+        }
+    }
+    let _ = writeln!(s, "\n## Plots\n");
+    let _ = writeln!(s, "![held-out presence accuracy vs training FLOPs](curve_presence.svg)\n");
+    let _ = writeln!(s, "![held-out counting accuracy vs training FLOPs](curve_count.svg)\n");
+    let _ = writeln!(s, "![metrics per task](bars.svg)\n");
+    let _ = writeln!(s, "PNG copies sit next to the SVGs. FLOPs are estimates (see `mmlab ablate --help`).");
+    s
+}

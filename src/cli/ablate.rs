@@ -1,0 +1,35 @@
+//! `mmlab ablate FILE.toml`: native vs bolted-on designs under a matched training budget.
+
+use std::path::PathBuf;
+
+use crate::ablate::{report, run, AblationSpec};
+
+/// Arguments of `mmlab ablate`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct AblateArgs {
+    /// The ablation file (`ablations/native-vs-projector.toml`).
+    pub file: PathBuf,
+    /// Where results go (default `results/ablations/<name>`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Runs every arm and seed not already finished, then writes the report and plots.
+///
+/// Training FLOPs are estimated per step from each arm's own batches: `6·N·tokens` for
+/// trained components, `4·N·tokens` for frozen ones gradients flow through, `2·N·tokens`
+/// for frozen inputs (N: matmul parameters; encoder and connector count patches,
+/// the decoder counts real sequence tokens).
+pub fn run_cli(a: &AblateArgs) -> anyhow::Result<()> {
+    let spec = AblationSpec::load(&a.file)?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("results/ablations").join(&spec.name));
+    let start = std::time::Instant::now();
+    let say = |s: &str| eprintln!("[{:>6.0} s] {s}", start.elapsed().as_secs_f64());
+    let r = run(&spec, &out, &say)?;
+    print!("{}", report(&r));
+    eprintln!("results: {}", out.display());
+    Ok(())
+}
