@@ -21,7 +21,7 @@ pub fn run(args: &ModelsArgs) -> anyhow::Result<()> {
 /// The table as text.
 pub fn render(args: &ModelsArgs) -> String {
     let mut out = format!(
-        "{:<14} {:<8} {:>10}  {:<44} {}\n",
+        "{:<18} {:<8} {:>10}  {:<56} {}\n",
         "name", "design", "params", "about", "weights"
     );
     for p in presets() {
@@ -29,7 +29,7 @@ pub fn render(args: &ModelsArgs) -> String {
             .map(|d| d.display().to_string())
             .unwrap_or_else(|| "(not trained here)".into());
         out += &format!(
-            "{:<14} {:<8} {:>10}  {:<44} {}\n",
+            "{:<18} {:<8} {:>10}  {:<56} {}\n",
             p.name,
             p.config.design,
             parameter_count(&p.config.model),
@@ -41,7 +41,7 @@ pub fn render(args: &ModelsArgs) -> String {
         match read_config(d) {
             Ok(c) => {
                 out += &format!(
-                    "{:<14} {:<8} {:>10}  {:<44} {}\n",
+                    "{:<18} {:<8} {:>10}  {:<56} {}\n",
                     c.preset.clone().unwrap_or_else(|| "-".into()),
                     c.design,
                     parameter_count(&c.model),

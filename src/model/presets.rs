@@ -123,22 +123,22 @@ pub fn presets() -> Vec<Preset> {
         },
         Preset {
             name: "llava-small",
-            about: "bolted-on baseline: ViT + 2-layer MLP projector (LLaVA-1.5), fuyu-small's decoder",
+            about: "ViT + 2-layer MLP projector (LLaVA-1.5); fuyu-small decoder",
             config: bolted("llava-small", native("fuyu-small", 64, 2, 4, 256, 12, 48), ConnectorKind::Mlp, enc(32, 1, 4, 64, 8), 0, 0, 0, 240),
         },
         Preset {
             name: "llava-linear-small",
-            about: "bolted-on baseline: ViT + linear projector (LLaVA-1.0), fuyu-small's decoder",
+            about: "ViT + linear projector (LLaVA-1.0); fuyu-small decoder",
             config: bolted("llava-linear-small", native("fuyu-small", 64, 2, 4, 256, 12, 48), ConnectorKind::Linear, enc(32, 1, 4, 64, 8), 0, 0, 0, 256),
         },
         Preset {
             name: "qformer-small",
-            about: "bolted-on baseline: ViT + Q-Former with 8 queries (BLIP-2), fuyu-small's decoder",
+            about: "ViT + Q-Former, 8 queries (BLIP-2); fuyu-small decoder",
             config: bolted("qformer-small", native("fuyu-small", 64, 2, 4, 256, 12, 48), ConnectorKind::QFormer, enc(32, 1, 4, 64, 8), 8, 1, 0, 200),
         },
         Preset {
             name: "flamingo-small",
-            about: "bolted-on baseline: ViT + perceiver resampler + gated cross-attention (Flamingo)",
+            about: "ViT + perceiver + gated cross-attention (Flamingo)",
             config: bolted("flamingo-small", native("fuyu-small", 64, 2, 4, 256, 12, 48), ConnectorKind::Perceiver, enc(32, 1, 4, 64, 8), 8, 1, 64, 160),
         },
         Preset {
