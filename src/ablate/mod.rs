@@ -4,8 +4,8 @@
 //! Budget: every arm gets the same number of training FLOPs, all its stages counted. FLOPs
 //! per step are estimated from the arm's own batches: for each component (vision encoder,
 //! connector, decoder) `k · N · tokens`, with `N` its matmul parameters (the token embedding
-//! is a lookup and is left out), `tokens` the patches (encoder, connector) or real sequence
-//! tokens (decoder) of a step, and `k = 6` when the component trains, 4 when it is frozen
+//! is a lookup and is left out), `tokens` the patches (encoder, connector), audio frames
+//! (the audio frame embedding) or real sequence tokens (decoder) of a step, and `k = 6` when the component trains, 4 when it is frozen
 //! but gradients flow through it to a trainable part before it, 2 when it only runs forward.
 //! Contrastive pre-training counts `6 · N` over patches (image tower) and caption tokens
 //! (text tower). Each stage gets its share of the budget and as many steps as fit.
@@ -95,7 +95,9 @@ pub struct ArmSpec {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StageSpec {
-    /// `train` (question answering) or `pretrain` (contrastive encoder pre-training).
+    /// `train` (question answering), `pretrain` (contrastive encoder pre-training) or `text`
+    /// (text-only decoder pre-training: scenes and sounds given as captions in words; the
+    /// first `train` stage then starts from this decoder).
     #[serde(default = "train_kind")]
     pub kind: String,
     /// Share of the arm's budget.
@@ -172,15 +174,18 @@ impl AblationSpec {
                             }
                         }
                     }
-                    "pretrain" => {
-                        if p.config.model.bolt.is_none() {
+                    "pretrain" | "text" => {
+                        if s.kind == "pretrain" && p.config.model.bolt.is_none() {
                             bail!("arm {:?} stage {i}: {} has no vision encoder to pre-train", a.name, a.preset);
                         }
-                        if i != 0 {
-                            bail!("arm {:?}: a pretrain stage must come first", a.name);
+                        if a.stages[..i].iter().any(|x| x.kind == "train") {
+                            bail!("arm {:?}: {} stages must come before the train stages", a.name, s.kind);
+                        }
+                        if a.stages[..i].iter().any(|x| x.kind == s.kind) {
+                            bail!("arm {:?}: more than one {} stage", a.name, s.kind);
                         }
                     }
-                    k => bail!("arm {:?} stage {i}: unknown kind {k:?} (train or pretrain)", a.name),
+                    k => bail!("arm {:?} stage {i}: unknown kind {k:?} (train, pretrain or text)", a.name),
                 }
             }
             if a.stages.iter().all(|s| s.kind != "train") {
@@ -191,8 +196,9 @@ impl AblationSpec {
     }
 }
 
-/// Matmul parameters per component (`encoder`, `connector`, `decoder`; the token embedding
-/// excluded) and the total parameter count.
+/// Matmul parameters per component (`encoder`, `connector`, `decoder`, and `audio_adapter`,
+/// the audio frame embedding, which freezes with the connector; the token embedding excluded)
+/// and the total parameter count.
 pub fn component_params(cfg: &ModelDirConfig) -> anyhow::Result<(BTreeMap<&'static str, usize>, usize)> {
     let (_m, vm) = init_model(cfg, 0, &Device::Cpu)?;
     let mut per = BTreeMap::new();
@@ -202,7 +208,12 @@ pub fn component_params(cfg: &ModelDirConfig) -> anyhow::Result<(BTreeMap<&'stat
         if name.ends_with("embed_tokens.weight") {
             continue;
         }
-        *per.entry(component(&name)).or_insert(0) += var.elem_count();
+        let key = if name.starts_with("audio_embed.") {
+            "audio_adapter"
+        } else {
+            component(&name)
+        };
+        *per.entry(key).or_insert(0) += var.elem_count();
     }
     Ok((per, total))
 }
@@ -214,43 +225,50 @@ pub struct StepShape {
     pub patches: f64,
     /// Real (unpadded) sequence tokens per step.
     pub tokens: f64,
+    /// Audio frames per step.
+    #[serde(default)]
+    pub frames: f64,
 }
 
 fn step_shape(cfg: &ModelDirConfig, data: &SyntheticData, tok: Arc<TextTokenizer>, batch: usize) -> anyhow::Result<StepShape> {
     let f = Factory::new(Source::Synthetic(data.clone()), 12_345, batch, cfg.builder(tok));
     let steps = data.audio_every.max(1) * 2;
-    let (mut p, mut t) = (0usize, 0usize);
+    let (mut p, mut t, mut fr) = (0usize, 0usize, 0usize);
     for s in 0..steps {
         for e in f.batch(s)? {
             p += e.seq.patches.len() / e.seq.patch_dim.max(1);
             t += e.seq.len();
+            fr += e.seq.n_frames();
         }
     }
     Ok(StepShape {
         patches: p as f64 / steps as f64,
         tokens: t as f64 / steps as f64,
+        frames: fr as f64 / steps as f64,
     })
 }
 
 /// Training FLOPs of one step (see the module docs).
 pub fn train_step_flops(per: &BTreeMap<&'static str, usize>, shape: &StepShape, freeze: &[String]) -> f64 {
-    let order = ["encoder", "connector", "decoder"];
-    let mut upstream_trains = false;
-    let mut flops = 0.0;
-    for c in order {
-        let n = *per.get(c).unwrap_or(&0) as f64;
-        let trains = !freeze.iter().any(|f| f == c);
-        let k = if trains {
+    let frozen = |c: &str| freeze.iter().any(|f| f == c);
+    let k = |trains: bool, upstream: bool| {
+        if trains {
             6.0
-        } else if upstream_trains {
+        } else if upstream {
             4.0
         } else {
             2.0
-        };
-        upstream_trains |= trains && n > 0.0;
-        let tokens = if c == "decoder" { shape.tokens } else { shape.patches };
-        flops += k * n * tokens;
-    }
+        }
+    };
+    let n = |c: &str| *per.get(c).unwrap_or(&0) as f64;
+    // Image path: encoder -> connector -> decoder; audio path: frame embedding -> decoder.
+    let enc_trains = !frozen("encoder") && n("encoder") > 0.0;
+    let conn_trains = !frozen("connector");
+    let mut flops = k(enc_trains, false) * n("encoder") * shape.patches;
+    flops += k(conn_trains, enc_trains) * n("connector") * shape.patches;
+    flops += k(conn_trains, false) * n("audio_adapter") * shape.frames;
+    let upstream = enc_trains || (conn_trains && n("connector") + n("audio_adapter") > 0.0);
+    flops += k(!frozen("decoder"), upstream) * n("decoder") * shape.tokens;
     flops
 }
 
@@ -429,9 +447,14 @@ fn plan(spec: &AblationSpec, arm: &ArmSpec, tok: &Arc<TextTokenizer>) -> anyhow:
     data.scene.height = cfg.image.max_height as u32;
     let (per, total) = component_params(&cfg)?;
     let shape = step_shape(&cfg, &data, tok.clone(), spec.batch_size)?;
+    let mut text_data = data.clone();
+    text_data.text_only = true;
+    let text_shape = step_shape(&cfg, &text_data, tok.clone(), spec.batch_size)?;
     let mut stage_flops = Vec::new();
     for s in &arm.stages {
-        stage_flops.push(if s.kind == "pretrain" {
+        stage_flops.push(if s.kind == "text" {
+            train_step_flops(&per, &text_shape, &[])
+        } else if s.kind == "pretrain" {
             // Image tower over the patches of `batch` scenes, text tower over about 12
             // caption tokens each (both towers have the encoder's block shape).
             let enc = *per.get("encoder").unwrap_or(&0) as f64;
@@ -498,7 +521,6 @@ pub fn run(spec: &AblationSpec, out: &Path, say: &dyn Fn(&str)) -> anyhow::Resul
         t
     };
     let tok = Arc::new(tok);
-    let quiet = |_: u64, _: u64, _: f64, _: f64| {};
     let mut arms = Vec::new();
     for arm in &spec.arms {
         let plan = plan(spec, arm, &tok)?;
@@ -508,6 +530,7 @@ pub fn run(spec: &AblationSpec, out: &Path, say: &dyn Fn(&str)) -> anyhow::Resul
             let mut stages = Vec::new();
             let mut prev_model: Option<PathBuf> = None;
             let mut encoder: Option<PathBuf> = None;
+            let mut decoder: Option<PathBuf> = None;
             let mut curve = Vec::new();
             let mut spent = 0.0;
             for (i, (s, &fps)) in arm.stages.iter().zip(&plan.stage_flops).enumerate() {
@@ -531,6 +554,15 @@ pub fn run(spec: &AblationSpec, out: &Path, say: &dyn Fn(&str)) -> anyhow::Resul
                             .with_context(|| format!("{}: pre-training", dir.display()))?;
                     }
                     encoder = Some(dir.clone());
+                } else if s.kind == "text" {
+                    if !dir.join("model.safetensors").is_file() {
+                        say(&format!("{} seed {seed}: stage {i} text-only decoder pre-training, {steps} steps", arm.name));
+                        let mut data = plan.data.clone();
+                        data.text_only = true;
+                        let tc = stage_config(spec, &plan, data, steps, s, seed, i, None, Vec::new(), None);
+                        run_stage(&tc, &tok, &dir)?;
+                    }
+                    decoder = Some(dir.clone());
                 } else {
                     let marker = dir.join("model.safetensors");
                     if !marker.is_file() {
@@ -539,42 +571,16 @@ pub fn run(spec: &AblationSpec, out: &Path, say: &dyn Fn(&str)) -> anyhow::Resul
                             arm.name,
                             if s.freeze.is_empty() { String::new() } else { format!(" (frozen: {})", s.freeze.join(", ")) }
                         ));
-                        let tc = TrainConfig {
-                            model: plan.cfg.clone(),
-                            data: Some(plan.data.clone()),
-                            data_dir: None,
-                            steps,
-                            batch_size: spec.batch_size,
-                            warmup: (steps / 20).clamp(1, 200),
-                            min_lr_ratio: 0.05,
-                            optim: AdamWConfig {
-                                lr: s.lr,
-                                ..AdamWConfig::default()
-                            },
-                            grad_clip: 1.0,
-                            seed: seed.wrapping_mul(1000).wrapping_add(i as u64),
-                            log_every: 20,
-                            eval_every: (steps / 8).max(1),
-                            ckpt_every: 500,
-                            eval_batches: 4,
-                            init_from: prev_model.clone(),
-                            freeze: s.freeze.clone(),
-                            init_parts: Vec::new(),
-                            init_encoder: if prev_model.is_none() { encoder.clone() } else { None },
+                        let (init, parts, enc) = match &prev_model {
+                            Some(m) => (Some(m.clone()), Vec::new(), None),
+                            None => (
+                                decoder.clone(),
+                                if decoder.is_some() { vec!["decoder".to_string()] } else { Vec::new() },
+                                encoder.clone(),
+                            ),
                         };
-                        let resume = dir.join("checkpoint").join("state.json").is_file();
-                        train(
-                            &tc,
-                            (*tok).clone(),
-                            &dir,
-                            &RunControl {
-                                resume,
-                                progress: &quiet,
-                                stop_after: None,
-                            },
-                        )
-                        .with_context(|| format!("{}: training", dir.display()))?;
-                        let _ = std::fs::remove_dir_all(dir.join("checkpoint"));
+                        let tc = stage_config(spec, &plan, plan.data.clone(), steps, s, seed, i, init, parts, enc);
+                        run_stage(&tc, &tok, &dir)?;
                     }
                     let shape_tokens = fps; // FLOPs per step; convert log tokens to FLOPs below.
                     let tokens_per_step = step_tokens(&dir).unwrap_or(0.0);
@@ -583,6 +589,8 @@ pub fn run(spec: &AblationSpec, out: &Path, say: &dyn Fn(&str)) -> anyhow::Resul
                     prev_model = Some(dir.clone());
                 }
                 let seconds = log_seconds(&dir.join("train.jsonl"));
+                // The steps the stage really ran (a stage finished by an earlier run keeps its own).
+                let steps = logged_steps(&dir.join("train.jsonl")).unwrap_or(steps);
                 stages.push(StageRun {
                     kind: s.kind.clone(),
                     steps,
@@ -635,6 +643,73 @@ pub fn run(spec: &AblationSpec, out: &Path, say: &dyn Fn(&str)) -> anyhow::Resul
     plot::write_plots(&results, out)?;
     crate::model::checkpoint::atomic_write(&out.join("report.md"), report(&results).as_bytes())?;
     Ok(results)
+}
+
+/// The training settings of one stage.
+#[allow(clippy::too_many_arguments)]
+fn stage_config(
+    spec: &AblationSpec,
+    plan: &ArmPlan,
+    data: SyntheticData,
+    steps: u64,
+    s: &StageSpec,
+    seed: u64,
+    i: usize,
+    init_from: Option<PathBuf>,
+    init_parts: Vec<String>,
+    init_encoder: Option<PathBuf>,
+) -> TrainConfig {
+    TrainConfig {
+        model: plan.cfg.clone(),
+        data: Some(data),
+        data_dir: None,
+        steps,
+        batch_size: spec.batch_size,
+        warmup: (steps / 20).clamp(1, 200),
+        min_lr_ratio: 0.05,
+        optim: AdamWConfig {
+            lr: s.lr,
+            ..AdamWConfig::default()
+        },
+        grad_clip: 1.0,
+        seed: seed.wrapping_mul(1000).wrapping_add(i as u64),
+        log_every: 20,
+        eval_every: (steps / 8).max(1),
+        ckpt_every: 500,
+        eval_batches: 4,
+        init_from,
+        freeze: s.freeze.clone(),
+        init_parts,
+        init_encoder,
+    }
+}
+
+/// Trains one stage into `dir`, resuming an interrupted one, and drops its checkpoint.
+fn run_stage(tc: &TrainConfig, tok: &TextTokenizer, dir: &Path) -> anyhow::Result<()> {
+    let quiet = |_: u64, _: u64, _: f64, _: f64| {};
+    let resume = dir.join("checkpoint").join("state.json").is_file();
+    train(
+        tc,
+        tok.clone(),
+        dir,
+        &RunControl {
+            resume,
+            progress: &quiet,
+            stop_after: None,
+        },
+    )
+    .with_context(|| format!("{}: training", dir.display()))?;
+    let _ = std::fs::remove_dir_all(dir.join("checkpoint"));
+    Ok(())
+}
+
+/// The last step a stage's log records.
+fn logged_steps(log: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("step").and_then(|s| s.as_u64()))
+        .max()
 }
 
 /// Mean real tokens per step of a finished stage (from its log).

@@ -59,6 +59,9 @@ pub struct TrainArgs {
     /// Load the vision encoder from a `mmlab pretrain-encoder` output folder.
     #[arg(long)]
     pub init_encoder: Option<PathBuf>,
+    /// Text-only decoder pre-training: every image or sound is replaced by its caption in words.
+    #[arg(long)]
+    pub text_only: bool,
     /// Stop after this step, leaving a checkpoint to resume from.
     #[arg(long)]
     pub stop_after: Option<u64>,
@@ -82,6 +85,10 @@ pub fn config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     let mut data = SyntheticData::small();
     data.scene.width = p.config.image.max_width as u32;
     data.scene.height = p.config.image.max_height as u32;
+    data.text_only = args.text_only;
+    if args.text_only && args.data.is_some() {
+        bail!("--text-only works on the generated data, not with --data");
+    }
     Ok(TrainConfig {
         model: p.config.clone(),
         data: args.data.is_none().then_some(data),

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mmlab_datasets::{
-    audio_training_questions, generate_scene, generate_sound, render, stream_rng, synthesise,
+    audio_caption, audio_training_questions, caption, generate_scene, generate_sound, render, stream_rng, synthesise,
     training_questions, QaKind, QaMix, SceneConfig, SoundConfig, TrainRecord,
 };
 use rayon::prelude::*;
@@ -32,6 +32,10 @@ pub struct SyntheticData {
     pub audio_mix: QaMix,
     /// Every `audio_every`-th batch is an audio batch (0: no audio).
     pub audio_every: u64,
+    /// Text-only samples for decoder pre-training: the image or sound is replaced by its
+    /// caption in words ("Scene: a red circle and two blue rings. How many rings?" → "2").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub text_only: bool,
 }
 
 impl SyntheticData {
@@ -43,6 +47,7 @@ impl SyntheticData {
             mix: QaMix::presence_and_count(),
             audio_mix: QaMix::presence_and_count(),
             audio_every: 5,
+            text_only: false,
         }
     }
 }
@@ -114,6 +119,23 @@ impl Factory {
         index: u64,
     ) -> Result<Vec<Example>, FusionError> {
         let scene = generate_scene(&d.scene, seed, index);
+        if d.text_only {
+            let mut rng = stream_rng(seed, index, PURPOSE_QA);
+            let described = format!("Scene: {}. ", caption(&scene));
+            return training_questions(&scene, &d.mix, &mut rng)
+                .into_iter()
+                .map(|qa| {
+                    Ok(Example {
+                        kind: qa.kind,
+                        seq: self.builder.build(&[
+                            Segment::Text(described.clone()),
+                            Segment::Text(qa.question),
+                            Segment::Answer(qa.answer),
+                        ])?,
+                    })
+                })
+                .collect();
+        }
         let img = render(&scene);
         let grid = patchify(&img, &self.builder.image);
         let mut rng = stream_rng(seed, index, PURPOSE_QA);
@@ -138,6 +160,23 @@ impl Factory {
         index: u64,
     ) -> Result<Vec<Example>, FusionError> {
         let clip = generate_sound(&d.sound, seed, index);
+        if d.text_only {
+            let mut rng = stream_rng(seed, index, PURPOSE_AUDIO_QA);
+            let described = format!("Sounds: {}. ", audio_caption(&clip));
+            return audio_training_questions(&clip, &d.audio_mix, &mut rng)
+                .into_iter()
+                .map(|qa| {
+                    Ok(Example {
+                        kind: qa.kind,
+                        seq: self.builder.build(&[
+                            Segment::Text(described.clone()),
+                            Segment::Text(qa.question),
+                            Segment::Answer(qa.answer),
+                        ])?,
+                    })
+                })
+                .collect();
+        }
         let samples = synthesise(&clip);
         let mut rng = stream_rng(seed, index, PURPOSE_AUDIO_QA);
         audio_training_questions(&clip, &d.audio_mix, &mut rng)
