@@ -16,7 +16,11 @@ audio = false
 name = "native"
 preset = "fuyu-tiny"
 [[arms.stages]]
-share = 1.0
+kind = "text"
+share = 0.25
+lr = 3e-3
+[[arms.stages]]
+share = 0.75
 lr = 3e-3
 
 [[arms]]
@@ -44,18 +48,52 @@ fn spec_from(text: &str) -> anyhow::Result<AblationSpec> {
 fn bad_ablation_files_get_clear_errors_naming_the_file() {
     let cases = [
         (TINY.replace("share = 0.75", "share = 0.5"), "sum to 1"),
-        (TINY.replace("preset = \"llava-tiny\"", "preset = \"gpt-9\""), "unknown preset"),
-        (TINY.replace("freeze = [\"encoder\"]", "freeze = [\"vision\"]"), "cannot freeze \"vision\""),
-        (TINY.replace("kind = \"pretrain\"", "kind = \"distill\""), "unknown kind"),
-        (TINY.replace("preset = \"llava-tiny\"", "preset = \"fuyu-tiny\""), "no vision encoder"),
-        (TINY.replace("seeds = [0]", "seeds = []"), "at least one seed"),
-        (TINY.replace("train_flops = 4.0e9", "train_flops = -1.0"), "positive"),
-        (TINY.replace("batch_size = 8", "batch_size = 8\ncolour = 3"), "unknown field"),
-        ("name = \"x\"\nseeds = [0".to_string(), "invalid ablation file"),
+        (
+            TINY.replace("preset = \"llava-tiny\"", "preset = \"gpt-9\""),
+            "unknown preset",
+        ),
+        (
+            TINY.replace("freeze = [\"encoder\"]", "freeze = [\"vision\"]"),
+            "cannot freeze \"vision\"",
+        ),
+        (
+            TINY.replace("kind = \"pretrain\"", "kind = \"distill\""),
+            "unknown kind",
+        ),
+        (
+            TINY.replace("preset = \"llava-tiny\"", "preset = \"fuyu-tiny\""),
+            "no vision encoder",
+        ),
+        (
+            TINY.replace("seeds = [0]", "seeds = []"),
+            "at least one seed",
+        ),
+        (
+            TINY.replace("train_flops = 4.0e9", "train_flops = -1.0"),
+            "positive",
+        ),
+        (
+            TINY.replace("batch_size = 8", "batch_size = 8\ncolour = 3"),
+            "unknown field",
+        ),
+        (
+            "name = \"x\"\nseeds = [0".to_string(),
+            "invalid ablation file",
+        ),
+        (
+            format!("{TINY}[[arms.stages]]\nkind = \"text\"\nshare = 0.1\nlr = 1e-3\n").replace(
+                "share = 0.75\nlr = 3e-3\nfreeze",
+                "share = 0.65\nlr = 3e-3\nfreeze",
+            ),
+            "must come before the train stages",
+        ),
     ];
     for (text, want) in cases {
         let e = format!("{:#}", spec_from(&text).unwrap_err());
-        assert!(e.contains("a.toml") && e.contains(want), "wanted {want:?} in: {e}");
+        assert!(
+            e.contains("a.toml") && e.contains(want),
+            "wanted {want:?} in: {e}"
+        );
     }
 }
 
@@ -66,18 +104,30 @@ fn intervals_and_flop_factors() {
     // sd = 0.1414, se = 0.1, t(1) = 12.706.
     assert!((s.half_width - 1.2706).abs() < 1e-3, "{}", s.half_width);
     assert_eq!(summarize(&[0.4]).half_width, 0.0);
-    let per = [("encoder", 100usize), ("connector", 10), ("decoder", 1000)]
-        .into_iter()
-        .collect();
+    let per = [
+        ("encoder", 100usize),
+        ("connector", 10),
+        ("audio_adapter", 50),
+        ("decoder", 1000),
+    ]
+    .into_iter()
+    .collect();
     let shape = StepShape {
         patches: 2.0,
         tokens: 3.0,
+        frames: 4.0,
     };
     let all = train_step_flops(&per, &shape, &[]);
-    assert_eq!(all, 6.0 * (100.0 * 2.0 + 10.0 * 2.0 + 1000.0 * 3.0));
-    // Alignment: encoder forward only, connector trains, decoder backpropagates.
+    assert_eq!(
+        all,
+        6.0 * (100.0 * 2.0 + 10.0 * 2.0 + 50.0 * 4.0 + 1000.0 * 3.0)
+    );
+    // Alignment: encoder forward only, connector and audio embedding train, decoder backpropagates.
     let align = train_step_flops(&per, &shape, &["encoder".into(), "decoder".into()]);
-    assert_eq!(align, 2.0 * 200.0 + 6.0 * 20.0 + 4.0 * 3000.0);
+    assert_eq!(align, 2.0 * 200.0 + 6.0 * 20.0 + 6.0 * 200.0 + 4.0 * 3000.0);
+    // Only the decoder trains: everything before it runs forward only.
+    let tune = train_step_flops(&per, &shape, &["encoder".into(), "connector".into()]);
+    assert_eq!(tune, 2.0 * 200.0 + 2.0 * 20.0 + 2.0 * 200.0 + 6.0 * 3000.0);
 }
 
 #[test]
@@ -90,22 +140,51 @@ fn a_tiny_ablation_writes_its_report_and_a_second_run_redoes_nothing() {
         let spent = a.flops_spent;
         // Each arm spends the budget to within one step of each stage.
         let step_max: f64 = a.runs[0].stages.iter().map(|s| s.flops_per_step).sum();
-        assert!(spent <= spec.train_flops + 1.0 && spent > spec.train_flops - step_max, "{} spent {spent}", a.name);
-        for k in ["pope_random_f1", "pope_popular_f1", "pope_adversarial_f1", "count_accuracy"] {
+        assert!(
+            spent <= spec.train_flops + 1.0 && spent > spec.train_flops - step_max,
+            "{} spent {spent}",
+            a.name
+        );
+        for k in [
+            "pope_random_f1",
+            "pope_popular_f1",
+            "pope_adversarial_f1",
+            "count_accuracy",
+        ] {
             let v = a.summary[k].mean;
             assert!((0.0..=1.0).contains(&v), "{}: {k} = {v}", a.name);
         }
     }
     assert_eq!(r.arms[1].runs[0].stages[0].kind, "pretrain");
-    for f in ["results.json", "report.md", "bars.svg", "bars.png", "curve_presence.svg", "curve_count.png"] {
+    assert_eq!(r.arms[0].runs[0].stages[0].kind, "text");
+    for f in [
+        "results.json",
+        "report.md",
+        "bars.svg",
+        "bars.png",
+        "curve_presence.svg",
+        "curve_count.png",
+    ] {
         let p = out.path().join(f);
-        assert!(p.is_file() && std::fs::metadata(&p).unwrap().len() > 100, "{f} missing or empty");
+        assert!(
+            p.is_file() && std::fs::metadata(&p).unwrap().len() > 100,
+            "{f} missing or empty"
+        );
     }
     let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(report.contains("| native (`fuyu-tiny`)") && report.contains("Budgets actually spent"));
-    let weights = out.path().join("runs/llava-s0/stage1-train/model.safetensors");
+    let weights = out
+        .path()
+        .join("runs/llava-s0/stage1-train/model.safetensors");
     let before = std::fs::metadata(&weights).unwrap().modified().unwrap();
     let again = run(&spec, out.path(), &|_| {}).unwrap();
-    assert_eq!(std::fs::metadata(&weights).unwrap().modified().unwrap(), before, "finished stage was retrained");
-    assert_eq!(again.arms[0].summary["count_accuracy"], r.arms[0].summary["count_accuracy"]);
+    assert_eq!(
+        std::fs::metadata(&weights).unwrap().modified().unwrap(),
+        before,
+        "finished stage was retrained"
+    );
+    assert_eq!(
+        again.arms[0].summary["count_accuracy"],
+        r.arms[0].summary["count_accuracy"]
+    );
 }

@@ -26,16 +26,17 @@ fn config(name: &str, tok: &TextTokenizer) -> ModelDirConfig {
 
 fn picture(w: u32, h: u32, seed: u8) -> RgbImage {
     RgbImage::from_fn(w, h, |x, y| {
-        image::Rgb([
-            (x * 5) as u8 ^ seed,
-            (y * 7) as u8,
-            seed.wrapping_mul(3),
-        ])
+        image::Rgb([(x * 5) as u8 ^ seed, (y * 7) as u8, seed.wrapping_mul(3)])
     })
 }
 
 /// Sequences `[image, question]` for images of the given sizes, built for `cfg`.
-fn batch_of(cfg: &ModelDirConfig, tok: &Arc<TextTokenizer>, sizes: &[(u32, u32)], seed: u8) -> mmlab::fusion::Batch {
+fn batch_of(
+    cfg: &ModelDirConfig,
+    tok: &Arc<TextTokenizer>,
+    sizes: &[(u32, u32)],
+    seed: u8,
+) -> mmlab::fusion::Batch {
     let b = cfg.builder(tok.clone());
     let seqs: Vec<_> = sizes
         .iter()
@@ -111,13 +112,21 @@ fn flamingo_with_closed_gates_ignores_the_image_and_with_open_gates_does_not() {
             .to_scalar::<f32>()
             .unwrap()
     };
-    assert_eq!(diff(run(1), run(200)), 0.0, "closed gates must hide the image");
+    assert_eq!(
+        diff(run(1), run(200)),
+        0.0,
+        "closed gates must hide the image"
+    );
     for (name, var) in named_vars(&vm) {
         if name.ends_with("_gate") {
-            var.set(&Tensor::new(&[0.7f32], &Device::Cpu).unwrap()).unwrap();
+            var.set(&Tensor::new(&[0.7f32], &Device::Cpu).unwrap())
+                .unwrap();
         }
     }
-    assert!(diff(run(1), run(200)) > 1e-6, "open gates must let the image through");
+    assert!(
+        diff(run(1), run(200)) > 1e-6,
+        "open gates must let the image through"
+    );
 }
 
 fn train_config(name: &str, freeze: &[&str]) -> TrainConfig {
@@ -165,10 +174,19 @@ fn frozen_components_are_bit_identical_after_training() {
         )
         .unwrap();
         let (_m, init) = init_model(&cfg.model, cfg.seed, &Device::Cpu).unwrap();
-        let trained = candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
+        let trained =
+            candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu)
+                .unwrap();
         let mut changed = 0;
         for (n, var) in named_vars(&init) {
-            let a = var.as_tensor().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let a = var
+                .as_tensor()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             let b = trained[&n].flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
             if freeze.contains(&component(&n)) {
@@ -193,9 +211,14 @@ fn freezing_an_unknown_component_or_everything_is_an_error() {
         stop_after: None,
     };
     let dir = tempfile::tempdir().unwrap();
-    let e = train(&train_config("llava-tiny", &["vision"]), TextTokenizer::builtin().unwrap(), dir.path(), &ctl)
-        .unwrap_err()
-        .to_string();
+    let e = train(
+        &train_config("llava-tiny", &["vision"]),
+        TextTokenizer::builtin().unwrap(),
+        dir.path(),
+        &ctl,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("\"vision\"") && e.contains("encoder"), "{e}");
     let e = train(
         &train_config("llava-tiny", &["encoder", "connector", "decoder"]),
@@ -225,12 +248,23 @@ fn a_config_whose_design_does_not_match_its_bolt_section_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config("llava-tiny", &tok);
     cfg.design = "native".into();
-    std::fs::write(dir.path().join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::to_string(&cfg).unwrap(),
+    )
+    .unwrap();
     let e = read_config(dir.path()).unwrap_err().to_string();
-    assert!(e.contains("config.json") && e.contains("bolt section is present"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("bolt section is present"),
+        "{e}"
+    );
     cfg.design = "llava".into();
     cfg.model.bolt.as_mut().unwrap().encoder.n_heads = 5;
-    std::fs::write(dir.path().join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::to_string(&cfg).unwrap(),
+    )
+    .unwrap();
     let e = read_config(dir.path()).unwrap_err().to_string();
     assert!(e.contains("not divisible by n_heads 5"), "{e}");
 }

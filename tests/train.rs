@@ -222,3 +222,29 @@ fn warm_start_begins_from_the_given_weights() {
         .to_string();
     assert!(e.contains("config.json") && e.contains("differ"), "{e}");
 }
+
+#[test]
+fn text_only_samples_describe_the_scene_in_words_and_have_no_patches() {
+    use mmlab::train::data::{Factory, Source};
+    let tok = std::sync::Arc::new(TextTokenizer::builtin().unwrap());
+    let cfg = config(1);
+    let mut d = SyntheticData::small();
+    d.text_only = true;
+    let f = Factory::new(
+        Source::Synthetic(d.clone()),
+        3,
+        8,
+        cfg.model.builder(tok.clone()),
+    );
+    for step in [0, d.audio_every - 1] {
+        let batch = f.batch(step).unwrap();
+        assert!(!batch.is_empty());
+        for e in batch {
+            assert_eq!(e.seq.n_patches() + e.seq.n_frames(), 0);
+            let text = tok.decode(&e.seq.tokens).unwrap();
+            let want = if step == 0 { "Scene:" } else { "Sounds:" };
+            assert!(text.contains(want), "{text}");
+            assert!(e.seq.target_mask.iter().any(|&t| t));
+        }
+    }
+}

@@ -28,7 +28,7 @@ use crate::model::ModelDirConfig;
 use crate::train::contrastive::{pretrain, ContrastiveLoss, PretrainConfig};
 use crate::train::data::{corpus, Factory, Source, SyntheticData};
 use crate::train::optim::AdamWConfig;
-use crate::train::{component, init_model, named_vars, train, RunControl, TrainConfig, LogLine};
+use crate::train::{component, init_model, named_vars, train, LogLine, RunControl, TrainConfig};
 
 /// An ablation file.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -121,8 +121,8 @@ impl AblationSpec {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let spec: Self =
-            toml::from_str(&text).with_context(|| format!("{}: invalid ablation file", path.display()))?;
+        let spec: Self = toml::from_str(&text)
+            .with_context(|| format!("{}: invalid ablation file", path.display()))?;
         spec.validate()
             .with_context(|| format!("{}: invalid ablation file", path.display()))?;
         Ok(spec)
@@ -136,7 +136,10 @@ impl AblationSpec {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            bail!("name {:?} must be non-empty letters, digits, '-' or '_'", self.name);
+            bail!(
+                "name {:?} must be non-empty letters, digits, '-' or '_'",
+                self.name
+            );
         }
         if self.seeds.is_empty() || self.arms.is_empty() {
             bail!("need at least one seed and one arm");
@@ -160,7 +163,10 @@ impl AblationSpec {
             }
             let total: f64 = a.stages.iter().map(|s| s.share).sum();
             if a.stages.iter().any(|s| !(s.share > 0.0)) || (total - 1.0).abs() > 1e-6 {
-                bail!("arm {:?}: stage shares must be positive and sum to 1 (they sum to {total})", a.name);
+                bail!(
+                    "arm {:?}: stage shares must be positive and sum to 1 (they sum to {total})",
+                    a.name
+                );
             }
             for (i, s) in a.stages.iter().enumerate() {
                 if !(s.lr.is_finite() && s.lr > 0.0) {
@@ -176,16 +182,27 @@ impl AblationSpec {
                     }
                     "pretrain" | "text" => {
                         if s.kind == "pretrain" && p.config.model.bolt.is_none() {
-                            bail!("arm {:?} stage {i}: {} has no vision encoder to pre-train", a.name, a.preset);
+                            bail!(
+                                "arm {:?} stage {i}: {} has no vision encoder to pre-train",
+                                a.name,
+                                a.preset
+                            );
                         }
                         if a.stages[..i].iter().any(|x| x.kind == "train") {
-                            bail!("arm {:?}: {} stages must come before the train stages", a.name, s.kind);
+                            bail!(
+                                "arm {:?}: {} stages must come before the train stages",
+                                a.name,
+                                s.kind
+                            );
                         }
                         if a.stages[..i].iter().any(|x| x.kind == s.kind) {
                             bail!("arm {:?}: more than one {} stage", a.name, s.kind);
                         }
                     }
-                    k => bail!("arm {:?} stage {i}: unknown kind {k:?} (train, pretrain or text)", a.name),
+                    k => bail!(
+                        "arm {:?} stage {i}: unknown kind {k:?} (train, pretrain or text)",
+                        a.name
+                    ),
                 }
             }
             if a.stages.iter().all(|s| s.kind != "train") {
@@ -199,7 +216,9 @@ impl AblationSpec {
 /// Matmul parameters per component (`encoder`, `connector`, `decoder`, and `audio_adapter`,
 /// the audio frame embedding, which freezes with the connector; the token embedding excluded)
 /// and the total parameter count.
-pub fn component_params(cfg: &ModelDirConfig) -> anyhow::Result<(BTreeMap<&'static str, usize>, usize)> {
+pub fn component_params(
+    cfg: &ModelDirConfig,
+) -> anyhow::Result<(BTreeMap<&'static str, usize>, usize)> {
     let (_m, vm) = init_model(cfg, 0, &Device::Cpu)?;
     let mut per = BTreeMap::new();
     let mut total = 0;
@@ -230,8 +249,18 @@ pub struct StepShape {
     pub frames: f64,
 }
 
-fn step_shape(cfg: &ModelDirConfig, data: &SyntheticData, tok: Arc<TextTokenizer>, batch: usize) -> anyhow::Result<StepShape> {
-    let f = Factory::new(Source::Synthetic(data.clone()), 12_345, batch, cfg.builder(tok));
+fn step_shape(
+    cfg: &ModelDirConfig,
+    data: &SyntheticData,
+    tok: Arc<TextTokenizer>,
+    batch: usize,
+) -> anyhow::Result<StepShape> {
+    let f = Factory::new(
+        Source::Synthetic(data.clone()),
+        12_345,
+        batch,
+        cfg.builder(tok),
+    );
     let steps = data.audio_every.max(1) * 2;
     let (mut p, mut t, mut fr) = (0usize, 0usize, 0usize);
     for s in 0..steps {
@@ -249,7 +278,11 @@ fn step_shape(cfg: &ModelDirConfig, data: &SyntheticData, tok: Arc<TextTokenizer
 }
 
 /// Training FLOPs of one step (see the module docs).
-pub fn train_step_flops(per: &BTreeMap<&'static str, usize>, shape: &StepShape, freeze: &[String]) -> f64 {
+pub fn train_step_flops(
+    per: &BTreeMap<&'static str, usize>,
+    shape: &StepShape,
+    freeze: &[String],
+) -> f64 {
     let frozen = |c: &str| freeze.iter().any(|f| f == c);
     let k = |trains: bool, upstream: bool| {
         if trains {
@@ -352,7 +385,9 @@ pub const METRICS: [(&str, &str); 6] = [
 
 /// Two-sided 95% Student t quantile for `df` degrees of freedom.
 fn t975(df: usize) -> f64 {
-    const T: [f64; 10] = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228];
+    const T: [f64; 10] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    ];
     match df {
         0 => 0.0,
         d if d <= 10 => T[d - 1],
@@ -371,7 +406,11 @@ pub fn summarize(xs: &[f64]) -> Summary {
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
         t975(n - 1) * (var / n as f64).sqrt()
     };
-    Summary { mean, half_width, n }
+    Summary {
+        mean,
+        half_width,
+        n,
+    }
 }
 
 fn evaluate(model_dir: &Path, eval_dir: &Path, spec: &EvalSpec) -> anyhow::Result<RunMetrics> {
@@ -381,9 +420,11 @@ fn evaluate(model_dir: &Path, eval_dir: &Path, spec: &EvalSpec) -> anyhow::Resul
             return Ok(m);
         }
     }
-    std::fs::create_dir_all(eval_dir).with_context(|| format!("creating {}", eval_dir.display()))?;
+    std::fs::create_dir_all(eval_dir)
+        .with_context(|| format!("creating {}", eval_dir.display()))?;
     let loaded = crate::model::load_dir(model_dir, &Device::Cpu)?;
-    let mut resp = crate::model::responder::ModelResponder::new(loaded, model_dir.display().to_string());
+    let mut resp =
+        crate::model::responder::ModelResponder::new(loaded, model_dir.display().to_string());
     let mut tasks = vec!["pope", "count"];
     if spec.audio {
         tasks.extend(["audio-pope", "audio-count"]);
@@ -410,7 +451,8 @@ fn evaluate(model_dir: &Path, eval_dir: &Path, spec: &EvalSpec) -> anyhow::Resul
         match &r.metrics {
             mmlab_eval::Metrics::Pope(p) => {
                 if audio {
-                    let f1 = p.splits.iter().map(|s| s.f1.value).sum::<f64>() / p.splits.len().max(1) as f64;
+                    let f1 = p.splits.iter().map(|s| s.f1.value).sum::<f64>()
+                        / p.splits.len().max(1) as f64;
                     m.insert("audio_pope_f1".into(), f1);
                 } else {
                     for s in &p.splits {
@@ -419,7 +461,11 @@ fn evaluate(model_dir: &Path, eval_dir: &Path, spec: &EvalSpec) -> anyhow::Resul
                 }
             }
             mmlab_eval::Metrics::Count(c) => {
-                let key = if audio { "audio_count_accuracy" } else { "count_accuracy" };
+                let key = if audio {
+                    "audio_count_accuracy"
+                } else {
+                    "count_accuracy"
+                };
                 m.insert(key.into(), c.accuracy.value);
             }
             _ => {}
@@ -458,7 +504,8 @@ fn plan(spec: &AblationSpec, arm: &ArmSpec, tok: &Arc<TextTokenizer>) -> anyhow:
             // Image tower over the patches of `batch` scenes, text tower over about 12
             // caption tokens each (both towers have the encoder's block shape).
             let enc = *per.get("encoder").unwrap_or(&0) as f64;
-            let patches_per_scene = (cfg.image.max_height / cfg.image.patch) * (cfg.image.max_width / cfg.image.patch);
+            let patches_per_scene =
+                (cfg.image.max_height / cfg.image.patch) * (cfg.image.max_width / cfg.image.patch);
             6.0 * enc * spec.batch_size as f64 * (patches_per_scene as f64 + 12.0)
         } else {
             train_step_flops(&per, &shape, &s.freeze)
@@ -495,7 +542,9 @@ fn log_seconds(log: &Path) -> f64 {
         .ok()
         .and_then(|t| {
             t.lines()
-                .filter_map(|l| serde_json::from_value::<serde_json::Value>(serde_json::from_str(l).ok()?).ok())
+                .filter_map(|l| {
+                    serde_json::from_value::<serde_json::Value>(serde_json::from_str(l).ok()?).ok()
+                })
                 .filter_map(|v| v.get("seconds").and_then(|s| s.as_f64()))
                 .last()
         })
@@ -516,7 +565,10 @@ pub fn run(spec: &AblationSpec, out: &Path, say: &dyn Fn(&str)) -> anyhow::Resul
         TextTokenizer::from_file(&tok_path)?
     } else {
         let d = SyntheticData::small();
-        let t = TextTokenizer::train_bpe(&corpus(&d, 0, 2000, &crate::fusion::ImageConfig::default()), PRESET_VOCAB)?;
+        let t = TextTokenizer::train_bpe(
+            &corpus(&d, 0, 2000, &crate::fusion::ImageConfig::default()),
+            PRESET_VOCAB,
+        )?;
         t.save(&tok_path)?;
         t
     };
@@ -526,7 +578,9 @@ pub fn run(spec: &AblationSpec, out: &Path, say: &dyn Fn(&str)) -> anyhow::Resul
         let plan = plan(spec, arm, &tok)?;
         let mut runs = Vec::new();
         for &seed in &spec.seeds {
-            let run_dir = out.join("runs").join(format!("{}-s{seed}", slug(&arm.name)));
+            let run_dir = out
+                .join("runs")
+                .join(format!("{}-s{seed}", slug(&arm.name)));
             let mut stages = Vec::new();
             let mut prev_model: Option<PathBuf> = None;
             let mut encoder: Option<PathBuf> = None;
@@ -539,7 +593,10 @@ pub fn run(spec: &AblationSpec, out: &Path, say: &dyn Fn(&str)) -> anyhow::Resul
                 if s.kind == "pretrain" {
                     let marker = dir.join("encoder.safetensors");
                     if !marker.is_file() {
-                        say(&format!("{} seed {seed}: stage {i} contrastive pre-training, {steps} steps", arm.name));
+                        say(&format!(
+                            "{} seed {seed}: stage {i} contrastive pre-training, {steps} steps",
+                            arm.name
+                        ));
                         let pc = PretrainConfig {
                             model: plan.cfg.clone(),
                             data: plan.data.clone(),
@@ -559,7 +616,18 @@ pub fn run(spec: &AblationSpec, out: &Path, say: &dyn Fn(&str)) -> anyhow::Resul
                         say(&format!("{} seed {seed}: stage {i} text-only decoder pre-training, {steps} steps", arm.name));
                         let mut data = plan.data.clone();
                         data.text_only = true;
-                        let tc = stage_config(spec, &plan, data, steps, s, seed, i, None, Vec::new(), None);
+                        let tc = stage_config(
+                            spec,
+                            &plan,
+                            data,
+                            steps,
+                            s,
+                            seed,
+                            i,
+                            None,
+                            Vec::new(),
+                            None,
+                        );
                         run_stage(&tc, &tok, &dir)?;
                     }
                     decoder = Some(dir.clone());
@@ -569,22 +637,45 @@ pub fn run(spec: &AblationSpec, out: &Path, say: &dyn Fn(&str)) -> anyhow::Resul
                         say(&format!(
                             "{} seed {seed}: stage {i} training{}, {steps} steps",
                             arm.name,
-                            if s.freeze.is_empty() { String::new() } else { format!(" (frozen: {})", s.freeze.join(", ")) }
+                            if s.freeze.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (frozen: {})", s.freeze.join(", "))
+                            }
                         ));
                         let (init, parts, enc) = match &prev_model {
                             Some(m) => (Some(m.clone()), Vec::new(), None),
                             None => (
                                 decoder.clone(),
-                                if decoder.is_some() { vec!["decoder".to_string()] } else { Vec::new() },
+                                if decoder.is_some() {
+                                    vec!["decoder".to_string()]
+                                } else {
+                                    Vec::new()
+                                },
                                 encoder.clone(),
                             ),
                         };
-                        let tc = stage_config(spec, &plan, plan.data.clone(), steps, s, seed, i, init, parts, enc);
+                        let tc = stage_config(
+                            spec,
+                            &plan,
+                            plan.data.clone(),
+                            steps,
+                            s,
+                            seed,
+                            i,
+                            init,
+                            parts,
+                            enc,
+                        );
                         run_stage(&tc, &tok, &dir)?;
                     }
                     let shape_tokens = fps; // FLOPs per step; convert log tokens to FLOPs below.
                     let tokens_per_step = step_tokens(&dir).unwrap_or(0.0);
-                    let fpt = if tokens_per_step > 0.0 { shape_tokens / tokens_per_step } else { 0.0 };
+                    let fpt = if tokens_per_step > 0.0 {
+                        shape_tokens / tokens_per_step
+                    } else {
+                        0.0
+                    };
                     curve.extend(read_curve(&dir.join("train.jsonl"), fpt, spent));
                     prev_model = Some(dir.clone());
                 }
@@ -612,7 +703,10 @@ pub fn run(spec: &AblationSpec, out: &Path, say: &dyn Fn(&str)) -> anyhow::Resul
         }
         let mut summary = BTreeMap::new();
         for (k, _) in METRICS {
-            let xs: Vec<f64> = runs.iter().filter_map(|r| r.metrics.get(k).copied()).collect();
+            let xs: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r.metrics.get(k).copied())
+                .collect();
             if !xs.is_empty() {
                 summary.insert(k.to_string(), summarize(&xs));
             }
@@ -725,7 +819,13 @@ fn step_tokens(dir: &Path) -> Option<f64> {
 /// A file-name-safe version of an arm name.
 pub fn slug(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 
@@ -773,7 +873,10 @@ pub fn report(r: &AblationResults) -> String {
         let _ = writeln!(s);
     }
     let _ = writeln!(s, "\n## Budgets actually spent\n");
-    let _ = writeln!(s, "| arm | seed | stage | steps | FLOPs/step | FLOPs | seconds |");
+    let _ = writeln!(
+        s,
+        "| arm | seed | stage | steps | FLOPs/step | FLOPs | seconds |"
+    );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|");
     for a in &r.arms {
         for run in &a.runs {
@@ -787,9 +890,18 @@ pub fn report(r: &AblationResults) -> String {
         }
     }
     let _ = writeln!(s, "\n## Plots\n");
-    let _ = writeln!(s, "![held-out presence accuracy vs training FLOPs](curve_presence.svg)\n");
-    let _ = writeln!(s, "![held-out counting accuracy vs training FLOPs](curve_count.svg)\n");
+    let _ = writeln!(
+        s,
+        "![held-out presence accuracy vs training FLOPs](curve_presence.svg)\n"
+    );
+    let _ = writeln!(
+        s,
+        "![held-out counting accuracy vs training FLOPs](curve_count.svg)\n"
+    );
     let _ = writeln!(s, "![metrics per task](bars.svg)\n");
-    let _ = writeln!(s, "PNG copies sit next to the SVGs. FLOPs are estimates (see `mmlab ablate --help`).");
+    let _ = writeln!(
+        s,
+        "PNG copies sit next to the SVGs. FLOPs are estimates (see `mmlab ablate --help`)."
+    );
     s
 }

@@ -116,7 +116,10 @@ fn draw_bars<DB: DrawingBackend>(
         .collect();
     let n_arms = r.arms.len().max(1);
     let mut chart = ChartBuilder::on(&root)
-        .caption("final metrics per task (mean, 95% interval over seeds)", ("sans-serif", 20))
+        .caption(
+            "final metrics per task (mean, 95% interval over seeds)",
+            ("sans-serif", 20),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
@@ -184,7 +187,11 @@ fn draw_bars<DB: DrawingBackend>(
 pub fn write_plots(r: &AblationResults, out: &Path) -> anyhow::Result<()> {
     register_font();
     let size = (960u32, 540u32);
-    for (stem, which) in [("curve_presence", Some(Curve::Presence)), ("curve_count", Some(Curve::Count)), ("bars", None)] {
+    for (stem, which) in [
+        ("curve_presence", Some(Curve::Presence)),
+        ("curve_count", Some(Curve::Count)),
+        ("bars", None),
+    ] {
         let svg = out.join(format!("{stem}.svg"));
         {
             let root = SVGBackend::new(&svg, size).into_drawing_area();

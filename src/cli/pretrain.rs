@@ -69,8 +69,10 @@ pub fn run(a: &PretrainArgs) -> anyhow::Result<()> {
     };
     let bar = ProgressBar::new(a.steps);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let progress = |s: u64, _t: u64, loss: f64| {
         bar.set_position(s);
@@ -85,8 +87,14 @@ pub fn run(a: &PretrainArgs) -> anyhow::Result<()> {
     );
     println!("held-out retrieval ({} pairs)", r.after.pairs);
     for (k, v) in describe(&r.before) {
-        println!("  {k:<10} before {v:.3}  after {:.3}", describe(&r.after)[k]);
+        println!(
+            "  {k:<10} before {v:.3}  after {:.3}",
+            describe(&r.after)[k]
+        );
     }
-    println!("encoder weights: {}", a.out.join("encoder.safetensors").display());
+    println!(
+        "encoder weights: {}",
+        a.out.join("encoder.safetensors").display()
+    );
     Ok(())
 }

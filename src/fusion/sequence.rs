@@ -219,7 +219,10 @@ pub fn collate(
         b.target_mask[base..base + s.len()].copy_from_slice(&s.target_mask);
         b.modality[base..base + s.len()].copy_from_slice(&s.modality);
         b.attention_mask[base..base + s.len()].fill(1);
-        let (p0, s0) = (b.patches.len() / b.patch_dim.max(1), b.patch_positions.len());
+        let (p0, s0) = (
+            b.patches.len() / b.patch_dim.max(1),
+            b.patch_positions.len(),
+        );
         b.images.extend(s.images.iter().map(|im| ImageSpan {
             patch_start: im.patch_start + p0,
             slot_start: im.slot_start + s0,
@@ -333,7 +336,13 @@ impl Acc {
 
     /// Appends a patch grid: placeholders row by row, `newline` after each row; or, with
     /// `slots`, that many placeholders and no newlines (a resampled image).
-    fn push_grid(&mut self, grid: &PatchGrid, image_id: u32, newline_id: u32, slots: Option<usize>) {
+    fn push_grid(
+        &mut self,
+        grid: &PatchGrid,
+        image_id: u32,
+        newline_id: u32,
+        slots: Option<usize>,
+    ) {
         let span = ImageSpan {
             patch_start: self.seq.patches.len() / grid.patch_dim.max(1),
             rows: grid.rows,

@@ -72,7 +72,10 @@ pub const DESIGNS: [&str; 4] = ["native", "llava", "qformer", "flamingo"];
 impl ModelDirConfig {
     /// The sequence builder for this model: the native layout, or a fixed number of slots
     /// per image for resampling connectors.
-    pub fn builder(&self, tokenizer: std::sync::Arc<TextTokenizer>) -> crate::fusion::SequenceBuilder {
+    pub fn builder(
+        &self,
+        tokenizer: std::sync::Arc<TextTokenizer>,
+    ) -> crate::fusion::SequenceBuilder {
         let mut b = crate::fusion::SequenceBuilder::new(tokenizer, self.image, self.audio);
         b.image_tokens = self.model.bolt.as_ref().and_then(|x| x.image_tokens());
         b
@@ -115,7 +118,10 @@ pub fn read_config(dir: &Path) -> Result<ModelDirConfig, CheckpointError> {
     if !DESIGNS.contains(&cfg.design.as_str()) {
         return Err(CheckpointError::Config {
             path,
-            msg: format!("unknown design {:?} (expected one of {DESIGNS:?})", cfg.design),
+            msg: format!(
+                "unknown design {:?} (expected one of {DESIGNS:?})",
+                cfg.design
+            ),
         });
     }
     if (cfg.design == "native") != cfg.model.bolt.is_none() {
@@ -124,7 +130,11 @@ pub fn read_config(dir: &Path) -> Result<ModelDirConfig, CheckpointError> {
             msg: format!(
                 "design {:?} does not match the model settings (a bolt section is {})",
                 cfg.design,
-                if cfg.model.bolt.is_some() { "present" } else { "missing" }
+                if cfg.model.bolt.is_some() {
+                    "present"
+                } else {
+                    "missing"
+                }
             ),
         });
     }

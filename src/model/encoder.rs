@@ -54,7 +54,12 @@ impl VisionEncoder {
             blocks: (0..e.n_layers)
                 .map(|i| Block::new(&block_cfg, vb.pp(format!("layers.{i}"))))
                 .collect::<Result<_>>()?,
-            final_norm: Norm::new(NormKind::LayerNorm, e.d_model, eps, vb.pp("final_layernorm"))?,
+            final_norm: Norm::new(
+                NormKind::LayerNorm,
+                e.d_model,
+                eps,
+                vb.pp("final_layernorm"),
+            )?,
             rotary: Rotary::new(0, 1, 10_000.0, &device)?,
             max_grid: e.max_grid,
             d: e.d_model,
@@ -119,7 +124,9 @@ impl VisionEncoder {
         let zero = Tensor::zeros((1, self.d), x.dtype(), &self.device)?;
         let x = Tensor::cat(&[&x, &zero], 0)?;
         let gather = Tensor::from_vec(gather, spans.len() * p, &self.device)?;
-        let mut x = x.index_select(&gather, 0)?.reshape((spans.len(), p, self.d))?;
+        let mut x = x
+            .index_select(&gather, 0)?
+            .reshape((spans.len(), p, self.d))?;
         let key_mask = Tensor::from_vec(mask, (spans.len(), 1, 1, p), &self.device)?;
         let dummy = Tensor::zeros(1, DType::F32, &self.device)?;
         for block in &self.blocks {

@@ -68,7 +68,11 @@ impl KvCache {
             key_valid.extend_from_slice(&self.key_valid[r * self.len..(r + 1) * self.len]);
             next_pos.push(self.next_pos[r]);
         }
-        let xctx = self.xctx.as_ref().map(|c| c.select_rows(rows)).transpose()?;
+        let xctx = self
+            .xctx
+            .as_ref()
+            .map(|c| c.select_rows(rows))
+            .transpose()?;
         Ok(Self {
             layers,
             key_valid,
@@ -236,11 +240,11 @@ impl NativeModel {
             add(
                 &mut rows,
                 &self.vision_embed,
-            &batch.patches,
-            batch.patch_dim,
-            &batch.patch_positions,
-            "image patch",
-        )?;
+                &batch.patches,
+                batch.patch_dim,
+                &batch.patch_positions,
+                "image patch",
+            )?;
         }
         add(
             &mut rows,
@@ -304,7 +308,9 @@ impl NativeModel {
                         None => c,
                     });
                 }
-                for (i, (block, slot)) in self.blocks.iter().zip(cache.layers.iter_mut()).enumerate() {
+                for (i, (block, slot)) in
+                    self.blocks.iter().zip(cache.layers.iter_mut()).enumerate()
+                {
                     x = self.cross_attend(i, &x, cache.xctx.as_ref(), positions)?;
                     let (y, p) = block.forward(
                         &x,
@@ -343,7 +349,13 @@ impl NativeModel {
     }
 
     /// The gated cross-attention layer before block `i`, if the design has one and there are latents.
-    fn cross_attend(&self, i: usize, x: &Tensor, ctx: Option<&XCtx>, positions: &[u32]) -> Result<Tensor> {
+    fn cross_attend(
+        &self,
+        i: usize,
+        x: &Tensor,
+        ctx: Option<&XCtx>,
+        positions: &[u32],
+    ) -> Result<Tensor> {
         let (Some(bolt), Some(ctx)) = (&self.bolt, ctx) else {
             return Ok(x.clone());
         };

@@ -53,7 +53,12 @@ pub fn clip_loss(img: &Tensor, txt: &Tensor, log_scale: &Tensor) -> Result<Tenso
 
 /// SigLIP's loss: `-(1/n) Σ_ij log σ(z_ij (exp(log_scale) · îᵢ·t̂ⱼ + bias))` with `z = +1` on
 /// the diagonal (matching pairs) and `-1` elsewhere.
-pub fn siglip_loss(img: &Tensor, txt: &Tensor, log_scale: &Tensor, bias: &Tensor) -> Result<Tensor> {
+pub fn siglip_loss(
+    img: &Tensor,
+    txt: &Tensor,
+    log_scale: &Tensor,
+    bias: &Tensor,
+) -> Result<Tensor> {
     let s = scaled_similarity(img, txt, log_scale)?.broadcast_add(bias)?;
     let n = s.dim(0)?;
     let mut z = vec![-1f32; n * n];
@@ -89,7 +94,9 @@ struct TextEncoder {
 impl TextEncoder {
     fn new(cfg: &ModelDirConfig, vocab: usize, max_len: usize, vb: VarBuilder) -> Result<Self> {
         let Some(bolt) = &cfg.model.bolt else {
-            candle_core::bail!("contrastive pre-training needs a bolted-on preset (one with a vision encoder)");
+            candle_core::bail!(
+                "contrastive pre-training needs a bolted-on preset (one with a vision encoder)"
+            );
         };
         let bc = bolt.encoder_block_config(cfg.model.norm_eps);
         let d = bolt.encoder.d_model;
@@ -103,7 +110,12 @@ impl TextEncoder {
             blocks: (0..bolt.encoder.n_layers)
                 .map(|i| Block::new(&bc, vb.pp(format!("layers.{i}"))))
                 .collect::<Result<_>>()?,
-            norm: Norm::new(NormKind::LayerNorm, d, bc.norm_eps, vb.pp("final_layernorm"))?,
+            norm: Norm::new(
+                NormKind::LayerNorm,
+                d,
+                bc.norm_eps,
+                vb.pp("final_layernorm"),
+            )?,
             rotary: Rotary::new(0, 1, 10_000.0, vb.device())?,
             max_len,
         })
@@ -112,7 +124,12 @@ impl TextEncoder {
     /// Mean-pooled features `(n, d)` of the token lists.
     fn forward(&self, ids: &[Vec<u32>], device: &Device) -> Result<Tensor> {
         let n = ids.len();
-        let t = ids.iter().map(|x| x.len()).max().unwrap_or(1).clamp(1, self.max_len);
+        let t = ids
+            .iter()
+            .map(|x| x.len())
+            .max()
+            .unwrap_or(1)
+            .clamp(1, self.max_len);
         let mut flat = vec![0u32; n * t];
         let mut valid = vec![0f32; n * t];
         let mut mask = vec![f32::NEG_INFINITY; n * t];
@@ -161,15 +178,26 @@ struct DualEncoder {
 impl DualEncoder {
     fn new(cfg: &ModelDirConfig, vocab: usize, vb: VarBuilder) -> Result<Self> {
         let Some(bolt) = &cfg.model.bolt else {
-            candle_core::bail!("contrastive pre-training needs a bolted-on preset (one with a vision encoder)");
+            candle_core::bail!(
+                "contrastive pre-training needs a bolted-on preset (one with a vision encoder)"
+            );
         };
         let d = bolt.encoder.d_model;
         Ok(Self {
-            vision: VisionEncoder::new(bolt, cfg.model.patch_dim, cfg.model.norm_eps, vb.pp("vision_encoder"))?,
+            vision: VisionEncoder::new(
+                bolt,
+                cfg.model.patch_dim,
+                cfg.model.norm_eps,
+                vb.pp("vision_encoder"),
+            )?,
             text: TextEncoder::new(cfg, vocab, 64, vb.pp("text_encoder"))?,
             img_proj: Linear::new(d, d, false, vb.pp("contrastive.img_proj"))?,
             txt_proj: Linear::new(d, d, false, vb.pp("contrastive.txt_proj"))?,
-            log_scale: vb.get_with_hints(1, "contrastive.logit_scale", candle_nn::Init::Const(0.0))?,
+            log_scale: vb.get_with_hints(
+                1,
+                "contrastive.logit_scale",
+                candle_nn::Init::Const(0.0),
+            )?,
             bias: vb.get_with_hints(1, "contrastive.logit_bias", candle_nn::Init::Const(0.0))?,
         })
     }
@@ -366,7 +394,15 @@ pub fn pretrain(
         },
     );
     let eval_seed = cfg.seed ^ 0xC0_17A5_7EED;
-    let held = make_pairs(&cfg.model, &cfg.data, tok, eval_seed, 0, cfg.eval_pairs, &device)?;
+    let held = make_pairs(
+        &cfg.model,
+        &cfg.data,
+        tok,
+        eval_seed,
+        0,
+        cfg.eval_pairs,
+        &device,
+    )?;
     let eval = |m: &DualEncoder| -> std::result::Result<Retrieval, TrainError> {
         let i = m.embed_images(&held.patches, &held.spans)?;
         let t = m.embed_texts(&held.ids, &device)?;
@@ -439,7 +475,9 @@ pub fn pretrain(
     let meta = serde_json::json!({ "config": cfg, "report": report });
     atomic_write(
         &out.join("pretrain.json"),
-        serde_json::to_string_pretty(&meta).unwrap_or_default().as_bytes(),
+        serde_json::to_string_pretty(&meta)
+            .unwrap_or_default()
+            .as_bytes(),
     )?;
     Ok(report)
 }
@@ -478,10 +516,14 @@ mod tests {
     fn clip_loss_matches_the_hand_computed_value_on_a_3x3_matrix() {
         let (img, txt) = pairs();
         let scale = 10f64;
-        let got = clip_loss(&img, &txt, &Tensor::new(&[scale.ln() as f32], &Device::Cpu).unwrap())
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap() as f64;
+        let got = clip_loss(
+            &img,
+            &txt,
+            &Tensor::new(&[scale.ln() as f32], &Device::Cpu).unwrap(),
+        )
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
         // Row i of image->text: -log(exp(10 s_ii) / Σ_j exp(10 s_ij)); text->image uses columns.
         let s = cosines();
         let mut i2t = 0.0;
@@ -523,7 +565,10 @@ mod tests {
         want /= 3.0;
         // numpy gives 2.717980832 for the same inputs.
         assert!((want - 2.717_980_832).abs() < 1e-8, "{want}");
-        assert!((got - want).abs() < 1e-5, "siglip loss {got}, by hand {want}");
+        assert!(
+            (got - want).abs() < 1e-5,
+            "siglip loss {got}, by hand {want}"
+        );
     }
 
     #[test]

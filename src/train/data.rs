@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mmlab_datasets::{
-    audio_caption, audio_training_questions, caption, generate_scene, generate_sound, render, stream_rng, synthesise,
-    training_questions, QaKind, QaMix, SceneConfig, SoundConfig, TrainRecord,
+    audio_caption, audio_training_questions, caption, generate_scene, generate_sound, render,
+    stream_rng, synthesise, training_questions, QaKind, QaMix, SceneConfig, SoundConfig,
+    TrainRecord,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};

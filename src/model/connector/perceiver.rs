@@ -69,7 +69,11 @@ impl Perceiver {
     pub fn forward(&self, enc: &EncodedImages) -> Result<Tensor> {
         let n = enc.feats.dim(0)?;
         let (nl, d) = self.latents.dims2()?;
-        let mut lat = self.latents.unsqueeze(0)?.broadcast_as((n, nl, d))?.contiguous()?;
+        let mut lat = self
+            .latents
+            .unsqueeze(0)?
+            .broadcast_as((n, nl, d))?
+            .contiguous()?;
         let open = Tensor::zeros((n, 1, 1, nl), enc.key_mask.dtype(), enc.key_mask.device())?;
         let mask = Tensor::cat(&[&enc.key_mask, &open], 3)?;
         for l in &self.layers {
@@ -115,7 +119,10 @@ impl XCtx {
     pub fn extend(&self, other: &XCtx) -> Result<Self> {
         let (b, ma, mb) = (self.latents.dim(0)?, self.width(), other.width());
         if other.latents.dim(0)? != b {
-            candle_core::bail!("cross-attention context rows differ ({b} vs {})", other.latents.dim(0)?);
+            candle_core::bail!(
+                "cross-attention context rows differ ({b} vs {})",
+                other.latents.dim(0)?
+            );
         }
         let mut key_pos = Vec::with_capacity(b * (ma + mb));
         for r in 0..b {
@@ -134,7 +141,10 @@ impl XCtx {
         let m = self.width();
         let b = self.latents.dim(0)?;
         if positions.len() != b * t {
-            candle_core::bail!("cross-attention: {} positions for {b} x {t} tokens", positions.len());
+            candle_core::bail!(
+                "cross-attention: {} positions for {b} x {t} tokens",
+                positions.len()
+            );
         }
         let mut mask = vec![f32::NEG_INFINITY; b * t * m];
         let mut any = vec![0f32; b * t];

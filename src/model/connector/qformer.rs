@@ -75,7 +75,11 @@ impl QFormer {
     pub fn forward(&self, enc: &EncodedImages) -> Result<Tensor> {
         let n = enc.feats.dim(0)?;
         let (nq, d) = self.queries.dims2()?;
-        let mut q = self.queries.unsqueeze(0)?.broadcast_as((n, nq, d))?.contiguous()?;
+        let mut q = self
+            .queries
+            .unsqueeze(0)?
+            .broadcast_as((n, nq, d))?
+            .contiguous()?;
         for l in &self.layers {
             let h = l.self_norm.forward(&q)?;
             q = (&q + l.self_attn.forward(&h, &h, None)?)?;
