@@ -268,3 +268,51 @@ fn a_config_whose_design_does_not_match_its_bolt_section_is_refused() {
     let e = read_config(dir.path()).unwrap_err().to_string();
     assert!(e.contains("not divisible by n_heads 5"), "{e}");
 }
+
+#[test]
+fn audio_encoders_give_the_expected_token_counts() {
+    let tok = tokenizer();
+    // 0.5 s and 1.1 s at 16 kHz: 50 and 110 log-mel frames, 25 and 55 tokens of two frames.
+    let clips = [vec![0.1f32; 8000], vec![0.05f32; 17600]];
+    for (name, per_clip) in [
+        ("llava-audio-tiny", None),
+        ("qformer-audio-tiny", Some(4)),
+        ("flamingo-audio-tiny", Some(1)),
+    ] {
+        let cfg = config(name, &tok);
+        let (model, _vm) = init_model(&cfg, 0, &Device::Cpu).unwrap();
+        let b = cfg.builder(tok.clone());
+        let seqs: Vec<_> = clips
+            .iter()
+            .map(|c| {
+                b.build(&[
+                    Segment::Audio(mmlab::fusion::AudioInput::Samples(c.clone())),
+                    Segment::Text("Is there a beep?".into()),
+                ])
+                .unwrap()
+            })
+            .collect();
+        let batch = collate(&seqs, tok.specials.pad, PadSide::Left).unwrap();
+        let frames: Vec<usize> = batch.audio.iter().map(|a| a.n_frames).collect();
+        let slots: Vec<usize> = batch.audio.iter().map(|a| a.n_slots).collect();
+        assert_eq!(frames, vec![25, 55], "{name}");
+        match per_clip {
+            // The stride-2 convolution halves the frames (rounding up).
+            None => assert_eq!(slots, vec![13, 28], "{name}"),
+            Some(n) => assert_eq!(slots, vec![n, n], "{name}"),
+        }
+        let bolt = model.bolt.as_ref().unwrap();
+        match bolt.audio_input(&batch).unwrap() {
+            VisualInput::Slots(t) => {
+                assert_eq!(
+                    t.dims(),
+                    &[batch.frame_positions.len(), cfg.model.d_model],
+                    "{name}"
+                )
+            }
+            VisualInput::Context(c) => assert_eq!(c.latents.dims(), &[2, 4, 16], "{name}"),
+        }
+        let out = model.forward(&batch, None, false).unwrap();
+        assert_eq!(out.hidden.dims(), &[2, batch.seq_len, cfg.model.d_model]);
+    }
+}

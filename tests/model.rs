@@ -98,7 +98,13 @@ fn finite_differences_match_autograd_on_fuyu_tiny() {
 
 #[test]
 fn finite_differences_match_autograd_on_the_bolted_tiny_presets() {
-    for name in ["llava-tiny", "qformer-tiny", "flamingo-tiny"] {
+    for name in [
+        "llava-tiny",
+        "qformer-tiny",
+        "flamingo-tiny",
+        "llava-audio-tiny",
+        "flamingo-audio-tiny",
+    ] {
         finite_differences_match_autograd(name);
     }
 }
@@ -171,7 +177,12 @@ fn prefix_cached_generation_equals_full_generation() {
 
 #[test]
 fn prefix_cached_generation_equals_full_generation_for_bolted_designs() {
-    for name in ["llava-tiny", "qformer-tiny", "flamingo-tiny"] {
+    for name in [
+        "llava-tiny",
+        "qformer-tiny",
+        "flamingo-tiny",
+        "qformer-audio-tiny",
+    ] {
         prefix_cached_generation_equals_full(name);
     }
 }

@@ -173,6 +173,7 @@ impl Fixture {
             frame_dim: self.get("in.frames").dim(1).unwrap(),
             frame_positions,
             images: Vec::new(),
+            audio: Vec::new(),
         }
     }
 }

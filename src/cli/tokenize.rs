@@ -110,6 +110,7 @@ impl TokenizeArgs {
             max_visual_tokens: self.max_visual_tokens,
             video_stride: self.video_stride,
             image_tokens: None,
+            audio_slots: crate::fusion::AudioSlots::PerFrame,
         };
         builder.validate()?;
         Ok(builder)

@@ -17,7 +17,7 @@ pub use audio::{audio_features, load_audio, AudioConfig, AudioFrontend, FrameMat
 pub use error::FusionError;
 pub use image::{load_image, patchify, ImageConfig, PatchGrid};
 pub use sequence::{
-    collate, AudioInput, Batch, BosPlacement, CollateError, ImageInput, ImageSpan, Modality,
-    ModalityCounts, MultimodalSequence, PadSide, Segment, SequenceBuilder,
+    collate, AudioInput, AudioSlots, AudioSpan, Batch, BosPlacement, CollateError, ImageInput,
+    ImageSpan, Modality, ModalityCounts, MultimodalSequence, PadSide, Segment, SequenceBuilder,
 };
 pub use text::{SpecialTokens, TextTokenizer};

@@ -62,6 +62,47 @@ pub struct MultimodalSequence {
     /// One entry per image: its rows of `patches` and its token slots.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<ImageSpan>,
+    /// One entry per audio clip: its rows of `frames` and its token slots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audio: Vec<AudioSpan>,
+}
+
+/// Where one audio clip's frames are and which token slots it fills (one per frame in the
+/// native layout; fewer for an audio encoder that downsamples or resamples).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudioSpan {
+    /// First row of the clip in the frame matrix.
+    pub frame_start: usize,
+    /// Frames of the clip.
+    pub n_frames: usize,
+    /// Index into `frame_positions` of its first slot.
+    pub slot_start: usize,
+    /// Number of token slots it fills.
+    pub n_slots: usize,
+}
+
+/// How many token slots an audio clip of `n` frames fills.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AudioSlots {
+    /// One per frame (native).
+    #[default]
+    PerFrame,
+    /// `ceil(n / 2)`: an encoder with a stride-2 convolution, one slot per output.
+    Halved,
+    /// A fixed number whatever the length (resampling connectors).
+    Fixed(usize),
+}
+
+impl AudioSlots {
+    /// Slots for a clip of `n` frames.
+    pub fn slots(&self, n: usize) -> usize {
+        match self {
+            AudioSlots::PerFrame => n,
+            AudioSlots::Halved => n.div_ceil(2),
+            AudioSlots::Fixed(k) => *k,
+        }
+    }
 }
 
 /// Where one image's patches are and which token slots it fills.
@@ -101,14 +142,14 @@ impl MultimodalSequence {
         self.tokens.is_empty()
     }
 
-    /// Number of image patches.
+    /// Number of image patches (rows of the patch matrix).
     pub fn n_patches(&self) -> usize {
-        self.patch_positions.len()
+        self.patches.len() / self.patch_dim.max(1)
     }
 
-    /// Number of audio frames.
+    /// Number of audio frames (rows of the frame matrix).
     pub fn n_frames(&self) -> usize {
-        self.frame_positions.len()
+        self.frames.len() / self.frame_dim.max(1)
     }
 }
 
@@ -153,6 +194,8 @@ pub struct Batch {
     pub frame_positions: Vec<usize>,
     /// Every image of every sequence (patch rows and slots offset into the batch).
     pub images: Vec<ImageSpan>,
+    /// Every audio clip of every sequence (frame rows and slots offset into the batch).
+    pub audio: Vec<AudioSpan>,
 }
 
 /// Errors from collating sequences that cannot share one batch.
@@ -231,6 +274,12 @@ pub fn collate(
         b.patches.extend_from_slice(&s.patches);
         b.patch_positions
             .extend(s.patch_positions.iter().map(|p| base + p));
+        let (f0, a0) = (b.frames.len() / b.frame_dim.max(1), b.frame_positions.len());
+        b.audio.extend(s.audio.iter().map(|a| AudioSpan {
+            frame_start: a.frame_start + f0,
+            slot_start: a.slot_start + a0,
+            ..*a
+        }));
         b.frames.extend_from_slice(&s.frames);
         b.frame_positions
             .extend(s.frame_positions.iter().map(|p| base + p));
@@ -313,6 +362,8 @@ pub struct SequenceBuilder {
     /// Token slots per image for resampling connectors (`None`: one slot per patch and a
     /// `|NEWLINE|` after each patch row, the native layout).
     pub image_tokens: Option<usize>,
+    /// Token slots per audio clip (one per frame in the native layout).
+    pub audio_slots: AudioSlots,
 }
 
 /// The sequence under construction plus the visual-token count.
@@ -382,6 +433,7 @@ impl SequenceBuilder {
             max_visual_tokens: DEFAULT_MAX_VISUAL_TOKENS,
             video_stride: 1,
             image_tokens: None,
+            audio_slots: AudioSlots::PerFrame,
         }
     }
 
@@ -466,7 +518,14 @@ impl SequenceBuilder {
                             audio_features_named(s, &self.audio, &in_memory_name())?
                         }
                     };
-                    for _ in 0..frames.n {
+                    let n_slots = self.audio_slots.slots(frames.n);
+                    acc.seq.audio.push(AudioSpan {
+                        frame_start: acc.seq.frames.len() / frames.dim.max(1),
+                        n_frames: frames.n,
+                        slot_start: acc.seq.frame_positions.len(),
+                        n_slots,
+                    });
+                    for _ in 0..n_slots {
                         acc.seq.frame_positions.push(acc.seq.tokens.len());
                         acc.push(sp.audio, Modality::AudioFrame, false);
                     }

@@ -78,6 +78,9 @@ impl ModelDirConfig {
     ) -> crate::fusion::SequenceBuilder {
         let mut b = crate::fusion::SequenceBuilder::new(tokenizer, self.image, self.audio);
         b.image_tokens = self.model.bolt.as_ref().and_then(|x| x.image_tokens());
+        if let Some(bolt) = &self.model.bolt {
+            b.audio_slots = bolt.audio_slots();
+        }
         b
     }
 }

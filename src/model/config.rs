@@ -128,6 +128,11 @@ pub struct BoltConfig {
     /// MLP width of the gated cross-attention layers.
     #[serde(default)]
     pub xattn_d_ff: usize,
+    /// A Whisper-style audio encoder (stride-2 convolution over frames, then Transformer
+    /// blocks; `max_grid` is its longest output) with its own connector of the same kind.
+    /// `None`: audio reaches the decoder through the linear frame embedding, as in native.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_encoder: Option<EncoderConfig>,
 }
 
 impl BoltConfig {
@@ -140,9 +145,30 @@ impl BoltConfig {
         }
     }
 
+    /// Token slots one audio clip fills.
+    pub fn audio_slots(&self) -> crate::fusion::AudioSlots {
+        use crate::fusion::AudioSlots;
+        match (&self.audio_encoder, self.connector) {
+            (None, _) => AudioSlots::PerFrame,
+            (Some(_), ConnectorKind::Linear | ConnectorKind::Mlp) => AudioSlots::Halved,
+            (Some(_), ConnectorKind::QFormer) => AudioSlots::Fixed(self.n_queries),
+            (Some(_), ConnectorKind::Perceiver) => AudioSlots::Fixed(1),
+        }
+    }
+
     /// The encoder's blocks described as a decoder configuration (no rotary, GELU MLP).
     pub fn encoder_block_config(&self, eps: f64) -> ModelConfig {
-        let e = &self.encoder;
+        block_config(&self.encoder, eps)
+    }
+
+    /// The audio encoder's blocks as a decoder configuration.
+    pub fn audio_block_config(&self, eps: f64) -> Option<ModelConfig> {
+        self.audio_encoder.as_ref().map(|e| block_config(e, eps))
+    }
+}
+
+fn block_config(e: &EncoderConfig, eps: f64) -> ModelConfig {
+    {
         ModelConfig {
             vocab_size: 1,
             d_model: e.d_model,
@@ -163,18 +189,33 @@ impl BoltConfig {
             bolt: None,
         }
     }
+}
 
+impl BoltConfig {
     fn validate(&self, decoder_layers: usize) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
-        let e = &self.encoder;
-        if e.d_model == 0 || e.d_ff == 0 || e.max_grid == 0 || e.max_grid > 4096 {
-            return err("encoder d_model, d_ff must be positive and max_grid in 1..=4096".into());
+        for (what, e) in std::iter::once(("encoder", &self.encoder))
+            .chain(self.audio_encoder.as_ref().map(|a| ("audio encoder", a)))
+        {
+            if e.d_model == 0 || e.d_ff == 0 || e.max_grid == 0 || e.max_grid > 4096 {
+                return err(format!(
+                    "{what} d_model, d_ff must be positive and max_grid in 1..=4096"
+                ));
+            }
+            if e.n_heads == 0 || !e.d_model.is_multiple_of(e.n_heads) {
+                return err(format!(
+                    "{what} d_model {} is not divisible by n_heads {}",
+                    e.d_model, e.n_heads
+                ));
+            }
         }
-        if e.n_heads == 0 || !e.d_model.is_multiple_of(e.n_heads) {
-            return err(format!(
-                "encoder d_model {} is not divisible by n_heads {}",
-                e.d_model, e.n_heads
-            ));
+        if let (Some(a), ConnectorKind::Perceiver) = (&self.audio_encoder, self.connector) {
+            if a.d_model != self.encoder.d_model {
+                return err(format!(
+                    "perceiver: the audio encoder width {} must equal the vision encoder width {} (both feed the same cross-attention)",
+                    a.d_model, self.encoder.d_model
+                ));
+            }
         }
         match self.connector {
             ConnectorKind::QFormer | ConnectorKind::Perceiver => {

@@ -131,9 +131,10 @@ impl NativeModel {
         let vision_embed = (cfg.patch_dim > 0 && bolt.is_none())
             .then(|| Linear::new(cfg.patch_dim, cfg.d_model, true, vb.pp("vision_embed")))
             .transpose()?;
-        let audio_embed = (cfg.frame_dim > 0)
-            .then(|| Linear::new(cfg.frame_dim, cfg.d_model, true, vb.pp("audio_embed")))
-            .transpose()?;
+        let audio_embed = (cfg.frame_dim > 0
+            && !cfg.bolt.as_ref().is_some_and(|b| b.audio_encoder.is_some()))
+        .then(|| Linear::new(cfg.frame_dim, cfg.d_model, true, vb.pp("audio_embed")))
+        .transpose()?;
         let blocks = (0..cfg.n_layers)
             .map(|i| Block::new(cfg, vb.pp(format!("layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;
@@ -205,6 +206,29 @@ impl NativeModel {
                 VisualInput::Context(c) => xctx = Some(c),
             }
         }
+        let audio_encoded = self.bolt.as_ref().is_some_and(|b| b.has_audio_encoder());
+        if let (Some(bolt), true, false) =
+            (&self.bolt, audio_encoded, batch.frame_positions.is_empty())
+        {
+            match bolt.audio_input(batch)? {
+                VisualInput::Slots(t) => {
+                    for (k, &p) in batch.frame_positions.iter().enumerate() {
+                        if p >= n {
+                            candle_core::bail!("audio slot {p} outside the batch of {n} tokens");
+                        }
+                        gather[p] = (next + k) as u32;
+                    }
+                    next += batch.frame_positions.len();
+                    rows.push(t);
+                }
+                VisualInput::Context(c) => {
+                    xctx = Some(match xctx.take() {
+                        Some(prev) => prev.extend(&c)?,
+                        None => c,
+                    })
+                }
+            }
+        }
         let mut add = |rows: &mut Vec<Tensor>,
                        layer: &Option<Linear>,
                        data: &[f32],
@@ -246,14 +270,16 @@ impl NativeModel {
                 "image patch",
             )?;
         }
-        add(
-            &mut rows,
-            &self.audio_embed,
-            &batch.frames,
-            batch.frame_dim,
-            &batch.frame_positions,
-            "audio frame",
-        )?;
+        if !audio_encoded {
+            add(
+                &mut rows,
+                &self.audio_embed,
+                &batch.frames,
+                batch.frame_dim,
+                &batch.frame_positions,
+                "audio frame",
+            )?;
+        }
         let all = if rows.len() == 1 {
             rows.pop().unwrap_or_else(|| unreachable!())
         } else {

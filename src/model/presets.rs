@@ -73,6 +73,7 @@ fn bolted(
     connector_layers: usize,
     xattn_d_ff: usize,
     decoder_d_ff: usize,
+    audio_encoder: Option<EncoderConfig>,
 ) -> ModelDirConfig {
     let mut c = base;
     c.design = match connector {
@@ -94,6 +95,7 @@ fn bolted(
             0
         },
         xattn_d_ff,
+        audio_encoder,
     });
     c
 }
@@ -105,6 +107,72 @@ fn enc(d: usize, layers: usize, heads: usize, ff: usize, max_grid: usize) -> Enc
         n_heads: heads,
         d_ff: ff,
         max_grid,
+    }
+}
+
+/// A bolted-on preset sized to match the native preset of the same size (`-small`: within
+/// 2% of fuyu-small's parameters; the decoder's MLP width absorbs the difference).
+fn bolted_preset(
+    name: &'static str,
+    about: &'static str,
+    kind: ConnectorKind,
+    audio: bool,
+) -> Preset {
+    let small = name.ends_with("-small");
+    let mut base = if small {
+        native("fuyu-small", 64, 2, 4, 256, 12, 48)
+    } else {
+        native("fuyu-tiny", 32, 1, 2, 64, 12, 48)
+    };
+    if audio {
+        // Whisper's input: 80-bin log-mel, two 10 ms frames per token; the encoder's
+        // stride-2 convolution then gives one feature per 40 ms, as native's raw frames.
+        base.audio = AudioConfig::logmel(80, 2);
+        base.model.frame_dim = base.audio.frame_dim();
+    }
+    let (e, a) = if small {
+        (enc(32, 1, 4, 64, 8), enc(32, 1, 4, 64, 128))
+    } else {
+        (enc(16, 1, 2, 32, 8), enc(16, 1, 2, 32, 128))
+    };
+    let (queries, layers) = match kind {
+        ConnectorKind::QFormer | ConnectorKind::Perceiver => (if small { 8 } else { 4 }, 1),
+        _ => (0, 0),
+    };
+    let xattn_ff = if kind == ConnectorKind::Perceiver {
+        if small {
+            64
+        } else {
+            32
+        }
+    } else {
+        0
+    };
+    let d_ff = match (small, kind, audio) {
+        (false, _, _) => 64,
+        (true, ConnectorKind::Mlp, false) => 240,
+        (true, ConnectorKind::Linear, false) => 256,
+        (true, ConnectorKind::QFormer, false) => 200,
+        (true, ConnectorKind::Perceiver, false) => 160,
+        (true, ConnectorKind::Mlp, true) => 276,
+        (true, ConnectorKind::Linear, true) => 292,
+        (true, ConnectorKind::QFormer, true) => 206,
+        (true, ConnectorKind::Perceiver, true) => 173,
+    };
+    Preset {
+        name,
+        about,
+        config: bolted(
+            name,
+            base,
+            kind,
+            e,
+            queries,
+            layers,
+            xattn_ff,
+            d_ff,
+            audio.then_some(a),
+        ),
     }
 }
 
@@ -121,104 +189,84 @@ pub fn presets() -> Vec<Preset> {
             about: "the default research model (48x48 scenes, 12-px patches)",
             config: native("fuyu-small", 64, 2, 4, 256, 12, 48),
         },
-        Preset {
-            name: "llava-small",
-            about: "ViT + 2-layer MLP projector (LLaVA-1.5); fuyu-small decoder",
-            config: bolted(
-                "llava-small",
-                native("fuyu-small", 64, 2, 4, 256, 12, 48),
-                ConnectorKind::Mlp,
-                enc(32, 1, 4, 64, 8),
-                0,
-                0,
-                0,
-                240,
-            ),
-        },
-        Preset {
-            name: "llava-linear-small",
-            about: "ViT + linear projector (LLaVA-1.0); fuyu-small decoder",
-            config: bolted(
-                "llava-linear-small",
-                native("fuyu-small", 64, 2, 4, 256, 12, 48),
-                ConnectorKind::Linear,
-                enc(32, 1, 4, 64, 8),
-                0,
-                0,
-                0,
-                256,
-            ),
-        },
-        Preset {
-            name: "qformer-small",
-            about: "ViT + Q-Former, 8 queries (BLIP-2); fuyu-small decoder",
-            config: bolted(
-                "qformer-small",
-                native("fuyu-small", 64, 2, 4, 256, 12, 48),
-                ConnectorKind::QFormer,
-                enc(32, 1, 4, 64, 8),
-                8,
-                1,
-                0,
-                200,
-            ),
-        },
-        Preset {
-            name: "flamingo-small",
-            about: "ViT + perceiver + gated cross-attention (Flamingo)",
-            config: bolted(
-                "flamingo-small",
-                native("fuyu-small", 64, 2, 4, 256, 12, 48),
-                ConnectorKind::Perceiver,
-                enc(32, 1, 4, 64, 8),
-                8,
-                1,
-                64,
-                160,
-            ),
-        },
-        Preset {
-            name: "llava-tiny",
-            about: "seconds to train; for tests",
-            config: bolted(
-                "llava-tiny",
-                native("fuyu-tiny", 32, 1, 2, 64, 12, 48),
-                ConnectorKind::Mlp,
-                enc(16, 1, 2, 32, 8),
-                0,
-                0,
-                0,
-                64,
-            ),
-        },
-        Preset {
-            name: "qformer-tiny",
-            about: "seconds to train; for tests",
-            config: bolted(
-                "qformer-tiny",
-                native("fuyu-tiny", 32, 1, 2, 64, 12, 48),
-                ConnectorKind::QFormer,
-                enc(16, 1, 2, 32, 8),
-                4,
-                1,
-                0,
-                64,
-            ),
-        },
-        Preset {
-            name: "flamingo-tiny",
-            about: "seconds to train; for tests",
-            config: bolted(
-                "flamingo-tiny",
-                native("fuyu-tiny", 32, 1, 2, 64, 12, 48),
-                ConnectorKind::Perceiver,
-                enc(16, 1, 2, 32, 8),
-                4,
-                1,
-                32,
-                64,
-            ),
-        },
+        bolted_preset(
+            "llava-small",
+            "ViT + 2-layer MLP projector (LLaVA-1.5); fuyu-small decoder",
+            ConnectorKind::Mlp,
+            false,
+        ),
+        bolted_preset(
+            "llava-linear-small",
+            "ViT + linear projector (LLaVA-1.0); fuyu-small decoder",
+            ConnectorKind::Linear,
+            false,
+        ),
+        bolted_preset(
+            "qformer-small",
+            "ViT + Q-Former, 8 queries (BLIP-2); fuyu-small decoder",
+            ConnectorKind::QFormer,
+            false,
+        ),
+        bolted_preset(
+            "flamingo-small",
+            "ViT + perceiver + gated cross-attention (Flamingo)",
+            ConnectorKind::Perceiver,
+            false,
+        ),
+        bolted_preset(
+            "llava-audio-small",
+            "llava-small with a Whisper-style audio encoder + MLP",
+            ConnectorKind::Mlp,
+            true,
+        ),
+        bolted_preset(
+            "qformer-audio-small",
+            "qformer-small with an audio encoder + audio Q-Former",
+            ConnectorKind::QFormer,
+            true,
+        ),
+        bolted_preset(
+            "flamingo-audio-small",
+            "flamingo-small with an audio encoder + perceiver",
+            ConnectorKind::Perceiver,
+            true,
+        ),
+        bolted_preset(
+            "llava-tiny",
+            "seconds to train; for tests",
+            ConnectorKind::Mlp,
+            false,
+        ),
+        bolted_preset(
+            "qformer-tiny",
+            "seconds to train; for tests",
+            ConnectorKind::QFormer,
+            false,
+        ),
+        bolted_preset(
+            "flamingo-tiny",
+            "seconds to train; for tests",
+            ConnectorKind::Perceiver,
+            false,
+        ),
+        bolted_preset(
+            "llava-audio-tiny",
+            "seconds to train; for tests",
+            ConnectorKind::Mlp,
+            true,
+        ),
+        bolted_preset(
+            "qformer-audio-tiny",
+            "seconds to train; for tests",
+            ConnectorKind::QFormer,
+            true,
+        ),
+        bolted_preset(
+            "flamingo-audio-tiny",
+            "seconds to train; for tests",
+            ConnectorKind::Perceiver,
+            true,
+        ),
         Preset {
             name: "fuyu-base",
             about: "a wider, deeper native model for 96x96 scenes",
@@ -274,7 +322,7 @@ fn bolt_params(cfg: &ModelConfig, b: &BoltConfig) -> usize {
         + 2 * b.encoder.max_grid * de
         + b.encoder.n_layers * block_params(&b.encoder_block_config(cfg.norm_eps))
         + 2 * de;
-    let connector = match b.connector {
+    let connector_of = |de: usize, ff: usize| match b.connector {
         ConnectorKind::Linear => de * d + d,
         ConnectorKind::Mlp => de * d + d + d * d + d,
         ConnectorKind::QFormer => {
@@ -288,6 +336,18 @@ fn bolt_params(cfg: &ModelConfig, b: &BoltConfig) -> usize {
             b.n_queries * de + b.connector_layers * (6 * de + xa(de, de) + mlp(de, ff)) + 2 * de
         }
     };
+    let connector = connector_of(de, ff);
+    let audio = match (&b.audio_encoder, b.audio_block_config(cfg.norm_eps)) {
+        (Some(a), Some(bc)) if cfg.frame_dim > 0 => {
+            3 * cfg.frame_dim * a.d_model
+                + a.d_model
+                + a.max_grid * a.d_model
+                + a.n_layers * block_params(&bc)
+                + 2 * a.d_model
+                + connector_of(a.d_model, a.d_ff)
+        }
+        _ => 0,
+    };
     let xattn = if b.connector == ConnectorKind::Perceiver {
         let layers = (0..cfg.n_layers)
             .filter(|i| i.is_multiple_of(b.xattn_every.max(1)))
@@ -296,7 +356,7 @@ fn bolt_params(cfg: &ModelConfig, b: &BoltConfig) -> usize {
     } else {
         0
     };
-    encoder + connector + xattn
+    encoder + connector + xattn + audio
 }
 
 /// Number of trainable parameters of a configuration.
@@ -311,9 +371,10 @@ pub fn parameter_count(cfg: &ModelConfig) -> usize {
         None if cfg.patch_dim > 0 => cfg.patch_dim * d + d,
         None => 0,
     };
+    let audio_encoded = cfg.bolt.as_ref().is_some_and(|b| b.audio_encoder.is_some());
     let embed = cfg.vocab_size * d
         + vision
-        + if cfg.frame_dim > 0 {
+        + if cfg.frame_dim > 0 && !audio_encoded {
             cfg.frame_dim * d + d
         } else {
             0

@@ -120,15 +120,21 @@ pub struct TrainConfig {
 /// Component names `freeze` accepts.
 pub const COMPONENTS: [&str; 3] = ["encoder", "connector", "decoder"];
 
-/// The component a variable belongs to: `encoder` (the vision encoder), `connector`
+/// The component a variable belongs to: `encoder` (the vision and audio encoders), `connector`
 /// (connectors, Flamingo's cross-attention layers, and the native model's linear patch and
 /// frame embeddings, its only modality adapters) or `decoder` (everything else).
 pub fn component(name: &str) -> &'static str {
-    if name.starts_with("vision_encoder.") {
+    if name.starts_with("vision_encoder.") || name.starts_with("audio_encoder.") {
         "encoder"
-    } else if ["connector.", "xattn.", "vision_embed.", "audio_embed."]
-        .iter()
-        .any(|p| name.starts_with(p))
+    } else if [
+        "connector.",
+        "audio_connector.",
+        "xattn.",
+        "vision_embed.",
+        "audio_embed.",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
     {
         "connector"
     } else {
@@ -426,18 +432,29 @@ fn load_weights(dir: &Path, model: &ModelDirConfig, vm: &VarMap) -> Result<(), T
 /// Sets the variables of `vm` that belong to `parts` (see [`component`]) from the
 /// safetensors file `wp`; each must be there with the same shape.
 fn load_parts(wp: &Path, vm: &VarMap, parts: &[&str]) -> Result<(), TrainError> {
+    load_matching(wp, vm, &format!("{parts:?}"), &|n| {
+        parts.contains(&component(n))
+    })
+}
+
+/// Sets the variables of `vm` whose names pass `keep` from the safetensors file `wp`.
+fn load_matching(
+    wp: &Path,
+    vm: &VarMap,
+    what: &str,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<(), TrainError> {
     let w = candle_core::safetensors::load(wp, &Device::Cpu)
         .map_err(|e| TrainError::Config(format!("{}: {e}", wp.display())))?;
     let mut n = 0;
     for (name, var) in named_vars(vm) {
-        if !parts.contains(&component(&name)) {
+        if !keep(&name) {
             continue;
         }
         let t = w.get(&name).ok_or_else(|| {
             TrainError::Config(format!(
-                "{}: missing tensor {name} (needed for the {} part)",
-                wp.display(),
-                component(&name)
+                "{}: missing tensor {name} (needed for the {what} weights)",
+                wp.display()
             ))
         })?;
         if t.dims() != var.dims() {
@@ -453,7 +470,7 @@ fn load_parts(wp: &Path, vm: &VarMap, parts: &[&str]) -> Result<(), TrainError> 
     }
     if n == 0 {
         return Err(TrainError::Config(format!(
-            "{}: the model has no {parts:?} weights to load",
+            "{}: the model has no {what} weights to load",
             wp.display()
         )));
     }
@@ -548,7 +565,9 @@ pub fn train(
             } else {
                 p.clone()
             };
-            load_parts(&file, &vm, &["encoder"])?;
+            load_matching(&file, &vm, "vision encoder", &|n| {
+                n.starts_with("vision_encoder.")
+            })?;
         }
     }
     let trainable: Vec<(String, Var)> = named_vars(&vm)

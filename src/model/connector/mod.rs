@@ -11,7 +11,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{BoltConfig, ConnectorKind, ModelConfig};
-use super::encoder::VisionEncoder;
+use super::encoder::{AudioEncoder, EncodedImages, VisionEncoder};
 use crate::fusion::Batch;
 pub use linear::LinearConnector;
 pub use mlp::MlpConnector;
@@ -40,49 +40,83 @@ pub enum VisualInput {
     Context(XCtx),
 }
 
-/// Vision encoder + connector (+ gated cross-attention layers).
+/// Vision encoder + connector (+ gated cross-attention layers, + audio encoder and connector).
 #[derive(Clone, Debug)]
 pub struct Bolted {
     /// The configuration.
     pub cfg: BoltConfig,
     encoder: VisionEncoder,
     connector: Connector,
+    audio: Option<(AudioEncoder, Connector)>,
     /// `(decoder block index, layer)`: the layer runs before that block.
     pub xattn: Vec<(usize, GatedXAttn)>,
 }
 
+/// One image or clip: where its slots are, as the connector sees it.
+struct Item {
+    slot_start: usize,
+    n_slots: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_connector(
+    kind: ConnectorKind,
+    d_enc: usize,
+    heads: usize,
+    d_ff: usize,
+    n_queries: usize,
+    layers: usize,
+    d_model: usize,
+    eps: f64,
+    vb: VarBuilder,
+) -> Result<Connector> {
+    Ok(match kind {
+        ConnectorKind::Linear => Connector::Linear(LinearConnector::new(d_enc, d_model, vb)?),
+        ConnectorKind::Mlp => Connector::Mlp(MlpConnector::new(d_enc, d_model, vb)?),
+        ConnectorKind::QFormer => Connector::QFormer(QFormer::new(
+            d_enc, heads, d_ff, n_queries, layers, d_model, eps, vb,
+        )?),
+        ConnectorKind::Perceiver => Connector::Perceiver(Perceiver::new(
+            d_enc, heads, d_ff, n_queries, layers, eps, vb,
+        )?),
+    })
+}
+
 impl Bolted {
-    /// Creates the encoder under `vision_encoder.`, the connector under `connector.` and the
-    /// cross-attention layers under `xattn.<block>.`.
+    /// Creates the encoder under `vision_encoder.`, the connector under `connector.`, the
+    /// cross-attention layers under `xattn.<block>.`, and (with an audio encoder)
+    /// `audio_encoder.` and `audio_connector.`.
     pub fn new(cfg: &ModelConfig, bolt: &BoltConfig, vb: VarBuilder) -> Result<Self> {
         let e = &bolt.encoder;
         let eps = cfg.norm_eps;
         let encoder = VisionEncoder::new(bolt, cfg.patch_dim, eps, vb.pp("vision_encoder"))?;
-        let cvb = vb.pp("connector");
-        let connector = match bolt.connector {
-            ConnectorKind::Linear => {
-                Connector::Linear(LinearConnector::new(e.d_model, cfg.d_model, cvb)?)
-            }
-            ConnectorKind::Mlp => Connector::Mlp(MlpConnector::new(e.d_model, cfg.d_model, cvb)?),
-            ConnectorKind::QFormer => Connector::QFormer(QFormer::new(
-                e.d_model,
-                e.n_heads,
-                e.d_ff,
-                bolt.n_queries,
-                bolt.connector_layers,
-                cfg.d_model,
-                eps,
-                cvb,
-            )?),
-            ConnectorKind::Perceiver => Connector::Perceiver(Perceiver::new(
-                e.d_model,
-                e.n_heads,
-                e.d_ff,
-                bolt.n_queries,
-                bolt.connector_layers,
-                eps,
-                cvb,
-            )?),
+        let connector = build_connector(
+            bolt.connector,
+            e.d_model,
+            e.n_heads,
+            e.d_ff,
+            bolt.n_queries,
+            bolt.connector_layers,
+            cfg.d_model,
+            eps,
+            vb.pp("connector"),
+        )?;
+        let audio = match &bolt.audio_encoder {
+            Some(a) if cfg.frame_dim > 0 => Some((
+                AudioEncoder::new(bolt, cfg.frame_dim, eps, vb.pp("audio_encoder"))?,
+                build_connector(
+                    bolt.connector,
+                    a.d_model,
+                    a.n_heads,
+                    a.d_ff,
+                    bolt.n_queries,
+                    bolt.connector_layers,
+                    cfg.d_model,
+                    eps,
+                    vb.pp("audio_connector"),
+                )?,
+            )),
+            _ => None,
         };
         let xattn = if bolt.connector == ConnectorKind::Perceiver {
             (0..cfg.n_layers)
@@ -108,13 +142,19 @@ impl Bolted {
             cfg: bolt.clone(),
             encoder,
             connector,
+            audio,
             xattn,
         })
     }
 
+    /// True when audio goes through an audio encoder (not the linear frame embedding).
+    pub fn has_audio_encoder(&self) -> bool {
+        self.audio.is_some()
+    }
+
     /// Encodes the images of `batch` (which has at least one) and runs the connector.
     pub fn visual_input(&self, batch: &Batch) -> Result<VisualInput> {
-        let device = self.encoder_device();
+        let device = self.encoder.device();
         let n_rows = if batch.patch_dim == 0 {
             0
         } else {
@@ -127,85 +167,146 @@ impl Bolted {
             );
         }
         let enc = self.encoder.forward(&patches, &batch.images)?;
-        let want = self.cfg.image_tokens();
-        for s in &batch.images {
-            let expected = want.unwrap_or(s.n_patches());
-            if s.n_slots != expected {
+        let items: Vec<Item> = batch
+            .images
+            .iter()
+            .map(|s| Item {
+                slot_start: s.slot_start,
+                n_slots: s.n_slots,
+            })
+            .collect();
+        self.connect(
+            &self.connector,
+            &enc,
+            &items,
+            &batch.patch_positions,
+            batch,
+            "image",
+        )
+    }
+
+    /// Encodes the audio clips of `batch` (which has at least one) and runs the audio connector.
+    pub fn audio_input(&self, batch: &Batch) -> Result<VisualInput> {
+        let Some((encoder, connector)) = &self.audio else {
+            candle_core::bail!("this model has no audio encoder");
+        };
+        let device = self.encoder.device();
+        let n_rows = batch.frames.len() / batch.frame_dim.max(1);
+        let frames = Tensor::from_slice(&batch.frames, (n_rows, batch.frame_dim), &device)?;
+        if batch.audio.is_empty() {
+            candle_core::bail!(
+                "the batch has audio frames but no audio spans; build it with the model's sequence builder"
+            );
+        }
+        let enc = encoder.forward(&frames, &batch.audio)?;
+        let items: Vec<Item> = batch
+            .audio
+            .iter()
+            .map(|s| Item {
+                slot_start: s.slot_start,
+                n_slots: s.n_slots,
+            })
+            .collect();
+        self.connect(
+            connector,
+            &enc,
+            &items,
+            &batch.frame_positions,
+            batch,
+            "audio clip",
+        )
+    }
+
+    /// Runs `connector` on encoded items and lines its outputs up with `positions`.
+    fn connect(
+        &self,
+        connector: &Connector,
+        enc: &EncodedImages,
+        items: &[Item],
+        positions: &[usize],
+        batch: &Batch,
+        what: &str,
+    ) -> Result<VisualInput> {
+        for (i, it) in items.iter().enumerate() {
+            let expected = match self.cfg.connector {
+                ConnectorKind::Linear | ConnectorKind::Mlp => enc.n_patches[i],
+                ConnectorKind::QFormer => self.cfg.n_queries,
+                ConnectorKind::Perceiver => 1,
+            };
+            if it.n_slots != expected {
                 candle_core::bail!(
-                    "an image fills {} token slots but this {} model needs {expected}; build sequences with the model's own sequence builder",
-                    s.n_slots,
+                    "an {what} fills {} token slots but this {} model needs {expected}; build sequences with the model's own sequence builder",
+                    it.n_slots,
                     self.cfg.connector.name()
                 );
             }
-            if s.slot_start + s.n_slots > batch.patch_positions.len() {
-                candle_core::bail!("image slots outside the batch's placeholder list");
+            if it.slot_start + it.n_slots > positions.len() {
+                candle_core::bail!("{what} slots outside the batch's placeholder list");
             }
         }
-        let per_image = match &self.connector {
+        let per_item = match connector {
             Connector::Linear(c) => c.forward(&enc.feats)?,
             Connector::Mlp(c) => c.forward(&enc.feats)?,
-            Connector::QFormer(c) => c.forward(&enc)?,
+            Connector::QFormer(c) => c.forward(enc)?,
             Connector::Perceiver(c) => {
-                let lat = c.forward(&enc)?;
-                return Ok(VisualInput::Context(self.context(batch, &lat)?));
+                let lat = c.forward(enc)?;
+                return Ok(VisualInput::Context(context(
+                    batch, &lat, items, positions,
+                )?));
             }
         };
-        // Row `k` of the result feeds placeholder `batch.patch_positions[k]`.
-        let s = per_image.dim(1)?;
-        let d = per_image.dim(2)?;
-        let flat = per_image.reshape((batch.images.len() * s, d))?;
-        let mut order = vec![0u32; batch.patch_positions.len()];
-        let mut seen = vec![false; batch.patch_positions.len()];
-        for (i, span) in batch.images.iter().enumerate() {
-            for j in 0..span.n_slots {
-                order[span.slot_start + j] = (i * s + j) as u32;
-                seen[span.slot_start + j] = true;
+        // Row `k` of the result feeds placeholder `positions[k]`.
+        let s = per_item.dim(1)?;
+        let d = per_item.dim(2)?;
+        let flat = per_item.reshape((items.len() * s, d))?;
+        let mut order = vec![0u32; positions.len()];
+        let mut seen = vec![false; positions.len()];
+        for (i, it) in items.iter().enumerate() {
+            for j in 0..it.n_slots {
+                order[it.slot_start + j] = (i * s + j) as u32;
+                seen[it.slot_start + j] = true;
             }
         }
         if seen.iter().any(|x| !x) {
-            candle_core::bail!("some image placeholders belong to no image span");
+            candle_core::bail!("some {what} placeholders belong to no {what}");
         }
-        let order = Tensor::from_vec(order, batch.patch_positions.len(), &device)?;
+        let order = Tensor::from_vec(order, positions.len(), flat.device())?;
         Ok(VisualInput::Slots(flat.index_select(&order, 0)?))
     }
+}
 
-    /// Gathers each row's latents, tagged with the position id of their image's slot.
-    fn context(&self, batch: &Batch, lat: &Tensor) -> Result<XCtx> {
-        let (n_img, nl, d) = lat.dims3()?;
-        let t = batch.seq_len.max(1);
-        let mut per_row: Vec<Vec<(usize, u32)>> = vec![Vec::new(); batch.batch];
-        for (i, span) in batch.images.iter().enumerate() {
-            let flat = batch.patch_positions[span.slot_start];
-            per_row[flat / t].push((i, batch.positions[flat]));
-        }
-        let m = per_row.iter().map(|r| r.len()).max().unwrap_or(0) * nl;
-        let pad = (n_img * nl) as u32;
-        let mut gather = vec![pad; batch.batch * m];
-        let mut key_pos = vec![u32::MAX; batch.batch * m];
-        for (r, imgs) in per_row.iter().enumerate() {
-            for (k, &(i, pos)) in imgs.iter().enumerate() {
-                for j in 0..nl {
-                    gather[r * m + k * nl + j] = (i * nl + j) as u32;
-                    key_pos[r * m + k * nl + j] = pos;
-                }
+/// Gathers each row's latents, tagged with the position id of their item's slot.
+fn context(batch: &Batch, lat: &Tensor, items: &[Item], positions: &[usize]) -> Result<XCtx> {
+    let (n_items, nl, d) = lat.dims3()?;
+    let t = batch.seq_len.max(1);
+    let mut per_row: Vec<Vec<(usize, u32)>> = vec![Vec::new(); batch.batch];
+    for (i, it) in items.iter().enumerate() {
+        let flat = positions[it.slot_start];
+        per_row[flat / t].push((i, batch.positions[flat]));
+    }
+    let m = per_row.iter().map(|r| r.len()).max().unwrap_or(0) * nl;
+    let pad = (n_items * nl) as u32;
+    let mut gather = vec![pad; batch.batch * m];
+    let mut key_pos = vec![u32::MAX; batch.batch * m];
+    for (r, its) in per_row.iter().enumerate() {
+        for (k, &(i, pos)) in its.iter().enumerate() {
+            for j in 0..nl {
+                gather[r * m + k * nl + j] = (i * nl + j) as u32;
+                key_pos[r * m + k * nl + j] = pos;
             }
         }
-        let device = lat.device();
-        let flat = Tensor::cat(
-            &[
-                &lat.reshape((n_img * nl, d))?,
-                &Tensor::zeros((1, d), lat.dtype(), device)?,
-            ],
-            0,
-        )?;
-        let g = Tensor::from_vec(gather, batch.batch * m, device)?;
-        Ok(XCtx {
-            latents: flat.index_select(&g, 0)?.reshape((batch.batch, m, d))?,
-            key_pos,
-        })
     }
-
-    fn encoder_device(&self) -> candle_core::Device {
-        self.encoder.device()
-    }
+    let device = lat.device();
+    let flat = Tensor::cat(
+        &[
+            &lat.reshape((n_items * nl, d))?,
+            &Tensor::zeros((1, d), lat.dtype(), device)?,
+        ],
+        0,
+    )?;
+    let g = Tensor::from_vec(gather, batch.batch * m, device)?;
+    Ok(XCtx {
+        latents: flat.index_select(&g, 0)?.reshape((batch.batch, m, d))?,
+        key_pos,
+    })
 }
