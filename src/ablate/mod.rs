@@ -162,7 +162,9 @@ impl AblationSpec {
                 bail!("arm {:?} has no stages", a.name);
             }
             let total: f64 = a.stages.iter().map(|s| s.share).sum();
-            if a.stages.iter().any(|s| !(s.share > 0.0)) || (total - 1.0).abs() > 1e-6 {
+            if a.stages.iter().any(|s| s.share.is_nan() || s.share <= 0.0)
+                || (total - 1.0).abs() > 1e-6
+            {
                 bail!(
                     "arm {:?}: stage shares must be positive and sum to 1 (they sum to {total})",
                     a.name
@@ -546,7 +548,7 @@ fn log_seconds(log: &Path) -> f64 {
                     serde_json::from_value::<serde_json::Value>(serde_json::from_str(l).ok()?).ok()
                 })
                 .filter_map(|v| v.get("seconds").and_then(|s| s.as_f64()))
-                .last()
+                .next_back()
         })
         .unwrap_or(0.0)
 }
@@ -812,7 +814,7 @@ fn step_tokens(dir: &Path) -> Option<f64> {
     let last = text
         .lines()
         .filter_map(|l| serde_json::from_str::<LogLine>(l).ok())
-        .last()?;
+        .next_back()?;
     Some(last.tokens as f64 / last.step.max(1) as f64)
 }
 

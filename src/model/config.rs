@@ -217,16 +217,17 @@ impl BoltConfig {
                 ));
             }
         }
-        match self.connector {
-            ConnectorKind::QFormer | ConnectorKind::Perceiver => {
-                if self.n_queries == 0 || self.n_queries > 4096 || self.connector_layers == 0 {
-                    return err(format!(
-                        "{} needs n_queries in 1..=4096 and connector_layers >= 1",
-                        self.connector.name()
-                    ));
-                }
-            }
-            _ => {}
+        let resampling = matches!(
+            self.connector,
+            ConnectorKind::QFormer | ConnectorKind::Perceiver
+        );
+        if resampling
+            && (self.n_queries == 0 || self.n_queries > 4096 || self.connector_layers == 0)
+        {
+            return err(format!(
+                "{} needs n_queries in 1..=4096 and connector_layers >= 1",
+                self.connector.name()
+            ));
         }
         if self.connector == ConnectorKind::Perceiver
             && (self.xattn_every == 0 || self.xattn_every > decoder_layers || self.xattn_d_ff == 0)

@@ -132,7 +132,7 @@ impl NativeModel {
             .then(|| Linear::new(cfg.patch_dim, cfg.d_model, true, vb.pp("vision_embed")))
             .transpose()?;
         let audio_embed = (cfg.frame_dim > 0
-            && !cfg.bolt.as_ref().is_some_and(|b| b.audio_encoder.is_some()))
+            && cfg.bolt.as_ref().is_none_or(|b| b.audio_encoder.is_none()))
         .then(|| Linear::new(cfg.frame_dim, cfg.d_model, true, vb.pp("audio_embed")))
         .transpose()?;
         let blocks = (0..cfg.n_layers)

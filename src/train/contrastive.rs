@@ -528,6 +528,7 @@ mod tests {
         let s = cosines();
         let mut i2t = 0.0;
         let mut t2i = 0.0;
+        #[allow(clippy::needless_range_loop)]
         for i in 0..3 {
             let row: f64 = (0..3).map(|j| (scale * s[i][j]).exp()).sum();
             let col: f64 = (0..3).map(|j| (scale * s[j][i]).exp()).sum();

@@ -155,11 +155,11 @@ impl Bolted {
     /// Encodes the images of `batch` (which has at least one) and runs the connector.
     pub fn visual_input(&self, batch: &Batch) -> Result<VisualInput> {
         let device = self.encoder.device();
-        let n_rows = if batch.patch_dim == 0 {
-            0
-        } else {
-            batch.patches.len() / batch.patch_dim
-        };
+        let n_rows = batch
+            .patches
+            .len()
+            .checked_div(batch.patch_dim)
+            .unwrap_or(0);
         let patches = Tensor::from_slice(&batch.patches, (n_rows, batch.patch_dim), &device)?;
         if batch.images.is_empty() {
             candle_core::bail!(
