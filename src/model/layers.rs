@@ -316,24 +316,15 @@ impl CrossAttention {
         let (b, tq, _) = x.dims3()?;
         let tk = ctx.dim(1)?;
         let (h, hd) = (self.n_heads, self.head_dim);
-        let q = self
-            .q_proj
-            .forward(x)?
-            .reshape((b, tq, h, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let k = self
-            .k_proj
-            .forward(ctx)?
-            .reshape((b, tk, h, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let v = self
-            .v_proj
-            .forward(ctx)?
-            .reshape((b, tk, h, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let heads = |proj: &Linear, y: &Tensor, t: usize| -> Result<Tensor> {
+            proj.forward(y)?
+                .reshape((b, t, h, hd))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = heads(&self.q_proj, x, tq)?;
+        let k = heads(&self.k_proj, ctx, tk)?;
+        let v = heads(&self.v_proj, ctx, tk)?;
         let mut scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
         if let Some(m) = mask {
             scores = scores.broadcast_add(m)?;

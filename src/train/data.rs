@@ -122,20 +122,10 @@ impl Factory {
         let scene = generate_scene(&d.scene, seed, index);
         if d.text_only {
             let mut rng = stream_rng(seed, index, PURPOSE_QA);
-            let described = format!("Scene: {}. ", caption(&scene));
-            return training_questions(&scene, &d.mix, &mut rng)
-                .into_iter()
-                .map(|qa| {
-                    Ok(Example {
-                        kind: qa.kind,
-                        seq: self.builder.build(&[
-                            Segment::Text(described.clone()),
-                            Segment::Text(qa.question),
-                            Segment::Answer(qa.answer),
-                        ])?,
-                    })
-                })
-                .collect();
+            return self.described(
+                &format!("Scene: {}. ", caption(&scene)),
+                training_questions(&scene, &d.mix, &mut rng),
+            );
         }
         let img = render(&scene);
         let grid = patchify(&img, &self.builder.image);
@@ -153,6 +143,26 @@ impl Factory {
             .collect()
     }
 
+    /// Text-only examples: `description` (the scene or sound in words), then each question.
+    fn described(
+        &self,
+        description: &str,
+        qas: Vec<mmlab_datasets::QA>,
+    ) -> Result<Vec<Example>, FusionError> {
+        qas.into_iter()
+            .map(|qa| {
+                Ok(Example {
+                    kind: qa.kind,
+                    seq: self.builder.build(&[
+                        Segment::Text(description.to_string()),
+                        Segment::Text(qa.question),
+                        Segment::Answer(qa.answer),
+                    ])?,
+                })
+            })
+            .collect()
+    }
+
     /// Examples made from sound clip `index` of stream `seed`.
     pub fn sound_examples(
         &self,
@@ -163,20 +173,10 @@ impl Factory {
         let clip = generate_sound(&d.sound, seed, index);
         if d.text_only {
             let mut rng = stream_rng(seed, index, PURPOSE_AUDIO_QA);
-            let described = format!("Sounds: {}. ", audio_caption(&clip));
-            return audio_training_questions(&clip, &d.audio_mix, &mut rng)
-                .into_iter()
-                .map(|qa| {
-                    Ok(Example {
-                        kind: qa.kind,
-                        seq: self.builder.build(&[
-                            Segment::Text(described.clone()),
-                            Segment::Text(qa.question),
-                            Segment::Answer(qa.answer),
-                        ])?,
-                    })
-                })
-                .collect();
+            return self.described(
+                &format!("Sounds: {}. ", audio_caption(&clip)),
+                audio_training_questions(&clip, &d.audio_mix, &mut rng),
+            );
         }
         let samples = synthesise(&clip);
         let mut rng = stream_rng(seed, index, PURPOSE_AUDIO_QA);
