@@ -134,7 +134,7 @@ fn intervals_and_flop_factors() {
 fn a_tiny_ablation_writes_its_report_and_a_second_run_redoes_nothing() {
     let spec = spec_from(TINY).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let r = run(&spec, out.path(), &|_| {}).unwrap();
+    let r = run(&spec, out.path(), 2, &|_| {}).unwrap();
     assert_eq!(r.arms.len(), 2);
     for a in &r.arms {
         let spent = a.flops_spent;
@@ -177,7 +177,7 @@ fn a_tiny_ablation_writes_its_report_and_a_second_run_redoes_nothing() {
         .path()
         .join("runs/llava-s0/stage1-train/model.safetensors");
     let before = std::fs::metadata(&weights).unwrap().modified().unwrap();
-    let again = run(&spec, out.path(), &|_| {}).unwrap();
+    let again = run(&spec, out.path(), 1, &|_| {}).unwrap();
     assert_eq!(
         std::fs::metadata(&weights).unwrap().modified().unwrap(),
         before,

@@ -553,8 +553,143 @@ fn log_seconds(log: &Path) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Trains (or finds finished) every stage of one arm and seed, then evaluates the model.
+#[allow(clippy::too_many_arguments)]
+fn run_unit(
+    spec: &AblationSpec,
+    arm: &ArmSpec,
+    plan: &ArmPlan,
+    seed: u64,
+    out: &Path,
+    tok: &Arc<TextTokenizer>,
+    say: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<SeedRun> {
+    let run_dir = out
+        .join("runs")
+        .join(format!("{}-s{seed}", slug(&arm.name)));
+    let mut stages = Vec::new();
+    let mut prev_model: Option<PathBuf> = None;
+    let mut encoder: Option<PathBuf> = None;
+    let mut decoder: Option<PathBuf> = None;
+    let mut curve = Vec::new();
+    let mut spent = 0.0;
+    for (i, (s, &fps)) in arm.stages.iter().zip(&plan.stage_flops).enumerate() {
+        let dir = run_dir.join(format!("stage{i}-{}", s.kind));
+        let steps = ((s.share * spec.train_flops / fps).floor() as u64).max(1);
+        if s.kind == "pretrain" {
+            let marker = dir.join("encoder.safetensors");
+            if !marker.is_file() {
+                say(&format!(
+                    "{} seed {seed}: stage {i} contrastive pre-training, {steps} steps",
+                    arm.name
+                ));
+                let pc = PretrainConfig {
+                    model: plan.cfg.clone(),
+                    data: plan.data.clone(),
+                    loss: s.loss.unwrap_or(ContrastiveLoss::Siglip),
+                    steps,
+                    batch_size: spec.batch_size,
+                    lr: s.lr,
+                    seed,
+                    eval_pairs: 128,
+                };
+                pretrain(&pc, tok, &dir, &|_, _, _| {})
+                    .with_context(|| format!("{}: pre-training", dir.display()))?;
+            }
+            encoder = Some(dir.clone());
+        } else if s.kind == "text" {
+            if !dir.join("model.safetensors").is_file() {
+                say(&format!(
+                    "{} seed {seed}: stage {i} text-only decoder pre-training, {steps} steps",
+                    arm.name
+                ));
+                let mut data = plan.data.clone();
+                data.text_only = true;
+                let tc = stage_config(spec, plan, data, steps, s, seed, i, None, Vec::new(), None);
+                run_stage(&tc, tok, &dir)?;
+            }
+            decoder = Some(dir.clone());
+        } else {
+            let marker = dir.join("model.safetensors");
+            if !marker.is_file() {
+                say(&format!(
+                    "{} seed {seed}: stage {i} training{}, {steps} steps",
+                    arm.name,
+                    if s.freeze.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (frozen: {})", s.freeze.join(", "))
+                    }
+                ));
+                let (init, parts, enc) = match &prev_model {
+                    Some(m) => (Some(m.clone()), Vec::new(), None),
+                    None => (
+                        decoder.clone(),
+                        if decoder.is_some() {
+                            vec!["decoder".to_string()]
+                        } else {
+                            Vec::new()
+                        },
+                        encoder.clone(),
+                    ),
+                };
+                let tc = stage_config(
+                    spec,
+                    plan,
+                    plan.data.clone(),
+                    steps,
+                    s,
+                    seed,
+                    i,
+                    init,
+                    parts,
+                    enc,
+                );
+                run_stage(&tc, tok, &dir)?;
+            }
+            let shape_tokens = fps; // FLOPs per step; convert log tokens to FLOPs below.
+            let tokens_per_step = step_tokens(&dir).unwrap_or(0.0);
+            let fpt = if tokens_per_step > 0.0 {
+                shape_tokens / tokens_per_step
+            } else {
+                0.0
+            };
+            curve.extend(read_curve(&dir.join("train.jsonl"), fpt, spent));
+            prev_model = Some(dir.clone());
+        }
+        let seconds = log_seconds(&dir.join("train.jsonl"));
+        // The steps the stage really ran (a stage finished by an earlier run keeps its own).
+        let steps = logged_steps(&dir.join("train.jsonl")).unwrap_or(steps);
+        stages.push(StageRun {
+            kind: s.kind.clone(),
+            steps,
+            flops_per_step: fps,
+            flops: steps as f64 * fps,
+            seconds,
+        });
+        spent += steps as f64 * fps;
+    }
+    let model_dir = prev_model.context("arm has no train stage")?;
+    say(&format!("{} seed {seed}: evaluating", arm.name));
+    let metrics = evaluate(&model_dir, &run_dir.join("eval"), &spec.eval)?;
+    Ok(SeedRun {
+        seed,
+        stages,
+        metrics,
+        curve,
+    })
+}
+
 /// Runs (or resumes) the ablation into `out`; `say` gets one line per event.
-pub fn run(spec: &AblationSpec, out: &Path, say: &dyn Fn(&str)) -> anyhow::Result<AblationResults> {
+///
+/// `jobs` (arm, seed) units train at the same time, each on its own thread (tensor math is
+/// single-threaded per unit, so `jobs` = cores uses the machine).
+pub fn run(
+    spec: &AblationSpec,
+    out: &Path,
+    jobs: usize,
+    say: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<AblationResults> {
     spec.validate()?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     crate::model::checkpoint::atomic_write(
@@ -575,134 +710,64 @@ pub fn run(spec: &AblationSpec, out: &Path, say: &dyn Fn(&str)) -> anyhow::Resul
         t
     };
     let tok = Arc::new(tok);
-    let mut arms = Vec::new();
-    for arm in &spec.arms {
-        let plan = plan(spec, arm, &tok)?;
-        let mut runs = Vec::new();
-        for &seed in &spec.seeds {
-            let run_dir = out
-                .join("runs")
-                .join(format!("{}-s{seed}", slug(&arm.name)));
-            let mut stages = Vec::new();
-            let mut prev_model: Option<PathBuf> = None;
-            let mut encoder: Option<PathBuf> = None;
-            let mut decoder: Option<PathBuf> = None;
-            let mut curve = Vec::new();
-            let mut spent = 0.0;
-            for (i, (s, &fps)) in arm.stages.iter().zip(&plan.stage_flops).enumerate() {
-                let dir = run_dir.join(format!("stage{i}-{}", s.kind));
-                let steps = ((s.share * spec.train_flops / fps).floor() as u64).max(1);
-                if s.kind == "pretrain" {
-                    let marker = dir.join("encoder.safetensors");
-                    if !marker.is_file() {
-                        say(&format!(
-                            "{} seed {seed}: stage {i} contrastive pre-training, {steps} steps",
-                            arm.name
-                        ));
-                        let pc = PretrainConfig {
-                            model: plan.cfg.clone(),
-                            data: plan.data.clone(),
-                            loss: s.loss.unwrap_or(ContrastiveLoss::Siglip),
-                            steps,
-                            batch_size: spec.batch_size,
-                            lr: s.lr,
-                            seed,
-                            eval_pairs: 128,
-                        };
-                        pretrain(&pc, &tok, &dir, &|_, _, _| {})
-                            .with_context(|| format!("{}: pre-training", dir.display()))?;
-                    }
-                    encoder = Some(dir.clone());
-                } else if s.kind == "text" {
-                    if !dir.join("model.safetensors").is_file() {
-                        say(&format!("{} seed {seed}: stage {i} text-only decoder pre-training, {steps} steps", arm.name));
-                        let mut data = plan.data.clone();
-                        data.text_only = true;
-                        let tc = stage_config(
-                            spec,
-                            &plan,
-                            data,
-                            steps,
-                            s,
-                            seed,
-                            i,
-                            None,
-                            Vec::new(),
-                            None,
-                        );
-                        run_stage(&tc, &tok, &dir)?;
-                    }
-                    decoder = Some(dir.clone());
-                } else {
-                    let marker = dir.join("model.safetensors");
-                    if !marker.is_file() {
-                        say(&format!(
-                            "{} seed {seed}: stage {i} training{}, {steps} steps",
-                            arm.name,
-                            if s.freeze.is_empty() {
-                                String::new()
-                            } else {
-                                format!(" (frozen: {})", s.freeze.join(", "))
-                            }
-                        ));
-                        let (init, parts, enc) = match &prev_model {
-                            Some(m) => (Some(m.clone()), Vec::new(), None),
-                            None => (
-                                decoder.clone(),
-                                if decoder.is_some() {
-                                    vec!["decoder".to_string()]
-                                } else {
-                                    Vec::new()
-                                },
-                                encoder.clone(),
-                            ),
-                        };
-                        let tc = stage_config(
-                            spec,
-                            &plan,
-                            plan.data.clone(),
-                            steps,
-                            s,
-                            seed,
-                            i,
-                            init,
-                            parts,
-                            enc,
-                        );
-                        run_stage(&tc, &tok, &dir)?;
-                    }
-                    let shape_tokens = fps; // FLOPs per step; convert log tokens to FLOPs below.
-                    let tokens_per_step = step_tokens(&dir).unwrap_or(0.0);
-                    let fpt = if tokens_per_step > 0.0 {
-                        shape_tokens / tokens_per_step
-                    } else {
-                        0.0
-                    };
-                    curve.extend(read_curve(&dir.join("train.jsonl"), fpt, spent));
-                    prev_model = Some(dir.clone());
+    let plans: Vec<ArmPlan> = spec
+        .arms
+        .iter()
+        .map(|a| plan(spec, a, &tok))
+        .collect::<anyhow::Result<_>>()?;
+    // Every (arm, seed) is one unit of work; `jobs` workers take them in order.
+    let units: Vec<(usize, u64)> = (0..spec.arms.len())
+        .flat_map(|a| spec.seeds.iter().map(move |&s| (a, s)))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::Mutex::new(BTreeMap::new());
+    let failed = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, units.len().max(1)) {
+            scope.spawn(|| loop {
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(&(ai, seed)) = units.get(k) else {
+                    break;
+                };
+                if !failed.lock().map(|f| f.is_empty()).unwrap_or(false) {
+                    break;
                 }
-                let seconds = log_seconds(&dir.join("train.jsonl"));
-                // The steps the stage really ran (a stage finished by an earlier run keeps its own).
-                let steps = logged_steps(&dir.join("train.jsonl")).unwrap_or(steps);
-                stages.push(StageRun {
-                    kind: s.kind.clone(),
-                    steps,
-                    flops_per_step: fps,
-                    flops: steps as f64 * fps,
-                    seconds,
-                });
-                spent += steps as f64 * fps;
-            }
-            let model_dir = prev_model.context("arm has no train stage")?;
-            say(&format!("{} seed {seed}: evaluating", arm.name));
-            let metrics = evaluate(&model_dir, &run_dir.join("eval"), &spec.eval)?;
-            runs.push(SeedRun {
-                seed,
-                stages,
-                metrics,
-                curve,
+                match run_unit(spec, &spec.arms[ai], &plans[ai], seed, out, &tok, say) {
+                    Ok(r) => {
+                        if let Ok(mut d) = done.lock() {
+                            d.insert((ai, seed), r);
+                        }
+                    }
+                    Err(e) => {
+                        if let Ok(mut f) = failed.lock() {
+                            f.push(e);
+                        }
+                    }
+                }
             });
         }
+    });
+    if let Some(e) = failed
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a worker panicked"))?
+        .into_iter()
+        .next()
+    {
+        return Err(e);
+    }
+    let mut arms = Vec::new();
+    for (ai, arm) in spec.arms.iter().enumerate() {
+        let plan = &plans[ai];
+        let runs: Vec<SeedRun> = spec
+            .seeds
+            .iter()
+            .map(|seed| {
+                done.lock()
+                    .map_err(|_| anyhow::anyhow!("a worker panicked"))?
+                    .remove(&(ai, *seed))
+                    .context("a unit of the ablation did not finish")
+            })
+            .collect::<anyhow::Result<_>>()?;
         let mut summary = BTreeMap::new();
         for (k, _) in METRICS {
             let xs: Vec<f64> = runs

@@ -12,6 +12,9 @@ pub struct AblateArgs {
     /// Where results go (default `results/ablations/<name>`).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// (arm, seed) runs trained at the same time, one core each (default: all cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
 }
 
 /// Runs every arm and seed not already finished, then writes the report and plots.
@@ -28,7 +31,12 @@ pub fn run_cli(a: &AblateArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("results/ablations").join(&spec.name));
     let start = std::time::Instant::now();
     let say = |s: &str| eprintln!("[{:>6.0} s] {s}", start.elapsed().as_secs_f64());
-    let r = run(&spec, &out, &say)?;
+    let jobs = a.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let r = run(&spec, &out, jobs, &say)?;
     print!("{}", report(&r));
     eprintln!("results: {}", out.display());
     Ok(())
