@@ -149,6 +149,7 @@ fn train_config(name: &str, freeze: &[&str]) -> TrainConfig {
         init_from: None,
         init_parts: Vec::new(),
         init_encoder: None,
+        init_audio_encoder: None,
         freeze: freeze.iter().map(|s| s.to_string()).collect(),
     }
 }
@@ -315,4 +316,65 @@ fn audio_encoders_give_the_expected_token_counts() {
         let out = model.forward(&batch, None, false).unwrap();
         assert_eq!(out.hidden.dims(), &[2, batch.seq_len, cfg.model.d_model]);
     }
+}
+
+#[test]
+fn sound_caption_pretraining_feeds_the_audio_encoder_of_a_later_stage() {
+    use mmlab::train::contrastive::{pretrain, ContrastiveLoss, PretrainConfig, PretrainModality};
+    let tok = TextTokenizer::builtin().unwrap();
+    let model = config("llava-audio-tiny", &tok);
+    let pre = tempfile::tempdir().unwrap();
+    let pc = PretrainConfig {
+        model: model.clone(),
+        data: SyntheticData::small(),
+        loss: ContrastiveLoss::Siglip,
+        steps: 3,
+        batch_size: 4,
+        lr: 1e-3,
+        seed: 1,
+        eval_pairs: 4,
+        modality: PretrainModality::Audio,
+    };
+    let r = pretrain(&pc, &tok, pre.path(), &|_, _, _| {}).unwrap();
+    assert_eq!(r.after.pairs, 4);
+    let enc = candle_core::safetensors::load(pre.path().join("encoder.safetensors"), &Device::Cpu)
+        .unwrap();
+    assert!(enc.keys().any(|k| k.starts_with("audio_encoder.")));
+    assert!(!enc.keys().any(|k| k.starts_with("vision_encoder.")));
+    // Stage 2 with the pre-trained audio encoder, kept frozen: it must come out unchanged.
+    let mut tc = train_config("llava-audio-tiny", &["encoder"]);
+    tc.steps = 2;
+    tc.init_audio_encoder = Some(pre.path().to_path_buf());
+    let out = tempfile::tempdir().unwrap();
+    let quiet = |_: u64, _: u64, _: f64, _: f64| {};
+    train(
+        &tc,
+        TextTokenizer::builtin().unwrap(),
+        out.path(),
+        &RunControl {
+            resume: false,
+            progress: &quiet,
+            stop_after: None,
+        },
+    )
+    .unwrap();
+    let trained =
+        candle_core::safetensors::load(out.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut n = 0;
+    for (k, v) in &enc {
+        if k.starts_with("audio_encoder.") {
+            let a = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = trained[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(a, b, "{k}");
+            n += 1;
+        }
+    }
+    assert!(n > 4);
+    // An image preset has no audio encoder to pre-train.
+    let mut bad = pc.clone();
+    bad.model = config("llava-tiny", &tok);
+    let e = pretrain(&bad, &tok, pre.path(), &|_, _, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no audio encoder"), "{e}");
 }

@@ -30,6 +30,7 @@ fn config(steps: u64) -> TrainConfig {
         init_from: None,
         init_parts: Vec::new(),
         init_encoder: None,
+        init_audio_encoder: None,
         freeze: Vec::new(),
     }
 }

@@ -592,6 +592,7 @@ fn run_unit(
                     lr: s.lr,
                     seed,
                     eval_pairs: 128,
+                    modality: Default::default(),
                 };
                 pretrain(&pc, tok, &dir, &|_, _, _| {})
                     .with_context(|| format!("{}: pre-training", dir.display()))?;
@@ -842,6 +843,7 @@ fn stage_config(
         freeze: s.freeze.clone(),
         init_parts,
         init_encoder,
+        init_audio_encoder: None,
     }
 }
 

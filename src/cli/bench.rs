@@ -210,6 +210,7 @@ pub fn train_bench(a: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
         freeze: Vec::new(),
         init_parts: Vec::new(),
         init_encoder: None,
+        init_audio_encoder: None,
         text_only: false,
     };
     let cfg = config(&targs)?;

@@ -7,7 +7,9 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::model::presets::preset;
-use crate::train::contrastive::{describe, pretrain, ContrastiveLoss, PretrainConfig};
+use crate::train::contrastive::{
+    describe, pretrain, ContrastiveLoss, PretrainConfig, PretrainModality,
+};
 use crate::train::data::{corpus, SyntheticData};
 
 /// Arguments of `mmlab pretrain-encoder`.
@@ -37,6 +39,10 @@ pub struct PretrainArgs {
     /// Held-out pairs for the retrieval eval.
     #[arg(long, default_value_t = 256)]
     pub eval_pairs: usize,
+    /// Image–caption pairs (the vision encoder) or sound–caption pairs (the audio encoder of
+    /// an `-audio-` preset).
+    #[arg(long, value_enum, default_value = "image")]
+    pub modality: PretrainModality,
 }
 
 /// Runs the pre-training and prints held-out retrieval before and after.
@@ -66,6 +72,7 @@ pub fn run(a: &PretrainArgs) -> anyhow::Result<()> {
         lr: a.lr,
         seed: a.seed,
         eval_pairs: a.eval_pairs,
+        modality: a.modality,
     };
     let bar = ProgressBar::new(a.steps);
     bar.set_style(
@@ -82,8 +89,17 @@ pub fn run(a: &PretrainArgs) -> anyhow::Result<()> {
         .with_context(|| format!("pre-training into {}", a.out.display()))?;
     bar.finish();
     println!(
-        "{:?} pre-training of {}'s vision encoder: {} steps x {} pairs in {:.1} s, final loss {:.4}",
-        a.loss, a.model, a.steps, a.batch_size, r.seconds, r.final_loss
+        "{:?} pre-training of {}'s {} encoder: {} steps x {} pairs in {:.1} s, final loss {:.4}",
+        a.loss,
+        a.model,
+        match a.modality {
+            PretrainModality::Image => "vision",
+            PretrainModality::Audio => "audio",
+        },
+        a.steps,
+        a.batch_size,
+        r.seconds,
+        r.final_loss
     );
     println!("held-out retrieval ({} pairs)", r.after.pairs);
     for (k, v) in describe(&r.before) {

@@ -59,6 +59,9 @@ pub struct TrainArgs {
     /// Load the vision encoder from a `mmlab pretrain-encoder` output folder.
     #[arg(long)]
     pub init_encoder: Option<PathBuf>,
+    /// Load the audio encoder from a `mmlab pretrain-encoder --modality audio` output folder.
+    #[arg(long)]
+    pub init_audio_encoder: Option<PathBuf>,
     /// Text-only decoder pre-training: every image or sound is replaced by its caption in words.
     #[arg(long)]
     pub text_only: bool,
@@ -111,6 +114,7 @@ pub fn config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         freeze: args.freeze.clone(),
         init_parts: args.init_parts.clone(),
         init_encoder: args.init_encoder.clone(),
+        init_audio_encoder: args.init_audio_encoder.clone(),
     })
 }
 

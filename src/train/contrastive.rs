@@ -3,10 +3,11 @@
 //! with a learned temperature, SigLIP also with a learned bias), and zero-shot retrieval
 //! (image → caption and caption → image recall@1/@5) on held-out pairs.
 //!
-//! The image tower is the bolted preset's [`VisionEncoder`] (mean-pooled over patches);
-//! the text tower is a small bidirectional Transformer over the caption tokens (mean-pooled).
-//! Only the vision encoder's weights (`vision_encoder.*`) are reused later, by
-//! `mmlab train --init-encoder`.
+//! The image tower is the bolted preset's [`VisionEncoder`] (mean-pooled over patches), or,
+//! for sound–caption pairs, its [`AudioEncoder`] (mean-pooled over positions); the text
+//! tower is a small bidirectional Transformer over the caption tokens (mean-pooled). Only
+//! the tower's weights (`vision_encoder.*` / `audio_encoder.*`) are reused later, by
+//! `mmlab train --init-encoder` / `--init-audio-encoder`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -15,17 +16,17 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
-use mmlab_datasets::{caption, generate_scene, render};
+use mmlab_datasets::{audio_caption, caption, generate_scene, generate_sound, render, synthesise};
 use serde::{Deserialize, Serialize};
 
 use super::data::SyntheticData;
 use super::optim::{lr_at, AdamW, AdamWConfig};
 use super::{named_vars, reinit, TrainError};
-use crate::fusion::{patchify, ImageSpan, TextTokenizer};
+use crate::fusion::{audio_features, patchify, AudioSpan, ImageSpan, TextTokenizer};
 use crate::kernels::Linear;
 use crate::model::checkpoint::{atomic_write, ModelDirConfig};
 use crate::model::config::NormKind;
-use crate::model::encoder::VisionEncoder;
+use crate::model::encoder::{AudioEncoder, VisionEncoder};
 use crate::model::layers::{Block, Norm, Rotary};
 
 /// Which contrastive loss.
@@ -165,9 +166,26 @@ impl TextEncoder {
     }
 }
 
+/// Which tower the contrastive stage trains against the captions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum PretrainModality {
+    /// The vision encoder, on image–caption pairs.
+    #[default]
+    Image,
+    /// The audio encoder, on sound–caption pairs.
+    Audio,
+}
+
+/// The image or audio tower.
+enum Tower {
+    Vision(VisionEncoder),
+    Audio(AudioEncoder),
+}
+
 /// Both towers and the learned temperature (and bias).
 struct DualEncoder {
-    vision: VisionEncoder,
+    tower: Tower,
     text: TextEncoder,
     img_proj: Linear,
     txt_proj: Linear,
@@ -176,22 +194,50 @@ struct DualEncoder {
 }
 
 impl DualEncoder {
-    fn new(cfg: &ModelDirConfig, vocab: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cfg: &ModelDirConfig,
+        modality: PretrainModality,
+        vocab: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let Some(bolt) = &cfg.model.bolt else {
             candle_core::bail!(
                 "contrastive pre-training needs a bolted-on preset (one with a vision encoder)"
             );
         };
         let d = bolt.encoder.d_model;
+        let eps = cfg.model.norm_eps;
+        let (tower, d_tower) = match modality {
+            PretrainModality::Image => (
+                Tower::Vision(VisionEncoder::new(
+                    bolt,
+                    cfg.model.patch_dim,
+                    eps,
+                    vb.pp("vision_encoder"),
+                )?),
+                d,
+            ),
+            PretrainModality::Audio => {
+                let Some(a) = &bolt.audio_encoder else {
+                    candle_core::bail!(
+                        "this preset has no audio encoder (pick an `-audio-` preset)"
+                    );
+                };
+                (
+                    Tower::Audio(AudioEncoder::new(
+                        bolt,
+                        cfg.model.frame_dim,
+                        eps,
+                        vb.pp("audio_encoder"),
+                    )?),
+                    a.d_model,
+                )
+            }
+        };
         Ok(Self {
-            vision: VisionEncoder::new(
-                bolt,
-                cfg.model.patch_dim,
-                cfg.model.norm_eps,
-                vb.pp("vision_encoder"),
-            )?,
+            tower,
             text: TextEncoder::new(cfg, vocab, 64, vb.pp("text_encoder"))?,
-            img_proj: Linear::new(d, d, false, vb.pp("contrastive.img_proj"))?,
+            img_proj: Linear::new(d_tower, d, false, vb.pp("contrastive.img_proj"))?,
             txt_proj: Linear::new(d, d, false, vb.pp("contrastive.txt_proj"))?,
             log_scale: vb.get_with_hints(
                 1,
@@ -202,17 +248,23 @@ impl DualEncoder {
         })
     }
 
-    fn embed_images(&self, patches: &Tensor, spans: &[ImageSpan]) -> Result<Tensor> {
-        let enc = self.vision.forward(patches, spans)?;
-        // Mean over each image's real patches.
+    /// Mean-pooled, projected tower features of every item of `pairs`.
+    fn embed_items(&self, pairs: &Pairs) -> Result<Tensor> {
+        let enc = match (&self.tower, &pairs.spans) {
+            (Tower::Vision(v), Spans::Image(s)) => v.forward(&pairs.inputs, s)?,
+            (Tower::Audio(a), Spans::Audio(s)) => a.forward(&pairs.inputs, s)?,
+            _ => candle_core::bail!("pairs of the wrong modality for this tower"),
+        };
+        let n = enc.n_patches.len();
+        // Mean over each item's real positions.
         let p = enc.feats.dim(1)?;
-        let mut w = vec![0f32; spans.len() * p];
-        for (i, &n) in enc.n_patches.iter().enumerate() {
-            for k in 0..n {
-                w[i * p + k] = 1.0 / n as f32;
+        let mut w = vec![0f32; n * p];
+        for (i, &k) in enc.n_patches.iter().enumerate() {
+            for j in 0..k {
+                w[i * p + j] = 1.0 / k as f32;
             }
         }
-        let w = Tensor::from_vec(w, (spans.len(), p, 1), patches.device())?;
+        let w = Tensor::from_vec(w, (n, p, 1), pairs.inputs.device())?;
         self.img_proj.forward(&enc.feats.broadcast_mul(&w)?.sum(1)?)
     }
 
@@ -221,16 +273,25 @@ impl DualEncoder {
     }
 }
 
-/// A batch of image–caption pairs: the patch matrix, one span per image, caption ids and texts.
+/// Where each item of a batch is in its input matrix.
+enum Spans {
+    Image(Vec<ImageSpan>),
+    Audio(Vec<AudioSpan>),
+}
+
+/// A batch of image– or sound–caption pairs: the patch or frame matrix, one span per item,
+/// caption ids and texts.
 struct Pairs {
-    patches: Tensor,
-    spans: Vec<ImageSpan>,
+    inputs: Tensor,
+    spans: Spans,
     ids: Vec<Vec<u32>>,
     texts: Vec<String>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn make_pairs(
     cfg: &ModelDirConfig,
+    modality: PretrainModality,
     data: &SyntheticData,
     tok: &TextTokenizer,
     seed: u64,
@@ -238,30 +299,54 @@ fn make_pairs(
     n: usize,
     device: &Device,
 ) -> std::result::Result<Pairs, TrainError> {
-    let mut patches = Vec::new();
-    let mut spans = Vec::with_capacity(n);
+    let mut values = Vec::new();
+    let mut image_spans = Vec::with_capacity(n);
+    let mut audio_spans = Vec::with_capacity(n);
     let mut ids = Vec::with_capacity(n);
     let mut texts = Vec::with_capacity(n);
     let mut rows = 0usize;
+    let mut width = cfg.model.patch_dim;
     for i in 0..n as u64 {
-        let scene = generate_scene(&data.scene, seed, first + i);
-        let grid = patchify(&render(&scene), &cfg.image);
-        spans.push(ImageSpan {
-            patch_start: rows,
-            rows: grid.rows,
-            cols: grid.cols,
-            slot_start: 0,
-            n_slots: 0,
-        });
-        rows += grid.n_patches();
-        patches.extend_from_slice(&grid.data);
-        let text = caption(&scene);
+        let text = match modality {
+            PretrainModality::Image => {
+                let scene = generate_scene(&data.scene, seed, first + i);
+                let grid = patchify(&render(&scene), &cfg.image);
+                image_spans.push(ImageSpan {
+                    patch_start: rows,
+                    rows: grid.rows,
+                    cols: grid.cols,
+                    slot_start: 0,
+                    n_slots: 0,
+                });
+                rows += grid.n_patches();
+                values.extend_from_slice(&grid.data);
+                caption(&scene)
+            }
+            PretrainModality::Audio => {
+                let clip = generate_sound(&data.sound, seed, first + i);
+                let f = audio_features(&synthesise(&clip), &cfg.audio)?;
+                width = f.dim;
+                audio_spans.push(AudioSpan {
+                    frame_start: rows,
+                    n_frames: f.n,
+                    slot_start: 0,
+                    n_slots: 0,
+                });
+                rows += f.n;
+                values.extend_from_slice(&f.data);
+                audio_caption(&clip)
+            }
+        };
         ids.push(tok.encode(&text)?);
         texts.push(text);
     }
-    let patches = Tensor::from_vec(patches, (rows, cfg.model.patch_dim), device)?;
+    let inputs = Tensor::from_vec(values, (rows, width), device)?;
+    let spans = match modality {
+        PretrainModality::Image => Spans::Image(image_spans),
+        PretrainModality::Audio => Spans::Audio(audio_spans),
+    };
     Ok(Pairs {
-        patches,
+        inputs,
         spans,
         ids,
         texts,
@@ -287,6 +372,9 @@ pub struct PretrainConfig {
     pub seed: u64,
     /// Held-out pairs for the retrieval eval.
     pub eval_pairs: usize,
+    /// Image–caption or sound–caption pairs.
+    #[serde(default)]
+    pub modality: PretrainModality,
 }
 
 /// Zero-shot retrieval on held-out pairs; a retrieved caption counts when its text equals
@@ -368,7 +456,7 @@ pub fn pretrain(
     std::fs::create_dir_all(out).map_err(super::io_err(out))?;
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &device);
-    let model = DualEncoder::new(&cfg.model, tok.vocab_size(), vb)?;
+    let model = DualEncoder::new(&cfg.model, cfg.modality, tok.vocab_size(), vb)?;
     reinit(&vm, cfg.seed)?;
     // Temperature and bias start where the papers start them.
     let (t0, b0) = match cfg.loss {
@@ -396,6 +484,7 @@ pub fn pretrain(
     let eval_seed = cfg.seed ^ 0xC0_17A5_7EED;
     let held = make_pairs(
         &cfg.model,
+        cfg.modality,
         &cfg.data,
         tok,
         eval_seed,
@@ -404,7 +493,7 @@ pub fn pretrain(
         &device,
     )?;
     let eval = |m: &DualEncoder| -> std::result::Result<Retrieval, TrainError> {
-        let i = m.embed_images(&held.patches, &held.spans)?;
+        let i = m.embed_items(&held)?;
         let t = m.embed_texts(&held.ids, &device)?;
         Ok(retrieval(&i, &t, &held.texts)?)
     };
@@ -418,6 +507,7 @@ pub fn pretrain(
         opt.lr = lr_at(step, cfg.steps, warmup, cfg.lr, 0.05);
         let b = make_pairs(
             &cfg.model,
+            cfg.modality,
             &cfg.data,
             tok,
             cfg.seed,
@@ -425,7 +515,7 @@ pub fn pretrain(
             cfg.batch_size,
             &device,
         )?;
-        let i = model.embed_images(&b.patches, &b.spans)?;
+        let i = model.embed_items(&b)?;
         let t = model.embed_texts(&b.ids, &device)?;
         let loss = match cfg.loss {
             ContrastiveLoss::Clip => clip_loss(&i, &t, &model.log_scale)?,

@@ -115,6 +115,9 @@ pub struct TrainConfig {
     /// (`mmlab pretrain-encoder`: a folder with `encoder.safetensors`, or the file itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_encoder: Option<PathBuf>,
+    /// Load the audio encoder (`audio_encoder.*`) from a sound–caption pre-training output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_audio_encoder: Option<PathBuf>,
 }
 
 /// Component names `freeze` accepts.
@@ -567,6 +570,16 @@ pub fn train(
             };
             load_matching(&file, &vm, "vision encoder", &|n| {
                 n.starts_with("vision_encoder.")
+            })?;
+        }
+        if let Some(p) = &cfg.init_audio_encoder {
+            let file = if p.is_dir() {
+                p.join("encoder.safetensors")
+            } else {
+                p.clone()
+            };
+            load_matching(&file, &vm, "audio encoder", &|n| {
+                n.starts_with("audio_encoder.")
             })?;
         }
     }
