@@ -125,10 +125,14 @@ fn draw_bars<DB: DrawingBackend>(
         .y_label_area_size(50)
         .build_cartesian_2d(-0.5..tasks.len() as f64 - 0.5, 0.0..1.0f64)
         .map_err(err)?;
-    let labels: Vec<String> = tasks.iter().map(|(_, l)| l.to_string()).collect();
+    let labels: Vec<String> = tasks
+        .iter()
+        .map(|(_, l)| l.replace("accuracy", "acc.").replace(" (mean)", ""))
+        .collect();
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .x_label_style(("sans-serif", 12))
         .x_labels(tasks.len().max(1))
         .x_label_formatter(&|x| {
             let i = x.round();
@@ -186,12 +190,16 @@ fn draw_bars<DB: DrawingBackend>(
 /// Writes `curve_presence`, `curve_count` and `bars` as `.svg` and `.png` into `out`.
 pub fn write_plots(r: &AblationResults, out: &Path) -> anyhow::Result<()> {
     register_font();
-    let size = (960u32, 540u32);
     for (stem, which) in [
         ("curve_presence", Some(Curve::Presence)),
         ("curve_count", Some(Curve::Count)),
         ("bars", None),
     ] {
+        let size = if which.is_none() {
+            (1400u32, 560u32)
+        } else {
+            (960u32, 540u32)
+        };
         let svg = out.join(format!("{stem}.svg"));
         {
             let root = SVGBackend::new(&svg, size).into_drawing_area();
