@@ -557,30 +557,24 @@ pub fn train(
                 load_parts(&dir.join("model.safetensors"), &vm, &parts)?;
             }
         }
-        if let Some(p) = &cfg.init_encoder {
-            if cfg.model.model.bolt.is_none() {
-                return Err(TrainError::Config(
-                    "init_encoder: a native model has no vision encoder to load".into(),
-                ));
-            }
-            let file = if p.is_dir() {
-                p.join("encoder.safetensors")
-            } else {
-                p.clone()
-            };
-            load_matching(&file, &vm, "vision encoder", &|n| {
-                n.starts_with("vision_encoder.")
-            })?;
+        if cfg.model.model.bolt.is_none() && cfg.init_encoder.is_some() {
+            return Err(TrainError::Config(
+                "init_encoder: a native model has no vision encoder to load".into(),
+            ));
         }
-        if let Some(p) = &cfg.init_audio_encoder {
-            let file = if p.is_dir() {
-                p.join("encoder.safetensors")
-            } else {
-                p.clone()
-            };
-            load_matching(&file, &vm, "audio encoder", &|n| {
-                n.starts_with("audio_encoder.")
-            })?;
+        for (from, what, prefix) in [
+            (&cfg.init_encoder, "vision encoder", "vision_encoder."),
+            (&cfg.init_audio_encoder, "audio encoder", "audio_encoder."),
+        ] {
+            if let Some(p) = from {
+                // A `mmlab pretrain-encoder` folder, or the weights file itself.
+                let file = if p.is_dir() {
+                    p.join("encoder.safetensors")
+                } else {
+                    p.clone()
+                };
+                load_matching(&file, &vm, what, &|n| n.starts_with(prefix))?;
+            }
         }
     }
     let trainable: Vec<(String, Var)> = named_vars(&vm)
