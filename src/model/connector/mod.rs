@@ -58,6 +58,15 @@ struct Item {
     n_slots: usize,
 }
 
+impl Item {
+    fn new(slot_start: usize, n_slots: usize) -> Self {
+        Self {
+            slot_start,
+            n_slots,
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn build_connector(
     kind: ConnectorKind,
@@ -154,26 +163,12 @@ impl Bolted {
 
     /// Encodes the images of `batch` (which has at least one) and runs the connector.
     pub fn visual_input(&self, batch: &Batch) -> Result<VisualInput> {
-        let device = self.encoder.device();
-        let n_rows = batch
-            .patches
-            .len()
-            .checked_div(batch.patch_dim)
-            .unwrap_or(0);
-        let patches = Tensor::from_slice(&batch.patches, (n_rows, batch.patch_dim), &device)?;
-        if batch.images.is_empty() {
-            candle_core::bail!(
-                "the batch has image patches but no image spans; build it with the model's sequence builder"
-            );
-        }
+        let patches = self.matrix(&batch.patches, batch.patch_dim, batch.images.len(), "image")?;
         let enc = self.encoder.forward(&patches, &batch.images)?;
         let items: Vec<Item> = batch
             .images
             .iter()
-            .map(|s| Item {
-                slot_start: s.slot_start,
-                n_slots: s.n_slots,
-            })
+            .map(|s| Item::new(s.slot_start, s.n_slots))
             .collect();
         self.connect(
             &self.connector,
@@ -190,22 +185,12 @@ impl Bolted {
         let Some((encoder, connector)) = &self.audio else {
             candle_core::bail!("this model has no audio encoder");
         };
-        let device = self.encoder.device();
-        let n_rows = batch.frames.len() / batch.frame_dim.max(1);
-        let frames = Tensor::from_slice(&batch.frames, (n_rows, batch.frame_dim), &device)?;
-        if batch.audio.is_empty() {
-            candle_core::bail!(
-                "the batch has audio frames but no audio spans; build it with the model's sequence builder"
-            );
-        }
+        let frames = self.matrix(&batch.frames, batch.frame_dim, batch.audio.len(), "audio")?;
         let enc = encoder.forward(&frames, &batch.audio)?;
         let items: Vec<Item> = batch
             .audio
             .iter()
-            .map(|s| Item {
-                slot_start: s.slot_start,
-                n_slots: s.n_slots,
-            })
+            .map(|s| Item::new(s.slot_start, s.n_slots))
             .collect();
         self.connect(
             connector,
@@ -215,6 +200,17 @@ impl Bolted {
             batch,
             "audio clip",
         )
+    }
+
+    /// The batch's patch or frame rows as a `(rows, width)` tensor; `spans` items must describe them.
+    fn matrix(&self, data: &[f32], width: usize, spans: usize, what: &str) -> Result<Tensor> {
+        if spans == 0 {
+            candle_core::bail!(
+                "the batch has {what} inputs but no {what} spans; build it with the model's sequence builder"
+            );
+        }
+        let rows = data.len().checked_div(width).unwrap_or(0);
+        Tensor::from_slice(data, (rows, width), &self.encoder.device())
     }
 
     /// Runs `connector` on encoded items and lines its outputs up with `positions`.
