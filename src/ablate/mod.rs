@@ -28,7 +28,7 @@ use crate::model::ModelDirConfig;
 use crate::train::contrastive::{pretrain, ContrastiveLoss, PretrainConfig};
 use crate::train::data::{corpus, Factory, Source, SyntheticData};
 use crate::train::optim::AdamWConfig;
-use crate::train::{component, init_model, named_vars, train, LogLine, RunControl, TrainConfig};
+use crate::train::{component, init_model, named_vars, train, RunControl, TrainConfig};
 
 /// An ablation file.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -533,35 +533,42 @@ fn plan(spec: &AblationSpec, arm: &ArmSpec, tok: &Arc<TextTokenizer>) -> anyhow:
     })
 }
 
-fn read_curve(log: &Path, flops_per_token: f64, offset: f64) -> Vec<(f64, f64, f64)> {
-    let Ok(text) = std::fs::read_to_string(log) else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<LogLine>(l).ok())
-        .filter_map(|l| {
-            let e = l.eval?;
-            Some((
-                offset + l.tokens as f64 * flops_per_token,
-                *e.get("presence")?,
-                *e.get("count")?,
-            ))
-        })
-        .collect()
+/// What a stage's `train.jsonl` says, read once: the last step and wall seconds, the
+/// tokens seen by then, and the held-out evals as (tokens, presence, count).
+#[derive(Default)]
+struct StageLog {
+    steps: Option<u64>,
+    seconds: f64,
+    tokens: u64,
+    evals: Vec<(u64, f64, f64)>,
 }
 
-fn log_seconds(log: &Path) -> f64 {
-    std::fs::read_to_string(log)
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .filter_map(|l| {
-                    serde_json::from_value::<serde_json::Value>(serde_json::from_str(l).ok()?).ok()
-                })
-                .filter_map(|v| v.get("seconds").and_then(|s| s.as_f64()))
-                .next_back()
-        })
-        .unwrap_or(0.0)
+impl StageLog {
+    /// Reads `dir/train.jsonl` (train and pre-train stages both write one); missing: empty.
+    fn read(dir: &Path) -> Self {
+        let mut log = StageLog::default();
+        let Ok(text) = std::fs::read_to_string(dir.join("train.jsonl")) else {
+            return log;
+        };
+        for v in text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        {
+            let step = v.get("step").and_then(|x| x.as_u64());
+            if step >= log.steps {
+                log.steps = step;
+                log.seconds = v.get("seconds").and_then(|x| x.as_f64()).unwrap_or(0.0);
+                log.tokens = v.get("tokens").and_then(|x| x.as_u64()).unwrap_or(0);
+            }
+            let eval = v.get("eval");
+            let acc = |k: &str| eval.and_then(|e| e.get(k)).and_then(|x| x.as_f64());
+            if let (Some(p), Some(c)) = (acc("presence"), acc("count")) {
+                let t = v.get("tokens").and_then(|x| x.as_u64()).unwrap_or(0);
+                log.evals.push((t, p, c));
+            }
+        }
+        log
+    }
 }
 
 /// Trains (or finds finished) every stage of one arm and seed, then evaluates the model.
@@ -659,19 +666,26 @@ fn run_unit(
                 );
                 run_stage(&tc, tok, &dir)?;
             }
-            let shape_tokens = fps; // FLOPs per step; convert log tokens to FLOPs below.
-            let tokens_per_step = step_tokens(&dir).unwrap_or(0.0);
-            let fpt = if tokens_per_step > 0.0 {
-                shape_tokens / tokens_per_step
+            prev_model = Some(dir.clone());
+        }
+        let log = StageLog::read(&dir);
+        if s.kind == "train" {
+            // Held-out curve on the FLOPs axis: this stage's FLOPs per logged token.
+            let steps_done = log.steps.unwrap_or(0).max(1) as f64;
+            let per_token = if log.tokens > 0 {
+                fps * steps_done / log.tokens as f64
             } else {
                 0.0
             };
-            curve.extend(read_curve(&dir.join("train.jsonl"), fpt, spent));
-            prev_model = Some(dir.clone());
+            curve.extend(
+                log.evals
+                    .iter()
+                    .map(|&(t, p, c)| (spent + t as f64 * per_token, p, c)),
+            );
         }
-        let seconds = log_seconds(&dir.join("train.jsonl"));
+        let seconds = log.seconds;
         // The steps the stage really ran (a stage finished by an earlier run keeps its own).
-        let steps = logged_steps(&dir.join("train.jsonl")).unwrap_or(steps);
+        let steps = log.steps.unwrap_or(steps);
         stages.push(StageRun {
             kind: s.kind.clone(),
             steps,
@@ -875,25 +889,6 @@ fn run_stage(tc: &TrainConfig, tok: &TextTokenizer, dir: &Path) -> anyhow::Resul
     .with_context(|| format!("{}: training", dir.display()))?;
     let _ = std::fs::remove_dir_all(dir.join("checkpoint"));
     Ok(())
-}
-
-/// The last step a stage's log records.
-fn logged_steps(log: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(log).ok()?;
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v.get("step").and_then(|s| s.as_u64()))
-        .max()
-}
-
-/// Mean real tokens per step of a finished stage (from its log).
-fn step_tokens(dir: &Path) -> Option<f64> {
-    let text = std::fs::read_to_string(dir.join("train.jsonl")).ok()?;
-    let last = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<LogLine>(l).ok())
-        .next_back()?;
-    Some(last.tokens as f64 / last.step.max(1) as f64)
 }
 
 /// A file-name-safe version of an arm name.
