@@ -8,3 +8,4 @@ pub mod fusion;
 pub mod kernels;
 pub mod model;
 pub mod train;
+pub mod tui;

@@ -45,6 +45,10 @@ pub enum Command {
     Ablate(ablate::AblateArgs),
     /// Time training steps on fixed batches (and write them for the PyTorch side-by-side).
     Bench(bench::BenchArgs),
+    /// The terminal dashboard comparing models, and the model inspector (`--inspect`).
+    Tui(crate::tui::TuiArgs),
+    /// Write a model's attention over an image's patches as a PNG (the inspector's overlay).
+    Inspect(crate::tui::InspectArgs),
 }
 
 /// Parses the command line and runs it.
@@ -78,5 +82,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::Ask(a) => ask::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Tui(a) => crate::tui::run(a),
+        Command::Inspect(a) => crate::tui::run_inspect(a),
     }
 }

@@ -1,0 +1,695 @@
+//! The dashboard: models, results (native vs bolted-on grouped), training curves and
+//! ablation tables, one tab each.
+
+use std::collections::BTreeSet;
+
+use crossterm::event::{KeyCode, KeyEvent};
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::symbols;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{
+    Axis, Bar, BarChart, BarGroup, Block, Borders, Cell, Chart, Dataset, GraphType, List, ListItem,
+    Paragraph, Row, Table, TableState, Tabs,
+};
+use ratatui::Frame;
+
+use super::data::{read_curve, CurvePoint, ResultRow, Workspace, COLUMNS};
+use super::Action;
+use crate::ablate::METRICS;
+
+/// Tab titles.
+pub const TABS: [&str; 4] = ["Models", "Results", "Training", "Ablations"];
+
+/// What the training chart plots.
+const CURVES: [&str; 3] = ["training loss", "held-out presence", "held-out counting"];
+
+/// Most points drawn per curve (longer logs are thinned evenly).
+const MAX_POINTS: usize = 400;
+
+/// The dashboard's state.
+pub struct Dashboard {
+    /// What was found on disk.
+    pub ws: Workspace,
+    /// The shown tab.
+    pub tab: usize,
+    /// Models tab selection.
+    pub models: TableState,
+    /// Results rows in display order.
+    pub rows: Vec<ResultRow>,
+    /// Results tab selection.
+    pub results: TableState,
+    /// Column the results are sorted by and the bar chart shows.
+    pub column: usize,
+    /// Models with training logs: (index into `ws.models`, curve).
+    pub curves: Vec<(usize, Vec<CurvePoint>)>,
+    /// Training tab cursor (index into `curves`).
+    pub curve_sel: usize,
+    /// Curves overlaid on the chart (indices into `curves`).
+    pub overlay: BTreeSet<usize>,
+    /// Which quantity the chart plots (index into `CURVES`).
+    pub curve_kind: usize,
+    /// Ablations tab selection.
+    pub ablation: usize,
+}
+
+fn fmt_count(v: f64) -> String {
+    match v.abs() {
+        x if x >= 1e12 => format!(
+            "{:.2}e{}",
+            v / 10f64.powi(v.log10() as i32),
+            v.log10() as i32
+        ),
+        x if x >= 1e9 => format!("{:.1}G", v / 1e9),
+        x if x >= 1e6 => format!("{:.1}M", v / 1e6),
+        x if x >= 1e3 => format!("{:.1}k", v / 1e3),
+        _ => format!("{v:.0}"),
+    }
+}
+
+fn thin(points: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
+    if points.len() <= MAX_POINTS {
+        return points;
+    }
+    let step = points.len() as f64 / MAX_POINTS as f64;
+    (0..MAX_POINTS)
+        .map(|i| points[(i as f64 * step) as usize])
+        .chain(points.last().copied())
+        .collect()
+}
+
+const PALETTE: [Color; 6] = [
+    Color::Cyan,
+    Color::Yellow,
+    Color::Magenta,
+    Color::Green,
+    Color::LightRed,
+    Color::LightBlue,
+];
+
+impl Dashboard {
+    /// A dashboard over a scanned workspace; training logs are read once here.
+    pub fn new(ws: Workspace) -> Self {
+        let mut curves = Vec::new();
+        let mut problems = Vec::new();
+        for (i, m) in ws.models.iter().enumerate() {
+            if m.logs.is_empty() {
+                continue;
+            }
+            match read_curve(&m.logs) {
+                Ok(c) if !c.is_empty() => curves.push((i, c)),
+                Ok(_) => {}
+                Err(e) => problems.push(e),
+            }
+        }
+        let mut d = Dashboard {
+            ws,
+            tab: 1,
+            models: TableState::default().with_selected(Some(0)),
+            rows: Vec::new(),
+            results: TableState::default().with_selected(Some(0)),
+            column: 0,
+            overlay: (0..curves.len().min(3)).collect(),
+            curves,
+            curve_sel: 0,
+            curve_kind: 0,
+            ablation: 0,
+        };
+        d.ws.problems.extend(problems);
+        d.sort();
+        d
+    }
+
+    /// Orders the results rows: native first, then bolted-on, then others; within a group
+    /// best first by the selected column (rows without it last), then by name.
+    pub fn sort(&mut self) {
+        let c = COLUMNS[self.column];
+        let mut rows = self.ws.result_rows();
+        rows.sort_by(|a, b| {
+            let key = |r: &ResultRow| r.value(&c).map(|v| c.best.score(v));
+            a.group()
+                .cmp(&b.group())
+                .then_with(|| match (key(a), key(b)) {
+                    (Some(x), Some(y)) => y.total_cmp(&x),
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (None, None) => std::cmp::Ordering::Equal,
+                })
+                .then_with(|| a.model.cmp(&b.model))
+        });
+        self.rows = rows;
+    }
+
+    fn move_sel(state: &mut TableState, n: usize, down: bool) {
+        let i = state.selected().unwrap_or(0);
+        let j = if down {
+            (i + 1).min(n.saturating_sub(1))
+        } else {
+            i.saturating_sub(1)
+        };
+        state.select(Some(j));
+    }
+
+    /// Handles a key.
+    pub fn key(&mut self, k: KeyEvent) -> Action {
+        match k.code {
+            KeyCode::Char('q') | KeyCode::Esc => return Action::Quit,
+            KeyCode::Tab => self.tab = (self.tab + 1) % TABS.len(),
+            KeyCode::BackTab => self.tab = (self.tab + TABS.len() - 1) % TABS.len(),
+            KeyCode::Char(c @ '1'..='4') => self.tab = c as usize - '1' as usize,
+            _ => return self.tab_key(k),
+        }
+        Action::None
+    }
+
+    fn tab_key(&mut self, k: KeyEvent) -> Action {
+        let down = matches!(k.code, KeyCode::Down | KeyCode::Char('j'));
+        let up = matches!(k.code, KeyCode::Up | KeyCode::Char('k'));
+        match self.tab {
+            0 => {
+                if up || down {
+                    Self::move_sel(&mut self.models, self.ws.models.len(), down);
+                } else if matches!(k.code, KeyCode::Enter | KeyCode::Char('i')) {
+                    if let Some(m) = self.models.selected().and_then(|i| self.ws.models.get(i)) {
+                        if m.weights.is_some() {
+                            return Action::Inspect {
+                                name: m.name.clone(),
+                                spec: m.spec.clone(),
+                            };
+                        }
+                    }
+                }
+            }
+            1 => match k.code {
+                _ if up || down => Self::move_sel(&mut self.results, self.rows.len(), down),
+                KeyCode::Left | KeyCode::Char('h') => {
+                    self.column = (self.column + COLUMNS.len() - 1) % COLUMNS.len();
+                    self.sort();
+                }
+                KeyCode::Right | KeyCode::Char('l') | KeyCode::Char('s') => {
+                    self.column = (self.column + 1) % COLUMNS.len();
+                    self.sort();
+                }
+                KeyCode::Enter | KeyCode::Char('i') => {
+                    let row = self.results.selected().and_then(|i| self.rows.get(i));
+                    let model = row.and_then(|r| self.ws.models.iter().find(|m| m.name == r.model));
+                    if let Some(m) = model.filter(|m| m.weights.is_some()) {
+                        return Action::Inspect {
+                            name: m.name.clone(),
+                            spec: m.spec.clone(),
+                        };
+                    }
+                }
+                _ => {}
+            },
+            2 => match k.code {
+                _ if up => self.curve_sel = self.curve_sel.saturating_sub(1),
+                _ if down => {
+                    self.curve_sel = (self.curve_sel + 1).min(self.curves.len().saturating_sub(1))
+                }
+                KeyCode::Char(' ') => {
+                    if !self.overlay.remove(&self.curve_sel) && self.curve_sel < self.curves.len() {
+                        self.overlay.insert(self.curve_sel);
+                    }
+                }
+                KeyCode::Char('m') => self.curve_kind = (self.curve_kind + 1) % CURVES.len(),
+                _ => {}
+            },
+            _ => {
+                if up {
+                    self.ablation = self.ablation.saturating_sub(1);
+                } else if down {
+                    self.ablation =
+                        (self.ablation + 1).min(self.ws.ablations.len().saturating_sub(1));
+                }
+            }
+        }
+        Action::None
+    }
+
+    /// Draws the dashboard.
+    pub fn render(&mut self, f: &mut Frame, area: Rect) {
+        let [top, body, help] = Layout::vertical([
+            Constraint::Length(3),
+            Constraint::Min(5),
+            Constraint::Length(1),
+        ])
+        .areas(area);
+        let problems = if self.ws.problems.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " {} unreadable files (see bottom of Models) ",
+                self.ws.problems.len()
+            )
+        };
+        f.render_widget(
+            Tabs::new(
+                TABS.iter()
+                    .enumerate()
+                    .map(|(i, t)| format!("{} {t}", i + 1)),
+            )
+            .select(self.tab)
+            .highlight_style(Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD))
+            .block(
+                Block::default()
+                    .borders(Borders::ALL)
+                    .title(" mmlab · native vs bolted-on ")
+                    .title_bottom(Line::from(problems).style(Style::new().fg(Color::Red))),
+            ),
+            top,
+        );
+        let keys = match self.tab {
+            0 => " Tab/1-4 tabs  ↑↓ model  Enter inspect  q quit",
+            1 => " Tab/1-4 tabs  ↑↓ model  ←→ sort column / chart  Enter inspect  q quit",
+            2 => " Tab/1-4 tabs  ↑↓ model  Space overlay  m loss/presence/count  q quit",
+            _ => " Tab/1-4 tabs  ↑↓ ablation  q quit",
+        };
+        f.render_widget(
+            Paragraph::new(keys).style(Style::new().fg(Color::Black).bg(Color::Gray)),
+            help,
+        );
+        match self.tab {
+            0 => self.render_models(f, body),
+            1 => self.render_results(f, body),
+            2 => self.render_training(f, body),
+            _ => self.render_ablations(f, body),
+        }
+    }
+
+    fn render_models(&mut self, f: &mut Frame, area: Rect) {
+        let wide = area.width >= 120;
+        let header = Row::new([
+            "model",
+            "design",
+            "params",
+            "tokens",
+            "FLOPs≈6ND",
+            "weights",
+        ])
+        .style(Style::new().add_modifier(Modifier::BOLD));
+        let rows: Vec<Row> = self
+            .ws
+            .models
+            .iter()
+            .map(|m| {
+                let colour = if m.native() {
+                    Color::Cyan
+                } else {
+                    Color::Magenta
+                };
+                let weights = match (&m.weights, wide) {
+                    (Some(p), true) => self.ws.rel(p),
+                    (Some(_), false) => "yes".into(),
+                    (None, _) => "-".into(),
+                };
+                Row::new(vec![
+                    Cell::from(m.name.clone()).style(Style::new().fg(colour)),
+                    Cell::from(m.design.clone()),
+                    Cell::from(format!("{:>8}", m.params)),
+                    Cell::from(m.tokens.map_or("-".into(), |t| fmt_count(t as f64))),
+                    Cell::from(m.flops().map_or("-".into(), fmt_count)),
+                    Cell::from(weights),
+                ])
+            })
+            .collect();
+        let widths = [
+            Constraint::Length(20),
+            Constraint::Length(9),
+            Constraint::Length(9),
+            Constraint::Length(8),
+            Constraint::Length(10),
+            Constraint::Fill(1),
+        ];
+        let [table, problems] = Layout::vertical([
+            Constraint::Fill(1),
+            Constraint::Length(if self.ws.problems.is_empty() {
+                0
+            } else {
+                (self.ws.problems.len() as u16 + 2).min(6)
+            }),
+        ])
+        .areas(area);
+        f.render_stateful_widget(
+            Table::new(rows, widths)
+                .header(header)
+                .row_highlight_style(Style::new().bg(Color::Blue))
+                .block(Block::default().borders(Borders::ALL).title(format!(
+                    " {} models (cyan native, magenta bolted-on) ",
+                    self.ws.models.len()
+                ))),
+            table,
+            &mut self.models,
+        );
+        if !self.ws.problems.is_empty() {
+            f.render_widget(
+                List::new(self.ws.problems.iter().map(|p| ListItem::new(p.as_str())))
+                    .style(Style::new().fg(Color::Red))
+                    .block(Block::default().borders(Borders::ALL).title(" unreadable ")),
+                problems,
+            );
+        }
+    }
+
+    fn render_results(&mut self, f: &mut Frame, area: Rect) {
+        let best: Vec<Option<f64>> = COLUMNS
+            .iter()
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.value(c).map(|v| c.best.score(v)))
+                    .max_by(f64::total_cmp)
+            })
+            .collect();
+        let wide = area.width >= 100;
+        let mut header = vec![Cell::from("model")];
+        if wide {
+            header.push(Cell::from("design"));
+        }
+        for (i, c) in COLUMNS.iter().enumerate() {
+            let h = if i == self.column {
+                Cell::from(format!("{}▼", c.header))
+                    .style(Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD))
+            } else {
+                Cell::from(c.header)
+            };
+            header.push(h);
+        }
+        let mut rows = Vec::new();
+        let mut last_group = None;
+        let mut sel_map = Vec::new();
+        for (ri, r) in self.rows.iter().enumerate() {
+            if last_group != Some(r.group()) {
+                let label = ["── native", "── bolted-on", "── other"][r.group() as usize];
+                rows.push(
+                    Row::new(vec![Cell::from(label)]).style(Style::new().fg(Color::DarkGray)),
+                );
+                sel_map.push(None);
+                last_group = Some(r.group());
+            }
+            let colour = match r.group() {
+                0 => Color::Cyan,
+                1 => Color::Magenta,
+                _ => Color::White,
+            };
+            let mut cells = vec![Cell::from(r.model.clone()).style(Style::new().fg(colour))];
+            if wide {
+                cells.push(Cell::from(r.design.clone()));
+            }
+            for (c, b) in COLUMNS.iter().zip(&best) {
+                cells.push(match r.value(c) {
+                    Some(v) if Some(c.best.score(v)) == *b => Cell::from(format!("{v:.3}*"))
+                        .style(Style::new().fg(Color::Green).add_modifier(Modifier::BOLD)),
+                    Some(v) => Cell::from(format!("{v:.3}")),
+                    None => Cell::from("  -"),
+                });
+            }
+            rows.push(Row::new(cells));
+            sel_map.push(Some(ri));
+        }
+        // Map the selected result row to its display row (group labels are extra rows).
+        let shown = self
+            .results
+            .selected()
+            .and_then(|s| sel_map.iter().position(|m| *m == Some(s)));
+        let mut state = TableState::default().with_selected(shown);
+        let mut widths = vec![Constraint::Fill(1)];
+        if wide {
+            widths.push(Constraint::Length(9));
+        }
+        widths.extend(std::iter::repeat_n(Constraint::Length(7), COLUMNS.len()));
+        let n = rows.len() as u16;
+        let [table, chart] = Layout::vertical([
+            Constraint::Length((n + 4).min(area.height / 2 + 2)),
+            Constraint::Fill(1),
+        ])
+        .areas(area);
+        f.render_stateful_widget(
+            Table::new(rows, widths)
+                .header(Row::new(header).style(Style::new().add_modifier(Modifier::BOLD)))
+                .row_highlight_style(Style::new().bg(Color::Blue))
+                .block(
+                    Block::default()
+                        .borders(Borders::ALL)
+                        .title(" latest result per model and task (* best) "),
+                ),
+            table,
+            &mut state,
+        );
+        let c = COLUMNS[self.column];
+        let bars: Vec<Bar> = self
+            .rows
+            .iter()
+            .filter_map(|r| {
+                let v = r.value(&c)?;
+                let colour = if r.group() == 0 {
+                    Color::Cyan
+                } else {
+                    Color::Magenta
+                };
+                Some(
+                    Bar::default()
+                        .value((v * 1000.0).round().max(0.0) as u64)
+                        .text_value(format!("{v:.3}"))
+                        .label(Line::from(r.model.clone()))
+                        .style(Style::new().fg(colour)),
+                )
+            })
+            .collect();
+        let n = bars.len().max(1) as u16;
+        let inner_w = chart.width.saturating_sub(2);
+        let bar_w = ((inner_w / n).saturating_sub(1)).clamp(3, 16);
+        f.render_widget(
+            BarChart::default()
+                .block(
+                    Block::default()
+                        .borders(Borders::ALL)
+                        .title(format!(" {} ", c.title)),
+                )
+                .data(BarGroup::default().bars(&bars))
+                .bar_width(bar_w)
+                .bar_gap(1),
+            chart,
+        );
+    }
+
+    fn render_training(&mut self, f: &mut Frame, area: Rect) {
+        let [list, chart] =
+            Layout::horizontal([Constraint::Length(26), Constraint::Fill(1)]).areas(area);
+        let items: Vec<ListItem> = self
+            .curves
+            .iter()
+            .enumerate()
+            .map(|(i, (m, _))| {
+                let on = self.overlay.contains(&i);
+                let colour = if on {
+                    PALETTE[i % PALETTE.len()]
+                } else {
+                    Color::Gray
+                };
+                let mark = if on { "[x]" } else { "[ ]" };
+                let mut style = Style::new().fg(colour);
+                if i == self.curve_sel {
+                    style = style.add_modifier(Modifier::REVERSED);
+                }
+                ListItem::new(format!("{mark} {}", self.ws.models[*m].name)).style(style)
+            })
+            .collect();
+        f.render_widget(
+            List::new(items).block(Block::default().borders(Borders::ALL).title(" logs ")),
+            list,
+        );
+        let series: Vec<(usize, Vec<(f64, f64)>)> = self
+            .overlay
+            .iter()
+            .filter_map(|&i| {
+                let (_, c) = self.curves.get(i)?;
+                let pts: Vec<(f64, f64)> = c
+                    .iter()
+                    .filter_map(|p| {
+                        let y = match self.curve_kind {
+                            0 => p.loss,
+                            1 => p.presence,
+                            _ => p.count,
+                        }?;
+                        Some((p.tokens / 1e6, y))
+                    })
+                    .collect();
+                Some((i, thin(pts)))
+            })
+            .collect();
+        let xmax = series
+            .iter()
+            .flat_map(|(_, s)| s.iter().map(|p| p.0))
+            .fold(0f64, f64::max)
+            .max(1e-9);
+        // The loss starts near ln(vocab); its first steps would flatten the rest of the curve.
+        let (ymin, ymax) = series
+            .iter()
+            .flat_map(|(_, s)| {
+                let skip = if self.curve_kind == 0 {
+                    s.len() / 20
+                } else {
+                    0
+                };
+                s.iter().skip(skip).map(|p| p.1)
+            })
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
+                (a.min(y), b.max(y))
+            });
+        let (ymin, ymax) = if ymin.is_finite() {
+            if self.curve_kind == 0 {
+                (0.0, ymax.max(1e-9))
+            } else {
+                (0.0, 1.0)
+            }
+        } else {
+            (0.0, 1.0)
+        };
+        let datasets: Vec<Dataset> = series
+            .iter()
+            .map(|(i, s)| {
+                Dataset::default()
+                    .name(self.ws.models[self.curves[*i].0].name.clone())
+                    .marker(symbols::Marker::Braille)
+                    .graph_type(GraphType::Line)
+                    .style(Style::new().fg(PALETTE[i % PALETTE.len()]))
+                    .data(s)
+            })
+            .collect();
+        let axis_labels = |lo: f64, hi: f64, fmt: &dyn Fn(f64) -> String| {
+            vec![
+                Span::raw(fmt(lo)),
+                Span::raw(fmt((lo + hi) / 2.0)),
+                Span::raw(fmt(hi)),
+            ]
+        };
+        f.render_widget(
+            Chart::new(datasets)
+                .block(Block::default().borders(Borders::ALL).title(format!(
+                    " {} vs training tokens (M), all stages ",
+                    CURVES[self.curve_kind]
+                )))
+                .x_axis(
+                    Axis::default()
+                        .bounds([0.0, xmax])
+                        .labels(axis_labels(0.0, xmax, &|v| format!("{v:.1}"))),
+                )
+                .y_axis(Axis::default().bounds([ymin, ymax]).labels(axis_labels(
+                    ymin,
+                    ymax,
+                    &|v| format!("{v:.2}"),
+                ))),
+            chart,
+        );
+    }
+
+    fn render_ablations(&mut self, f: &mut Frame, area: Rect) {
+        let Some(ab) = self.ws.ablations.get(self.ablation) else {
+            f.render_widget(
+                Paragraph::new(" no ablation results found (run `mmlab ablate FILE.toml`)")
+                    .block(Block::default().borders(Borders::ALL)),
+                area,
+            );
+            return;
+        };
+        let r = &ab.results;
+        let wide = area.width >= 120;
+        // At 80 columns show the POPE F1 metrics, counting and audio; wide screens show all.
+        let shown: Vec<(&str, &str)> = METRICS
+            .iter()
+            .copied()
+            .filter(|(k, _)| wide || !k.ends_with("_accuracy") || k.contains("count"))
+            .collect();
+        let mut header = vec![Cell::from("arm"), Cell::from("params")];
+        header.extend(shown.iter().map(|(k, _)| Cell::from(short(k))));
+        let rows: Vec<Row> = r
+            .arms
+            .iter()
+            .map(|a| {
+                let native = crate::model::presets::preset(&a.preset)
+                    .is_some_and(|p| p.config.design == "native");
+                let mut cells = vec![
+                    Cell::from(a.name.clone()).style(Style::new().fg(if native {
+                        Color::Cyan
+                    } else {
+                        Color::Magenta
+                    })),
+                    Cell::from(a.parameters.to_string()),
+                ];
+                for (k, _) in &shown {
+                    cells.push(Cell::from(a.summary.get(*k).map_or("-".into(), |s| {
+                        format!("{:.2}±{:.2}", s.mean, s.half_width)
+                    })));
+                }
+                Row::new(cells)
+            })
+            .collect();
+        let mut widths = vec![Constraint::Fill(1), Constraint::Length(7)];
+        widths.extend(std::iter::repeat_n(Constraint::Length(9), shown.len()));
+        let [table, budget] = Layout::vertical([
+            Constraint::Length(r.arms.len() as u16 + 4),
+            Constraint::Fill(1),
+        ])
+        .areas(area);
+        let seeds = r.spec.seeds.len();
+        f.render_widget(
+            Table::new(rows, widths)
+                .header(Row::new(header).style(Style::new().add_modifier(Modifier::BOLD)))
+                .block(Block::default().borders(Borders::ALL).title(format!(
+                    " {} ({}/{}) · mean ± 95% interval over {seeds} seeds ",
+                    r.spec.name,
+                    self.ablation + 1,
+                    self.ws.ablations.len()
+                ))),
+            table,
+        );
+        let mut lines = vec![Line::from(format!(
+            " budget {} training FLOPs per arm · {}",
+            fmt_count(r.spec.train_flops),
+            self.ws.rel(&ab.path)
+        ))];
+        for a in &r.arms {
+            let stages: Vec<String> = a
+                .runs
+                .first()
+                .map(|run| {
+                    run.stages
+                        .iter()
+                        .map(|s| format!("{} {}×{}", s.kind, s.steps, fmt_count(s.flops_per_step)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            lines.push(Line::from(format!(
+                " {:<10} spent {} ({})",
+                a.name,
+                fmt_count(a.flops_spent),
+                stages.join(" + ")
+            )));
+        }
+        f.render_widget(
+            Paragraph::new(lines).block(
+                Block::default()
+                    .borders(Borders::ALL)
+                    .title(" budgets actually spent (seed 0 stages) "),
+            ),
+            budget,
+        );
+    }
+}
+
+/// Column header of an ablation metric.
+fn short(key: &str) -> &str {
+    match key {
+        "pope_random_f1" => "F1 rnd",
+        "pope_popular_f1" => "F1 pop",
+        "pope_adversarial_f1" => "F1 adv",
+        "pope_random_accuracy" => "acc rnd",
+        "pope_popular_accuracy" => "acc pop",
+        "pope_adversarial_accuracy" => "acc adv",
+        "count_accuracy" => "count",
+        "audio_pope_f1" => "aPOPE F1",
+        "audio_count_accuracy" => "aCount",
+        other => other,
+    }
+}

@@ -1,0 +1,515 @@
+//! What the dashboard shows, read from a workspace folder: model directories and presets,
+//! eval result files, training logs and ablation results. Files that cannot be read are
+//! listed as problems (with their path and what was wrong) rather than stopping the TUI.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use mmlab_eval::harness::{load_result, Metrics, TaskResult};
+
+use crate::ablate::AblationResults;
+use crate::model::checkpoint::read_config;
+use crate::model::presets::{parameter_count, presets, shipped_dir};
+
+/// One model: a preset and/or a directory with weights.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelEntry {
+    /// Name results are filed under (preset name, or the directory's name).
+    pub name: String,
+    /// `native`, `llava`, `qformer` or `flamingo`.
+    pub design: String,
+    /// Total parameters.
+    pub params: usize,
+    /// Training tokens over every stage's log (`None`: no log).
+    pub tokens: Option<u64>,
+    /// Where the weights are (`None`: a preset not trained here).
+    pub weights: Option<PathBuf>,
+    /// What to pass as `--model` to load it (preset name, or the directory).
+    pub spec: String,
+    /// Training logs in stage order.
+    pub logs: Vec<PathBuf>,
+}
+
+impl ModelEntry {
+    /// Training FLOPs estimated as `6 · parameters · tokens`.
+    pub fn flops(&self) -> Option<f64> {
+        self.tokens.map(|t| 6.0 * self.params as f64 * t as f64)
+    }
+
+    /// Whether the design is the native (early-fusion) one.
+    pub fn native(&self) -> bool {
+        self.design == "native"
+    }
+}
+
+/// The latest result of one model on one task.
+#[derive(Clone, Debug)]
+pub struct ResultEntry {
+    /// The result file.
+    pub path: PathBuf,
+    /// Its contents.
+    pub result: TaskResult,
+}
+
+/// A column of the results table.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Column {
+    /// Header.
+    pub header: &'static str,
+    /// Long name (bar chart title).
+    pub title: &'static str,
+    /// The metric keys averaged for this column (see [`metric_values`]).
+    pub keys: &'static [&'static str],
+    /// How to rank: higher is better, lower is better, or closest to 0.5.
+    pub best: Best,
+}
+
+/// Which value of a column is best.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Best {
+    /// The largest.
+    High,
+    /// The smallest.
+    Low,
+    /// The closest to one half (POPE's yes-ratio).
+    Half,
+}
+
+impl Best {
+    /// A score where larger is better.
+    pub fn score(self, v: f64) -> f64 {
+        match self {
+            Best::High => v,
+            Best::Low => -v,
+            Best::Half => -(v - 0.5).abs(),
+        }
+    }
+}
+
+/// The results table's columns.
+pub const COLUMNS: [Column; 8] = [
+    Column {
+        header: "F1 rnd",
+        title: "POPE random F1",
+        keys: &["pope-random:f1"],
+        best: Best::High,
+    },
+    Column {
+        header: "F1 pop",
+        title: "POPE popular F1",
+        keys: &["pope-popular:f1"],
+        best: Best::High,
+    },
+    Column {
+        header: "F1 adv",
+        title: "POPE adversarial F1",
+        keys: &["pope-adversarial:f1"],
+        best: Best::High,
+    },
+    Column {
+        header: "yes",
+        title: "POPE yes-ratio (mean of splits; 0.5 is unbiased)",
+        keys: &[
+            "pope-random:yes",
+            "pope-popular:yes",
+            "pope-adversarial:yes",
+        ],
+        best: Best::Half,
+    },
+    Column {
+        header: "count",
+        title: "counting accuracy",
+        keys: &["count:acc"],
+        best: Best::High,
+    },
+    Column {
+        header: "MAE",
+        title: "counting mean absolute error",
+        keys: &["count:mae"],
+        best: Best::Low,
+    },
+    Column {
+        header: "aPOPE",
+        title: "audio-POPE F1 (mean of splits)",
+        keys: &[
+            "audio-pope-random:f1",
+            "audio-pope-popular:f1",
+            "audio-pope-adversarial:f1",
+        ],
+        best: Best::High,
+    },
+    Column {
+        header: "aCount",
+        title: "audio counting accuracy",
+        keys: &["audio-count:acc"],
+        best: Best::High,
+    },
+];
+
+/// The metric values of a result, keyed `<split task>:<metric>` (`pope-random:f1`, `count:mae`).
+pub fn metric_values(r: &TaskResult) -> BTreeMap<String, f64> {
+    let mut m = BTreeMap::new();
+    match &r.metrics {
+        Metrics::Pope(p) => {
+            for s in &p.splits {
+                m.insert(format!("{}:f1", s.task), s.f1.value);
+                m.insert(format!("{}:acc", s.task), s.accuracy.value);
+                m.insert(format!("{}:yes", s.task), s.yes_ratio.value);
+            }
+        }
+        Metrics::Count(c) => {
+            m.insert(format!("{}:acc", c.task), c.accuracy.value);
+            m.insert(format!("{}:mae", c.task), c.mae.value);
+        }
+        Metrics::Chair(_) => {}
+    }
+    m
+}
+
+/// One row of the results table: a model and its latest value per metric.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResultRow {
+    /// Model name.
+    pub model: String,
+    /// Its design (`?` when the model is not one of ours, e.g. a predictions file).
+    pub design: String,
+    /// Metric key to value.
+    pub values: BTreeMap<String, f64>,
+}
+
+impl ResultRow {
+    /// The value of a column: the mean of its keys that are present (`None`: none is).
+    pub fn value(&self, c: &Column) -> Option<f64> {
+        let v: Vec<f64> = c
+            .keys
+            .iter()
+            .filter_map(|k| self.values.get(*k).copied())
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    }
+
+    /// 0 native, 1 bolted-on, 2 other: the table groups rows in this order.
+    pub fn group(&self) -> u8 {
+        match self.design.trim_end_matches('?') {
+            "native" => 0,
+            "" => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// One point of a training log.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CurvePoint {
+    /// Training tokens so far (over every stage).
+    pub tokens: f64,
+    /// Training loss, on loss lines.
+    pub loss: Option<f64>,
+    /// Held-out presence accuracy, on eval lines.
+    pub presence: Option<f64>,
+    /// Held-out counting accuracy, on eval lines.
+    pub count: Option<f64>,
+}
+
+/// One ablation's results.
+#[derive(Clone, Debug)]
+pub struct AblationEntry {
+    /// `results.json`.
+    pub path: PathBuf,
+    /// Its contents.
+    pub results: AblationResults,
+}
+
+/// Everything found in a workspace.
+#[derive(Clone, Debug, Default)]
+pub struct Workspace {
+    /// The folder scanned.
+    pub root: PathBuf,
+    /// Models: presets first (in preset order), then other model directories by name.
+    pub models: Vec<ModelEntry>,
+    /// Latest result per (model, task).
+    pub results: Vec<ResultEntry>,
+    /// Ablations by name.
+    pub ablations: Vec<AblationEntry>,
+    /// Files that could not be read, with why.
+    pub problems: Vec<String>,
+}
+
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The training logs of a model directory in stage order: `train-stage<N>.jsonl` by N, then
+/// `train.jsonl` (the last stage).
+pub fn train_logs(dir: &Path) -> Vec<PathBuf> {
+    let mut staged: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter_map(|p| {
+                    let name = p.file_name()?.to_str()?.to_string();
+                    let n = name
+                        .strip_prefix("train-stage")?
+                        .strip_suffix(".jsonl")?
+                        .parse()
+                        .ok()?;
+                    Some((n, p))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    staged.sort();
+    let mut logs: Vec<PathBuf> = staged.into_iter().map(|(_, p)| p).collect();
+    let last = dir.join("train.jsonl");
+    if last.is_file() {
+        logs.push(last);
+    }
+    logs
+}
+
+/// Reads training logs into one curve; tokens continue across stages.
+pub fn read_curve(logs: &[PathBuf]) -> Result<Vec<CurvePoint>, String> {
+    let mut out = Vec::new();
+    let mut offset = 0.0;
+    for log in logs {
+        let text = std::fs::read_to_string(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let mut stage_max: f64 = 0.0;
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| format!("{}:{}: {e}", log.display(), i + 1))?;
+            let Some(tokens) = v.get("tokens").and_then(|t| t.as_f64()) else {
+                continue;
+            };
+            stage_max = stage_max.max(tokens);
+            let eval = v.get("eval");
+            let get = |k: &str| eval.and_then(|e| e.get(k)).and_then(|x| x.as_f64());
+            out.push(CurvePoint {
+                tokens: offset + tokens,
+                loss: v.get("loss").and_then(|x| x.as_f64()),
+                presence: get("presence"),
+                count: get("count"),
+            });
+        }
+        offset += stage_max;
+    }
+    Ok(out)
+}
+
+fn model_entry(
+    name: String,
+    spec: String,
+    dir: &Path,
+    problems: &mut Vec<String>,
+) -> Option<ModelEntry> {
+    let cfg = match read_config(dir) {
+        Ok(c) => c,
+        Err(e) => {
+            problems.push(e.to_string());
+            return None;
+        }
+    };
+    let logs = train_logs(dir);
+    let tokens = match read_curve(&logs) {
+        Ok(c) if !c.is_empty() => c.last().map(|p| p.tokens as u64),
+        Ok(_) => None,
+        Err(e) => {
+            problems.push(e);
+            None
+        }
+    };
+    Some(ModelEntry {
+        name,
+        design: cfg.design.clone(),
+        params: parameter_count(&cfg.model),
+        tokens,
+        weights: dir
+            .join("model.safetensors")
+            .is_file()
+            .then(|| dir.to_path_buf()),
+        spec,
+        logs,
+    })
+}
+
+impl Workspace {
+    /// Scans `root` (paths shown are relative to it): presets (with their shipped weights), model directories under
+    /// `root/models` and `root/runs`, results under `root/results`, and ablations under
+    /// `root/results/ablations` and `root/ablations/results`.
+    pub fn scan(root: &Path) -> Self {
+        Self::scan_with(root, true)
+    }
+
+    /// [`Workspace::scan`], optionally without the presets (tests use fixed fixtures only).
+    pub fn scan_with(root: &Path, with_presets: bool) -> Self {
+        let mut ws = Workspace {
+            root: root.to_path_buf(),
+            ..Workspace::default()
+        };
+        let mut seen: Vec<PathBuf> = Vec::new();
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        if with_presets {
+            for p in presets() {
+                match shipped_dir(p.name) {
+                    Some(dir) => {
+                        seen.push(canon(&dir));
+                        let name = p.name.to_string();
+                        if let Some(e) = model_entry(name.clone(), name, &dir, &mut ws.problems) {
+                            ws.models.push(e);
+                        }
+                    }
+                    None => ws.models.push(ModelEntry {
+                        name: p.name.to_string(),
+                        design: p.config.design.clone(),
+                        params: parameter_count(&p.config.model),
+                        tokens: None,
+                        weights: None,
+                        spec: p.name.to_string(),
+                        logs: Vec::new(),
+                    }),
+                }
+            }
+        }
+        for folder in ["models", "runs"] {
+            for dir in subdirs(&root.join(folder)) {
+                if !dir.join("config.json").is_file() || seen.contains(&canon(&dir)) {
+                    continue;
+                }
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let spec = dir.display().to_string();
+                if let Some(e) = model_entry(name, spec, &dir, &mut ws.problems) {
+                    ws.models
+                        .retain(|m| m.name != e.name || m.weights.is_some());
+                    ws.models.push(e);
+                }
+            }
+        }
+        ws.scan_results(&root.join("results"));
+        for dir in [
+            root.join("results/ablations"),
+            root.join("ablations/results"),
+        ] {
+            for d in subdirs(&dir) {
+                let path = d.join("results.json");
+                if !path.is_file() {
+                    continue;
+                }
+                match std::fs::read(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                {
+                    // The same ablation under results/ and as shipped: keep the first found.
+                    Ok(results) => {
+                        let r: &AblationResults = &results;
+                        if !ws
+                            .ablations
+                            .iter()
+                            .any(|a| a.results.spec.name == r.spec.name)
+                        {
+                            ws.ablations.push(AblationEntry { path, results })
+                        }
+                    }
+                    Err(e) => ws.problems.push(format!("{}: {e}", path.display())),
+                }
+            }
+        }
+        ws
+    }
+
+    fn scan_results(&mut self, dir: &Path) {
+        let mut latest: BTreeMap<(String, String), ResultEntry> = BTreeMap::new();
+        for d in subdirs(dir) {
+            if d.file_name().is_some_and(|n| n == "ablations") {
+                continue;
+            }
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            let mut files: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension().is_some_and(|x| x == "json")
+                        && !p.to_string_lossy().ends_with(".samples.json")
+                })
+                .collect();
+            files.sort();
+            for path in files {
+                match load_result(&path) {
+                    Ok(result) => {
+                        let key = (result.model.clone(), result.task.clone());
+                        let newer = latest
+                            .get(&key)
+                            .is_none_or(|old| old.result.created <= result.created);
+                        if newer {
+                            latest.insert(key, ResultEntry { path, result });
+                        }
+                    }
+                    Err(e) => self.problems.push(e.to_string()),
+                }
+            }
+        }
+        self.results = latest.into_values().collect();
+    }
+
+    /// A path for display: relative to the workspace folder when inside it.
+    pub fn rel(&self, p: &Path) -> String {
+        p.strip_prefix(&self.root)
+            .unwrap_or(p)
+            .display()
+            .to_string()
+    }
+
+    /// The design of a model name: a known model's, else guessed from the name
+    /// (`fuyu` native, `llava` / `qformer` / `flamingo`) and marked with `?`, else `?`.
+    pub fn design_of(&self, model: &str) -> String {
+        if let Some(m) = self.models.iter().find(|m| m.name == model) {
+            return m.design.clone();
+        }
+        let lower = model.to_lowercase();
+        [
+            ("fuyu", "native"),
+            ("llava", "llava"),
+            ("qformer", "qformer"),
+            ("flamingo", "flamingo"),
+        ]
+        .iter()
+        .find(|(k, _)| lower.contains(k))
+        .map_or_else(|| "?".into(), |(_, d)| format!("{d}?"))
+    }
+
+    /// One row per model with results, merging its latest result of every task.
+    pub fn result_rows(&self) -> Vec<ResultRow> {
+        let mut rows: BTreeMap<String, ResultRow> = BTreeMap::new();
+        for r in &self.results {
+            let row = rows
+                .entry(r.result.model.clone())
+                .or_insert_with(|| ResultRow {
+                    model: r.result.model.clone(),
+                    design: self.design_of(&r.result.model),
+                    values: BTreeMap::new(),
+                });
+            row.values.extend(metric_values(&r.result));
+        }
+        rows.into_values().collect()
+    }
+
+    /// The result entries of one model (for the sample browser).
+    pub fn results_of(&self, model: &str) -> Vec<&ResultEntry> {
+        self.results
+            .iter()
+            .filter(|r| r.result.model == model)
+            .collect()
+    }
+}

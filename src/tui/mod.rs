@@ -1,0 +1,340 @@
+//! `mmlab tui`: the dashboard comparing native and bolted-on models, and the inspector
+//! that shows how a model sees an input; `mmlab inspect --out`: the attention overlay as
+//! a PNG.
+//!
+//! Screens are plain state + `render(&mut Frame)` + `key(KeyEvent) -> Action`, so tests
+//! drive them on ratatui's `TestBackend` without a terminal.
+
+pub mod analysis;
+pub mod dashboard;
+pub mod data;
+pub mod heat;
+pub mod inspect;
+
+use std::io::Stdout;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use crossterm::terminal::{
+    disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
+};
+use crossterm::ExecutableCommand;
+use ratatui::backend::CrosstermBackend;
+use ratatui::{Frame, Terminal};
+
+use analysis::{analyze, InspectInput};
+use dashboard::Dashboard;
+use data::Workspace;
+use heat::{normalised, overlay_png, Overlay};
+use inspect::{wrong_samples, Inspector, WrongSample};
+
+/// What a key press asks of the application.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Nothing beyond the screen's own change.
+    None,
+    /// Leave.
+    Quit,
+    /// Open the inspector on a model.
+    Inspect {
+        /// The name its results are filed under.
+        name: String,
+        /// What loads it (preset name or directory).
+        spec: String,
+    },
+    /// Back from the inspector to the dashboard.
+    Back,
+}
+
+/// Arguments of `mmlab tui`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TuiArgs {
+    /// Workspace folder holding `models/`, `runs/`, `results/` and `ablations/`.
+    #[arg(long, default_value = ".")]
+    pub root: PathBuf,
+    /// Open the inspector instead of the dashboard.
+    #[arg(long)]
+    pub inspect: bool,
+    /// Model to inspect (preset name or model directory).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Image to inspect.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Audio clip to inspect.
+    #[arg(long)]
+    pub audio: Option<PathBuf>,
+    /// Prompt.
+    #[arg(long, default_value = "")]
+    pub prompt: String,
+    /// A result file (or its `.samples.jsonl`) whose wrong answers to browse (default: the
+    /// model's latest results under `results/`).
+    #[arg(long)]
+    pub samples: Option<PathBuf>,
+}
+
+/// Arguments of `mmlab inspect`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct InspectArgs {
+    /// Preset name or model directory.
+    #[arg(long)]
+    pub model: String,
+    /// The image.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Audio clip played after the image, if any.
+    #[arg(long)]
+    pub audio: Option<PathBuf>,
+    /// The prompt.
+    #[arg(long)]
+    pub prompt: String,
+    /// Layer (1-based; default: mean over layers).
+    #[arg(long)]
+    pub layer: Option<usize>,
+    /// Head (1-based; default: mean over heads).
+    #[arg(long)]
+    pub head: Option<usize>,
+    /// Sequence position of the query token (default: the last prompt token, which predicts
+    /// the answer).
+    #[arg(long)]
+    pub token: Option<usize>,
+    /// Where to write the PNG.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Longer side of the PNG in pixels (at least).
+    #[arg(long, default_value_t = 480)]
+    pub size: u32,
+}
+
+/// The screen on show.
+pub enum Screen {
+    /// The dashboard, with an inspector open over it (or not).
+    Dashboard(Box<Dashboard>, Option<Box<Inspector>>),
+    /// An inspector started from the command line.
+    Inspector(Box<Inspector>),
+}
+
+/// The application: screens, the workspace folder, and the last error to show.
+pub struct App {
+    /// What is shown.
+    pub screen: Screen,
+    /// Workspace folder (for the inspector's sample browser).
+    pub root: PathBuf,
+}
+
+fn is_quit_chord(k: &KeyEvent) -> bool {
+    k.modifiers.contains(KeyModifiers::CONTROL) && matches!(k.code, KeyCode::Char('c'))
+}
+
+/// The wrong samples of a model's latest results (or of one named result file).
+pub fn samples_for(
+    ws: &Workspace,
+    root: &std::path::Path,
+    model: &str,
+    file: Option<&std::path::Path>,
+) -> Result<Vec<WrongSample>, String> {
+    match file {
+        Some(f) => {
+            let s = f.to_string_lossy();
+            let result_path = PathBuf::from(
+                s.strip_suffix(".samples.jsonl")
+                    .map_or_else(|| s.to_string(), |b| format!("{b}.json")),
+            );
+            let result =
+                mmlab_eval::harness::load_result(&result_path).map_err(|e| e.to_string())?;
+            let entry = data::ResultEntry {
+                path: result_path,
+                result,
+            };
+            wrong_samples(root, &[&entry])
+        }
+        None => wrong_samples(root, &ws.results_of(model)),
+    }
+}
+
+impl App {
+    /// Handles one key; returns false when the application should end.
+    pub fn key(&mut self, k: KeyEvent) -> bool {
+        if is_quit_chord(&k) {
+            return false;
+        }
+        let action = match &mut self.screen {
+            Screen::Dashboard(_, Some(i)) | Screen::Inspector(i) => i.key(k),
+            Screen::Dashboard(d, None) => d.key(k),
+        };
+        match action {
+            Action::None => {}
+            Action::Quit => return false,
+            Action::Back => {
+                if let Screen::Dashboard(_, i) = &mut self.screen {
+                    *i = None;
+                }
+            }
+            Action::Inspect { name, spec } => {
+                if let Screen::Dashboard(d, i) = &mut self.screen {
+                    let (wrong, note) = match samples_for(&d.ws, &self.root, &name, None) {
+                        Ok(w) => (w, None),
+                        Err(e) => (Vec::new(), Some(e)),
+                    };
+                    let mut ins = Inspector::spawn(spec, InspectInput::default(), wrong);
+                    if let Some(e) = note {
+                        ins.status = format!("{}\nsample browser: {e}", ins.status);
+                    }
+                    ins.from_dashboard = true;
+                    *i = Some(Box::new(ins));
+                }
+            }
+        }
+        true
+    }
+
+    /// Takes answers from model threads.
+    pub fn poll(&mut self) {
+        if let Screen::Dashboard(_, Some(i)) | Screen::Inspector(i) = &mut self.screen {
+            i.poll();
+        }
+    }
+
+    /// Draws the current screen.
+    pub fn render(&mut self, f: &mut Frame) {
+        let area = f.area();
+        match &mut self.screen {
+            Screen::Dashboard(_, Some(i)) | Screen::Inspector(i) => i.render(f, area),
+            Screen::Dashboard(d, None) => d.render(f, area),
+        }
+    }
+}
+
+fn restore() {
+    let _ = disable_raw_mode();
+    let _ = std::io::stdout().execute(LeaveAlternateScreen);
+    let _ = std::io::stdout().execute(crossterm::cursor::Show);
+}
+
+fn event_loop(term: &mut Terminal<CrosstermBackend<Stdout>>, app: &mut App) -> anyhow::Result<()> {
+    loop {
+        app.poll();
+        term.draw(|f| app.render(f))?;
+        if event::poll(Duration::from_millis(100))? {
+            if let Event::Key(k) = event::read()? {
+                if k.kind == KeyEventKind::Press && !app.key(k) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Runs `mmlab tui`.
+pub fn run(args: &TuiArgs) -> anyhow::Result<()> {
+    let ws = Workspace::scan(&args.root);
+    let screen = if args.inspect {
+        let model = args
+            .model
+            .clone()
+            .context("--inspect needs --model (a preset name or model directory)")?;
+        // Fail before the terminal is taken over when the model cannot be found.
+        crate::model::resolve::model_dir(&model)?;
+        let wrong = samples_for(&ws, &args.root, &model, args.samples.as_deref())
+            .map_err(anyhow::Error::msg)?;
+        let input = InspectInput {
+            image: args.image.clone(),
+            audio: args.audio.clone(),
+            prompt: args.prompt.clone(),
+            ..Default::default()
+        };
+        Screen::Inspector(Box::new(Inspector::spawn(model, input, wrong)))
+    } else {
+        Screen::Dashboard(Box::new(Dashboard::new(ws)), None)
+    };
+    let mut app = App {
+        screen,
+        root: args.root.clone(),
+    };
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        restore();
+        hook(info);
+    }));
+    enable_raw_mode().context("the terminal does not support raw mode")?;
+    std::io::stdout().execute(EnterAlternateScreen)?;
+    let mut term = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
+    let out = event_loop(&mut term, &mut app);
+    restore();
+    out
+}
+
+/// Runs `mmlab inspect`: writes the attention overlay of one query token as a PNG and prints
+/// what it shows.
+pub fn run_inspect(args: &InspectArgs) -> anyhow::Result<()> {
+    let m = crate::model::resolve::load_model(&args.model)?;
+    let input = InspectInput {
+        image: Some(args.image.clone()),
+        audio: args.audio.clone(),
+        prompt: args.prompt.clone(),
+        ..Default::default()
+    };
+    let a = analyze(&m, &input)?;
+    let pick = |v: Option<usize>, n: usize, what: &str| -> anyhow::Result<Option<usize>> {
+        match v {
+            None => Ok(None),
+            Some(i) if (1..=n).contains(&i) => Ok(Some(i - 1)),
+            Some(i) => anyhow::bail!("--{what} {i}: the model has {what}s 1..={n}"),
+        }
+    };
+    let layer = pick(args.layer, a.layers, "layer")?;
+    let head = pick(args.head, a.heads, "head")?;
+    let row = match args.token {
+        None => a.last_row(),
+        Some(p) => a.rows.iter().position(|&r| r == p).with_context(|| {
+            format!(
+                "--token {p}: not a text position of this input (text positions: {:?})",
+                a.rows
+            )
+        })?,
+    };
+    let img = a
+        .image
+        .as_ref()
+        .with_context(|| format!("{}: no image in the sequence", args.image.display()))?;
+    let heat = a
+        .image_attention(row, layer, head)
+        .map(|w| normalised(&w))
+        .filter(|_| img.per_patch);
+    if !img.per_patch {
+        eprintln!(
+            "this design gives the image {} slots, not one per patch; the PNG shows the image and grid only",
+            img.slots.len()
+        );
+    }
+    let png = overlay_png(
+        &Overlay {
+            pixels: &img.pixels,
+            patch: img.patch,
+            heat: heat.as_deref(),
+            alpha: 0.65,
+        },
+        args.size,
+    );
+    png.save(&args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let pos = a.rows[row];
+    println!(
+        "{}: attention of token {pos} {:?} over {}x{} patches, layer {}, head {} -> {}",
+        args.model,
+        a.tokens[pos].text,
+        img.rows,
+        img.cols,
+        layer.map_or("mean".into(), |l| (l + 1).to_string()),
+        head.map_or("mean".into(), |h| (h + 1).to_string()),
+        args.out.display()
+    );
+    println!("answer: {}", a.answer);
+    if let Some(k) = a.topk.get(row) {
+        let c: Vec<String> = k.iter().map(|(t, p)| format!("{t} {p:.3}")).collect();
+        println!("next token: {}", c.join(", "));
+    }
+    Ok(())
+}

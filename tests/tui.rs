@@ -1,0 +1,501 @@
+//! The TUI on ratatui's `TestBackend`: snapshots of every screen from the fixed workspace in
+//! `tests/fixtures/tui` (made by its `make.sh`), key handling, the model thread, and the
+//! attention the inspector shows checked against attention computed here from the weights.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use mmlab::fusion::Modality;
+use mmlab::model::checkpoint::{load_dir, LoadedModel};
+use mmlab::tui::analysis::{analyze, build_sequence, Analysis, InspectInput};
+use mmlab::tui::dashboard::Dashboard;
+use mmlab::tui::data::Workspace;
+use mmlab::tui::inspect::{wrong_samples, Inspector};
+use mmlab::tui::{Action, App, Screen};
+use ratatui::backend::TestBackend;
+use ratatui::buffer::Buffer;
+use ratatui::style::Color;
+use ratatui::{Frame, Terminal};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tui")
+}
+
+fn workspace() -> Workspace {
+    let ws = Workspace::scan_with(&root(), false);
+    assert!(ws.problems.is_empty(), "{:?}", ws.problems);
+    ws
+}
+
+fn model() -> LoadedModel {
+    load_dir(
+        &root().join("models/fuyu-tiny-a"),
+        &candle_core::Device::Cpu,
+    )
+    .expect("fixture model")
+}
+
+fn image_input() -> InspectInput {
+    InspectInput {
+        image: Some(root().join("data/shapes/images/000000.png")),
+        prompt: "Is there a ring in the image?".into(),
+        truth: Some("yes".into()),
+        ..Default::default()
+    }
+}
+
+/// Draws with `f` on a `w x h` test terminal; returns the text (one line per row) and cells.
+fn draw(w: u16, h: u16, f: impl FnOnce(&mut Frame)) -> (String, Buffer) {
+    let mut t = Terminal::new(TestBackend::new(w, h)).expect("terminal");
+    t.draw(f).expect("draw");
+    let buf = t.backend().buffer().clone();
+    let mut text = String::new();
+    for y in 0..h {
+        let line: String = (0..w).map(|x| buf[(x, y)].symbol()).collect();
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    (text, buf)
+}
+
+fn key(c: KeyCode) -> KeyEvent {
+    KeyEvent::new(c, KeyModifiers::NONE)
+}
+
+fn dashboard_tab(tab: usize, w: u16, h: u16) -> String {
+    let mut d = Dashboard::new(workspace());
+    d.tab = tab;
+    draw(w, h, |f| d.render(f, f.area())).0
+}
+
+#[test]
+fn dashboard_screens_at_80x24() {
+    for (i, name) in ["models", "results", "training", "ablations"]
+        .iter()
+        .enumerate()
+    {
+        insta::assert_snapshot!(format!("dashboard_{name}_80x24"), dashboard_tab(i, 80, 24));
+    }
+}
+
+#[test]
+fn dashboard_screens_use_a_wide_terminal() {
+    for (i, name) in ["models", "results", "ablations"].iter().enumerate() {
+        let tab = [0, 1, 3][i];
+        insta::assert_snapshot!(
+            format!("dashboard_{name}_160x40"),
+            dashboard_tab(tab, 160, 40)
+        );
+    }
+}
+
+#[test]
+fn results_group_native_first_and_sort_by_the_chosen_column() {
+    let mut d = Dashboard::new(workspace());
+    let names: Vec<String> = d.rows.iter().map(|r| r.model.clone()).collect();
+    assert_eq!(names, ["fuyu-tiny-a", "llava-tiny-b"], "native first");
+    assert_eq!(d.rows[0].design, "native");
+    assert_eq!(d.rows[1].design, "llava");
+    // The fixture's POPE results are what the result files say.
+    let f1 = d.rows[0].values["pope-random:f1"];
+    assert!((f1 - 0.5217).abs() < 1e-3, "{f1}");
+    let before = d.column;
+    d.key(key(KeyCode::Right));
+    assert_eq!(d.column, before + 1);
+    d.key(key(KeyCode::Left));
+    d.key(key(KeyCode::Left));
+    assert_eq!(
+        d.column,
+        mmlab::tui::data::COLUMNS.len() - 1,
+        "wraps around"
+    );
+}
+
+#[test]
+fn dashboard_keys_switch_tabs_move_and_open_the_inspector() {
+    let mut d = Dashboard::new(workspace());
+    assert_eq!(d.tab, 1, "opens on Results");
+    d.key(key(KeyCode::Tab));
+    assert_eq!(d.tab, 2);
+    d.key(key(KeyCode::BackTab));
+    d.key(key(KeyCode::BackTab));
+    assert_eq!(d.tab, 0);
+    d.key(key(KeyCode::Char('4')));
+    assert_eq!(d.tab, 3);
+    // Training: space toggles a log in and out of the overlay; m changes the quantity.
+    d.key(key(KeyCode::Char('3')));
+    let had = d.overlay.contains(&0);
+    d.key(key(KeyCode::Char(' ')));
+    assert_eq!(d.overlay.contains(&0), !had);
+    d.key(key(KeyCode::Char('m')));
+    assert_eq!(d.curve_kind, 1);
+    let presence = draw(80, 24, |f| d.render(f, f.area())).0;
+    assert!(presence.contains("held-out presence"), "{presence}");
+    // Models: down moves, Enter asks to inspect the selected model by its directory.
+    d.key(key(KeyCode::Char('1')));
+    d.key(key(KeyCode::Down));
+    assert_eq!(d.models.selected(), Some(1));
+    d.key(key(KeyCode::Down));
+    assert_eq!(d.models.selected(), Some(1), "stays on the last row");
+    match d.key(key(KeyCode::Enter)) {
+        Action::Inspect { name, spec } => {
+            assert_eq!(name, "llava-tiny-b");
+            assert!(Path::new(&spec).join("config.json").is_file(), "{spec}");
+        }
+        other => panic!("expected Inspect, got {other:?}"),
+    }
+    assert_eq!(d.key(key(KeyCode::Char('q'))), Action::Quit);
+}
+
+#[test]
+fn ctrl_c_and_q_quit_and_esc_returns_from_the_inspector() {
+    let mut app = App {
+        screen: Screen::Dashboard(Box::new(Dashboard::new(workspace())), None),
+        root: root(),
+    };
+    assert!(!app.key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)));
+    // Open the inspector from the Models tab; the model runs on its own thread.
+    app.key(key(KeyCode::Char('1')));
+    assert!(app.key(key(KeyCode::Enter)));
+    let t0 = Instant::now();
+    loop {
+        app.poll();
+        if let Screen::Dashboard(_, Some(i)) = &app.screen {
+            if i.analysis.is_some() {
+                break;
+            }
+            assert!(
+                !i.status.contains("rror"),
+                "model thread failed: {}",
+                i.status
+            );
+        } else {
+            panic!("the inspector did not open");
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no analysis in 60 s"
+        );
+        // The UI keeps drawing while the model works.
+        draw(80, 24, |f| app.render(f));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        app.key(key(KeyCode::Esc)),
+        "Esc goes back, it does not quit"
+    );
+    assert!(matches!(app.screen, Screen::Dashboard(_, None)));
+    assert!(!app.key(key(KeyCode::Char('q'))));
+}
+
+fn inspector_with(a: Analysis) -> Inspector {
+    let ws = workspace();
+    let wrong = wrong_samples(&root(), &ws.results_of("fuyu-tiny-a")).expect("samples");
+    let mut ins = Inspector::offline("fuyu-tiny-a".into(), a.input.clone(), wrong);
+    ins.set_analysis(a);
+    ins
+}
+
+#[test]
+fn inspector_screens() {
+    let m = model();
+    let mut ins = inspector_with(analyze(&m, &image_input()).expect("analysis"));
+    let (text, _) = draw(80, 24, |f| ins.render(f, f.area()));
+    insta::assert_snapshot!("inspector_image_80x24", text);
+    let (text, _) = draw(160, 40, |f| ins.render(f, f.area()));
+    insta::assert_snapshot!("inspector_image_160x40", text);
+    ins.key(key(KeyCode::Char('w')));
+    assert!(ins.browsing);
+    let (text, _) = draw(80, 24, |f| ins.render(f, f.area()));
+    insta::assert_snapshot!("inspector_wrong_answers_80x24", text);
+    // Audio: the attention strip over frames.
+    let audio = InspectInput {
+        audio: Some(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/fusion/whisper_tone.wav"),
+        ),
+        prompt: "Is there a chirp in the audio?".into(),
+        ..Default::default()
+    };
+    let a = analyze(&m, &audio).expect("audio analysis");
+    assert!(!a.audio_slots.is_empty());
+    let mut ins = inspector_with(a);
+    let (text, _) = draw(80, 24, |f| ins.render(f, f.area()));
+    insta::assert_snapshot!("inspector_audio_80x24", text);
+}
+
+#[test]
+fn wrong_answers_put_hallucinations_first_and_carry_their_media() {
+    let ws = workspace();
+    let wrong = wrong_samples(&root(), &ws.results_of("fuyu-tiny-a")).expect("samples");
+    assert!(!wrong.is_empty());
+    let first_other = wrong
+        .iter()
+        .position(|w| w.kind != "hallucination")
+        .unwrap_or(wrong.len());
+    assert!(
+        first_other > 0,
+        "the fixture model hallucinates at least once"
+    );
+    assert!(wrong[first_other..]
+        .iter()
+        .all(|w| w.kind != "hallucination"));
+    for w in &wrong {
+        let img = w.input.image.as_ref().expect("image tasks");
+        assert!(img.is_file(), "{}", img.display());
+        assert_ne!(w.input.truth, None);
+    }
+    // A hallucination is a "yes" to an object that is not there.
+    assert_eq!(wrong[0].input.truth.as_deref(), Some("no"));
+}
+
+fn heat_cells(buf: &Buffer, w: u16, h: u16) -> Vec<Color> {
+    (0..h)
+        .flat_map(|y| (0..w).map(move |x| (x, y)))
+        .filter(|&(x, y)| buf[(x, y)].symbol() == "▀")
+        .map(|(x, y)| buf[(x, y)].fg)
+        .collect()
+}
+
+#[test]
+fn inspector_keys_change_the_token_layer_head_and_heat_map() {
+    let m = model();
+    let mut ins = inspector_with(analyze(&m, &image_input()).expect("analysis"));
+    let a = ins.analysis.clone().expect("analysis");
+    assert_eq!(
+        ins.sel,
+        a.rows.len() - 1,
+        "starts on the token that predicts the answer"
+    );
+    let heat0 = ins.heat().expect("heat");
+    let cells0 = heat_cells(&draw(80, 24, |f| ins.render(f, f.area())).1, 80, 24);
+    ins.key(key(KeyCode::Left));
+    ins.key(key(KeyCode::Left));
+    assert_eq!(ins.sel, a.rows.len() - 3);
+    let heat1 = ins.heat().expect("heat");
+    assert_ne!(heat0, heat1, "another token attends elsewhere");
+    let cells1 = heat_cells(&draw(80, 24, |f| ins.render(f, f.area())).1, 80, 24);
+    assert_eq!(cells0.len(), cells1.len());
+    assert_ne!(cells0, cells1, "the drawn heat map changes with the token");
+    ins.key(key(KeyCode::End));
+    assert_eq!(ins.sel, a.rows.len() - 1);
+    // Layers and heads cycle through each one and the mean.
+    assert_eq!((ins.layer, ins.head), (None, None));
+    ins.key(key(KeyCode::Char('h')));
+    assert_eq!(ins.head, Some(0));
+    let head0 = ins.heat();
+    ins.key(key(KeyCode::Char('h')));
+    assert_eq!(ins.head, Some(1));
+    assert_ne!(head0, ins.heat(), "heads differ");
+    ins.key(key(KeyCode::Char('h')));
+    assert_eq!(ins.head, None, "after the last head: the mean");
+    ins.key(key(KeyCode::Char('H')));
+    assert_eq!(ins.head, Some(a.heads - 1));
+    ins.key(key(KeyCode::Char('l')));
+    assert_eq!(ins.layer, Some(0));
+    ins.key(key(KeyCode::Char('l')));
+    assert_eq!(ins.layer, None);
+    // The browser: Enter on a sample asks for it (no model thread here: says so).
+    ins.key(key(KeyCode::Char('w')));
+    ins.key(key(KeyCode::Down));
+    assert_eq!(ins.wrong_sel.selected(), Some(1));
+    ins.key(key(KeyCode::Enter));
+    assert!(!ins.browsing);
+    assert_eq!(ins.input, ins.wrong[1].input);
+    assert_eq!(
+        ins.key(key(KeyCode::Esc)),
+        Action::Quit,
+        "started alone: Esc quits"
+    );
+}
+
+/// LayerNorm over the last `n` values of `x` in place.
+fn layer_norm(x: &mut [f32], w: &[f32], b: &[f32]) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let inv = 1.0 / (var + 1e-5).sqrt();
+    for (i, v) in x.iter_mut().enumerate() {
+        *v = (*v - mean) * inv * w[i] + b[i];
+    }
+}
+
+fn linear(x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
+    let out = b.len();
+    (0..out)
+        .map(|o| b[o] + (0..x.len()).map(|i| w[o * x.len() + i] * x[i]).sum::<f32>())
+        .collect()
+}
+
+#[test]
+fn inspector_attention_is_the_models_own_attention() {
+    let m = model();
+    let input = image_input();
+    let a = analyze(&m, &input).expect("analysis");
+    let seq = build_sequence(&m, &input).expect("sequence");
+    let cfg = &m.config.model;
+    assert_eq!(
+        cfg.n_layers, 1,
+        "fuyu-tiny has one layer; this test recomputes layer 0"
+    );
+    // The weights, read straight from the file.
+    let bytes = std::fs::read(root().join("models/fuyu-tiny-a/model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let w: HashMap<String, Vec<f32>> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            let f: Vec<f32> = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (name, f)
+        })
+        .collect();
+    let g = |k: &str| {
+        w.get(k)
+            .unwrap_or_else(|| panic!("no tensor {k}"))
+            .as_slice()
+    };
+    let (d, nh) = (cfg.d_model, cfg.n_heads);
+    let hd = d / nh;
+    let t = seq.tokens.len();
+    // Embeddings: token rows, and the linear patch embedding at patch positions.
+    let mut x: Vec<Vec<f32>> = seq
+        .tokens
+        .iter()
+        .map(|&id| g("embed_tokens.weight")[id as usize * d..(id as usize + 1) * d].to_vec())
+        .collect();
+    for (k, &pos) in seq.patch_positions.iter().enumerate() {
+        let p = &seq.patches[k * seq.patch_dim..(k + 1) * seq.patch_dim];
+        x[pos] = linear(p, g("vision_embed.weight"), g("vision_embed.bias"));
+    }
+    let pre = "layers.0.self_attn.";
+    let rot = (hd as f64 * cfg.partial_rotary_factor) as usize;
+    let mut q = vec![vec![vec![0f32; hd]; t]; nh];
+    let mut k = vec![vec![vec![0f32; hd]; t]; nh];
+    for (i, xi) in x.iter().enumerate() {
+        let mut h = xi.clone();
+        layer_norm(
+            &mut h,
+            g("layers.0.input_layernorm.weight"),
+            g("layers.0.input_layernorm.bias"),
+        );
+        let qa = linear(
+            &h,
+            g(&format!("{pre}q_proj.weight")),
+            g(&format!("{pre}q_proj.bias")),
+        );
+        let ka = linear(
+            &h,
+            g(&format!("{pre}k_proj.weight")),
+            g(&format!("{pre}k_proj.bias")),
+        );
+        let pos = seq.positions[i] as f64;
+        for head in 0..nh {
+            for (dst, src, norm) in [(&mut q, &qa, "q_layernorm"), (&mut k, &ka, "k_layernorm")] {
+                let mut v = src[head * hd..(head + 1) * hd].to_vec();
+                layer_norm(
+                    &mut v,
+                    g(&format!("{pre}{norm}.weight")),
+                    g(&format!("{pre}{norm}.bias")),
+                );
+                // GPT-NeoX rotary on the first `rot` channels.
+                let half = rot / 2;
+                let mut r = v.clone();
+                for j in 0..half {
+                    let inv = 1.0 / cfg.rope_theta.powf((2 * j) as f64 / rot as f64);
+                    let (s, c) = (pos * inv).sin_cos();
+                    let (a1, a2) = (v[j] as f64, v[j + half] as f64);
+                    r[j] = (a1 * c - a2 * s) as f32;
+                    r[j + half] = (a2 * c + a1 * s) as f32;
+                }
+                dst[head][i] = r;
+            }
+        }
+    }
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut worst = 0f32;
+    let mut mean_worst = 0f32;
+    for (r, &qi) in a.rows.iter().enumerate() {
+        let mut mean = vec![0f32; t];
+        for head in 0..nh {
+            let scores: Vec<f32> = (0..=qi)
+                .map(|kj| {
+                    scale
+                        * q[head][qi]
+                            .iter()
+                            .zip(&k[head][kj])
+                            .map(|(x, y)| x * y)
+                            .sum::<f32>()
+                })
+                .collect();
+            let mx = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = scores.iter().map(|s| (s - mx).exp()).collect();
+            let z: f32 = e.iter().sum();
+            let mut want = vec![0f32; t];
+            for (kj, v) in e.iter().enumerate() {
+                want[kj] = v / z;
+            }
+            let got = a.attention(r, Some(0), Some(head));
+            for (x, y) in got.iter().zip(&want) {
+                worst = worst.max((x - y).abs());
+            }
+            for (m, v) in mean.iter_mut().zip(&want) {
+                *m += v / nh as f32;
+            }
+        }
+        for (x, y) in a.attention(r, None, None).iter().zip(&mean) {
+            mean_worst = mean_worst.max((x - y).abs());
+        }
+    }
+    assert!(worst <= 1e-5, "max abs difference {worst}");
+    assert!(
+        mean_worst <= 1e-5,
+        "mean over heads: max abs difference {mean_worst}"
+    );
+    // The heat map is the selected row's attention at the patch positions.
+    let img = a.image.as_ref().expect("image");
+    assert!(img.per_patch);
+    assert_eq!(img.slots.len(), img.rows * img.cols);
+    for &p in &img.slots {
+        assert_eq!(seq.modality[p], Modality::ImagePatch);
+    }
+    let row = a.last_row();
+    let full = a.attention(row, None, None);
+    let on_image = a.image_attention(row, None, None).expect("image attention");
+    assert_eq!(
+        on_image,
+        img.slots.iter().map(|&p| full[p]).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn inspect_writes_the_overlay_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("attn.png");
+    let args = mmlab::tui::InspectArgs {
+        model: root().join("models/fuyu-tiny-a").display().to_string(),
+        image: root().join("data/shapes/images/000000.png"),
+        audio: None,
+        prompt: "Is there a circle in the image?".into(),
+        layer: Some(1),
+        head: None,
+        token: None,
+        out: out.clone(),
+        size: 240,
+    };
+    mmlab::tui::run_inspect(&args).expect("inspect");
+    let img = image::open(&out).expect("png").to_rgb8();
+    assert!(img.width() >= 240 || img.height() >= 240);
+    // A layer the model does not have is a clear error.
+    let bad = mmlab::tui::InspectArgs {
+        layer: Some(9),
+        ..args
+    };
+    let e = mmlab::tui::run_inspect(&bad).unwrap_err().to_string();
+    assert!(e.contains("--layer 9"), "{e}");
+}
