@@ -149,7 +149,7 @@ fn token_text(m: &LoadedModel, id: u32, kind: Modality) -> String {
         Modality::Text => m
             .tokenizer
             .id_to_token(id)
-            .map(|s| s.replace('▁', "·").replace('Ġ', "·"))
+            .map(|s| s.replace(['▁', 'Ġ'], "·"))
             .unwrap_or_else(|| format!("#{id}")),
     }
 }

@@ -207,10 +207,11 @@ impl Dashboard {
                 _ if down => {
                     self.curve_sel = (self.curve_sel + 1).min(self.curves.len().saturating_sub(1))
                 }
-                KeyCode::Char(' ') => {
-                    if !self.overlay.remove(&self.curve_sel) && self.curve_sel < self.curves.len() {
-                        self.overlay.insert(self.curve_sel);
-                    }
+                KeyCode::Char(' ')
+                    if !self.overlay.remove(&self.curve_sel)
+                        && self.curve_sel < self.curves.len() =>
+                {
+                    self.overlay.insert(self.curve_sel);
                 }
                 KeyCode::Char('m') => self.curve_kind = (self.curve_kind + 1) % CURVES.len(),
                 _ => {}
@@ -413,7 +414,17 @@ impl Dashboard {
             .selected()
             .and_then(|s| sel_map.iter().position(|m| *m == Some(s)));
         let mut state = TableState::default().with_selected(shown);
-        let mut widths = vec![Constraint::Fill(1)];
+        let name_w = self
+            .rows
+            .iter()
+            .map(|r| r.model.chars().count())
+            .max()
+            .unwrap_or(5);
+        let mut widths = vec![if wide {
+            Constraint::Length(name_w.clamp(10, 40) as u16 + 1)
+        } else {
+            Constraint::Fill(1)
+        }];
         if wide {
             widths.push(Constraint::Length(9));
         }

@@ -56,7 +56,7 @@ impl Overlay<'_> {
             let (pc, pr) = (x as usize / self.patch, y as usize / self.patch);
             if let Some(w) = self.heat.and_then(|h| h.get(pr * cols + pc)) {
                 let hc = heat_colour(*w);
-                let a = self.alpha * (0.25 + 0.75 * w.clamp(0.0, 1.0));
+                let a = self.alpha * w.clamp(0.0, 1.0);
                 c = [0, 1, 2].map(|i| (c[i] as f32 * (1.0 - a) + hc[i] as f32 * a).round() as u8);
             }
         }
