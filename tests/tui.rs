@@ -499,3 +499,40 @@ fn inspect_writes_the_overlay_png() {
     let e = mmlab::tui::run_inspect(&bad).unwrap_err().to_string();
     assert!(e.contains("--layer 9"), "{e}");
 }
+
+#[test]
+fn a_named_samples_file_is_browsed_and_a_broken_one_is_a_clear_error() {
+    let ws = workspace();
+    let entry = ws
+        .results_of("fuyu-tiny-a")
+        .into_iter()
+        .find(|r| r.result.task == "pope")
+        .expect("pope result");
+    let samples = entry.path.with_extension("samples.jsonl");
+    assert!(samples.is_file(), "{}", samples.display());
+    let from_file =
+        mmlab::tui::samples_for(&ws, &root(), "ignored", Some(&samples)).expect("samples");
+    let all = wrong_samples(&root(), &[entry]).expect("samples");
+    assert_eq!(from_file, all, "the samples file names the same result");
+    // A samples file with a corrupt line names the file and the line.
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["r.json", "r.samples.jsonl"] {
+        let from = if name.ends_with(".json") {
+            entry.path.clone()
+        } else {
+            samples.clone()
+        };
+        std::fs::copy(from, dir.path().join(name)).unwrap();
+    }
+    let mut result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("r.json")).unwrap()).unwrap();
+    result["samples_file"] = "r.samples.jsonl".into();
+    result["config"]["data"] = root().join("data/shapes").display().to_string().into();
+    std::fs::write(dir.path().join("r.json"), result.to_string()).unwrap();
+    let bad = dir.path().join("r.samples.jsonl");
+    let mut text = std::fs::read_to_string(&bad).unwrap();
+    text.push_str("{not json\n");
+    std::fs::write(&bad, text).unwrap();
+    let e = mmlab::tui::samples_for(&ws, &root(), "x", Some(&bad)).unwrap_err();
+    assert!(e.contains("r.samples.jsonl"), "{e}");
+}
