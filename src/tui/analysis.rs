@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use candle_core::{IndexOp, D};
+use candle_core::{DType, IndexOp, D};
 use image::RgbImage;
 
 use crate::fusion::{
@@ -240,7 +240,7 @@ pub fn analyze(m: &LoadedModel, input: &InspectInput) -> anyhow::Result<Analysis
     let mut attn = Vec::with_capacity(layers * heads * rows.len() * t);
     for a in &out.attentions {
         // (1, h, t, t) -> (h, rows, t)
-        let a = a.i(0)?.index_select(&idx, 1)?;
+        let a = a.i(0)?.index_select(&idx, 1)?.to_dtype(DType::F32)?;
         attn.extend(a.flatten_all()?.to_vec1::<f32>()?);
     }
     let hidden = out.hidden.i(0)?.index_select(&idx, 0)?;
