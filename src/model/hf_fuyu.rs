@@ -413,7 +413,8 @@ impl StFile {
         })
     }
 
-    /// Copies tensor `name` into a tensor of `dtype` and drops its mapped pages.
+    /// Copies tensor `name` into a tensor of `dtype`, a chunk at a time, dropping each
+    /// chunk's mapped pages once it is copied.
     fn load(
         &self,
         name: &str,
@@ -423,57 +424,55 @@ impl StFile {
         let Some(info) = self.tensors.get(name) else {
             candle_core::bail!("tensor {name:?} is not in this file");
         };
-        let bytes = &self.mmap[info.start..info.end];
         hasher.update(name.as_bytes());
-        hasher.update(bytes);
         let shape = info.shape.as_slice();
+        let n = info.shape.iter().product::<usize>();
+        let bf16 = |c: &[u8]| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]]));
+        let f16 = |c: &[u8]| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]]));
+        let f32le = |c: &[u8]| f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
         let t = match (info.dtype, dtype) {
-            (StDtype::Bf16, DType::BF16) => Tensor::from_vec(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])))
-                    .collect::<Vec<_>>(),
-                shape,
-                &Device::Cpu,
-            )?,
-            (StDtype::F16, DType::F16) => Tensor::from_vec(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
-                    .collect::<Vec<_>>(),
-                shape,
-                &Device::Cpu,
-            )?,
+            (StDtype::Bf16, DType::BF16) => {
+                let mut v = Vec::with_capacity(n);
+                self.each_chunk(info, hasher, |b| v.extend(b.chunks_exact(2).map(bf16)));
+                Tensor::from_vec(v, shape, &Device::Cpu)?
+            }
+            (StDtype::F16, DType::F16) => {
+                let mut v = Vec::with_capacity(n);
+                self.each_chunk(info, hasher, |b| v.extend(b.chunks_exact(2).map(f16)));
+                Tensor::from_vec(v, shape, &Device::Cpu)?
+            }
             (src, _) => {
-                let v: Vec<f32> = match src {
-                    StDtype::F32 => bytes
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect(),
-                    StDtype::F16 => bytes
-                        .chunks_exact(2)
-                        .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-                        .collect(),
-                    StDtype::Bf16 => bytes
-                        .chunks_exact(2)
-                        .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-                        .collect(),
-                };
+                let mut v: Vec<f32> = Vec::with_capacity(n);
+                self.each_chunk(info, hasher, |b| match src {
+                    StDtype::F32 => v.extend(b.chunks_exact(4).map(f32le)),
+                    StDtype::F16 => v.extend(b.chunks_exact(2).map(|c| f16(c).to_f32())),
+                    StDtype::Bf16 => v.extend(b.chunks_exact(2).map(|c| bf16(c).to_f32())),
+                });
                 Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)?
             }
         };
-        // The copy is made; let the kernel drop the mapped pages so the file's bytes do not
-        // stay resident next to the converted tensor. They are re-read from disk if touched.
-        // SAFETY: a private read-only file mapping: MADV_DONTNEED only discards clean pages,
-        // later reads see the file's contents again; no reference into the range is held.
-        let _ = unsafe {
-            self.mmap.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                info.start,
-                info.end - info.start,
-            )
-        };
         Ok(t)
+    }
+
+    /// Feeds the tensor's bytes to `f` (and the hasher) in chunks of whole elements, then
+    /// lets the kernel drop each chunk's mapped pages, so the file's bytes never stay
+    /// resident next to their copy. Dropped pages are re-read from disk if touched again.
+    fn each_chunk(&self, info: &TensorInfo, hasher: &mut sha2::Sha256, mut f: impl FnMut(&[u8])) {
+        const CHUNK: usize = 8 << 20;
+        let mut pos = info.start;
+        while pos < info.end {
+            let end = (pos + CHUNK).min(info.end);
+            let bytes = &self.mmap[pos..end];
+            hasher.update(bytes);
+            f(bytes);
+            // SAFETY: a private read-only file mapping: MADV_DONTNEED only discards clean
+            // pages, later reads see the file's contents again; `bytes` is not used after.
+            let _ = unsafe {
+                self.mmap
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, pos, end - pos)
+            };
+            pos = end;
+        }
     }
 }
 
