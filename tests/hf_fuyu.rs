@@ -195,6 +195,9 @@ fn greedy_generation_matches_transformers() {
     }
 }
 
+/// Named tensors, as safetensors files hold them.
+type Named = Vec<(String, Tensor)>;
+
 /// All tensors of the fixture's shards, by HF name.
 fn fixture_tensors() -> Vec<(String, Tensor)> {
     let mut out = Vec::new();
@@ -415,7 +418,7 @@ fn corrupt_headers_are_errors_naming_file_and_tensor() {
 #[test]
 fn wrong_shape_dtype_and_missing_tensors_are_named() {
     let base = fixture_tensors();
-    let edit = |f: &dyn Fn(&mut Vec<(String, Tensor)>)| {
+    let edit = |f: &dyn Fn(&mut Named)| {
         let mut t = base.clone();
         f(&mut t);
         dir_with(&t)
@@ -556,6 +559,20 @@ fn cli_ask_and_eval_pope_run_the_directory() {
         .decode(&until_eos(&ids(&p["generated"]), eos))
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want.trim());
+    // bf16 weights and compute: runs (its greedy tokens may differ from f32's).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mmlab"))
+        .args(["ask", "--dtype", "bf16", "--model"])
+        .arg(tiny())
+        .arg("--image")
+        .arg(image_path(p["image"].as_str().unwrap()))
+        .arg("Is there a ring?")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A real-format POPE file (COCO-style names, one line per question) over an image folder.
     let d = tempfile::tempdir().unwrap();
     let images = d.path().join("val2014");

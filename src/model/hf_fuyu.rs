@@ -187,7 +187,7 @@ impl HfFuyuConfig {
         }
         let head_dim = cfg.hidden_size / cfg.num_attention_heads.max(1);
         let rot = head_dim as f64 * cfg.partial_rotary_factor;
-        if rot.fract() != 0.0 || (rot as usize) % 2 != 0 {
+        if rot.fract() != 0.0 || !(rot as usize).is_multiple_of(2) {
             return Err(format!(
                 "head_dim {head_dim} x partial_rotary_factor {} is not an even whole number",
                 cfg.partial_rotary_factor
@@ -616,6 +616,8 @@ pub fn load_hf_fuyu(
     let m = &config.model;
     let weights = Weights::open(dir)?;
     let mut hasher = sha2::Sha256::new();
+    // The compute dtype is part of the identity: bf16 answers must not hit f32 caches.
+    hasher.update(format!("dtype={dtype:?}"));
     for f in &weights.files {
         hasher.update(&f.header);
     }
