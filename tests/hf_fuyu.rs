@@ -618,6 +618,20 @@ fn cli_ask_and_eval_pope_run_the_directory() {
     assert!(text.contains("tiny"), "{text}");
 }
 
+#[test]
+fn hf_directories_under_a_models_folder_are_found() {
+    let d = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(tiny(), d.path().join("fuyu-8b")).unwrap();
+    std::os::unix::fs::symlink(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fuyu-small"),
+        d.path().join("fuyu-small"),
+    )
+    .unwrap();
+    std::fs::create_dir(d.path().join("empty")).unwrap();
+    let found = mmlab::model::resolve::hf_dirs_in(d.path());
+    assert_eq!(found, vec![d.path().join("fuyu-8b")]);
+}
+
 // ---------------------------------------------------------------------------
 // Peak memory (slow; run by hand):
 //   cargo test --release --test hf_fuyu -- --ignored --nocapture peak_rss

@@ -34,7 +34,27 @@ pub fn parse_dtype(s: &str) -> Result<DType, String> {
     }
 }
 
-/// The model directory a `--model` argument names.
+/// HF Fuyu checkpoints placed under the repository's `models/` (e.g. `models/fuyu-8b`),
+/// sorted by name; `--model fuyu-8b` finds them by directory name.
+pub fn hf_dirs() -> Vec<PathBuf> {
+    hf_dirs_in(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"))
+}
+
+/// The HF Fuyu checkpoint directories directly under `root`, sorted.
+pub fn hf_dirs_in(root: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| super::hf_fuyu::is_hf_fuyu_dir(p))
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+/// The model directory a `--model` argument names: a directory, a preset with weights, or
+/// a HF Fuyu checkpoint under `models/` by name.
 pub fn model_dir(arg: &str) -> Result<PathBuf, ResolveError> {
     let p = Path::new(arg);
     if p.join("config.json").is_file() {
@@ -49,6 +69,12 @@ pub fn model_dir(arg: &str) -> Result<PathBuf, ResolveError> {
                     .join(arg),
             )
         });
+    }
+    if let Some(d) = hf_dirs()
+        .into_iter()
+        .find(|d| d.file_name() == Some(arg.as_ref()))
+    {
+        return Ok(d);
     }
     let names: Vec<&str> = presets().iter().map(|p| p.name).collect();
     Err(ResolveError::Unknown(arg.to_string(), names.join(", ")))
