@@ -262,7 +262,12 @@ fn single_file_f32_and_5x_names_load_the_same_model() {
     let diff = max_abs_diff(&lb, &want);
     let scale = want.iter().fold(0f32, |a, x| a.max(x.abs()));
     println!("bf16 compute: logits max |diff| {diff:.3e} vs f32 (max |logit| {scale:.2})");
-    assert!(diff < 0.1 * scale, "bf16 logits far from f32: {diff}");
+    assert!(diff < 0.02 * scale, "bf16 logits far from f32: {diff}");
+    // f16 likewise (bf16 values widen to f32 and round to f16).
+    let h = load_hf_fuyu(&tiny(), &Device::Cpu, DType::F16).unwrap();
+    let diff = max_abs_diff(&logits(&h, &seq), &want);
+    println!("f16 compute: logits max |diff| {diff:.3e} vs f32");
+    assert!(diff < 0.02 * scale, "f16 logits far from f32: {diff}");
 }
 
 #[test]
@@ -573,6 +578,21 @@ fn cli_ask_and_eval_pope_run_the_directory() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Our own models compute in f32 only.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mmlab"))
+        .args([
+            "ask",
+            "--dtype",
+            "bf16",
+            "--model",
+            "fuyu-small",
+            "Is there a ring?",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only HF Fuyu directories"), "{err}");
     // A real-format POPE file (COCO-style names, one line per question) over an image folder.
     let d = tempfile::tempdir().unwrap();
     let images = d.path().join("val2014");
