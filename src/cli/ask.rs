@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use mmlab_eval::{Request, Responder};
 
-use crate::model::resolve::load_model;
+use crate::model::resolve::{load_model_as, parse_dtype};
 use crate::model::responder::ModelResponder;
 
 /// Arguments of `mmlab ask`.
@@ -29,13 +29,16 @@ pub struct AskArgs {
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Weights and compute dtype: f32, or bf16 / f16 for HF Fuyu directories.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    pub dtype: candle_core::DType,
     /// The question.
     pub question: String,
 }
 
 /// Prints the model's answer.
 pub fn run(args: &AskArgs) -> anyhow::Result<()> {
-    let loaded = load_model(&args.model)?;
+    let loaded = load_model_as(&args.model, args.dtype)?;
     let mut r = ModelResponder::new(loaded, args.model.clone());
     r.opts.max_new_tokens = args.max_tokens;
     r.opts.temperature = args.temperature;

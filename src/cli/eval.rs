@@ -10,7 +10,7 @@ use mmlab_eval::{
     RunOptions,
 };
 
-use crate::model::resolve::load_model;
+use crate::model::resolve::{load_model_as, parse_dtype};
 use crate::model::responder::ModelResponder;
 
 /// Seed of the default synthetic test set (no training stream uses it).
@@ -46,6 +46,9 @@ pub struct EvalArgs {
     /// Run the full prompt for every question (no shared image prefix).
     #[arg(long)]
     pub no_prefix_cache: bool,
+    /// Weights and compute dtype: f32, or bf16 / f16 for HF Fuyu directories.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    pub dtype: candle_core::DType,
     /// Ignore and do not write the response cache.
     #[arg(long)]
     pub no_cache: bool,
@@ -114,14 +117,18 @@ pub fn default_data(audio: bool) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn responder(model: &str, no_prefix_cache: bool) -> anyhow::Result<Box<dyn Responder>> {
+fn responder(
+    model: &str,
+    no_prefix_cache: bool,
+    dtype: candle_core::DType,
+) -> anyhow::Result<Box<dyn Responder>> {
     let p = Path::new(model);
     if p.is_file() {
         return Ok(Box::new(PredictionsFile::open(p).with_context(|| {
             format!("reading predictions {}", p.display())
         })?));
     }
-    let loaded = load_model(model)?;
+    let loaded = load_model_as(model, dtype)?;
     let name = if Path::new(model).is_dir() {
         p.file_name()
             .map(|s| s.to_string_lossy().into_owned())
@@ -170,7 +177,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         Some(d) => d.clone(),
         None => default_data(spec.modality == mmlab_eval::tasks::Modality::Audio)?,
     };
-    let mut resp = responder(model, args.no_prefix_cache)?;
+    let mut resp = responder(model, args.no_prefix_cache, args.dtype)?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(

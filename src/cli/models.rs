@@ -1,4 +1,5 @@
-//! `mmlab models`: presets with parameter counts and where their weights are.
+//! `mmlab models`: presets with parameter counts and where their weights are, HF Fuyu
+//! checkpoints under `models/`, and any directories named on the command line.
 
 use std::path::PathBuf;
 
@@ -36,6 +37,20 @@ pub fn render(args: &ModelsArgs) -> String {
             p.about,
             w
         );
+    }
+    for d in crate::model::resolve::hf_dirs() {
+        if let Ok(c) = read_config(&d) {
+            out += &format!(
+                "{:<18} {:<8} {:>10}  {:<56} {}\n",
+                d.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                c.design,
+                parameter_count(&c.model),
+                "HuggingFace Fuyu checkpoint",
+                d.display()
+            );
+        }
     }
     for d in &args.dirs {
         match read_config(d) {

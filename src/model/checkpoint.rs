@@ -97,6 +97,8 @@ pub struct LoadedModel {
     pub tokenizer: TextTokenizer,
     /// sha256 of `model.safetensors`, hex (identity for caches).
     pub weights_sha256: String,
+    /// Where prompts put `<bos>`: first (our models) or after the leading images (HF Fuyu).
+    pub bos: crate::fusion::BosPlacement,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -106,8 +108,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     }
 }
 
-/// Reads and validates `dir/config.json`.
+/// Reads and validates `dir/config.json` (a HF Fuyu config is converted, see [`super::hf_fuyu`]).
 pub fn read_config(dir: &Path) -> Result<ModelDirConfig, CheckpointError> {
+    if super::hf_fuyu::is_hf_fuyu_dir(dir) {
+        return Ok(super::hf_fuyu::read_hf_config(dir)?.dir_config());
+    }
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
     let cfg: ModelDirConfig = serde_json::from_str(&text).map_err(|e| CheckpointError::Config {
@@ -144,8 +149,11 @@ pub fn read_config(dir: &Path) -> Result<ModelDirConfig, CheckpointError> {
     Ok(cfg)
 }
 
-/// Loads a model directory onto `device` in f32.
+/// Loads a model directory onto `device` in f32 (ours, or a HF Fuyu directory).
 pub fn load_dir(dir: &Path, device: &Device) -> Result<LoadedModel, CheckpointError> {
+    if super::hf_fuyu::is_hf_fuyu_dir(dir) {
+        return super::hf_fuyu::load_hf_fuyu(dir, device, DType::F32);
+    }
     let config = read_config(dir)?;
     let wpath = dir.join("model.safetensors");
     let bytes = std::fs::read(&wpath).map_err(io(&wpath))?;
@@ -184,6 +192,7 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<LoadedModel, CheckpointEr
         model,
         tokenizer,
         weights_sha256,
+        bos: crate::fusion::BosPlacement::First,
     })
 }
 

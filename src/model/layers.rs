@@ -36,6 +36,20 @@ impl Norm {
 impl Module for Norm {
     /// The fused op of [`crate::kernels`] for f32, the plain path otherwise.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if matches!(x.dtype(), DType::F16 | DType::BF16) {
+            // Half precision (HF checkpoints loaded as bf16/f16): normalise in f32, as
+            // torch does, so sums of squares neither overflow nor lose the mean.
+            let up = Norm {
+                weight: self.weight.to_dtype(DType::F32)?,
+                bias: self
+                    .bias
+                    .as_ref()
+                    .map(|b| b.to_dtype(DType::F32))
+                    .transpose()?,
+                eps: self.eps,
+            };
+            return up.forward(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype());
+        }
         if !crate::kernels::enabled()
             || x.dtype() != DType::F32
             || self.weight.dtype() != DType::F32
@@ -271,6 +285,10 @@ impl Attention {
         let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
         let probs = if crate::kernels::enabled() && scores.dtype() == DType::F32 {
             crate::kernels::softmax_last(&scores)?
+        } else if scores.dtype() != DType::F32 {
+            // Half precision: softmax in f32, as HF's attention does.
+            candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?
+                .to_dtype(scores.dtype())?
         } else {
             candle_nn::ops::softmax(&scores, D::Minus1)?
         };

@@ -5,6 +5,7 @@ pub mod config;
 pub mod connector;
 pub mod encoder;
 pub mod generate;
+pub mod hf_fuyu;
 pub mod layers;
 pub mod native;
 pub mod presets;

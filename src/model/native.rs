@@ -249,7 +249,8 @@ impl NativeModel {
             if dim != want || data.len() != pos.len() * dim {
                 candle_core::bail!("{what} rows are {dim} wide, the model expects {want}");
             }
-            let m = Tensor::from_slice(data, (pos.len(), dim), &self.device)?;
+            let m = Tensor::from_slice(data, (pos.len(), dim), &self.device)?
+                .to_dtype(layer.weight.dtype())?;
             rows.push(layer.forward(&m)?);
             for (k, &p) in pos.iter().enumerate() {
                 if p >= n {
@@ -313,6 +314,8 @@ impl NativeModel {
         }
         let pos = Tensor::from_slice(positions, (b, t), &self.device)?;
         let (cos, sin) = self.rotary.tables(&pos)?;
+        // Half-precision weights (HF checkpoints loaded as bf16/f16) compute in their dtype.
+        let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
         let mut attentions = Vec::new();
         let mut x = x.clone();
         match cache {
@@ -327,7 +330,8 @@ impl NativeModel {
                 }
                 let past = cache.len;
                 cache.push_valid(valid, t);
-                let mask = attention_mask(b, t, past, &cache.key_valid, &self.device)?;
+                let mask = attention_mask(b, t, past, &cache.key_valid, &self.device)?
+                    .to_dtype(x.dtype())?;
                 if let Some(c) = xctx {
                     cache.xctx = Some(match cache.xctx.take() {
                         Some(prev) => prev.extend(&c)?,
@@ -358,7 +362,7 @@ impl NativeModel {
                 }
             }
             None => {
-                let mask = attention_mask(b, t, 0, valid, &self.device)?;
+                let mask = attention_mask(b, t, 0, valid, &self.device)?.to_dtype(x.dtype())?;
                 for (i, block) in self.blocks.iter().enumerate() {
                     x = self.cross_attend(i, &x, xctx.as_ref(), positions)?;
                     let (y, p) =
@@ -409,12 +413,13 @@ impl NativeModel {
         )
     }
 
-    /// Vocabulary logits for hidden rows `h` (`n, d`).
+    /// Vocabulary logits for hidden rows `h` (`n, d`), in f32 whatever the weights' dtype.
     pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
         match &self.lm_head {
             Some(head) => head.forward(h),
             None => h.matmul(&self.embed_tokens.t()?),
-        }
+        }?
+        .to_dtype(DType::F32)
     }
 
     /// Logits `(b, vocab)` at the last position of every row of `hidden` (`b, t, d`).

@@ -56,7 +56,7 @@ impl ModelResponder {
         }
     }
 
-    /// `<bos>` + the media of a request (no text, no `<boa>`).
+    /// The media of a request with `<bos>` where the model wants it (no text, no `<boa>`).
     fn prefix(
         &self,
         image: &Option<PathBuf>,
@@ -69,7 +69,10 @@ impl ModelResponder {
         if let Some(a) = audio {
             segs.push(Segment::Audio(AudioInput::Path(a.clone())));
         }
-        let mut seq = self.builder.build(&segs).map_err(model_err)?;
+        let mut seq = self
+            .builder
+            .build_placed(&segs, self.model.bos)
+            .map_err(model_err)?;
         // The builder closes every prompt with <boa>; a prefix stops before it.
         if seq.tokens.last() == Some(&self.builder.tokenizer.specials.boa) {
             seq.tokens.pop();
@@ -99,7 +102,9 @@ impl ModelResponder {
         if let Some(a) = answer {
             segs.push(Segment::Answer(a.to_string()));
         }
-        self.builder.build(&segs).map_err(model_err)
+        self.builder
+            .build_placed(&segs, self.model.bos)
+            .map_err(model_err)
     }
 
     /// Sum of log-probabilities of each candidate answer (and `<eos>`) after the prompt.
