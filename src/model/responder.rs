@@ -14,6 +14,18 @@ use crate::fusion::{
     collate, AudioInput, ImageInput, MultimodalSequence, PadSide, Segment, SequenceBuilder,
 };
 
+/// The segments of a request's media, image before audio (the order every prompt uses).
+pub fn media_segments(image: &Option<PathBuf>, audio: &Option<PathBuf>) -> Vec<Segment> {
+    let mut segs = Vec::new();
+    if let Some(i) = image {
+        segs.push(Segment::Image(ImageInput::Path(i.clone())));
+    }
+    if let Some(a) = audio {
+        segs.push(Segment::Audio(AudioInput::Path(a.clone())));
+    }
+    segs
+}
+
 /// Answers eval requests with a loaded model.
 pub struct ModelResponder {
     /// The model.
@@ -62,13 +74,7 @@ impl ModelResponder {
         image: &Option<PathBuf>,
         audio: &Option<PathBuf>,
     ) -> Result<MultimodalSequence, EvalError> {
-        let mut segs = Vec::new();
-        if let Some(i) = image {
-            segs.push(Segment::Image(ImageInput::Path(i.clone())));
-        }
-        if let Some(a) = audio {
-            segs.push(Segment::Audio(AudioInput::Path(a.clone())));
-        }
+        let segs = media_segments(image, audio);
         let mut seq = self
             .builder
             .build_placed(&segs, self.model.bos)
@@ -91,13 +97,7 @@ impl ModelResponder {
     }
 
     fn full(&self, r: &Request, answer: Option<&str>) -> Result<MultimodalSequence, EvalError> {
-        let mut segs = Vec::new();
-        if let Some(i) = &r.image {
-            segs.push(Segment::Image(ImageInput::Path(i.clone())));
-        }
-        if let Some(a) = &r.audio {
-            segs.push(Segment::Audio(AudioInput::Path(a.clone())));
-        }
+        let mut segs = media_segments(&r.image, &r.audio);
         segs.push(Segment::Text(r.prompt.clone()));
         if let Some(a) = answer {
             segs.push(Segment::Answer(a.to_string()));

@@ -11,11 +11,10 @@ use anyhow::Context;
 use candle_core::{DType, IndexOp, D};
 use image::RgbImage;
 
-use crate::fusion::{
-    collate, AudioInput, ImageInput, Modality, MultimodalSequence, PadSide, Segment,
-};
+use crate::fusion::{collate, Modality, MultimodalSequence, PadSide, Segment};
 use crate::model::checkpoint::LoadedModel;
 use crate::model::generate::{generate, GenerateOptions};
+use crate::model::responder::media_segments;
 
 /// Next-token candidates kept per position.
 pub const TOP_K: usize = 5;
@@ -154,18 +153,13 @@ fn token_text(m: &LoadedModel, id: u32, kind: Modality) -> String {
     }
 }
 
-/// Builds the prompt's sequence as the eval harness does (media, question, `<boa>`).
+/// Builds the prompt's sequence as the eval harness does (media, question, `<boa>`, with
+/// `<bos>` where the model wants it).
 pub fn build_sequence(m: &LoadedModel, input: &InspectInput) -> anyhow::Result<MultimodalSequence> {
     let builder = m.config.builder(Arc::new(m.tokenizer.clone()));
-    let mut segs = Vec::new();
-    if let Some(i) = &input.image {
-        segs.push(Segment::Image(ImageInput::Path(i.clone())));
-    }
-    if let Some(a) = &input.audio {
-        segs.push(Segment::Audio(AudioInput::Path(a.clone())));
-    }
+    let mut segs = media_segments(&input.image, &input.audio);
     segs.push(Segment::Text(input.prompt.clone()));
-    Ok(builder.build(&segs)?)
+    Ok(builder.build_placed(&segs, m.bos)?)
 }
 
 /// Rebuilds the pixels the model saw from the first image's normalised patch values.
