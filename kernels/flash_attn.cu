@@ -14,7 +14,8 @@
 // Kernels (extern "C", one per element type and head dim):
 //   fa_fwd_bf16_hd{32,64,128}   tensor cores (mma.sync m16n8k16), K/V tiles double-buffered in
 //                               shared memory with cp.async, online softmax in registers
-//   fa_fwd_f32_hd{32,64,128}    CUDA cores, four threads per query row
+//   fa_fwd_f32_hd{16,32,64,128} CUDA cores, four threads per query row (and fa_fwd_bf16_hd16:
+//                               head dim 16 is too narrow for the tensor-core kernel)
 //   fa_bwd_pre_{f32,bf16}       D_i = rowsum(dO_i * O_i)
 //   fa_bwd_dkdv_{T}_hd{..}      one block per (batch, KV head, key tile); loops over query tiles
 //                               of every query head of the group; recomputes P from the LSE
@@ -421,6 +422,8 @@ __device__ __forceinline__ void fa_fwd_simt(const T* __restrict__ q, const T* __
         int kvh, int tq, int tk, float scale, int causal) {                                     \
         fa_fwd_simt<T, HD>(q, k, v, o, lse, mask, h, kvh, tq, tk, scale, causal);              \
     }
+FA_FWD_SIMT(f32, float, 16)
+FA_FWD_SIMT(bf16, bf16_t, 16)
 FA_FWD_SIMT(f32, float, 32)
 FA_FWD_SIMT(f32, float, 64)
 FA_FWD_SIMT(f32, float, 128)
@@ -625,9 +628,11 @@ __device__ __forceinline__ void fa_bwd_dq(const T* __restrict__ q, const T* __re
         const float* mask, T* dq, int h, int kvh, int tq, int tk, float scale, int causal) {    \
         fa_bwd_dq<T, HD>(q, k, v, dout, lse, dsum, mask, dq, h, kvh, tq, tk, scale, causal);    \
     }
+FA_BWD(f32, float, 16)
 FA_BWD(f32, float, 32)
 FA_BWD(f32, float, 64)
 FA_BWD(f32, float, 128)
+FA_BWD(bf16, bf16_t, 16)
 FA_BWD(bf16, bf16_t, 32)
 FA_BWD(bf16, bf16_t, 64)
 FA_BWD(bf16, bf16_t, 128)

@@ -36,7 +36,7 @@ impl Norm {
 impl Module for Norm {
     /// The fused op of [`crate::kernels`] for f32, the plain path otherwise.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if !crate::kernels::enabled()
+        if !crate::kernels::enabled_on(x.device())
             || x.dtype() != DType::F32
             || self.weight.dtype() != DType::F32
         {
@@ -114,7 +114,10 @@ impl Rotary {
         if self.dim == 0 {
             return Ok(x.clone());
         }
-        if crate::kernels::enabled() && x.dtype() == DType::F32 && cos.dtype() == DType::F32 {
+        if crate::kernels::enabled_on(x.device())
+            && x.dtype() == DType::F32
+            && cos.dtype() == DType::F32
+        {
             return crate::kernels::rotary(x, cos, sin, self.dim);
         }
         self.apply_plain(x, cos, sin)
@@ -251,12 +254,11 @@ impl Attention {
         };
         let scale = 1.0 / (hd as f64).sqrt();
         let (tq, tk) = (q.dim(2)?, k.dim(2)?);
-        if !want_probs
-            && crate::kernels::enabled()
+        let fused_cpu = crate::kernels::enabled_on(q.device())
             && q.dtype() == DType::F32
             && mask.dtype() == DType::F32
-            && tq * tk >= FUSED_ATTENTION_MIN_SCORES
-        {
+            && tq * tk >= FUSED_ATTENTION_MIN_SCORES;
+        if !want_probs && (fused_cpu || crate::kernels::cuda_attention(&q)) {
             // The fused op (grouped KV heads handled inside, heads concatenated on output):
             // memory O(keys) per query row instead of the full score matrix.
             let out = crate::kernels::attention(&q, &k, &v, mask, scale)?;
@@ -269,7 +271,7 @@ impl Attention {
             (k, v)
         };
         let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let probs = if crate::kernels::enabled() && scores.dtype() == DType::F32 {
+        let probs = if crate::kernels::enabled_on(scores.device()) && scores.dtype() == DType::F32 {
             crate::kernels::softmax_last(&scores)?
         } else {
             candle_nn::ops::softmax(&scores, D::Minus1)?
@@ -329,7 +331,7 @@ impl CrossAttention {
         if let Some(m) = mask {
             scores = scores.broadcast_add(m)?;
         }
-        let probs = if crate::kernels::enabled() && scores.dtype() == DType::F32 {
+        let probs = if crate::kernels::enabled_on(scores.device()) && scores.dtype() == DType::F32 {
             crate::kernels::softmax_last(&scores)?
         } else {
             candle_nn::ops::softmax(&scores, D::Minus1)?
@@ -394,7 +396,7 @@ impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.up.forward(x)?;
         let h = match (self.activation, &self.gate) {
-            (Activation::Relu2, _) if crate::kernels::enabled() && h.dtype() == DType::F32 => {
+            (Activation::Relu2, _) if crate::kernels::enabled_on(h.device()) && h.dtype() == DType::F32 => {
                 crate::kernels::relu2(&h)?
             }
             (Activation::Relu2, _) => h.relu()?.sqr()?,

@@ -41,7 +41,8 @@ pub fn model_dir(arg: &str) -> Result<PathBuf, ResolveError> {
     Err(ResolveError::Unknown(arg.to_string(), names.join(", ")))
 }
 
-/// Loads the model a `--model` argument names onto the CPU.
+/// Loads the model a `--model` argument names onto the selected device (`--device`, default
+/// the CPU).
 pub fn load_model(arg: &str) -> Result<LoadedModel, ResolveError> {
-    Ok(load_dir(&model_dir(arg)?, &Device::Cpu)?)
+    Ok(load_dir(&model_dir(arg)?, &crate::device::current())?)
 }
