@@ -507,6 +507,9 @@ fn prepare(
             sources::HEAD_DIMS
         );
     }
+    if b * h > 65535 {
+        candle_core::bail!("flash attention: batch x heads = {} over the grid limit 65535", b * h);
+    }
     if !q.device().is_cuda() || !q.device().same_device(k.device()) {
         candle_core::bail!("flash attention: q, k, v must be on one CUDA device");
     }

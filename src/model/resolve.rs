@@ -2,8 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
-
 use super::checkpoint::{load_dir, CheckpointError, LoadedModel};
 use super::presets::{preset, presets, shipped_dir};
 
