@@ -4,7 +4,7 @@
 # target/gpu-bundle/ (about 20-30 MB compressed) to be carried there with the working tree.
 #
 #   benches/gpu-build.sh           # full release build + bundle
-#   benches/gpu-build.sh --check   # only `cargo check --features cuda --all-targets`: type-checks
+#   benches/gpu-build.sh --check   # only `cargo clippy --features cuda --all-targets`: type-checks
 #                                  # the CUDA code in minutes; candle's own kernels are NOT
 #                                  # compiled (a stand-in nvcc writes empty PTX / objects)
 #
@@ -91,7 +91,8 @@ exit 0
 SH
   chmod +x "$FAKE/nvcc"
   export NVCC="$FAKE/nvcc" PATH="$FAKE:$PATH"
-  CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/cuda-check}" cargo check --features cuda --all-targets
+  CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/cuda-check}" \
+    cargo clippy --features cuda --all-targets -- -D warnings
   exit 0
 fi
 

@@ -33,9 +33,12 @@ fn cuda_err(e: impl std::fmt::Display) -> candle_core::Error {
     candle_core::Error::Cuda(e.to_string().into())
 }
 
+/// PTX per compute capability.
+type PtxCache = Mutex<HashMap<(i32, i32), Arc<String>>>;
+
 /// PTX of `flash_attn.cu` for compute capability `cc`, compiled once per process.
 fn ptx_for(cc: (i32, i32)) -> Result<Arc<String>> {
-    static CACHE: OnceLock<Mutex<HashMap<(i32, i32), Arc<String>>>> = OnceLock::new();
+    static CACHE: OnceLock<PtxCache> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
     let mut map = cache
         .lock()

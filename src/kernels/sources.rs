@@ -60,7 +60,7 @@ pub fn bwd_dq_kernel(elem: Elem, hd: usize) -> String {
 /// True when the forward for `elem` and `hd` is the tensor-core kernel (bf16, head dim a
 /// multiple of 32); otherwise it is the CUDA-core kernel.
 pub fn fwd_tensor_cores(elem: Elem, hd: usize) -> bool {
-    elem == Elem::Bf16 && hd % 32 == 0
+    elem == Elem::Bf16 && hd.is_multiple_of(32)
 }
 
 /// Query rows per block of the forward for `elem` and `hd`.
