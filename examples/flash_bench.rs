@@ -37,7 +37,8 @@ fn main() -> anyhow::Result<()> {
                 Ok(Tensor::randn(0f32, 1.0, (b, heads, seq, hd), &dev)?.to_dtype(DType::BF16)?)
             };
             let (q, k, v) = (mk(1)?, mk(2)?, mk(3)?);
-            let dout = Tensor::randn(0f32, 1.0, (b, seq, heads * hd), &dev)?.to_dtype(DType::BF16)?;
+            let dout =
+                Tensor::randn(0f32, 1.0, (b, seq, heads * hd), &dev)?.to_dtype(DType::BF16)?;
             // Forward.
             let (mut out, mut lse) = cuda::forward(&q, &k, &v, None, scale, causal)?;
             for _ in 0..2 {

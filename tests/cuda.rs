@@ -122,8 +122,14 @@ fn run(case: Case) {
         Var::from_tensor(&k).unwrap(),
         Var::from_tensor(&v).unwrap(),
     );
-    let yc = kernels::attention(qc.as_tensor(), kc.as_tensor(), vc.as_tensor(), &cpu_mask, scale)
-        .unwrap();
+    let yc = kernels::attention(
+        qc.as_tensor(),
+        kc.as_tensor(),
+        vc.as_tensor(),
+        &cpu_mask,
+        scale,
+    )
+    .unwrap();
     let gc = (&yc * &r).unwrap().sum_all().unwrap().backward().unwrap();
 
     // GPU.
@@ -244,7 +250,10 @@ fn model_dispatch_uses_cuda_kernels() {
     let q = rand(&[1, 2, 10, 64], 5).to_device(&gpu).unwrap();
     assert!(kernels::cuda_attention(&q));
     let q32 = rand(&[1, 2, 10, 48], 5).to_device(&gpu).unwrap();
-    assert!(!kernels::cuda_attention(&q32), "head dim 48 is not compiled");
+    assert!(
+        !kernels::cuda_attention(&q32),
+        "head dim 48 is not compiled"
+    );
     // The fused CPU ops stand aside on the GPU.
     assert!(!kernels::enabled_on(&gpu));
 }
@@ -313,5 +322,10 @@ fn fuyu_small_loss_and_gradients_match_cpu() {
         }
     }
     eprintln!("fuyu-small gradients: worst {:.2e} ({})", worst.0, worst.1);
-    assert!(worst.0 <= 1e-3, "gradient of {} differs: {}", worst.1, worst.0);
+    assert!(
+        worst.0 <= 1e-3,
+        "gradient of {} differs: {}",
+        worst.1,
+        worst.0
+    );
 }

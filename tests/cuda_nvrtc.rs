@@ -91,7 +91,9 @@ impl Nvrtc {
                     String::from("unknown error")
                 } else {
                     // SAFETY: non-null C string from dlerror.
-                    unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned()
+                    unsafe { CStr::from_ptr(err) }
+                        .to_string_lossy()
+                        .into_owned()
                 };
                 return Err(format!("dlopen {}: {msg}", p.display()));
             }
@@ -270,19 +272,14 @@ fn every_cuda_source_compiles_to_sm90_without_spills() {
 
     // Every kernel the CUDA ops launch was compiled, and fits sm_90's shared memory per block.
     for name in sources::flash_attn_kernels() {
-        let r = all
-            .iter()
-            .find(|r| r.name == name)
-            .unwrap_or_else(|| panic!("kernel {name} (launched by src/kernels/cuda.rs) not compiled"));
+        let r = all.iter().find(|r| r.name == name).unwrap_or_else(|| {
+            panic!("kernel {name} (launched by src/kernels/cuda.rs) not compiled")
+        });
         let dynamic = sources::HEAD_DIMS
             .iter()
             .flat_map(|&hd| {
-                [sources::Elem::F32, sources::Elem::Bf16].map(|e| {
-                    (
-                        sources::fwd_kernel(e, hd),
-                        sources::fwd_dynamic_smem(e, hd),
-                    )
-                })
+                [sources::Elem::F32, sources::Elem::Bf16]
+                    .map(|e| (sources::fwd_kernel(e, hd), sources::fwd_dynamic_smem(e, hd)))
             })
             .find(|(n, _)| *n == name)
             .map_or(0, |(_, b)| b);
@@ -322,7 +319,13 @@ ptxas info    : Used 255 registers, used 0 barriers
         }
     );
     assert_eq!(
-        (r[1].name.as_str(), r[1].spill_stores, r[1].spill_loads, r[1].stack, r[1].smem),
+        (
+            r[1].name.as_str(),
+            r[1].spill_stores,
+            r[1].spill_loads,
+            r[1].stack,
+            r[1].smem
+        ),
         ("bad", 36, 12, 40, 0)
     );
 }

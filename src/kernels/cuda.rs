@@ -40,9 +40,7 @@ type PtxCache = Mutex<HashMap<(i32, i32), Arc<String>>>;
 fn ptx_for(cc: (i32, i32)) -> Result<Arc<String>> {
     static CACHE: OnceLock<PtxCache> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut map = cache
-        .lock()
-        .map_err(|_| cuda_err("NVRTC cache poisoned"))?;
+    let mut map = cache.lock().map_err(|_| cuda_err("NVRTC cache poisoned"))?;
     if let Some(p) = map.get(&cc) {
         return Ok(p.clone());
     }
@@ -279,12 +277,7 @@ impl FlashAttn {
             shared_mem_bytes: 0,
         };
         let mut bld = stream.launch_builder(&dkdv);
-        bld.arg(&q)
-            .arg(&k)
-            .arg(&v)
-            .arg(&dout)
-            .arg(&lse)
-            .arg(&dsum);
+        bld.arg(&q).arg(&k).arg(&v).arg(&dout).arg(&lse).arg(&dsum);
         match &mask {
             Some(m) => bld.arg(m),
             None => bld.arg(&null),
@@ -307,12 +300,7 @@ impl FlashAttn {
             shared_mem_bytes: 0,
         };
         let mut bld = stream.launch_builder(&dqk);
-        bld.arg(&q)
-            .arg(&k)
-            .arg(&v)
-            .arg(&dout)
-            .arg(&lse)
-            .arg(&dsum);
+        bld.arg(&q).arg(&k).arg(&v).arg(&dout).arg(&lse).arg(&dsum);
         match &mask {
             Some(m) => bld.arg(m),
             None => bld.arg(&null),
@@ -340,7 +328,11 @@ impl FlashAttn {
         l3: &Layout,
     ) -> Result<CudaStorage> {
         let dev = s1.device().clone();
-        let (q, k, v) = (view::<T>(s1, l1, "q")?, view::<T>(s2, l2, "k")?, view::<T>(s3, l3, "v")?);
+        let (q, k, v) = (
+            view::<T>(s1, l1, "q")?,
+            view::<T>(s2, l2, "k")?,
+            view::<T>(s3, l3, "v")?,
+        );
         let (out, lse) = match &self.mask {
             Some(m) => {
                 let (ms, ml) = m.storage_and_layout();
@@ -460,7 +452,10 @@ impl CustomOp3 for FlashAttn {
             DType::BF16 => self.fwd_typed::<bf16>(s1, l1, s2, l2, s3, l3)?,
             dt => candle_core::bail!("flash attention: f32 or bf16 only, got {dt:?}"),
         };
-        Ok((out, Shape::from((self.d.b, self.d.tq, self.d.h * self.d.hd))))
+        Ok((
+            out,
+            Shape::from((self.d.b, self.d.tq, self.d.h * self.d.hd)),
+        ))
     }
 
     fn bwd(
@@ -511,7 +506,10 @@ fn prepare(
         );
     }
     if b * h > 65535 {
-        candle_core::bail!("flash attention: batch x heads = {} over the grid limit 65535", b * h);
+        candle_core::bail!(
+            "flash attention: batch x heads = {} over the grid limit 65535",
+            b * h
+        );
     }
     if !q.device().is_cuda() || !q.device().same_device(k.device()) {
         candle_core::bail!("flash attention: q, k, v must be on one CUDA device");
@@ -525,7 +523,11 @@ fn prepare(
                     q.dims()
                 );
             }
-            Some(m.to_device(q.device())?.to_dtype(DType::F32)?.contiguous()?)
+            Some(
+                m.to_device(q.device())?
+                    .to_dtype(DType::F32)?
+                    .contiguous()?,
+            )
         }
         None => None,
     };

@@ -49,8 +49,13 @@ pub fn cuda_attention(q: &Tensor) -> bool {
     #[cfg(feature = "cuda")]
     {
         q.device().is_cuda()
-            && matches!(q.dtype(), candle_core::DType::F32 | candle_core::DType::BF16)
-            && q.dims().last().is_some_and(|&hd| cuda::supports_head_dim(hd))
+            && matches!(
+                q.dtype(),
+                candle_core::DType::F32 | candle_core::DType::BF16
+            )
+            && q.dims()
+                .last()
+                .is_some_and(|&hd| cuda::supports_head_dim(hd))
     }
     #[cfg(not(feature = "cuda"))]
     {

@@ -396,7 +396,9 @@ impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.up.forward(x)?;
         let h = match (self.activation, &self.gate) {
-            (Activation::Relu2, _) if crate::kernels::enabled_on(h.device()) && h.dtype() == DType::F32 => {
+            (Activation::Relu2, _)
+                if crate::kernels::enabled_on(h.device()) && h.dtype() == DType::F32 =>
+            {
                 crate::kernels::relu2(&h)?
             }
             (Activation::Relu2, _) => h.relu()?.sqr()?,
