@@ -24,8 +24,12 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 
 if [ -f "$B/cuda_tests.xz" ]; then
   step "unpacking target/gpu-bundle (built from commit $(cat $B/COMMIT 2>/dev/null))"
+  unxz_to() { # xz, or Python's lzma where xz is not installed
+    if command -v xz >/dev/null; then xz -dc "$1" > "$2"
+    else python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2"; fi
+  }
   for f in mmlab flash_bench cuda_tests; do
-    xz -dc "$B/$f.xz" > "$RUN/$f" && chmod +x "$RUN/$f" || { echo "bad bundle: $f"; exit 1; }
+    unxz_to "$B/$f.xz" "$RUN/$f" && chmod +x "$RUN/$f" || { echo "bad bundle: $f"; exit 1; }
   done
 elif command -v cargo >/dev/null && command -v nvcc >/dev/null; then
   step "building in place (cargo + nvcc found)"
@@ -40,7 +44,7 @@ for l in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda": print(m["executable"])' | tail -1)
   cp "$T" "$RUN/cuda_tests"
 else
-  echo "no target/gpu-bundle and no cargo here: run benches/gpu-build.sh first and carry target/gpu-bundle"
+  echo "no target/gpu-bundle, and no cargo + nvcc to build with here: run benches/gpu-build.sh first and carry target/gpu-bundle"
   exit 1
 fi
 
@@ -78,9 +82,11 @@ MMLAB_CUDA_TESTS=1 "$RUN/cuda_tests" --test-threads=1 --nocapture 2>&1 | tee "$O
 
 step "2. fuyu-small, 100 POPE questions, cpu vs cuda"
 for dev in cpu cuda; do
-  /usr/bin/time -f "$dev: %e s" "$RUN/mmlab" --device $dev eval pope-random --model models/fuyu-small \
-    --limit 100 --no-cache --results "$RUN/results-$dev" 2>&1 | tail -15 | tee -a "$OUTD/pope.log" \
-    || { echo "POPE on $dev FAILED"; FAIL=1; }
+  t0=$(date +%s%N)
+  "$RUN/mmlab" --device $dev eval pope-random --model models/fuyu-small \
+    --limit 100 --no-cache --results "$RUN/results-$dev" 2>&1 | tail -15 | tee -a "$OUTD/pope.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || { echo "POPE on $dev FAILED"; FAIL=1; }
+  echo "$dev: $(( ($(date +%s%N) - t0) / 1000000 )) ms" | tee -a "$OUTD/pope.log"
 done
 
 step "3. attention TFLOP/s: mmlab kernels"
