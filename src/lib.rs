@@ -4,6 +4,7 @@
 
 pub mod ablate;
 pub mod cli;
+pub mod device;
 pub mod fusion;
 pub mod kernels;
 pub mod model;

@@ -19,6 +19,10 @@ pub struct Cli {
     /// Threads for tensor math and data generation (default: all cores).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+    /// Compute device for train / eval / ask: cpu, cuda or cuda:N (cuda needs a `--features
+    /// cuda` build).
+    #[arg(long, global = true, default_value = "cpu")]
+    pub device: String,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -72,6 +76,7 @@ pub fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    crate::device::select(&cli.device)?;
     match &cli.command {
         Command::Tokenize(a) => tokenize::run(a),
         Command::Ablate(a) => ablate::run_cli(a),

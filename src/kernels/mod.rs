@@ -16,16 +16,52 @@
 //!
 //! All are f32 (the models train and run in f32); tests compare them with the plain candle
 //! path, forward and gradients (`tests/kernels.rs`).
+//!
+//! CUDA: `kernels/*.cu` ([`sources`]) are compiled at run time with NVRTC and launched through
+//! cudarc on candle's CUDA device (`cuda` module, cargo feature `cuda`); [`attention`] sends
+//! CUDA tensors there. Without the feature the CPU ops are all there is.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod sources;
 
 /// False when `MMLAB_PLAIN_OPS` is set: the model then uses candle's plain ops everywhere
 /// (for before/after measurements and for debugging a fused op).
 pub fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("MMLAB_PLAIN_OPS").is_none())
+}
+
+/// True when the fused CPU ops should run on tensors living on `dev`: they have no CUDA
+/// implementation, so on a GPU the model takes candle's plain ops (and [`attention`] its
+/// CUDA kernels).
+pub fn enabled_on(dev: &candle_core::Device) -> bool {
+    enabled() && dev.is_cpu()
+}
+
+/// True when attention over `q` (`b, h, t, hd`) runs on the CUDA kernels: the `cuda` feature is
+/// built in, `q` is on a CUDA device in f32 or bf16, and its head dim is compiled.
+pub fn cuda_attention(q: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        q.device().is_cuda()
+            && matches!(
+                q.dtype(),
+                candle_core::DType::F32 | candle_core::DType::BF16
+            )
+            && q.dims()
+                .last()
+                .is_some_and(|&hd| cuda::supports_head_dim(hd))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = q;
+        false
+    }
 }
 
 /// Rows handled per parallel task; small tensors stay on one thread.
@@ -179,7 +215,7 @@ impl Linear {
 
 impl candle_core::Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if enabled() && x.dtype() == candle_core::DType::F32 {
+        if enabled_on(x.device()) && x.dtype() == candle_core::DType::F32 {
             linear(x, &self.weight, self.bias.as_ref())
         } else {
             candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(x)
@@ -725,7 +761,13 @@ fn shared_mask(mask: &Tensor) -> Result<std::sync::Arc<Vec<f32>>> {
 /// Scaled dot-product attention of `q` (`b, h, tq, hd`) over `k`, `v` (`b, kv_heads, tk, hd`)
 /// with an additive `mask` (`b, 1, tq, tk`, 0 or -inf); query head `j` reads KV head
 /// `j / (h / kv_heads)`. Returns `(b, tq, h * hd)`: the heads already concatenated.
+///
+/// CUDA tensors go to the FlashAttention kernels (`cuda` feature) when [`cuda_attention`] says so.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if cuda_attention(q) {
+        return cuda::attention(q, k, v, Some(mask), scale, false);
+    }
     let (b, h, tq, hd) = q.dims4()?;
     let (bk, kvh, tk, hdk) = k.dims4()?;
     if bk != b || hdk != hd || v.dims() != k.dims() || kvh == 0 || h % kvh != 0 {

@@ -50,7 +50,7 @@ impl Module for Norm {
             };
             return up.forward(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype());
         }
-        if !crate::kernels::enabled()
+        if !crate::kernels::enabled_on(x.device())
             || x.dtype() != DType::F32
             || self.weight.dtype() != DType::F32
         {
@@ -128,7 +128,10 @@ impl Rotary {
         if self.dim == 0 {
             return Ok(x.clone());
         }
-        if crate::kernels::enabled() && x.dtype() == DType::F32 && cos.dtype() == DType::F32 {
+        if crate::kernels::enabled_on(x.device())
+            && x.dtype() == DType::F32
+            && cos.dtype() == DType::F32
+        {
             return crate::kernels::rotary(x, cos, sin, self.dim);
         }
         self.apply_plain(x, cos, sin)
@@ -265,12 +268,11 @@ impl Attention {
         };
         let scale = 1.0 / (hd as f64).sqrt();
         let (tq, tk) = (q.dim(2)?, k.dim(2)?);
-        if !want_probs
-            && crate::kernels::enabled()
+        let fused_cpu = crate::kernels::enabled_on(q.device())
             && q.dtype() == DType::F32
             && mask.dtype() == DType::F32
-            && tq * tk >= FUSED_ATTENTION_MIN_SCORES
-        {
+            && tq * tk >= FUSED_ATTENTION_MIN_SCORES;
+        if !want_probs && (fused_cpu || crate::kernels::cuda_attention(&q)) {
             // The fused op (grouped KV heads handled inside, heads concatenated on output):
             // memory O(keys) per query row instead of the full score matrix.
             let out = crate::kernels::attention(&q, &k, &v, mask, scale)?;
@@ -283,7 +285,7 @@ impl Attention {
             (k, v)
         };
         let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let probs = if crate::kernels::enabled() && scores.dtype() == DType::F32 {
+        let probs = if crate::kernels::enabled_on(scores.device()) && scores.dtype() == DType::F32 {
             crate::kernels::softmax_last(&scores)?
         } else if scores.dtype() != DType::F32 {
             // Half precision: softmax in f32, as HF's attention does.
@@ -347,7 +349,7 @@ impl CrossAttention {
         if let Some(m) = mask {
             scores = scores.broadcast_add(m)?;
         }
-        let probs = if crate::kernels::enabled() && scores.dtype() == DType::F32 {
+        let probs = if crate::kernels::enabled_on(scores.device()) && scores.dtype() == DType::F32 {
             crate::kernels::softmax_last(&scores)?
         } else {
             candle_nn::ops::softmax(&scores, D::Minus1)?
@@ -412,7 +414,9 @@ impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.up.forward(x)?;
         let h = match (self.activation, &self.gate) {
-            (Activation::Relu2, _) if crate::kernels::enabled() && h.dtype() == DType::F32 => {
+            (Activation::Relu2, _)
+                if crate::kernels::enabled_on(h.device()) && h.dtype() == DType::F32 =>
+            {
                 crate::kernels::relu2(&h)?
             }
             (Activation::Relu2, _) => h.relu()?.sqr()?,

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 
 use super::checkpoint::{load_dir, CheckpointError, LoadedModel};
 use super::presets::{preset, presets, shipped_dir};
@@ -80,17 +80,18 @@ pub fn model_dir(arg: &str) -> Result<PathBuf, ResolveError> {
     Err(ResolveError::Unknown(arg.to_string(), names.join(", ")))
 }
 
-/// Loads the model a `--model` argument names onto the CPU.
+/// Loads the model a `--model` argument names onto the selected device (`--device`, default
+/// the CPU).
 pub fn load_model(arg: &str) -> Result<LoadedModel, ResolveError> {
-    Ok(load_dir(&model_dir(arg)?, &Device::Cpu)?)
+    Ok(load_dir(&model_dir(arg)?, &crate::device::current())?)
 }
 
-/// Loads the model a `--model` argument names onto the CPU with weights and compute in
+/// Loads the model a `--model` argument names onto the selected device with weights and compute in
 /// `dtype`: f32 for every model, bf16 or f16 for HF Fuyu directories.
 pub fn load_model_as(arg: &str, dtype: DType) -> Result<LoadedModel, ResolveError> {
     let dir = model_dir(arg)?;
     if dtype == DType::F32 {
-        return Ok(load_dir(&dir, &Device::Cpu)?);
+        return Ok(load_dir(&dir, &crate::device::current())?);
     }
     if !super::hf_fuyu::is_hf_fuyu_dir(&dir) {
         return Err(ResolveError::Dtype(
@@ -98,5 +99,9 @@ pub fn load_model_as(arg: &str, dtype: DType) -> Result<LoadedModel, ResolveErro
             format!("{dtype:?}").to_lowercase(),
         ));
     }
-    Ok(super::hf_fuyu::load_hf_fuyu(&dir, &Device::Cpu, dtype)?)
+    Ok(super::hf_fuyu::load_hf_fuyu(
+        &dir,
+        &crate::device::current(),
+        dtype,
+    )?)
 }

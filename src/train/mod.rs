@@ -526,7 +526,7 @@ pub fn train(
     out: &Path,
     ctl: &RunControl,
 ) -> Result<TrainSummary, TrainError> {
-    let device = Device::Cpu;
+    let device = crate::device::current();
     if cfg.batch_size == 0 || cfg.steps == 0 {
         return Err(TrainError::Config(
             "steps and batch_size must be positive".into(),

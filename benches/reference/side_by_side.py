@@ -1,0 +1,38 @@
+"""Puts the JSON lines of examples/flash_bench.rs and sdpa_bench.py side by side (benches/gpu.sh).
+
+    python3 benches/reference/side_by_side.py mmlab.jsonl torch.jsonl
+"""
+
+import json
+import sys
+
+
+def load(path):
+    rows = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                r = json.loads(line)
+                rows[(r["causal"], r["seq"])] = r
+    return rows
+
+
+def main():
+    ours, ref = load(sys.argv[1]), load(sys.argv[2])
+    print("bf16, head dim 128, 16 heads, 16k tokens per batch; TFLOP/s (FlashAttention's FLOP count)")
+    print(f"{'causal':>6} {'seq':>6} | {'mmlab fwd':>9} {'torch fwd':>9} {'ratio':>6} | "
+          f"{'mmlab bwd':>9} {'torch bwd':>9} {'ratio':>6}")
+    for key in sorted(set(ours) | set(ref)):
+        o, r = ours.get(key, {}), ref.get(key, {})
+        def cell(d, k):
+            return f"{d[k]:9.1f}" if k in d else f"{'-':>9}"
+        def ratio(k):
+            return f"{o[k] / r[k]:6.2f}" if k in o and k in r and r[k] > 0 else f"{'-':>6}"
+        print(f"{str(key[0]):>6} {key[1]:>6} | {cell(o, 'fwd_tflops')} {cell(r, 'fwd_tflops')} "
+              f"{ratio('fwd_tflops')} | {cell(o, 'bwd_tflops')} {cell(r, 'bwd_tflops')} "
+              f"{ratio('bwd_tflops')}")
+
+
+if __name__ == "__main__":
+    main()

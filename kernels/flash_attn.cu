@@ -1,0 +1,638 @@
+// FlashAttention-2-style attention, forward and backward, compiled at run time with NVRTC
+// (src/kernels/cuda.rs) and checked for register spills at sm_90 on every CI run
+// (tests/cuda_nvrtc.rs).
+//
+// Layouts (all contiguous, row-major):
+//   q        (b, h,   tq, hd)      k, v (b, kvh, tk, hd); query head j reads KV head j / (h / kvh)
+//   o, do    (b, tq,  h,  hd)      the heads already concatenated, as the CPU op returns them
+//   lse      (b, h,   tq)   f32    natural log-sum-exp of each scaled score row (+inf: no key seen)
+//   mask     (b, tq,  tk)   f32    optional additive mask (0 or -inf), nullptr for none
+//   causal   key j is visible to query i when j <= i + (tk - tq) (aligned to the end, as with a
+//            KV cache)
+// Element types: float, or bf16 carried as unsigned short; accumulation is always f32.
+//
+// Kernels (extern "C", one per element type and head dim):
+//   fa_fwd_bf16_hd{32,64,128}   tensor cores (mma.sync m16n8k16), K/V tiles double-buffered in
+//                               shared memory with cp.async, online softmax in registers
+//   fa_fwd_f32_hd{16,32,64,128} CUDA cores, four threads per query row (and fa_fwd_bf16_hd16:
+//                               head dim 16 is too narrow for the tensor-core kernel)
+//   fa_bwd_pre_{f32,bf16}       D_i = rowsum(dO_i * O_i)
+//   fa_bwd_dkdv_{T}_hd{..}      one block per (batch, KV head, key tile); loops over query tiles
+//                               of every query head of the group; recomputes P from the LSE
+//   fa_bwd_dq_{T}_hd{..}        one block per (batch, head, query tile); loops over key tiles
+// No CUDA headers are included: bf16 conversions and the tensor-core instructions are written
+// in PTX, so NVRTC needs no include path.
+
+#define FA_INF __int_as_float(0x7f800000)
+#define FA_LOG2E 1.4426950408889634f
+#define FA_LN2 0.6931471805599453f
+
+typedef unsigned short bf16_t;
+
+__device__ __forceinline__ float fa_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+__device__ __forceinline__ float bf16_to_f32(bf16_t x) {
+    return __uint_as_float(((unsigned)x) << 16);
+}
+
+__device__ __forceinline__ bf16_t f32_to_bf16(float f) {
+    unsigned short r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
+    return r;
+}
+
+// Two floats into one register of two bf16: `lo` at the lower address.
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ float load_f32(const float* p) { return *p; }
+__device__ __forceinline__ float load_f32(const bf16_t* p) { return bf16_to_f32(*p); }
+__device__ __forceinline__ void store_f32(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_f32(bf16_t* p, float v) { *p = f32_to_bf16(v); }
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+    unsigned r;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
+    return r;
+}
+
+// 16 bytes global -> shared, asynchronously; zero-filled when `pred` is false.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool pred) {
+    int n = pred ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+                 "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+// D += A (16x16 bf16, row) * B (16x8 bf16, col), f32 accumulators.
+__device__ __forceinline__ void mma_bf16(float (&d)[4], unsigned a0, unsigned a1, unsigned a2,
+                                         unsigned a3, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// True when key j is hidden from query i by the causal rule or by being past the end.
+__device__ __forceinline__ bool fa_hidden(int i, int j, int tk, int off, int causal) {
+    return j >= tk || (causal && j > i + off);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward, bf16, tensor cores.
+//
+// Block: 4 warps, 64 query rows (16 per warp), key tiles of 64. Shared memory: the Q tile and two
+// stages each of K and V, rows padded by 8 elements so ldmatrix reads are free of bank conflicts.
+// Each warp keeps its Q fragments (HD/16 x 4 registers), its output accumulator (HD/8 x 4 f32)
+// and the score tile (8 x 4 f32) in registers.
+
+#define FWD_BM 64
+#define FWD_BN 64
+#define FWD_THREADS 128
+
+template <int HD>
+__device__ __forceinline__ void fwd_load_tile(bf16_t* s, const bf16_t* g, int row0, int rows,
+                                              int tid) {
+    constexpr int SROW = HD + 8;
+    constexpr int CPR = HD / 8;  // 16-byte chunks per row
+#pragma unroll
+    for (int c = tid; c < FWD_BN * CPR; c += FWD_THREADS) {
+        int r = c / CPR, cc = c % CPR;
+        bool ok = row0 + r < rows;
+        const bf16_t* src = ok ? g + (size_t)(row0 + r) * HD + cc * 8 : g;
+        cp_async16(s + r * SROW + cc * 8, src, ok);
+    }
+}
+
+template <int HD>
+__device__ __forceinline__ void fa_fwd_bf16(const bf16_t* __restrict__ q,
+                                            const bf16_t* __restrict__ k,
+                                            const bf16_t* __restrict__ v, bf16_t* __restrict__ o,
+                                            float* __restrict__ lse,
+                                            const float* __restrict__ mask, int h, int kvh,
+                                            int tq, int tk, float scale, int causal) {
+    constexpr int SROW = HD + 8;
+    constexpr int KS = HD / 16;  // k-steps of Q K^T
+    constexpr int DT = HD / 8;   // n-tiles of the output
+    constexpr int NT = FWD_BN / 8;
+    extern __shared__ __align__(16) unsigned char fa_smem[];
+    bf16_t* qs = reinterpret_cast<bf16_t*>(fa_smem);
+    bf16_t* ks = qs + FWD_BM * SROW;           // 2 stages
+    bf16_t* vs = ks + 2 * FWD_BN * SROW;       // 2 stages
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, tig = lane % 4;
+    const int bh = blockIdx.y, bi = bh / h, hi = bh % h, kvi = hi / (h / kvh);
+    const int mt = causal ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
+    const int m0 = mt * FWD_BM;
+    const int off = tk - tq;
+    const float sl2 = scale * FA_LOG2E;
+
+    const bf16_t* qg = q + (size_t)bh * tq * HD;
+    const bf16_t* kg = k + (size_t)(bi * kvh + kvi) * tk * HD;
+    const bf16_t* vg = v + (size_t)(bi * kvh + kvi) * tk * HD;
+
+    int n_tiles = (tk + FWD_BN - 1) / FWD_BN;
+    if (causal) {
+        int last = m0 + FWD_BM - 1 + off;  // the last key any row of this tile sees
+        int lim = last < 0 ? 0 : last / FWD_BN + 1;
+        n_tiles = n_tiles < lim ? n_tiles : lim;
+    }
+
+    fwd_load_tile<HD>(qs, qg, m0, tq, tid);
+    if (n_tiles > 0) {
+        fwd_load_tile<HD>(ks, kg, 0, tk, tid);
+        fwd_load_tile<HD>(vs, vg, 0, tk, tid);
+    }
+    cp_async_commit();
+
+    unsigned qf[KS][4];
+    float acc[DT][4];
+#pragma unroll
+    for (int d = 0; d < DT; ++d) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.f;
+    float mrow[2] = {-FA_INF, -FA_INF};  // running max, log2 domain
+    float lrow[2] = {0.f, 0.f};          // this thread's part of the running sum
+
+    const int r_lo = m0 + warp * 16 + g;  // global query rows of this thread
+    const int r_hi = r_lo + 8;
+
+    for (int t = 0; t < n_tiles; ++t) {
+        const int stage = t & 1;
+        if (t + 1 < n_tiles) {
+            fwd_load_tile<HD>(ks + (stage ^ 1) * FWD_BN * SROW, kg, (t + 1) * FWD_BN, tk, tid);
+            fwd_load_tile<HD>(vs + (stage ^ 1) * FWD_BN * SROW, vg, (t + 1) * FWD_BN, tk, tid);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        if (t == 0) {
+#pragma unroll
+            for (int kk = 0; kk < KS; ++kk) {
+                const bf16_t* p =
+                    qs + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SROW + kk * 16 +
+                    (lane >> 4) * 8;
+                ldmatrix_x4(qf[kk], p);
+            }
+        }
+        const bf16_t* kst = ks + stage * FWD_BN * SROW;
+        const bf16_t* vst = vs + stage * FWD_BN * SROW;
+        const int n0 = t * FWD_BN;
+
+        // S = Q K^T for this warp's 16 rows and the tile's 64 keys.
+        float s[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < KS; kk += 2) {
+                unsigned b[4];
+                ldmatrix_x4(b, kst + (nt * 8 + (lane & 7)) * SROW + kk * 16 + (lane >> 3) * 8);
+                mma_bf16(s[nt], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], b[0], b[1]);
+                mma_bf16(s[nt], qf[kk + 1][0], qf[kk + 1][1], qf[kk + 1][2], qf[kk + 1][3],
+                         b[2], b[3]);
+            }
+        }
+
+        // Scale to the log2 domain; hide masked keys.
+        const bool edge = n0 + FWD_BN > tk || (causal && n0 + FWD_BN - 1 > m0 + off);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int i = e < 2 ? r_lo : r_hi;
+                const int j = n0 + nt * 8 + tig * 2 + (e & 1);
+                float x = s[nt][e] * sl2;
+                if (edge && fa_hidden(i, j, tk, off, causal)) x = -FA_INF;
+                if (mask != nullptr && j < tk && i < tq)
+                    x += mask[((size_t)bi * tq + i) * tk + j] * FA_LOG2E;
+                s[nt][e] = x;
+            }
+        }
+
+        // Online softmax: each row is shared by the 4 threads of a quad.
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float mx = -FA_INF;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mnew = fmaxf(mrow[r], mx);
+            const float muse = mnew == -FA_INF ? 0.f : mnew;
+            const float alpha = fa_exp2(mrow[r] - muse);
+            mrow[r] = mnew;
+            float sum = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                s[nt][2 * r] = fa_exp2(s[nt][2 * r] - muse);
+                s[nt][2 * r + 1] = fa_exp2(s[nt][2 * r + 1] - muse);
+                sum += s[nt][2 * r] + s[nt][2 * r + 1];
+            }
+            lrow[r] = lrow[r] * alpha + sum;
+#pragma unroll
+            for (int d = 0; d < DT; ++d) {
+                acc[d][2 * r] *= alpha;
+                acc[d][2 * r + 1] *= alpha;
+            }
+        }
+
+        // O += P V: the score accumulators are already laid out as the A operand.
+#pragma unroll
+        for (int kk = 0; kk < FWD_BN / 16; ++kk) {
+            const unsigned a0 = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
+            const unsigned a1 = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
+            const unsigned a2 = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            const unsigned a3 = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int d = 0; d < DT; d += 2) {
+                unsigned b[4];
+                ldmatrix_x4_trans(
+                    b, vst + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SROW + d * 8 +
+                           (lane >> 4) * 8);
+                mma_bf16(acc[d], a0, a1, a2, a3, b[0], b[1]);
+                mma_bf16(acc[d + 1], a0, a1, a2, a3, b[2], b[3]);
+            }
+        }
+        __syncthreads();
+    }
+    cp_async_wait<0>();
+
+    // Normalise and write O (b, tq, h, hd) and the LSE.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float l = lrow[r];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const int i = r == 0 ? r_lo : r_hi;
+        const float inv = l > 0.f ? 1.f / l : 0.f;
+        if (i < tq) {
+            bf16_t* orow = o + (((size_t)bi * tq + i) * h + hi) * HD;
+#pragma unroll
+            for (int d = 0; d < DT; ++d) {
+                *reinterpret_cast<unsigned*>(orow + d * 8 + tig * 2) =
+                    pack_bf16x2(acc[d][2 * r] * inv, acc[d][2 * r + 1] * inv);
+            }
+            if (tig == 0) lse[(size_t)bh * tq + i] = l > 0.f ? (mrow[r] + __log2f(l)) * FA_LN2 : FA_INF;
+        }
+    }
+}
+
+#define FA_FWD_BF16(HD)                                                                          \
+    extern "C" __global__ void __launch_bounds__(FWD_THREADS, 2) fa_fwd_bf16_hd##HD(              \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o, float* lse,               \
+        const float* mask, int h, int kvh, int tq, int tk, float scale, int causal) {           \
+        fa_fwd_bf16<HD>(q, k, v, o, lse, mask, h, kvh, tq, tk, scale, causal);                  \
+    }
+FA_FWD_BF16(32)
+FA_FWD_BF16(64)
+FA_FWD_BF16(128)
+
+// ---------------------------------------------------------------------------------------------
+// CUDA-core kernels (f32 forward; both backward passes for f32 and bf16).
+//
+// A "row group" is 4 consecutive threads sharing one row (a query row or a key row); thread
+// c of the group owns the channels c, c+4, c+8, ... (HD/4 of them), so when the group reads
+// one shared-memory row the 4 threads touch 4 consecutive words. Dot products are reduced over
+// the group with two shuffles. Tiles of 32 rows, 128 threads per block.
+
+#define SIMT_ROWS 32
+#define SIMT_THREADS 128
+
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    x += __shfl_xor_sync(0xffffffffu, x, 2);
+    return x;
+}
+
+// Rows [row0, row0 + 32) of a (rows, HD) matrix into shared f32, zeros past the end.
+template <typename T, int HD>
+__device__ __forceinline__ void simt_load_tile(float* s, const T* g, int row0, int rows, int tid) {
+    for (int e = tid; e < SIMT_ROWS * HD; e += SIMT_THREADS) {
+        int r = e / HD, c = e % HD;
+        s[e] = row0 + r < rows ? load_f32(g + (size_t)(row0 + r) * HD + c) : 0.f;
+    }
+}
+
+// Forward on CUDA cores: one query row per quad, key tiles of 32 in shared memory.
+template <typename T, int HD>
+__device__ __forceinline__ void fa_fwd_simt(const T* __restrict__ q, const T* __restrict__ k,
+                                            const T* __restrict__ v, T* __restrict__ o,
+                                            float* __restrict__ lse,
+                                            const float* __restrict__ mask, int h, int kvh,
+                                            int tq, int tk, float scale, int causal) {
+    constexpr int DPT = HD / 4;
+    __shared__ float ks[SIMT_ROWS * HD];
+    __shared__ float vs[SIMT_ROWS * HD];
+    const int tid = threadIdx.x, c = tid & 3;
+    const int bh = blockIdx.y, bi = bh / h, hi = bh % h, kvi = hi / (h / kvh);
+    const int mt = causal ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
+    const int m0 = mt * SIMT_ROWS;
+    const int i = m0 + tid / 4;
+    const int off = tk - tq;
+    const float sl2 = scale * FA_LOG2E;
+    const T* kg = k + (size_t)(bi * kvh + kvi) * tk * HD;
+    const T* vg = v + (size_t)(bi * kvh + kvi) * tk * HD;
+
+    float qr[DPT], acc[DPT];
+#pragma unroll
+    for (int d = 0; d < DPT; ++d) {
+        qr[d] = i < tq ? load_f32(q + ((size_t)bh * tq + i) * HD + 4 * d + c) * sl2 : 0.f;
+        acc[d] = 0.f;
+    }
+    float m = -FA_INF, l = 0.f;
+    int n_tiles = (tk + SIMT_ROWS - 1) / SIMT_ROWS;
+    if (causal) {
+        int last = m0 + SIMT_ROWS - 1 + off;
+        int lim = last < 0 ? 0 : last / SIMT_ROWS + 1;
+        n_tiles = n_tiles < lim ? n_tiles : lim;
+    }
+    for (int t = 0; t < n_tiles; ++t) {
+        const int n0 = t * SIMT_ROWS;
+        __syncthreads();
+        simt_load_tile<T, HD>(ks, kg, n0, tk, tid);
+        simt_load_tile<T, HD>(vs, vg, n0, tk, tid);
+        __syncthreads();
+        float s[SIMT_ROWS];
+        float mx = -FA_INF;
+#pragma unroll
+        for (int j = 0; j < SIMT_ROWS; ++j) {
+            float part = 0.f;
+#pragma unroll
+            for (int d = 0; d < DPT; ++d) part += qr[d] * ks[j * HD + 4 * d + c];
+            float x = quad_sum(part);
+            const int jj = n0 + j;
+            if (fa_hidden(i, jj, tk, off, causal)) x = -FA_INF;
+            if (mask != nullptr && jj < tk && i < tq)
+                x += mask[((size_t)bi * tq + i) * tk + jj] * FA_LOG2E;
+            s[j] = x;
+            mx = fmaxf(mx, x);
+        }
+        const float mnew = fmaxf(m, mx);
+        const float muse = mnew == -FA_INF ? 0.f : mnew;
+        const float alpha = fa_exp2(m - muse);
+        m = mnew;
+        l *= alpha;
+#pragma unroll
+        for (int d = 0; d < DPT; ++d) acc[d] *= alpha;
+#pragma unroll
+        for (int j = 0; j < SIMT_ROWS; ++j) {
+            const float p = fa_exp2(s[j] - muse);
+            l += p;
+#pragma unroll
+            for (int d = 0; d < DPT; ++d) acc[d] += p * vs[j * HD + 4 * d + c];
+        }
+    }
+    if (i < tq) {
+        const float inv = l > 0.f ? 1.f / l : 0.f;
+        T* orow = o + (((size_t)bi * tq + i) * h + hi) * HD;
+#pragma unroll
+        for (int d = 0; d < DPT; ++d) store_f32(orow + 4 * d + c, acc[d] * inv);
+        if (c == 0) lse[(size_t)bh * tq + i] = l > 0.f ? (m + __log2f(l)) * FA_LN2 : FA_INF;
+    }
+}
+
+#define FA_FWD_SIMT(TN, T, HD)                                                                  \
+    extern "C" __global__ void __launch_bounds__(SIMT_THREADS) fa_fwd_##TN##_hd##HD(            \
+        const T* q, const T* k, const T* v, T* o, float* lse, const float* mask, int h,         \
+        int kvh, int tq, int tk, float scale, int causal) {                                     \
+        fa_fwd_simt<T, HD>(q, k, v, o, lse, mask, h, kvh, tq, tk, scale, causal);              \
+    }
+FA_FWD_SIMT(f32, float, 16)
+FA_FWD_SIMT(bf16, bf16_t, 16)
+FA_FWD_SIMT(f32, float, 32)
+FA_FWD_SIMT(f32, float, 64)
+FA_FWD_SIMT(f32, float, 128)
+
+// ---------------------------------------------------------------------------------------------
+// Backward.
+
+// D[(b, h, i)] = sum_d dO[b, i, h, d] * O[b, i, h, d]; one warp per row.
+template <typename T>
+__device__ __forceinline__ void fa_bwd_pre(const T* __restrict__ o, const T* __restrict__ dout,
+                                           float* __restrict__ dsum, int b, int h, int tq,
+                                           int hd) {
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= b * h * tq) return;
+    const int i = row % tq, bh = row / tq, bi = bh / h, hi = bh % h;
+    const size_t base = (((size_t)bi * tq + i) * h + hi) * hd;
+    float acc = 0.f;
+    for (int d = lane; d < hd; d += 32) acc += load_f32(o + base + d) * load_f32(dout + base + d);
+#pragma unroll
+    for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
+    if (lane == 0) dsum[row] = acc;
+}
+
+#define FA_BWD_PRE(TN, T)                                                                       \
+    extern "C" __global__ void fa_bwd_pre_##TN(const T* o, const T* dout, float* dsum, int b,    \
+                                               int h, int tq, int hd) {                         \
+        fa_bwd_pre<T>(o, dout, dsum, b, h, tq, hd);                                             \
+    }
+FA_BWD_PRE(f32, float)
+FA_BWD_PRE(bf16, bf16_t)
+
+// dK, dV for 32 keys of one (batch, KV head): each quad owns one key row (k, v, dk, dv in
+// registers) and walks the query rows of every query head of the group, tile by tile:
+//   p = exp(q.k * scale + mask - lse), dv += p dO, ds = p (dO.v - D) scale, dk += ds q.
+template <typename T, int HD>
+__device__ __forceinline__ void fa_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k,
+                                            const T* __restrict__ v, const T* __restrict__ dout,
+                                            const float* __restrict__ lse,
+                                            const float* __restrict__ dsum,
+                                            const float* __restrict__ mask, T* __restrict__ dk,
+                                            T* __restrict__ dv, int h, int kvh, int tq, int tk,
+                                            float scale, int causal) {
+    constexpr int DPT = HD / 4;
+    __shared__ float qs[SIMT_ROWS * HD];
+    __shared__ float dos[SIMT_ROWS * HD];
+    __shared__ float lse_s[SIMT_ROWS];
+    __shared__ float d_s[SIMT_ROWS];
+    const int tid = threadIdx.x, c = tid & 3;
+    const int bkv = blockIdx.y, bi = bkv / kvh, kvi = bkv % kvh, rep = h / kvh;
+    const int n0 = blockIdx.x * SIMT_ROWS;
+    const int j = n0 + tid / 4;
+    const int off = tk - tq;
+    const float sl2 = scale * FA_LOG2E;
+    const size_t kv_base = ((size_t)bkv * tk + j) * HD;
+
+    float kr[DPT], vr[DPT], dkr[DPT], dvr[DPT];
+#pragma unroll
+    for (int d = 0; d < DPT; ++d) {
+        kr[d] = j < tk ? load_f32(k + kv_base + 4 * d + c) : 0.f;
+        vr[d] = j < tk ? load_f32(v + kv_base + 4 * d + c) : 0.f;
+        dkr[d] = 0.f;
+        dvr[d] = 0.f;
+    }
+    // Query rows that can see any key of this tile: i >= n0 - off under the causal rule.
+    int first = 0;
+    if (causal) {
+        int lo = n0 - off;
+        first = lo <= 0 ? 0 : (lo / SIMT_ROWS) * SIMT_ROWS;
+    }
+    for (int r = 0; r < rep; ++r) {
+        const int hi = kvi * rep + r;
+        const int bh = bi * h + hi;
+        for (int m0 = first; m0 < tq; m0 += SIMT_ROWS) {
+            __syncthreads();
+            for (int e = tid; e < SIMT_ROWS * HD; e += SIMT_THREADS) {
+                const int rr = e / HD, cc = e % HD, i = m0 + rr;
+                const bool ok = i < tq;
+                qs[e] = ok ? load_f32(q + ((size_t)bh * tq + i) * HD + cc) : 0.f;
+                dos[e] = ok ? load_f32(dout + (((size_t)bi * tq + i) * h + hi) * HD + cc) : 0.f;
+            }
+            if (tid < SIMT_ROWS) {
+                const int i = m0 + tid;
+                lse_s[tid] = i < tq ? lse[(size_t)bh * tq + i] * FA_LOG2E : FA_INF;
+                d_s[tid] = i < tq ? dsum[(size_t)bh * tq + i] : 0.f;
+            }
+            __syncthreads();
+            for (int ii = 0; ii < SIMT_ROWS; ++ii) {
+                const int i = m0 + ii;
+                float part = 0.f, dpart = 0.f;
+#pragma unroll
+                for (int d = 0; d < DPT; ++d) {
+                    part += kr[d] * qs[ii * HD + 4 * d + c];
+                    dpart += vr[d] * dos[ii * HD + 4 * d + c];
+                }
+                const float sc = quad_sum(part);
+                const float dp = quad_sum(dpart);
+                float x = sc * sl2;
+                if (fa_hidden(i, j, tk, off, causal) || i >= tq) x = -FA_INF;
+                if (mask != nullptr && j < tk && i < tq)
+                    x += mask[((size_t)bi * tq + i) * tk + j] * FA_LOG2E;
+                const float p = x == -FA_INF ? 0.f : fa_exp2(x - lse_s[ii]);
+                const float ds = p * (dp - d_s[ii]) * scale;
+#pragma unroll
+                for (int d = 0; d < DPT; ++d) {
+                    dvr[d] += p * dos[ii * HD + 4 * d + c];
+                    dkr[d] += ds * qs[ii * HD + 4 * d + c];
+                }
+            }
+        }
+    }
+    if (j < tk) {
+#pragma unroll
+        for (int d = 0; d < DPT; ++d) {
+            store_f32(dk + kv_base + 4 * d + c, dkr[d]);
+            store_f32(dv + kv_base + 4 * d + c, dvr[d]);
+        }
+    }
+}
+
+// dQ for 32 query rows of one (batch, head): each quad owns one query row (q, dO, dq in
+// registers) and walks the key tiles: ds = p (dO.v - D) scale, dq += ds k.
+template <typename T, int HD>
+__device__ __forceinline__ void fa_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
+                                          const T* __restrict__ v, const T* __restrict__ dout,
+                                          const float* __restrict__ lse,
+                                          const float* __restrict__ dsum,
+                                          const float* __restrict__ mask, T* __restrict__ dq,
+                                          int h, int kvh, int tq, int tk, float scale,
+                                          int causal) {
+    constexpr int DPT = HD / 4;
+    __shared__ float ks[SIMT_ROWS * HD];
+    __shared__ float vs[SIMT_ROWS * HD];
+    const int tid = threadIdx.x, c = tid & 3;
+    const int bh = blockIdx.y, bi = bh / h, hi = bh % h, kvi = hi / (h / kvh);
+    const int mt = causal ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
+    const int m0 = mt * SIMT_ROWS;
+    const int i = m0 + tid / 4;
+    const int off = tk - tq;
+    const float sl2 = scale * FA_LOG2E;
+    const T* kg = k + (size_t)(bi * kvh + kvi) * tk * HD;
+    const T* vg = v + (size_t)(bi * kvh + kvi) * tk * HD;
+
+    float qr[DPT], dor[DPT], dqr[DPT];
+    const bool row_ok = i < tq;
+#pragma unroll
+    for (int d = 0; d < DPT; ++d) {
+        qr[d] = row_ok ? load_f32(q + ((size_t)bh * tq + i) * HD + 4 * d + c) : 0.f;
+        dor[d] = row_ok ? load_f32(dout + (((size_t)bi * tq + i) * h + hi) * HD + 4 * d + c) : 0.f;
+        dqr[d] = 0.f;
+    }
+    const float lse2 = row_ok ? lse[(size_t)bh * tq + i] * FA_LOG2E : FA_INF;
+    const float dsi = row_ok ? dsum[(size_t)bh * tq + i] : 0.f;
+    int n_tiles = (tk + SIMT_ROWS - 1) / SIMT_ROWS;
+    if (causal) {
+        int last = m0 + SIMT_ROWS - 1 + off;
+        int lim = last < 0 ? 0 : last / SIMT_ROWS + 1;
+        n_tiles = n_tiles < lim ? n_tiles : lim;
+    }
+    for (int t = 0; t < n_tiles; ++t) {
+        const int n0 = t * SIMT_ROWS;
+        __syncthreads();
+        simt_load_tile<T, HD>(ks, kg, n0, tk, tid);
+        simt_load_tile<T, HD>(vs, vg, n0, tk, tid);
+        __syncthreads();
+        for (int jj = 0; jj < SIMT_ROWS; ++jj) {
+            const int j = n0 + jj;
+            float part = 0.f, dpart = 0.f;
+#pragma unroll
+            for (int d = 0; d < DPT; ++d) {
+                part += qr[d] * ks[jj * HD + 4 * d + c];
+                dpart += dor[d] * vs[jj * HD + 4 * d + c];
+            }
+            const float sc = quad_sum(part);
+            const float dp = quad_sum(dpart);
+            float x = sc * sl2;
+            if (fa_hidden(i, j, tk, off, causal) || !row_ok) x = -FA_INF;
+            if (mask != nullptr && j < tk && row_ok)
+                x += mask[((size_t)bi * tq + i) * tk + j] * FA_LOG2E;
+            const float p = x == -FA_INF ? 0.f : fa_exp2(x - lse2);
+            const float ds = p * (dp - dsi) * scale;
+#pragma unroll
+            for (int d = 0; d < DPT; ++d) dqr[d] += ds * ks[jj * HD + 4 * d + c];
+        }
+    }
+    if (row_ok) {
+#pragma unroll
+        for (int d = 0; d < DPT; ++d) store_f32(dq + ((size_t)bh * tq + i) * HD + 4 * d + c, dqr[d]);
+    }
+}
+
+#define FA_BWD(TN, T, HD)                                                                       \
+    extern "C" __global__ void __launch_bounds__(SIMT_THREADS) fa_bwd_dkdv_##TN##_hd##HD(       \
+        const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum,  \
+        const float* mask, T* dk, T* dv, int h, int kvh, int tq, int tk, float scale,            \
+        int causal) {                                                                           \
+        fa_bwd_dkdv<T, HD>(q, k, v, dout, lse, dsum, mask, dk, dv, h, kvh, tq, tk, scale,       \
+                           causal);                                                             \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(SIMT_THREADS) fa_bwd_dq_##TN##_hd##HD(         \
+        const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum,  \
+        const float* mask, T* dq, int h, int kvh, int tq, int tk, float scale, int causal) {    \
+        fa_bwd_dq<T, HD>(q, k, v, dout, lse, dsum, mask, dq, h, kvh, tq, tk, scale, causal);    \
+    }
+FA_BWD(f32, float, 16)
+FA_BWD(f32, float, 32)
+FA_BWD(f32, float, 64)
+FA_BWD(f32, float, 128)
+FA_BWD(bf16, bf16_t, 16)
+FA_BWD(bf16, bf16_t, 32)
+FA_BWD(bf16, bf16_t, 64)
+FA_BWD(bf16, bf16_t, 128)

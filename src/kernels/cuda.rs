@@ -1,0 +1,619 @@
+//! FlashAttention-2-style attention on candle's CUDA device (cargo feature `cuda`).
+//!
+//! `kernels/flash_attn.cu` is compiled at run time with NVRTC for the device's compute
+//! capability (once per process and architecture), loaded into candle's `CudaDevice` as a
+//! custom module and launched through cudarc (the cudarc candle itself uses, re-exported by
+//! `candle_core::cuda_backend`). [`attention`] is a `CustomOp3` whose `cuda_fwd` writes the
+//! output and the per-row log-sum-exp, and whose `bwd` runs the backward kernels (D = rowsum(dO
+//! * O), then dK/dV and dQ) from that log-sum-exp, so autograd works through it.
+//!
+//! f32 and bf16 (f32 accumulation), head dims 16, 32, 64 and 128, grouped KV heads, a causal flag
+//! and an optional additive mask (`b, 1, tq, tk`, f32).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
+use candle_core::op::BackpropOp;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use half::bf16;
+
+use super::sources::{self, Elem};
+
+/// Name of the custom module in candle's per-device module cache.
+const MODULE: &str = "mmlab_flash_attn";
+
+fn cuda_err(e: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Cuda(e.to_string().into())
+}
+
+/// PTX per compute capability.
+type PtxCache = Mutex<HashMap<(i32, i32), Arc<String>>>;
+
+/// PTX of `flash_attn.cu` for compute capability `cc`, compiled once per process.
+fn ptx_for(cc: (i32, i32)) -> Result<Arc<String>> {
+    static CACHE: OnceLock<PtxCache> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = cache.lock().map_err(|_| cuda_err("NVRTC cache poisoned"))?;
+    if let Some(p) = map.get(&cc) {
+        return Ok(p.clone());
+    }
+    let opts = CompileOptions {
+        options: vec![
+            format!("--gpu-architecture=compute_{}{}", cc.0, cc.1),
+            "--std=c++17".to_string(),
+        ],
+        name: Some("flash_attn.cu".to_string()),
+        ..Default::default()
+    };
+    let ptx = compile_ptx_with_opts(sources::FLASH_ATTN_SRC, opts)
+        .map_err(|e| cuda_err(format!("NVRTC: kernels/flash_attn.cu: {e}")))?;
+    let ptx = Arc::new(ptx.to_src());
+    map.insert(cc, ptx.clone());
+    Ok(ptx)
+}
+
+/// The kernel `name` of `flash_attn.cu` on `dev`, compiling and loading the module on first use.
+fn kernel(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
+    let cc = dev
+        .cuda_stream()
+        .context()
+        .compute_capability()
+        .map_err(cuda_err)?;
+    if cc.0 < 8 {
+        candle_core::bail!(
+            "flash attention needs compute capability 8.0 or newer (bf16 tensor cores), got {}.{}",
+            cc.0,
+            cc.1
+        );
+    }
+    let ptx = ptx_for(cc)?;
+    Ok(dev
+        .get_or_load_custom_func(name, MODULE, &ptx)?
+        .into_cuda_function())
+}
+
+/// Element types the kernels take.
+trait Elt: CudaDType + DeviceRepr + ValidAsZeroBits + Copy + 'static {
+    const ELEM: Elem;
+}
+impl Elt for f32 {
+    const ELEM: Elem = Elem::F32;
+}
+impl Elt for bf16 {
+    const ELEM: Elem = Elem::Bf16;
+}
+
+/// A contiguous view of a CUDA storage as `T`.
+fn view<'a, T: Elt>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("flash attention: {what} must be contiguous");
+    };
+    Ok(s.as_cuda_slice::<T>()?.slice(a..b))
+}
+
+fn tensor_from<T: Elt>(slice: CudaSlice<T>, dev: &CudaDevice, shape: Shape) -> Tensor {
+    Tensor::from_storage(
+        Storage::Cuda(CudaStorage::wrap_cuda_slice(slice, dev.clone())),
+        shape,
+        BackpropOp::none(),
+        false,
+    )
+}
+
+/// Runs `f` with a view of `t`'s CUDA storage as `T`.
+fn with_view<T: Elt, R>(t: &Tensor, what: &str, f: impl FnOnce(CudaView<'_, T>) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cuda(s) = &*storage else {
+        candle_core::bail!("flash attention: {what} is not on a CUDA device");
+    };
+    Ok(f(view::<T>(s, layout, what)?))
+}
+
+/// Sizes shared by the forward and backward launches.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    b: usize,
+    h: usize,
+    kvh: usize,
+    tq: usize,
+    tk: usize,
+    hd: usize,
+}
+
+impl Dims {
+    fn int(x: usize, what: &str) -> Result<i32> {
+        i32::try_from(x).map_err(|_| cuda_err(format!("flash attention: {what} = {x} too large")))
+    }
+}
+
+fn grid(n: usize, per: usize) -> Result<u32> {
+    u32::try_from(n.div_ceil(per)).map_err(|_| cuda_err("flash attention: grid too large"))
+}
+
+/// The attention op; holds the log-sum-exp of its forward for its backward.
+#[derive(Clone)]
+struct FlashAttn {
+    d: Dims,
+    scale: f32,
+    causal: bool,
+    /// Additive mask `(b, 1, tq, tk)`, f32, contiguous, on the same device.
+    mask: Option<Tensor>,
+    lse: Arc<Mutex<Option<Tensor>>>,
+}
+
+impl FlashAttn {
+    #[allow(clippy::too_many_arguments)]
+    fn forward<T: Elt>(
+        &self,
+        dev: &CudaDevice,
+        q: CudaView<'_, T>,
+        k: CudaView<'_, T>,
+        v: CudaView<'_, T>,
+        mask: Option<CudaView<'_, f32>>,
+    ) -> Result<(CudaSlice<T>, CudaSlice<f32>)> {
+        let Dims {
+            b,
+            h,
+            kvh,
+            tq,
+            tk,
+            hd,
+        } = self.d;
+        let out = dev.alloc_zeros::<T>(b * tq * h * hd)?;
+        let lse = dev.alloc_zeros::<f32>(b * h * tq)?;
+        let name = sources::fwd_kernel(T::ELEM, hd);
+        let func = kernel(dev, &name)?;
+        let smem = sources::fwd_dynamic_smem(T::ELEM, hd);
+        if smem > 48 * 1024 {
+            func.set_attribute(
+                CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .map_err(cuda_err)?;
+        }
+        let rows = sources::fwd_block_rows(T::ELEM, hd);
+        let cfg = LaunchConfig {
+            grid_dim: (grid(tq, rows)?, grid(b * h, 1)?, 1),
+            block_dim: (sources::THREADS, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        let (hi, kvhi, tqi, tki) = (
+            Dims::int(h, "heads")?,
+            Dims::int(kvh, "kv heads")?,
+            Dims::int(tq, "queries")?,
+            Dims::int(tk, "keys")?,
+        );
+        let causal = i32::from(self.causal);
+        let null = 0u64;
+        let mut out = out;
+        let mut lse = lse;
+        let stream = dev.cuda_stream();
+        let mut bld = stream.launch_builder(&func);
+        bld.arg(&q).arg(&k).arg(&v).arg(&mut out).arg(&mut lse);
+        match &mask {
+            Some(m) => bld.arg(m),
+            None => bld.arg(&null),
+        };
+        bld.arg(&hi)
+            .arg(&kvhi)
+            .arg(&tqi)
+            .arg(&tki)
+            .arg(&self.scale)
+            .arg(&causal);
+        // SAFETY: argument list and types match the kernel signature in flash_attn.cu; every
+        // buffer has the size the kernel indexes (checked in `attention`).
+        unsafe { bld.launch(cfg) }.map_err(cuda_err)?;
+        drop(bld);
+        Ok((out, lse))
+    }
+
+    /// dQ, dK, dV from the forward's inputs, output, log-sum-exp and the output gradient.
+    #[allow(clippy::too_many_arguments)]
+    fn backward<T: Elt>(
+        &self,
+        dev: &CudaDevice,
+        q: CudaView<'_, T>,
+        k: CudaView<'_, T>,
+        v: CudaView<'_, T>,
+        o: CudaView<'_, T>,
+        dout: CudaView<'_, T>,
+        lse: CudaView<'_, f32>,
+        mask: Option<CudaView<'_, f32>>,
+    ) -> Result<(CudaSlice<T>, CudaSlice<T>, CudaSlice<T>)> {
+        let Dims {
+            b,
+            h,
+            kvh,
+            tq,
+            tk,
+            hd,
+        } = self.d;
+        let (bi, hi, kvhi, tqi, tki, hdi) = (
+            Dims::int(b, "batch")?,
+            Dims::int(h, "heads")?,
+            Dims::int(kvh, "kv heads")?,
+            Dims::int(tq, "queries")?,
+            Dims::int(tk, "keys")?,
+            Dims::int(hd, "head dim")?,
+        );
+        let causal = i32::from(self.causal);
+        let null = 0u64;
+
+        // D = rowsum(dO * O), one warp per row, 4 rows per block.
+        let mut dsum = dev.alloc_zeros::<f32>(b * h * tq)?;
+        let pre = kernel(dev, &sources::bwd_pre_kernel(T::ELEM))?;
+        let cfg = LaunchConfig {
+            grid_dim: (grid(b * h * tq, 4)?, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let stream = dev.cuda_stream();
+        let mut bld = stream.launch_builder(&pre);
+        bld.arg(&o)
+            .arg(&dout)
+            .arg(&mut dsum)
+            .arg(&bi)
+            .arg(&hi)
+            .arg(&tqi)
+            .arg(&hdi);
+        // SAFETY: matches fa_bwd_pre's signature; o and dout hold b*tq*h*hd elements.
+        unsafe { bld.launch(cfg) }.map_err(cuda_err)?;
+
+        let mut dq = dev.alloc_zeros::<T>(b * h * tq * hd)?;
+        let mut dk = dev.alloc_zeros::<T>(b * kvh * tk * hd)?;
+        let mut dv = dev.alloc_zeros::<T>(b * kvh * tk * hd)?;
+
+        let dkdv = kernel(dev, &sources::bwd_dkdv_kernel(T::ELEM, hd))?;
+        let cfg = LaunchConfig {
+            grid_dim: (grid(tk, sources::SIMT_ROWS)?, grid(b * kvh, 1)?, 1),
+            block_dim: (sources::THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut bld = stream.launch_builder(&dkdv);
+        bld.arg(&q).arg(&k).arg(&v).arg(&dout).arg(&lse).arg(&dsum);
+        match &mask {
+            Some(m) => bld.arg(m),
+            None => bld.arg(&null),
+        };
+        bld.arg(&mut dk)
+            .arg(&mut dv)
+            .arg(&hi)
+            .arg(&kvhi)
+            .arg(&tqi)
+            .arg(&tki)
+            .arg(&self.scale)
+            .arg(&causal);
+        // SAFETY: matches fa_bwd_dkdv's signature; sizes checked in `attention`.
+        unsafe { bld.launch(cfg) }.map_err(cuda_err)?;
+
+        let dqk = kernel(dev, &sources::bwd_dq_kernel(T::ELEM, hd))?;
+        let cfg = LaunchConfig {
+            grid_dim: (grid(tq, sources::SIMT_ROWS)?, grid(b * h, 1)?, 1),
+            block_dim: (sources::THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut bld = stream.launch_builder(&dqk);
+        bld.arg(&q).arg(&k).arg(&v).arg(&dout).arg(&lse).arg(&dsum);
+        match &mask {
+            Some(m) => bld.arg(m),
+            None => bld.arg(&null),
+        };
+        bld.arg(&mut dq)
+            .arg(&hi)
+            .arg(&kvhi)
+            .arg(&tqi)
+            .arg(&tki)
+            .arg(&self.scale)
+            .arg(&causal);
+        // SAFETY: matches fa_bwd_dq's signature; sizes checked in `attention`.
+        unsafe { bld.launch(cfg) }.map_err(cuda_err)?;
+        drop(bld);
+        Ok((dq, dk, dv))
+    }
+
+    fn fwd_typed<T: Elt>(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<CudaStorage> {
+        let dev = s1.device().clone();
+        let (q, k, v) = (
+            view::<T>(s1, l1, "q")?,
+            view::<T>(s2, l2, "k")?,
+            view::<T>(s3, l3, "v")?,
+        );
+        let (out, lse) = match &self.mask {
+            Some(m) => {
+                let (ms, ml) = m.storage_and_layout();
+                let Storage::Cuda(ms) = &*ms else {
+                    candle_core::bail!("flash attention: the mask is not on the CUDA device");
+                };
+                self.forward::<T>(&dev, q, k, v, Some(view::<f32>(ms, ml, "mask")?))?
+            }
+            None => self.forward::<T>(&dev, q, k, v, None)?,
+        };
+        let lse = tensor_from(lse, &dev, Shape::from((self.d.b, self.d.h, self.d.tq)));
+        *self
+            .lse
+            .lock()
+            .map_err(|_| cuda_err("flash attention: LSE slot poisoned"))? = Some(lse);
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn bwd_typed<T: Elt>(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        g: &Tensor,
+        lse: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let dev = q.device().as_cuda_device()?.clone();
+        let g = g.contiguous()?;
+        let o = o.contiguous()?;
+        let Dims {
+            b,
+            h,
+            kvh,
+            tq,
+            tk,
+            hd,
+        } = self.d;
+        let mask = self.mask.clone();
+        let (dq, dk, dv) = with_view::<T, _>(q, "q", |qv| {
+            with_view::<T, _>(k, "k", |kv| {
+                with_view::<T, _>(v, "v", |vv| {
+                    with_view::<T, _>(&o, "output", |ov| {
+                        with_view::<T, _>(&g, "output gradient", |gv| {
+                            with_view::<f32, _>(lse, "lse", |lv| match &mask {
+                                Some(m) => with_view::<f32, _>(m, "mask", |mv| {
+                                    self.backward::<T>(&dev, qv, kv, vv, ov, gv, lv, Some(mv))
+                                })?,
+                                None => self.backward::<T>(&dev, qv, kv, vv, ov, gv, lv, None),
+                            })?
+                        })?
+                    })?
+                })?
+            })?
+        })??;
+        Ok((
+            tensor_from(dq, &dev, Shape::from((b, h, tq, hd))),
+            tensor_from(dk, &dev, Shape::from((b, kvh, tk, hd))),
+            tensor_from(dv, &dev, Shape::from((b, kvh, tk, hd))),
+        ))
+    }
+
+    fn bwd_any(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        g: &Tensor,
+        lse: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        match q.dtype() {
+            DType::F32 => self.bwd_typed::<f32>(q, k, v, o, g, lse),
+            DType::BF16 => self.bwd_typed::<bf16>(q, k, v, o, g, lse),
+            dt => candle_core::bail!("flash attention: f32 or bf16 only, got {dt:?}"),
+        }
+    }
+
+    fn take_lse(&self) -> Result<Tensor> {
+        self.lse
+            .lock()
+            .map_err(|_| cuda_err("flash attention: LSE slot poisoned"))?
+            .clone()
+            .ok_or_else(|| cuda_err("flash attention: backward before forward"))
+    }
+}
+
+impl CustomOp3 for FlashAttn {
+    fn name(&self) -> &'static str {
+        "mmlab-flash-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("flash attention (CUDA) called on CPU tensors: use kernels::attention")
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let out = match s1.dtype() {
+            DType::F32 => self.fwd_typed::<f32>(s1, l1, s2, l2, s3, l3)?,
+            DType::BF16 => self.fwd_typed::<bf16>(s1, l1, s2, l2, s3, l3)?,
+            dt => candle_core::bail!("flash attention: f32 or bf16 only, got {dt:?}"),
+        };
+        Ok((
+            out,
+            Shape::from((self.d.b, self.d.tq, self.d.h * self.d.hd)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let lse = self.take_lse()?;
+        let (dq, dk, dv) = self.bwd_any(q, k, v, res, grad, &lse)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// True when the CUDA kernels take this head dim.
+pub fn supports_head_dim(hd: usize) -> bool {
+    sources::HEAD_DIMS.contains(&hd)
+}
+
+/// Checks the shapes and builds the op (inputs made contiguous and 16-byte aligned).
+fn prepare(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+    causal: bool,
+) -> Result<(FlashAttn, Tensor, Tensor, Tensor)> {
+    let (b, h, tq, hd) = q.dims4()?;
+    let (bk, kvh, tk, hdk) = k.dims4()?;
+    if bk != b || hdk != hd || v.dims() != k.dims() || kvh == 0 || h % kvh != 0 {
+        candle_core::bail!(
+            "flash attention: q {:?}, k {:?}, v {:?} do not fit together",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
+        candle_core::bail!("flash attention: q, k, v must share one dtype");
+    }
+    if !supports_head_dim(hd) {
+        candle_core::bail!(
+            "flash attention: head dim {hd} not compiled (have {:?})",
+            sources::HEAD_DIMS
+        );
+    }
+    if b * h > 65535 {
+        candle_core::bail!(
+            "flash attention: batch x heads = {} over the grid limit 65535",
+            b * h
+        );
+    }
+    if !q.device().is_cuda() || !q.device().same_device(k.device()) {
+        candle_core::bail!("flash attention: q, k, v must be on one CUDA device");
+    }
+    let mask = match mask {
+        Some(m) => {
+            if m.dims() != [b, 1, tq, tk] {
+                candle_core::bail!(
+                    "flash attention: mask {:?} for q {:?} and {tk} keys",
+                    m.dims(),
+                    q.dims()
+                );
+            }
+            Some(
+                m.to_device(q.device())?
+                    .to_dtype(DType::F32)?
+                    .contiguous()?,
+            )
+        }
+        None => None,
+    };
+    // Views must start 16-byte aligned for cp.async: a fresh copy when not.
+    let aligned = |t: &Tensor| -> Result<Tensor> {
+        let t = t.contiguous()?;
+        if t.layout().start_offset() % 8 == 0 {
+            Ok(t)
+        } else {
+            t.force_contiguous()
+        }
+    };
+    let op = FlashAttn {
+        d: Dims {
+            b,
+            h,
+            kvh,
+            tq,
+            tk,
+            hd,
+        },
+        scale: scale as f32,
+        causal,
+        mask,
+        lse: Arc::new(Mutex::new(None)),
+    };
+    Ok((op, aligned(q)?, aligned(k)?, aligned(v)?))
+}
+
+/// Scaled dot-product attention on a CUDA device, forward and backward: `q` (`b, h, tq, hd`),
+/// `k`, `v` (`b, kv_heads, tk, hd`), f32 or bf16, with an optional additive `mask`
+/// (`b, 1, tq, tk`) and/or the causal rule (key `j` visible to query `i` when
+/// `j <= i + tk - tq`). Returns `(b, tq, h * hd)`, the heads concatenated, like
+/// [`super::attention`]; gradients flow to `q`, `k`, `v`.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+    causal: bool,
+) -> Result<Tensor> {
+    let (op, q, k, v) = prepare(q, k, v, mask, scale, causal)?;
+    q.apply_op3(&k, &v, op)
+}
+
+/// The forward kernels alone (no autograd): the output `(b, tq, h * hd)` and the natural
+/// log-sum-exp of every scaled score row `(b, h, tq)` (`+inf` for a row that sees no key).
+pub fn forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+    causal: bool,
+) -> Result<(Tensor, Tensor)> {
+    let (op, q, k, v) = prepare(q, k, v, mask, scale, causal)?;
+    let out = q.apply_op3_no_bwd(&k, &v, &op)?;
+    Ok((out, op.take_lse()?))
+}
+
+/// The backward kernels alone: `(dq, dk, dv)` from the inputs, the [`forward`] output and
+/// log-sum-exp, and the output gradient `dout` (`b, tq, h * hd`).
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    dout: &Tensor,
+    lse: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+    causal: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (op, q, k, v) = prepare(q, k, v, mask, scale, causal)?;
+    let (b, h, tq, hd) = q.dims4()?;
+    if out.dims() != [b, tq, h * hd] || dout.dims() != out.dims() || lse.dims() != [b, h, tq] {
+        candle_core::bail!(
+            "flash attention backward: output {:?}, gradient {:?}, lse {:?} for q {:?}",
+            out.dims(),
+            dout.dims(),
+            lse.dims(),
+            q.dims()
+        );
+    }
+    let lse = lse.to_dtype(DType::F32)?.contiguous()?;
+    op.bwd_any(&q, &k, &v, out, dout, &lse)
+}

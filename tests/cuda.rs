@@ -1,0 +1,331 @@
+//! The CUDA FlashAttention kernels against the CPU path: outputs and gradients of q, k, v
+//! (f32 within 1e-3, bf16 within 2e-2, as the largest error over the reference's largest
+//! magnitude), causal and masked, odd sequence lengths, grouped KV heads, head dims 16, 64 and 128.
+//!
+//! Built only with `--features cuda` and run only with `MMLAB_CUDA_TESTS=1` on a machine with a
+//! GPU (benches/gpu.sh does both); the CPU reference is `mmlab::kernels::attention`, whose own
+//! tests (tests/kernels.rs) hold it to candle's plain ops.
+#![cfg(feature = "cuda")]
+
+use candle_core::{DType, Device, Tensor, Var};
+use mmlab::kernels;
+
+fn enabled() -> bool {
+    let on = std::env::var("MMLAB_CUDA_TESTS").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!("*** SKIPPED: CUDA tests need a GPU and MMLAB_CUDA_TESTS=1 (benches/gpu.sh)");
+    }
+    on
+}
+
+fn rand(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// Largest |got - want| over the largest |want|, `got` moved to the CPU as f32.
+fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
+    let got = got
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    assert_eq!(got.dims(), want.dims());
+    let max = |t: &Tensor| {
+        t.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let d = max(&(&got - want).unwrap());
+    assert!(d.is_finite(), "non-finite values");
+    d / max(want).max(1e-6)
+}
+
+/// Additive causal mask `(b, 1, tq, tk)`: key j visible to query i when j <= i + tk - tq.
+fn causal_mask(b: usize, tq: usize, tk: usize) -> Tensor {
+    let mut m = vec![0f32; b * tq * tk];
+    for bi in 0..b {
+        for i in 0..tq {
+            for j in 0..tk {
+                if j + tq > i + tk {
+                    m[(bi * tq + i) * tk + j] = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(m, (b, 1, tq, tk), &Device::Cpu).unwrap()
+}
+
+struct Case {
+    dtype: DType,
+    b: usize,
+    h: usize,
+    kvh: usize,
+    tq: usize,
+    tk: usize,
+    hd: usize,
+    causal: bool,
+    /// An explicit mask (CPU copy) instead of / besides the causal flag.
+    mask: Option<Tensor>,
+}
+
+fn run(case: Case) {
+    let gpu = Device::new_cuda(0).expect("a CUDA device");
+    let Case {
+        dtype,
+        b,
+        h,
+        kvh,
+        tq,
+        tk,
+        hd,
+        causal,
+        mask,
+    } = case;
+    let tol = if dtype == DType::F32 { 1e-3 } else { 2e-2 };
+    let name = format!("{dtype:?} b{b} h{h}/{kvh} tq{tq} tk{tk} hd{hd} causal={causal}");
+    let scale = 1.0 / (hd as f64).sqrt();
+    // Inputs rounded to the tested dtype, so the CPU sees exactly what the GPU sees.
+    let round = |t: Tensor| t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+    let q = round((rand(&[b, h, tq, hd], 1) * 0.5).unwrap());
+    let k = round((rand(&[b, kvh, tk, hd], 2) * 0.5).unwrap());
+    let v = round(rand(&[b, kvh, tk, hd], 3));
+    let r = rand(&[b, tq, h * hd], 4);
+
+    // CPU reference: the fused CPU op with the full additive mask.
+    let mut cpu_mask = if causal {
+        causal_mask(b, tq, tk)
+    } else {
+        Tensor::zeros((b, 1, tq, tk), DType::F32, &Device::Cpu).unwrap()
+    };
+    if let Some(m) = &mask {
+        cpu_mask = (cpu_mask + m).unwrap();
+    }
+    let (qc, kc, vc) = (
+        Var::from_tensor(&q).unwrap(),
+        Var::from_tensor(&k).unwrap(),
+        Var::from_tensor(&v).unwrap(),
+    );
+    let yc = kernels::attention(
+        qc.as_tensor(),
+        kc.as_tensor(),
+        vc.as_tensor(),
+        &cpu_mask,
+        scale,
+    )
+    .unwrap();
+    let gc = (&yc * &r).unwrap().sum_all().unwrap().backward().unwrap();
+
+    // GPU.
+    let to_gpu = |t: &Tensor| t.to_device(&gpu).unwrap().to_dtype(dtype).unwrap();
+    let (qg, kg, vg) = (
+        Var::from_tensor(&to_gpu(&q)).unwrap(),
+        Var::from_tensor(&to_gpu(&k)).unwrap(),
+        Var::from_tensor(&to_gpu(&v)).unwrap(),
+    );
+    let mask_gpu = mask.as_ref().map(|m| m.to_device(&gpu).unwrap());
+    let yg = kernels::cuda::attention(
+        qg.as_tensor(),
+        kg.as_tensor(),
+        vg.as_tensor(),
+        mask_gpu.as_ref(),
+        scale,
+        causal,
+    )
+    .unwrap();
+    assert_eq!(yg.dtype(), dtype);
+    let rg = to_gpu(&r);
+    let gg = (yg.to_dtype(DType::F32).unwrap() * rg.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+
+    let e = rel_err(&yg, &yc);
+    eprintln!("{name}: output {e:.2e}");
+    assert!(e <= tol, "{name}: output error {e}");
+    for (label, vg_, vc_) in [("dq", &qg, &qc), ("dk", &kg, &kc), ("dv", &vg, &vc)] {
+        let got = gg.get(vg_.as_tensor()).expect("gpu gradient");
+        let want = gc.get(vc_.as_tensor()).expect("cpu gradient");
+        let e = rel_err(got, want);
+        eprintln!("{name}: {label} {e:.2e}");
+        assert!(e <= tol, "{name}: {label} error {e}");
+    }
+}
+
+fn case(dtype: DType, hd: usize, causal: bool, tq: usize, tk: usize) -> Case {
+    Case {
+        dtype,
+        b: 2,
+        h: 4,
+        kvh: 2,
+        tq,
+        tk,
+        hd,
+        causal,
+        mask: None,
+    }
+}
+
+#[test]
+fn f32_matches_cpu() {
+    if !enabled() {
+        return;
+    }
+    for hd in [64, 128] {
+        for causal in [false, true] {
+            run(case(DType::F32, hd, causal, 131, 131));
+        }
+    }
+    // Fewer queries than keys (a KV cache): causal aligned to the end.
+    run(case(DType::F32, 64, true, 37, 250));
+    // The shipped fuyu-small's head dim.
+    run(case(DType::F32, 16, true, 90, 90));
+}
+
+#[test]
+fn bf16_matches_cpu() {
+    if !enabled() {
+        return;
+    }
+    for hd in [64, 128] {
+        for causal in [false, true] {
+            run(case(DType::BF16, hd, causal, 200, 200));
+        }
+    }
+    run(case(DType::BF16, 128, true, 65, 321));
+    run(case(DType::BF16, 16, false, 100, 100));
+    // Long enough for many key tiles per block.
+    run(Case {
+        b: 1,
+        h: 2,
+        kvh: 1,
+        ..case(DType::BF16, 128, true, 1024, 1024)
+    });
+}
+
+#[test]
+fn padding_mask_matches_cpu() {
+    if !enabled() {
+        return;
+    }
+    // The model's mask: causal plus padded keys (last 20 of batch row 1).
+    let (b, t) = (2, 150);
+    let mut valid = vec![1u8; b * t];
+    valid[2 * t - 20..].iter_mut().for_each(|x| *x = 0);
+    let mask = mmlab::model::layers::attention_mask(b, t, 0, &valid, &Device::Cpu).unwrap();
+    for dtype in [DType::F32, DType::BF16] {
+        for hd in [64, 128] {
+            run(Case {
+                mask: Some(mask.clone()),
+                ..case(dtype, hd, false, t, t)
+            });
+        }
+    }
+}
+
+#[test]
+fn model_dispatch_uses_cuda_kernels() {
+    if !enabled() {
+        return;
+    }
+    let gpu = Device::new_cuda(0).unwrap();
+    let q = rand(&[1, 2, 10, 64], 5).to_device(&gpu).unwrap();
+    assert!(kernels::cuda_attention(&q));
+    let q32 = rand(&[1, 2, 10, 48], 5).to_device(&gpu).unwrap();
+    assert!(
+        !kernels::cuda_attention(&q32),
+        "head dim 48 is not compiled"
+    );
+    // The fused CPU ops stand aside on the GPU.
+    assert!(!kernels::enabled_on(&gpu));
+}
+
+/// A batch of image and audio sequences from the synthetic generator (as in tests/model.rs).
+fn mixed_batch(
+    cfg: &mmlab::model::ModelDirConfig,
+    tok: std::sync::Arc<mmlab::fusion::TextTokenizer>,
+    n: usize,
+) -> mmlab::fusion::Batch {
+    use mmlab::train::data::{Factory, Source, SyntheticData};
+    let builder = cfg.builder(tok.clone());
+    let mut d = SyntheticData::small();
+    d.scene.width = cfg.image.max_width as u32;
+    d.scene.height = cfg.image.max_height as u32;
+    let f = Factory::new(Source::Synthetic(d.clone()), 7, n, builder);
+    let mut seqs: Vec<_> = f.batch(0).unwrap().into_iter().map(|e| e.seq).collect();
+    seqs.extend(
+        f.batch(d.audio_every - 1)
+            .unwrap()
+            .into_iter()
+            .take(2)
+            .map(|e| e.seq),
+    );
+    mmlab::fusion::collate(&seqs, tok.specials.pad, mmlab::fusion::PadSide::Right).unwrap()
+}
+
+#[test]
+fn fuyu_small_loss_and_gradients_match_cpu() {
+    if !enabled() {
+        return;
+    }
+    use mmlab::train::{init_model, named_vars};
+    let gpu = Device::new_cuda(0).unwrap();
+    let tok = std::sync::Arc::new(mmlab::fusion::TextTokenizer::builtin().unwrap());
+    let mut cfg = mmlab::model::presets::preset("fuyu-small")
+        .expect("fuyu-small preset")
+        .config
+        .clone();
+    cfg.model.vocab_size = cfg.model.vocab_size.max(tok.vocab_size());
+    let (m_cpu, vm_cpu) = init_model(&cfg, 1, &Device::Cpu).unwrap();
+    let (m_gpu, vm_gpu) = init_model(&cfg, 1, &gpu).unwrap();
+    // Same weights on both devices.
+    let cpu_vars = named_vars(&vm_cpu);
+    let gpu_vars = named_vars(&vm_gpu);
+    assert_eq!(cpu_vars.len(), gpu_vars.len());
+    for ((nc, vc), (ng, vg)) in cpu_vars.iter().zip(&gpu_vars) {
+        assert_eq!(nc, ng);
+        vg.set(&vc.as_tensor().to_device(&gpu).unwrap()).unwrap();
+    }
+    let batch = mixed_batch(&cfg, tok, 4);
+    let (lc, _) = m_cpu.loss(&batch).unwrap();
+    let (lg, _) = m_gpu.loss(&batch).unwrap();
+    let e = rel_err(&lg, &lc);
+    eprintln!("fuyu-small loss: cpu {lc} gpu {lg} ({e:.2e})");
+    assert!(e <= 1e-3, "loss differs: {e}");
+    let gc = lc.backward().unwrap();
+    let gg = lg.backward().unwrap();
+    let mut worst = (0f32, String::new());
+    for ((name, vc), (_, vg)) in cpu_vars.iter().zip(&gpu_vars) {
+        let want = gc.get(vc.as_tensor()).expect("cpu gradient");
+        let got = gg.get(vg.as_tensor()).expect("gpu gradient");
+        let e = rel_err(got, want);
+        if e > worst.0 {
+            worst = (e, name.clone());
+        }
+    }
+    eprintln!("fuyu-small gradients: worst {:.2e} ({})", worst.0, worst.1);
+    assert!(
+        worst.0 <= 1e-3,
+        "gradient of {} differs: {}",
+        worst.1,
+        worst.0
+    );
+}
