@@ -14,7 +14,7 @@ use ratatui::widgets::{
 };
 use ratatui::Frame;
 
-use super::data::{read_curve, CurvePoint, ResultRow, Workspace, COLUMNS};
+use super::data::{ResultRow, Workspace, COLUMNS};
 use super::Action;
 use crate::ablate::METRICS;
 
@@ -41,8 +41,8 @@ pub struct Dashboard {
     pub results: TableState,
     /// Column the results are sorted by and the bar chart shows.
     pub column: usize,
-    /// Models with training logs: (index into `ws.models`, curve).
-    pub curves: Vec<(usize, Vec<CurvePoint>)>,
+    /// Models with training logs (indices into `ws.models`).
+    pub curves: Vec<usize>,
     /// Training tab cursor (index into `curves`).
     pub curve_sel: usize,
     /// Curves overlaid on the chart (indices into `curves`).
@@ -88,20 +88,11 @@ const PALETTE: [Color; 6] = [
 ];
 
 impl Dashboard {
-    /// A dashboard over a scanned workspace; training logs are read once here.
+    /// A dashboard over a scanned workspace (which read the training logs).
     pub fn new(ws: Workspace) -> Self {
-        let mut curves = Vec::new();
-        let mut problems = Vec::new();
-        for (i, m) in ws.models.iter().enumerate() {
-            if m.logs.is_empty() {
-                continue;
-            }
-            match read_curve(&m.logs) {
-                Ok(c) if !c.is_empty() => curves.push((i, c)),
-                Ok(_) => {}
-                Err(e) => problems.push(e),
-            }
-        }
+        let curves: Vec<usize> = (0..ws.models.len())
+            .filter(|&i| !ws.models[i].curve.is_empty())
+            .collect();
         let mut d = Dashboard {
             ws,
             tab: 1,
@@ -115,7 +106,6 @@ impl Dashboard {
             curve_kind: 0,
             ablation: 0,
         };
-        d.ws.problems.extend(problems);
         d.sort();
         d
     }
@@ -308,7 +298,7 @@ impl Dashboard {
                     Cell::from(m.name.clone()).style(Style::new().fg(colour)),
                     Cell::from(m.design.clone()),
                     Cell::from(format!("{:>8}", m.params)),
-                    Cell::from(m.tokens.map_or("-".into(), |t| fmt_count(t as f64))),
+                    Cell::from(m.tokens().map_or("-".into(), |t| fmt_count(t as f64))),
                     Cell::from(m.flops().map_or("-".into(), fmt_count)),
                     Cell::from(weights),
                 ])
@@ -491,7 +481,7 @@ impl Dashboard {
             .curves
             .iter()
             .enumerate()
-            .map(|(i, (m, _))| {
+            .map(|(i, m)| {
                 let on = self.overlay.contains(&i);
                 let colour = if on {
                     PALETTE[i % PALETTE.len()]
@@ -514,8 +504,9 @@ impl Dashboard {
             .overlay
             .iter()
             .filter_map(|&i| {
-                let (_, c) = self.curves.get(i)?;
-                let pts: Vec<(f64, f64)> = c
+                let m = self.curves.get(i)?;
+                let pts: Vec<(f64, f64)> = self.ws.models[*m]
+                    .curve
                     .iter()
                     .filter_map(|p| {
                         let y = match self.curve_kind {
@@ -561,7 +552,7 @@ impl Dashboard {
             .iter()
             .map(|(i, s)| {
                 Dataset::default()
-                    .name(self.ws.models[self.curves[*i].0].name.clone())
+                    .name(self.ws.models[self.curves[*i]].name.clone())
                     .marker(symbols::Marker::Braille)
                     .graph_type(GraphType::Line)
                     .style(Style::new().fg(PALETTE[i % PALETTE.len()]))

@@ -20,20 +20,23 @@ pub struct ModelEntry {
     pub design: String,
     /// Total parameters.
     pub params: usize,
-    /// Training tokens over every stage's log (`None`: no log).
-    pub tokens: Option<u64>,
     /// Where the weights are (`None`: a preset not trained here).
     pub weights: Option<PathBuf>,
     /// What to pass as `--model` to load it (preset name, or the directory).
     pub spec: String,
-    /// Training logs in stage order.
-    pub logs: Vec<PathBuf>,
+    /// The training curve over every stage's log, read once at scan (empty: no log).
+    pub curve: Vec<CurvePoint>,
 }
 
 impl ModelEntry {
+    /// Training tokens over every stage (`None`: no log).
+    pub fn tokens(&self) -> Option<u64> {
+        self.curve.last().map(|p| p.tokens as u64)
+    }
+
     /// Training FLOPs estimated as `6 · parameters · tokens`.
     pub fn flops(&self) -> Option<f64> {
-        self.tokens.map(|t| 6.0 * self.params as f64 * t as f64)
+        self.tokens().map(|t| 6.0 * self.params as f64 * t as f64)
     }
 
     /// Whether the design is the native (early-fusion) one.
@@ -318,26 +321,20 @@ fn model_entry(
             return None;
         }
     };
-    let logs = train_logs(dir);
-    let tokens = match read_curve(&logs) {
-        Ok(c) if !c.is_empty() => c.last().map(|p| p.tokens as u64),
-        Ok(_) => None,
-        Err(e) => {
-            problems.push(e);
-            None
-        }
-    };
+    let curve = read_curve(&train_logs(dir)).unwrap_or_else(|e| {
+        problems.push(e);
+        Vec::new()
+    });
     Some(ModelEntry {
         name,
         design: cfg.design.clone(),
         params: parameter_count(&cfg.model),
-        tokens,
         weights: dir
             .join("model.safetensors")
             .is_file()
             .then(|| dir.to_path_buf()),
         spec,
-        logs,
+        curve,
     })
 }
 
@@ -371,10 +368,9 @@ impl Workspace {
                         name: p.name.to_string(),
                         design: p.config.design.clone(),
                         params: parameter_count(&p.config.model),
-                        tokens: None,
                         weights: None,
                         spec: p.name.to_string(),
-                        logs: Vec::new(),
+                        curve: Vec::new(),
                     }),
                 }
             }
