@@ -299,3 +299,165 @@ fn rotary_and_relu2_match_plain_path() {
         1e-5,
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// cross-entropy, AdamW, gradient accumulation
+
+#[test]
+fn cross_entropy_matches_plain_path() {
+    // (rows, vocab): one row, odd sizes, more rows than one parallel task, a wide vocabulary.
+    for (i, &(n, v)) in [(1usize, 7usize), (37, 384), (300, 129), (5, 4001)]
+        .iter()
+        .enumerate()
+    {
+        // Scaled logits: large values check the log-sum-exp's stability.
+        let logits = (rand(&[n, v], 40 + i as u64) * (1.0 + 10.0 * i as f64)).unwrap();
+        let targets: Vec<u32> = (0..n).map(|r| ((r * 7919 + i) % v) as u32).collect();
+        compare(
+            &format!("cross_entropy {n}x{v}"),
+            &[logits],
+            |t| kernels::cross_entropy(&t[0], &targets).unwrap(),
+            |t| kernels::cross_entropy_plain(&t[0], &targets).unwrap(),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn cross_entropy_rejects_bad_targets() {
+    let logits = rand(&[3, 5], 1);
+    let e = kernels::cross_entropy(&logits, &[0, 5, 1]).unwrap_err();
+    assert!(e.to_string().contains("target 5"), "{e}");
+    let e = kernels::cross_entropy(&logits, &[0, 1]).unwrap_err();
+    assert!(e.to_string().contains("2 targets for 3 rows"), "{e}");
+    assert!(kernels::cross_entropy(&rand(&[0, 5], 1), &[]).is_err());
+    assert!(kernels::cross_entropy(&rand(&[5], 1), &[0]).is_err());
+}
+
+#[test]
+fn adamw_update_matches_pytorch_rule() {
+    // PyTorch's AdamW written out: p -= lr*wd*p; m, v moments; p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps).
+    let (lr, wd, b1, b2, eps, scale) = (3e-3f64, 0.1f64, 0.9f64, 0.95f64, 1e-8f64, 0.7f64);
+    for n in [1usize, 17, 4099] {
+        let p0 = rand(&[n], 5).to_vec1::<f32>().unwrap();
+        let var = Var::from_slice(&p0, n, &Device::Cpu).unwrap();
+        let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
+        let mut want: Vec<f64> = p0.iter().map(|&x| x as f64).collect();
+        let (mut wm, mut wv) = (vec![0f64; n], vec![0f64; n]);
+        for t in 1..=3i32 {
+            let g = rand(&[n], 100 + t as u64);
+            let bc1 = 1.0 - b1.powi(t);
+            let bc2 = 1.0 - b2.powi(t);
+            let step = kernels::AdamWStep {
+                b1: b1 as f32,
+                b2: b2 as f32,
+                eps: eps as f32,
+                grad_scale: scale as f32,
+                decay: (1.0 - lr * wd) as f32,
+                step_size: (lr / bc1) as f32,
+                bc2_sqrt: bc2.sqrt() as f32,
+            };
+            kernels::adamw_update(var.as_tensor(), &g, &mut m, &mut v, step).unwrap();
+            for (i, gi) in g.to_vec1::<f32>().unwrap().into_iter().enumerate() {
+                let gi = gi as f64 * scale;
+                want[i] -= lr * wd * want[i];
+                wm[i] = b1 * wm[i] + (1.0 - b1) * gi;
+                wv[i] = b2 * wv[i] + (1.0 - b2) * gi * gi;
+                want[i] -= lr / bc1 * wm[i] / (wv[i].sqrt() / bc2.sqrt() + eps);
+            }
+        }
+        let got = var.as_tensor().to_vec1::<f32>().unwrap();
+        for i in 0..n {
+            assert!(
+                (got[i] as f64 - want[i]).abs() <= 1e-6,
+                "n {n}, element {i}: {} against {}",
+                got[i],
+                want[i]
+            );
+            assert!((m[i] as f64 - wm[i]).abs() <= 1e-6 && (v[i] as f64 - wv[i]).abs() <= 1e-6);
+        }
+    }
+}
+
+#[test]
+fn adamw_update_rejects_mismatched_shapes() {
+    let var = Var::from_slice(&[1f32, 2.0, 3.0], 3, &Device::Cpu).unwrap();
+    let step = kernels::AdamWStep {
+        b1: 0.9,
+        b2: 0.999,
+        eps: 1e-8,
+        grad_scale: 1.0,
+        decay: 1.0,
+        step_size: 1e-3,
+        bc2_sqrt: 1.0,
+    };
+    let (mut m, mut v) = (vec![0f32; 3], vec![0f32; 3]);
+    let g = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+    assert!(kernels::adamw_update(var.as_tensor(), &g, &mut m, &mut v, step).is_err());
+    let g = Tensor::new(&[1f32, 2.0, 3.0], &Device::Cpu).unwrap();
+    let (mut m2, mut v2) = (vec![0f32; 2], vec![0f32; 3]);
+    assert!(kernels::adamw_update(var.as_tensor(), &g, &mut m2, &mut v2, step).is_err());
+    // Nothing was written by the refused calls.
+    assert_eq!(
+        var.as_tensor().to_vec1::<f32>().unwrap(),
+        vec![1.0, 2.0, 3.0]
+    );
+}
+
+#[test]
+fn sum_squares_matches_candle() {
+    let g = rand(&[3, 1031], 8);
+    let want = g
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
+    let got = kernels::sum_squares(&g).unwrap();
+    assert!((got - want).abs() <= 1e-3 * want, "{got} against {want}");
+}
+
+#[test]
+fn gradients_accumulate_over_many_uses() {
+    // The patched backprop adds later gradient contributions in place when nothing else holds
+    // the stored one; shared gradients (x + x hands one tensor to both sides) must not be
+    // changed under another tensor's feet.
+    let x = Var::from_tensor(&rand(&[4, 6], 3)).unwrap();
+    let w = rand(&[6, 6], 4);
+    let xt = x.as_tensor();
+    let h = kernels::layer_norm(xt, &rand(&[6], 5), &rand(&[6], 6), 1e-5).unwrap();
+    // h is used by three matmuls, x by the norm, a doubling and an exp.
+    let y = ((h.matmul(&w).unwrap() + h.matmul(&w.t().unwrap()).unwrap()).unwrap()
+        + h.matmul(&w).unwrap().exp().unwrap())
+    .unwrap();
+    let z = ((xt + xt).unwrap() * 3.0).unwrap();
+    let loss = (y.sum_all().unwrap() + z.sqr().unwrap().sum_all().unwrap()).unwrap();
+    let g = loss.backward().unwrap();
+    let got = g.get(xt).unwrap().clone();
+    // The same graph with every use written out separately through the plain ops.
+    let x2 = Var::from_tensor(xt).unwrap();
+    let hp = {
+        let xt = x2.as_tensor();
+        let d = 6f64;
+        let mean = (xt.sum_keepdim(D::Minus1).unwrap() / d).unwrap();
+        let xc = xt.broadcast_sub(&mean).unwrap();
+        let var = (xc.sqr().unwrap().sum_keepdim(D::Minus1).unwrap() / d).unwrap();
+        xc.broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(&rand(&[6], 5))
+            .unwrap()
+            .broadcast_add(&rand(&[6], 6))
+            .unwrap()
+    };
+    let yp = ((hp.matmul(&w).unwrap() + hp.matmul(&w.t().unwrap()).unwrap()).unwrap()
+        + hp.matmul(&w).unwrap().exp().unwrap())
+    .unwrap();
+    let zp = (x2.as_tensor().affine(6.0, 0.0)).unwrap();
+    let lp = (yp.sum_all().unwrap() + zp.sqr().unwrap().sum_all().unwrap()).unwrap();
+    let gp = lp.backward().unwrap();
+    let want = gp.get(x2.as_tensor()).unwrap();
+    let scale = 1f32.max(max_diff(want, &want.zeros_like().unwrap()));
+    let d = max_diff(&got, want);
+    assert!(d <= 1e-5 * scale, "accumulated gradient differs by {d}");
+}

@@ -12,7 +12,10 @@
 //! - [`softmax_last`]: softmax over the last dimension, `dx = y (g - sum(g y))`;
 //! - [`attention`]: scaled dot-product attention, one query row at a time (O(keys) memory);
 //! - [`rotary`]: rotate-half positions, backward the inverse rotation;
-//! - [`relu2`]: relu(x) squared.
+//! - [`relu2`]: relu(x) squared;
+//! - [`cross_entropy`]: mean cross-entropy over the vocabulary, keeping only each row's
+//!   log-sum-exp between forward and backward;
+//! - [`adamw_update`]: the AdamW step in place on a parameter's storage.
 //!
 //! All are f32 (the models train and run in f32); tests compare them with the plain candle
 //! path, forward and gradients (`tests/kernels.rs`).
@@ -25,9 +28,14 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+mod adamw;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod sources;
+mod xent;
+
+pub use adamw::{adamw_update, sum_squares, AdamWStep};
+pub use xent::{cross_entropy, cross_entropy_plain};
 
 /// False when `MMLAB_PLAIN_OPS` is set: the model then uses candle's plain ops everywhere
 /// (for before/after measurements and for debugging a fused op).
@@ -107,6 +115,30 @@ fn contiguous_vec(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
 
+/// Runs `f` on the f32 data of CPU tensors `ts`, borrowed in place (a tensor that is not
+/// contiguous is copied once); backward passes read their inputs this way instead of copying
+/// every one into a new `Vec`.
+fn with_f32<const N: usize, R>(
+    ts: [&Tensor; N],
+    what: &str,
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> Result<R> {
+    let owned = ts.map(|t| t.contiguous());
+    let mut cs = Vec::with_capacity(N);
+    for t in owned {
+        cs.push(t?);
+    }
+    let guards: Vec<_> = cs.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices: [&[f32]; N] = [&[]; N];
+    for (slot, (s, l)) in slices.iter_mut().zip(&guards) {
+        let candle_core::Storage::Cpu(c) = &**s else {
+            candle_core::bail!("{what}: the CPU op got a tensor on another device");
+        };
+        *slot = f32_slice(c, l, what)?;
+    }
+    Ok(f(slices))
+}
+
 /// Sums the rows (`n x d`, row-major) of `g` into a `d` vector.
 fn column_sum(g: &[f32], d: usize) -> Vec<f32> {
     let mut acc = vec![0f32; d];
@@ -157,8 +189,8 @@ impl CustomOp2 for AddBias {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let d = b.elem_count();
-        let g = contiguous_vec(grad)?;
-        let db = Tensor::from_vec(column_sum(&g, d), b.shape(), b.device())?;
+        let db = with_f32([grad], "add_bias", |[g]| column_sum(g, d))?;
+        let db = Tensor::from_vec(db, b.shape(), b.device())?;
         Ok((Some(grad.clone()), Some(db)))
     }
 }
@@ -231,18 +263,54 @@ struct LayerNormOp {
     rms: bool,
 }
 
-impl LayerNormOp {
-    /// Mean (0 for RMSNorm) and reciprocal standard deviation of one row.
-    fn stats(&self, row: &[f32]) -> (f32, f32) {
-        let d = row.len() as f32;
-        if self.rms {
-            let ms = row.iter().map(|v| v * v).sum::<f32>() / d;
-            (0.0, 1.0 / (ms + self.eps).sqrt())
-        } else {
-            let mean = row.iter().sum::<f32>() / d;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
-            (mean, 1.0 / (var + self.eps).sqrt())
+/// Sum of `x` with eight running partial sums, so the compiler can keep them in vector lanes
+/// (a plain `iter().sum()` is one serial chain of adds, since f32 addition is not associative).
+#[inline(always)]
+fn sum_lanes(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            acc[i] += c[i];
         }
+    }
+    let tail: f32 = chunks.remainder().iter().sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Dot product of `a` and `b` with eight running partial sums (see [`sum_lanes`]).
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+impl LayerNormOp {
+    /// Writes the normalised row `(x - mean) * rstd` into `xhat` and returns `rstd`.
+    #[inline(always)]
+    fn normalise(&self, row: &[f32], xhat: &mut [f32]) -> f32 {
+        let d = row.len() as f32;
+        let mean = if self.rms { 0.0 } else { sum_lanes(row) / d };
+        for (h, &v) in xhat.iter_mut().zip(row) {
+            *h = v - mean;
+        }
+        let rstd = 1.0 / (dot_lanes(xhat, xhat) / d + self.eps).sqrt();
+        for h in xhat.iter_mut() {
+            *h *= rstd;
+        }
+        rstd
     }
 
     fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
@@ -252,16 +320,16 @@ impl LayerNormOp {
         run_chunks(&mut out, chunk, |ci, oc| {
             let xc = piece(x, ci, chunk);
             for (o, row) in oc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
-                let (mean, rstd) = self.stats(row);
+                self.normalise(row, o);
                 match b {
                     Some(b) => {
-                        for i in 0..d {
-                            o[i] = (row[i] - mean) * rstd * w[i] + b[i];
+                        for ((o, &w), &b) in o.iter_mut().zip(w).zip(b) {
+                            *o = *o * w + b;
                         }
                     }
                     None => {
-                        for i in 0..d {
-                            o[i] = (row[i] - mean) * rstd * w[i];
+                        for (o, &w) in o.iter_mut().zip(w) {
+                            *o *= w;
                         }
                     }
                 }
@@ -281,29 +349,22 @@ impl LayerNormOp {
             let mut dw = vec![0f32; d];
             let mut db = vec![0f32; d];
             let mut xhat = vec![0f32; d];
+            let mut gw = vec![0f32; d];
             for ((dxr, xr), gr) in dxc
                 .chunks_exact_mut(d)
                 .zip(xc.chunks_exact(d))
                 .zip(gc.chunks_exact(d))
             {
-                let (mean, rstd) = self.stats(xr);
-                let (mut s_gw, mut s_gwx) = (0f32, 0f32);
+                let rstd = self.normalise(xr, &mut xhat);
                 for i in 0..d {
-                    xhat[i] = (xr[i] - mean) * rstd;
-                    let gw = gr[i] * w[i];
-                    s_gw += gw;
-                    s_gwx += gw * xhat[i];
+                    gw[i] = gr[i] * w[i];
                     dw[i] += gr[i] * xhat[i];
                     db[i] += gr[i];
                 }
-                let (m_gw, m_gwx) = (s_gw / df, s_gwx / df);
+                let m_gwx = dot_lanes(&gw, &xhat) / df;
+                let m_gw = if self.rms { 0.0 } else { sum_lanes(&gw) / df };
                 for i in 0..d {
-                    let gw = gr[i] * w[i];
-                    dxr[i] = if self.rms {
-                        rstd * (gw - xhat[i] * m_gwx)
-                    } else {
-                        rstd * (gw - m_gw - xhat[i] * m_gwx)
-                    };
+                    dxr[i] = rstd * (gw[i] - m_gw - xhat[i] * m_gwx);
                 }
             }
             (dw, db)
@@ -351,11 +412,9 @@ impl CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = self.backward(
-            &contiguous_vec(x)?,
-            &contiguous_vec(w)?,
-            &contiguous_vec(grad)?,
-        );
+        let (dx, dw, db) = with_f32([x, w, grad], "layer_norm", |[x, w, g]| {
+            self.backward(x, w, g)
+        })?;
         Ok((
             Some(Tensor::from_vec(dx, x.shape(), x.device())?),
             Some(Tensor::from_vec(dw, w.shape(), w.device())?),
@@ -391,11 +450,7 @@ impl CustomOp2 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = self.backward(
-            &contiguous_vec(x)?,
-            &contiguous_vec(w)?,
-            &contiguous_vec(grad)?,
-        );
+        let (dx, dw, _) = with_f32([x, w, grad], "rms_norm", |[x, w, g]| self.backward(x, w, g))?;
         Ok((
             Some(Tensor::from_vec(dx, x.shape(), x.device())?),
             Some(Tensor::from_vec(dw, w.shape(), w.device())?),
@@ -473,25 +528,31 @@ impl CustomOp1 for SoftmaxLast {
 
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let d = res.dim(candle_core::D::Minus1)?.max(1);
-        let y = contiguous_vec(res)?;
-        let g = contiguous_vec(grad)?;
-        let mut dx = vec![0f32; y.len()];
-        let chunk = d * ROWS_PER_TASK;
-        run_chunks(&mut dx, chunk, |ci, dc| {
-            let (yc, gc) = (piece(&y, ci, chunk), piece(&g, ci, chunk));
-            for ((dr, yr), gr) in dc
-                .chunks_exact_mut(d)
-                .zip(yc.chunks_exact(d))
-                .zip(gc.chunks_exact(d))
-            {
-                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                for i in 0..d {
-                    dr[i] = yr[i] * (gr[i] - dot);
-                }
-            }
-        });
+        let dx = with_f32([res, grad], "softmax_last", |[y, g]| {
+            softmax_backward(y, g, d)
+        })?;
         Ok(Some(Tensor::from_vec(dx, res.shape(), res.device())?))
     }
+}
+
+/// `dx = y (g - sum(g y))` per row of `d`.
+fn softmax_backward(y: &[f32], g: &[f32], d: usize) -> Vec<f32> {
+    let mut dx = vec![0f32; y.len()];
+    let chunk = d * ROWS_PER_TASK;
+    run_chunks(&mut dx, chunk, |ci, dc| {
+        let (yc, gc) = (piece(y, ci, chunk), piece(g, ci, chunk));
+        for ((dr, yr), gr) in dc
+            .chunks_exact_mut(d)
+            .zip(yc.chunks_exact(d))
+            .zip(gc.chunks_exact(d))
+        {
+            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+            for i in 0..d {
+                dr[i] = yr[i] * (gr[i] - dot);
+            }
+        }
+    });
+    dx
 }
 
 /// Softmax over the last dimension (rows of `-inf` only are not allowed).
@@ -847,12 +908,8 @@ impl CustomOp1 for RotaryOp {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let g = contiguous_vec(grad)?;
-        Ok(Some(Tensor::from_vec(
-            self.rotate(&g, -1.0),
-            x.shape(),
-            x.device(),
-        )?))
+        let dx = with_f32([grad], "rotary", |[g]| self.rotate(g, -1.0))?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
 
@@ -904,15 +961,17 @@ impl CustomOp1 for Relu2 {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let xv = contiguous_vec(x)?;
-        let mut g = contiguous_vec(grad)?;
-        run_chunks(&mut g, 1 << 16, |ci, c| {
-            let xc = piece(&xv, ci, 1 << 16);
-            for (gv, &xi) in c.iter_mut().zip(xc) {
-                *gv *= 2.0 * xi.max(0.0);
-            }
-        });
-        Ok(Some(Tensor::from_vec(g, x.shape(), x.device())?))
+        let dx = with_f32([x, grad], "relu2", |[xv, gv]| {
+            let mut dx = vec![0f32; xv.len()];
+            run_chunks(&mut dx, 1 << 16, |ci, c| {
+                let (xc, gc) = (piece(xv, ci, 1 << 16), piece(gv, ci, 1 << 16));
+                for ((d, &xi), &gi) in c.iter_mut().zip(xc).zip(gc) {
+                    *d = gi * 2.0 * xi.max(0.0);
+                }
+            });
+            dx
+        })?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
 

@@ -1,7 +1,7 @@
 //! The native (Fuyu-style) early-fusion model: linear patch and frame embeddings
 //! scattered into the token stream of one decoder-only Transformer.
 
-use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::kernels::Linear;
@@ -441,11 +441,8 @@ impl NativeModel {
         let h = out.hidden.reshape((batch.batch * batch.seq_len, d))?;
         let idx = Tensor::from_slice(&rows, rows.len(), &self.device)?;
         let logits = self.logits(&h.index_select(&idx, 0)?)?;
-        let targets = Tensor::from_slice(&targets, targets.len(), &self.device)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let picked = logp.gather(&targets.unsqueeze(1)?, 1)?;
-        let loss = (picked.sum_all()?.neg()? / rows.len() as f64)?;
-        Ok((loss.to_dtype(DType::F32)?, rows.len()))
+        let loss = crate::kernels::cross_entropy(&logits, &targets)?;
+        Ok((loss, rows.len()))
     }
 }
 

@@ -2,6 +2,8 @@
 
 use candle_core::{backprop::GradStore, Result, Tensor, Var};
 
+use crate::kernels::AdamWStep;
+
 /// AdamW hyper-parameters.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct AdamWConfig {
@@ -88,6 +90,10 @@ impl AdamW {
         let mut total = 0f64;
         for s in &self.slots {
             if let Some(g) = grads.get(s.var.as_tensor()) {
+                if fused(g) {
+                    total += crate::kernels::sum_squares(g)?;
+                    continue;
+                }
                 total += g
                     .sqr()?
                     .sum_all()?
@@ -112,24 +118,40 @@ impl AdamW {
             let Some(g) = grads.get(s.var.as_tensor()) else {
                 continue;
             };
-            let g = g.flatten_all()?.to_vec1::<f32>()?;
-            let mut p = s.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
             let decay = if s.decay {
                 (1.0 - self.lr * c.weight_decay) as f32
             } else {
                 1.0
             };
+            let rule = AdamWStep {
+                b1: b1f,
+                b2: b2f,
+                eps,
+                grad_scale: gs,
+                decay,
+                step_size,
+                bc2_sqrt,
+            };
+            if fused(s.var.as_tensor()) && fused(g) {
+                // In place on the parameter's storage (`kernels::adamw_update`).
+                crate::kernels::adamw_update(s.var.as_tensor(), g, &mut s.m, &mut s.v, rule)?;
+                continue;
+            }
+            let g = g.flatten_all()?.to_vec1::<f32>()?;
+            let mut p = s.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
             for i in 0..p.len() {
-                let gi = g[i] * gs;
-                s.m[i] = b1f * s.m[i] + (1.0 - b1f) * gi;
-                s.v[i] = b2f * s.v[i] + (1.0 - b2f) * gi * gi;
-                p[i] = p[i] * decay - step_size * s.m[i] / (s.v[i].sqrt() / bc2_sqrt + eps);
+                p[i] = rule.apply(p[i], g[i], &mut s.m[i], &mut s.v[i]);
             }
             let shape = s.var.shape().clone();
             s.var.set(&Tensor::from_vec(p, shape, s.var.device())?)?;
         }
         Ok(())
     }
+}
+
+/// Whether the fused CPU update applies to `t` (f32 on the CPU, fused ops not switched off).
+fn fused(t: &Tensor) -> bool {
+    crate::kernels::enabled_on(t.device()) && t.dtype() == candle_core::DType::F32
 }
 
 /// Linear warm-up to the peak LR, then cosine decay to `min_ratio * peak` at `total` steps.

@@ -2775,6 +2775,36 @@ impl Tensor {
         (storage, &self.layout)
     }
 
+    /// (mmlab patch) Adds `rhs` into this tensor's storage in place and returns `true` when that
+    /// is safe: nothing else holds this tensor or its storage (so no view and no other tensor can
+    /// see the change), both are contiguous CPU f32 of the same shape. Returns `false`, changing
+    /// nothing, otherwise. Used by backprop to accumulate gradients without a new allocation.
+    pub(crate) fn add_assign_exclusive(&self, rhs: &Tensor) -> Result<bool> {
+        if Arc::strong_count(&self.0) != 1
+            || Arc::strong_count(&self.storage) != 1
+            || self.shape() != rhs.shape()
+        {
+            return Ok(false);
+        }
+        let Some((a0, a1)) = self.layout.contiguous_offsets() else {
+            return Ok(false);
+        };
+        let (rs, rl) = rhs.storage_and_layout();
+        let Some((b0, b1)) = rl.contiguous_offsets() else {
+            return Ok(false);
+        };
+        let mut s = self.storage_mut();
+        match (&mut *s, &*rs) {
+            (Storage::Cpu(crate::CpuStorage::F32(a)), Storage::Cpu(crate::CpuStorage::F32(b))) => {
+                for (x, y) in a[a0..a1].iter_mut().zip(&b[b0..b1]) {
+                    *x += *y;
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// The storage used by this tensor, together with the layout to use to access it safely.
     pub fn storage_and_layout(&self) -> (StorageRef<'_>, &Layout) {
         let storage = self.storage.read();
