@@ -461,3 +461,56 @@ fn gradients_accumulate_over_many_uses() {
     let d = max_diff(&got, want);
     assert!(d <= 1e-5 * scale, "accumulated gradient differs by {d}");
 }
+
+#[test]
+fn linear_epilogue_and_no_bias_match_plain_path() {
+    // relu² fused onto the projection, a bias-free layer, a single row, a transposed input.
+    for (shape, out, seed) in [
+        (vec![3, 5, 9], 17usize, 11u64),
+        (vec![1, 4], 1, 12),
+        (vec![301, 64], 256, 13),
+    ] {
+        let inp = *shape.last().unwrap();
+        let inputs = [
+            rand(&shape, seed),
+            rand(&[out, inp], seed + 1),
+            rand(&[out], seed + 2),
+        ];
+        let plain = |t: &[Tensor]| {
+            candle_nn::Module::forward(
+                &candle_nn::Linear::new(t[1].clone(), Some(t[2].clone())),
+                &t[0],
+            )
+            .unwrap()
+        };
+        compare(
+            &format!("linear+relu2 {shape:?} -> {out}"),
+            &inputs,
+            |t| kernels::linear_then(&t[0], &t[1], Some(&t[2]), kernels::Epilogue::Relu2).unwrap(),
+            |t| plain(t).relu().unwrap().sqr().unwrap(),
+            1e-5,
+        );
+        compare(
+            &format!("linear no bias {shape:?} -> {out}"),
+            &inputs[..2],
+            |t| kernels::linear(&t[0], &t[1], None).unwrap(),
+            |t| {
+                candle_nn::Module::forward(&candle_nn::Linear::new(t[1].clone(), None), &t[0])
+                    .unwrap()
+            },
+            1e-5,
+        );
+    }
+    // A transposed (non-contiguous) input is read correctly.
+    let x = rand(&[6, 4], 20).t().unwrap();
+    let w = rand(&[3, 6], 21);
+    let want = x.matmul(&w.t().unwrap()).unwrap();
+    assert!(max_diff(&kernels::linear(&x, &w, None).unwrap(), &want) <= 1e-5);
+}
+
+#[test]
+fn linear_rejects_mismatched_shapes() {
+    let x = rand(&[2, 3], 1);
+    assert!(kernels::linear(&x, &rand(&[4, 5], 2), None).is_err());
+    assert!(kernels::linear(&x, &rand(&[4, 3], 2), Some(&rand(&[5], 3))).is_err());
+}

@@ -31,10 +31,12 @@ use rayon::prelude::*;
 mod adamw;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod linear;
 pub mod sources;
 mod xent;
 
 pub use adamw::{adamw_update, sum_squares, AdamWStep};
+pub use linear::Epilogue;
 pub use xent::{cross_entropy, cross_entropy_plain};
 
 /// False when `MMLAB_PLAIN_OPS` is set: the model then uses candle's plain ops everywhere
@@ -205,16 +207,40 @@ pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// `x W^T (+ b)` for `x` (`..., in`) and `W` (`out, in`), computed as one 2-D matmul.
+///
+/// f32 on the CPU runs the fused op of `linear.rs` (the bias folded into the matmul's output);
+/// otherwise (or with `MMLAB_PLAIN_OPS`) candle's matmul and [`add_bias`].
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    linear_then(x, w, b, Epilogue::None)
+}
+
+/// [`linear`] followed by `epilogue`, fused into the same op on the CPU in f32.
+pub fn linear_then(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    epilogue: Epilogue,
+) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let Some((&inp, lead)) = dims.split_last() else {
         candle_core::bail!("linear: scalar input");
     };
     let rows: usize = lead.iter().product();
-    let y = x.reshape((rows, inp))?.matmul(&w.t()?)?;
-    let y = match b {
-        Some(b) => add_bias(&y, b)?,
-        None => y,
+    let x2 = x.reshape((rows, inp))?;
+    let fused = enabled_on(x.device())
+        && [Some(x), Some(w), b]
+            .iter()
+            .flatten()
+            .all(|t| t.dtype() == candle_core::DType::F32);
+    let y = if fused {
+        linear::linear_2d(&x2, w, b, epilogue)?
+    } else {
+        use candle_core::Module;
+        let y = candle_nn::Linear::new(w.clone(), b.cloned()).forward(&x2)?;
+        match epilogue {
+            Epilogue::None => y,
+            Epilogue::Relu2 => y.relu()?.sqr()?,
+        }
     };
     let mut out = lead.to_vec();
     out.push(w.dim(0)?);
@@ -245,13 +271,16 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// The layer followed by `epilogue`, fused on the CPU in f32 ([`linear_then`]).
+    pub fn forward_then(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+        linear_then(x, &self.weight, self.bias.as_ref(), epilogue)
+    }
+}
+
 impl candle_core::Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if enabled_on(x.device()) && x.dtype() == candle_core::DType::F32 {
-            linear(x, &self.weight, self.bias.as_ref())
-        } else {
-            candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(x)
-        }
+        linear(x, &self.weight, self.bias.as_ref())
     }
 }
 
@@ -514,7 +543,12 @@ impl CustomOp1 for SoftmaxLast {
                 let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut s = 0f32;
                 for v in row.iter_mut() {
-                    *v = (*v - m).exp();
+                    // Masked scores (-inf) are exactly 0 without calling exp.
+                    *v = if *v == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        (*v - m).exp()
+                    };
                     s += *v;
                 }
                 let inv = 1.0 / s;

@@ -412,16 +412,13 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.up.forward(x)?;
         let h = match (self.activation, &self.gate) {
-            (Activation::Relu2, _)
-                if crate::kernels::enabled_on(h.device()) && h.dtype() == DType::F32 =>
-            {
-                crate::kernels::relu2(&h)?
+            // relu² rides on the up-projection's op (one pass, no separate activation op).
+            (Activation::Relu2, _) => self.up.forward_then(x, crate::kernels::Epilogue::Relu2)?,
+            (Activation::Gelu, _) => self.up.forward(x)?.gelu()?,
+            (Activation::SwiGlu, Some(g)) => {
+                (candle_nn::ops::silu(&g.forward(x)?)? * self.up.forward(x)?)?
             }
-            (Activation::Relu2, _) => h.relu()?.sqr()?,
-            (Activation::Gelu, _) => h.gelu()?,
-            (Activation::SwiGlu, Some(g)) => (candle_nn::ops::silu(&g.forward(x)?)? * h)?,
             (Activation::SwiGlu, None) => candle_core::bail!("swiglu MLP without gate projection"),
         };
         self.down.forward(&h)

@@ -1,0 +1,287 @@
+//! `x W^T + b` (optionally followed by relu²) as one op that calls the `gemm` crate directly:
+//! the bias is written into the output before the product is accumulated onto it, and relu²
+//! is applied while the output is still in cache, so forward is one matmul and no extra pass;
+//! backward is two matmuls (`dx = g W`, `dW = g^T x`) and a column sum for `db`, with no
+//! transposed copies. candle's path for the same layer is a matmul into a zeroed buffer, a
+//! bias op copying the output, an activation op copying it again, and their backward ops.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::{column_sum, f32_slice, run_chunks, with_f32};
+
+/// What follows the affine map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    /// Nothing: `x W^T + b`.
+    None,
+    /// `relu(x W^T + b)^2` (Persimmon / Fuyu MLP).
+    Relu2,
+}
+
+/// Row-major `dst (m x n) [+]= lhs (m x k) rhs (k x n)` with explicit strides
+/// (`*_rs` between rows, `*_cs` between columns).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+) -> Result<()> {
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return Ok(());
+    }
+    // Every element gemm touches must lie inside its slice.
+    if dst.len() < m * n
+        || lhs.len() <= (m - 1) * lhs_rs + (k - 1) * lhs_cs
+        || rhs.len() <= (k - 1) * rhs_rs + (n - 1) * rhs_cs
+    {
+        candle_core::bail!(
+            "linear: buffers of {} / {} / {} do not fit a {m}x{k} by {k}x{n} product",
+            dst.len(),
+            lhs.len(),
+            rhs.len()
+        );
+    }
+    let threads = candle_core::utils::get_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the three buffers are valid for the index ranges checked above (dst holds m x n
+    // contiguous rows), dst does not alias lhs or rhs (it is a distinct `&mut`), and f32 is a
+    // type gemm supports. gemm computes dst = alpha dst + beta lhs rhs, reading dst only when
+    // `accumulate` is set.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+    Ok(())
+}
+
+pub(super) struct LinearOp {
+    epilogue: Epilogue,
+    /// `x W^T + b` before relu², kept by forward for backward (relu² only).
+    pre: Mutex<Vec<f32>>,
+}
+
+impl LinearOp {
+    fn new(epilogue: Epilogue) -> Self {
+        Self {
+            epilogue,
+            pre: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn forward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        b: Option<&[f32]>,
+        (rows, inp, out): (usize, usize, usize),
+    ) -> Result<Vec<f32>> {
+        let mut y = vec![0f32; rows * out];
+        if let Some(b) = b {
+            for row in y.chunks_exact_mut(out) {
+                row.copy_from_slice(b);
+            }
+        }
+        // y (rows x out) [+]= x (rows x in) . W^T (in x out); W^T[k][j] = W[j][k].
+        matmul(
+            (rows, out, inp),
+            &mut y,
+            b.is_some(),
+            x,
+            (inp, 1),
+            w,
+            (1, inp),
+        )?;
+        if self.epilogue == Epilogue::Relu2 {
+            if let Ok(mut pre) = self.pre.lock() {
+                pre.clear();
+                pre.extend_from_slice(&y);
+            }
+            run_chunks(&mut y, 1 << 16, |_, c| {
+                for v in c.iter_mut() {
+                    let r = v.max(0.0);
+                    *v = r * r;
+                }
+            });
+        }
+        Ok(y)
+    }
+
+    /// `(dx, dW, db)` from the output gradient `g` (`rows x out`).
+    fn backward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        g: &[f32],
+        (rows, inp, out): (usize, usize, usize),
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let relu2_grad;
+        let g = match self.epilogue {
+            Epilogue::None => g,
+            Epilogue::Relu2 => {
+                let pre = match self.pre.lock() {
+                    Ok(p) => p,
+                    Err(_) => candle_core::bail!("linear: the forward state was poisoned"),
+                };
+                if pre.len() != g.len() {
+                    candle_core::bail!("linear: backward without its forward pass");
+                }
+                let mut d = vec![0f32; g.len()];
+                for ((d, &gi), &u) in d.iter_mut().zip(g).zip(pre.iter()) {
+                    *d = gi * 2.0 * u.max(0.0);
+                }
+                relu2_grad = d;
+                &relu2_grad
+            }
+        };
+        let mut dx = vec![0f32; rows * inp];
+        // dx (rows x in) = g (rows x out) . W (out x in)
+        matmul((rows, inp, out), &mut dx, false, g, (out, 1), w, (inp, 1))?;
+        let mut dw = vec![0f32; out * inp];
+        // dW (out x in) = g^T (out x rows) . x (rows x in); g^T[j][r] = g[r][j]
+        matmul((out, inp, rows), &mut dw, false, g, (1, out), x, (inp, 1))?;
+        Ok((dx, dw, column_sum(g, out)))
+    }
+
+    fn dims(x: &Layout, w: &Layout) -> Result<(usize, usize, usize)> {
+        let (rows, inp) = match x.dims() {
+            [r, i] => (*r, *i),
+            d => candle_core::bail!("linear: input {d:?} is not 2-D"),
+        };
+        match w.dims() {
+            [o, i] if *i == inp => Ok((rows, inp, *o)),
+            d => candle_core::bail!("linear: weight {d:?} for rows of {inp}"),
+        }
+    }
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "mmlab-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = Self::dims(l1, l2)?;
+        let (x, w) = (f32_slice(s1, l1, "linear")?, f32_slice(s2, l2, "linear")?);
+        let b = f32_slice(s3, l3, "linear")?;
+        if b.len() != dims.2 {
+            candle_core::bail!("linear: bias of {} for {} outputs", b.len(), dims.2);
+        }
+        let y = self.forward(x, w, Some(b), dims)?;
+        Ok((CpuStorage::F32(y), Shape::from((dims.0, dims.2))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (rows, inp) = x.dims2()?;
+        let out = w.dim(0)?;
+        let (dx, dw, db) = with_f32([x, w, grad], "linear", |[xv, wv, gv]| {
+            self.backward(xv, wv, gv, (rows, inp, out))
+        })??;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dw, w.shape(), w.device())?),
+            Some(Tensor::from_vec(db, b.shape(), b.device())?),
+        ))
+    }
+}
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "mmlab-linear-no-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = Self::dims(l1, l2)?;
+        let (x, w) = (f32_slice(s1, l1, "linear")?, f32_slice(s2, l2, "linear")?);
+        let y = self.forward(x, w, None, dims)?;
+        Ok((CpuStorage::F32(y), Shape::from((dims.0, dims.2))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (rows, inp) = x.dims2()?;
+        let out = w.dim(0)?;
+        let (dx, dw, _) = with_f32([x, w, grad], "linear", |[xv, wv, gv]| {
+            self.backward(xv, wv, gv, (rows, inp, out))
+        })??;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dw, w.shape(), w.device())?),
+        ))
+    }
+}
+
+/// The fused op on 2-D `x` (`rows x in`), `w` (`out x in`) and optional `b` (`out`).
+pub(super) fn linear_2d(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    epilogue: Epilogue,
+) -> Result<Tensor> {
+    let op = LinearOp::new(epilogue);
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match b {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+        None => x.apply_op2(&w, op),
+    }
+}
