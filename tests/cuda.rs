@@ -8,7 +8,7 @@
 #![cfg(feature = "cuda")]
 
 use candle_core::{DType, Device, Tensor, Var};
-use mmlab::kernels;
+use mmlab::kernels::{self, AttnMask};
 
 fn enabled() -> bool {
     let on = std::env::var("MMLAB_CUDA_TESTS").is_ok_and(|v| v == "1");
@@ -57,21 +57,6 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
     d / max(want).max(1e-6)
 }
 
-/// Additive causal mask `(b, 1, tq, tk)`: key j visible to query i when j <= i + tk - tq.
-fn causal_mask(b: usize, tq: usize, tk: usize) -> Tensor {
-    let mut m = vec![0f32; b * tq * tk];
-    for bi in 0..b {
-        for i in 0..tq {
-            for j in 0..tk {
-                if j + tq > i + tk {
-                    m[(bi * tq + i) * tk + j] = f32::NEG_INFINITY;
-                }
-            }
-        }
-    }
-    Tensor::from_vec(m, (b, 1, tq, tk), &Device::Cpu).unwrap()
-}
-
 struct Case {
     dtype: DType,
     b: usize,
@@ -81,8 +66,8 @@ struct Case {
     tk: usize,
     hd: usize,
     causal: bool,
-    /// An explicit mask (CPU copy) instead of / besides the causal flag.
-    mask: Option<Tensor>,
+    /// An explicit mask instead of the causal flag (the GPU gets its dense form).
+    mask: Option<AttnMask>,
 }
 
 fn run(case: Case) {
@@ -108,15 +93,16 @@ fn run(case: Case) {
     let v = round(rand(&[b, kvh, tk, hd], 3));
     let r = rand(&[b, tq, h * hd], 4);
 
-    // CPU reference: the fused CPU op with the full additive mask.
-    let mut cpu_mask = if causal {
-        causal_mask(b, tq, tk)
-    } else {
-        Tensor::zeros((b, 1, tq, tk), DType::F32, &Device::Cpu).unwrap()
+    // CPU reference: the fused CPU op with the same mask (the GPU's causal rule is aligned to
+    // the end: key j visible to query i when j <= i + tk - tq, a cache of tk - tq keys).
+    let cpu_mask = match &mask {
+        Some(m) => {
+            assert!(!causal, "{name}: an explicit mask replaces the causal flag");
+            m.clone()
+        }
+        None if causal => AttnMask::causal(b, tq, tk - tq, &vec![1; b * tk]).unwrap(),
+        None => AttnMask::bidirectional(b, tq, tk - tq, &vec![1; b * tk]).unwrap(),
     };
-    if let Some(m) = &mask {
-        cpu_mask = (cpu_mask + m).unwrap();
-    }
     let (qc, kc, vc) = (
         Var::from_tensor(&q).unwrap(),
         Var::from_tensor(&k).unwrap(),
@@ -139,7 +125,7 @@ fn run(case: Case) {
         Var::from_tensor(&to_gpu(&k)).unwrap(),
         Var::from_tensor(&to_gpu(&v)).unwrap(),
     );
-    let mask_gpu = mask.as_ref().map(|m| m.to_device(&gpu).unwrap());
+    let mask_gpu = mask.as_ref().map(|m| m.dense(&gpu, DType::F32).unwrap());
     let yg = kernels::cuda::attention(
         qg.as_tensor(),
         kg.as_tensor(),
@@ -230,7 +216,7 @@ fn padding_mask_matches_cpu() {
     let (b, t) = (2, 150);
     let mut valid = vec![1u8; b * t];
     valid[2 * t - 20..].iter_mut().for_each(|x| *x = 0);
-    let mask = mmlab::model::layers::attention_mask(b, t, 0, &valid, &Device::Cpu).unwrap();
+    let mask = AttnMask::causal(b, t, 0, &valid).unwrap();
     for dtype in [DType::F32, DType::BF16] {
         for hd in [64, 128] {
             run(Case {

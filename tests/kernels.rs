@@ -1,8 +1,8 @@
 //! Fused CPU ops against the plain candle path: forward values and gradients (<= 1e-5),
 //! on odd sizes, a single row, and with masks.
 
-use candle_core::{Device, Tensor, Var, D};
-use mmlab::kernels;
+use candle_core::{DType, Device, Tensor, Var, D};
+use mmlab::kernels::{self, AttnMask};
 
 fn rand(shape: &[usize], seed: u64) -> Tensor {
     // Deterministic values in [-2, 2) without a RNG dependency.
@@ -240,6 +240,42 @@ fn plain_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64
         .unwrap()
 }
 
+/// Fused attention with the compact mask against the plain path with its dense form:
+/// forward and gradients within 1e-5, plus the dense form against the mask's own rule.
+fn check_attention(name: &str, mask: &AttnMask, h: usize, kvh: usize, hd: usize, seed: u64) {
+    let (b, tq, tk) = (mask.b(), mask.tq(), mask.tk());
+    let dense = mask.dense(&Device::Cpu, DType::F32).unwrap();
+    assert_eq!(dense.dims(), [b, 1, tq, tk], "{name}");
+    let d = dense.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for bi in 0..b {
+        for qi in 0..tq {
+            let row = &d[(bi * tq + qi) * tk..(bi * tq + qi + 1) * tk];
+            assert!(row.contains(&0.0), "{name}: row {bi}/{qi} sees nothing");
+            for (ki, &x) in row.iter().enumerate() {
+                let want = if mask.visible(bi, qi, ki) {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                };
+                assert_eq!(x, want, "{name}: entry {bi}/{qi}/{ki}");
+            }
+        }
+    }
+    let inputs = [
+        rand(&[b, h, tq, hd], seed),
+        rand(&[b, kvh, tk, hd], seed + 1),
+        rand(&[b, kvh, tk, hd], seed + 2),
+    ];
+    let scale = 1.0 / (hd as f64).sqrt();
+    compare(
+        &format!("attention {name}: b{b} h{h} kv{kvh} tq{tq} tk{tk} hd{hd}"),
+        &inputs,
+        |t| kernels::attention(&t[0], &t[1], &t[2], mask, scale).unwrap(),
+        |t| plain_attention(&t[0], &t[1], &t[2], &dense, scale),
+        1e-5,
+    );
+}
+
 #[test]
 fn attention_matches_plain_path_with_causal_padding_and_grouped_heads() {
     // (b, h, kv_heads, tq, past, hd); past > 0 is the KV-cache case (queries see old keys).
@@ -254,21 +290,103 @@ fn attention_matches_plain_path_with_causal_padding_and_grouped_heads() {
         let valid: Vec<u8> = (0..b * tk)
             .map(|i| u8::from(!(i / tk == 1 && i % tk + 2 >= tk)))
             .collect();
-        let mask = mmlab::model::layers::attention_mask(b, tq, past, &valid, &Device::Cpu).unwrap();
-        let inputs = [
-            rand(&[b, h, tq, hd], seed),
-            rand(&[b, kvh, tk, hd], seed + 1),
-            rand(&[b, kvh, tk, hd], seed + 2),
-        ];
-        let scale = 1.0 / (hd as f64).sqrt();
-        compare(
-            &format!("attention b{b} h{h} kv{kvh} tq{tq} past{past} hd{hd}"),
-            &inputs,
-            |t| kernels::attention(&t[0], &t[1], &t[2], &mask, scale).unwrap(),
-            |t| plain_attention(&t[0], &t[1], &t[2], &mask, scale),
-            1e-5,
-        );
+        let mask = AttnMask::causal(b, tq, past, &valid).unwrap();
+        // The dense builder the tests and benches use is the same mask.
+        let old = mmlab::model::layers::attention_mask(b, tq, past, &valid, &Device::Cpu).unwrap();
+        let new = mask.dense(&Device::Cpu, DType::F32).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(old.dims(), new.dims());
+        assert_eq!(flat(&old), flat(&new));
+        check_attention("right-padded keys", &mask, h, kvh, hd, seed);
     }
+}
+
+#[test]
+fn attention_mask_cases_match_plain_path() {
+    // Left padding: row 1's first three positions are padding, so its first three query rows
+    // see no key and fall back to themselves; row 0 is unpadded.
+    let (b, t) = (2, 9);
+    let valid: Vec<u8> = (0..b * t)
+        .map(|i| u8::from(i / t == 0 || i % t >= 3))
+        .collect();
+    let mask = AttnMask::causal(b, t, 0, &valid).unwrap();
+    assert!(mask.sees_nothing(1, 0) && mask.sees_nothing(1, 2) && !mask.sees_nothing(1, 3));
+    assert!(!mask.sees_nothing(0, 0));
+    assert!(mask.visible(1, 1, 1) && !mask.visible(1, 1, 0) && !mask.visible(1, 4, 1));
+    check_attention("left padding", &mask, 4, 2, 8, 10);
+
+    // Right padding: the padded query rows at the end still see the real keys before them.
+    let valid: Vec<u8> = (0..b * t).map(|i| u8::from(i % t < 5 + i / t)).collect();
+    let mask = AttnMask::causal(b, t, 0, &valid).unwrap();
+    assert!(!mask.sees_nothing(0, 8) && mask.visible(0, 8, 4) && !mask.visible(0, 8, 8));
+    check_attention("right padding", &mask, 2, 2, 6, 20);
+
+    // A KV cache (past 6) with left padding inside the cached part and a padded new token.
+    let (past, t) = (6, 3);
+    let tk = past + t;
+    let valid: Vec<u8> = (0..b * tk)
+        .map(|i| u8::from(!((i / tk == 1 && i % tk < 4) || i == 2 * tk - 1)))
+        .collect();
+    let mask = AttnMask::causal(b, t, past, &valid).unwrap();
+    assert_eq!((mask.tk(), mask.key_limit(0), mask.key_limit(2)), (9, 7, 9));
+    check_attention("kv cache", &mask, 3, 1, 4, 30);
+
+    // A batch row of padding only: every query row of it sees only itself.
+    let valid: Vec<u8> = (0..b * t).map(|i| u8::from(i / t == 0)).collect();
+    let mask = AttnMask::causal(b, t, 0, &valid).unwrap();
+    assert!((0..t).all(|qi| mask.sees_nothing(1, qi)));
+    check_attention("padded row sees nothing", &mask, 2, 1, 8, 40);
+    // ... also behind a cache whose keys are all padding.
+    let valid = vec![0u8; 4 + 2];
+    let mask = AttnMask::causal(1, 2, 4, &valid).unwrap();
+    assert!(mask.visible(0, 1, 5) && !mask.visible(0, 1, 4));
+    check_attention("padded row behind a cache", &mask, 2, 2, 4, 45);
+
+    // A single token, alone and after a cache.
+    let mask = AttnMask::causal(1, 1, 0, &[1]).unwrap();
+    check_attention("single token", &mask, 2, 1, 4, 50);
+    let mask = AttnMask::causal(2, 1, 5, &[1, 1, 0, 1, 1, 0, 0, 1, 1, 1, 1, 1]).unwrap();
+    check_attention("single token after a cache", &mask, 4, 2, 8, 55);
+
+    // Grouped KV heads (6 query heads on 2) with padding.
+    let (b, t) = (2, 17);
+    let valid: Vec<u8> = (0..b * t)
+        .map(|i| u8::from(i % t != 3 && i % t < 15))
+        .collect();
+    let mask = AttnMask::causal(b, t, 0, &valid).unwrap();
+    check_attention("grouped heads", &mask, 6, 2, 8, 60);
+
+    // Bidirectional (the encoders): no causal limit, padded keys hidden.
+    let valid: Vec<u8> = (0..b * t).map(|i| u8::from(i % t < 11 + i / t)).collect();
+    let mask = AttnMask::bidirectional(b, t, 0, &valid).unwrap();
+    assert!(!mask.is_causal() && mask.visible(0, 0, 10) && !mask.visible(0, 0, 11));
+    check_attention("bidirectional", &mask, 4, 4, 8, 70);
+}
+
+#[test]
+fn attention_mask_is_linear_in_the_keys_and_checks_sizes() {
+    let t = 8192;
+    let mask = AttnMask::causal(1, t, 0, &vec![1u8; t]).unwrap();
+    // One flag per key and one index per batch row, not a t x t matrix (256 MiB in f32).
+    assert!(mask.bytes() <= 2 * t, "{} bytes", mask.bytes());
+    let mask = AttnMask::causal(4, t, 0, &vec![1u8; 4 * t]).unwrap();
+    assert!(mask.bytes() <= 4 * 2 * t, "{} bytes", mask.bytes());
+
+    // Wrong sizes are errors, not panics.
+    let e = AttnMask::causal(2, 4, 1, &[1; 9]).unwrap_err().to_string();
+    assert!(e.contains("9 key flags"), "{e}");
+    assert!(AttnMask::bidirectional(3, 2, 0, &[1; 5]).is_err());
+    assert!(AttnMask::causal(usize::MAX, 2, 1, &[1; 4]).is_err());
+    assert!(mmlab::model::layers::attention_mask(2, 4, 0, &[1; 7], &Device::Cpu).is_err());
+    // Out-of-range queries are not visible, and do not panic either.
+    let mask = AttnMask::causal(1, 2, 0, &[1, 1]).unwrap();
+    assert!(!mask.visible(1, 0, 0) && !mask.visible(0, 2, 0) && !mask.visible(0, 0, 2));
+    assert!(mask.key_valid_row(3).is_empty());
+    // A mask for other sizes than q / k is an error from attention.
+    let (q, k) = (rand(&[1, 2, 3, 4], 1), rand(&[1, 2, 3, 4], 2));
+    assert!(kernels::attention(&q, &k, &k, &mask, 0.5).is_err());
+    let empty = AttnMask::causal(0, 3, 0, &[]).unwrap();
+    assert_eq!(empty.bytes(), 0);
 }
 
 #[test]
@@ -513,4 +631,58 @@ fn linear_rejects_mismatched_shapes() {
     let x = rand(&[2, 3], 1);
     assert!(kernels::linear(&x, &rand(&[4, 5], 2), None).is_err());
     assert!(kernels::linear(&x, &rand(&[4, 3], 2), Some(&rand(&[5], 3))).is_err());
+}
+
+#[test]
+fn block_takes_the_fused_path_with_the_compact_mask_and_matches_the_plain_one() {
+    use mmlab::model::layers::{Block, LayerMask, Rotary, FUSED_ATTENTION_MIN_SCORES};
+    let mut cfg = mmlab::model::presets::presets()[0].config.model.clone();
+    (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_ff) = (32, 4, 2, 64);
+    let vm = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let block = Block::new(&cfg, vb).unwrap();
+    let rotary = Rotary::new(cfg.rotary_dim(), 1024, cfg.rope_theta, &Device::Cpu).unwrap();
+    // Long enough for the fused op; batch row 1 left-padded by 5 (its first query rows see
+    // nothing but themselves), row 0 right-padded by 7.
+    let (b, t) = (2, 512);
+    assert!(t * t >= FUSED_ATTENTION_MIN_SCORES);
+    let valid: Vec<u8> = (0..b * t)
+        .map(|i| {
+            u8::from(if i / t == 0 {
+                i % t < t - 7
+            } else {
+                i % t >= 5
+            })
+        })
+        .collect();
+    let pos: Vec<u32> = (0..b * t).map(|i| (i % t) as u32).collect();
+    let pos = Tensor::from_vec(pos, (b, t), &Device::Cpu).unwrap();
+    let (cos, sin) = rotary.tables(&pos).unwrap();
+    let x = (rand(&[b, t, cfg.d_model], 7) * 0.5).unwrap();
+    let mask = || {
+        LayerMask::new(
+            AttnMask::causal(b, t, 0, &valid).unwrap(),
+            &Device::Cpu,
+            DType::F32,
+        )
+    };
+    let fused_mask = mask();
+    let (yf, _) = block
+        .forward(&x, &rotary, &cos, &sin, &fused_mask, None, false)
+        .unwrap();
+    assert!(
+        !fused_mask.dense_built(),
+        "the fused path built a dense mask"
+    );
+    // want_probs forces the plain path, which builds the dense mask once and reuses it.
+    let plain_mask = mask();
+    let (yp, probs) = block
+        .forward(&x, &rotary, &cos, &sin, &plain_mask, None, true)
+        .unwrap();
+    assert!(plain_mask.dense_built() && probs.is_some());
+    let d1 = plain_mask.dense().unwrap();
+    let d2 = plain_mask.dense().unwrap();
+    assert_eq!(d1.id(), d2.id(), "dense mask rebuilt");
+    let d = max_diff(&yf, &yp);
+    assert!(d <= 1e-4, "fused vs plain block output differ by {d}");
 }

@@ -11,6 +11,7 @@
 //! - [`layer_norm`] / [`rms_norm`]: the norm with its affine parameters;
 //! - [`softmax_last`]: softmax over the last dimension, `dx = y (g - sum(g y))`;
 //! - [`attention`]: scaled dot-product attention, one query row at a time (O(keys) memory);
+//!   its mask is the compact [`AttnMask`] (O(batch x keys), not a dense `queries x keys`);
 //! - [`rotary`]: rotate-half positions, backward the inverse rotation;
 //! - [`relu2`]: relu(x) squared;
 //! - [`cross_entropy`]: mean cross-entropy over the vocabulary, keeping only each row's
@@ -597,8 +598,162 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 // ---------------------------------------------------------------------------------------
 // attention
 
+/// Which keys every query row of one attention call sees, in O(`b x keys`) memory: the rule a
+/// dense `(b, 1, tq, tk)` additive mask would spell out entry by entry, kept as per-key flags.
+///
+/// Key `ki` is visible to query `qi` of batch row `bi` when `key_valid[bi * tk + ki] != 0`
+/// (padding) and, for a causal mask, `ki <= past + qi` (a KV cache of `past` positions before
+/// the `tq` queries; `tk = past + tq`). A query row that would see no key at all (a padded row)
+/// sees its own key `past + qi` instead, so softmax stays finite.
+///
+/// Cheap to clone (the flags are shared); [`AttnMask::dense`] materialises the additive tensor
+/// for paths that need it (candle's plain ops, the CUDA kernels).
+#[derive(Clone, Debug)]
+pub struct AttnMask {
+    b: usize,
+    tq: usize,
+    past: usize,
+    causal: bool,
+    /// `b x tk` flags, nonzero for real keys.
+    key_valid: std::sync::Arc<Vec<u8>>,
+    /// The first valid key of every batch row (`tk` when it has none): a query row sees
+    /// nothing exactly when this is at or past its causal limit.
+    first_valid: std::sync::Arc<Vec<usize>>,
+}
+
+impl AttnMask {
+    /// The decoder's mask: causal with a KV-cache offset `past` (queries are keys
+    /// `past..past + t`), padded keys hidden. `key_valid` holds `b * (past + t)` flags.
+    pub fn causal(b: usize, t: usize, past: usize, key_valid: &[u8]) -> Result<Self> {
+        Self::new(b, t, past, key_valid, true)
+    }
+
+    /// An encoder's mask: every query sees every valid key of its batch row (no causal
+    /// limit); `key_valid` holds `b * (past + t)` flags.
+    pub fn bidirectional(b: usize, t: usize, past: usize, key_valid: &[u8]) -> Result<Self> {
+        Self::new(b, t, past, key_valid, false)
+    }
+
+    fn new(b: usize, tq: usize, past: usize, key_valid: &[u8], causal: bool) -> Result<Self> {
+        let want = past.checked_add(tq).and_then(|tk| tk.checked_mul(b));
+        if want != Some(key_valid.len()) {
+            candle_core::bail!(
+                "attention mask: {} key flags for {b} rows of {past} + {tq} keys",
+                key_valid.len()
+            );
+        }
+        let tk = past + tq;
+        let first_valid = (0..b)
+            .map(|bi| {
+                key_valid[bi * tk..(bi + 1) * tk]
+                    .iter()
+                    .position(|&x| x != 0)
+                    .unwrap_or(tk)
+            })
+            .collect();
+        Ok(Self {
+            b,
+            tq,
+            past,
+            causal,
+            key_valid: std::sync::Arc::new(key_valid.to_vec()),
+            first_valid: std::sync::Arc::new(first_valid),
+        })
+    }
+
+    /// Batch rows.
+    pub fn b(&self) -> usize {
+        self.b
+    }
+
+    /// Query rows per batch row.
+    pub fn tq(&self) -> usize {
+        self.tq
+    }
+
+    /// Keys per batch row: `past + tq`.
+    pub fn tk(&self) -> usize {
+        self.past + self.tq
+    }
+
+    /// Keys before the first query (the KV cache).
+    pub fn past(&self) -> usize {
+        self.past
+    }
+
+    /// Whether keys after a query's own position are hidden.
+    pub fn is_causal(&self) -> bool {
+        self.causal
+    }
+
+    /// One past the last key query `qi` may see: `past + qi + 1` when causal, else `tk`.
+    pub fn key_limit(&self, qi: usize) -> usize {
+        if self.causal {
+            (self.past + qi + 1).min(self.tk())
+        } else {
+            self.tk()
+        }
+    }
+
+    /// The `tk` key flags of batch row `bi` (empty when out of range).
+    pub fn key_valid_row(&self, bi: usize) -> &[u8] {
+        let tk = self.tk();
+        self.key_valid
+            .get(bi * tk..(bi + 1) * tk)
+            .unwrap_or_default()
+    }
+
+    /// True when query `qi` of batch row `bi` has no valid key within its limit, so that it
+    /// sees only its own key `past + qi`.
+    pub fn sees_nothing(&self, bi: usize, qi: usize) -> bool {
+        self.first_valid
+            .get(bi)
+            .is_none_or(|&f| f >= self.key_limit(qi))
+    }
+
+    /// Whether key `ki` is visible to query `qi` of batch row `bi` (false out of range).
+    pub fn visible(&self, bi: usize, qi: usize, ki: usize) -> bool {
+        if bi >= self.b || qi >= self.tq || ki >= self.tk() {
+            return false;
+        }
+        if self.sees_nothing(bi, qi) {
+            return ki == self.past + qi;
+        }
+        ki < self.key_limit(qi) && self.key_valid_row(bi)[ki] != 0
+    }
+
+    /// Heap bytes the mask holds: `b * tk` flags plus one index per batch row.
+    pub fn bytes(&self) -> usize {
+        self.key_valid.len() + self.first_valid.len() * std::mem::size_of::<usize>()
+    }
+
+    /// The dense additive mask `(b, 1, tq, tk)`: 0 where [`AttnMask::visible`], `-inf`
+    /// elsewhere, built in f32 and converted to `dtype` on `device`. O(`b x tq x tk`).
+    pub fn dense(&self, device: &candle_core::Device, dtype: candle_core::DType) -> Result<Tensor> {
+        let (b, tq, tk) = (self.b, self.tq, self.tk());
+        let mut m = vec![f32::NEG_INFINITY; b * tq * tk];
+        if tk > 0 {
+            for (r, row) in m.chunks_exact_mut(tk).enumerate() {
+                let (bi, qi) = (r / tq, r % tq);
+                if self.sees_nothing(bi, qi) {
+                    row[self.past + qi] = 0.0;
+                    continue;
+                }
+                let n = self.key_limit(qi);
+                for (slot, &ok) in row[..n].iter_mut().zip(self.key_valid_row(bi)) {
+                    if ok != 0 {
+                        *slot = 0.0;
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(m, (b, 1, tq, tk), device)?.to_dtype(dtype)
+    }
+}
+
 /// Fused multi-head attention: one query row at a time, so memory is O(keys) per row and the
-/// `queries x keys` matrix is never stored; backward recomputes the probabilities.
+/// `queries x keys` matrix is never stored; backward recomputes the probabilities. The mask is
+/// the compact [`AttnMask`] (O(`b x keys`)); keys past a row's causal limit are not visited.
 #[derive(Clone)]
 struct AttentionOp {
     b: usize,
@@ -608,36 +763,44 @@ struct AttentionOp {
     tk: usize,
     hd: usize,
     scale: f32,
-    /// Additive mask, `b x tq x tk` (0 or -inf), shared by all heads.
-    mask: std::sync::Arc<Vec<f32>>,
+    /// Which keys each query row sees, shared by all heads.
+    mask: AttnMask,
 }
 
 impl AttentionOp {
-    fn mask_row(&self, bi: usize, i: usize) -> &[f32] {
-        let o = (bi * self.tq + i) * self.tk;
-        &self.mask[o..o + self.tk]
-    }
-
-    /// Softmax probabilities of query row `qi` against keys `k` (`tk x hd`), into `p`.
-    fn probs(&self, qi: &[f32], k: &[f32], mask: &[f32], p: &mut [f32]) {
+    /// Softmax probabilities of query row `i` (vector `qi`) of batch `bi` against keys `k`
+    /// (`tk x hd`), into `p`; returns `n`, the row's key limit: only `p[..n]` is written, and
+    /// keys from `n` on have probability 0.
+    fn probs(&self, bi: usize, i: usize, qi: &[f32], k: &[f32], p: &mut [f32]) -> usize {
         let hd = self.hd;
+        let n = self.mask.key_limit(i).min(p.len());
+        let p = &mut p[..n];
+        if self.mask.sees_nothing(bi, i) {
+            // The dense mask's single finite entry: softmax gives it exactly 1.
+            p.iter_mut().for_each(|x| *x = 0.0);
+            if let Some(x) = p.get_mut(self.mask.past() + i) {
+                *x = 1.0;
+            }
+            return n;
+        }
+        let valid = self.mask.key_valid_row(bi);
         let mut m = f32::NEG_INFINITY;
-        for ((pj, kj), &mj) in p.iter_mut().zip(k.chunks_exact(hd)).zip(mask) {
-            let s = if mj == f32::NEG_INFINITY {
+        for ((pj, kj), &ok) in p.iter_mut().zip(k.chunks_exact(hd)).zip(valid) {
+            let s = if ok == 0 {
                 f32::NEG_INFINITY
             } else {
                 let mut dot = 0f32;
                 for (a, b) in qi.iter().zip(kj) {
                     dot += a * b;
                 }
-                dot * self.scale + mj
+                dot * self.scale
             };
             *pj = s;
             m = m.max(s);
         }
         if m == f32::NEG_INFINITY {
             p.iter_mut().for_each(|x| *x = 0.0);
-            return;
+            return n;
         }
         let mut sum = 0f32;
         for x in p.iter_mut() {
@@ -646,6 +809,7 @@ impl AttentionOp {
         }
         let inv = 1.0 / sum;
         p.iter_mut().for_each(|x| *x *= inv);
+        n
     }
 
     /// Output rows (`tq x hd`) of batch `bi`, query head `hi`.
@@ -653,9 +817,9 @@ impl AttentionOp {
         let hd = self.hd;
         let mut p = vec![0f32; self.tk];
         for (i, (qi, oi)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
-            self.probs(qi, k, self.mask_row(bi, i), &mut p);
+            let n = self.probs(bi, i, qi, k, &mut p);
             oi.iter_mut().for_each(|x| *x = 0.0);
-            for (&pj, vj) in p.iter().zip(v.chunks_exact(hd)) {
+            for (&pj, vj) in p[..n].iter().zip(v.chunks_exact(hd)) {
                 if pj != 0.0 {
                     for (o, &x) in oi.iter_mut().zip(vj) {
                         *o += pj * x;
@@ -732,10 +896,10 @@ impl AttentionOp {
                 let qi = &qs[i * hd..(i + 1) * hd];
                 let go = (bi * tq + i) * h * hd + hi * hd;
                 let gi = &g[go..go + hd];
-                self.probs(qi, ks, self.mask_row(bi, i), &mut p);
+                let n = self.probs(bi, i, qi, ks, &mut p);
                 // o_i = sum_j p_j v_j; dv_j += p_j g_i; dp_j = g_i . v_j
                 o.iter_mut().for_each(|x| *x = 0.0);
-                for (j, &pj) in p.iter().enumerate() {
+                for (j, &pj) in p[..n].iter().enumerate() {
                     if pj == 0.0 {
                         continue;
                     }
@@ -748,7 +912,7 @@ impl AttentionOp {
                 }
                 let go_dot: f32 = o.iter().zip(gi).map(|(a, b)| a * b).sum();
                 let dqi = &mut dq[(r * tq + i) * hd..(r * tq + i + 1) * hd];
-                for (j, &pj) in p.iter().enumerate() {
+                for (j, &pj) in p[..n].iter().enumerate() {
                     if pj == 0.0 {
                         continue;
                     }
@@ -832,52 +996,64 @@ impl CustomOp3 for AttentionOp {
     }
 }
 
-thread_local! {
-    /// The last mask read by [`attention`]: every layer of one forward passes the same mask
-    /// tensor, so it is copied out once per forward, not once per layer.
-    static LAST_MASK: std::cell::RefCell<Option<(candle_core::TensorId, std::sync::Arc<Vec<f32>>)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-fn shared_mask(mask: &Tensor) -> Result<std::sync::Arc<Vec<f32>>> {
-    LAST_MASK.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        if let Some((id, m)) = slot.as_ref() {
-            if *id == mask.id() {
-                return Ok(m.clone());
-            }
-        }
-        let m = std::sync::Arc::new(mask.flatten_all()?.to_vec1::<f32>()?);
-        *slot = Some((mask.id(), m.clone()));
-        Ok(m)
-    })
-}
-
 /// Scaled dot-product attention of `q` (`b, h, tq, hd`) over `k`, `v` (`b, kv_heads, tk, hd`)
-/// with an additive `mask` (`b, 1, tq, tk`, 0 or -inf); query head `j` reads KV head
+/// with the compact `mask` (see [`AttnMask`]); query head `j` reads KV head
 /// `j / (h / kv_heads)`. Returns `(b, tq, h * hd)`: the heads already concatenated.
 ///
-/// CUDA tensors go to the FlashAttention kernels (`cuda` feature) when [`cuda_attention`] says so.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if cuda_attention(q) {
-        return cuda::attention(q, k, v, Some(mask), scale, false);
-    }
+/// CUDA tensors go to the FlashAttention kernels (`cuda` feature) when [`cuda_attention`] says
+/// so, with the mask materialised densely ([`AttnMask::dense`]).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttnMask,
+    scale: f64,
+) -> Result<Tensor> {
+    attention_with_dense(q, k, v, mask, None, scale)
+}
+
+/// [`attention`] with the mask's dense form already built (`mask.dense(..)`, on `q`'s device,
+/// any float dtype): the CUDA kernels read it instead of building their own, so a model builds
+/// it once per forward rather than once per layer. The CPU op ignores it.
+pub fn attention_with_dense(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttnMask,
+    dense: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
     let (b, h, tq, hd) = q.dims4()?;
     let (bk, kvh, tk, hdk) = k.dims4()?;
+    if (mask.b(), mask.tq(), mask.tk()) != (b, tq, tk) {
+        candle_core::bail!(
+            "attention: mask for {} x {} queries and {} keys, q {:?} and {tk} keys",
+            mask.b(),
+            mask.tq(),
+            mask.tk(),
+            q.dims()
+        );
+    }
+    #[cfg(feature = "cuda")]
+    if cuda_attention(q) {
+        let built;
+        let dense = match dense {
+            Some(d) => d,
+            None => {
+                built = mask.dense(q.device(), candle_core::DType::F32)?;
+                &built
+            }
+        };
+        return cuda::attention(q, k, v, Some(dense), scale, false);
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = dense;
     if bk != b || hdk != hd || v.dims() != k.dims() || kvh == 0 || h % kvh != 0 {
         candle_core::bail!(
             "attention: q {:?}, k {:?}, v {:?} do not fit together",
             q.dims(),
             k.dims(),
             v.dims()
-        );
-    }
-    if mask.dims() != [b, 1, tq, tk] {
-        candle_core::bail!(
-            "attention: mask {:?} for q {:?} and {tk} keys",
-            mask.dims(),
-            q.dims()
         );
     }
     let op = AttentionOp {
@@ -888,7 +1064,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) 
         tk,
         hd,
         scale: scale as f32,
-        mask: shared_mask(mask)?,
+        mask: mask.clone(),
     };
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)

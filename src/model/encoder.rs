@@ -8,9 +8,9 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{BoltConfig, NormKind};
-use super::layers::{Block, Norm, Rotary};
+use super::layers::{Block, LayerMask, Norm, Rotary};
 use crate::fusion::ImageSpan;
-use crate::kernels::Linear;
+use crate::kernels::{AttnMask, Linear};
 
 /// Features of a batch of images, padded to the longest.
 #[derive(Clone, Debug)]
@@ -127,11 +127,18 @@ impl VisionEncoder {
         let mut x = x
             .index_select(&gather, 0)?
             .reshape((spans.len(), p, self.d))?;
+        // Bidirectional: every position sees the real ones of its row.
+        let key_valid: Vec<u8> = mask.iter().map(|&v| u8::from(v == 0.0)).collect();
+        let attn_mask = LayerMask::new(
+            AttnMask::bidirectional(spans.len(), p, 0, &key_valid)?,
+            &self.device,
+            x.dtype(),
+        );
         let key_mask = Tensor::from_vec(mask, (spans.len(), 1, 1, p), &self.device)?;
         let dummy = Tensor::zeros(1, DType::F32, &self.device)?;
         for block in &self.blocks {
             x = block
-                .forward(&x, &self.rotary, &dummy, &dummy, &key_mask, None, false)?
+                .forward(&x, &self.rotary, &dummy, &dummy, &attn_mask, None, false)?
                 .0;
         }
         Ok(EncodedImages {
@@ -244,11 +251,18 @@ impl AudioEncoder {
             .forward(&windows)?
             .gelu()?
             .broadcast_add(&self.pos_embed.index_select(&pos, 0)?)?;
+        // Bidirectional: every position sees the real ones of its row.
+        let key_valid: Vec<u8> = mask.iter().map(|&v| u8::from(v == 0.0)).collect();
+        let attn_mask = LayerMask::new(
+            AttnMask::bidirectional(spans.len(), m, 0, &key_valid)?,
+            &self.device,
+            x.dtype(),
+        );
         let key_mask = Tensor::from_vec(mask, (spans.len(), 1, 1, m), &self.device)?;
         let dummy = Tensor::zeros(1, DType::F32, &self.device)?;
         for block in &self.blocks {
             x = block
-                .forward(&x, &self.rotary, &dummy, &dummy, &key_mask, None, false)?
+                .forward(&x, &self.rotary, &dummy, &dummy, &attn_mask, None, false)?
                 .0;
         }
         let _ = self.d;

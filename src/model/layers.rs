@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use crate::kernels::Linear;
+use crate::kernels::{AttnMask, Linear};
 
 use super::config::{Activation, ModelConfig, NormKind};
 
@@ -163,6 +163,49 @@ impl Rotary {
 /// probability and gradient matrices dominate memory.
 pub const FUSED_ATTENTION_MIN_SCORES: usize = 512 * 512;
 
+/// One forward's attention mask, shared by every layer: the compact [`AttnMask`] the fused
+/// kernels read (O(`b x keys`)), and its dense additive form `(b, 1, tq, tk)` in the
+/// activations' dtype for the plain path and the CUDA kernels, built on first use and then
+/// reused, so at most once per forward and never when every layer takes the fused CPU op.
+#[derive(Debug)]
+pub struct LayerMask {
+    mask: AttnMask,
+    device: Device,
+    dtype: DType,
+    dense: std::sync::OnceLock<Tensor>,
+}
+
+impl LayerMask {
+    /// Wraps `mask`; its dense form, when needed, is built on `device` in `dtype`.
+    pub fn new(mask: AttnMask, device: &Device, dtype: DType) -> Self {
+        Self {
+            mask,
+            device: device.clone(),
+            dtype,
+            dense: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The compact mask.
+    pub fn mask(&self) -> &AttnMask {
+        &self.mask
+    }
+
+    /// The dense additive mask `(b, 1, tq, tk)` (0 or `-inf`), built on the first call.
+    pub fn dense(&self) -> Result<Tensor> {
+        if let Some(t) = self.dense.get() {
+            return Ok(t.clone());
+        }
+        let t = self.mask.dense(&self.device, self.dtype)?;
+        Ok(self.dense.get_or_init(|| t).clone())
+    }
+
+    /// Whether the dense form has been built (the fused CPU path never builds it).
+    pub fn dense_built(&self) -> bool {
+        self.dense.get().is_some()
+    }
+}
+
 /// Cached keys and values of one layer, `(b, kv_heads, t, head_dim)` each.
 #[derive(Clone, Debug)]
 pub struct LayerCache {
@@ -223,7 +266,8 @@ impl Attention {
     }
 
     #[allow(clippy::too_many_arguments)]
-    /// Attends `x` (`b, t, d`) to the cache plus itself; `mask` is additive `(b, 1, t, t_total)`.
+    /// Attends `x` (`b, t, d`) to the cache plus itself; `mask` covers `b x t` queries and
+    /// `t_total` keys.
     ///
     /// Returns the output and, when `want_probs`, the attention probabilities `(b, h, t, t_total)`.
     pub fn forward(
@@ -232,7 +276,7 @@ impl Attention {
         rotary: &Rotary,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        mask: &LayerMask,
         cache: Option<&mut Option<LayerCache>>,
         want_probs: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
@@ -270,12 +314,19 @@ impl Attention {
         let (tq, tk) = (q.dim(2)?, k.dim(2)?);
         let fused_cpu = crate::kernels::enabled_on(q.device())
             && q.dtype() == DType::F32
-            && mask.dtype() == DType::F32
             && tq * tk >= FUSED_ATTENTION_MIN_SCORES;
-        if !want_probs && (fused_cpu || crate::kernels::cuda_attention(&q)) {
+        if !want_probs && fused_cpu {
             // The fused op (grouped KV heads handled inside, heads concatenated on output):
-            // memory O(keys) per query row instead of the full score matrix.
-            let out = crate::kernels::attention(&q, &k, &v, mask, scale)?;
+            // memory O(keys) per query row instead of the full score matrix, and the compact
+            // mask instead of a dense one.
+            let out = crate::kernels::attention(&q, &k, &v, mask.mask(), scale)?;
+            return Ok((self.dense.forward(&out)?, None));
+        }
+        if !want_probs && crate::kernels::cuda_attention(&q) {
+            // The CUDA kernels read the dense mask: built once per forward, shared by layers.
+            let dense = mask.dense()?;
+            let out =
+                crate::kernels::attention_with_dense(&q, &k, &v, mask.mask(), Some(&dense), scale)?;
             return Ok((self.dense.forward(&out)?, None));
         }
         let rep = self.n_heads / self.n_kv_heads;
@@ -284,7 +335,7 @@ impl Attention {
         } else {
             (k, v)
         };
-        let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(&mask.dense()?)?;
         let probs = if crate::kernels::enabled_on(scores.device()) && scores.dtype() == DType::F32 {
             crate::kernels::softmax_last(&scores)?
         } else if scores.dtype() != DType::F32 {
@@ -463,7 +514,7 @@ impl Block {
         rotary: &Rotary,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        mask: &LayerMask,
         cache: Option<&mut Option<LayerCache>>,
         want_probs: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
@@ -482,7 +533,8 @@ impl Block {
     }
 }
 
-/// The additive attention mask `(b, 1, t, past + t)`: causal, and `-inf` on padded keys.
+/// The additive attention mask `(b, 1, t, past + t)`: causal, and `-inf` on padded keys
+/// (f32, dense: [`AttnMask::causal`] materialised).
 ///
 /// `key_valid` holds `b * (past + t)` flags (1 = real token) for every key position.
 pub fn attention_mask(
@@ -492,27 +544,5 @@ pub fn attention_mask(
     key_valid: &[u8],
     device: &Device,
 ) -> Result<Tensor> {
-    let tk = past + t;
-    if key_valid.len() != b * tk {
-        candle_core::bail!(
-            "attention mask: {} key flags for {b} x {tk} keys",
-            key_valid.len()
-        );
-    }
-    let mut m = vec![0f32; b * t * tk];
-    for bi in 0..b {
-        for qi in 0..t {
-            let row = &mut m[(bi * t + qi) * tk..(bi * t + qi + 1) * tk];
-            for (ki, slot) in row.iter_mut().enumerate() {
-                if ki > past + qi || key_valid[bi * tk + ki] == 0 {
-                    *slot = f32::NEG_INFINITY;
-                }
-            }
-            // A padded query row would see no key at all; let it see itself so softmax stays finite.
-            if row.iter().all(|v| v.is_infinite()) {
-                row[past + qi] = 0.0;
-            }
-        }
-    }
-    Tensor::from_vec(m, (b, 1, t, tk), device)?.to_dtype(DType::F32)
+    AttnMask::causal(b, t, past, key_valid)?.dense(device, DType::F32)
 }

@@ -4,11 +4,11 @@
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::kernels::Linear;
+use crate::kernels::{AttnMask, Linear};
 
 use super::config::ModelConfig;
 use super::connector::{Bolted, VisualInput, XCtx};
-use super::layers::{attention_mask, Block, LayerCache, Norm, Rotary};
+use super::layers::{Block, LayerCache, LayerMask, Norm, Rotary};
 use crate::fusion::Batch;
 
 /// Keys and values of every layer for the tokens seen so far, plus which keys are real.
@@ -330,8 +330,11 @@ impl NativeModel {
                 }
                 let past = cache.len;
                 cache.push_valid(valid, t);
-                let mask = attention_mask(b, t, past, &cache.key_valid, &self.device)?
-                    .to_dtype(x.dtype())?;
+                let mask = LayerMask::new(
+                    AttnMask::causal(b, t, past, &cache.key_valid)?,
+                    &self.device,
+                    x.dtype(),
+                );
                 if let Some(c) = xctx {
                     cache.xctx = Some(match cache.xctx.take() {
                         Some(prev) => prev.extend(&c)?,
@@ -362,7 +365,8 @@ impl NativeModel {
                 }
             }
             None => {
-                let mask = attention_mask(b, t, 0, valid, &self.device)?.to_dtype(x.dtype())?;
+                let mask =
+                    LayerMask::new(AttnMask::causal(b, t, 0, valid)?, &self.device, x.dtype());
                 for (i, block) in self.blocks.iter().enumerate() {
                     x = self.cross_attend(i, &x, xctx.as_ref(), positions)?;
                     let (y, p) =

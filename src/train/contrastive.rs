@@ -23,11 +23,11 @@ use super::data::SyntheticData;
 use super::optim::{lr_at, AdamW, AdamWConfig};
 use super::{named_vars, reinit, TrainError};
 use crate::fusion::{audio_features, patchify, AudioSpan, ImageSpan, TextTokenizer};
-use crate::kernels::Linear;
+use crate::kernels::{AttnMask, Linear};
 use crate::model::checkpoint::{atomic_write, ModelDirConfig};
 use crate::model::config::NormKind;
 use crate::model::encoder::{AudioEncoder, VisionEncoder};
-use crate::model::layers::{Block, Norm, Rotary};
+use crate::model::layers::{Block, LayerMask, Norm, Rotary};
 
 /// Which contrastive loss.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -152,11 +152,17 @@ impl TextEncoder {
             .index_select(&ids_t, 0)?
             .reshape((n, t, d))?
             .broadcast_add(&self.pos.index_select(&pos_ids, 0)?)?;
-        let key_mask = Tensor::from_vec(mask, (n, 1, 1, t), device)?;
+        // Bidirectional: every position sees the real ones of its row.
+        let key_valid: Vec<u8> = mask.iter().map(|&v| u8::from(v == 0.0)).collect();
+        let attn_mask = LayerMask::new(
+            AttnMask::bidirectional(n, t, 0, &key_valid)?,
+            device,
+            x.dtype(),
+        );
         let dummy = Tensor::zeros(1, DType::F32, device)?;
         for b in &self.blocks {
             x = b
-                .forward(&x, &self.rotary, &dummy, &dummy, &key_mask, None, false)?
+                .forward(&x, &self.rotary, &dummy, &dummy, &attn_mask, None, false)?
                 .0;
         }
         let x = self.norm.forward(&x)?;
