@@ -789,11 +789,7 @@ impl AttentionOp {
             let s = if ok == 0 {
                 f32::NEG_INFINITY
             } else {
-                let mut dot = 0f32;
-                for (a, b) in qi.iter().zip(kj) {
-                    dot += a * b;
-                }
-                dot * self.scale
+                dot_lanes(qi, kj) * self.scale
             };
             *pj = s;
             m = m.max(s);
@@ -804,7 +800,11 @@ impl AttentionOp {
         }
         let mut sum = 0f32;
         for x in p.iter_mut() {
-            *x = (*x - m).exp();
+            *x = if *x == f32::NEG_INFINITY {
+                0.0
+            } else {
+                (*x - m).exp()
+            };
             sum += *x;
         }
         let inv = 1.0 / sum;
@@ -910,14 +910,14 @@ impl AttentionOp {
                         dvj[c] += pj * gi[c];
                     }
                 }
-                let go_dot: f32 = o.iter().zip(gi).map(|(a, b)| a * b).sum();
+                let go_dot = dot_lanes(&o, gi);
                 let dqi = &mut dq[(r * tq + i) * hd..(r * tq + i + 1) * hd];
                 for (j, &pj) in p[..n].iter().enumerate() {
                     if pj == 0.0 {
                         continue;
                     }
                     let vj = &vs[j * hd..(j + 1) * hd];
-                    let dp: f32 = gi.iter().zip(vj).map(|(a, b)| a * b).sum();
+                    let dp = dot_lanes(gi, vj);
                     let ds = pj * (dp - go_dot) * self.scale;
                     let kj = &ks[j * hd..(j + 1) * hd];
                     let dkj = &mut dk[j * hd..(j + 1) * hd];
