@@ -609,6 +609,13 @@ fn linear_epilogue_and_no_bias_match_plain_path() {
             1e-5,
         );
         compare(
+            &format!("linear+gelu {shape:?} -> {out}"),
+            &inputs,
+            |t| kernels::linear_then(&t[0], &t[1], Some(&t[2]), kernels::Epilogue::Gelu).unwrap(),
+            |t| plain(t).gelu().unwrap(),
+            1e-5,
+        );
+        compare(
             &format!("linear no bias {shape:?} -> {out}"),
             &inputs[..2],
             |t| kernels::linear(&t[0], &t[1], None).unwrap(),

@@ -1,6 +1,6 @@
-//! `x W^T + b` (optionally followed by relu²) as one op that calls the `gemm` crate directly:
+//! `x W^T + b` (optionally followed by relu² or GELU) as one op that calls the `gemm` crate directly:
 //! the bias is written into the output before the product is accumulated onto it, and relu²
-//! is applied while the output is still in cache, so forward is one matmul and no extra pass;
+//! (or GELU) is applied while the output is still in cache, so forward is one matmul and no extra pass;
 //! backward is two matmuls (`dx = g W`, `dW = g^T x`) and a column sum for `db`, with no
 //! transposed copies. candle's path for the same layer is a matmul into a zeroed buffer, a
 //! bias op copying the output, an activation op copying it again, and their backward ops.
@@ -18,6 +18,41 @@ pub enum Epilogue {
     None,
     /// `relu(x W^T + b)^2` (Persimmon / Fuyu MLP).
     Relu2,
+    /// GELU, tanh approximation (candle's `gelu`; the encoders' and connectors' MLPs).
+    Gelu,
+}
+
+const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
+
+impl Epilogue {
+    /// The activation of the pre-activation `u`.
+    #[inline(always)]
+    fn apply(self, u: f32) -> f32 {
+        match self {
+            Epilogue::None => u,
+            Epilogue::Relu2 => {
+                let r = u.max(0.0);
+                r * r
+            }
+            Epilogue::Gelu => {
+                0.5 * u * (1.0 + (SQRT_TWO_OVER_PI * u * (1.0 + 0.044715 * u * u)).tanh())
+            }
+        }
+    }
+
+    /// Its derivative at `u`.
+    #[inline(always)]
+    fn slope(self, u: f32) -> f32 {
+        match self {
+            Epilogue::None => 1.0,
+            Epilogue::Relu2 => 2.0 * u.max(0.0),
+            Epilogue::Gelu => {
+                let t = (SQRT_TWO_OVER_PI * u * (1.0 + 0.044715 * u * u)).tanh();
+                0.5 * (1.0 + t)
+                    + 0.5 * u * (1.0 - t * t) * SQRT_TWO_OVER_PI * (1.0 + 3.0 * 0.044715 * u * u)
+            }
+        }
+    }
 }
 
 /// Row-major `dst (m x n) [+]= lhs (m x k) rhs (k x n)` with explicit strides
@@ -91,7 +126,7 @@ fn matmul(
 
 pub(super) struct LinearOp {
     epilogue: Epilogue,
-    /// `x W^T + b` before relu², kept by forward for backward (relu² only).
+    /// `x W^T + b` before the activation, kept by forward for backward (with an epilogue only).
     pre: Mutex<Vec<f32>>,
 }
 
@@ -126,15 +161,15 @@ impl LinearOp {
             w,
             (1, inp),
         )?;
-        if self.epilogue == Epilogue::Relu2 {
+        if self.epilogue != Epilogue::None {
             if let Ok(mut pre) = self.pre.lock() {
                 pre.clear();
                 pre.extend_from_slice(&y);
             }
+            let act = self.epilogue;
             run_chunks(&mut y, 1 << 16, |_, c| {
                 for v in c.iter_mut() {
-                    let r = v.max(0.0);
-                    *v = r * r;
+                    *v = act.apply(*v);
                 }
             });
         }
@@ -149,10 +184,10 @@ impl LinearOp {
         g: &[f32],
         (rows, inp, out): (usize, usize, usize),
     ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-        let relu2_grad;
+        let act_grad;
         let g = match self.epilogue {
             Epilogue::None => g,
-            Epilogue::Relu2 => {
+            act => {
                 let pre = match self.pre.lock() {
                     Ok(p) => p,
                     Err(_) => candle_core::bail!("linear: the forward state was poisoned"),
@@ -162,10 +197,10 @@ impl LinearOp {
                 }
                 let mut d = vec![0f32; g.len()];
                 for ((d, &gi), &u) in d.iter_mut().zip(g).zip(pre.iter()) {
-                    *d = gi * 2.0 * u.max(0.0);
+                    *d = gi * act.slope(u);
                 }
-                relu2_grad = d;
-                &relu2_grad
+                act_grad = d;
+                &act_grad
             }
         };
         let mut dx = vec![0f32; rows * inp];

@@ -241,6 +241,7 @@ pub fn linear_then(
         match epilogue {
             Epilogue::None => y,
             Epilogue::Relu2 => y.relu()?.sqr()?,
+            Epilogue::Gelu => y.gelu()?,
         }
     };
     let mut out = lead.to_vec();

@@ -467,7 +467,7 @@ impl Module for Mlp {
         let h = match (self.activation, &self.gate) {
             // relu² rides on the up-projection's op (one pass, no separate activation op).
             (Activation::Relu2, _) => self.up.forward_then(x, crate::kernels::Epilogue::Relu2)?,
-            (Activation::Gelu, _) => self.up.forward(x)?.gelu()?,
+            (Activation::Gelu, _) => self.up.forward_then(x, crate::kernels::Epilogue::Gelu)?,
             (Activation::SwiGlu, Some(g)) => {
                 (candle_nn::ops::silu(&g.forward(x)?)? * self.up.forward(x)?)?
             }
