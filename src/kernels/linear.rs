@@ -212,6 +212,39 @@ impl LinearOp {
         Ok((dx, dw, column_sum(g, out)))
     }
 
+    /// Forward on storages: `x`, `w` and the optional bias.
+    fn run(
+        &self,
+        (s1, l1): (&CpuStorage, &Layout),
+        (s2, l2): (&CpuStorage, &Layout),
+        b: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = Self::dims(l1, l2)?;
+        let (x, w) = (f32_slice(s1, l1, "linear")?, f32_slice(s2, l2, "linear")?);
+        let b = b.map(|(s, l)| f32_slice(s, l, "linear")).transpose()?;
+        if let Some(b) = b {
+            if b.len() != dims.2 {
+                candle_core::bail!("linear: bias of {} for {} outputs", b.len(), dims.2);
+            }
+        }
+        let y = self.forward(x, w, b, dims)?;
+        Ok((CpuStorage::F32(y), Shape::from((dims.0, dims.2))))
+    }
+
+    /// Backward on tensors: `(dx, dW, db)`, the first two as tensors shaped like `x` and `w`.
+    fn grads(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor, Vec<f32>)> {
+        let (rows, inp) = x.dims2()?;
+        let out = w.dim(0)?;
+        let (dx, dw, db) = with_f32([x, w, grad], "linear", |[xv, wv, gv]| {
+            self.backward(xv, wv, gv, (rows, inp, out))
+        })??;
+        Ok((
+            Tensor::from_vec(dx, x.shape(), x.device())?,
+            Tensor::from_vec(dw, w.shape(), w.device())?,
+            db,
+        ))
+    }
+
     fn dims(x: &Layout, w: &Layout) -> Result<(usize, usize, usize)> {
         let (rows, inp) = match x.dims() {
             [r, i] => (*r, *i),
@@ -238,14 +271,7 @@ impl CustomOp3 for LinearOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = Self::dims(l1, l2)?;
-        let (x, w) = (f32_slice(s1, l1, "linear")?, f32_slice(s2, l2, "linear")?);
-        let b = f32_slice(s3, l3, "linear")?;
-        if b.len() != dims.2 {
-            candle_core::bail!("linear: bias of {} for {} outputs", b.len(), dims.2);
-        }
-        let y = self.forward(x, w, Some(b), dims)?;
-        Ok((CpuStorage::F32(y), Shape::from((dims.0, dims.2))))
+        self.run((s1, l1), (s2, l2), Some((s3, l3)))
     }
 
     fn bwd(
@@ -256,16 +282,9 @@ impl CustomOp3 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (rows, inp) = x.dims2()?;
-        let out = w.dim(0)?;
-        let (dx, dw, db) = with_f32([x, w, grad], "linear", |[xv, wv, gv]| {
-            self.backward(xv, wv, gv, (rows, inp, out))
-        })??;
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
-            Some(Tensor::from_vec(dw, w.shape(), w.device())?),
-            Some(Tensor::from_vec(db, b.shape(), b.device())?),
-        ))
+        let (dx, dw, db) = self.grads(x, w, grad)?;
+        let db = Tensor::from_vec(db, b.shape(), b.device())?;
+        Ok((Some(dx), Some(dw), Some(db)))
     }
 }
 
@@ -281,10 +300,7 @@ impl CustomOp2 for LinearOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = Self::dims(l1, l2)?;
-        let (x, w) = (f32_slice(s1, l1, "linear")?, f32_slice(s2, l2, "linear")?);
-        let y = self.forward(x, w, None, dims)?;
-        Ok((CpuStorage::F32(y), Shape::from((dims.0, dims.2))))
+        self.run((s1, l1), (s2, l2), None)
     }
 
     fn bwd(
@@ -294,15 +310,8 @@ impl CustomOp2 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (rows, inp) = x.dims2()?;
-        let out = w.dim(0)?;
-        let (dx, dw, _) = with_f32([x, w, grad], "linear", |[xv, wv, gv]| {
-            self.backward(xv, wv, gv, (rows, inp, out))
-        })??;
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
-            Some(Tensor::from_vec(dw, w.shape(), w.device())?),
-        ))
+        let (dx, dw, _) = self.grads(x, w, grad)?;
+        Ok((Some(dx), Some(dw)))
     }
 }
 
