@@ -55,6 +55,9 @@ impl Epilogue {
     }
 }
 
+/// Multiply-adds from which a product is split across threads.
+const PARALLEL_MIN_MACS: usize = 1 << 22;
+
 /// Row-major `dst (m x n) [+]= lhs (m x k) rhs (k x n)` with explicit strides
 /// (`*_rs` between rows, `*_cs` between columns).
 #[allow(clippy::too_many_arguments)]
@@ -89,7 +92,8 @@ fn matmul(
         );
     }
     let threads = candle_core::utils::get_num_threads();
-    let par = if threads > 1 {
+    // Splitting a small product across threads costs more in hand-offs than it saves.
+    let par = if threads > 1 && m * n * k >= PARALLEL_MIN_MACS {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None

@@ -96,7 +96,8 @@ fn run_chunks<R: Send>(
     f: impl Fn(usize, &mut [f32]) -> R + Sync + Send,
 ) -> Vec<R> {
     let chunk = chunk.max(1);
-    if candle_core::utils::get_num_threads() > 1 && out.len() > chunk {
+    // Below a few tasks' worth of work the hand-off to other threads costs more than it saves.
+    if candle_core::utils::get_num_threads() > 1 && out.len() > chunk.max(1 << 16) {
         out.par_chunks_mut(chunk)
             .enumerate()
             .map(|(i, c)| f(i, c))
