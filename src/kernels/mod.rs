@@ -7,13 +7,13 @@
 //! compute forward and backward in one pass over contiguous rows:
 //!
 //! - [`linear`]: `x W^T + b` as one 2-D matmul (so `dW` is one matmul too) and a fused bias;
-//! - [`add_bias`]: `x + b` over rows, `db` a column sum;
+//! - [`add_bias`]: `x + b` over rows, `db` a column sum (the linear op now folds its bias in);
 //! - [`layer_norm`] / [`rms_norm`]: the norm with its affine parameters;
 //! - [`softmax_last`]: softmax over the last dimension, `dx = y (g - sum(g y))`;
 //! - [`attention`]: scaled dot-product attention, one query row at a time (O(keys) memory);
 //!   its mask is the compact [`AttnMask`] (O(batch x keys), not a dense `queries x keys`);
 //! - [`rotary`]: rotate-half positions, backward the inverse rotation;
-//! - [`relu2`]: relu(x) squared;
+//! - [`relu2`]: relu(x) squared (the MLP now takes it as the linear op's epilogue);
 //! - [`cross_entropy`]: mean cross-entropy over the vocabulary, keeping only each row's
 //!   log-sum-exp between forward and backward;
 //! - [`adamw_update`]: the AdamW step in place on a parameter's storage.
@@ -211,7 +211,7 @@ pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// `x W^T (+ b)` for `x` (`..., in`) and `W` (`out, in`), computed as one 2-D matmul.
 ///
 /// f32 on the CPU runs the fused op of `linear.rs` (the bias folded into the matmul's output);
-/// otherwise (or with `MMLAB_PLAIN_OPS`) candle's matmul and [`add_bias`].
+/// otherwise (or with `MMLAB_PLAIN_OPS`) `candle_nn::Linear` and candle's activation ops.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     linear_then(x, w, b, Epilogue::None)
 }
