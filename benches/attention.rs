@@ -1,6 +1,6 @@
 //! Attention forward + backward, fused op vs candle's plain path, at sequence 512, 2048 and
-//! 8192 (1 sequence, 4 heads of 64, causal). One thread each (CANDLE_NUM_THREADS=1, as
-//! `mmlab` runs by default). It also prints the bytes of score matrices each path keeps, and
+//! 8192 (1 sequence, 4 heads of 64, causal). One thread each (RAYON_NUM_THREADS=1 unless set,
+//! which is what candle and mmlab's ops read). It also prints the bytes of score matrices each path keeps, and
 //! the fused path's mask (compact: O(seq)).
 //!
 //!     cargo bench --bench attention
@@ -64,8 +64,8 @@ fn step(f: fn(&Tensor, &Tensor, &Tensor, &Inputs) -> Tensor, x: &Inputs) {
 }
 
 fn bench(c: &mut Criterion) {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
     }
     let mut sizes = vec![512usize, 2048];
     if std::env::var_os("MMLAB_BENCH_8192").is_some() {

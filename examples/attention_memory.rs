@@ -13,8 +13,9 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use mmlab::kernels::AttnMask;
 
 fn main() -> anyhow::Result<()> {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    // The thread budget candle and mmlab's ops read (set before rayon's pool starts).
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (path, t) = match args.as_slice() {

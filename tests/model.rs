@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
-use mmlab::fusion::{collate, Batch, PadSide, SequenceBuilder, TextTokenizer};
+use mmlab::fusion::{collate, Batch, MultimodalSequence, PadSide, SequenceBuilder, TextTokenizer};
 use mmlab::model::generate::{generate, generate_with_prefixes, GenerateOptions};
 use mmlab::model::presets::{parameter_count, preset, presets};
 use mmlab::model::KvCache;
@@ -18,6 +18,16 @@ fn tokenizer() -> Arc<TextTokenizer> {
 
 /// A batch with image sequences and audio sequences from the synthetic generator.
 fn mixed_batch(cfg: &mmlab::model::ModelDirConfig, tok: Arc<TextTokenizer>, n: usize) -> Batch {
+    let pad = tok.specials.pad;
+    collate(&mixed_seqs(cfg, tok, n), pad, PadSide::Right).expect("collate")
+}
+
+/// `n` image sequences then two audio sequences from the synthetic generator.
+fn mixed_seqs(
+    cfg: &mmlab::model::ModelDirConfig,
+    tok: Arc<TextTokenizer>,
+    n: usize,
+) -> Vec<MultimodalSequence> {
     let builder = cfg.builder(tok.clone());
     let mut d = SyntheticData::small();
     d.scene.width = cfg.image.max_width as u32;
@@ -37,7 +47,7 @@ fn mixed_batch(cfg: &mmlab::model::ModelDirConfig, tok: Arc<TextTokenizer>, n: u
             .take(2)
             .map(|e| e.seq),
     );
-    collate(&seqs, tok.specials.pad, PadSide::Right).expect("collate")
+    seqs
 }
 
 /// Opens Flamingo's tanh gates (they start at zero, which by design blocks the gradient of
@@ -87,6 +97,66 @@ fn every_parameter_of_every_preset_gets_a_gradient() {
                 "{}: gradient of {name} is {norm}",
                 p.name
             );
+        }
+    }
+}
+
+/// A batch cut into shards of examples (one per thread in training) gives the loss and
+/// gradients of the whole batch: each shard's mean loss is weighted by its share of the answer
+/// tokens. Shards of unequal size and unequal target counts (images, then audio) are covered.
+#[test]
+fn sharded_step_equals_the_whole_batch() {
+    use mmlab::train::step::{collate_shards, gradients};
+    let tok = tokenizer();
+    let pad = tok.specials.pad;
+    for name in ["fuyu-tiny", "llava-tiny", "flamingo-audio-tiny"] {
+        let mut cfg = preset(name).unwrap().config;
+        cfg.model.vocab_size = cfg.model.vocab_size.max(tok.vocab_size());
+        let (model, vm) = init_model(&cfg, 5, &Device::Cpu).unwrap();
+        open_gates(&vm);
+        let vars: Vec<_> = named_vars(&vm).into_iter().map(|(_, v)| v).collect();
+        let seqs = mixed_seqs(&cfg, tok.clone(), 5);
+        let whole = gradients(&model, &collate_shards(&seqs, 1, pad).unwrap(), &vars).unwrap();
+        assert!(
+            gradients(&model, &[], &vars).is_err(),
+            "no batch is an error"
+        );
+        for k in [2, 3, 7] {
+            let shards = collate_shards(&seqs, k, pad).unwrap();
+            assert_eq!(shards.len(), k.min(seqs.len()));
+            let sizes: Vec<usize> = shards.iter().map(|b| b.batch).collect();
+            assert_eq!(sizes.iter().sum::<usize>(), seqs.len());
+            assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
+            let split = gradients(&model, &shards, &vars).unwrap();
+            assert_eq!(split.n_targets, whole.n_targets, "{name}, {k} shards");
+            assert!(
+                (split.loss - whole.loss).abs() <= 1e-5,
+                "{name}, {k} shards: loss {} against {}",
+                split.loss,
+                whole.loss
+            );
+            for v in &vars {
+                let (a, b) = (
+                    whole.grads.get(v.as_tensor()).unwrap(),
+                    split.grads.get(v.as_tensor()).unwrap(),
+                );
+                let max_abs = |t: &Tensor| {
+                    t.abs()
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .max(0)
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                };
+                let diff = max_abs(&(a - b).unwrap());
+                let scale = max_abs(a).max(1.0);
+                assert!(
+                    diff <= 1e-5 * scale,
+                    "{name}, {k} shards: gradient differs by {diff} (largest entry {scale})"
+                );
+            }
         }
     }
 }

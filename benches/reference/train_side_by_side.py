@@ -19,7 +19,8 @@ same initial weights, same batches, same thread count, in one run.
 3. It prints tokens/s of each, the ratio, and the first losses of both sides (they train
    the same model on the same data, so the losses agree to float32 rounding).
 
-Thread count: `--threads N` sets CANDLE_NUM_THREADS for mmlab and torch.set_num_threads(N).
+Thread count: `--threads N` is passed to mmlab (`mmlab --threads N`, which cuts each batch into
+N shards of examples, one per thread) and sets torch.set_num_threads(N).
 """
 
 import argparse
@@ -152,8 +153,8 @@ def main():
     ref.DT = torch.float32
     with tempfile.TemporaryDirectory() as tmp:
         dump = os.path.join(tmp, "batches.safetensors")
-        env = dict(os.environ, CANDLE_NUM_THREADS=str(args.threads))
-        cmd = [args.mmlab, "bench", "train", "--model", args.model, "--steps", str(args.steps),
+        env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+        cmd = [args.mmlab, "--threads", str(args.threads), "bench", "train", "--model", args.model, "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--lr", str(args.lr), "--dump", dump, "--json"]
         out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
         rust = json.loads(out.strip().splitlines()[-1])

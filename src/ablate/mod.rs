@@ -708,8 +708,9 @@ fn run_unit(
 
 /// Runs (or resumes) the ablation into `out`; `say` gets one line per event.
 ///
-/// `jobs` (arm, seed) units train at the same time, each on its own thread (tensor math is
-/// single-threaded per unit, so `jobs` = cores uses the machine).
+/// `jobs` (arm, seed) units train at the same time, each on its own thread. A unit's own ops
+/// are kept to that thread ([`crate::kernels::serial`]: one shard per batch, no op split across
+/// threads), so `jobs` = cores uses the machine and a unit's numbers do not depend on `jobs`.
 pub fn run(
     spec: &AblationSpec,
     out: &Path,
@@ -758,7 +759,8 @@ pub fn run(
                 if !failed.lock().map(|f| f.is_empty()).unwrap_or(false) {
                     break;
                 }
-                match run_unit(spec, &spec.arms[ai], &plans[ai], seed, out, &tok, say) {
+                let unit = || run_unit(spec, &spec.arms[ai], &plans[ai], seed, out, &tok, say);
+                match crate::kernels::serial(unit) {
                     Ok(r) => {
                         if let Ok(mut d) = done.lock() {
                             d.insert((ai, seed), r);

@@ -10,12 +10,13 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use crate::cli::train::{config, tokenizer_for, TrainArgs};
-use crate::fusion::{collate, Batch, PadSide};
+use crate::fusion::{collate, Batch, MultimodalSequence, PadSide};
 use crate::model::checkpoint::tensors_to_bytes;
 use crate::model::presets::parameter_count;
 use crate::model::ModelConfig;
 use crate::train::data::{Factory, Source};
 use crate::train::optim::AdamW;
+use crate::train::step::{collate_shards, gradients, shard_count, StepGrads};
 use crate::train::{init_model, named_vars};
 
 /// Arguments of `mmlab bench`.
@@ -57,6 +58,10 @@ pub struct TrainBenchArgs {
     /// Write the batches, initial weights and settings here (safetensors) for the reference.
     #[arg(long)]
     pub dump: Option<PathBuf>,
+    /// Cut each batch into this many shards of examples, one per thread (default: as
+    /// `mmlab train` does, one per thread; 1 splits each op across threads instead).
+    #[arg(long)]
+    pub shards: Option<usize>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -71,6 +76,8 @@ pub struct TrainBenchReport {
     pub parameters: usize,
     /// candle worker threads.
     pub threads: usize,
+    /// Shards each batch was cut into (one thread each; 1: each op split across threads).
+    pub shards: usize,
     /// Timed steps.
     pub steps: u64,
     /// Real (non-padding) tokens in the timed steps.
@@ -222,10 +229,19 @@ pub fn train_bench(a: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
     let builder = cfg.model.builder(tok.clone());
     let factory = Factory::new(Source::Synthetic(data), cfg.seed, cfg.batch_size, builder);
     let total = a.steps + a.warmup;
-    let batches: Vec<Batch> = (0..total)
+    let threads = crate::kernels::num_threads();
+    let seqs: Vec<Vec<MultimodalSequence>> = (0..total)
+        .map(|s| Ok(factory.batch(s)?.into_iter().map(|e| e.seq).collect()))
+        .collect::<anyhow::Result<_>>()?;
+    let batches: Vec<Batch> = seqs
+        .iter()
+        .map(|s| collate(s, pad, PadSide::Right).map_err(anyhow::Error::from))
+        .collect::<anyhow::Result<_>>()?;
+    let shards: Vec<Vec<Batch>> = seqs
+        .iter()
         .map(|s| {
-            let seqs: Vec<_> = factory.batch(s)?.into_iter().map(|e| e.seq).collect();
-            collate(&seqs, pad, PadSide::Right).map_err(anyhow::Error::from)
+            let k = a.shards.unwrap_or_else(|| shard_count(s.len(), threads));
+            collate_shards(s, k, pad).map_err(anyhow::Error::from)
         })
         .collect::<anyhow::Result<_>>()?;
     let device = Device::Cpu;
@@ -253,16 +269,19 @@ pub fn train_bench(a: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
     let (mut fwd, mut bwd, mut upd) = (0f64, 0f64, 0f64);
     let (mut tokens, mut positions, mut flops) = (0u64, 0u64, 0f64);
     let mut t_start = Instant::now();
-    for (s, batch) in batches.iter().enumerate() {
+    let vars = opt.vars();
+    for (s, (batch, parts)) in batches.iter().zip(&shards).enumerate() {
         if s as u64 == a.warmup {
             (fwd, bwd, upd) = (0.0, 0.0, 0.0);
             t_start = Instant::now();
         }
-        let t0 = Instant::now();
-        let (loss, n_targets) = model.loss(batch)?;
-        let lv = loss.to_scalar::<f32>()?;
-        let t1 = Instant::now();
-        let grads = loss.backward()?;
+        let StepGrads {
+            loss: lv,
+            n_targets,
+            grads,
+            forward_s,
+            backward_s,
+        } = gradients(&model, parts, &vars)?;
         let t2 = Instant::now();
         let norm = opt.grad_norm(&grads)?;
         let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
@@ -273,25 +292,22 @@ pub fn train_bench(a: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
         opt.step(&grads, scale)?;
         let t3 = Instant::now();
         losses.push(lv);
-        fwd += (t1 - t0).as_secs_f64();
-        bwd += (t2 - t1).as_secs_f64();
+        fwd += forward_s;
+        bwd += backward_s;
         upd += (t3 - t2).as_secs_f64();
         if s as u64 >= a.warmup {
             tokens += batch.attention_mask.iter().map(|&m| m as u64).sum::<u64>();
-            positions += (batch.batch * batch.seq_len) as u64;
+            positions += parts.iter().map(|b| b.batch * b.seq_len).sum::<usize>() as u64;
             flops += 3.0 * forward_flops(&cfg.model.model, batch, n_targets);
         }
     }
     let seconds = t_start.elapsed().as_secs_f64();
     let peak = matmul_peak()?;
-    let threads = std::env::var("CANDLE_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
     Ok(TrainBenchReport {
         model: a.model.clone(),
         parameters: parameter_count(&cfg.model.model),
         threads,
+        shards: shards.first().map_or(1, |s| s.len()),
         steps: a.steps,
         tokens,
         positions,
@@ -318,8 +334,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "{}: {} parameters, {} thread(s), {} steps, {} tokens ({} positions) in {:.2} s",
-                    r.model, r.parameters, r.threads, r.steps, r.tokens, r.positions, r.seconds
+                    "{}: {} parameters, {} thread(s), {} shard(s) per batch, {} steps, {} tokens ({} positions) in {:.2} s",
+                    r.model, r.parameters, r.threads, r.shards, r.steps, r.tokens, r.positions, r.seconds
                 );
                 println!("  tokens/s        {:.0}", r.tokens_per_s);
                 println!(

@@ -64,8 +64,11 @@ pub fn main() -> anyhow::Result<()> {
             .num_threads(n)
             .build_global();
     }
-    // candle's CPU worker pool spins while it waits; on small tensors and a busy machine
-    // one thread is faster (measured 2x on `fuyu-small` training). CANDLE_NUM_THREADS overrides.
+    // candle hands elementwise ops on large tensors to a pool of CANDLE_NUM_THREADS - 1
+    // workers that spin while they wait. mmlab splits work its own way (one shard of the batch
+    // per thread, `train::step`, and its ops' rayon splits), and the spinning workers only take
+    // cores from it: `fuyu-small` training on 2 threads ran at 40k tokens/s with them and 52k
+    // without. So candle gets no pool of its own unless CANDLE_NUM_THREADS says otherwise.
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }

@@ -91,7 +91,7 @@ fn matmul(
             rhs.len()
         );
     }
-    let threads = candle_core::utils::get_num_threads();
+    let threads = super::num_threads();
     // Splitting a small product across threads costs more in hand-offs than it saves.
     let par = if threads > 1 && m * n * k >= PARALLEL_MIN_MACS {
         gemm::Parallelism::Rayon(threads)

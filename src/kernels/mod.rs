@@ -88,8 +88,36 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
     }
 }
 
-/// Runs `f(index, chunk)` over `chunk`-sized pieces of `out`, in parallel when candle is
-/// allowed more than one thread (`CANDLE_NUM_THREADS`), so the op keeps to the thread budget.
+thread_local! {
+    /// Set while this thread computes one shard of a data-parallel step (`train::step`).
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Threads an op may split its work across: candle's budget (`RAYON_NUM_THREADS`), or 1 on a
+/// thread that already runs one shard of a data-parallel step, where the shards are the
+/// parallelism and splitting again would only add hand-offs.
+pub fn num_threads() -> usize {
+    if SERIAL.with(|s| s.get()) {
+        1
+    } else {
+        candle_core::utils::get_num_threads()
+    }
+}
+
+/// Runs `f` with this thread's ops kept to one thread (see [`num_threads`]).
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SERIAL.with(|s| s.set(self.0));
+        }
+    }
+    let _reset = Reset(SERIAL.with(|s| s.replace(true)));
+    f()
+}
+
+/// Runs `f(index, chunk)` over `chunk`-sized pieces of `out`, in parallel when more than one
+/// thread is allowed ([`num_threads`]), so the op keeps to the thread budget.
 fn run_chunks<R: Send>(
     out: &mut [f32],
     chunk: usize,
@@ -97,7 +125,7 @@ fn run_chunks<R: Send>(
 ) -> Vec<R> {
     let chunk = chunk.max(1);
     // Below a few tasks' worth of work the hand-off to other threads costs more than it saves.
-    if candle_core::utils::get_num_threads() > 1 && out.len() > chunk.max(1 << 16) {
+    if num_threads() > 1 && out.len() > chunk.max(1 << 16) {
         out.par_chunks_mut(chunk)
             .enumerate()
             .map(|(i, c)| f(i, c))
@@ -974,12 +1002,11 @@ impl CustomOp3 for AttentionOp {
         let groups = self.b * self.kvh;
         let work =
             |idx: usize| self.group_backward(idx / self.kvh, idx % self.kvh, &qv, &kv_, &vv, &g);
-        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> =
-            if candle_core::utils::get_num_threads() > 1 && groups > 1 {
-                (0..groups).into_par_iter().map(work).collect()
-            } else {
-                (0..groups).map(work).collect()
-            };
+        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = if num_threads() > 1 && groups > 1 {
+            (0..groups).into_par_iter().map(work).collect()
+        } else {
+            (0..groups).map(work).collect()
+        };
         // Each group's dq covers `rep` consecutive query heads of one batch row, so in the
         // (b, h, tq, hd) layout the groups are consecutive: concatenation is the layout.
         let mut dq = Vec::with_capacity(qv.len());

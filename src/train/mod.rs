@@ -4,6 +4,7 @@
 pub mod contrastive;
 pub mod data;
 pub mod optim;
+pub mod step;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -586,6 +587,8 @@ pub fn train(
         )));
     }
     let mut opt = AdamW::new(trainable, cfg.optim.clone());
+    let vars = opt.vars();
+    let threads = crate::kernels::num_threads();
     let log_path = out.join("train.jsonl");
     let mut state = TrainState {
         step: 0,
@@ -680,10 +683,14 @@ pub fn train(
         opt.lr = lr;
         let examples = factory.batch(step)?;
         let seqs: Vec<_> = examples.into_iter().map(|e| e.seq).collect();
-        let batch =
-            collate(&seqs, pad, PadSide::Right).map_err(|e| TrainError::Config(e.to_string()))?;
-        let (loss, n_targets) = model.loss(&batch)?;
-        let loss_v = loss.to_scalar::<f32>()?;
+        let shards = step::collate_shards(&seqs, step::shard_count(seqs.len(), threads), pad)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        let step::StepGrads {
+            loss: loss_v,
+            n_targets,
+            grads,
+            ..
+        } = step::gradients(&model, &shards, &vars)?;
         if !loss_v.is_finite() {
             return Err(TrainError::NonFinite {
                 step,
@@ -692,7 +699,6 @@ pub fn train(
                 dir: out.to_path_buf(),
             });
         }
-        let grads = loss.backward()?;
         let norm = opt.grad_norm(&grads)?;
         if !norm.is_finite() {
             return Err(TrainError::NonFinite {
@@ -708,7 +714,11 @@ pub fn train(
             1.0
         };
         opt.step(&grads, scale)?;
-        let real: u64 = batch.attention_mask.iter().map(|&m| m as u64).sum();
+        let real: u64 = shards
+            .iter()
+            .flat_map(|b| &b.attention_mask)
+            .map(|&m| m as u64)
+            .sum();
         state.step += 1;
         state.tokens += real;
         state.target_tokens += n_targets as u64;

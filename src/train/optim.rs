@@ -85,6 +85,11 @@ impl AdamW {
         }
     }
 
+    /// The parameters it updates, in name order.
+    pub fn vars(&self) -> Vec<Var> {
+        self.slots.iter().map(|s| s.var.clone()).collect()
+    }
+
     /// Global L2 norm of the gradients.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
         let mut total = 0f64;
