@@ -284,6 +284,9 @@ fn attention_matches_plain_path_with_causal_padding_and_grouped_heads() {
         (1, 1, 1, 1, 0, 4, 2),
         (3, 2, 2, 5, 3, 6, 3),
         (1, 6, 3, 33, 0, 5, 4),
+        // Several query tiles of 64 rows, the last one partial, with and without a cache.
+        (2, 2, 1, 150, 0, 16, 5),
+        (1, 2, 2, 70, 9, 8, 6),
     ] {
         let tk = past + tq;
         // Batch row 1 has its last two keys padded.
@@ -361,6 +364,15 @@ fn attention_mask_cases_match_plain_path() {
     let mask = AttnMask::bidirectional(b, t, 0, &valid).unwrap();
     assert!(!mask.is_causal() && mask.visible(0, 0, 10) && !mask.visible(0, 0, 11));
     check_attention("bidirectional", &mask, 4, 4, 8, 70);
+    // ... over several query tiles, with left padding.
+    let (b, t) = (2, 131);
+    let valid: Vec<u8> = (0..b * t)
+        .map(|i| u8::from(i / t == 0 || i % t >= 40))
+        .collect();
+    let mask = AttnMask::bidirectional(b, t, 0, &valid).unwrap();
+    check_attention("bidirectional, several tiles", &mask, 2, 2, 8, 75);
+    let mask = AttnMask::causal(b, t, 0, &valid).unwrap();
+    check_attention("left padding, several tiles", &mask, 2, 1, 8, 80);
 }
 
 #[test]

@@ -61,7 +61,7 @@ const PARALLEL_MIN_MACS: usize = 1 << 22;
 /// Row-major `dst (m x n) [+]= lhs (m x k) rhs (k x n)` with explicit strides
 /// (`*_rs` between rows, `*_cs` between columns).
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(super) fn matmul(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     accumulate: bool,

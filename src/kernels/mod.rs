@@ -781,9 +781,15 @@ impl AttnMask {
     }
 }
 
-/// Fused multi-head attention: one query row at a time, so memory is O(keys) per row and the
-/// `queries x keys` matrix is never stored; backward recomputes the probabilities. The mask is
-/// the compact [`AttnMask`] (O(`b x keys`)); keys past a row's causal limit are not visited.
+/// Query rows per tile of the fused attention.
+const ATTN_BLOCK: usize = 64;
+
+/// Fused multi-head attention, tiled: each block of [`ATTN_BLOCK`] query rows computes its
+/// scores against the keys it may see with one matrix product, turns them into probabilities
+/// in place and multiplies them into the values with another. Memory is O(block x keys) per
+/// thread, never `queries x keys`; backward recomputes the probabilities block by block. The
+/// mask is the compact [`AttnMask`] (O(`b x keys`)); keys past a block's causal limit are not
+/// visited.
 #[derive(Clone)]
 struct AttentionOp {
     b: usize,
@@ -798,35 +804,34 @@ struct AttentionOp {
 }
 
 impl AttentionOp {
-    /// Softmax probabilities of query row `i` (vector `qi`) of batch `bi` against keys `k`
-    /// (`tk x hd`), into `p`; returns `n`, the row's key limit: only `p[..n]` is written, and
-    /// keys from `n` on have probability 0.
-    fn probs(&self, bi: usize, i: usize, qi: &[f32], k: &[f32], p: &mut [f32]) -> usize {
-        let hd = self.hd;
-        let n = self.mask.key_limit(i).min(p.len());
-        let p = &mut p[..n];
+    /// Turns the raw scores `q_i . k_j` of query row `i` of batch `bi` (in `s`, one per key
+    /// from 0) into softmax probabilities in place: masked keys and keys past the row's limit
+    /// get 0.
+    fn probs_row(&self, bi: usize, i: usize, s: &mut [f32]) {
+        let n = self.mask.key_limit(i).min(s.len());
+        s[n..].iter_mut().for_each(|x| *x = 0.0);
+        let p = &mut s[..n];
         if self.mask.sees_nothing(bi, i) {
             // The dense mask's single finite entry: softmax gives it exactly 1.
             p.iter_mut().for_each(|x| *x = 0.0);
             if let Some(x) = p.get_mut(self.mask.past() + i) {
                 *x = 1.0;
             }
-            return n;
+            return;
         }
         let valid = self.mask.key_valid_row(bi);
         let mut m = f32::NEG_INFINITY;
-        for ((pj, kj), &ok) in p.iter_mut().zip(k.chunks_exact(hd)).zip(valid) {
-            let s = if ok == 0 {
-                f32::NEG_INFINITY
+        for (x, &ok) in p.iter_mut().zip(valid) {
+            if ok == 0 {
+                *x = f32::NEG_INFINITY;
             } else {
-                dot_lanes(qi, kj) * self.scale
-            };
-            *pj = s;
-            m = m.max(s);
+                *x *= self.scale;
+                m = m.max(*x);
+            }
         }
         if m == f32::NEG_INFINITY {
             p.iter_mut().for_each(|x| *x = 0.0);
-            return n;
+            return;
         }
         let mut sum = 0f32;
         for x in p.iter_mut() {
@@ -839,24 +844,64 @@ impl AttentionOp {
         }
         let inv = 1.0 / sum;
         p.iter_mut().for_each(|x| *x *= inv);
-        n
     }
 
-    /// Output rows (`tq x hd`) of batch `bi`, query head `hi`.
-    fn head_forward(&self, bi: usize, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) {
+    /// Query blocks of one head: `(first row, rows, keys the block may see)`.
+    fn blocks(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        (0..self.tq).step_by(ATTN_BLOCK).map(|i0| {
+            let rows = ATTN_BLOCK.min(self.tq - i0);
+            (i0, rows, self.mask.key_limit(i0 + rows - 1).min(self.tk))
+        })
+    }
+
+    /// Probabilities of query rows `i0..i0 + rows` (`q`: those rows, `hd` apart) against the
+    /// first `n` keys, into `p` (`rows x n`).
+    fn block_probs(
+        &self,
+        bi: usize,
+        (i0, rows, n): (usize, usize, usize),
+        q: &[f32],
+        k: &[f32],
+        p: &mut [f32],
+    ) -> Result<()> {
         let hd = self.hd;
-        let mut p = vec![0f32; self.tk];
-        for (i, (qi, oi)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
-            let n = self.probs(bi, i, qi, k, &mut p);
-            oi.iter_mut().for_each(|x| *x = 0.0);
-            for (&pj, vj) in p[..n].iter().zip(v.chunks_exact(hd)) {
-                if pj != 0.0 {
-                    for (o, &x) in oi.iter_mut().zip(vj) {
-                        *o += pj * x;
-                    }
-                }
-            }
+        // p = q k^T: k's rows are read as columns.
+        linear::matmul((rows, n, hd), p, false, q, (hd, 1), k, (1, hd))?;
+        for (r, row) in p.chunks_exact_mut(n).enumerate() {
+            self.probs_row(bi, i0 + r, row);
         }
+        Ok(())
+    }
+
+    /// Output rows (`tq x hd`) of batch `bi` for one query head.
+    fn head_forward(
+        &self,
+        bi: usize,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        let hd = self.hd;
+        let mut p = Vec::new();
+        for blk @ (i0, rows, n) in self.blocks() {
+            if n == 0 {
+                out[i0 * hd..(i0 + rows) * hd].fill(0.0);
+                continue;
+            }
+            p.resize(rows * n, 0.0);
+            self.block_probs(bi, blk, &q[i0 * hd..(i0 + rows) * hd], k, &mut p)?;
+            linear::matmul(
+                (rows, hd, n),
+                &mut out[i0 * hd..(i0 + rows) * hd],
+                false,
+                &p,
+                (n, 1),
+                v,
+                (hd, 1),
+            )?;
+        }
+        Ok(())
     }
 
     fn head_slices<'a>(
@@ -871,22 +916,27 @@ impl AttentionOp {
         &t[o..o + len * self.hd]
     }
 
-    fn forward(&self, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+    fn forward(&self, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {
         let (tq, hd, h) = (self.tq, self.hd, self.h);
         let rep = h / self.kvh;
         // Computed in (b, h, tq, hd), then laid out as (b, tq, h * hd).
         let mut bh = vec![0f32; self.b * h * tq * hd];
+        // Heads run in parallel; within one, the products stay on its thread.
         run_chunks(&mut bh, tq * hd, |idx, out| {
             let (bi, hi) = (idx / h, idx % h);
             let kv = hi / rep;
-            self.head_forward(
-                bi,
-                self.head_slices(q, bi, hi, h, tq),
-                self.head_slices(k, bi, kv, self.kvh, self.tk),
-                self.head_slices(v, bi, kv, self.kvh, self.tk),
-                out,
-            );
-        });
+            serial(|| {
+                self.head_forward(
+                    bi,
+                    self.head_slices(q, bi, hi, h, tq),
+                    self.head_slices(k, bi, kv, self.kvh, self.tk),
+                    self.head_slices(v, bi, kv, self.kvh, self.tk),
+                    out,
+                )
+            })
+        })
+        .into_iter()
+        .collect::<Result<()>>()?;
         let mut out = vec![0f32; bh.len()];
         for bi in 0..self.b {
             for hi in 0..h {
@@ -897,10 +947,13 @@ impl AttentionOp {
                 }
             }
         }
-        out
+        Ok(out)
     }
 
     /// Gradients of q, k, v for one (batch, KV head) group: `(dq of its rep query heads, dk, dv)`.
+    ///
+    /// Per query block: `dv += p^T do`, `dp = do v^T`, `ds = p (dp - rowsum(p dp)) scale`,
+    /// `dq = ds k`, `dk += ds^T q`, five products on the block's `rows x n` tile.
     fn group_backward(
         &self,
         bi: usize,
@@ -909,7 +962,7 @@ impl AttentionOp {
         k: &[f32],
         v: &[f32],
         g: &[f32],
-    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         let (tq, tk, hd, h) = (self.tq, self.tk, self.hd, self.h);
         let rep = h / self.kvh;
         let ks = self.head_slices(k, bi, kv, self.kvh, tk);
@@ -917,48 +970,64 @@ impl AttentionOp {
         let mut dq = vec![0f32; rep * tq * hd];
         let mut dk = vec![0f32; tk * hd];
         let mut dv = vec![0f32; tk * hd];
-        let mut p = vec![0f32; tk];
-        let mut o = vec![0f32; hd];
+        let (mut p, mut dp) = (Vec::new(), Vec::new());
+        // Rows of the output gradient of one head are `h * hd` apart in (b, tq, h * hd).
+        let g_rs = h * hd;
         for r in 0..rep {
             let hi = kv * rep + r;
             let qs = self.head_slices(q, bi, hi, h, tq);
-            for i in 0..tq {
-                let qi = &qs[i * hd..(i + 1) * hd];
-                let go = (bi * tq + i) * h * hd + hi * hd;
-                let gi = &g[go..go + hd];
-                let n = self.probs(bi, i, qi, ks, &mut p);
-                // o_i = sum_j p_j v_j; dv_j += p_j g_i; dp_j = g_i . v_j
-                o.iter_mut().for_each(|x| *x = 0.0);
-                for (j, &pj) in p[..n].iter().enumerate() {
-                    if pj == 0.0 {
-                        continue;
-                    }
-                    let vj = &vs[j * hd..(j + 1) * hd];
-                    let dvj = &mut dv[j * hd..(j + 1) * hd];
-                    for c in 0..hd {
-                        o[c] += pj * vj[c];
-                        dvj[c] += pj * gi[c];
+            for blk @ (i0, rows, n) in self.blocks() {
+                if n == 0 {
+                    continue;
+                }
+                let qb = &qs[i0 * hd..(i0 + rows) * hd];
+                let go = (bi * tq + i0) * g_rs + hi * hd;
+                let gb = &g[go..];
+                p.resize(rows * n, 0.0);
+                dp.resize(rows * n, 0.0);
+                self.block_probs(bi, blk, qb, ks, &mut p)?;
+                // dv[..n] += p^T do
+                linear::matmul(
+                    (n, hd, rows),
+                    &mut dv[..n * hd],
+                    true,
+                    &p,
+                    (1, n),
+                    gb,
+                    (g_rs, 1),
+                )?;
+                // dp = do v^T
+                linear::matmul((rows, n, hd), &mut dp, false, gb, (g_rs, 1), vs, (1, hd))?;
+                // ds = p (dp - sum_j p_j dp_j) scale, in place of dp.
+                for (pr, dr) in p.chunks_exact(n).zip(dp.chunks_exact_mut(n)) {
+                    let d = dot_lanes(pr, dr);
+                    for (x, &pj) in dr.iter_mut().zip(pr) {
+                        *x = pj * (*x - d) * self.scale;
                     }
                 }
-                let go_dot = dot_lanes(&o, gi);
-                let dqi = &mut dq[(r * tq + i) * hd..(r * tq + i + 1) * hd];
-                for (j, &pj) in p[..n].iter().enumerate() {
-                    if pj == 0.0 {
-                        continue;
-                    }
-                    let vj = &vs[j * hd..(j + 1) * hd];
-                    let dp = dot_lanes(gi, vj);
-                    let ds = pj * (dp - go_dot) * self.scale;
-                    let kj = &ks[j * hd..(j + 1) * hd];
-                    let dkj = &mut dk[j * hd..(j + 1) * hd];
-                    for c in 0..hd {
-                        dqi[c] += ds * kj[c];
-                        dkj[c] += ds * qi[c];
-                    }
-                }
+                // dq = ds k
+                linear::matmul(
+                    (rows, hd, n),
+                    &mut dq[(r * tq + i0) * hd..(r * tq + i0 + rows) * hd],
+                    false,
+                    &dp,
+                    (n, 1),
+                    ks,
+                    (hd, 1),
+                )?;
+                // dk[..n] += ds^T q
+                linear::matmul(
+                    (n, hd, rows),
+                    &mut dk[..n * hd],
+                    true,
+                    &dp,
+                    (1, n),
+                    qb,
+                    (hd, 1),
+                )?;
             }
         }
-        (dq, dk, dv)
+        Ok((dq, dk, dv))
     }
 }
 
@@ -980,7 +1049,7 @@ impl CustomOp3 for AttentionOp {
         let k = f32_slice(s2, l2, "attention")?;
         let v = f32_slice(s3, l3, "attention")?;
         Ok((
-            CpuStorage::F32(self.forward(q, k, v)),
+            CpuStorage::F32(self.forward(q, k, v)?),
             Shape::from((self.b, self.tq, self.h * self.hd)),
         ))
     }
@@ -1000,12 +1069,17 @@ impl CustomOp3 for AttentionOp {
             contiguous_vec(grad)?,
         );
         let groups = self.b * self.kvh;
-        let work =
-            |idx: usize| self.group_backward(idx / self.kvh, idx % self.kvh, &qv, &kv_, &vv, &g);
+        // Groups run in parallel; within one, the products stay on its thread.
+        let work = |idx: usize| {
+            serial(|| self.group_backward(idx / self.kvh, idx % self.kvh, &qv, &kv_, &vv, &g))
+        };
         let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = if num_threads() > 1 && groups > 1 {
-            (0..groups).into_par_iter().map(work).collect()
+            (0..groups)
+                .into_par_iter()
+                .map(work)
+                .collect::<Result<_>>()?
         } else {
-            (0..groups).map(work).collect()
+            (0..groups).map(work).collect::<Result<_>>()?
         };
         // Each group's dq covers `rep` consecutive query heads of one batch row, so in the
         // (b, h, tq, hd) layout the groups are consecutive: concatenation is the layout.

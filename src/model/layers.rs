@@ -157,12 +157,13 @@ impl Rotary {
     }
 }
 
-/// Query x key count from which attention uses the fused op of [`crate::kernels`]: on short
-/// sequences candle's batched matmuls are faster (measured on `fuyu-small` training, seq ~40,
-/// three alternating runs: 30.1k / 34.7k / 35.5k tokens/s plain against 24.1k / 26.5k / 30.2k
-/// with the fused op everywhere); on long ones the plain path's `seq x seq` score,
-/// probability and gradient matrices dominate memory.
-pub const FUSED_ATTENTION_MIN_SCORES: usize = 512 * 512;
+/// Query x key count from which attention uses the fused op of [`crate::kernels`]: one query
+/// tile of it. Below that, candle's batched matmuls and the fused op's tiles are the same
+/// products. Measured on `fuyu-small` training (seq ~40, 1 thread, three alternating runs):
+/// 29.0k / 29.2k / 28.3k tokens/s with the fused op, 29.7k / 30.0k / 28.1k plain, a tie; from
+/// seq 128 the fused op is faster (2048: 0.29 s against 1.78 s, `benches/attention.rs`) and
+/// keeps no `seq x seq` score, probability or gradient matrix.
+pub const FUSED_ATTENTION_MIN_SCORES: usize = 64 * 64;
 
 /// One forward's attention mask, shared by every layer: the compact [`AttnMask`] the fused
 /// kernels read (O(`b x keys`)), and its dense additive form `(b, 1, tq, tk)` in the
