@@ -7,19 +7,23 @@
 //! compute forward and backward in one pass over contiguous rows:
 //!
 //! - [`linear`]: `x W^T + b` as one 2-D matmul (so `dW` is one matmul too) and a fused bias;
-//! - [`add_bias`]: `x + b` over rows, `db` a column sum (the linear op now folds its bias in);
 //! - [`layer_norm`] / [`rms_norm`]: the norm with its affine parameters;
 //! - [`softmax_last`]: softmax over the last dimension, `dx = y (g - sum(g y))`;
-//! - [`attention`]: scaled dot-product attention, one query row at a time (O(keys) memory);
-//!   its mask is the compact [`AttnMask`] (O(batch x keys), not a dense `queries x keys`);
+//! - [`attention`]: scaled dot-product attention in tiles of 64 query rows, each tile's scores,
+//!   probabilities and gradients computed with block matrix products (O(tile x keys) memory
+//!   per thread); its mask is the compact [`AttnMask`] (O(batch x keys), not a dense
+//!   `queries x keys`);
 //! - [`rotary`]: rotate-half positions, backward the inverse rotation;
-//! - [`relu2`]: relu(x) squared (the MLP now takes it as the linear op's epilogue);
 //! - [`cross_entropy`]: mean cross-entropy over the vocabulary, keeping only each row's
 //!   log-sum-exp between forward and backward;
 //! - [`adamw_update`]: the AdamW step in place on a parameter's storage.
 //!
 //! All are f32 (the models train and run in f32); tests compare them with the plain candle
 //! path, forward and gradients (`tests/kernels.rs`).
+//!
+//! Threads: an op splits its work across threads only when [`num_threads`] allows more than
+//! one and the work is worth a hand-off; inside one shard of a data-parallel training step
+//! ([`serial`], `train::step`) every op stays on its thread.
 //!
 //! CUDA: `kernels/*.cu` ([`sources`]) are compiled at run time with NVRTC and launched through
 //! cudarc on candle's CUDA device (`cuda` module, cargo feature `cuda`); [`attention`] sends
@@ -180,60 +184,6 @@ fn column_sum(g: &[f32], d: usize) -> Vec<f32> {
         }
     }
     acc
-}
-
-// ---------------------------------------------------------------------------------------
-// bias
-
-struct AddBias;
-
-impl CustomOp2 for AddBias {
-    fn name(&self) -> &'static str {
-        "mmlab-add-bias"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "add_bias")?;
-        let b = f32_slice(s2, l2, "add_bias")?;
-        let d = b.len();
-        let mut out = x.to_vec();
-        run_chunks(&mut out, d * ROWS_PER_TASK, |_, chunk| {
-            for row in chunk.chunks_exact_mut(d) {
-                for (o, &bb) in row.iter_mut().zip(b) {
-                    *o += bb;
-                }
-            }
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        b: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let d = b.elem_count();
-        let db = with_f32([grad], "add_bias", |[g]| column_sum(g, d))?;
-        let db = Tensor::from_vec(db, b.shape(), b.device())?;
-        Ok((Some(grad.clone()), Some(db)))
-    }
-}
-
-/// `x + b` with `b` (`d`) added to every row of `x` (`..., d`).
-pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let d = x.dim(candle_core::D::Minus1)?;
-    if b.dims() != [d] {
-        candle_core::bail!("add_bias: bias {:?} for rows of {d}", b.dims());
-    }
-    x.contiguous()?.apply_op2(&b.contiguous()?, AddBias)
 }
 
 /// `x W^T (+ b)` for `x` (`..., in`) and `W` (`out, in`), computed as one 2-D matmul.
@@ -1252,43 +1202,4 @@ pub fn rotary(x: &Tensor, cos: &Tensor, sin: &Tensor, dim: usize) -> Result<Tens
         sin: std::sync::Arc::new(sin.flatten_all()?.to_vec1::<f32>()?),
     };
     x.contiguous()?.apply_op1(op)
-}
-
-struct Relu2;
-
-impl CustomOp1 for Relu2 {
-    fn name(&self) -> &'static str {
-        "mmlab-relu2"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, "relu2")?;
-        let mut out = x.to_vec();
-        run_chunks(&mut out, 1 << 16, |_, c| {
-            for v in c.iter_mut() {
-                let r = v.max(0.0);
-                *v = r * r;
-            }
-        });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let dx = with_f32([x, grad], "relu2", |[xv, gv]| {
-            let mut dx = vec![0f32; xv.len()];
-            run_chunks(&mut dx, 1 << 16, |ci, c| {
-                let (xc, gc) = (piece(xv, ci, 1 << 16), piece(gv, ci, 1 << 16));
-                for ((d, &xi), &gi) in c.iter_mut().zip(xc).zip(gc) {
-                    *d = gi * 2.0 * xi.max(0.0);
-                }
-            });
-            dx
-        })?;
-        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
-    }
-}
-
-/// `relu(x)^2` (Persimmon's MLP activation) in one op.
-pub fn relu2(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Relu2)
 }
