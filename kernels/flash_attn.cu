@@ -22,6 +22,10 @@
 //   fa_bwd_dq_{T}_hd{..}        one block per (batch, head, query tile); loops over key tiles
 // No CUDA headers are included: bf16 conversions and the tensor-core instructions are written
 // in PTX, so NVRTC needs no include path.
+//
+// With FA_EMU defined (kernels/emu/cuda_emu.h, tests/cuda_emulated.rs) the PTX helpers below
+// come from the emulator instead, which runs this file's kernels on the CPU: one fiber per CUDA
+// thread, warp-level collectives (shuffles, ldmatrix, mma) exchanged through the warp.
 
 #define FA_INF __int_as_float(0x7f800000)
 #define FA_LOG2E 1.4426950408889634f
@@ -29,14 +33,19 @@
 
 typedef unsigned short bf16_t;
 
+#ifndef FA_EMU
+#define FA_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
+__device__ __forceinline__ float bf16_to_f32(bf16_t x) {
+    return __uint_as_float(((unsigned)x) << 16);
+}
+
+#ifndef FA_EMU
 __device__ __forceinline__ float fa_exp2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
-}
-
-__device__ __forceinline__ float bf16_to_f32(bf16_t x) {
-    return __uint_as_float(((unsigned)x) << 16);
 }
 
 __device__ __forceinline__ bf16_t f32_to_bf16(float f) {
@@ -51,11 +60,6 @@ __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
 }
-
-__device__ __forceinline__ float load_f32(const float* p) { return *p; }
-__device__ __forceinline__ float load_f32(const bf16_t* p) { return bf16_to_f32(*p); }
-__device__ __forceinline__ void store_f32(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store_f32(bf16_t* p, float v) { *p = f32_to_bf16(v); }
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
     unsigned r;
@@ -95,6 +99,12 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], unsigned a0, unsigned a1
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
+#endif  // FA_EMU
+
+__device__ __forceinline__ float load_f32(const float* p) { return *p; }
+__device__ __forceinline__ float load_f32(const bf16_t* p) { return bf16_to_f32(*p); }
+__device__ __forceinline__ void store_f32(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_f32(bf16_t* p, float v) { *p = f32_to_bf16(v); }
 
 // True when key j is hidden from query i by the causal rule or by being past the end.
 __device__ __forceinline__ bool fa_hidden(int i, int j, int tk, int off, int causal) {
@@ -138,7 +148,7 @@ __device__ __forceinline__ void fa_fwd_bf16(const bf16_t* __restrict__ q,
     constexpr int KS = HD / 16;  // k-steps of Q K^T
     constexpr int DT = HD / 8;   // n-tiles of the output
     constexpr int NT = FWD_BN / 8;
-    extern __shared__ __align__(16) unsigned char fa_smem[];
+    FA_DYNAMIC_SMEM(fa_smem);
     bf16_t* qs = reinterpret_cast<bf16_t*>(fa_smem);
     bf16_t* ks = qs + FWD_BM * SROW;           // 2 stages
     bf16_t* vs = ks + 2 * FWD_BN * SROW;       // 2 stages

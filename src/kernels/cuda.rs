@@ -117,24 +117,19 @@ fn with_view<T: Elt, R>(t: &Tensor, what: &str, f: impl FnOnce(CudaView<'_, T>) 
 }
 
 /// Sizes shared by the forward and backward launches.
-#[derive(Clone, Copy, Debug)]
-struct Dims {
-    b: usize,
-    h: usize,
-    kvh: usize,
-    tq: usize,
-    tk: usize,
-    hd: usize,
+type Dims = sources::AttnDims;
+
+fn int(x: usize, what: &str) -> Result<i32> {
+    i32::try_from(x).map_err(|_| cuda_err(format!("flash attention: {what} = {x} too large")))
 }
 
-impl Dims {
-    fn int(x: usize, what: &str) -> Result<i32> {
-        i32::try_from(x).map_err(|_| cuda_err(format!("flash attention: {what} = {x} too large")))
+/// The launch configuration of a planned launch.
+fn config(l: &sources::Launch) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (l.grid[0], l.grid[1], l.grid[2]),
+        block_dim: (l.block[0], l.block[1], l.block[2]),
+        shared_mem_bytes: l.smem,
     }
-}
-
-fn grid(n: usize, per: usize) -> Result<u32> {
-    u32::try_from(n.div_ceil(per)).map_err(|_| cuda_err("flash attention: grid too large"))
 }
 
 /// The attention op; holds the log-sum-exp of its forward for its backward.
@@ -168,27 +163,21 @@ impl FlashAttn {
         } = self.d;
         let out = dev.alloc_zeros::<T>(b * tq * h * hd)?;
         let lse = dev.alloc_zeros::<f32>(b * h * tq)?;
-        let name = sources::fwd_kernel(T::ELEM, hd);
-        let func = kernel(dev, &name)?;
-        let smem = sources::fwd_dynamic_smem(T::ELEM, hd);
-        if smem > 48 * 1024 {
+        let plan = sources::fwd_launch(T::ELEM, &self.d).map_err(cuda_err)?;
+        let func = kernel(dev, &plan.kernel)?;
+        if plan.smem > 48 * 1024 {
             func.set_attribute(
                 CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
+                plan.smem as i32,
             )
             .map_err(cuda_err)?;
         }
-        let rows = sources::fwd_block_rows(T::ELEM, hd);
-        let cfg = LaunchConfig {
-            grid_dim: (grid(tq, rows)?, grid(b * h, 1)?, 1),
-            block_dim: (sources::THREADS, 1, 1),
-            shared_mem_bytes: smem as u32,
-        };
+        let cfg = config(&plan);
         let (hi, kvhi, tqi, tki) = (
-            Dims::int(h, "heads")?,
-            Dims::int(kvh, "kv heads")?,
-            Dims::int(tq, "queries")?,
-            Dims::int(tk, "keys")?,
+            int(h, "heads")?,
+            int(kvh, "kv heads")?,
+            int(tq, "queries")?,
+            int(tk, "keys")?,
         );
         let causal = i32::from(self.causal);
         let null = 0u64;
@@ -236,24 +225,21 @@ impl FlashAttn {
             hd,
         } = self.d;
         let (bi, hi, kvhi, tqi, tki, hdi) = (
-            Dims::int(b, "batch")?,
-            Dims::int(h, "heads")?,
-            Dims::int(kvh, "kv heads")?,
-            Dims::int(tq, "queries")?,
-            Dims::int(tk, "keys")?,
-            Dims::int(hd, "head dim")?,
+            int(b, "batch")?,
+            int(h, "heads")?,
+            int(kvh, "kv heads")?,
+            int(tq, "queries")?,
+            int(tk, "keys")?,
+            int(hd, "head dim")?,
         );
         let causal = i32::from(self.causal);
         let null = 0u64;
 
         // D = rowsum(dO * O), one warp per row, 4 rows per block.
         let mut dsum = dev.alloc_zeros::<f32>(b * h * tq)?;
-        let pre = kernel(dev, &sources::bwd_pre_kernel(T::ELEM))?;
-        let cfg = LaunchConfig {
-            grid_dim: (grid(b * h * tq, 4)?, 1, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let plan = sources::bwd_pre_launch(T::ELEM, &self.d).map_err(cuda_err)?;
+        let pre = kernel(dev, &plan.kernel)?;
+        let cfg = config(&plan);
         let stream = dev.cuda_stream();
         let mut bld = stream.launch_builder(&pre);
         bld.arg(&o)
@@ -270,12 +256,9 @@ impl FlashAttn {
         let mut dk = dev.alloc_zeros::<T>(b * kvh * tk * hd)?;
         let mut dv = dev.alloc_zeros::<T>(b * kvh * tk * hd)?;
 
-        let dkdv = kernel(dev, &sources::bwd_dkdv_kernel(T::ELEM, hd))?;
-        let cfg = LaunchConfig {
-            grid_dim: (grid(tk, sources::SIMT_ROWS)?, grid(b * kvh, 1)?, 1),
-            block_dim: (sources::THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let plan = sources::bwd_dkdv_launch(T::ELEM, &self.d).map_err(cuda_err)?;
+        let dkdv = kernel(dev, &plan.kernel)?;
+        let cfg = config(&plan);
         let mut bld = stream.launch_builder(&dkdv);
         bld.arg(&q).arg(&k).arg(&v).arg(&dout).arg(&lse).arg(&dsum);
         match &mask {
@@ -293,12 +276,9 @@ impl FlashAttn {
         // SAFETY: matches fa_bwd_dkdv's signature; sizes checked in `attention`.
         unsafe { bld.launch(cfg) }.map_err(cuda_err)?;
 
-        let dqk = kernel(dev, &sources::bwd_dq_kernel(T::ELEM, hd))?;
-        let cfg = LaunchConfig {
-            grid_dim: (grid(tq, sources::SIMT_ROWS)?, grid(b * h, 1)?, 1),
-            block_dim: (sources::THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let plan = sources::bwd_dq_launch(T::ELEM, &self.d).map_err(cuda_err)?;
+        let dqk = kernel(dev, &plan.kernel)?;
+        let cfg = config(&plan);
         let mut bld = stream.launch_builder(&dqk);
         bld.arg(&q).arg(&k).arg(&v).arg(&dout).arg(&lse).arg(&dsum);
         match &mask {

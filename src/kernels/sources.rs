@@ -96,3 +96,86 @@ pub fn flash_attn_kernels() -> Vec<String> {
     }
     names
 }
+
+/// Sizes of one attention call: batch, query heads, KV heads, queries, keys, head dim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnDims {
+    /// Batch size.
+    pub b: usize,
+    /// Query heads.
+    pub h: usize,
+    /// KV heads (`h` is a multiple of it).
+    pub kvh: usize,
+    /// Queries per sequence.
+    pub tq: usize,
+    /// Keys per sequence.
+    pub tk: usize,
+    /// Head dim.
+    pub hd: usize,
+}
+
+/// One kernel launch: the kernel, its grid and block dimensions and its dynamic shared memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Launch {
+    /// The kernel's name in `flash_attn.cu`.
+    pub kernel: String,
+    /// Blocks along x, y, z.
+    pub grid: [u32; 3],
+    /// Threads per block along x, y, z.
+    pub block: [u32; 3],
+    /// Dynamic shared memory in bytes.
+    pub smem: u32,
+}
+
+fn blocks(n: usize, per: usize) -> Result<u32, String> {
+    u32::try_from(n.div_ceil(per))
+        .map_err(|_| format!("flash attention: grid of {n}/{per} too large"))
+}
+
+/// Threads per block of the backward pre-pass (one warp per row).
+pub const PRE_THREADS: u32 = 128;
+
+/// The forward launch: one block per `fwd_block_rows` queries (x) of each batch row and head
+/// (y); causal launches run the x blocks from the last query tile down.
+pub fn fwd_launch(elem: Elem, d: &AttnDims) -> Result<Launch, String> {
+    Ok(Launch {
+        kernel: fwd_kernel(elem, d.hd),
+        grid: [
+            blocks(d.tq, fwd_block_rows(elem, d.hd))?,
+            blocks(d.b * d.h, 1)?,
+            1,
+        ],
+        block: [THREADS, 1, 1],
+        smem: u32::try_from(fwd_dynamic_smem(elem, d.hd)).map_err(|e| e.to_string())?,
+    })
+}
+
+/// The backward pre-pass `D = rowsum(dO * O)`: one warp per (batch, head, query) row.
+pub fn bwd_pre_launch(elem: Elem, d: &AttnDims) -> Result<Launch, String> {
+    Ok(Launch {
+        kernel: bwd_pre_kernel(elem),
+        grid: [blocks(d.b * d.h * d.tq, PRE_THREADS as usize / 32)?, 1, 1],
+        block: [PRE_THREADS, 1, 1],
+        smem: 0,
+    })
+}
+
+/// dK and dV: one block per `SIMT_ROWS` keys (x) of each batch row and KV head (y).
+pub fn bwd_dkdv_launch(elem: Elem, d: &AttnDims) -> Result<Launch, String> {
+    Ok(Launch {
+        kernel: bwd_dkdv_kernel(elem, d.hd),
+        grid: [blocks(d.tk, SIMT_ROWS)?, blocks(d.b * d.kvh, 1)?, 1],
+        block: [THREADS, 1, 1],
+        smem: 0,
+    })
+}
+
+/// dQ: one block per `SIMT_ROWS` queries (x) of each batch row and head (y).
+pub fn bwd_dq_launch(elem: Elem, d: &AttnDims) -> Result<Launch, String> {
+    Ok(Launch {
+        kernel: bwd_dq_kernel(elem, d.hd),
+        grid: [blocks(d.tq, SIMT_ROWS)?, blocks(d.b * d.h, 1)?, 1],
+        block: [THREADS, 1, 1],
+        smem: 0,
+    })
+}

@@ -1,0 +1,625 @@
+//! The CUDA kernels of `kernels/flash_attn.cu` run on the CPU by the emulator in `kernels/emu/`
+//! (one fiber per CUDA thread, warp collectives exchanged through the warp, `mma`/`ldmatrix`
+//! with the PTX ISA's fragment layouts, deferred `cp.async`), launched with the plan
+//! `src/kernels/cuda.rs` uses (`sources::*_launch`), against the CPU attention: outputs and
+//! gradients of q, k, v within 1e-3 (f32) and 2e-2 (bf16) of the reference's largest magnitude,
+//! the bounds `tests/cuda.rs` holds the GPU to.
+//!
+//! This checks the kernels' indexing, tiling, masking, online softmax and backward on every CI
+//! run, without a GPU. It cannot check speed, the real tensor cores' rounding, or what the
+//! emulator does not model (memory ordering across blocks, bank conflicts, occupancy);
+//! `benches/gpu.sh` does that on a GPU machine.
+//!
+//! Needs a C++20 compiler: `c++`, or the one `CXX` names. `MMLAB_EMU_KERNELS=<dir>` tests another
+//! copy of `kernels/` (the emulator is built from it at run time, so a kernel can be changed and
+//! re-tested without rebuilding the crate).
+
+use std::ffi::{c_char, c_void, CString};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+use candle_core::{DType, Device, Tensor, Var};
+use mmlab::kernels::sources::{self, AttnDims, Elem, Launch};
+use mmlab::kernels::{self, AttnMask};
+
+type LaunchFn = unsafe extern "C" fn(
+    *const c_char,
+    *const u32,
+    *const u32,
+    usize,
+    *mut *mut c_void,
+    usize,
+    i32,
+    *mut c_char,
+    usize,
+) -> i32;
+
+struct Emu {
+    _lib: libloading::Library,
+    launch: LaunchFn,
+}
+
+/// The emulator library, built once per test run; its state is global, so launches are
+/// serialised through the mutex.
+fn emu() -> &'static Mutex<Emu> {
+    static EMU: OnceLock<Mutex<Emu>> = OnceLock::new();
+    EMU.get_or_init(|| {
+        // MMLAB_EMU_KERNELS: another copy of kernels/ to test (a kernel under change).
+        let kernels = std::env::var_os("MMLAB_EMU_KERNELS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kernels"));
+        let src = kernels.join("emu/flash_attn_emu.cpp");
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("libfa_emu.so");
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
+        let res = Command::new(&cxx)
+            .args([
+                "-std=c++20",
+                "-O2",
+                "-shared",
+                "-fPIC",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-Wno-unknown-pragmas",
+                "-o",
+            ])
+            .arg(&out)
+            .arg(&src)
+            .output()
+            .unwrap_or_else(|e| panic!("{cxx} (a C++20 compiler, to build the emulator): {e}"));
+        assert!(
+            res.status.success(),
+            "{cxx} failed on {}:\n{}",
+            src.display(),
+            String::from_utf8_lossy(&res.stderr)
+        );
+        // SAFETY: the library was just built from our own sources; it has no initialisers with
+        // side effects beyond its globals.
+        let lib = unsafe { libloading::Library::new(&out) }.expect("load the emulator");
+        // SAFETY: fa_emu_launch has this signature in flash_attn_emu.cpp.
+        let launch = unsafe {
+            *lib.get::<LaunchFn>(b"fa_emu_launch\0")
+                .expect("fa_emu_launch")
+        };
+        Mutex::new(Emu { _lib: lib, launch })
+    })
+}
+
+/// Host memory standing in for a device buffer: 16-byte aligned, as cudarc's allocations are.
+struct Buf {
+    mem: Vec<u128>,
+    bytes: usize,
+}
+
+impl Buf {
+    fn zeros(bytes: usize) -> Buf {
+        Buf {
+            mem: vec![0; bytes.div_ceil(16)],
+            bytes,
+        }
+    }
+
+    /// `v` as the kernel's element type (bf16: `v` must already hold bf16 values).
+    fn from(v: &[f32], elem: Elem) -> Buf {
+        match elem {
+            Elem::F32 => {
+                let mut b = Buf::zeros(v.len() * 4);
+                b.f32s_mut().copy_from_slice(v);
+                b
+            }
+            Elem::Bf16 => {
+                let mut b = Buf::zeros(v.len() * 2);
+                for (d, x) in b.u16s_mut().iter_mut().zip(v) {
+                    assert_eq!(x.to_bits() & 0xffff, 0, "not a bf16 value: {x}");
+                    *d = (x.to_bits() >> 16) as u16;
+                }
+                b
+            }
+        }
+    }
+
+    fn f32s_mut(&mut self) -> &mut [f32] {
+        let n = self.bytes / 4;
+        // SAFETY: the Vec<u128> holds at least `bytes` bytes, aligned for f32.
+        unsafe { std::slice::from_raw_parts_mut(self.mem.as_mut_ptr().cast(), n) }
+    }
+
+    fn u16s_mut(&mut self) -> &mut [u16] {
+        let n = self.bytes / 2;
+        // SAFETY: as above, aligned for u16.
+        unsafe { std::slice::from_raw_parts_mut(self.mem.as_mut_ptr().cast(), n) }
+    }
+
+    fn read_f32(&mut self, elem: Elem) -> Vec<f32> {
+        match elem {
+            Elem::F32 => self.f32s_mut().to_vec(),
+            Elem::Bf16 => self
+                .u16s_mut()
+                .iter()
+                .map(|&x| f32::from_bits(u32::from(x) << 16))
+                .collect(),
+        }
+    }
+
+    fn ptr(&mut self) -> Arg {
+        Arg::Ptr(self.mem.as_mut_ptr().cast())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Arg {
+    Ptr(*mut c_void),
+    I32(i32),
+    F32(f32),
+}
+
+/// Runs one planned launch with `args` (in the kernel's parameter order).
+fn launch(plan: &Launch, args: &[Arg], reverse: bool) -> Result<(), String> {
+    // One 8-byte slot per argument; the kernel reads its parameter from the slot's start.
+    let mut slots: Vec<u64> = args
+        .iter()
+        .map(|a| match *a {
+            Arg::Ptr(p) => p as u64,
+            Arg::I32(x) => u64::from(x as u32),
+            Arg::F32(x) => u64::from(x.to_bits()),
+        })
+        .collect();
+    let base = slots.as_mut_ptr();
+    // SAFETY: every pointer stays inside `slots`, which outlives the call.
+    let mut ptrs: Vec<*mut c_void> = (0..slots.len())
+        .map(|i| unsafe { base.add(i) }.cast())
+        .collect();
+    let name = CString::new(plan.kernel.clone()).map_err(|e| e.to_string())?;
+    let mut err = vec![0 as c_char; 512];
+    let emu = emu().lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: the argument slots match the kernel's parameters (checked for count by the
+    // emulator); every buffer pointer addresses a live `Buf` of the size the kernel indexes.
+    let rc = unsafe {
+        (emu.launch)(
+            name.as_ptr(),
+            plan.grid.as_ptr(),
+            plan.block.as_ptr(),
+            plan.smem as usize,
+            ptrs.as_mut_ptr(),
+            ptrs.len(),
+            i32::from(reverse),
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        let msg: Vec<u8> = err
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        Err(String::from_utf8_lossy(&msg).into_owned())
+    }
+}
+
+/// The attention call as `src/kernels/cuda.rs` makes it: the same plans, buffers and
+/// argument lists, on emulated "device" memory.
+struct Call<'a> {
+    elem: Elem,
+    d: AttnDims,
+    scale: f32,
+    causal: bool,
+    mask: Option<&'a mut Buf>,
+    reverse: bool,
+}
+
+impl Call<'_> {
+    fn mask_arg(&mut self) -> Arg {
+        match self.mask.as_deref_mut() {
+            Some(m) => m.ptr(),
+            None => Arg::Ptr(std::ptr::null_mut()),
+        }
+    }
+
+    fn tail(&self) -> [Arg; 6] {
+        let d = &self.d;
+        [
+            Arg::I32(d.h as i32),
+            Arg::I32(d.kvh as i32),
+            Arg::I32(d.tq as i32),
+            Arg::I32(d.tk as i32),
+            Arg::F32(self.scale),
+            Arg::I32(i32::from(self.causal)),
+        ]
+    }
+
+    fn esize(&self) -> usize {
+        match self.elem {
+            Elem::F32 => 4,
+            Elem::Bf16 => 2,
+        }
+    }
+
+    /// Output `(b, tq, h, hd)` and LSE `(b, h, tq)`.
+    fn forward(&mut self, q: &mut Buf, k: &mut Buf, v: &mut Buf) -> Result<(Buf, Buf), String> {
+        let d = self.d;
+        let mut out = Buf::zeros(d.b * d.tq * d.h * d.hd * self.esize());
+        let mut lse = Buf::zeros(d.b * d.h * d.tq * 4);
+        let plan = sources::fwd_launch(self.elem, &d)?;
+        let mut args = vec![
+            q.ptr(),
+            k.ptr(),
+            v.ptr(),
+            out.ptr(),
+            lse.ptr(),
+            self.mask_arg(),
+        ];
+        args.extend(self.tail());
+        launch(&plan, &args, self.reverse)?;
+        Ok((out, lse))
+    }
+
+    /// dq, dk, dv.
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &mut self,
+        q: &mut Buf,
+        k: &mut Buf,
+        v: &mut Buf,
+        o: &mut Buf,
+        dout: &mut Buf,
+        lse: &mut Buf,
+    ) -> Result<(Buf, Buf, Buf), String> {
+        let d = self.d;
+        let es = self.esize();
+        let mut dsum = Buf::zeros(d.b * d.h * d.tq * 4);
+        let plan = sources::bwd_pre_launch(self.elem, &d)?;
+        let args = [
+            o.ptr(),
+            dout.ptr(),
+            dsum.ptr(),
+            Arg::I32(d.b as i32),
+            Arg::I32(d.h as i32),
+            Arg::I32(d.tq as i32),
+            Arg::I32(d.hd as i32),
+        ];
+        launch(&plan, &args, self.reverse)?;
+
+        let mut dq = Buf::zeros(d.b * d.h * d.tq * d.hd * es);
+        let mut dk = Buf::zeros(d.b * d.kvh * d.tk * d.hd * es);
+        let mut dv = Buf::zeros(d.b * d.kvh * d.tk * d.hd * es);
+        let plan = sources::bwd_dkdv_launch(self.elem, &d)?;
+        let mut args = vec![
+            q.ptr(),
+            k.ptr(),
+            v.ptr(),
+            dout.ptr(),
+            lse.ptr(),
+            dsum.ptr(),
+            self.mask_arg(),
+            dk.ptr(),
+            dv.ptr(),
+        ];
+        args.extend(self.tail());
+        launch(&plan, &args, self.reverse)?;
+
+        let plan = sources::bwd_dq_launch(self.elem, &d)?;
+        let mut args = vec![
+            q.ptr(),
+            k.ptr(),
+            v.ptr(),
+            dout.ptr(),
+            lse.ptr(),
+            dsum.ptr(),
+            self.mask_arg(),
+            dq.ptr(),
+        ];
+        args.extend(self.tail());
+        launch(&plan, &args, self.reverse)?;
+        Ok((dq, dk, dv))
+    }
+}
+
+fn rand(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// Largest |got - want| over the largest |want|.
+fn rel_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let mut d = 0f32;
+    let mut m = 0f32;
+    for (g, w) in got.iter().zip(want) {
+        assert!(g.is_finite(), "non-finite value {g}");
+        d = d.max((g - w).abs());
+        m = m.max(w.abs());
+    }
+    d / m.max(1e-6)
+}
+
+struct Case {
+    elem: Elem,
+    b: usize,
+    h: usize,
+    kvh: usize,
+    tq: usize,
+    tk: usize,
+    hd: usize,
+    causal: bool,
+    /// An explicit mask instead of the causal flag (the kernels get its dense form).
+    mask: Option<AttnMask>,
+}
+
+fn case(elem: Elem, hd: usize, causal: bool, tq: usize, tk: usize) -> Case {
+    Case {
+        elem,
+        b: 2,
+        h: 4,
+        kvh: 2,
+        tq,
+        tk,
+        hd,
+        causal,
+        mask: None,
+    }
+}
+
+/// What the emulated kernels produced: output, LSE, dq, dk, dv, as f32.
+type Results = [Vec<f32>; 5];
+
+fn emulate(c: &Case, inputs: &[Vec<f32>; 4], mask: Option<&[f32]>, reverse: bool) -> Results {
+    let scale = 1.0 / (c.hd as f32).sqrt();
+    let d = AttnDims {
+        b: c.b,
+        h: c.h,
+        kvh: c.kvh,
+        tq: c.tq,
+        tk: c.tk,
+        hd: c.hd,
+    };
+    let [q, k, v, r] = inputs;
+    let (mut q, mut k, mut v, mut r) = (
+        Buf::from(q, c.elem),
+        Buf::from(k, c.elem),
+        Buf::from(v, c.elem),
+        Buf::from(r, c.elem),
+    );
+    let mut mask = mask.map(|m| Buf::from(m, Elem::F32));
+    let mut call = Call {
+        elem: c.elem,
+        d,
+        scale,
+        causal: c.causal,
+        mask: mask.as_mut(),
+        reverse,
+    };
+    let (mut o, mut lse) = call
+        .forward(&mut q, &mut k, &mut v)
+        .unwrap_or_else(|e| panic!("forward: {e}"));
+    let (mut dq, mut dk, mut dv) = call
+        .backward(&mut q, &mut k, &mut v, &mut o, &mut r, &mut lse)
+        .unwrap_or_else(|e| panic!("backward: {e}"));
+    [
+        o.read_f32(c.elem),
+        lse.read_f32(Elem::F32),
+        dq.read_f32(c.elem),
+        dk.read_f32(c.elem),
+        dv.read_f32(c.elem),
+    ]
+}
+
+/// Runs `c` through the emulated kernels and the CPU op; with `both_orders`, also in reverse
+/// thread order, which must give the same bits.
+fn run(c: Case, both_orders: bool) {
+    let dtype = match c.elem {
+        Elem::F32 => DType::F32,
+        Elem::Bf16 => DType::BF16,
+    };
+    let tol = if c.elem == Elem::F32 { 1e-3 } else { 2e-2 };
+    let name = format!(
+        "{:?} b{} h{}/{} tq{} tk{} hd{} causal={} mask={}",
+        c.elem,
+        c.b,
+        c.h,
+        c.kvh,
+        c.tq,
+        c.tk,
+        c.hd,
+        c.causal,
+        c.mask.is_some()
+    );
+    let (b, h, kvh, tq, tk, hd) = (c.b, c.h, c.kvh, c.tq, c.tk, c.hd);
+    let scale = 1.0 / (hd as f64).sqrt();
+    // Inputs rounded to the tested dtype, so the CPU sees exactly what the kernels see.
+    let round = |t: Tensor| t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+    let q = round((rand(&[b, h, tq, hd], 1) * 0.5).unwrap());
+    let k = round((rand(&[b, kvh, tk, hd], 2) * 0.5).unwrap());
+    let v = round(rand(&[b, kvh, tk, hd], 3));
+    let r = round(rand(&[b, tq, h * hd], 4));
+
+    // CPU reference (the kernels' causal rule is aligned to the end: key j visible to query i
+    // when j <= i + tk - tq, a cache of tk - tq keys).
+    let cpu_mask = match &c.mask {
+        Some(m) => {
+            assert!(
+                !c.causal,
+                "{name}: an explicit mask replaces the causal flag"
+            );
+            m.clone()
+        }
+        None if c.causal => AttnMask::causal(b, tq, tk - tq, &vec![1; b * tk]).unwrap(),
+        None => AttnMask::bidirectional(b, tq, tk - tq, &vec![1; b * tk]).unwrap(),
+    };
+    let (qc, kc, vc) = (
+        Var::from_tensor(&q).unwrap(),
+        Var::from_tensor(&k).unwrap(),
+        Var::from_tensor(&v).unwrap(),
+    );
+    let yc = kernels::attention(
+        qc.as_tensor(),
+        kc.as_tensor(),
+        vc.as_tensor(),
+        &cpu_mask,
+        scale,
+    )
+    .unwrap();
+    let gc = (&yc * &r).unwrap().sum_all().unwrap().backward().unwrap();
+
+    let dense = c
+        .mask
+        .as_ref()
+        .map(|m| flat(&m.dense(&Device::Cpu, DType::F32).unwrap()));
+    let inputs = [flat(&q), flat(&k), flat(&v), flat(&r)];
+    let t0 = std::time::Instant::now();
+    let got = emulate(&c, &inputs, dense.as_deref(), false);
+    let secs = t0.elapsed().as_secs_f64();
+
+    let e = rel_err(&got[0], &flat(&yc));
+    eprintln!("{name}: output {e:.2e} ({secs:.2} s emulated)");
+    assert!(e <= tol, "{name}: output error {e}");
+    for (label, i, var) in [("dq", 2, &qc), ("dk", 3, &kc), ("dv", 4, &vc)] {
+        let want = flat(gc.get(var.as_tensor()).expect("cpu gradient"));
+        let e = rel_err(&got[i], &want);
+        eprintln!("{name}: {label} {e:.2e}");
+        assert!(e <= tol, "{name}: {label} error {e}");
+    }
+    // The LSE: finite exactly for the rows that see some key.
+    let dense_mask = flat(&cpu_mask.dense(&Device::Cpu, DType::F32).unwrap());
+    for bi in 0..b {
+        for hi in 0..h {
+            for i in 0..tq {
+                let sees = dense_mask[(bi * tq + i) * tk..(bi * tq + i + 1) * tk]
+                    .iter()
+                    .any(|x| x.is_finite());
+                let l = got[1][(bi * h + hi) * tq + i];
+                assert_eq!(
+                    l.is_finite(),
+                    sees,
+                    "{name}: lse {l} of row ({bi}, {hi}, {i}), which sees a key: {sees}"
+                );
+            }
+        }
+    }
+    if both_orders {
+        let rev = emulate(&c, &inputs, dense.as_deref(), true);
+        for (i, what) in ["output", "lse", "dq", "dk", "dv"].iter().enumerate() {
+            let same = got[i]
+                .iter()
+                .zip(&rev[i])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{name}: {what} depends on the threads' order (a race)"
+            );
+        }
+    }
+}
+
+#[test]
+fn f32_kernels_match_cpu() {
+    // The shipped fuyu-small's head dim, several query and key tiles.
+    run(case(Elem::F32, 16, true, 90, 90), true);
+    run(case(Elem::F32, 64, false, 70, 70), false);
+    // Fewer queries than keys (a KV cache): causal aligned to the end.
+    run(case(Elem::F32, 64, true, 37, 100), false);
+    run(case(Elem::F32, 128, true, 40, 40), false);
+    run(case(Elem::F32, 32, false, 33, 33), false);
+}
+
+#[test]
+fn bf16_kernels_match_cpu() {
+    // Tensor-core forward: partial query and key tiles, several key tiles per block.
+    run(case(Elem::Bf16, 64, true, 130, 130), true);
+    run(case(Elem::Bf16, 64, false, 70, 70), false);
+    run(case(Elem::Bf16, 128, true, 65, 150), false);
+    run(case(Elem::Bf16, 32, false, 40, 40), false);
+    // Head dim 16: the CUDA-core forward with bf16 storage.
+    run(case(Elem::Bf16, 16, true, 50, 50), false);
+}
+
+#[test]
+fn padding_masks_match_cpu() {
+    // The model's mask: causal plus padded keys, right padding in one batch row and left
+    // padding in the other (whose first rows see no key at all).
+    let (b, t) = (2, 75);
+    let mut valid = vec![1u8; b * t];
+    valid[t - 20..t].iter_mut().for_each(|x| *x = 0);
+    valid[t..t + 9].iter_mut().for_each(|x| *x = 0);
+    let mask = AttnMask::causal(b, t, 0, &valid).unwrap();
+    for (elem, hd) in [
+        (Elem::F32, 16),
+        (Elem::F32, 64),
+        (Elem::Bf16, 64),
+        (Elem::Bf16, 16),
+    ] {
+        run(
+            Case {
+                mask: Some(mask.clone()),
+                ..case(elem, hd, false, t, t)
+            },
+            false,
+        );
+    }
+}
+
+#[test]
+fn emulator_rejects_bad_launches() {
+    let d = AttnDims {
+        b: 1,
+        h: 1,
+        kvh: 1,
+        tq: 8,
+        tk: 8,
+        hd: 64,
+    };
+    let plan = sources::fwd_launch(Elem::Bf16, &d).unwrap();
+    let e = launch(&plan, &[Arg::I32(0)], false).unwrap_err();
+    assert!(e.contains("1 arguments given, the kernel takes 12"), "{e}");
+    let unknown = Launch {
+        kernel: "fa_fwd_f64_hd64".into(),
+        ..plan.clone()
+    };
+    assert!(launch(&unknown, &[], false)
+        .unwrap_err()
+        .contains("no kernel named"));
+    // A K buffer whose rows are not 16-byte aligned: cp.async must refuse it.
+    let mut q = Buf::zeros(8 * 64 * 2);
+    let mut kv = Buf::zeros(8 * 64 * 2 + 16);
+    let mut o = Buf::zeros(8 * 64 * 2);
+    let mut lse = Buf::zeros(8 * 4);
+    let Arg::Ptr(kp) = kv.ptr() else {
+        unreachable!()
+    };
+    // SAFETY: 2 bytes into a buffer 16 bytes longer than the kernel reads.
+    let k_off = Arg::Ptr(unsafe { kp.cast::<u8>().add(2) }.cast());
+    let args = [
+        q.ptr(),
+        k_off,
+        k_off,
+        o.ptr(),
+        lse.ptr(),
+        Arg::Ptr(std::ptr::null_mut()),
+        Arg::I32(1),
+        Arg::I32(1),
+        Arg::I32(8),
+        Arg::I32(8),
+        Arg::F32(0.125),
+        Arg::I32(0),
+    ];
+    let e = launch(&plan, &args, false).unwrap_err();
+    assert!(e.contains("not 16-byte aligned"), "{e}");
+}
