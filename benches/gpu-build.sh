@@ -96,6 +96,8 @@ SH
   exit 0
 fi
 
+# A target folder of its own, so the CUDA build neither clobbers nor is clobbered by the CPU one.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/gpu-build}"
 cargo build --release --features cuda --bin mmlab --example flash_bench
 TEST_BIN=$(cargo test --release --features cuda --test cuda --no-run --message-format=json \
   | python3 -c 'import json,sys
@@ -108,7 +110,8 @@ for l in sys.stdin:
 
 OUTB=target/gpu-bundle
 rm -rf "$OUTB" && mkdir -p "$OUTB"
-for pair in "target/release/mmlab:mmlab" "target/release/examples/flash_bench:flash_bench" "$TEST_BIN:cuda_tests"; do
+for pair in "$CARGO_TARGET_DIR/release/mmlab:mmlab" \
+  "$CARGO_TARGET_DIR/release/examples/flash_bench:flash_bench" "$TEST_BIN:cuda_tests"; do
   src=${pair%%:*} dst=${pair##*:}
   strip -o "$OUTB/$dst" "$src"
   xz -T0 -6 "$OUTB/$dst"

@@ -549,6 +549,16 @@ fn bf16_kernels_match_cpu() {
     run(case(Elem::Bf16, 32, false, 40, 40), false);
     // Head dim 16: the CUDA-core forward with bf16 storage.
     run(case(Elem::Bf16, 16, true, 50, 50), false);
+    // Five key tiles through the two shared-memory stages; four query heads on one KV head.
+    run(
+        Case {
+            b: 1,
+            h: 4,
+            kvh: 1,
+            ..case(Elem::Bf16, 128, true, 300, 300)
+        },
+        false,
+    );
 }
 
 #[test]
