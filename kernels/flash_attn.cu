@@ -19,7 +19,9 @@
 //   fa_bwd_pre_{f32,bf16}       D_i = rowsum(dO_i * O_i)
 //   fa_bwd_dkdv_{T}_hd{..}      one block per (batch, KV head, key tile); loops over query tiles
 //                               of every query head of the group; recomputes P from the LSE
-//   fa_bwd_dq_{T}_hd{..}        one block per (batch, head, query tile); loops over key tiles
+//   fa_bwd_dq_{T}_hd{..}        one block per (batch, head, query tile); loops over key tiles:
+//                               tensor cores for bf16 at head dims 32, 64, 128 (64 query rows,
+//                               key tiles of 32 double-buffered with cp.async), CUDA cores else
 // No CUDA headers are included: bf16 conversions and the tensor-core instructions are written
 // in PTX, so NVRTC needs no include path.
 //
@@ -625,24 +627,226 @@ __device__ __forceinline__ void fa_bwd_dq(const T* __restrict__ q, const T* __re
     }
 }
 
-#define FA_BWD(TN, T, HD)                                                                       \
+// dQ on tensor cores (bf16, head dims 32, 64, 128): one block per (batch, head, 64 query rows),
+// 4 warps of 16 rows, key tiles of 32 with K and V double-buffered in shared memory (cp.async).
+// Per tile, in registers: S = Q K^T, P = exp2(S scale log2e + mask - lse2), dP = dO V^T,
+// dS = P (dP - D) scale, then dQ += dS K with dS rounded to bf16 as the A operand.
+#define BDQ_BM 64
+#define BDQ_BN 32
+
+// `ROWS` rows of HD bf16 from `g` (rows `stride` elements apart) starting at row `row0` into
+// shared memory (rows padded to HD + 8), zero-filled past `rows`.
+template <int HD, int ROWS>
+__device__ __forceinline__ void tc_load_rows(bf16_t* s, const bf16_t* g, size_t stride, int row0,
+                                             int rows, int tid) {
+    constexpr int SROW = HD + 8;
+    constexpr int CPR = HD / 8;
+#pragma unroll
+    for (int c = tid; c < ROWS * CPR; c += FWD_THREADS) {
+        int r = c / CPR, cc = c % CPR;
+        bool ok = row0 + r < rows;
+        const bf16_t* src = ok ? g + (size_t)(row0 + r) * stride + cc * 8 : g;
+        cp_async16(s + r * SROW + cc * 8, src, ok);
+    }
+}
+
+template <int HD>
+__device__ __forceinline__ void fa_bwd_dq_tc(const bf16_t* __restrict__ q,
+                                             const bf16_t* __restrict__ k,
+                                             const bf16_t* __restrict__ v,
+                                             const bf16_t* __restrict__ dout,
+                                             const float* __restrict__ lse,
+                                             const float* __restrict__ dsum,
+                                             const float* __restrict__ mask,
+                                             bf16_t* __restrict__ dq, int h, int kvh, int tq,
+                                             int tk, float scale, int causal) {
+    constexpr int SROW = HD + 8;
+    constexpr int KS = HD / 16;
+    constexpr int DT = HD / 8;
+    constexpr int NT = BDQ_BN / 8;
+    FA_DYNAMIC_SMEM(fa_smem);
+    bf16_t* qs = reinterpret_cast<bf16_t*>(fa_smem);
+    bf16_t* dos = qs + BDQ_BM * SROW;
+    bf16_t* ks = dos + BDQ_BM * SROW;      // 2 stages
+    bf16_t* vs = ks + 2 * BDQ_BN * SROW;   // 2 stages
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, tig = lane % 4;
+    const int bh = blockIdx.y, bi = bh / h, hi = bh % h, kvi = hi / (h / kvh);
+    const int mt = causal ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
+    const int m0 = mt * BDQ_BM;
+    const int off = tk - tq;
+    const float sl2 = scale * FA_LOG2E;
+
+    const bf16_t* qg = q + (size_t)bh * tq * HD;
+    const bf16_t* dog = dout + ((size_t)bi * tq * h + hi) * HD;  // rows h * HD apart
+    const bf16_t* kg = k + (size_t)(bi * kvh + kvi) * tk * HD;
+    const bf16_t* vg = v + (size_t)(bi * kvh + kvi) * tk * HD;
+
+    int n_tiles = (tk + BDQ_BN - 1) / BDQ_BN;
+    if (causal) {
+        int last = m0 + BDQ_BM - 1 + off;
+        int lim = last < 0 ? 0 : last / BDQ_BN + 1;
+        n_tiles = n_tiles < lim ? n_tiles : lim;
+    }
+
+    tc_load_rows<HD, BDQ_BM>(qs, qg, HD, m0, tq, tid);
+    tc_load_rows<HD, BDQ_BM>(dos, dog, (size_t)h * HD, m0, tq, tid);
+    if (n_tiles > 0) {
+        tc_load_rows<HD, BDQ_BN>(ks, kg, HD, 0, tk, tid);
+        tc_load_rows<HD, BDQ_BN>(vs, vg, HD, 0, tk, tid);
+    }
+    cp_async_commit();
+
+    const int r_lo = m0 + warp * 16 + g;
+    const int r_hi = r_lo + 8;
+    float lse2[2], dd[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int i = r == 0 ? r_lo : r_hi;
+        lse2[r] = i < tq ? lse[(size_t)bh * tq + i] * FA_LOG2E : FA_INF;
+        dd[r] = i < tq ? dsum[(size_t)bh * tq + i] : 0.f;
+    }
+
+    unsigned qf[KS][4], df[KS][4];
+    float acc[DT][4];
+#pragma unroll
+    for (int d = 0; d < DT; ++d) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.f;
+
+    for (int t = 0; t < n_tiles; ++t) {
+        const int stage = t & 1;
+        if (t + 1 < n_tiles) {
+            tc_load_rows<HD, BDQ_BN>(ks + (stage ^ 1) * BDQ_BN * SROW, kg, HD, (t + 1) * BDQ_BN,
+                                     tk, tid);
+            tc_load_rows<HD, BDQ_BN>(vs + (stage ^ 1) * BDQ_BN * SROW, vg, HD, (t + 1) * BDQ_BN,
+                                     tk, tid);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        if (t == 0) {
+#pragma unroll
+            for (int kk = 0; kk < KS; ++kk) {
+                const int off_ = (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SROW + kk * 16 +
+                                 (lane >> 4) * 8;
+                ldmatrix_x4(qf[kk], qs + off_);
+                ldmatrix_x4(df[kk], dos + off_);
+            }
+        }
+        const bf16_t* kst = ks + stage * BDQ_BN * SROW;
+        const bf16_t* vst = vs + stage * BDQ_BN * SROW;
+        const int n0 = t * BDQ_BN;
+
+        // S = Q K^T and dP = dO V^T for this warp's 16 rows and the tile's keys.
+        float s[NT][4], dp[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+            dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < KS; kk += 2) {
+                const int boff = (nt * 8 + (lane & 7)) * SROW + kk * 16 + (lane >> 3) * 8;
+                unsigned b[4];
+                ldmatrix_x4(b, kst + boff);
+                mma_bf16(s[nt], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], b[0], b[1]);
+                mma_bf16(s[nt], qf[kk + 1][0], qf[kk + 1][1], qf[kk + 1][2], qf[kk + 1][3],
+                         b[2], b[3]);
+                ldmatrix_x4(b, vst + boff);
+                mma_bf16(dp[nt], df[kk][0], df[kk][1], df[kk][2], df[kk][3], b[0], b[1]);
+                mma_bf16(dp[nt], df[kk + 1][0], df[kk + 1][1], df[kk + 1][2], df[kk + 1][3],
+                         b[2], b[3]);
+            }
+        }
+
+        // dS = P (dP - D) scale, in place of S.
+        const bool edge = n0 + BDQ_BN > tk || (causal && n0 + BDQ_BN - 1 > m0 + off);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int r = e < 2 ? 0 : 1;
+                const int i = r == 0 ? r_lo : r_hi;
+                const int j = n0 + nt * 8 + tig * 2 + (e & 1);
+                float x = s[nt][e] * sl2;
+                if (edge && fa_hidden(i, j, tk, off, causal)) x = -FA_INF;
+                if (mask != nullptr && j < tk && i < tq)
+                    x += mask[((size_t)bi * tq + i) * tk + j] * FA_LOG2E;
+                const float p = x == -FA_INF ? 0.f : fa_exp2(x - lse2[r]);
+                s[nt][e] = p * (dp[nt][e] - dd[r]) * scale;
+            }
+        }
+
+        // dQ += dS K: dS's accumulators are already laid out as the A operand.
+#pragma unroll
+        for (int kk = 0; kk < BDQ_BN / 16; ++kk) {
+            const unsigned a0 = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
+            const unsigned a1 = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
+            const unsigned a2 = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            const unsigned a3 = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int d = 0; d < DT; d += 2) {
+                unsigned b[4];
+                ldmatrix_x4_trans(
+                    b, kst + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SROW + d * 8 +
+                           (lane >> 4) * 8);
+                mma_bf16(acc[d], a0, a1, a2, a3, b[0], b[1]);
+                mma_bf16(acc[d + 1], a0, a1, a2, a3, b[2], b[3]);
+            }
+        }
+        __syncthreads();
+    }
+    cp_async_wait<0>();
+
+    // dQ (b, h, tq, hd).
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int i = r == 0 ? r_lo : r_hi;
+        if (i < tq) {
+            bf16_t* row = dq + ((size_t)bh * tq + i) * HD;
+#pragma unroll
+            for (int d = 0; d < DT; ++d)
+                *reinterpret_cast<unsigned*>(row + d * 8 + tig * 2) =
+                    pack_bf16x2(acc[d][2 * r], acc[d][2 * r + 1]);
+        }
+    }
+}
+
+#define FA_BWD_DKDV(TN, T, HD)                                                                  \
     extern "C" __global__ void __launch_bounds__(SIMT_THREADS) fa_bwd_dkdv_##TN##_hd##HD(       \
         const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum,  \
         const float* mask, T* dk, T* dv, int h, int kvh, int tq, int tk, float scale,            \
         int causal) {                                                                           \
         fa_bwd_dkdv<T, HD>(q, k, v, dout, lse, dsum, mask, dk, dv, h, kvh, tq, tk, scale,       \
                            causal);                                                             \
-    }                                                                                           \
+    }
+#define FA_BWD_DQ(TN, T, HD)                                                                    \
     extern "C" __global__ void __launch_bounds__(SIMT_THREADS) fa_bwd_dq_##TN##_hd##HD(         \
         const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum,  \
         const float* mask, T* dq, int h, int kvh, int tq, int tk, float scale, int causal) {    \
         fa_bwd_dq<T, HD>(q, k, v, dout, lse, dsum, mask, dq, h, kvh, tq, tk, scale, causal);    \
     }
-FA_BWD(f32, float, 16)
-FA_BWD(f32, float, 32)
-FA_BWD(f32, float, 64)
-FA_BWD(f32, float, 128)
-FA_BWD(bf16, bf16_t, 16)
-FA_BWD(bf16, bf16_t, 32)
-FA_BWD(bf16, bf16_t, 64)
-FA_BWD(bf16, bf16_t, 128)
+#define FA_BWD_DQ_TC(HD)                                                                        \
+    extern "C" __global__ void __launch_bounds__(FWD_THREADS) fa_bwd_dq_bf16_hd##HD(            \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, \
+        const float* dsum, const float* mask, bf16_t* dq, int h, int kvh, int tq, int tk,        \
+        float scale, int causal) {                                                              \
+        fa_bwd_dq_tc<HD>(q, k, v, dout, lse, dsum, mask, dq, h, kvh, tq, tk, scale, causal);    \
+    }
+FA_BWD_DKDV(f32, float, 16)
+FA_BWD_DKDV(f32, float, 32)
+FA_BWD_DKDV(f32, float, 64)
+FA_BWD_DKDV(f32, float, 128)
+FA_BWD_DKDV(bf16, bf16_t, 16)
+FA_BWD_DKDV(bf16, bf16_t, 32)
+FA_BWD_DKDV(bf16, bf16_t, 64)
+FA_BWD_DKDV(bf16, bf16_t, 128)
+FA_BWD_DQ(f32, float, 16)
+FA_BWD_DQ(f32, float, 32)
+FA_BWD_DQ(f32, float, 64)
+FA_BWD_DQ(f32, float, 128)
+FA_BWD_DQ(bf16, bf16_t, 16)
+FA_BWD_DQ_TC(32)
+FA_BWD_DQ_TC(64)
+FA_BWD_DQ_TC(128)

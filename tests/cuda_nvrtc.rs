@@ -279,10 +279,11 @@ fn every_cuda_source_compiles_to_sm90_without_spills() {
             .iter()
             .flat_map(|&hd| {
                 [sources::Elem::F32, sources::Elem::Bf16]
-                    .map(|e| (sources::fwd_kernel(e, hd), sources::fwd_dynamic_smem(e, hd)))
+                    .map(|e| sources::all_launches(e, hd).expect("launch plans"))
             })
-            .find(|(n, _)| *n == name)
-            .map_or(0, |(_, b)| b);
+            .flatten()
+            .find(|l| l.kernel == name)
+            .map_or(0, |l| l.smem as usize);
         let total = r.smem as usize + dynamic;
         assert!(
             total <= 227 * 1024,

@@ -123,6 +123,18 @@ fn int(x: usize, what: &str) -> Result<i32> {
     i32::try_from(x).map_err(|_| cuda_err(format!("flash attention: {what} = {x} too large")))
 }
 
+/// Lets `func` take the plan's dynamic shared memory when that is over the default 48 KiB.
+fn allow_smem(func: &CudaFunction, plan: &sources::Launch) -> Result<()> {
+    if plan.smem > 48 * 1024 {
+        func.set_attribute(
+            CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            plan.smem as i32,
+        )
+        .map_err(cuda_err)?;
+    }
+    Ok(())
+}
+
 /// The launch configuration of a planned launch.
 fn config(l: &sources::Launch) -> LaunchConfig {
     LaunchConfig {
@@ -165,13 +177,7 @@ impl FlashAttn {
         let lse = dev.alloc_zeros::<f32>(b * h * tq)?;
         let plan = sources::fwd_launch(T::ELEM, &self.d).map_err(cuda_err)?;
         let func = kernel(dev, &plan.kernel)?;
-        if plan.smem > 48 * 1024 {
-            func.set_attribute(
-                CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                plan.smem as i32,
-            )
-            .map_err(cuda_err)?;
-        }
+        allow_smem(&func, &plan)?;
         let cfg = config(&plan);
         let (hi, kvhi, tqi, tki) = (
             int(h, "heads")?,
@@ -278,6 +284,7 @@ impl FlashAttn {
 
         let plan = sources::bwd_dq_launch(T::ELEM, &self.d).map_err(cuda_err)?;
         let dqk = kernel(dev, &plan.kernel)?;
+        allow_smem(&dqk, &plan)?;
         let cfg = config(&plan);
         let mut bld = stream.launch_builder(&dqk);
         bld.arg(&q).arg(&k).arg(&v).arg(&dout).arg(&lse).arg(&dsum);

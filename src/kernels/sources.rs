@@ -170,12 +170,53 @@ pub fn bwd_dkdv_launch(elem: Elem, d: &AttnDims) -> Result<Launch, String> {
     })
 }
 
-/// dQ: one block per `SIMT_ROWS` queries (x) of each batch row and head (y).
+/// Query rows per block of the bf16 tensor-core dQ kernel.
+pub const BWD_DQ_BLOCK_M: usize = 64;
+/// Keys per tile of the bf16 tensor-core dQ kernel (two stages of K and V in shared memory).
+pub const BWD_DQ_BLOCK_N: usize = 32;
+
+/// Dynamic shared memory (bytes) of the dQ kernel: the tensor-core kernel keeps the Q and dO
+/// tiles and two stages of K and V (rows padded by 8 elements); the CUDA-core one none.
+pub fn bwd_dq_dynamic_smem(elem: Elem, hd: usize) -> usize {
+    if fwd_tensor_cores(elem, hd) {
+        (2 * BWD_DQ_BLOCK_M + 4 * BWD_DQ_BLOCK_N) * (hd + 8) * 2
+    } else {
+        0
+    }
+}
+
+/// dQ: one block per 64 (tensor cores: bf16, head dim a multiple of 32) or `SIMT_ROWS` queries
+/// (x) of each batch row and head (y); causal launches run the x blocks from the last tile down.
 pub fn bwd_dq_launch(elem: Elem, d: &AttnDims) -> Result<Launch, String> {
+    let rows = if fwd_tensor_cores(elem, d.hd) {
+        BWD_DQ_BLOCK_M
+    } else {
+        SIMT_ROWS
+    };
     Ok(Launch {
         kernel: bwd_dq_kernel(elem, d.hd),
-        grid: [blocks(d.tq, SIMT_ROWS)?, blocks(d.b * d.h, 1)?, 1],
+        grid: [blocks(d.tq, rows)?, blocks(d.b * d.h, 1)?, 1],
         block: [THREADS, 1, 1],
-        smem: 0,
+        smem: u32::try_from(bwd_dq_dynamic_smem(elem, d.hd)).map_err(|e| e.to_string())?,
     })
+}
+
+/// Every launch an attention call of head dim `hd` may make, in order: forward, then the
+/// backward's pre-pass, dK/dV and dQ (sizes from a small call; the kernels and shared memory
+/// depend only on `elem` and `hd`).
+pub fn all_launches(elem: Elem, hd: usize) -> Result<Vec<Launch>, String> {
+    let d = AttnDims {
+        b: 1,
+        h: 1,
+        kvh: 1,
+        tq: 1,
+        tk: 1,
+        hd,
+    };
+    Ok(vec![
+        fwd_launch(elem, &d)?,
+        bwd_pre_launch(elem, &d)?,
+        bwd_dkdv_launch(elem, &d)?,
+        bwd_dq_launch(elem, &d)?,
+    ])
 }
