@@ -18,7 +18,9 @@
 //                               head dim 16 is too narrow for the tensor-core kernel)
 //   fa_bwd_pre_{f32,bf16}       D_i = rowsum(dO_i * O_i)
 //   fa_bwd_dkdv_{T}_hd{..}      one block per (batch, KV head, key tile); loops over query tiles
-//                               of every query head of the group; recomputes P from the LSE
+//                               of every query head of the group; recomputes P from the LSE:
+//                               tensor cores for bf16 at head dims 32, 64, 128 (64 keys, query
+//                               tiles of 32 double-buffered with cp.async), CUDA cores else
 //   fa_bwd_dq_{T}_hd{..}        one block per (batch, head, query tile); loops over key tiles:
 //                               tensor cores for bf16 at head dims 32, 64, 128 (64 query rows,
 //                               key tiles of 32 double-buffered with cp.async), CUDA cores else
@@ -813,6 +815,193 @@ __device__ __forceinline__ void fa_bwd_dq_tc(const bf16_t* __restrict__ q,
     }
 }
 
+// dK and dV on tensor cores (bf16, head dims 32, 64, 128): one block per (batch, KV head, 64
+// keys), 4 warps of 16 keys; it walks the query tiles (32 rows) of every query head of the
+// group, Q and dO double-buffered in shared memory (cp.async), K and V resident there. Per query
+// tile, in registers (the transposed problem, keys as rows):
+//   S^T = K Q^T, P^T = exp2(S^T scale log2e + mask - lse2), dV += P^T dO,
+//   dP^T = V dO^T, dS^T = P^T (dP^T - D) scale, dK += dS^T Q.
+#define BKV_BN 64
+#define BKV_BM 32
+
+template <int HD>
+__device__ __forceinline__ void fa_bwd_dkdv_tc(const bf16_t* __restrict__ q,
+                                               const bf16_t* __restrict__ k,
+                                               const bf16_t* __restrict__ v,
+                                               const bf16_t* __restrict__ dout,
+                                               const float* __restrict__ lse,
+                                               const float* __restrict__ dsum,
+                                               const float* __restrict__ mask,
+                                               bf16_t* __restrict__ dk, bf16_t* __restrict__ dv,
+                                               int h, int kvh, int tq, int tk, float scale,
+                                               int causal) {
+    constexpr int SROW = HD + 8;
+    constexpr int KS = HD / 16;
+    constexpr int DT = HD / 8;
+    constexpr int NT = BKV_BM / 8;
+    FA_DYNAMIC_SMEM(fa_smem);
+    bf16_t* ks = reinterpret_cast<bf16_t*>(fa_smem);
+    bf16_t* vs = ks + BKV_BN * SROW;
+    bf16_t* qs = vs + BKV_BN * SROW;       // 2 stages
+    bf16_t* dos = qs + 2 * BKV_BM * SROW;  // 2 stages
+    float* lse_s = reinterpret_cast<float*>(dos + 2 * BKV_BM * SROW);  // 2 stages
+    float* d_s = lse_s + 2 * BKV_BM;                                   // 2 stages
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, tig = lane % 4;
+    const int bkv = blockIdx.y, bi = bkv / kvh, kvi = bkv % kvh, rep = h / kvh;
+    const int n0 = blockIdx.x * BKV_BN;
+    const int off = tk - tq;
+    const float sl2 = scale * FA_LOG2E;
+
+    // Query tiles that can see a key of this block: i >= n0 - off under the causal rule.
+    int first = 0;
+    if (causal) {
+        const int lo = n0 - off;
+        first = lo <= 0 ? 0 : lo / BKV_BM;
+    }
+    const int q_tiles = (tq + BKV_BM - 1) / BKV_BM;
+    const int per_head = q_tiles > first ? q_tiles - first : 0;
+    const int total = rep * per_head;
+
+    const bf16_t* kg = k + (size_t)bkv * tk * HD;
+    const bf16_t* vg = v + (size_t)bkv * tk * HD;
+    tc_load_rows<HD, BKV_BN>(ks, kg, HD, n0, tk, tid);
+    tc_load_rows<HD, BKV_BN>(vs, vg, HD, n0, tk, tid);
+    // Step u of the walk: query head kvi * rep + u / per_head, query tile first + u % per_head.
+    auto issue = [&](int u, int stage) {
+        const int hi = kvi * rep + u / per_head;
+        const int m0 = (first + u % per_head) * BKV_BM;
+        tc_load_rows<HD, BKV_BM>(qs + stage * BKV_BM * SROW, q + ((size_t)bi * h + hi) * tq * HD,
+                                 HD, m0, tq, tid);
+        tc_load_rows<HD, BKV_BM>(dos + stage * BKV_BM * SROW,
+                                 dout + ((size_t)bi * tq * h + hi) * HD, (size_t)h * HD, m0, tq,
+                                 tid);
+    };
+    if (total > 0) issue(0, 0);
+    cp_async_commit();
+
+    float dka[DT][4], dva[DT][4];
+#pragma unroll
+    for (int d = 0; d < DT; ++d) {
+        dka[d][0] = dka[d][1] = dka[d][2] = dka[d][3] = 0.f;
+        dva[d][0] = dva[d][1] = dva[d][2] = dva[d][3] = 0.f;
+    }
+    const int j_lo = n0 + warp * 16 + g;  // this thread's key rows
+    const int arow = (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SROW + (lane >> 4) * 8;
+
+    for (int u = 0; u < total; ++u) {
+        const int stage = u & 1;
+        const int hi = kvi * rep + u / per_head;
+        const int bh = bi * h + hi;
+        const int m0 = (first + u % per_head) * BKV_BM;
+        if (u + 1 < total) {
+            issue(u + 1, stage ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        if (tid < BKV_BM) {
+            const int i = m0 + tid;
+            lse_s[stage * BKV_BM + tid] = i < tq ? lse[(size_t)bh * tq + i] * FA_LOG2E : FA_INF;
+            d_s[stage * BKV_BM + tid] = i < tq ? dsum[(size_t)bh * tq + i] : 0.f;
+        }
+        __syncthreads();
+        const bf16_t* qst = qs + stage * BKV_BM * SROW;
+        const bf16_t* dost = dos + stage * BKV_BM * SROW;
+        const float* lst = lse_s + stage * BKV_BM;
+        const float* dst = d_s + stage * BKV_BM;
+
+        // S^T = K Q^T and dP^T = V dO^T: 16 keys x 32 queries per warp.
+        float s[NT][4], dp[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+            dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.f;
+        }
+#pragma unroll
+        for (int kk = 0; kk < KS; kk += 2) {
+            unsigned ka[4], kb[4], va[4], vb[4];
+            ldmatrix_x4(ka, ks + arow + kk * 16);
+            ldmatrix_x4(kb, ks + arow + (kk + 1) * 16);
+            ldmatrix_x4(va, vs + arow + kk * 16);
+            ldmatrix_x4(vb, vs + arow + (kk + 1) * 16);
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                const int boff = (nt * 8 + (lane & 7)) * SROW + kk * 16 + (lane >> 3) * 8;
+                unsigned b[4];
+                ldmatrix_x4(b, qst + boff);
+                mma_bf16(s[nt], ka[0], ka[1], ka[2], ka[3], b[0], b[1]);
+                mma_bf16(s[nt], kb[0], kb[1], kb[2], kb[3], b[2], b[3]);
+                ldmatrix_x4(b, dost + boff);
+                mma_bf16(dp[nt], va[0], va[1], va[2], va[3], b[0], b[1]);
+                mma_bf16(dp[nt], vb[0], vb[1], vb[2], vb[3], b[2], b[3]);
+            }
+        }
+
+        // P^T in place of S^T; dS^T in place of dP^T.
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int j = j_lo + (e >> 1) * 8;
+                const int c = nt * 8 + tig * 2 + (e & 1);
+                const int i = m0 + c;
+                float x = s[nt][e] * sl2;
+                if (fa_hidden(i, j, tk, off, causal)) x = -FA_INF;
+                if (mask != nullptr && j < tk && i < tq)
+                    x += mask[((size_t)bi * tq + i) * tk + j] * FA_LOG2E;
+                const float p = x == -FA_INF ? 0.f : fa_exp2(x - lst[c]);
+                s[nt][e] = p;
+                dp[nt][e] = p * (dp[nt][e] - dst[c]) * scale;
+            }
+        }
+
+        // dV += P^T dO and dK += dS^T Q: the accumulators are laid out as the A operand.
+#pragma unroll
+        for (int kk = 0; kk < BKV_BM / 16; ++kk) {
+            const unsigned p0 = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
+            const unsigned p1 = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
+            const unsigned p2 = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            const unsigned p3 = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            const unsigned d0 = pack_bf16x2(dp[2 * kk][0], dp[2 * kk][1]);
+            const unsigned d1 = pack_bf16x2(dp[2 * kk][2], dp[2 * kk][3]);
+            const unsigned d2 = pack_bf16x2(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
+            const unsigned d3 = pack_bf16x2(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+            const int brow = (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SROW + (lane >> 4) * 8;
+#pragma unroll
+            for (int d = 0; d < DT; d += 2) {
+                unsigned b[4];
+                ldmatrix_x4_trans(b, dost + brow + d * 8);
+                mma_bf16(dva[d], p0, p1, p2, p3, b[0], b[1]);
+                mma_bf16(dva[d + 1], p0, p1, p2, p3, b[2], b[3]);
+                ldmatrix_x4_trans(b, qst + brow + d * 8);
+                mma_bf16(dka[d], d0, d1, d2, d3, b[0], b[1]);
+                mma_bf16(dka[d + 1], d0, d1, d2, d3, b[2], b[3]);
+            }
+        }
+        __syncthreads();
+    }
+    cp_async_wait<0>();
+
+    // dK, dV (b, kvh, tk, hd).
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int j = j_lo + r * 8;
+        if (j < tk) {
+            const size_t row = ((size_t)bkv * tk + j) * HD;
+#pragma unroll
+            for (int d = 0; d < DT; ++d) {
+                *reinterpret_cast<unsigned*>(dk + row + d * 8 + tig * 2) =
+                    pack_bf16x2(dka[d][2 * r], dka[d][2 * r + 1]);
+                *reinterpret_cast<unsigned*>(dv + row + d * 8 + tig * 2) =
+                    pack_bf16x2(dva[d][2 * r], dva[d][2 * r + 1]);
+            }
+        }
+    }
+}
+
 #define FA_BWD_DKDV(TN, T, HD)                                                                  \
     extern "C" __global__ void __launch_bounds__(SIMT_THREADS) fa_bwd_dkdv_##TN##_hd##HD(       \
         const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum,  \
@@ -839,9 +1028,17 @@ FA_BWD_DKDV(f32, float, 32)
 FA_BWD_DKDV(f32, float, 64)
 FA_BWD_DKDV(f32, float, 128)
 FA_BWD_DKDV(bf16, bf16_t, 16)
-FA_BWD_DKDV(bf16, bf16_t, 32)
-FA_BWD_DKDV(bf16, bf16_t, 64)
-FA_BWD_DKDV(bf16, bf16_t, 128)
+#define FA_BWD_DKDV_TC(HD)                                                                      \
+    extern "C" __global__ void __launch_bounds__(FWD_THREADS) fa_bwd_dkdv_bf16_hd##HD(          \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, \
+        const float* dsum, const float* mask, bf16_t* dk, bf16_t* dv, int h, int kvh, int tq,    \
+        int tk, float scale, int causal) {                                                      \
+        fa_bwd_dkdv_tc<HD>(q, k, v, dout, lse, dsum, mask, dk, dv, h, kvh, tq, tk, scale,       \
+                           causal);                                                             \
+    }
+FA_BWD_DKDV_TC(32)
+FA_BWD_DKDV_TC(64)
+FA_BWD_DKDV_TC(128)
 FA_BWD_DQ(f32, float, 16)
 FA_BWD_DQ(f32, float, 32)
 FA_BWD_DQ(f32, float, 64)

@@ -264,6 +264,7 @@ impl FlashAttn {
 
         let plan = sources::bwd_dkdv_launch(T::ELEM, &self.d).map_err(cuda_err)?;
         let dkdv = kernel(dev, &plan.kernel)?;
+        allow_smem(&dkdv, &plan)?;
         let cfg = config(&plan);
         let mut bld = stream.launch_builder(&dkdv);
         bld.arg(&q).arg(&k).arg(&v).arg(&dout).arg(&lse).arg(&dsum);

@@ -160,13 +160,35 @@ pub fn bwd_pre_launch(elem: Elem, d: &AttnDims) -> Result<Launch, String> {
     })
 }
 
-/// dK and dV: one block per `SIMT_ROWS` keys (x) of each batch row and KV head (y).
+/// Keys per block of the bf16 tensor-core dK/dV kernel.
+pub const BWD_DKDV_BLOCK_N: usize = 64;
+/// Query rows per tile of the bf16 tensor-core dK/dV kernel (two stages of Q and dO).
+pub const BWD_DKDV_BLOCK_M: usize = 32;
+
+/// Dynamic shared memory (bytes) of the dK/dV kernel: the tensor-core kernel keeps the K and V
+/// tiles, two stages of Q and dO (rows padded by 8 elements) and two stages of the tile's LSE and
+/// D (f32); the CUDA-core one none.
+pub fn bwd_dkdv_dynamic_smem(elem: Elem, hd: usize) -> usize {
+    if fwd_tensor_cores(elem, hd) {
+        (2 * BWD_DKDV_BLOCK_N + 4 * BWD_DKDV_BLOCK_M) * (hd + 8) * 2 + 4 * BWD_DKDV_BLOCK_M * 4
+    } else {
+        0
+    }
+}
+
+/// dK and dV: one block per 64 (tensor cores: bf16, head dim a multiple of 32) or `SIMT_ROWS`
+/// keys (x) of each batch row and KV head (y).
 pub fn bwd_dkdv_launch(elem: Elem, d: &AttnDims) -> Result<Launch, String> {
+    let rows = if fwd_tensor_cores(elem, d.hd) {
+        BWD_DKDV_BLOCK_N
+    } else {
+        SIMT_ROWS
+    };
     Ok(Launch {
         kernel: bwd_dkdv_kernel(elem, d.hd),
-        grid: [blocks(d.tk, SIMT_ROWS)?, blocks(d.b * d.kvh, 1)?, 1],
+        grid: [blocks(d.tk, rows)?, blocks(d.b * d.kvh, 1)?, 1],
         block: [THREADS, 1, 1],
-        smem: 0,
+        smem: u32::try_from(bwd_dkdv_dynamic_smem(elem, d.hd)).map_err(|e| e.to_string())?,
     })
 }
 
