@@ -6,7 +6,8 @@
 //   q        (b, h,   tq, hd)      k, v (b, kvh, tk, hd); query head j reads KV head j / (h / kvh)
 //   o, do    (b, tq,  h,  hd)      the heads already concatenated, as the CPU op returns them
 //   lse      (b, h,   tq)   f32    natural log-sum-exp of each scaled score row (+inf: no key seen)
-//   mask     (b, tq,  tk)   f32    optional additive mask (0 or -inf), nullptr for none
+//   kvalid   (b, tk)        u8     optional key flags (nonzero: a real key), nullptr for none
+//   kfirst   (b)            u32    with kvalid: each batch row's first real key (tk when none)
 //   causal   key j is visible to query i when j <= i + (tk - tq) (aligned to the end, as with a
 //            KV cache)
 // Element types: float, or bf16 carried as unsigned short; accumulation is always f32.
@@ -110,9 +111,18 @@ __device__ __forceinline__ float load_f32(const bf16_t* p) { return bf16_to_f32(
 __device__ __forceinline__ void store_f32(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_f32(bf16_t* p, float v) { *p = f32_to_bf16(v); }
 
-// True when key j is hidden from query i by the causal rule or by being past the end.
-__device__ __forceinline__ bool fa_hidden(int i, int j, int tk, int off, int causal) {
-    return j >= tk || (causal && j > i + off);
+// True when key j is hidden from query i of batch row bi: past the end, after the query under
+// the causal rule, or a padded key. `kvalid` (b x tk flags, nonzero for real keys) and `kfirst`
+// (each batch row's first real key, tk when none) are both null or both set; a query with no real
+// key within its causal limit sees its own key (i + off) alone, as the CPU op's mask has it.
+__device__ __forceinline__ bool fa_hidden(int i, int j, int tk, int off, int causal,
+                                          const unsigned char* __restrict__ kvalid,
+                                          const unsigned* __restrict__ kfirst, int bi) {
+    if (j >= tk) return true;
+    const int lim = causal && i + off + 1 < tk ? i + off + 1 : tk;
+    if (kvalid == nullptr) return j >= lim;
+    if ((int)kfirst[bi] >= lim) return j != i + off;
+    return j >= lim || kvalid[(size_t)bi * tk + j] == 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -146,7 +156,8 @@ __device__ __forceinline__ void fa_fwd_bf16(const bf16_t* __restrict__ q,
                                             const bf16_t* __restrict__ k,
                                             const bf16_t* __restrict__ v, bf16_t* __restrict__ o,
                                             float* __restrict__ lse,
-                                            const float* __restrict__ mask, int h, int kvh,
+                                            const unsigned char* __restrict__ kvalid,
+    const unsigned* __restrict__ kfirst, int h, int kvh,
                                             int tq, int tk, float scale, int causal) {
     constexpr int SROW = HD + 8;
     constexpr int KS = HD / 16;  // k-steps of Q K^T
@@ -233,7 +244,8 @@ __device__ __forceinline__ void fa_fwd_bf16(const bf16_t* __restrict__ q,
         }
 
         // Scale to the log2 domain; hide masked keys.
-        const bool edge = n0 + FWD_BN > tk || (causal && n0 + FWD_BN - 1 > m0 + off);
+        const bool edge = kvalid != nullptr || n0 + FWD_BN > tk ||
+                          (causal && n0 + FWD_BN - 1 > m0 + off);
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
@@ -241,9 +253,7 @@ __device__ __forceinline__ void fa_fwd_bf16(const bf16_t* __restrict__ q,
                 const int i = e < 2 ? r_lo : r_hi;
                 const int j = n0 + nt * 8 + tig * 2 + (e & 1);
                 float x = s[nt][e] * sl2;
-                if (edge && fa_hidden(i, j, tk, off, causal)) x = -FA_INF;
-                if (mask != nullptr && j < tk && i < tq)
-                    x += mask[((size_t)bi * tq + i) * tk + j] * FA_LOG2E;
+                if (edge && fa_hidden(i, j, tk, off, causal, kvalid, kfirst, bi)) x = -FA_INF;
                 s[nt][e] = x;
             }
         }
@@ -311,16 +321,18 @@ __device__ __forceinline__ void fa_fwd_bf16(const bf16_t* __restrict__ q,
                 *reinterpret_cast<unsigned*>(orow + d * 8 + tig * 2) =
                     pack_bf16x2(acc[d][2 * r] * inv, acc[d][2 * r + 1] * inv);
             }
-            if (tig == 0) lse[(size_t)bh * tq + i] = l > 0.f ? (mrow[r] + __log2f(l)) * FA_LN2 : FA_INF;
+            if (tig == 0)
+                lse[(size_t)bh * tq + i] = l > 0.f ? (mrow[r] + __log2f(l)) * FA_LN2 : FA_INF;
         }
     }
 }
 
-#define FA_FWD_BF16(HD)                                                                          \
-    extern "C" __global__ void __launch_bounds__(FWD_THREADS, 2) fa_fwd_bf16_hd##HD(              \
-        const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o, float* lse,               \
-        const float* mask, int h, int kvh, int tq, int tk, float scale, int causal) {           \
-        fa_fwd_bf16<HD>(q, k, v, o, lse, mask, h, kvh, tq, tk, scale, causal);                  \
+#define FA_FWD_BF16(HD)                                                                            \
+    extern "C" __global__ void __launch_bounds__(FWD_THREADS, 2) fa_fwd_bf16_hd##HD(               \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o, float* lse,                  \
+        const unsigned char* kvalid, const unsigned* kfirst, int h, int kvh, int tq, int tk,       \
+        float scale, int causal) {                                                                 \
+        fa_fwd_bf16<HD>(q, k, v, o, lse, kvalid, kfirst, h, kvh, tq, tk, scale, causal);           \
     }
 FA_FWD_BF16(32)
 FA_FWD_BF16(64)
@@ -357,7 +369,8 @@ template <typename T, int HD>
 __device__ __forceinline__ void fa_fwd_simt(const T* __restrict__ q, const T* __restrict__ k,
                                             const T* __restrict__ v, T* __restrict__ o,
                                             float* __restrict__ lse,
-                                            const float* __restrict__ mask, int h, int kvh,
+                                            const unsigned char* __restrict__ kvalid,
+    const unsigned* __restrict__ kfirst, int h, int kvh,
                                             int tq, int tk, float scale, int causal) {
     constexpr int DPT = HD / 4;
     __shared__ float ks[SIMT_ROWS * HD];
@@ -400,9 +413,7 @@ __device__ __forceinline__ void fa_fwd_simt(const T* __restrict__ q, const T* __
             for (int d = 0; d < DPT; ++d) part += qr[d] * ks[j * HD + 4 * d + c];
             float x = quad_sum(part);
             const int jj = n0 + j;
-            if (fa_hidden(i, jj, tk, off, causal)) x = -FA_INF;
-            if (mask != nullptr && jj < tk && i < tq)
-                x += mask[((size_t)bi * tq + i) * tk + jj] * FA_LOG2E;
+            if (fa_hidden(i, jj, tk, off, causal, kvalid, kfirst, bi)) x = -FA_INF;
             s[j] = x;
             mx = fmaxf(mx, x);
         }
@@ -430,11 +441,11 @@ __device__ __forceinline__ void fa_fwd_simt(const T* __restrict__ q, const T* __
     }
 }
 
-#define FA_FWD_SIMT(TN, T, HD)                                                                  \
-    extern "C" __global__ void __launch_bounds__(SIMT_THREADS) fa_fwd_##TN##_hd##HD(            \
-        const T* q, const T* k, const T* v, T* o, float* lse, const float* mask, int h,         \
-        int kvh, int tq, int tk, float scale, int causal) {                                     \
-        fa_fwd_simt<T, HD>(q, k, v, o, lse, mask, h, kvh, tq, tk, scale, causal);              \
+#define FA_FWD_SIMT(TN, T, HD)                                                                     \
+    extern "C" __global__ void __launch_bounds__(SIMT_THREADS) fa_fwd_##TN##_hd##HD(               \
+        const T* q, const T* k, const T* v, T* o, float* lse, const unsigned char* kvalid,         \
+        const unsigned* kfirst, int h, int kvh, int tq, int tk, float scale, int causal) {         \
+        fa_fwd_simt<T, HD>(q, k, v, o, lse, kvalid, kfirst, h, kvh, tq, tk, scale, causal);        \
     }
 FA_FWD_SIMT(f32, float, 16)
 FA_FWD_SIMT(bf16, bf16_t, 16)
@@ -472,13 +483,15 @@ FA_BWD_PRE(bf16, bf16_t)
 
 // dK, dV for 32 keys of one (batch, KV head): each quad owns one key row (k, v, dk, dv in
 // registers) and walks the query rows of every query head of the group, tile by tile:
-//   p = exp(q.k * scale + mask - lse), dv += p dO, ds = p (dO.v - D) scale, dk += ds q.
+//   p = exp(q.k * scale - lse) (0 for hidden keys), dv += p dO, ds = p (dO.v - D) scale,
+//   dk += ds q.
 template <typename T, int HD>
 __device__ __forceinline__ void fa_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k,
                                             const T* __restrict__ v, const T* __restrict__ dout,
                                             const float* __restrict__ lse,
                                             const float* __restrict__ dsum,
-                                            const float* __restrict__ mask, T* __restrict__ dk,
+                                            const unsigned char* __restrict__ kvalid,
+    const unsigned* __restrict__ kfirst, T* __restrict__ dk,
                                             T* __restrict__ dv, int h, int kvh, int tq, int tk,
                                             float scale, int causal) {
     constexpr int DPT = HD / 4;
@@ -536,9 +549,7 @@ __device__ __forceinline__ void fa_bwd_dkdv(const T* __restrict__ q, const T* __
                 const float sc = quad_sum(part);
                 const float dp = quad_sum(dpart);
                 float x = sc * sl2;
-                if (fa_hidden(i, j, tk, off, causal) || i >= tq) x = -FA_INF;
-                if (mask != nullptr && j < tk && i < tq)
-                    x += mask[((size_t)bi * tq + i) * tk + j] * FA_LOG2E;
+                if (fa_hidden(i, j, tk, off, causal, kvalid, kfirst, bi) || i >= tq) x = -FA_INF;
                 const float p = x == -FA_INF ? 0.f : fa_exp2(x - lse_s[ii]);
                 const float ds = p * (dp - d_s[ii]) * scale;
 #pragma unroll
@@ -565,7 +576,8 @@ __device__ __forceinline__ void fa_bwd_dq(const T* __restrict__ q, const T* __re
                                           const T* __restrict__ v, const T* __restrict__ dout,
                                           const float* __restrict__ lse,
                                           const float* __restrict__ dsum,
-                                          const float* __restrict__ mask, T* __restrict__ dq,
+                                          const unsigned char* __restrict__ kvalid,
+    const unsigned* __restrict__ kfirst, T* __restrict__ dq,
                                           int h, int kvh, int tq, int tk, float scale,
                                           int causal) {
     constexpr int DPT = HD / 4;
@@ -614,9 +626,7 @@ __device__ __forceinline__ void fa_bwd_dq(const T* __restrict__ q, const T* __re
             const float sc = quad_sum(part);
             const float dp = quad_sum(dpart);
             float x = sc * sl2;
-            if (fa_hidden(i, j, tk, off, causal) || !row_ok) x = -FA_INF;
-            if (mask != nullptr && j < tk && row_ok)
-                x += mask[((size_t)bi * tq + i) * tk + j] * FA_LOG2E;
+            if (fa_hidden(i, j, tk, off, causal, kvalid, kfirst, bi) || !row_ok) x = -FA_INF;
             const float p = x == -FA_INF ? 0.f : fa_exp2(x - lse2);
             const float ds = p * (dp - dsi) * scale;
 #pragma unroll
@@ -631,8 +641,8 @@ __device__ __forceinline__ void fa_bwd_dq(const T* __restrict__ q, const T* __re
 
 // dQ on tensor cores (bf16, head dims 32, 64, 128): one block per (batch, head, 64 query rows),
 // 4 warps of 16 rows, key tiles of 32 with K and V double-buffered in shared memory (cp.async).
-// Per tile, in registers: S = Q K^T, P = exp2(S scale log2e + mask - lse2), dP = dO V^T,
-// dS = P (dP - D) scale, then dQ += dS K with dS rounded to bf16 as the A operand.
+// Per tile, in registers: S = Q K^T, P = exp2(S scale log2e - lse2) (0 where hidden),
+// dP = dO V^T, dS = P (dP - D) scale, then dQ += dS K with dS rounded to bf16 as the A operand.
 #define BDQ_BM 64
 #define BDQ_BN 32
 
@@ -659,7 +669,8 @@ __device__ __forceinline__ void fa_bwd_dq_tc(const bf16_t* __restrict__ q,
                                              const bf16_t* __restrict__ dout,
                                              const float* __restrict__ lse,
                                              const float* __restrict__ dsum,
-                                             const float* __restrict__ mask,
+                                             const unsigned char* __restrict__ kvalid,
+    const unsigned* __restrict__ kfirst,
                                              bf16_t* __restrict__ dq, int h, int kvh, int tq,
                                              int tk, float scale, int causal) {
     constexpr int SROW = HD + 8;
@@ -763,7 +774,8 @@ __device__ __forceinline__ void fa_bwd_dq_tc(const bf16_t* __restrict__ q,
         }
 
         // dS = P (dP - D) scale, in place of S.
-        const bool edge = n0 + BDQ_BN > tk || (causal && n0 + BDQ_BN - 1 > m0 + off);
+        const bool edge = kvalid != nullptr || n0 + BDQ_BN > tk ||
+                          (causal && n0 + BDQ_BN - 1 > m0 + off);
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
@@ -772,9 +784,7 @@ __device__ __forceinline__ void fa_bwd_dq_tc(const bf16_t* __restrict__ q,
                 const int i = r == 0 ? r_lo : r_hi;
                 const int j = n0 + nt * 8 + tig * 2 + (e & 1);
                 float x = s[nt][e] * sl2;
-                if (edge && fa_hidden(i, j, tk, off, causal)) x = -FA_INF;
-                if (mask != nullptr && j < tk && i < tq)
-                    x += mask[((size_t)bi * tq + i) * tk + j] * FA_LOG2E;
+                if (edge && fa_hidden(i, j, tk, off, causal, kvalid, kfirst, bi)) x = -FA_INF;
                 const float p = x == -FA_INF ? 0.f : fa_exp2(x - lse2[r]);
                 s[nt][e] = p * (dp[nt][e] - dd[r]) * scale;
             }
@@ -819,7 +829,7 @@ __device__ __forceinline__ void fa_bwd_dq_tc(const bf16_t* __restrict__ q,
 // keys), 4 warps of 16 keys; it walks the query tiles (32 rows) of every query head of the
 // group, Q and dO double-buffered in shared memory (cp.async), K and V resident there. Per query
 // tile, in registers (the transposed problem, keys as rows):
-//   S^T = K Q^T, P^T = exp2(S^T scale log2e + mask - lse2), dV += P^T dO,
+//   S^T = K Q^T, P^T = exp2(S^T scale log2e - lse2) (0 where hidden), dV += P^T dO,
 //   dP^T = V dO^T, dS^T = P^T (dP^T - D) scale, dK += dS^T Q.
 #define BKV_BN 64
 #define BKV_BM 32
@@ -831,7 +841,8 @@ __device__ __forceinline__ void fa_bwd_dkdv_tc(const bf16_t* __restrict__ q,
                                                const bf16_t* __restrict__ dout,
                                                const float* __restrict__ lse,
                                                const float* __restrict__ dsum,
-                                               const float* __restrict__ mask,
+                                               const unsigned char* __restrict__ kvalid,
+    const unsigned* __restrict__ kfirst,
                                                bf16_t* __restrict__ dk, bf16_t* __restrict__ dv,
                                                int h, int kvh, int tq, int tk, float scale,
                                                int causal) {
@@ -949,9 +960,7 @@ __device__ __forceinline__ void fa_bwd_dkdv_tc(const bf16_t* __restrict__ q,
                 const int c = nt * 8 + tig * 2 + (e & 1);
                 const int i = m0 + c;
                 float x = s[nt][e] * sl2;
-                if (fa_hidden(i, j, tk, off, causal)) x = -FA_INF;
-                if (mask != nullptr && j < tk && i < tq)
-                    x += mask[((size_t)bi * tq + i) * tk + j] * FA_LOG2E;
+                if (fa_hidden(i, j, tk, off, causal, kvalid, kfirst, bi)) x = -FA_INF;
                 const float p = x == -FA_INF ? 0.f : fa_exp2(x - lst[c]);
                 s[nt][e] = p;
                 dp[nt][e] = p * (dp[nt][e] - dst[c]) * scale;
@@ -969,7 +978,8 @@ __device__ __forceinline__ void fa_bwd_dkdv_tc(const bf16_t* __restrict__ q,
             const unsigned d1 = pack_bf16x2(dp[2 * kk][2], dp[2 * kk][3]);
             const unsigned d2 = pack_bf16x2(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
             const unsigned d3 = pack_bf16x2(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
-            const int brow = (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SROW + (lane >> 4) * 8;
+            const int brow =
+                (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SROW + (lane >> 4) * 8;
 #pragma unroll
             for (int d = 0; d < DT; d += 2) {
                 unsigned b[4];
@@ -1002,39 +1012,42 @@ __device__ __forceinline__ void fa_bwd_dkdv_tc(const bf16_t* __restrict__ q,
     }
 }
 
-#define FA_BWD_DKDV(TN, T, HD)                                                                  \
-    extern "C" __global__ void __launch_bounds__(SIMT_THREADS) fa_bwd_dkdv_##TN##_hd##HD(       \
-        const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum,  \
-        const float* mask, T* dk, T* dv, int h, int kvh, int tq, int tk, float scale,            \
-        int causal) {                                                                           \
-        fa_bwd_dkdv<T, HD>(q, k, v, dout, lse, dsum, mask, dk, dv, h, kvh, tq, tk, scale,       \
-                           causal);                                                             \
+#define FA_BWD_DKDV(TN, T, HD)                                                                     \
+    extern "C" __global__ void __launch_bounds__(SIMT_THREADS) fa_bwd_dkdv_##TN##_hd##HD(          \
+        const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum,    \
+        const unsigned char* kvalid, const unsigned* kfirst, T* dk, T* dv, int h, int kvh,         \
+        int tq, int tk, float scale, int causal) {                                                 \
+        fa_bwd_dkdv<T, HD>(q, k, v, dout, lse, dsum, kvalid, kfirst, dk, dv, h, kvh, tq, tk,       \
+                           scale, causal);                                                         \
     }
-#define FA_BWD_DQ(TN, T, HD)                                                                    \
-    extern "C" __global__ void __launch_bounds__(SIMT_THREADS) fa_bwd_dq_##TN##_hd##HD(         \
-        const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum,  \
-        const float* mask, T* dq, int h, int kvh, int tq, int tk, float scale, int causal) {    \
-        fa_bwd_dq<T, HD>(q, k, v, dout, lse, dsum, mask, dq, h, kvh, tq, tk, scale, causal);    \
+#define FA_BWD_DQ(TN, T, HD)                                                                       \
+    extern "C" __global__ void __launch_bounds__(SIMT_THREADS) fa_bwd_dq_##TN##_hd##HD(            \
+        const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum,    \
+        const unsigned char* kvalid, const unsigned* kfirst, T* dq, int h, int kvh, int tq,        \
+        int tk, float scale, int causal) {                                                         \
+        fa_bwd_dq<T, HD>(q, k, v, dout, lse, dsum, kvalid, kfirst, dq, h, kvh, tq, tk, scale,      \
+                         causal);                                                                  \
     }
-#define FA_BWD_DQ_TC(HD)                                                                        \
-    extern "C" __global__ void __launch_bounds__(FWD_THREADS) fa_bwd_dq_bf16_hd##HD(            \
-        const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, \
-        const float* dsum, const float* mask, bf16_t* dq, int h, int kvh, int tq, int tk,        \
-        float scale, int causal) {                                                              \
-        fa_bwd_dq_tc<HD>(q, k, v, dout, lse, dsum, mask, dq, h, kvh, tq, tk, scale, causal);    \
+#define FA_BWD_DQ_TC(HD)                                                                           \
+    extern "C" __global__ void __launch_bounds__(FWD_THREADS, 1) fa_bwd_dq_bf16_hd##HD(            \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,   \
+        const float* dsum, const unsigned char* kvalid, const unsigned* kfirst, bf16_t* dq,        \
+        int h, int kvh, int tq, int tk, float scale, int causal) {                                 \
+        fa_bwd_dq_tc<HD>(q, k, v, dout, lse, dsum, kvalid, kfirst, dq, h, kvh, tq, tk, scale,      \
+                         causal);                                                                  \
     }
 FA_BWD_DKDV(f32, float, 16)
 FA_BWD_DKDV(f32, float, 32)
 FA_BWD_DKDV(f32, float, 64)
 FA_BWD_DKDV(f32, float, 128)
 FA_BWD_DKDV(bf16, bf16_t, 16)
-#define FA_BWD_DKDV_TC(HD)                                                                      \
-    extern "C" __global__ void __launch_bounds__(FWD_THREADS) fa_bwd_dkdv_bf16_hd##HD(          \
-        const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, \
-        const float* dsum, const float* mask, bf16_t* dk, bf16_t* dv, int h, int kvh, int tq,    \
-        int tk, float scale, int causal) {                                                      \
-        fa_bwd_dkdv_tc<HD>(q, k, v, dout, lse, dsum, mask, dk, dv, h, kvh, tq, tk, scale,       \
-                           causal);                                                             \
+#define FA_BWD_DKDV_TC(HD)                                                                         \
+    extern "C" __global__ void __launch_bounds__(FWD_THREADS, 1) fa_bwd_dkdv_bf16_hd##HD(          \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,   \
+        const float* dsum, const unsigned char* kvalid, const unsigned* kfirst, bf16_t* dk,        \
+        bf16_t* dv, int h, int kvh, int tq, int tk, float scale, int causal) {                     \
+        fa_bwd_dkdv_tc<HD>(q, k, v, dout, lse, dsum, kvalid, kfirst, dk, dv, h, kvh, tq, tk,       \
+                           scale, causal);                                                         \
     }
 FA_BWD_DKDV_TC(32)
 FA_BWD_DKDV_TC(64)

@@ -66,7 +66,7 @@ struct Case {
     tk: usize,
     hd: usize,
     causal: bool,
-    /// An explicit mask instead of the causal flag (the GPU gets its dense form).
+    /// A mask with padded keys (and its own causal rule) instead of the causal flag.
     mask: Option<AttnMask>,
 }
 
@@ -97,7 +97,7 @@ fn run(case: Case) {
     // the end: key j visible to query i when j <= i + tk - tq, a cache of tk - tq keys).
     let cpu_mask = match &mask {
         Some(m) => {
-            assert!(!causal, "{name}: an explicit mask replaces the causal flag");
+            assert!(!causal, "{name}: a mask carries its own causal rule");
             m.clone()
         }
         None if causal => AttnMask::causal(b, tq, tk - tq, &vec![1; b * tk]).unwrap(),
@@ -125,12 +125,16 @@ fn run(case: Case) {
         Var::from_tensor(&to_gpu(&k)).unwrap(),
         Var::from_tensor(&to_gpu(&v)).unwrap(),
     );
-    let mask_gpu = mask.as_ref().map(|m| m.dense(&gpu, DType::F32).unwrap());
+    // The mask as the kernels take it: key flags and first real keys, causal from the mask.
+    let keys = mask
+        .as_ref()
+        .and_then(|m| kernels::cuda::CudaMask::from_attn(m, &gpu).unwrap());
+    let causal = mask.as_ref().map_or(causal, |m| m.is_causal());
     let yg = kernels::cuda::attention(
         qg.as_tensor(),
         kg.as_tensor(),
         vg.as_tensor(),
-        mask_gpu.as_ref(),
+        keys.as_ref(),
         scale,
         causal,
     )
@@ -212,9 +216,11 @@ fn padding_mask_matches_cpu() {
     if !enabled() {
         return;
     }
-    // The model's mask: causal plus padded keys (last 20 of batch row 1).
+    // The model's mask: causal plus padded keys (the first 9 of batch row 0, whose first rows
+    // see only their own key; the last 20 of batch row 1).
     let (b, t) = (2, 150);
     let mut valid = vec![1u8; b * t];
+    valid[..9].iter_mut().for_each(|x| *x = 0);
     valid[2 * t - 20..].iter_mut().for_each(|x| *x = 0);
     let mask = AttnMask::causal(b, t, 0, &valid).unwrap();
     for dtype in [DType::F32, DType::BF16] {

@@ -207,15 +207,16 @@ struct Call<'a> {
     d: AttnDims,
     scale: f32,
     causal: bool,
-    mask: Option<&'a mut Buf>,
+    /// Key flags (u8, `b x tk`) and each batch row's first real key (u32, `b`).
+    keys: Option<(&'a mut Buf, &'a mut Buf)>,
     reverse: bool,
 }
 
 impl Call<'_> {
-    fn mask_arg(&mut self) -> Arg {
-        match self.mask.as_deref_mut() {
-            Some(m) => m.ptr(),
-            None => Arg::Ptr(std::ptr::null_mut()),
+    fn mask_args(&mut self) -> [Arg; 2] {
+        match &mut self.keys {
+            Some((valid, first)) => [valid.ptr(), first.ptr()],
+            None => [Arg::Ptr(std::ptr::null_mut()); 2],
         }
     }
 
@@ -244,14 +245,8 @@ impl Call<'_> {
         let mut out = Buf::zeros(d.b * d.tq * d.h * d.hd * self.esize());
         let mut lse = Buf::zeros(d.b * d.h * d.tq * 4);
         let plan = sources::fwd_launch(self.elem, &d)?;
-        let mut args = vec![
-            q.ptr(),
-            k.ptr(),
-            v.ptr(),
-            out.ptr(),
-            lse.ptr(),
-            self.mask_arg(),
-        ];
+        let mut args = vec![q.ptr(), k.ptr(), v.ptr(), out.ptr(), lse.ptr()];
+        args.extend(self.mask_args());
         args.extend(self.tail());
         launch(&plan, &args, self.reverse)?;
         Ok((out, lse))
@@ -287,31 +282,16 @@ impl Call<'_> {
         let mut dk = Buf::zeros(d.b * d.kvh * d.tk * d.hd * es);
         let mut dv = Buf::zeros(d.b * d.kvh * d.tk * d.hd * es);
         let plan = sources::bwd_dkdv_launch(self.elem, &d)?;
-        let mut args = vec![
-            q.ptr(),
-            k.ptr(),
-            v.ptr(),
-            dout.ptr(),
-            lse.ptr(),
-            dsum.ptr(),
-            self.mask_arg(),
-            dk.ptr(),
-            dv.ptr(),
-        ];
+        let mut args = vec![q.ptr(), k.ptr(), v.ptr(), dout.ptr(), lse.ptr(), dsum.ptr()];
+        args.extend(self.mask_args());
+        args.extend([dk.ptr(), dv.ptr()]);
         args.extend(self.tail());
         launch(&plan, &args, self.reverse)?;
 
         let plan = sources::bwd_dq_launch(self.elem, &d)?;
-        let mut args = vec![
-            q.ptr(),
-            k.ptr(),
-            v.ptr(),
-            dout.ptr(),
-            lse.ptr(),
-            dsum.ptr(),
-            self.mask_arg(),
-            dq.ptr(),
-        ];
+        let mut args = vec![q.ptr(), k.ptr(), v.ptr(), dout.ptr(), lse.ptr(), dsum.ptr()];
+        args.extend(self.mask_args());
+        args.push(dq.ptr());
         args.extend(self.tail());
         launch(&plan, &args, self.reverse)?;
         Ok((dq, dk, dv))
@@ -362,7 +342,7 @@ struct Case {
     tk: usize,
     hd: usize,
     causal: bool,
-    /// An explicit mask instead of the causal flag (the kernels get its dense form).
+    /// A mask with padded keys (and its own causal rule) instead of the causal flag.
     mask: Option<AttnMask>,
 }
 
@@ -383,7 +363,7 @@ fn case(elem: Elem, hd: usize, causal: bool, tq: usize, tk: usize) -> Case {
 /// What the emulated kernels produced: output, LSE, dq, dk, dv, as f32.
 type Results = [Vec<f32>; 5];
 
-fn emulate(c: &Case, inputs: &[Vec<f32>; 4], mask: Option<&[f32]>, reverse: bool) -> Results {
+fn emulate(c: &Case, inputs: &[Vec<f32>; 4], reverse: bool) -> Results {
     let scale = 1.0 / (c.hd as f32).sqrt();
     let d = AttnDims {
         b: c.b,
@@ -400,13 +380,25 @@ fn emulate(c: &Case, inputs: &[Vec<f32>; 4], mask: Option<&[f32]>, reverse: bool
         Buf::from(v, c.elem),
         Buf::from(r, c.elem),
     );
-    let mut mask = mask.map(|m| Buf::from(m, Elem::F32));
+    // The mask as the CUDA op passes it: key flags and first real keys, causal from the mask.
+    let mut keys = c.mask.as_ref().map(|m| {
+        let mut valid = Buf::zeros(m.key_valid().len());
+        // SAFETY: `valid` holds exactly key_valid().len() bytes.
+        unsafe { std::slice::from_raw_parts_mut(valid.mem.as_mut_ptr().cast::<u8>(), valid.bytes) }
+            .copy_from_slice(m.key_valid());
+        let mut first = Buf::zeros(m.first_valid().len() * 4);
+        for (d, &f) in first.f32s_mut().iter_mut().zip(m.first_valid()) {
+            *d = f32::from_bits(f as u32);
+        }
+        (valid, first)
+    });
+    let causal = c.mask.as_ref().map_or(c.causal, |m| m.is_causal());
     let mut call = Call {
         elem: c.elem,
         d,
         scale,
-        causal: c.causal,
-        mask: mask.as_mut(),
+        causal,
+        keys: keys.as_mut().map(|(v, f)| (v, f)),
         reverse,
     };
     let (mut o, mut lse) = call
@@ -481,13 +473,9 @@ fn run(c: Case, both_orders: bool) {
     .unwrap();
     let gc = (&yc * &r).unwrap().sum_all().unwrap().backward().unwrap();
 
-    let dense = c
-        .mask
-        .as_ref()
-        .map(|m| flat(&m.dense(&Device::Cpu, DType::F32).unwrap()));
     let inputs = [flat(&q), flat(&k), flat(&v), flat(&r)];
     let t0 = std::time::Instant::now();
-    let got = emulate(&c, &inputs, dense.as_deref(), false);
+    let got = emulate(&c, &inputs, false);
     let secs = t0.elapsed().as_secs_f64();
 
     let e = rel_err(&got[0], &flat(&yc));
@@ -517,7 +505,7 @@ fn run(c: Case, both_orders: bool) {
         }
     }
     if both_orders {
-        let rev = emulate(&c, &inputs, dense.as_deref(), true);
+        let rev = emulate(&c, &inputs, true);
         for (i, what) in ["output", "lse", "dq", "dk", "dv"].iter().enumerate() {
             let same = got[i]
                 .iter()
@@ -617,7 +605,11 @@ fn random_sweep_matches_cpu() {
                         .for_each(|x| *x = 0);
                 }
             }
-            AttnMask::causal(b, tq, tk - tq, &valid).unwrap()
+            if next(2) == 0 {
+                AttnMask::causal(b, tq, tk - tq, &valid).unwrap()
+            } else {
+                AttnMask::bidirectional(b, tq, tk - tq, &valid).unwrap()
+            }
         });
         run(
             Case {
@@ -659,6 +651,30 @@ fn padding_masks_match_cpu() {
             false,
         );
     }
+    // An encoder's mask (every query sees every real key), and a decoder step over a cache
+    // whose first keys are padding, with a batch row that has no real key at all.
+    let enc = AttnMask::bidirectional(b, t, 0, &valid).unwrap();
+    let (past, tq) = (60, 5);
+    let mut cache_valid = vec![1u8; b * (past + tq)];
+    cache_valid[..12].iter_mut().for_each(|x| *x = 0);
+    cache_valid[past + tq..].iter_mut().for_each(|x| *x = 0);
+    let step = AttnMask::causal(b, tq, past, &cache_valid).unwrap();
+    for (elem, hd) in [(Elem::F32, 32), (Elem::Bf16, 128)] {
+        run(
+            Case {
+                mask: Some(enc.clone()),
+                ..case(elem, hd, false, t, t)
+            },
+            elem == Elem::Bf16,
+        );
+        run(
+            Case {
+                mask: Some(step.clone()),
+                ..case(elem, hd, false, tq, past + tq)
+            },
+            false,
+        );
+    }
 }
 
 #[test]
@@ -673,7 +689,7 @@ fn emulator_rejects_bad_launches() {
     };
     let plan = sources::fwd_launch(Elem::Bf16, &d).unwrap();
     let e = launch(&plan, &[Arg::I32(0)], false).unwrap_err();
-    assert!(e.contains("1 arguments given, the kernel takes 12"), "{e}");
+    assert!(e.contains("1 arguments given, the kernel takes 13"), "{e}");
     let unknown = Launch {
         kernel: "fa_fwd_f64_hd64".into(),
         ..plan.clone()
@@ -697,6 +713,7 @@ fn emulator_rejects_bad_launches() {
         k_off,
         o.ptr(),
         lse.ptr(),
+        Arg::Ptr(std::ptr::null_mut()),
         Arg::Ptr(std::ptr::null_mut()),
         Arg::I32(1),
         Arg::I32(1),

@@ -344,7 +344,8 @@ inline bf16_t emu_b16_at(const void* row, unsigned col) {
 }
 
 inline void emu_ldmatrix(unsigned (&r)[4], const void* p, bool trans) {
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) emu::fail("ldmatrix row address not 16-byte aligned");
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0)
+        emu::fail("ldmatrix row address not 16-byte aligned");
     const unsigned char* lo = emu::dyn_smem.data();
     const unsigned char* b = static_cast<const unsigned char*>(p);
     if (b < lo || b + 16 > lo + emu::dyn_smem.size())

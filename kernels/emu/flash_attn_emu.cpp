@@ -86,8 +86,8 @@ extern "C" int fa_emu_launch(const char* name, const unsigned* grid, const unsig
     }
     if (nargs != e->nargs) {
         put(err, errlen,
-            std::string(name) + ": " + std::to_string(nargs) + " arguments given, the kernel takes " +
-                std::to_string(e->nargs));
+            std::string(name) + ": " + std::to_string(nargs) +
+                " arguments given, the kernel takes " + std::to_string(e->nargs));
         return -1;
     }
     const unsigned nthreads = block[0] * block[1] * block[2];

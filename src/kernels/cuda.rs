@@ -8,7 +8,8 @@
 //! * O), then dK/dV and dQ) from that log-sum-exp, so autograd works through it.
 //!
 //! f32 and bf16 (f32 accumulation), head dims 16, 32, 64 and 128, grouped KV heads, a causal flag
-//! and an optional additive mask (`b, 1, tq, tk`, f32).
+//! and an optional padding mask in compact form ([`CudaMask`]: one flag per key and each batch
+//! row's first real key, O(`b x tk`) on the device, never a dense `tq x tk` matrix).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -21,10 +22,14 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::op::BackpropOp;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor};
 use half::bf16;
 
 use super::sources::{self, Elem};
+use super::AttnMask;
+
+/// The mask's views as the kernels take them: key flags and first real keys.
+type Keys<'a> = Option<(CudaView<'a, u8>, CudaView<'a, u32>)>;
 
 /// Name of the custom module in candle's per-device module cache.
 const MODULE: &str = "mmlab_flash_attn";
@@ -91,7 +96,7 @@ impl Elt for bf16 {
 }
 
 /// A contiguous view of a CUDA storage as `T`.
-fn view<'a, T: Elt>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
+fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
     let Some((a, b)) = l.contiguous_offsets() else {
         candle_core::bail!("flash attention: {what} must be contiguous");
     };
@@ -108,7 +113,11 @@ fn tensor_from<T: Elt>(slice: CudaSlice<T>, dev: &CudaDevice, shape: Shape) -> T
 }
 
 /// Runs `f` with a view of `t`'s CUDA storage as `T`.
-fn with_view<T: Elt, R>(t: &Tensor, what: &str, f: impl FnOnce(CudaView<'_, T>) -> R) -> Result<R> {
+fn with_view<T: CudaDType, R>(
+    t: &Tensor,
+    what: &str,
+    f: impl FnOnce(CudaView<'_, T>) -> R,
+) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cuda(s) = &*storage else {
         candle_core::bail!("flash attention: {what} is not on a CUDA device");
@@ -150,8 +159,8 @@ struct FlashAttn {
     d: Dims,
     scale: f32,
     causal: bool,
-    /// Additive mask `(b, 1, tq, tk)`, f32, contiguous, on the same device.
-    mask: Option<Tensor>,
+    /// Key flags `(b, tk)` u8 and first real keys `(b)` u32, contiguous, on the same device.
+    keys: Option<(Tensor, Tensor)>,
     lse: Arc<Mutex<Option<Tensor>>>,
 }
 
@@ -163,7 +172,7 @@ impl FlashAttn {
         q: CudaView<'_, T>,
         k: CudaView<'_, T>,
         v: CudaView<'_, T>,
-        mask: Option<CudaView<'_, f32>>,
+        keys: Keys<'_>,
     ) -> Result<(CudaSlice<T>, CudaSlice<f32>)> {
         let Dims {
             b,
@@ -192,9 +201,9 @@ impl FlashAttn {
         let stream = dev.cuda_stream();
         let mut bld = stream.launch_builder(&func);
         bld.arg(&q).arg(&k).arg(&v).arg(&mut out).arg(&mut lse);
-        match &mask {
-            Some(m) => bld.arg(m),
-            None => bld.arg(&null),
+        match &keys {
+            Some((valid, first)) => bld.arg(valid).arg(first),
+            None => bld.arg(&null).arg(&null),
         };
         bld.arg(&hi)
             .arg(&kvhi)
@@ -220,7 +229,7 @@ impl FlashAttn {
         o: CudaView<'_, T>,
         dout: CudaView<'_, T>,
         lse: CudaView<'_, f32>,
-        mask: Option<CudaView<'_, f32>>,
+        keys: Keys<'_>,
     ) -> Result<(CudaSlice<T>, CudaSlice<T>, CudaSlice<T>)> {
         let Dims {
             b,
@@ -268,9 +277,9 @@ impl FlashAttn {
         let cfg = config(&plan);
         let mut bld = stream.launch_builder(&dkdv);
         bld.arg(&q).arg(&k).arg(&v).arg(&dout).arg(&lse).arg(&dsum);
-        match &mask {
-            Some(m) => bld.arg(m),
-            None => bld.arg(&null),
+        match &keys {
+            Some((valid, first)) => bld.arg(valid).arg(first),
+            None => bld.arg(&null).arg(&null),
         };
         bld.arg(&mut dk)
             .arg(&mut dv)
@@ -289,9 +298,9 @@ impl FlashAttn {
         let cfg = config(&plan);
         let mut bld = stream.launch_builder(&dqk);
         bld.arg(&q).arg(&k).arg(&v).arg(&dout).arg(&lse).arg(&dsum);
-        match &mask {
-            Some(m) => bld.arg(m),
-            None => bld.arg(&null),
+        match &keys {
+            Some((valid, first)) => bld.arg(valid).arg(first),
+            None => bld.arg(&null).arg(&null),
         };
         bld.arg(&mut dq)
             .arg(&hi)
@@ -321,13 +330,18 @@ impl FlashAttn {
             view::<T>(s2, l2, "k")?,
             view::<T>(s3, l3, "v")?,
         );
-        let (out, lse) = match &self.mask {
-            Some(m) => {
-                let (ms, ml) = m.storage_and_layout();
-                let Storage::Cuda(ms) = &*ms else {
+        let (out, lse) = match &self.keys {
+            Some((valid, first)) => {
+                let (vs, vl) = valid.storage_and_layout();
+                let (fs, fl) = first.storage_and_layout();
+                let (Storage::Cuda(vs), Storage::Cuda(fs)) = (&*vs, &*fs) else {
                     candle_core::bail!("flash attention: the mask is not on the CUDA device");
                 };
-                self.forward::<T>(&dev, q, k, v, Some(view::<f32>(ms, ml, "mask")?))?
+                let keys = Some((
+                    view::<u8>(vs, vl, "key flags")?,
+                    view::<u32>(fs, fl, "first keys")?,
+                ));
+                self.forward::<T>(&dev, q, k, v, keys)?
             }
             None => self.forward::<T>(&dev, q, k, v, None)?,
         };
@@ -360,16 +374,29 @@ impl FlashAttn {
             tk,
             hd,
         } = self.d;
-        let mask = self.mask.clone();
+        let keys = self.keys.clone();
         let (dq, dk, dv) = with_view::<T, _>(q, "q", |qv| {
             with_view::<T, _>(k, "k", |kv| {
                 with_view::<T, _>(v, "v", |vv| {
                     with_view::<T, _>(&o, "output", |ov| {
                         with_view::<T, _>(&g, "output gradient", |gv| {
-                            with_view::<f32, _>(lse, "lse", |lv| match &mask {
-                                Some(m) => with_view::<f32, _>(m, "mask", |mv| {
-                                    self.backward::<T>(&dev, qv, kv, vv, ov, gv, lv, Some(mv))
-                                })?,
+                            with_view::<f32, _>(lse, "lse", |lv| match &keys {
+                                Some((valid, first)) => {
+                                    with_view::<u8, _>(valid, "key flags", |mv| {
+                                        with_view::<u32, _>(first, "first keys", |fv| {
+                                            self.backward::<T>(
+                                                &dev,
+                                                qv,
+                                                kv,
+                                                vv,
+                                                ov,
+                                                gv,
+                                                lv,
+                                                Some((mv, fv)),
+                                            )
+                                        })
+                                    })??
+                                }
                                 None => self.backward::<T>(&dev, qv, kv, vv, ov, gv, lv, None),
                             })?
                         })?
@@ -460,6 +487,36 @@ impl CustomOp3 for FlashAttn {
     }
 }
 
+/// Padded keys in the form the kernels read: one u8 flag per key (`b, tk`, nonzero for a real
+/// key) and each batch row's first real key (`b`, u32; `tk` when none), on the device. With the
+/// causal flag it gives the same visibility as [`AttnMask`]: a query with no real key within
+/// its causal limit sees its own key alone.
+#[derive(Clone, Debug)]
+pub struct CudaMask {
+    valid: Tensor,
+    first: Tensor,
+}
+
+impl CudaMask {
+    /// `mask`'s key flags on `device`, or `None` when every key is real (the kernels then
+    /// skip the check). Pass `mask.is_causal()` as the kernels' causal flag.
+    pub fn from_attn(mask: &AttnMask, device: &Device) -> Result<Option<Self>> {
+        if mask.key_valid().iter().all(|&x| x != 0) {
+            return Ok(None);
+        }
+        let tk = mask.tk();
+        let first: Vec<u32> = mask
+            .first_valid()
+            .iter()
+            .map(|&f| u32::try_from(f).map_err(|_| cuda_err("flash attention: too many keys")))
+            .collect::<Result<_>>()?;
+        Ok(Some(Self {
+            valid: Tensor::from_slice(mask.key_valid(), (mask.b(), tk), device)?,
+            first: Tensor::from_vec(first, mask.b(), device)?,
+        }))
+    }
+}
+
 /// True when the CUDA kernels take this head dim.
 pub fn supports_head_dim(hd: usize) -> bool {
     sources::HEAD_DIMS.contains(&hd)
@@ -470,7 +527,7 @@ fn prepare(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    mask: Option<&Tensor>,
+    mask: Option<&CudaMask>,
     scale: f64,
     causal: bool,
 ) -> Result<(FlashAttn, Tensor, Tensor, Tensor)> {
@@ -502,20 +559,19 @@ fn prepare(
     if !q.device().is_cuda() || !q.device().same_device(k.device()) {
         candle_core::bail!("flash attention: q, k, v must be on one CUDA device");
     }
-    let mask = match mask {
+    let keys = match mask {
         Some(m) => {
-            if m.dims() != [b, 1, tq, tk] {
+            if m.valid.dims() != [b, tk] || m.first.dims() != [b] {
                 candle_core::bail!(
-                    "flash attention: mask {:?} for q {:?} and {tk} keys",
-                    m.dims(),
+                    "flash attention: a mask of {:?} key flags for q {:?} and {tk} keys",
+                    m.valid.dims(),
                     q.dims()
                 );
             }
-            Some(
-                m.to_device(q.device())?
-                    .to_dtype(DType::F32)?
-                    .contiguous()?,
-            )
+            if !m.valid.device().same_device(q.device()) {
+                candle_core::bail!("flash attention: the mask is not on q's device");
+            }
+            Some((m.valid.clone(), m.first.clone()))
         }
         None => None,
     };
@@ -539,22 +595,22 @@ fn prepare(
         },
         scale: scale as f32,
         causal,
-        mask,
+        keys,
         lse: Arc::new(Mutex::new(None)),
     };
     Ok((op, aligned(q)?, aligned(k)?, aligned(v)?))
 }
 
 /// Scaled dot-product attention on a CUDA device, forward and backward: `q` (`b, h, tq, hd`),
-/// `k`, `v` (`b, kv_heads, tk, hd`), f32 or bf16, with an optional additive `mask`
-/// (`b, 1, tq, tk`) and/or the causal rule (key `j` visible to query `i` when
-/// `j <= i + tk - tq`). Returns `(b, tq, h * hd)`, the heads concatenated, like
-/// [`super::attention`]; gradients flow to `q`, `k`, `v`.
+/// `k`, `v` (`b, kv_heads, tk, hd`), f32 or bf16, with an optional padding `mask` and/or the
+/// causal rule (key `j` visible to query `i` when `j <= i + tk - tq`). Returns
+/// `(b, tq, h * hd)`, the heads concatenated, like [`super::attention`]; gradients flow to `q`,
+/// `k`, `v`.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    mask: Option<&Tensor>,
+    mask: Option<&CudaMask>,
     scale: f64,
     causal: bool,
 ) -> Result<Tensor> {
@@ -568,7 +624,7 @@ pub fn forward(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    mask: Option<&Tensor>,
+    mask: Option<&CudaMask>,
     scale: f64,
     causal: bool,
 ) -> Result<(Tensor, Tensor)> {
@@ -587,7 +643,7 @@ pub fn backward(
     out: &Tensor,
     dout: &Tensor,
     lse: &Tensor,
-    mask: Option<&Tensor>,
+    mask: Option<&CudaMask>,
     scale: f64,
     causal: bool,
 ) -> Result<(Tensor, Tensor, Tensor)> {

@@ -675,6 +675,16 @@ impl AttnMask {
         }
     }
 
+    /// The `b x tk` key flags, nonzero for real keys.
+    pub fn key_valid(&self) -> &[u8] {
+        &self.key_valid
+    }
+
+    /// The first real key of every batch row (`tk` when it has none).
+    pub fn first_valid(&self) -> &[usize] {
+        &self.first_valid
+    }
+
     /// The `tk` key flags of batch row `bi` (empty when out of range).
     pub fn key_valid_row(&self, bi: usize) -> &[u8] {
         let tk = self.tk();
@@ -1054,26 +1064,13 @@ impl CustomOp3 for AttentionOp {
 /// `j / (h / kv_heads)`. Returns `(b, tq, h * hd)`: the heads already concatenated.
 ///
 /// CUDA tensors go to the FlashAttention kernels (`cuda` feature) when [`cuda_attention`] says
-/// so, with the mask materialised densely ([`AttnMask::dense`]).
+/// so, with the mask in its compact form ([`cuda::CudaMask`], built here; a model that calls the
+/// kernels from every layer builds it once per forward and calls [`cuda::attention`]).
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: &AttnMask,
-    scale: f64,
-) -> Result<Tensor> {
-    attention_with_dense(q, k, v, mask, None, scale)
-}
-
-/// [`attention`] with the mask's dense form already built (`mask.dense(..)`, on `q`'s device,
-/// any float dtype): the CUDA kernels read it instead of building their own, so a model builds
-/// it once per forward rather than once per layer. The CPU op ignores it.
-pub fn attention_with_dense(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: &AttnMask,
-    dense: Option<&Tensor>,
     scale: f64,
 ) -> Result<Tensor> {
     let (b, h, tq, hd) = q.dims4()?;
@@ -1089,18 +1086,9 @@ pub fn attention_with_dense(
     }
     #[cfg(feature = "cuda")]
     if cuda_attention(q) {
-        let built;
-        let dense = match dense {
-            Some(d) => d,
-            None => {
-                built = mask.dense(q.device(), candle_core::DType::F32)?;
-                &built
-            }
-        };
-        return cuda::attention(q, k, v, Some(dense), scale, false);
+        let keys = cuda::CudaMask::from_attn(mask, q.device())?;
+        return cuda::attention(q, k, v, keys.as_ref(), scale, mask.is_causal());
     }
-    #[cfg(not(feature = "cuda"))]
-    let _ = dense;
     if bk != b || hdk != hd || v.dims() != k.dims() || kvh == 0 || h % kvh != 0 {
         candle_core::bail!(
             "attention: q {:?}, k {:?}, v {:?} do not fit together",

@@ -166,15 +166,18 @@ impl Rotary {
 pub const FUSED_ATTENTION_MIN_SCORES: usize = 64 * 64;
 
 /// One forward's attention mask, shared by every layer: the compact [`AttnMask`] the fused
-/// kernels read (O(`b x keys`)), and its dense additive form `(b, 1, tq, tk)` in the
-/// activations' dtype for the plain path and the CUDA kernels, built on first use and then
-/// reused, so at most once per forward and never when every layer takes the fused CPU op.
+/// kernels read (O(`b x keys`)), its dense additive form `(b, 1, tq, tk)` in the activations'
+/// dtype for the plain path, and (`cuda` feature) its key flags on the device for the CUDA
+/// kernels, each built on first use and then reused: at most once per forward, and the dense
+/// form never when every layer takes the fused CPU op or the CUDA kernels.
 #[derive(Debug)]
 pub struct LayerMask {
     mask: AttnMask,
     device: Device,
     dtype: DType,
     dense: std::sync::OnceLock<Tensor>,
+    #[cfg(feature = "cuda")]
+    cuda: std::sync::OnceLock<Option<crate::kernels::cuda::CudaMask>>,
 }
 
 impl LayerMask {
@@ -185,7 +188,19 @@ impl LayerMask {
             device: device.clone(),
             dtype,
             dense: std::sync::OnceLock::new(),
+            #[cfg(feature = "cuda")]
+            cuda: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The key flags the CUDA kernels read (`None`: no padded key), built on the first call.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_keys(&self) -> Result<Option<&crate::kernels::cuda::CudaMask>> {
+        if let Some(m) = self.cuda.get() {
+            return Ok(m.as_ref());
+        }
+        let m = crate::kernels::cuda::CudaMask::from_attn(&self.mask, &self.device)?;
+        Ok(self.cuda.get_or_init(|| m).as_ref())
     }
 
     /// The compact mask.
@@ -324,11 +339,12 @@ impl Attention {
             let out = crate::kernels::attention(&q, &k, &v, mask.mask(), scale)?;
             return Ok((self.dense.forward(&out)?, None));
         }
+        #[cfg(feature = "cuda")]
         if !want_probs && crate::kernels::cuda_attention(&q) {
-            // The CUDA kernels read the dense mask: built once per forward, shared by layers.
-            let dense = mask.dense()?;
-            let out =
-                crate::kernels::attention_with_dense(&q, &k, &v, mask.mask(), Some(&dense), scale)?;
+            // The CUDA kernels read the compact mask: built once per forward, shared by layers.
+            let keys = mask.cuda_keys()?;
+            let causal = mask.mask().is_causal();
+            let out = crate::kernels::cuda::attention(&q, &k, &v, keys, scale, causal)?;
             return Ok((self.dense.forward(&out)?, None));
         }
         let rep = self.n_heads / self.n_kv_heads;
