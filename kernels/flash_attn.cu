@@ -137,18 +137,82 @@ __device__ __forceinline__ bool fa_hidden(int i, int j, int tk, int off, int cau
 #define FWD_BN 64
 #define FWD_THREADS 128
 
-template <int HD>
-__device__ __forceinline__ void fwd_load_tile(bf16_t* s, const bf16_t* g, int row0, int rows,
-                                              int tid) {
+// `ROWS` rows of HD bf16 from `g` (rows `stride` elements apart) starting at row `row0` into
+// shared memory (rows padded to HD + 8), zero-filled past `rows`.
+template <int HD, int ROWS>
+__device__ __forceinline__ void tc_load_rows(bf16_t* s, const bf16_t* g, size_t stride, int row0,
+                                             int rows, int tid) {
     constexpr int SROW = HD + 8;
     constexpr int CPR = HD / 8;  // 16-byte chunks per row
 #pragma unroll
-    for (int c = tid; c < FWD_BN * CPR; c += FWD_THREADS) {
+    for (int c = tid; c < ROWS * CPR; c += FWD_THREADS) {
         int r = c / CPR, cc = c % CPR;
         bool ok = row0 + r < rows;
-        const bf16_t* src = ok ? g + (size_t)(row0 + r) * HD + cc * 8 : g;
+        const bf16_t* src = ok ? g + (size_t)(row0 + r) * stride + cc * 8 : g;
         cp_async16(s + r * SROW + cc * 8, src, ok);
     }
+}
+
+// The A fragments (16 x HD, row-major) of this warp's 16 rows starting at `rows` (shared).
+template <int HD>
+__device__ __forceinline__ void tc_load_a(unsigned (&a)[HD / 16][4], const bf16_t* rows,
+                                          int lane) {
+    constexpr int SROW = HD + 8;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk)
+        ldmatrix_x4(a[kk], rows + ((lane & 7) + ((lane >> 3) & 1) * 8) * SROW + kk * 16 +
+                               (lane >> 4) * 8);
+}
+
+// s[nt] += A R^T for NT tiles of 8 rows of R (shared, HD wide): A is 16 x HD in fragments.
+template <int HD, int NT>
+__device__ __forceinline__ void tc_a_rt(float (&s)[NT][4], const unsigned (&a)[HD / 16][4],
+                                        const bf16_t* rows, int lane) {
+    constexpr int SROW = HD + 8;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk += 2) {
+            unsigned b[4];
+            ldmatrix_x4(b, rows + (nt * 8 + (lane & 7)) * SROW + kk * 16 + (lane >> 3) * 8);
+            mma_bf16(s[nt], a[kk][0], a[kk][1], a[kk][2], a[kk][3], b[0], b[1]);
+            mma_bf16(s[nt], a[kk + 1][0], a[kk + 1][1], a[kk + 1][2], a[kk + 1][3], b[2], b[3]);
+        }
+    }
+}
+
+// acc += X R: X is 16 x (8 NX) in accumulator layout (rounded to bf16 as the A operand), R is
+// 8 NX rows of HD (shared).
+template <int HD, int NX>
+__device__ __forceinline__ void tc_x_r(float (&acc)[HD / 8][4], const float (&x)[NX][4],
+                                       const bf16_t* rows, int lane) {
+    constexpr int SROW = HD + 8;
+#pragma unroll
+    for (int kk = 0; kk < NX / 2; ++kk) {
+        const unsigned a0 = pack_bf16x2(x[2 * kk][0], x[2 * kk][1]);
+        const unsigned a1 = pack_bf16x2(x[2 * kk][2], x[2 * kk][3]);
+        const unsigned a2 = pack_bf16x2(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+        const unsigned a3 = pack_bf16x2(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+        const bf16_t* r =
+            rows + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SROW + (lane >> 4) * 8;
+#pragma unroll
+        for (int d = 0; d < HD / 8; d += 2) {
+            unsigned b[4];
+            ldmatrix_x4_trans(b, r + d * 8);
+            mma_bf16(acc[d], a0, a1, a2, a3, b[0], b[1]);
+            mma_bf16(acc[d + 1], a0, a1, a2, a3, b[2], b[3]);
+        }
+    }
+}
+
+// Row `r` (0: g, 1: g + 8) of an accumulator (16 x HD) times `mul`, as bf16 into `out` (HD wide).
+template <int HD>
+__device__ __forceinline__ void tc_store_row(bf16_t* out, const float (&acc)[HD / 8][4], int r,
+                                             float mul, int tig) {
+#pragma unroll
+    for (int d = 0; d < HD / 8; ++d)
+        *reinterpret_cast<unsigned*>(out + d * 8 + tig * 2) =
+            pack_bf16x2(acc[d][2 * r] * mul, acc[d][2 * r + 1] * mul);
 }
 
 template <int HD>
@@ -187,10 +251,10 @@ __device__ __forceinline__ void fa_fwd_bf16(const bf16_t* __restrict__ q,
         n_tiles = n_tiles < lim ? n_tiles : lim;
     }
 
-    fwd_load_tile<HD>(qs, qg, m0, tq, tid);
+    tc_load_rows<HD, FWD_BM>(qs, qg, HD, m0, tq, tid);
     if (n_tiles > 0) {
-        fwd_load_tile<HD>(ks, kg, 0, tk, tid);
-        fwd_load_tile<HD>(vs, vg, 0, tk, tid);
+        tc_load_rows<HD, FWD_BN>(ks, kg, HD, 0, tk, tid);
+        tc_load_rows<HD, FWD_BN>(vs, vg, HD, 0, tk, tid);
     }
     cp_async_commit();
 
@@ -207,23 +271,17 @@ __device__ __forceinline__ void fa_fwd_bf16(const bf16_t* __restrict__ q,
     for (int t = 0; t < n_tiles; ++t) {
         const int stage = t & 1;
         if (t + 1 < n_tiles) {
-            fwd_load_tile<HD>(ks + (stage ^ 1) * FWD_BN * SROW, kg, (t + 1) * FWD_BN, tk, tid);
-            fwd_load_tile<HD>(vs + (stage ^ 1) * FWD_BN * SROW, vg, (t + 1) * FWD_BN, tk, tid);
+            tc_load_rows<HD, FWD_BN>(ks + (stage ^ 1) * FWD_BN * SROW, kg, HD, (t + 1) * FWD_BN,
+                                     tk, tid);
+            tc_load_rows<HD, FWD_BN>(vs + (stage ^ 1) * FWD_BN * SROW, vg, HD, (t + 1) * FWD_BN,
+                                     tk, tid);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
             cp_async_wait<0>();
         }
         __syncthreads();
-        if (t == 0) {
-#pragma unroll
-            for (int kk = 0; kk < KS; ++kk) {
-                const bf16_t* p =
-                    qs + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SROW + kk * 16 +
-                    (lane >> 4) * 8;
-                ldmatrix_x4(qf[kk], p);
-            }
-        }
+        if (t == 0) tc_load_a<HD>(qf, qs + warp * 16 * SROW, lane);
         const bf16_t* kst = ks + stage * FWD_BN * SROW;
         const bf16_t* vst = vs + stage * FWD_BN * SROW;
         const int n0 = t * FWD_BN;
@@ -231,17 +289,8 @@ __device__ __forceinline__ void fa_fwd_bf16(const bf16_t* __restrict__ q,
         // S = Q K^T for this warp's 16 rows and the tile's 64 keys.
         float s[NT][4];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll
-            for (int kk = 0; kk < KS; kk += 2) {
-                unsigned b[4];
-                ldmatrix_x4(b, kst + (nt * 8 + (lane & 7)) * SROW + kk * 16 + (lane >> 3) * 8);
-                mma_bf16(s[nt], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], b[0], b[1]);
-                mma_bf16(s[nt], qf[kk + 1][0], qf[kk + 1][1], qf[kk + 1][2], qf[kk + 1][3],
-                         b[2], b[3]);
-            }
-        }
+        for (int nt = 0; nt < NT; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+        tc_a_rt<HD, NT>(s, qf, kst, lane);
 
         // Scale to the log2 domain; hide masked keys.
         const bool edge = kvalid != nullptr || n0 + FWD_BN > tk ||
@@ -286,22 +335,7 @@ __device__ __forceinline__ void fa_fwd_bf16(const bf16_t* __restrict__ q,
         }
 
         // O += P V: the score accumulators are already laid out as the A operand.
-#pragma unroll
-        for (int kk = 0; kk < FWD_BN / 16; ++kk) {
-            const unsigned a0 = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
-            const unsigned a1 = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
-            const unsigned a2 = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            const unsigned a3 = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int d = 0; d < DT; d += 2) {
-                unsigned b[4];
-                ldmatrix_x4_trans(
-                    b, vst + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SROW + d * 8 +
-                           (lane >> 4) * 8);
-                mma_bf16(acc[d], a0, a1, a2, a3, b[0], b[1]);
-                mma_bf16(acc[d + 1], a0, a1, a2, a3, b[2], b[3]);
-            }
-        }
+        tc_x_r<HD, NT>(acc, s, vst, lane);
         __syncthreads();
     }
     cp_async_wait<0>();
@@ -315,12 +349,7 @@ __device__ __forceinline__ void fa_fwd_bf16(const bf16_t* __restrict__ q,
         const int i = r == 0 ? r_lo : r_hi;
         const float inv = l > 0.f ? 1.f / l : 0.f;
         if (i < tq) {
-            bf16_t* orow = o + (((size_t)bi * tq + i) * h + hi) * HD;
-#pragma unroll
-            for (int d = 0; d < DT; ++d) {
-                *reinterpret_cast<unsigned*>(orow + d * 8 + tig * 2) =
-                    pack_bf16x2(acc[d][2 * r] * inv, acc[d][2 * r + 1] * inv);
-            }
+            tc_store_row<HD>(o + (((size_t)bi * tq + i) * h + hi) * HD, acc, r, inv, tig);
             if (tig == 0)
                 lse[(size_t)bh * tq + i] = l > 0.f ? (mrow[r] + __log2f(l)) * FA_LN2 : FA_INF;
         }
@@ -646,22 +675,6 @@ __device__ __forceinline__ void fa_bwd_dq(const T* __restrict__ q, const T* __re
 #define BDQ_BM 64
 #define BDQ_BN 32
 
-// `ROWS` rows of HD bf16 from `g` (rows `stride` elements apart) starting at row `row0` into
-// shared memory (rows padded to HD + 8), zero-filled past `rows`.
-template <int HD, int ROWS>
-__device__ __forceinline__ void tc_load_rows(bf16_t* s, const bf16_t* g, size_t stride, int row0,
-                                             int rows, int tid) {
-    constexpr int SROW = HD + 8;
-    constexpr int CPR = HD / 8;
-#pragma unroll
-    for (int c = tid; c < ROWS * CPR; c += FWD_THREADS) {
-        int r = c / CPR, cc = c % CPR;
-        bool ok = row0 + r < rows;
-        const bf16_t* src = ok ? g + (size_t)(row0 + r) * stride + cc * 8 : g;
-        cp_async16(s + r * SROW + cc * 8, src, ok);
-    }
-}
-
 template <int HD>
 __device__ __forceinline__ void fa_bwd_dq_tc(const bf16_t* __restrict__ q,
                                              const bf16_t* __restrict__ k,
@@ -740,13 +753,8 @@ __device__ __forceinline__ void fa_bwd_dq_tc(const bf16_t* __restrict__ q,
         }
         __syncthreads();
         if (t == 0) {
-#pragma unroll
-            for (int kk = 0; kk < KS; ++kk) {
-                const int off_ = (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SROW + kk * 16 +
-                                 (lane >> 4) * 8;
-                ldmatrix_x4(qf[kk], qs + off_);
-                ldmatrix_x4(df[kk], dos + off_);
-            }
+            tc_load_a<HD>(qf, qs + warp * 16 * SROW, lane);
+            tc_load_a<HD>(df, dos + warp * 16 * SROW, lane);
         }
         const bf16_t* kst = ks + stage * BDQ_BN * SROW;
         const bf16_t* vst = vs + stage * BDQ_BN * SROW;
@@ -758,20 +766,9 @@ __device__ __forceinline__ void fa_bwd_dq_tc(const bf16_t* __restrict__ q,
         for (int nt = 0; nt < NT; ++nt) {
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
             dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.f;
-#pragma unroll
-            for (int kk = 0; kk < KS; kk += 2) {
-                const int boff = (nt * 8 + (lane & 7)) * SROW + kk * 16 + (lane >> 3) * 8;
-                unsigned b[4];
-                ldmatrix_x4(b, kst + boff);
-                mma_bf16(s[nt], qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], b[0], b[1]);
-                mma_bf16(s[nt], qf[kk + 1][0], qf[kk + 1][1], qf[kk + 1][2], qf[kk + 1][3],
-                         b[2], b[3]);
-                ldmatrix_x4(b, vst + boff);
-                mma_bf16(dp[nt], df[kk][0], df[kk][1], df[kk][2], df[kk][3], b[0], b[1]);
-                mma_bf16(dp[nt], df[kk + 1][0], df[kk + 1][1], df[kk + 1][2], df[kk + 1][3],
-                         b[2], b[3]);
-            }
         }
+        tc_a_rt<HD, NT>(s, qf, kst, lane);
+        tc_a_rt<HD, NT>(dp, df, vst, lane);
 
         // dS = P (dP - D) scale, in place of S.
         const bool edge = kvalid != nullptr || n0 + BDQ_BN > tk ||
@@ -791,22 +788,7 @@ __device__ __forceinline__ void fa_bwd_dq_tc(const bf16_t* __restrict__ q,
         }
 
         // dQ += dS K: dS's accumulators are already laid out as the A operand.
-#pragma unroll
-        for (int kk = 0; kk < BDQ_BN / 16; ++kk) {
-            const unsigned a0 = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
-            const unsigned a1 = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
-            const unsigned a2 = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            const unsigned a3 = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-            for (int d = 0; d < DT; d += 2) {
-                unsigned b[4];
-                ldmatrix_x4_trans(
-                    b, kst + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SROW + d * 8 +
-                           (lane >> 4) * 8);
-                mma_bf16(acc[d], a0, a1, a2, a3, b[0], b[1]);
-                mma_bf16(acc[d + 1], a0, a1, a2, a3, b[2], b[3]);
-            }
-        }
+        tc_x_r<HD, NT>(acc, s, kst, lane);
         __syncthreads();
     }
     cp_async_wait<0>();
@@ -815,13 +797,7 @@ __device__ __forceinline__ void fa_bwd_dq_tc(const bf16_t* __restrict__ q,
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const int i = r == 0 ? r_lo : r_hi;
-        if (i < tq) {
-            bf16_t* row = dq + ((size_t)bh * tq + i) * HD;
-#pragma unroll
-            for (int d = 0; d < DT; ++d)
-                *reinterpret_cast<unsigned*>(row + d * 8 + tig * 2) =
-                    pack_bf16x2(acc[d][2 * r], acc[d][2 * r + 1]);
-        }
+        if (i < tq) tc_store_row<HD>(dq + ((size_t)bh * tq + i) * HD, acc, r, 1.f, tig);
     }
 }
 
@@ -968,29 +944,8 @@ __device__ __forceinline__ void fa_bwd_dkdv_tc(const bf16_t* __restrict__ q,
         }
 
         // dV += P^T dO and dK += dS^T Q: the accumulators are laid out as the A operand.
-#pragma unroll
-        for (int kk = 0; kk < BKV_BM / 16; ++kk) {
-            const unsigned p0 = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
-            const unsigned p1 = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
-            const unsigned p2 = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            const unsigned p3 = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-            const unsigned d0 = pack_bf16x2(dp[2 * kk][0], dp[2 * kk][1]);
-            const unsigned d1 = pack_bf16x2(dp[2 * kk][2], dp[2 * kk][3]);
-            const unsigned d2 = pack_bf16x2(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
-            const unsigned d3 = pack_bf16x2(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
-            const int brow =
-                (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SROW + (lane >> 4) * 8;
-#pragma unroll
-            for (int d = 0; d < DT; d += 2) {
-                unsigned b[4];
-                ldmatrix_x4_trans(b, dost + brow + d * 8);
-                mma_bf16(dva[d], p0, p1, p2, p3, b[0], b[1]);
-                mma_bf16(dva[d + 1], p0, p1, p2, p3, b[2], b[3]);
-                ldmatrix_x4_trans(b, qst + brow + d * 8);
-                mma_bf16(dka[d], d0, d1, d2, d3, b[0], b[1]);
-                mma_bf16(dka[d + 1], d0, d1, d2, d3, b[2], b[3]);
-            }
-        }
+        tc_x_r<HD, NT>(dva, s, dost, lane);
+        tc_x_r<HD, NT>(dka, dp, qst, lane);
         __syncthreads();
     }
     cp_async_wait<0>();
@@ -1001,13 +956,8 @@ __device__ __forceinline__ void fa_bwd_dkdv_tc(const bf16_t* __restrict__ q,
         const int j = j_lo + r * 8;
         if (j < tk) {
             const size_t row = ((size_t)bkv * tk + j) * HD;
-#pragma unroll
-            for (int d = 0; d < DT; ++d) {
-                *reinterpret_cast<unsigned*>(dk + row + d * 8 + tig * 2) =
-                    pack_bf16x2(dka[d][2 * r], dka[d][2 * r + 1]);
-                *reinterpret_cast<unsigned*>(dv + row + d * 8 + tig * 2) =
-                    pack_bf16x2(dva[d][2 * r], dva[d][2 * r + 1]);
-            }
+            tc_store_row<HD>(dk + row, dka, r, 1.f, tig);
+            tc_store_row<HD>(dv + row, dva, r, 1.f, tig);
         }
     }
 }

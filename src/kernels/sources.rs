@@ -57,15 +57,15 @@ pub fn bwd_dq_kernel(elem: Elem, hd: usize) -> String {
     format!("fa_bwd_dq_{}_hd{hd}", elem.suffix())
 }
 
-/// True when the forward for `elem` and `hd` is the tensor-core kernel (bf16, head dim a
-/// multiple of 32); otherwise it is the CUDA-core kernel.
-pub fn fwd_tensor_cores(elem: Elem, hd: usize) -> bool {
+/// True when the kernels for `elem` and `hd` (forward, dK/dV and dQ) are the tensor-core ones
+/// (bf16, head dim a multiple of 32); otherwise they are the CUDA-core ones.
+pub fn tensor_cores(elem: Elem, hd: usize) -> bool {
     elem == Elem::Bf16 && hd.is_multiple_of(32)
 }
 
 /// Query rows per block of the forward for `elem` and `hd`.
 pub fn fwd_block_rows(elem: Elem, hd: usize) -> usize {
-    if fwd_tensor_cores(elem, hd) {
+    if tensor_cores(elem, hd) {
         FWD_BF16_BLOCK_M
     } else {
         SIMT_ROWS
@@ -76,7 +76,7 @@ pub fn fwd_block_rows(elem: Elem, hd: usize) -> usize {
 /// the Q tile and two stages of K and V (rows padded by 8 elements); the CUDA-core kernel uses
 /// static shared memory only.
 pub fn fwd_dynamic_smem(elem: Elem, hd: usize) -> usize {
-    if fwd_tensor_cores(elem, hd) {
+    if tensor_cores(elem, hd) {
         (FWD_BF16_BLOCK_M + 4 * FWD_BF16_BLOCK_N) * (hd + 8) * 2
     } else {
         0
@@ -169,7 +169,7 @@ pub const BWD_DKDV_BLOCK_M: usize = 32;
 /// tiles, two stages of Q and dO (rows padded by 8 elements) and two stages of the tile's LSE and
 /// D (f32); the CUDA-core one none.
 pub fn bwd_dkdv_dynamic_smem(elem: Elem, hd: usize) -> usize {
-    if fwd_tensor_cores(elem, hd) {
+    if tensor_cores(elem, hd) {
         (2 * BWD_DKDV_BLOCK_N + 4 * BWD_DKDV_BLOCK_M) * (hd + 8) * 2 + 4 * BWD_DKDV_BLOCK_M * 4
     } else {
         0
@@ -179,7 +179,7 @@ pub fn bwd_dkdv_dynamic_smem(elem: Elem, hd: usize) -> usize {
 /// dK and dV: one block per 64 (tensor cores: bf16, head dim a multiple of 32) or `SIMT_ROWS`
 /// keys (x) of each batch row and KV head (y).
 pub fn bwd_dkdv_launch(elem: Elem, d: &AttnDims) -> Result<Launch, String> {
-    let rows = if fwd_tensor_cores(elem, d.hd) {
+    let rows = if tensor_cores(elem, d.hd) {
         BWD_DKDV_BLOCK_N
     } else {
         SIMT_ROWS
@@ -200,7 +200,7 @@ pub const BWD_DQ_BLOCK_N: usize = 32;
 /// Dynamic shared memory (bytes) of the dQ kernel: the tensor-core kernel keeps the Q and dO
 /// tiles and two stages of K and V (rows padded by 8 elements); the CUDA-core one none.
 pub fn bwd_dq_dynamic_smem(elem: Elem, hd: usize) -> usize {
-    if fwd_tensor_cores(elem, hd) {
+    if tensor_cores(elem, hd) {
         (2 * BWD_DQ_BLOCK_M + 4 * BWD_DQ_BLOCK_N) * (hd + 8) * 2
     } else {
         0
@@ -210,7 +210,7 @@ pub fn bwd_dq_dynamic_smem(elem: Elem, hd: usize) -> usize {
 /// dQ: one block per 64 (tensor cores: bf16, head dim a multiple of 32) or `SIMT_ROWS` queries
 /// (x) of each batch row and head (y); causal launches run the x blocks from the last tile down.
 pub fn bwd_dq_launch(elem: Elem, d: &AttnDims) -> Result<Launch, String> {
-    let rows = if fwd_tensor_cores(elem, d.hd) {
+    let rows = if tensor_cores(elem, d.hd) {
         BWD_DQ_BLOCK_M
     } else {
         SIMT_ROWS
