@@ -153,6 +153,23 @@ __device__ __forceinline__ void tc_load_rows(bf16_t* s, const bf16_t* g, size_t 
     }
 }
 
+// Before key tile t of n_tiles: starts loading tile t + 1 of K and V into the other stage and
+// waits for tile t (double buffering; the caller then syncs the block before reading it).
+template <int HD, int BN>
+__device__ __forceinline__ void tc_kv_pipeline(bf16_t* ks, bf16_t* vs, const bf16_t* kg,
+                                               const bf16_t* vg, int t, int n_tiles, int tk,
+                                               int tid) {
+    if (t + 1 < n_tiles) {
+        const int next = ((t + 1) & 1) * BN * (HD + 8);
+        tc_load_rows<HD, BN>(ks + next, kg, HD, (t + 1) * BN, tk, tid);
+        tc_load_rows<HD, BN>(vs + next, vg, HD, (t + 1) * BN, tk, tid);
+        cp_async_commit();
+        cp_async_wait<1>();
+    } else {
+        cp_async_wait<0>();
+    }
+}
+
 // The A fragments (16 x HD, row-major) of this warp's 16 rows starting at `rows` (shared).
 template <int HD>
 __device__ __forceinline__ void tc_load_a(unsigned (&a)[HD / 16][4], const bf16_t* rows,
@@ -270,16 +287,7 @@ __device__ __forceinline__ void fa_fwd_bf16(const bf16_t* __restrict__ q,
 
     for (int t = 0; t < n_tiles; ++t) {
         const int stage = t & 1;
-        if (t + 1 < n_tiles) {
-            tc_load_rows<HD, FWD_BN>(ks + (stage ^ 1) * FWD_BN * SROW, kg, HD, (t + 1) * FWD_BN,
-                                     tk, tid);
-            tc_load_rows<HD, FWD_BN>(vs + (stage ^ 1) * FWD_BN * SROW, vg, HD, (t + 1) * FWD_BN,
-                                     tk, tid);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        tc_kv_pipeline<HD, FWD_BN>(ks, vs, kg, vg, t, n_tiles, tk, tid);
         __syncthreads();
         if (t == 0) tc_load_a<HD>(qf, qs + warp * 16 * SROW, lane);
         const bf16_t* kst = ks + stage * FWD_BN * SROW;
@@ -741,16 +749,7 @@ __device__ __forceinline__ void fa_bwd_dq_tc(const bf16_t* __restrict__ q,
 
     for (int t = 0; t < n_tiles; ++t) {
         const int stage = t & 1;
-        if (t + 1 < n_tiles) {
-            tc_load_rows<HD, BDQ_BN>(ks + (stage ^ 1) * BDQ_BN * SROW, kg, HD, (t + 1) * BDQ_BN,
-                                     tk, tid);
-            tc_load_rows<HD, BDQ_BN>(vs + (stage ^ 1) * BDQ_BN * SROW, vg, HD, (t + 1) * BDQ_BN,
-                                     tk, tid);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        tc_kv_pipeline<HD, BDQ_BN>(ks, vs, kg, vg, t, n_tiles, tk, tid);
         __syncthreads();
         if (t == 0) {
             tc_load_a<HD>(qf, qs + warp * 16 * SROW, lane);

@@ -10,28 +10,15 @@
 use candle_core::{DType, Device, Tensor, Var};
 use mmlab::kernels::{self, AttnMask};
 
+mod common;
+use common::rand;
+
 fn enabled() -> bool {
     let on = std::env::var("MMLAB_CUDA_TESTS").is_ok_and(|v| v == "1");
     if !on {
         eprintln!("*** SKIPPED: CUDA tests need a GPU and MMLAB_CUDA_TESTS=1 (benches/gpu.sh)");
     }
     on
-}
-
-fn rand(shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
 /// Largest |got - want| over the largest |want|, `got` moved to the CPU as f32.
@@ -95,28 +82,8 @@ fn run(case: Case) {
 
     // CPU reference: the fused CPU op with the same mask (the GPU's causal rule is aligned to
     // the end: key j visible to query i when j <= i + tk - tq, a cache of tk - tq keys).
-    let cpu_mask = match &mask {
-        Some(m) => {
-            assert!(!causal, "{name}: a mask carries its own causal rule");
-            m.clone()
-        }
-        None if causal => AttnMask::causal(b, tq, tk - tq, &vec![1; b * tk]).unwrap(),
-        None => AttnMask::bidirectional(b, tq, tk - tq, &vec![1; b * tk]).unwrap(),
-    };
-    let (qc, kc, vc) = (
-        Var::from_tensor(&q).unwrap(),
-        Var::from_tensor(&k).unwrap(),
-        Var::from_tensor(&v).unwrap(),
-    );
-    let yc = kernels::attention(
-        qc.as_tensor(),
-        kc.as_tensor(),
-        vc.as_tensor(),
-        &cpu_mask,
-        scale,
-    )
-    .unwrap();
-    let gc = (&yc * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let cpu_mask = common::case_mask(b, tq, tk, causal, mask.as_ref());
+    let want = common::attention_reference(&q, &k, &v, &r, &cpu_mask, scale);
 
     // GPU.
     let to_gpu = |t: &Tensor| t.to_device(&gpu).unwrap().to_dtype(dtype).unwrap();
@@ -148,13 +115,16 @@ fn run(case: Case) {
         .backward()
         .unwrap();
 
-    let e = rel_err(&yg, &yc);
+    let e = rel_err(&yg, &want.y);
     eprintln!("{name}: output {e:.2e}");
     assert!(e <= tol, "{name}: output error {e}");
-    for (label, vg_, vc_) in [("dq", &qg, &qc), ("dk", &kg, &kc), ("dv", &vg, &vc)] {
+    for (label, vg_, wanted) in [
+        ("dq", &qg, &want.dq),
+        ("dk", &kg, &want.dk),
+        ("dv", &vg, &want.dv),
+    ] {
         let got = gg.get(vg_.as_tensor()).expect("gpu gradient");
-        let want = gc.get(vc_.as_tensor()).expect("cpu gradient");
-        let e = rel_err(got, want);
+        let e = rel_err(got, wanted);
         eprintln!("{name}: {label} {e:.2e}");
         assert!(e <= tol, "{name}: {label} error {e}");
     }

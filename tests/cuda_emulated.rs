@@ -19,9 +19,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use mmlab::kernels::sources::{self, AttnDims, Elem, Launch};
-use mmlab::kernels::{self, AttnMask};
+use mmlab::kernels::AttnMask;
+
+mod common;
+use common::rand;
 
 type LaunchFn = unsafe extern "C" fn(
     *const c_char,
@@ -298,22 +301,6 @@ impl Call<'_> {
     }
 }
 
-fn rand(shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
 fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
@@ -447,43 +434,23 @@ fn run(c: Case, both_orders: bool) {
 
     // CPU reference (the kernels' causal rule is aligned to the end: key j visible to query i
     // when j <= i + tk - tq, a cache of tk - tq keys).
-    let cpu_mask = match &c.mask {
-        Some(m) => {
-            assert!(
-                !c.causal,
-                "{name}: an explicit mask replaces the causal flag"
-            );
-            m.clone()
-        }
-        None if c.causal => AttnMask::causal(b, tq, tk - tq, &vec![1; b * tk]).unwrap(),
-        None => AttnMask::bidirectional(b, tq, tk - tq, &vec![1; b * tk]).unwrap(),
-    };
-    let (qc, kc, vc) = (
-        Var::from_tensor(&q).unwrap(),
-        Var::from_tensor(&k).unwrap(),
-        Var::from_tensor(&v).unwrap(),
-    );
-    let yc = kernels::attention(
-        qc.as_tensor(),
-        kc.as_tensor(),
-        vc.as_tensor(),
-        &cpu_mask,
-        scale,
-    )
-    .unwrap();
-    let gc = (&yc * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let cpu_mask = common::case_mask(b, tq, tk, c.causal, c.mask.as_ref());
+    let want = common::attention_reference(&q, &k, &v, &r, &cpu_mask, scale);
 
     let inputs = [flat(&q), flat(&k), flat(&v), flat(&r)];
     let t0 = std::time::Instant::now();
     let got = emulate(&c, &inputs, false);
     let secs = t0.elapsed().as_secs_f64();
 
-    let e = rel_err(&got[0], &flat(&yc));
+    let e = rel_err(&got[0], &flat(&want.y));
     eprintln!("{name}: output {e:.2e} ({secs:.2} s emulated)");
     assert!(e <= tol, "{name}: output error {e}");
-    for (label, i, var) in [("dq", 2, &qc), ("dk", 3, &kc), ("dv", 4, &vc)] {
-        let want = flat(gc.get(var.as_tensor()).expect("cpu gradient"));
-        let e = rel_err(&got[i], &want);
+    for (label, i, grad) in [
+        ("dq", 2, &want.dq),
+        ("dk", 3, &want.dk),
+        ("dv", 4, &want.dv),
+    ] {
+        let e = rel_err(&got[i], &flat(grad));
         eprintln!("{name}: {label} {e:.2e}");
         assert!(e <= tol, "{name}: {label} error {e}");
     }

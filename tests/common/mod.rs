@@ -1,0 +1,76 @@
+//! Helpers shared by the test crates that check attention kernels against the CPU op
+//! (`tests/kernels.rs`, `tests/cuda.rs`, `tests/cuda_emulated.rs`).
+#![allow(dead_code)] // each test crate uses its own subset
+
+use candle_core::{Device, Tensor, Var};
+use mmlab::kernels::{self, AttnMask};
+
+/// Deterministic values in [-2, 2) without a RNG dependency.
+pub fn rand(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// The mask of a kernel test case: `mask` when given (it carries its own causal rule), else
+/// every key real, causal or not, with the `tk - tq` first keys a KV cache.
+pub fn case_mask(
+    b: usize,
+    tq: usize,
+    tk: usize,
+    causal: bool,
+    mask: Option<&AttnMask>,
+) -> AttnMask {
+    match mask {
+        Some(m) => {
+            assert!(!causal, "a mask carries its own causal rule");
+            m.clone()
+        }
+        None if causal => AttnMask::causal(b, tq, tk - tq, &vec![1; b * tk]).unwrap(),
+        None => AttnMask::bidirectional(b, tq, tk - tq, &vec![1; b * tk]).unwrap(),
+    }
+}
+
+/// The CPU attention's output and the gradients of `sum(output * r)` with respect to q, k, v.
+pub struct Reference {
+    pub y: Tensor,
+    pub dq: Tensor,
+    pub dk: Tensor,
+    pub dv: Tensor,
+}
+
+/// [`Reference`] of `mmlab::kernels::attention` on the CPU.
+pub fn attention_reference(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    r: &Tensor,
+    mask: &AttnMask,
+    scale: f64,
+) -> Reference {
+    let (qc, kc, vc) = (
+        Var::from_tensor(q).unwrap(),
+        Var::from_tensor(k).unwrap(),
+        Var::from_tensor(v).unwrap(),
+    );
+    let y =
+        kernels::attention(qc.as_tensor(), kc.as_tensor(), vc.as_tensor(), mask, scale).unwrap();
+    let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    let grad = |x: &Var| g.get(x.as_tensor()).expect("cpu gradient").clone();
+    Reference {
+        dq: grad(&qc),
+        dk: grad(&kc),
+        dv: grad(&vc),
+        y,
+    }
+}
