@@ -238,7 +238,7 @@ __device__ __forceinline__ void fa_fwd_bf16(const bf16_t* __restrict__ q,
                                             const bf16_t* __restrict__ v, bf16_t* __restrict__ o,
                                             float* __restrict__ lse,
                                             const unsigned char* __restrict__ kvalid,
-    const unsigned* __restrict__ kfirst, int h, int kvh,
+                                            const unsigned* __restrict__ kfirst, int h, int kvh,
                                             int tq, int tk, float scale, int causal) {
     constexpr int SROW = HD + 8;
     constexpr int KS = HD / 16;  // k-steps of Q K^T
@@ -407,7 +407,7 @@ __device__ __forceinline__ void fa_fwd_simt(const T* __restrict__ q, const T* __
                                             const T* __restrict__ v, T* __restrict__ o,
                                             float* __restrict__ lse,
                                             const unsigned char* __restrict__ kvalid,
-    const unsigned* __restrict__ kfirst, int h, int kvh,
+                                            const unsigned* __restrict__ kfirst, int h, int kvh,
                                             int tq, int tk, float scale, int causal) {
     constexpr int DPT = HD / 4;
     __shared__ float ks[SIMT_ROWS * HD];
@@ -528,7 +528,7 @@ __device__ __forceinline__ void fa_bwd_dkdv(const T* __restrict__ q, const T* __
                                             const float* __restrict__ lse,
                                             const float* __restrict__ dsum,
                                             const unsigned char* __restrict__ kvalid,
-    const unsigned* __restrict__ kfirst, T* __restrict__ dk,
+                                            const unsigned* __restrict__ kfirst, T* __restrict__ dk,
                                             T* __restrict__ dv, int h, int kvh, int tq, int tk,
                                             float scale, int causal) {
     constexpr int DPT = HD / 4;
@@ -614,7 +614,7 @@ __device__ __forceinline__ void fa_bwd_dq(const T* __restrict__ q, const T* __re
                                           const float* __restrict__ lse,
                                           const float* __restrict__ dsum,
                                           const unsigned char* __restrict__ kvalid,
-    const unsigned* __restrict__ kfirst, T* __restrict__ dq,
+                                          const unsigned* __restrict__ kfirst, T* __restrict__ dq,
                                           int h, int kvh, int tq, int tk, float scale,
                                           int causal) {
     constexpr int DPT = HD / 4;
@@ -691,7 +691,7 @@ __device__ __forceinline__ void fa_bwd_dq_tc(const bf16_t* __restrict__ q,
                                              const float* __restrict__ lse,
                                              const float* __restrict__ dsum,
                                              const unsigned char* __restrict__ kvalid,
-    const unsigned* __restrict__ kfirst,
+                                             const unsigned* __restrict__ kfirst,
                                              bf16_t* __restrict__ dq, int h, int kvh, int tq,
                                              int tk, float scale, int causal) {
     constexpr int SROW = HD + 8;
@@ -817,7 +817,7 @@ __device__ __forceinline__ void fa_bwd_dkdv_tc(const bf16_t* __restrict__ q,
                                                const float* __restrict__ lse,
                                                const float* __restrict__ dsum,
                                                const unsigned char* __restrict__ kvalid,
-    const unsigned* __restrict__ kfirst,
+                                               const unsigned* __restrict__ kfirst,
                                                bf16_t* __restrict__ dk, bf16_t* __restrict__ dv,
                                                int h, int kvh, int tq, int tk, float scale,
                                                int causal) {
