@@ -27,7 +27,9 @@
 //!
 //! CUDA: `kernels/*.cu` ([`sources`]) are compiled at run time with NVRTC and launched through
 //! cudarc on candle's CUDA device (`cuda` module, cargo feature `cuda`); [`attention`] sends
-//! CUDA tensors there. Without the feature the CPU ops are all there is.
+//! CUDA tensors there. Without the feature the CPU ops are all there is; the kernels themselves
+//! still run on every test run, on the CPU emulator of `kernels/emu/` (`tests/cuda_emulated.rs`),
+//! with the launch plans of [`sources`].
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
