@@ -364,8 +364,9 @@ impl FlashAttn {
         lse: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let dev = q.device().as_cuda_device()?.clone();
-        let g = g.contiguous()?;
-        let o = o.contiguous()?;
+        // The output gradient may be a view (the tensor-core kernels load dO with cp.async).
+        let g = aligned(g)?;
+        let o = aligned(o)?;
         let Dims {
             b,
             h,
@@ -575,15 +576,6 @@ fn prepare(
         }
         None => None,
     };
-    // Views must start 16-byte aligned for cp.async: a fresh copy when not.
-    let aligned = |t: &Tensor| -> Result<Tensor> {
-        let t = t.contiguous()?;
-        if t.layout().start_offset() % 8 == 0 {
-            Ok(t)
-        } else {
-            t.force_contiguous()
-        }
-    };
     let op = FlashAttn {
         d: Dims {
             b,
@@ -599,6 +591,17 @@ fn prepare(
         lse: Arc::new(Mutex::new(None)),
     };
     Ok((op, aligned(q)?, aligned(k)?, aligned(v)?))
+}
+
+/// `t` contiguous and starting 16-byte aligned, as the tensor-core kernels' `cp.async` loads
+/// need (a fresh copy when a view starts elsewhere).
+fn aligned(t: &Tensor) -> Result<Tensor> {
+    let t = t.contiguous()?;
+    if (t.layout().start_offset() * t.dtype().size_in_bytes()) % 16 == 0 {
+        Ok(t)
+    } else {
+        t.force_contiguous()
+    }
 }
 
 /// Scaled dot-product attention on a CUDA device, forward and backward: `q` (`b, h, tq, hd`),
