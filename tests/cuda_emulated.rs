@@ -63,7 +63,6 @@ fn emu() -> &'static Mutex<Emu> {
                 "-fPIC",
                 "-Wall",
                 "-Wextra",
-                "-Werror",
                 "-Wno-unknown-pragmas",
                 "-o",
             ])
