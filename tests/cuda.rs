@@ -1,6 +1,7 @@
 //! The CUDA FlashAttention kernels against the CPU path: outputs and gradients of q, k, v
 //! (f32 within 1e-3, bf16 within 2e-2, as the largest error over the reference's largest
-//! magnitude), causal and masked, odd sequence lengths, grouped KV heads, head dims 16, 64 and 128.
+//! magnitude), causal and masked (padding on either side, encoder masks, generation steps over a
+//! padded cache), odd sequence lengths, grouped KV heads, head dims 16, 64 and 128.
 //!
 //! Built only with `--features cuda` and run only with `MMLAB_CUDA_TESTS=1` on a machine with a
 //! GPU (benches/gpu.sh does both); the CPU reference is `mmlab::kernels::attention`, whose own
@@ -158,6 +159,8 @@ fn f32_matches_cpu() {
     run(case(DType::F32, 64, true, 37, 250));
     // The shipped fuyu-small's head dim.
     run(case(DType::F32, 16, true, 90, 90));
+    // A generation step: one query over a cache.
+    run(case(DType::F32, 16, true, 1, 77));
 }
 
 #[test]
@@ -172,6 +175,7 @@ fn bf16_matches_cpu() {
     }
     run(case(DType::BF16, 128, true, 65, 321));
     run(case(DType::BF16, 16, false, 100, 100));
+    run(case(DType::BF16, 128, true, 1, 77));
     // Long enough for many key tiles per block.
     run(Case {
         b: 1,
@@ -193,6 +197,14 @@ fn padding_mask_matches_cpu() {
     valid[..9].iter_mut().for_each(|x| *x = 0);
     valid[2 * t - 20..].iter_mut().for_each(|x| *x = 0);
     let mask = AttnMask::causal(b, t, 0, &valid).unwrap();
+    // An encoder's mask over the same keys, and a generation step over a cache whose first
+    // keys are padding, with a batch row that has no real key.
+    let enc = AttnMask::bidirectional(b, t, 0, &valid).unwrap();
+    let (past, tq) = (60, 1);
+    let mut cache_valid = vec![1u8; b * (past + tq)];
+    cache_valid[..12].iter_mut().for_each(|x| *x = 0);
+    cache_valid[past + tq..].iter_mut().for_each(|x| *x = 0);
+    let step = AttnMask::causal(b, tq, past, &cache_valid).unwrap();
     for dtype in [DType::F32, DType::BF16] {
         for hd in [64, 128] {
             run(Case {
@@ -200,6 +212,14 @@ fn padding_mask_matches_cpu() {
                 ..case(dtype, hd, false, t, t)
             });
         }
+        run(Case {
+            mask: Some(enc.clone()),
+            ..case(dtype, 128, false, t, t)
+        });
+        run(Case {
+            mask: Some(step.clone()),
+            ..case(dtype, 64, false, tq, past + tq)
+        });
     }
 }
 
