@@ -3,6 +3,9 @@
 //! benches/gpu.sh prints beside PyTorch's `scaled_dot_product_attention` (flash backend,
 //! benches/reference/sdpa_bench.py, same shapes and FLOP count).
 //!
+//! The forward is measured with both block shapes of the tensor-core kernel (`fwd_*`: the
+//! default, 64 query rows per block; `fwd_*_m128`: 128, selected by `MMLAB_FA_FWD=m128`).
+//!
 //! `cargo run --release --features cuda --example flash_bench [-- --seqs 1024,2048 --iters 20]`
 //! Prints one JSON object per line.
 
@@ -11,6 +14,7 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 use mmlab::kernels::cuda;
+use mmlab::kernels::sources::FwdTile;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -39,18 +43,22 @@ fn main() -> anyhow::Result<()> {
             let (q, k, v) = (mk(1)?, mk(2)?, mk(3)?);
             let dout =
                 Tensor::randn(0f32, 1.0, (b, seq, heads * hd), &dev)?.to_dtype(DType::BF16)?;
-            // Forward.
-            let (mut out, mut lse) = cuda::forward(&q, &k, &v, None, scale, causal)?;
-            for _ in 0..2 {
-                (out, lse) = cuda::forward(&q, &k, &v, None, scale, causal)?;
-            }
-            dev.synchronize()?;
-            let t0 = Instant::now();
-            for _ in 0..iters {
-                (out, lse) = cuda::forward(&q, &k, &v, None, scale, causal)?;
-            }
-            dev.synchronize()?;
-            let fwd_s = t0.elapsed().as_secs_f64() / iters as f64;
+            // Forward, with each block shape (the default's output feeds the backward).
+            let fwd = |tile: FwdTile| -> anyhow::Result<(f64, Tensor, Tensor)> {
+                let mut res = cuda::forward_tiled(&q, &k, &v, None, scale, causal, tile)?;
+                for _ in 0..2 {
+                    res = cuda::forward_tiled(&q, &k, &v, None, scale, causal, tile)?;
+                }
+                dev.synchronize()?;
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    res = cuda::forward_tiled(&q, &k, &v, None, scale, causal, tile)?;
+                }
+                dev.synchronize()?;
+                Ok((t0.elapsed().as_secs_f64() / iters as f64, res.0, res.1))
+            };
+            let (fwd_s, out, lse) = fwd(FwdTile::M64)?;
+            let (fwd_m128_s, _, _) = fwd(FwdTile::M128)?;
             // Backward.
             for _ in 0..2 {
                 cuda::backward(&q, &k, &v, &out, &dout, &lse, None, scale, causal)?;
@@ -71,11 +79,13 @@ fn main() -> anyhow::Result<()> {
             println!(
                 "{{\"impl\":\"mmlab\",\"seq\":{seq},\"batch\":{b},\"heads\":{heads},\"hd\":{hd},\
                  \"causal\":{causal},\"fwd_ms\":{:.3},\"bwd_ms\":{:.3},\"fwd_tflops\":{:.1},\
-                 \"bwd_tflops\":{:.1}}}",
+                 \"bwd_tflops\":{:.1},\"fwd_ms_m128\":{:.3},\"fwd_tflops_m128\":{:.1}}}",
                 fwd_s * 1e3,
                 bwd_s * 1e3,
                 flops / fwd_s / 1e12,
-                2.5 * flops / bwd_s / 1e12
+                2.5 * flops / bwd_s / 1e12,
+                fwd_m128_s * 1e3,
+                flops / fwd_m128_s / 1e12
             );
         }
     }

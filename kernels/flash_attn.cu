@@ -128,12 +128,11 @@ __device__ __forceinline__ bool fa_hidden(int i, int j, int tk, int off, int cau
 // ---------------------------------------------------------------------------------------------
 // Forward, bf16, tensor cores.
 //
-// Block: 4 warps, 64 query rows (16 per warp), key tiles of 64. Shared memory: the Q tile and two
-// stages each of K and V, rows padded by 8 elements so ldmatrix reads are free of bank conflicts.
-// Each warp keeps its Q fragments (HD/16 x 4 registers), its output accumulator (HD/8 x 4 f32)
-// and the score tile (8 x 4 f32) in registers.
+// Block: 4 warps of MT x 16 query rows, key tiles of BN (the default: MT = 1, BN = 64). Shared
+// memory: the Q tile and two stages each of K and V, rows padded by 8 elements so ldmatrix reads
+// are free of bank conflicts. Each warp keeps its output accumulators (MT x HD/8 x 4 f32) and a
+// score tile (BN/8 x 4 f32) in registers, and with MT = 1 its Q fragments (HD/16 x 4).
 
-#define FWD_BM 64
 #define FWD_BN 64
 #define FWD_THREADS 128
 
@@ -198,6 +197,28 @@ __device__ __forceinline__ void tc_a_rt(float (&s)[NT][4], const unsigned (&a)[H
     }
 }
 
+// s[nt] += A R^T as tc_a_rt, with A's 16 rows read from shared memory (`arows`) one k-step
+// pair at a time: 8 registers for A instead of HD / 4.
+template <int HD, int NT>
+__device__ __forceinline__ void tc_sa_rt(float (&s)[NT][4], const bf16_t* arows,
+                                         const bf16_t* rows, int lane) {
+    constexpr int SROW = HD + 8;
+    const bf16_t* ar = arows + ((lane & 7) + ((lane >> 3) & 1) * 8) * SROW + (lane >> 4) * 8;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk += 2) {
+        unsigned a[4], c[4];
+        ldmatrix_x4(a, ar + kk * 16);
+        ldmatrix_x4(c, ar + (kk + 1) * 16);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            unsigned b[4];
+            ldmatrix_x4(b, rows + (nt * 8 + (lane & 7)) * SROW + kk * 16 + (lane >> 3) * 8);
+            mma_bf16(s[nt], a[0], a[1], a[2], a[3], b[0], b[1]);
+            mma_bf16(s[nt], c[0], c[1], c[2], c[3], b[2], b[3]);
+        }
+    }
+}
+
 // acc += X R: X is 16 x (8 NX) in accumulator layout (rounded to bf16 as the A operand), R is
 // 8 NX rows of HD (shared).
 template <int HD, int NX>
@@ -232,7 +253,7 @@ __device__ __forceinline__ void tc_store_row(bf16_t* out, const float (&acc)[HD 
             pack_bf16x2(acc[d][2 * r] * mul, acc[d][2 * r + 1] * mul);
 }
 
-template <int HD>
+template <int HD, int MT, int BN>
 __device__ __forceinline__ void fa_fwd_bf16(const bf16_t* __restrict__ q,
                                             const bf16_t* __restrict__ k,
                                             const bf16_t* __restrict__ v, bf16_t* __restrict__ o,
@@ -243,17 +264,18 @@ __device__ __forceinline__ void fa_fwd_bf16(const bf16_t* __restrict__ q,
     constexpr int SROW = HD + 8;
     constexpr int KS = HD / 16;  // k-steps of Q K^T
     constexpr int DT = HD / 8;   // n-tiles of the output
-    constexpr int NT = FWD_BN / 8;
+    constexpr int NT = BN / 8;
+    constexpr int BM = 64 * MT;  // 4 warps of MT x 16 rows
     FA_DYNAMIC_SMEM(fa_smem);
     bf16_t* qs = reinterpret_cast<bf16_t*>(fa_smem);
-    bf16_t* ks = qs + FWD_BM * SROW;           // 2 stages
-    bf16_t* vs = ks + 2 * FWD_BN * SROW;       // 2 stages
+    bf16_t* ks = qs + BM * SROW;           // 2 stages
+    bf16_t* vs = ks + 2 * BN * SROW;       // 2 stages
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, tig = lane % 4;
     const int bh = blockIdx.y, bi = bh / h, hi = bh % h, kvi = hi / (h / kvh);
     const int mt = causal ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
-    const int m0 = mt * FWD_BM;
+    const int m0 = mt * BM;
     const int off = tk - tq;
     const float sl2 = scale * FA_LOG2E;
 
@@ -261,105 +283,129 @@ __device__ __forceinline__ void fa_fwd_bf16(const bf16_t* __restrict__ q,
     const bf16_t* kg = k + (size_t)(bi * kvh + kvi) * tk * HD;
     const bf16_t* vg = v + (size_t)(bi * kvh + kvi) * tk * HD;
 
-    int n_tiles = (tk + FWD_BN - 1) / FWD_BN;
+    int n_tiles = (tk + BN - 1) / BN;
     if (causal) {
-        int last = m0 + FWD_BM - 1 + off;  // the last key any row of this tile sees
-        int lim = last < 0 ? 0 : last / FWD_BN + 1;
+        int last = m0 + BM - 1 + off;  // the last key any row of this tile sees
+        int lim = last < 0 ? 0 : last / BN + 1;
         n_tiles = n_tiles < lim ? n_tiles : lim;
     }
 
-    tc_load_rows<HD, FWD_BM>(qs, qg, HD, m0, tq, tid);
+    tc_load_rows<HD, BM>(qs, qg, HD, m0, tq, tid);
     if (n_tiles > 0) {
-        tc_load_rows<HD, FWD_BN>(ks, kg, HD, 0, tk, tid);
-        tc_load_rows<HD, FWD_BN>(vs, vg, HD, 0, tk, tid);
+        tc_load_rows<HD, BN>(ks, kg, HD, 0, tk, tid);
+        tc_load_rows<HD, BN>(vs, vg, HD, 0, tk, tid);
     }
     cp_async_commit();
 
-    unsigned qf[KS][4];
-    float acc[DT][4];
+    // With one row tile per warp its Q fragments stay in registers; with more they are read
+    // from shared memory again for every key tile (registers go to the larger accumulator).
+    unsigned qf[MT == 1 ? KS : 1][4];
+    float acc[MT][DT][4];
 #pragma unroll
-    for (int d = 0; d < DT; ++d) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.f;
-    float mrow[2] = {-FA_INF, -FA_INF};  // running max, log2 domain
-    float lrow[2] = {0.f, 0.f};          // this thread's part of the running sum
-
-    const int r_lo = m0 + warp * 16 + g;  // global query rows of this thread
-    const int r_hi = r_lo + 8;
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int d = 0; d < DT; ++d)
+            acc[m][d][0] = acc[m][d][1] = acc[m][d][2] = acc[m][d][3] = 0.f;
+    float mrow[MT][2], lrow[MT][2];  // running max (log2 domain); this thread's part of the sum
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+        mrow[m][0] = mrow[m][1] = -FA_INF;
+        lrow[m][0] = lrow[m][1] = 0.f;
+    }
+    const int w0 = warp * 16 * MT;  // this warp's first row in the block
 
     for (int t = 0; t < n_tiles; ++t) {
         const int stage = t & 1;
-        tc_kv_pipeline<HD, FWD_BN>(ks, vs, kg, vg, t, n_tiles, tk, tid);
+        tc_kv_pipeline<HD, BN>(ks, vs, kg, vg, t, n_tiles, tk, tid);
         __syncthreads();
-        if (t == 0) tc_load_a<HD>(qf, qs + warp * 16 * SROW, lane);
-        const bf16_t* kst = ks + stage * FWD_BN * SROW;
-        const bf16_t* vst = vs + stage * FWD_BN * SROW;
-        const int n0 = t * FWD_BN;
-
-        // S = Q K^T for this warp's 16 rows and the tile's 64 keys.
-        float s[NT][4];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-        tc_a_rt<HD, NT>(s, qf, kst, lane);
-
-        // Scale to the log2 domain; hide masked keys.
-        const bool edge = kvalid != nullptr || n0 + FWD_BN > tk ||
-                          (causal && n0 + FWD_BN - 1 > m0 + off);
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int i = e < 2 ? r_lo : r_hi;
-                const int j = n0 + nt * 8 + tig * 2 + (e & 1);
-                float x = s[nt][e] * sl2;
-                if (edge && fa_hidden(i, j, tk, off, causal, kvalid, kfirst, bi)) x = -FA_INF;
-                s[nt][e] = x;
-            }
+        if constexpr (MT == 1) {
+            if (t == 0) tc_load_a<HD>(qf, qs + w0 * SROW, lane);
         }
+        const bf16_t* kst = ks + stage * BN * SROW;
+        const bf16_t* vst = vs + stage * BN * SROW;
+        const int n0 = t * BN;
+        const bool edge =
+            kvalid != nullptr || n0 + BN > tk || (causal && n0 + BN - 1 > m0 + off);
 
-        // Online softmax: each row is shared by the 4 threads of a quad.
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float mx = -FA_INF;
+        for (int m = 0; m < MT; ++m) {
+            const int r_lo = m0 + w0 + m * 16 + g;  // global query rows of this thread
+            const int r_hi = r_lo + 8;
+
+            // S = Q K^T for these 16 rows and the tile's keys.
+            float s[NT][4];
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float mnew = fmaxf(mrow[r], mx);
-            const float muse = mnew == -FA_INF ? 0.f : mnew;
-            const float alpha = fa_exp2(mrow[r] - muse);
-            mrow[r] = mnew;
-            float sum = 0.f;
+            for (int nt = 0; nt < NT; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+            if constexpr (MT == 1) {
+                tc_a_rt<HD, NT>(s, qf, kst, lane);
+            } else {
+                tc_sa_rt<HD, NT>(s, qs + (w0 + m * 16) * SROW, kst, lane);
+            }
+
+            // Scale to the log2 domain; hide masked keys.
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
-                s[nt][2 * r] = fa_exp2(s[nt][2 * r] - muse);
-                s[nt][2 * r + 1] = fa_exp2(s[nt][2 * r + 1] - muse);
-                sum += s[nt][2 * r] + s[nt][2 * r + 1];
-            }
-            lrow[r] = lrow[r] * alpha + sum;
 #pragma unroll
-            for (int d = 0; d < DT; ++d) {
-                acc[d][2 * r] *= alpha;
-                acc[d][2 * r + 1] *= alpha;
+                for (int e = 0; e < 4; ++e) {
+                    const int i = e < 2 ? r_lo : r_hi;
+                    const int j = n0 + nt * 8 + tig * 2 + (e & 1);
+                    float x = s[nt][e] * sl2;
+                    if (edge && fa_hidden(i, j, tk, off, causal, kvalid, kfirst, bi)) x = -FA_INF;
+                    s[nt][e] = x;
+                }
             }
-        }
 
-        // O += P V: the score accumulators are already laid out as the A operand.
-        tc_x_r<HD, NT>(acc, s, vst, lane);
+            // Online softmax: each row is shared by the 4 threads of a quad.
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                float mx = -FA_INF;
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt)
+                    mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float mnew = fmaxf(mrow[m][r], mx);
+                const float muse = mnew == -FA_INF ? 0.f : mnew;
+                const float alpha = fa_exp2(mrow[m][r] - muse);
+                mrow[m][r] = mnew;
+                float sum = 0.f;
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+                    s[nt][2 * r] = fa_exp2(s[nt][2 * r] - muse);
+                    s[nt][2 * r + 1] = fa_exp2(s[nt][2 * r + 1] - muse);
+                    sum += s[nt][2 * r] + s[nt][2 * r + 1];
+                }
+                lrow[m][r] = lrow[m][r] * alpha + sum;
+#pragma unroll
+                for (int d = 0; d < DT; ++d) {
+                    acc[m][d][2 * r] *= alpha;
+                    acc[m][d][2 * r + 1] *= alpha;
+                }
+            }
+
+            // O += P V: the score accumulators are already laid out as the A operand.
+            tc_x_r<HD, NT>(acc[m], s, vst, lane);
+        }
         __syncthreads();
     }
     cp_async_wait<0>();
 
     // Normalise and write O (b, tq, h, hd) and the LSE.
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        float l = lrow[r];
-        l += __shfl_xor_sync(0xffffffffu, l, 1);
-        l += __shfl_xor_sync(0xffffffffu, l, 2);
-        const int i = r == 0 ? r_lo : r_hi;
-        const float inv = l > 0.f ? 1.f / l : 0.f;
-        if (i < tq) {
-            tc_store_row<HD>(o + (((size_t)bi * tq + i) * h + hi) * HD, acc, r, inv, tig);
-            if (tig == 0)
-                lse[(size_t)bh * tq + i] = l > 0.f ? (mrow[r] + __log2f(l)) * FA_LN2 : FA_INF;
+    for (int m = 0; m < MT; ++m) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float l = lrow[m][r];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const int i = m0 + w0 + m * 16 + g + r * 8;
+            const float inv = l > 0.f ? 1.f / l : 0.f;
+            if (i < tq) {
+                tc_store_row<HD>(o + (((size_t)bi * tq + i) * h + hi) * HD, acc[m], r, inv, tig);
+                if (tig == 0)
+                    lse[(size_t)bh * tq + i] =
+                        l > 0.f ? (mrow[m][r] + __log2f(l)) * FA_LN2 : FA_INF;
+            }
         }
     }
 }
@@ -369,11 +415,27 @@ __device__ __forceinline__ void fa_fwd_bf16(const bf16_t* __restrict__ q,
         const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o, float* lse,                  \
         const unsigned char* kvalid, const unsigned* kfirst, int h, int kvh, int tq, int tk,       \
         float scale, int causal) {                                                                 \
-        fa_fwd_bf16<HD>(q, k, v, o, lse, kvalid, kfirst, h, kvh, tq, tk, scale, causal);           \
+        fa_fwd_bf16<HD, 1, FWD_BN>(q, k, v, o, lse, kvalid, kfirst, h, kvh, tq, tk, scale,         \
+                                   causal);                                                        \
     }
 FA_FWD_BF16(32)
 FA_FWD_BF16(64)
 FA_FWD_BF16(128)
+
+// The same forward with 128 query rows per block (two 16-row tiles per warp, as
+// FlashAttention-2 has it) and Q read from shared memory for every key tile: each K and V tile
+// is read from shared memory once per 32 query rows instead of 16. Key tiles of 32 at head dim 64
+// and of 16 at 128 (32 spills there). A tuning variant: `MMLAB_FA_FWD=m128` selects it, and
+// examples/flash_bench.rs measures both.
+#define FA_FWD_BF16_M128(HD, BN)                                                                   \
+    extern "C" __global__ void __launch_bounds__(FWD_THREADS, 1) fa_fwd_bf16_m128_hd##HD(          \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o, float* lse,                  \
+        const unsigned char* kvalid, const unsigned* kfirst, int h, int kvh, int tq, int tk,       \
+        float scale, int causal) {                                                                 \
+        fa_fwd_bf16<HD, 2, BN>(q, k, v, o, lse, kvalid, kfirst, h, kvh, tq, tk, scale, causal);    \
+    }
+FA_FWD_BF16_M128(64, 32)
+FA_FWD_BF16_M128(128, 16)
 
 // ---------------------------------------------------------------------------------------------
 // CUDA-core kernels (f32 forward; both backward passes for f32 and bf16).

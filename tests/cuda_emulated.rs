@@ -20,7 +20,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
 use candle_core::{DType, Device, Tensor};
-use mmlab::kernels::sources::{self, AttnDims, Elem, Launch};
+use mmlab::kernels::sources::{self, AttnDims, Elem, FwdTile, Launch};
 use mmlab::kernels::AttnMask;
 
 mod common;
@@ -211,6 +211,8 @@ struct Call<'a> {
     causal: bool,
     /// Key flags (u8, `b x tk`) and each batch row's first real key (u32, `b`).
     keys: Option<(&'a mut Buf, &'a mut Buf)>,
+    /// Block shape of the bf16 tensor-core forward.
+    tile: FwdTile,
     reverse: bool,
 }
 
@@ -246,7 +248,7 @@ impl Call<'_> {
         let d = self.d;
         let mut out = Buf::zeros(d.b * d.tq * d.h * d.hd * self.esize());
         let mut lse = Buf::zeros(d.b * d.h * d.tq * 4);
-        let plan = sources::fwd_launch(self.elem, &d)?;
+        let plan = sources::fwd_launch(self.elem, &d, self.tile)?;
         let mut args = vec![q.ptr(), k.ptr(), v.ptr(), out.ptr(), lse.ptr()];
         args.extend(self.mask_args());
         args.extend(self.tail());
@@ -349,7 +351,7 @@ fn case(elem: Elem, hd: usize, causal: bool, tq: usize, tk: usize) -> Case {
 /// What the emulated kernels produced: output, LSE, dq, dk, dv, as f32.
 type Results = [Vec<f32>; 5];
 
-fn emulate(c: &Case, inputs: &[Vec<f32>; 4], reverse: bool) -> Results {
+fn emulate(c: &Case, inputs: &[Vec<f32>; 4], tile: FwdTile, reverse: bool) -> Results {
     let scale = 1.0 / (c.hd as f32).sqrt();
     let d = AttnDims {
         b: c.b,
@@ -385,6 +387,7 @@ fn emulate(c: &Case, inputs: &[Vec<f32>; 4], reverse: bool) -> Results {
         scale,
         causal,
         keys: keys.as_mut().map(|(v, f)| (v, f)),
+        tile,
         reverse,
     };
     let (mut o, mut lse) = call
@@ -437,50 +440,57 @@ fn run(c: Case, both_orders: bool) {
     let want = common::attention_reference(&q, &k, &v, &r, &cpu_mask, scale);
 
     let inputs = [flat(&q), flat(&k), flat(&v), flat(&r)];
-    let t0 = std::time::Instant::now();
-    let got = emulate(&c, &inputs, false);
-    let secs = t0.elapsed().as_secs_f64();
-
-    let e = rel_err(&got[0], &flat(&want.y));
-    eprintln!("{name}: output {e:.2e} ({secs:.2} s emulated)");
-    assert!(e <= tol, "{name}: output error {e}");
-    for (label, i, grad) in [
-        ("dq", 2, &want.dq),
-        ("dk", 3, &want.dk),
-        ("dv", 4, &want.dv),
-    ] {
-        let e = rel_err(&got[i], &flat(grad));
-        eprintln!("{name}: {label} {e:.2e}");
-        assert!(e <= tol, "{name}: {label} error {e}");
-    }
-    // The LSE: finite exactly for the rows that see some key.
     let dense_mask = flat(&cpu_mask.dense(&Device::Cpu, DType::F32).unwrap());
-    for bi in 0..b {
-        for hi in 0..h {
-            for i in 0..tq {
-                let sees = dense_mask[(bi * tq + i) * tk..(bi * tq + i + 1) * tk]
-                    .iter()
-                    .any(|x| x.is_finite());
-                let l = got[1][(bi * h + hi) * tq + i];
-                assert_eq!(
-                    l.is_finite(),
-                    sees,
-                    "{name}: lse {l} of row ({bi}, {hi}, {i}), which sees a key: {sees}"
-                );
+    // Every forward block shape compiled for this case (the backward is the same for both).
+    for tile in FwdTile::ALL {
+        if tile.resolve(c.elem, hd) != tile {
+            continue;
+        }
+        let name = format!("{name} fwd={}", tile.name());
+        let t0 = std::time::Instant::now();
+        let got = emulate(&c, &inputs, tile, false);
+        let secs = t0.elapsed().as_secs_f64();
+
+        let e = rel_err(&got[0], &flat(&want.y));
+        eprintln!("{name}: output {e:.2e} ({secs:.2} s emulated)");
+        assert!(e <= tol, "{name}: output error {e}");
+        for (label, i, grad) in [
+            ("dq", 2, &want.dq),
+            ("dk", 3, &want.dk),
+            ("dv", 4, &want.dv),
+        ] {
+            let e = rel_err(&got[i], &flat(grad));
+            eprintln!("{name}: {label} {e:.2e}");
+            assert!(e <= tol, "{name}: {label} error {e}");
+        }
+        // The LSE: finite exactly for the rows that see some key.
+        for bi in 0..b {
+            for hi in 0..h {
+                for i in 0..tq {
+                    let sees = dense_mask[(bi * tq + i) * tk..(bi * tq + i + 1) * tk]
+                        .iter()
+                        .any(|x| x.is_finite());
+                    let l = got[1][(bi * h + hi) * tq + i];
+                    assert_eq!(
+                        l.is_finite(),
+                        sees,
+                        "{name}: lse {l} of row ({bi}, {hi}, {i}), which sees a key: {sees}"
+                    );
+                }
             }
         }
-    }
-    if both_orders {
-        let rev = emulate(&c, &inputs, true);
-        for (i, what) in ["output", "lse", "dq", "dk", "dv"].iter().enumerate() {
-            let same = got[i]
-                .iter()
-                .zip(&rev[i])
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(
-                same,
-                "{name}: {what} depends on the threads' order (a race)"
-            );
+        if both_orders {
+            let rev = emulate(&c, &inputs, tile, true);
+            for (i, what) in ["output", "lse", "dq", "dk", "dv"].iter().enumerate() {
+                let same = got[i]
+                    .iter()
+                    .zip(&rev[i])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{name}: {what} depends on the threads' order (a race)"
+                );
+            }
         }
     }
 }
@@ -653,7 +663,7 @@ fn emulator_rejects_bad_launches() {
         tk: 8,
         hd: 64,
     };
-    let plan = sources::fwd_launch(Elem::Bf16, &d).unwrap();
+    let plan = sources::fwd_launch(Elem::Bf16, &d, FwdTile::M64).unwrap();
     let e = launch(&plan, &[Arg::I32(0)], false).unwrap_err();
     assert!(e.contains("1 arguments given, the kernel takes 13"), "{e}");
     let unknown = Launch {

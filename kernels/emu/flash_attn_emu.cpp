@@ -39,6 +39,7 @@ Entry entry(const char* name, void (*f)(A...)) {
 #define FA_ENTRY(name) entry(#name, name)
 
 const Entry KERNELS[] = {
+    FA_ENTRY(fa_fwd_bf16_m128_hd64), FA_ENTRY(fa_fwd_bf16_m128_hd128),
     FA_ENTRY(fa_fwd_bf16_hd32),    FA_ENTRY(fa_fwd_bf16_hd64),    FA_ENTRY(fa_fwd_bf16_hd128),
     FA_ENTRY(fa_fwd_bf16_hd16),    FA_ENTRY(fa_fwd_f32_hd16),     FA_ENTRY(fa_fwd_f32_hd32),
     FA_ENTRY(fa_fwd_f32_hd64),     FA_ENTRY(fa_fwd_f32_hd128),    FA_ENTRY(fa_bwd_pre_f32),

@@ -161,6 +161,8 @@ struct FlashAttn {
     causal: bool,
     /// Key flags `(b, tk)` u8 and first real keys `(b)` u32, contiguous, on the same device.
     keys: Option<(Tensor, Tensor)>,
+    /// Block shape of the bf16 tensor-core forward.
+    tile: sources::FwdTile,
     lse: Arc<Mutex<Option<Tensor>>>,
 }
 
@@ -184,7 +186,7 @@ impl FlashAttn {
         } = self.d;
         let out = dev.alloc_zeros::<T>(b * tq * h * hd)?;
         let lse = dev.alloc_zeros::<f32>(b * h * tq)?;
-        let plan = sources::fwd_launch(T::ELEM, &self.d).map_err(cuda_err)?;
+        let plan = sources::fwd_launch(T::ELEM, &self.d, self.tile).map_err(cuda_err)?;
         let func = kernel(dev, &plan.kernel)?;
         allow_smem(&func, &plan)?;
         let cfg = config(&plan);
@@ -588,6 +590,7 @@ fn prepare(
         scale: scale as f32,
         causal,
         keys,
+        tile: sources::FwdTile::from_env().map_err(cuda_err)?,
         lse: Arc::new(Mutex::new(None)),
     };
     Ok((op, aligned(q)?, aligned(k)?, aligned(v)?))
@@ -631,7 +634,23 @@ pub fn forward(
     scale: f64,
     causal: bool,
 ) -> Result<(Tensor, Tensor)> {
-    let (op, q, k, v) = prepare(q, k, v, mask, scale, causal)?;
+    let tile = sources::FwdTile::from_env().map_err(cuda_err)?;
+    forward_tiled(q, k, v, mask, scale, causal, tile)
+}
+
+/// [`forward`] with the bf16 tensor-core forward's block shape chosen by the caller instead of
+/// `MMLAB_FA_FWD` (examples/flash_bench.rs measures both).
+pub fn forward_tiled(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&CudaMask>,
+    scale: f64,
+    causal: bool,
+    tile: sources::FwdTile,
+) -> Result<(Tensor, Tensor)> {
+    let (mut op, q, k, v) = prepare(q, k, v, mask, scale, causal)?;
+    op.tile = tile;
     let out = q.apply_op3_no_bwd(&k, &v, &op)?;
     Ok((out, op.take_lse()?))
 }

@@ -9,10 +9,6 @@ pub const FLASH_ATTN_SRC: &str = include_str!("../../kernels/flash_attn.cu");
 /// Head dims the attention kernels are instantiated for (16: the shipped `fuyu-small`).
 pub const HEAD_DIMS: [usize; 4] = [16, 32, 64, 128];
 
-/// Query rows per block of the bf16 (tensor-core) forward.
-pub const FWD_BF16_BLOCK_M: usize = 64;
-/// Keys per tile of the bf16 forward (two stages of K and V are kept in shared memory).
-pub const FWD_BF16_BLOCK_N: usize = 64;
 /// Rows per block (query rows or key rows) of the CUDA-core kernels.
 pub const SIMT_ROWS: usize = 32;
 /// Threads per block of every attention kernel but the backward pre-pass.
@@ -37,9 +33,65 @@ impl Elem {
     }
 }
 
-/// Name of the forward kernel for `elem` and head dim `hd`.
-pub fn fwd_kernel(elem: Elem, hd: usize) -> String {
-    format!("fa_fwd_{}_hd{hd}", elem.suffix())
+/// The block shape of the bf16 tensor-core forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FwdTile {
+    /// 64 query rows per block (16 per warp, Q fragments kept in registers), key tiles of 64:
+    /// the default.
+    M64,
+    /// 128 query rows per block (32 per warp, as FlashAttention-2), Q read from shared memory
+    /// for every key tile, key tiles of 32 at head dim 64 and of 16 at head dim 128 (32 spills
+    /// at sm_90: the two 16 x 128 accumulators take 128 registers); compiled for those two.
+    M128,
+}
+
+impl FwdTile {
+    /// Both shapes, for benchmarks and tests.
+    pub const ALL: [FwdTile; 2] = [FwdTile::M64, FwdTile::M128];
+
+    /// The shape `MMLAB_FA_FWD` names (`m64` or `m128`; unset: `m64`).
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("MMLAB_FA_FWD").as_deref() {
+            Err(_) | Ok("") | Ok("m64") => Ok(FwdTile::M64),
+            Ok("m128") => Ok(FwdTile::M128),
+            Ok(other) => Err(format!("MMLAB_FA_FWD={other}: expected m64 or m128")),
+        }
+    }
+
+    /// `m64` or `m128`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FwdTile::M64 => "m64",
+            FwdTile::M128 => "m128",
+        }
+    }
+
+    /// The shape a launch for `elem` and `hd` really uses: M128 only where it is compiled
+    /// (tensor cores, head dim 64 or 128), M64 elsewhere.
+    pub fn resolve(self, elem: Elem, hd: usize) -> Self {
+        if self == FwdTile::M128 && tensor_cores(elem, hd) && (hd == 64 || hd == 128) {
+            FwdTile::M128
+        } else {
+            FwdTile::M64
+        }
+    }
+
+    /// Query rows per block and keys per tile of the tensor-core forward at head dim `hd`.
+    fn block(self, hd: usize) -> (usize, usize) {
+        match self {
+            FwdTile::M64 => (64, 64),
+            FwdTile::M128 if hd >= 128 => (128, 16),
+            FwdTile::M128 => (128, 32),
+        }
+    }
+}
+
+/// Name of the forward kernel for `elem`, head dim `hd` and block shape `tile`.
+pub fn fwd_kernel(elem: Elem, hd: usize, tile: FwdTile) -> String {
+    match tile.resolve(elem, hd) {
+        FwdTile::M64 => format!("fa_fwd_{}_hd{hd}", elem.suffix()),
+        FwdTile::M128 => format!("fa_fwd_{}_m128_hd{hd}", elem.suffix()),
+    }
 }
 
 /// Name of the backward pre-pass (`D = rowsum(dO * O)`) for `elem`.
@@ -63,10 +115,10 @@ pub fn tensor_cores(elem: Elem, hd: usize) -> bool {
     elem == Elem::Bf16 && hd.is_multiple_of(32)
 }
 
-/// Query rows per block of the forward for `elem` and `hd`.
-pub fn fwd_block_rows(elem: Elem, hd: usize) -> usize {
+/// Query rows per block of the forward for `elem`, `hd` and `tile`.
+pub fn fwd_block_rows(elem: Elem, hd: usize, tile: FwdTile) -> usize {
     if tensor_cores(elem, hd) {
-        FWD_BF16_BLOCK_M
+        tile.resolve(elem, hd).block(hd).0
     } else {
         SIMT_ROWS
     }
@@ -75,9 +127,10 @@ pub fn fwd_block_rows(elem: Elem, hd: usize) -> usize {
 /// Dynamic shared memory (bytes) a forward kernel launch needs: the tensor-core kernel keeps
 /// the Q tile and two stages of K and V (rows padded by 8 elements); the CUDA-core kernel uses
 /// static shared memory only.
-pub fn fwd_dynamic_smem(elem: Elem, hd: usize) -> usize {
+pub fn fwd_dynamic_smem(elem: Elem, hd: usize, tile: FwdTile) -> usize {
     if tensor_cores(elem, hd) {
-        (FWD_BF16_BLOCK_M + 4 * FWD_BF16_BLOCK_N) * (hd + 8) * 2
+        let (bm, bn) = tile.resolve(elem, hd).block(hd);
+        (bm + 4 * bn) * (hd + 8) * 2
     } else {
         0
     }
@@ -89,7 +142,10 @@ pub fn flash_attn_kernels() -> Vec<String> {
     for elem in [Elem::F32, Elem::Bf16] {
         names.push(bwd_pre_kernel(elem));
         for hd in HEAD_DIMS {
-            names.push(fwd_kernel(elem, hd));
+            names.push(fwd_kernel(elem, hd, FwdTile::M64));
+            if FwdTile::M128.resolve(elem, hd) == FwdTile::M128 {
+                names.push(fwd_kernel(elem, hd, FwdTile::M128));
+            }
             names.push(bwd_dkdv_kernel(elem, hd));
             names.push(bwd_dq_kernel(elem, hd));
         }
@@ -135,18 +191,18 @@ fn blocks(n: usize, per: usize) -> Result<u32, String> {
 /// Threads per block of the backward pre-pass (one warp per row).
 pub const PRE_THREADS: u32 = 128;
 
-/// The forward launch: one block per `fwd_block_rows` queries (x) of each batch row and head
-/// (y); causal launches run the x blocks from the last query tile down.
-pub fn fwd_launch(elem: Elem, d: &AttnDims) -> Result<Launch, String> {
+/// The forward launch with block shape `tile`: one block per `fwd_block_rows` queries (x) of
+/// each batch row and head (y); causal launches run the x blocks from the last query tile down.
+pub fn fwd_launch(elem: Elem, d: &AttnDims, tile: FwdTile) -> Result<Launch, String> {
     Ok(Launch {
-        kernel: fwd_kernel(elem, d.hd),
+        kernel: fwd_kernel(elem, d.hd, tile),
         grid: [
-            blocks(d.tq, fwd_block_rows(elem, d.hd))?,
+            blocks(d.tq, fwd_block_rows(elem, d.hd, tile))?,
             blocks(d.b * d.h, 1)?,
             1,
         ],
         block: [THREADS, 1, 1],
-        smem: u32::try_from(fwd_dynamic_smem(elem, d.hd)).map_err(|e| e.to_string())?,
+        smem: u32::try_from(fwd_dynamic_smem(elem, d.hd, tile)).map_err(|e| e.to_string())?,
     })
 }
 
@@ -223,8 +279,9 @@ pub fn bwd_dq_launch(elem: Elem, d: &AttnDims) -> Result<Launch, String> {
     })
 }
 
-/// Every launch an attention call of head dim `hd` may make, in order: forward, then the
-/// backward's pre-pass, dK/dV and dQ (sizes from a small call; the kernels and shared memory
+/// Every launch an attention call of head dim `hd` may make, in order: forward (both block
+/// shapes; the same launch twice where only one is compiled), then the backward's pre-pass,
+/// dK/dV and dQ (sizes from a small call; the kernels and shared memory
 /// depend only on `elem` and `hd`).
 pub fn all_launches(elem: Elem, hd: usize) -> Result<Vec<Launch>, String> {
     let d = AttnDims {
@@ -236,7 +293,8 @@ pub fn all_launches(elem: Elem, hd: usize) -> Result<Vec<Launch>, String> {
         hd,
     };
     Ok(vec![
-        fwd_launch(elem, &d)?,
+        fwd_launch(elem, &d, FwdTile::M64)?,
+        fwd_launch(elem, &d, FwdTile::M128)?,
         bwd_pre_launch(elem, &d)?,
         bwd_dkdv_launch(elem, &d)?,
         bwd_dq_launch(elem, &d)?,
