@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use mmlab::kernels::{self, AttnMask};
 
 mod common;
-use common::rand;
+use common::{max_abs, rand};
 
 fn enabled() -> bool {
     let on = std::env::var("MMLAB_CUDA_TESTS").is_ok_and(|v| v == "1");
@@ -29,20 +29,9 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
         .unwrap()
         .to_dtype(DType::F32)
         .unwrap();
-    assert_eq!(got.dims(), want.dims());
-    let max = |t: &Tensor| {
-        t.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    let d = max(&(&got - want).unwrap());
+    let d = common::max_diff(&got, want);
     assert!(d.is_finite(), "non-finite values");
-    d / max(want).max(1e-6)
+    d / max_abs(want).max(1e-6)
 }
 
 struct Case {

@@ -5,21 +5,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use mmlab::kernels::{self, AttnMask};
 
 mod common;
-use common::rand;
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+use common::{max_diff, rand};
 
 /// Compares `fused(vars)` and `plain(vars)`: outputs, and gradients of `sum(out * r)` for a
 /// fixed random `r`, for every var (within `tol`, times the gradient's largest magnitude

@@ -12,6 +12,8 @@ use mmlab::model::KvCache;
 use mmlab::train::data::{Factory, Source, SyntheticData};
 use mmlab::train::{init_model, named_vars};
 
+mod common;
+
 fn tokenizer() -> Arc<TextTokenizer> {
     Arc::new(TextTokenizer::builtin().expect("builtin tokenizer"))
 }
@@ -140,18 +142,8 @@ fn sharded_step_equals_the_whole_batch() {
                     whole.grads.get(v.as_tensor()).unwrap(),
                     split.grads.get(v.as_tensor()).unwrap(),
                 );
-                let max_abs = |t: &Tensor| {
-                    t.abs()
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .max(0)
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap()
-                };
-                let diff = max_abs(&(a - b).unwrap());
-                let scale = max_abs(a).max(1.0);
+                let diff = common::max_diff(a, b);
+                let scale = common::max_abs(a).max(1.0);
                 assert!(
                     diff <= 1e-5 * scale,
                     "{name}, {k} shards: gradient differs by {diff} (largest entry {scale})"

@@ -590,7 +590,7 @@ fn prepare(
         scale: scale as f32,
         causal,
         keys,
-        tile: sources::FwdTile::from_env().map_err(cuda_err)?,
+        tile: env_tile()?,
         lse: Arc::new(Mutex::new(None)),
     };
     Ok((op, aligned(q)?, aligned(k)?, aligned(v)?))
@@ -624,6 +624,15 @@ pub fn attention(
     q.apply_op3(&k, &v, op)
 }
 
+/// The forward block shape `MMLAB_FA_FWD` names, read once per process (attention runs in
+/// every layer of every step; the environment does not change under it).
+fn env_tile() -> Result<sources::FwdTile> {
+    static TILE: OnceLock<std::result::Result<sources::FwdTile, String>> = OnceLock::new();
+    TILE.get_or_init(sources::FwdTile::from_env)
+        .clone()
+        .map_err(cuda_err)
+}
+
 /// The forward kernels alone (no autograd): the output `(b, tq, h * hd)` and the natural
 /// log-sum-exp of every scaled score row `(b, h, tq)` (`+inf` for a row that sees no key).
 pub fn forward(
@@ -634,7 +643,7 @@ pub fn forward(
     scale: f64,
     causal: bool,
 ) -> Result<(Tensor, Tensor)> {
-    let tile = sources::FwdTile::from_env().map_err(cuda_err)?;
+    let tile = env_tile()?;
     forward_tiled(q, k, v, mask, scale, causal, tile)
 }
 

@@ -22,6 +22,24 @@ pub fn rand(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
+/// The largest |x| of `t` (any shape, f32).
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// The largest |a - b| (same shapes).
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    max_abs(&(a - b).unwrap())
+}
+
 /// The mask of a kernel test case: `mask` when given (it carries its own causal rule), else
 /// every key real, causal or not, with the `tk - tq` first keys a KV cache.
 pub fn case_mask(
