@@ -6,15 +6,23 @@
 //! The forward is measured with both block shapes of the tensor-core kernel (`fwd_*`: the
 //! default, 64 query rows per block; `fwd_*_m128`: 128, selected by `MMLAB_FA_FWD=m128`).
 //!
+//! Then the q/k preparation before attention (QK-LayerNorm, rotary on half the head dim,
+//! the head transpose), bf16, 16k tokens, 16 heads, head dim 128: the fused kernel
+//! (`cuda::qk_norm_rope`, `kernels/qk_prep.cu`) against candle's ops as the model ran them
+//! before (`Norm::forward`, `Rotary::apply`), forward and forward + backward (`"op":"qk_prep"`).
+//!
 //! `cargo run --release --features cuda --example flash_bench [-- --seqs 1024,2048 --iters 20]`
 //! Prints one JSON object per line.
 
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
 use mmlab::kernels::cuda;
 use mmlab::kernels::sources::FwdTile;
+use mmlab::model::config::NormKind;
+use mmlab::model::layers::{Norm, Rotary};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -88,6 +96,86 @@ fn main() -> anyhow::Result<()> {
                 flops / fwd_m128_s / 1e12
             );
         }
+    }
+    qk_prep(&dev, &seqs, iters)?;
+    Ok(())
+}
+
+/// Seconds per call of `f`, after two warm-up calls.
+fn time<T>(
+    dev: &Device,
+    iters: usize,
+    mut f: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<f64> {
+    for _ in 0..2 {
+        f()?;
+    }
+    dev.synchronize()?;
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        f()?;
+    }
+    dev.synchronize()?;
+    Ok(t0.elapsed().as_secs_f64() / iters as f64)
+}
+
+/// The fused q/k preparation against candle's ops, per sequence length (16k tokens per batch).
+fn qk_prep(dev: &Device, seqs: &[usize], iters: usize) -> anyhow::Result<()> {
+    let (tokens, heads, hd, rot) = (16384usize, 16usize, 128usize, 64usize);
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::BF16, dev);
+    let norm = Norm::new(NormKind::LayerNorm, hd, 1e-5, vb.pp("q_layernorm"))?;
+    let vars = vm
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("var map poisoned"))?
+        .clone();
+    let (w, bias) = (&vars["q_layernorm.weight"], &vars["q_layernorm.bias"]);
+    for &seq in seqs {
+        let b = (tokens / seq).max(1);
+        let rotary = Rotary::new(rot, seq, 10_000.0, dev)?;
+        let pos = Tensor::arange(0u32, seq as u32, dev)?
+            .unsqueeze(0)?
+            .repeat((b, 1))?;
+        let (cos, sin) = rotary.tables(&pos)?;
+        let (cos, sin) = (cos.to_dtype(DType::BF16)?, sin.to_dtype(DType::BF16)?);
+        dev.set_seed(7)?;
+        let x = Var::from_tensor(
+            &Tensor::randn(0f32, 1.0, (b, seq, heads, hd), dev)?.to_dtype(DType::BF16)?,
+        )?;
+        let dy = Tensor::randn(0f32, 1.0, (b, heads, seq, hd), dev)?.to_dtype(DType::BF16)?;
+        let plain = || -> candle_core::Result<Tensor> {
+            let q = norm.forward(&x.as_tensor().transpose(1, 2)?)?;
+            rotary.apply(&q, &cos, &sin)?.contiguous()
+        };
+        let fused = || {
+            cuda::qk_norm_rope(
+                x.as_tensor(),
+                Some((w.as_tensor(), bias.as_tensor(), 1e-5)),
+                &cos,
+                &sin,
+                rot,
+            )
+        };
+        let fwd_plain = time(dev, iters, || Ok(plain()?))?;
+        let fwd_fused = time(dev, iters, || Ok(fused()?))?;
+        let train = |f: &dyn Fn() -> candle_core::Result<Tensor>| -> anyhow::Result<()> {
+            (f()? * &dy)?.sum_all()?.backward()?;
+            Ok(())
+        };
+        let step_plain = time(dev, iters, || train(&plain))?;
+        let step_fused = time(dev, iters, || train(&fused))?;
+        // The fused forward reads x and writes y once: 4 bytes per bf16 element.
+        let gbs = 4.0 * (b * seq * heads * hd) as f64 / fwd_fused / 1e9;
+        println!(
+            "{{\"impl\":\"mmlab\",\"op\":\"qk_prep\",\"seq\":{seq},\"batch\":{b},\"heads\":{heads},\
+             \"hd\":{hd},\"rot\":{rot},\"fwd_ms_plain\":{:.3},\"fwd_ms_fused\":{:.3},\
+             \"fwd_bwd_ms_plain\":{:.3},\"fwd_bwd_ms_fused\":{:.3},\"fused_fwd_gbs\":{gbs:.0}}}",
+            fwd_plain * 1e3,
+            fwd_fused * 1e3,
+            step_plain * 1e3,
+            step_fused * 1e3
+        );
     }
     Ok(())
 }

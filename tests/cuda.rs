@@ -225,8 +225,11 @@ fn model_dispatch_uses_cuda_kernels() {
         !kernels::cuda_attention(&q32),
         "head dim 48 is not compiled"
     );
-    // The fused CPU ops stand aside on the GPU.
+    // The fused CPU ops stand aside on the GPU; q and k are prepared by the fused CUDA kernel.
     assert!(!kernels::enabled_on(&gpu));
+    let x = rand(&[1, 10, 2, 64], 5).to_device(&gpu).unwrap();
+    assert!(kernels::cuda_qk_prep(&x));
+    assert!(!kernels::cuda_qk_prep(&rand(&[1, 10, 2, 64], 5)));
 }
 
 /// A batch of image and audio sequences from the synthetic generator (as in tests/model.rs).
@@ -299,4 +302,105 @@ fn fuyu_small_loss_and_gradients_match_cpu() {
         worst.1,
         worst.0
     );
+}
+
+/// The fused QK-norm + rotary kernel (`kernels/qk_prep.cu`, `cuda::qk_norm_rope`) against the
+/// model's plain path on the CPU (`Norm::forward_plain`, `Rotary::apply_plain` on the heads):
+/// output and the gradients of x, the norm weight and the bias.
+#[test]
+fn qk_prep_matches_plain_path() {
+    if !enabled() {
+        return;
+    }
+    use candle_nn::{VarBuilder, VarMap};
+    use mmlab::model::config::NormKind;
+    use mmlab::model::layers::{Norm, Rotary};
+    let gpu = Device::new_cuda(0).unwrap();
+    let cpu = Device::Cpu;
+    for dtype in [DType::F32, DType::BF16] {
+        let bound = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+        for (hd, rot, norm) in [
+            (16, 16, true),
+            (64, 32, true),
+            (128, 128, false),
+            (80, 80, true),
+        ] {
+            let (b, t, n) = (2, 37, 3);
+            let round = |x: Tensor| x.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+            let x = round(rand(&[b, t, n, hd], 1));
+            let dy = round(rand(&[b, n, t, hd], 2));
+            let w = round(rand(&[hd], 3).affine(0.25, 1.0).unwrap());
+            let bias = round(rand(&[hd], 4).affine(0.25, 0.0).unwrap());
+            let vm = VarMap::new();
+            let layer = Norm::new(
+                NormKind::LayerNorm,
+                hd,
+                1e-5,
+                VarBuilder::from_varmap(&vm, DType::F32, &cpu).pp("n"),
+            )
+            .unwrap();
+            let vars = vm.data().lock().unwrap().clone();
+            vars["n.weight"].set(&w).unwrap();
+            vars["n.bias"].set(&bias).unwrap();
+            let pos: Vec<u32> = (0..b * t).map(|i| (i % t + 5 * (i / t)) as u32).collect();
+            let pos = Tensor::from_vec(pos, (b, t), &cpu).unwrap();
+            let rotary = Rotary::new(rot, t + 5 * b, 10_000.0, &cpu).unwrap();
+            let (cos, sin) = rotary.tables(&pos).unwrap();
+            let (cos, sin) = (round(cos), round(sin));
+            // Reference on the CPU.
+            let xv = Var::from_tensor(&x).unwrap();
+            let heads = xv.as_tensor().transpose(1, 2).unwrap();
+            let z = if norm {
+                layer.forward_plain(&heads).unwrap()
+            } else {
+                heads
+            };
+            let want = rotary.apply_plain(&z, &cos, &sin).unwrap();
+            let gw = (&want * &dy)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            // The kernel on the GPU.
+            let on = |t: &Tensor| t.to_dtype(dtype).unwrap().to_device(&gpu).unwrap();
+            let xg = Var::from_tensor(&on(&x)).unwrap();
+            let wg = Var::from_tensor(&on(&w)).unwrap();
+            let bg = Var::from_tensor(&on(&bias)).unwrap();
+            let got = kernels::cuda::qk_norm_rope(
+                xg.as_tensor(),
+                norm.then(|| (wg.as_tensor(), bg.as_tensor(), 1e-5)),
+                &on(&cos),
+                &on(&sin),
+                rot,
+            )
+            .unwrap();
+            let gg = (&got * &on(&dy))
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let mut errs = vec![
+                ("y", rel_err(&got, &want)),
+                (
+                    "dx",
+                    rel_err(
+                        gg.get(xg.as_tensor()).unwrap(),
+                        gw.get(xv.as_tensor()).unwrap(),
+                    ),
+                ),
+            ];
+            if norm {
+                for (name, v, r) in [("dw", &wg, "n.weight"), ("db", &bg, "n.bias")] {
+                    let want = gw.get(vars[r].as_tensor()).unwrap();
+                    errs.push((name, rel_err(gg.get(v.as_tensor()).unwrap(), want)));
+                }
+            }
+            eprintln!("{dtype:?} hd {hd} rot {rot} norm {norm}: {errs:?}");
+            for (name, e) in errs {
+                assert!(e <= bound, "{dtype:?} hd {hd} rot {rot}: {name} error {e}");
+            }
+        }
+    }
 }

@@ -701,3 +701,189 @@ fn emulator_rejects_bad_launches() {
     let e = launch(&plan, &args, false).unwrap_err();
     assert!(e.contains("not 16-byte aligned"), "{e}");
 }
+
+/// Errors of one fused QK-norm + rotary case: output, dx, dw, dbias (dw and dbias 0 without a
+/// norm).
+#[derive(Debug, Default)]
+struct QkPrepErrors {
+    y: f32,
+    dx: f32,
+    dw: f32,
+    db: f32,
+}
+
+/// Rounds `t` to bf16 values when `elem` is bf16 (the kernels' inputs are bf16 then).
+fn round_to(t: Tensor, elem: Elem) -> Tensor {
+    match elem {
+        Elem::F32 => t,
+        Elem::Bf16 => t
+            .to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap(),
+    }
+}
+
+/// `kernels/qk_prep.cu` on `x` `(b, t, n, hd)` against the model's plain path on the same
+/// values: `Norm::forward_plain` (LayerNorm, when `norm`) and `Rotary::apply_plain` on the heads
+/// `(b, n, t, hd)`, and candle's autograd for dx, dw and dbias. Returns the errors and the raw
+/// outputs (for the thread-order check).
+#[allow(clippy::too_many_arguments)]
+fn qk_prep_case(
+    elem: Elem,
+    b: usize,
+    t: usize,
+    n: usize,
+    hd: usize,
+    rot: usize,
+    norm: bool,
+    reverse: bool,
+) -> (QkPrepErrors, Vec<f32>) {
+    use candle_nn::{VarBuilder, VarMap};
+    use mmlab::model::config::NormKind;
+    use mmlab::model::layers::{Norm, Rotary};
+    let dev = Device::Cpu;
+    let seed = (b * 1000 + t * 100 + n * 10 + hd + rot) as u64;
+    let eps = 1e-5;
+    let x = round_to(rand(&[b, t, n, hd], seed), elem);
+    let dy = round_to(rand(&[b, n, t, hd], seed + 1), elem);
+    let w = round_to(rand(&[hd], seed + 2).affine(0.25, 1.0).unwrap(), elem);
+    let bias = round_to(rand(&[hd], seed + 3).affine(0.25, 0.0).unwrap(), elem);
+
+    // The reference, with the norm's parameters as variables.
+    let vm = VarMap::new();
+    let layer = Norm::new(
+        NormKind::LayerNorm,
+        hd,
+        eps,
+        VarBuilder::from_varmap(&vm, DType::F32, &dev).pp("n"),
+    )
+    .unwrap();
+    let vars = vm.data().lock().unwrap().clone();
+    vars["n.weight"].set(&w).unwrap();
+    vars["n.bias"].set(&bias).unwrap();
+    // Positions differ per batch row (as after left padding), so the tables are gathered.
+    let pos: Vec<u32> = (0..b)
+        .flat_map(|bi| (0..t).map(move |ti| (ti + 3 * bi) as u32))
+        .collect();
+    let pos = Tensor::from_vec(pos, (b, t), &dev).unwrap();
+    let rotary = Rotary::new(rot, t + 3 * b, 10_000.0, &dev).unwrap();
+    let (cos, sin) = if rot > 0 {
+        let (c, s) = rotary.tables(&pos).unwrap();
+        (round_to(c, elem), round_to(s, elem))
+    } else {
+        let z = Tensor::zeros((b, 1, t, 0), DType::F32, &dev).unwrap();
+        (z.clone(), z)
+    };
+    let xv = candle_core::Var::from_tensor(&x).unwrap();
+    let heads = xv.as_tensor().transpose(1, 2).unwrap();
+    let z = if norm {
+        layer.forward_plain(&heads).unwrap()
+    } else {
+        heads
+    };
+    let want_y = rotary.apply_plain(&z, &cos, &sin).unwrap();
+    let grads = (&want_y * &dy)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let want_dx = grads.get(xv.as_tensor()).unwrap();
+
+    // The kernels, as src/kernels/cuda.rs launches them.
+    let rows = b * n * t;
+    let mut xb = Buf::from(&flat(&x), elem);
+    let mut wb = Buf::from(&flat(&w), elem);
+    let mut bb = Buf::from(&flat(&bias), elem);
+    let mut cb = Buf::from(&flat(&cos), elem);
+    let mut sb = Buf::from(&flat(&sin), elem);
+    let mut dyb = Buf::from(&flat(&dy), elem);
+    let es = if elem == Elem::F32 { 4 } else { 2 };
+    let mut yb = Buf::zeros(rows * hd * es);
+    let null = Arg::Ptr(std::ptr::null_mut());
+    let (wa, ba) = if norm {
+        (wb.ptr(), bb.ptr())
+    } else {
+        (null, null)
+    };
+    let dims = [b, t, n, hd, rot].map(|v| Arg::I32(v as i32));
+    let plan = sources::qk_prep_launch(elem, true, rows, hd).unwrap();
+    let mut args = vec![xb.ptr(), wa, ba, cb.ptr(), sb.ptr(), yb.ptr()];
+    args.extend(dims);
+    args.push(Arg::F32(eps as f32));
+    launch(&plan, &args, reverse).unwrap_or_else(|e| panic!("qk_prep forward: {e}"));
+
+    let plan = sources::qk_prep_launch(elem, false, rows, hd).unwrap();
+    let mut dxb = Buf::zeros(rows * hd * es);
+    let mut dwb = Buf::zeros(plan.grid[0] as usize * 2 * hd * 4);
+    let dwa = if norm { dwb.ptr() } else { null };
+    let mut args = vec![xb.ptr(), wa, cb.ptr(), sb.ptr(), dyb.ptr(), dxb.ptr(), dwa];
+    args.extend(dims);
+    args.push(Arg::F32(eps as f32));
+    launch(&plan, &args, reverse).unwrap_or_else(|e| panic!("qk_prep backward: {e}"));
+
+    let got_y = yb.read_f32(elem);
+    let got_dx = dxb.read_f32(elem);
+    let mut errs = QkPrepErrors {
+        y: rel_err(&got_y, &flat(&want_y.contiguous().unwrap())),
+        dx: rel_err(&got_dx, &flat(want_dx)),
+        ..Default::default()
+    };
+    let mut raw = [got_y, got_dx].concat();
+    if norm {
+        // The blocks' partial sums, added up as cuda.rs does.
+        let parts = dwb.read_f32(Elem::F32);
+        let mut sums = vec![0f32; 2 * hd];
+        for blk in parts.chunks(2 * hd) {
+            for (s, p) in sums.iter_mut().zip(blk) {
+                *s += p;
+            }
+        }
+        errs.dw = rel_err(&sums[..hd], &flat(grads.get(&vars["n.weight"]).unwrap()));
+        errs.db = rel_err(&sums[hd..], &flat(grads.get(&vars["n.bias"]).unwrap()));
+        raw.extend(sums);
+    }
+    (errs, raw)
+}
+
+#[test]
+fn qk_prep_kernels_match_the_plain_path() {
+    let mut worst = [0f32; 2];
+    for elem in [Elem::F32, Elem::Bf16] {
+        let bound = if elem == Elem::F32 { 1e-5 } else { 1e-2 };
+        // Head dims of the shipped models (16, 64), Persimmon's (partial rotary), one that is
+        // not a multiple of the warp (80) and the largest (256); full, partial and no rotary;
+        // with and without the norm.
+        for (hd, rot) in [(16, 16), (64, 32), (80, 80), (128, 0), (256, 128)] {
+            for norm in [true, false] {
+                let (e, _) = qk_prep_case(elem, 2, 7, 3, hd, rot, norm, false);
+                eprintln!("{elem:?} hd {hd} rot {rot} norm {norm}: {e:?}");
+                for v in [e.y, e.dx, e.dw, e.db] {
+                    assert!(v <= bound, "{elem:?} hd {hd} rot {rot} norm {norm}: {e:?}");
+                    worst[usize::from(elem == Elem::Bf16)] =
+                        worst[usize::from(elem == Elem::Bf16)].max(v);
+                }
+            }
+        }
+    }
+    eprintln!(
+        "largest errors: f32 {:.2e}, bf16 {:.2e}",
+        worst[0], worst[1]
+    );
+    // More rows than the backward has warps (4 x 1024): warps walk several rows, and the
+    // block sums must still add up; the same bits in reverse thread order.
+    let (e, fwd_order) = qk_prep_case(Elem::F32, 2, 520, 4, 16, 16, true, false);
+    assert!(
+        e.y <= 1e-5 && e.dx <= 1e-5 && e.dw <= 1e-5 && e.db <= 1e-5,
+        "{e:?}"
+    );
+    let (_, rev_order) = qk_prep_case(Elem::F32, 2, 520, 4, 16, 16, true, true);
+    assert!(
+        fwd_order
+            .iter()
+            .zip(&rev_order)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "qk_prep depends on thread order"
+    );
+}

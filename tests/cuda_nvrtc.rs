@@ -271,17 +271,32 @@ fn every_cuda_source_compiles_to_sm90_without_spills() {
     assert!(bad.is_empty(), "kernels with spills:\n{}", bad.join("\n"));
 
     // Every kernel the CUDA ops launch was compiled, and fits sm_90's shared memory per block.
-    for name in sources::flash_attn_kernels() {
+    // The fused QK-norm + rotary kernels take the most shared memory at their largest head dim.
+    let qk_prep = [sources::Elem::F32, sources::Elem::Bf16]
+        .into_iter()
+        .flat_map(|e| {
+            [true, false].map(|fwd| {
+                sources::qk_prep_launch(e, fwd, 1, sources::QK_PREP_MAX_HD).expect("launch plan")
+            })
+        });
+    let launches: Vec<sources::Launch> = sources::HEAD_DIMS
+        .iter()
+        .flat_map(|&hd| {
+            [sources::Elem::F32, sources::Elem::Bf16]
+                .map(|e| sources::all_launches(e, hd).expect("launch plans"))
+        })
+        .flatten()
+        .chain(qk_prep)
+        .collect();
+    for name in sources::flash_attn_kernels()
+        .into_iter()
+        .chain(sources::qk_prep_kernels())
+    {
         let r = all.iter().find(|r| r.name == name).unwrap_or_else(|| {
             panic!("kernel {name} (launched by src/kernels/cuda.rs) not compiled")
         });
-        let dynamic = sources::HEAD_DIMS
+        let dynamic = launches
             .iter()
-            .flat_map(|&hd| {
-                [sources::Elem::F32, sources::Elem::Bf16]
-                    .map(|e| sources::all_launches(e, hd).expect("launch plans"))
-            })
-            .flatten()
             .find(|l| l.kernel == name)
             .map_or(0, |l| l.smem as usize);
         let total = r.smem as usize + dynamic;

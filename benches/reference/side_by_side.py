@@ -14,7 +14,8 @@ def load(path):
             line = line.strip()
             if line.startswith("{"):
                 r = json.loads(line)
-                rows[(r["causal"], r["seq"])] = r
+                if "op" not in r:
+                    rows[(r["causal"], r["seq"])] = r
     return rows
 
 
@@ -37,5 +38,30 @@ def main():
               f"{cell(o, 'bwd_tflops')} {cell(r, 'bwd_tflops')} {ratio('bwd_tflops')}")
 
 
+def qk_prep(path):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                r = json.loads(line)
+                if r.get("op") == "qk_prep":
+                    rows.append(r)
+    if not rows:
+        return
+    print()
+    print("q/k preparation (QK-LayerNorm, rotary on 64 of 128 channels, head transpose), bf16, "
+          "16k tokens, 16 heads; ms per call of one of q or k")
+    print("plain: candle's ops as the model ran them before; fused: kernels/qk_prep.cu")
+    print(f"{'seq':>6} | {'fwd plain':>9} {'fwd fused':>9} {'speedup':>7} {'GB/s':>6} | "
+          f"{'f+b plain':>9} {'f+b fused':>9} {'speedup':>7}")
+    for r in sorted(rows, key=lambda r: r["seq"]):
+        print(f"{r['seq']:>6} | {r['fwd_ms_plain']:9.3f} {r['fwd_ms_fused']:9.3f} "
+              f"{r['fwd_ms_plain'] / r['fwd_ms_fused']:7.1f} {r['fused_fwd_gbs']:6.0f} | "
+              f"{r['fwd_bwd_ms_plain']:9.3f} {r['fwd_bwd_ms_fused']:9.3f} "
+              f"{r['fwd_bwd_ms_plain'] / r['fwd_bwd_ms_fused']:7.1f}")
+
+
 if __name__ == "__main__":
     main()
+    qk_prep(sys.argv[1])

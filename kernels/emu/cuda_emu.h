@@ -1,11 +1,11 @@
-// A CPU emulator of the parts of CUDA that kernels/flash_attn.cu uses, so its kernels run and
+// A CPU emulator of the parts of CUDA that kernels/*.cu use, so their kernels run and
 // are checked against the CPU attention on machines without a GPU (tests/cuda_emulated.rs).
 //
 // Model:
 // - Every CUDA thread of a block is a fiber (its own stack) on one OS thread; blocks run one after
 //   another. A fiber runs until it reaches a synchronisation point: `__syncthreads()` (all
-//   threads of the block that have not exited) or a warp collective (`__shfl_xor_sync`,
-//   `ldmatrix`, `mma`: all 32 lanes of the warp). Whatever cannot be released is reported as a
+//   threads of the block that have not exited) or a warp collective (`__syncwarp`,
+//   `__shfl_xor_sync`, `ldmatrix`, `mma`: all 32 lanes of the warp). Whatever cannot be released is reported as a
 //   deadlock (divergent barriers), and a warp collective with an exited lane is an error.
 // - Between synchronisation points fibers run in lane order, or in reverse order
 //   (`fa_emu_launch(..., reverse = 1)`): a kernel whose result depends on that order has a race.
@@ -280,6 +280,12 @@ inline bool run_block(unsigned nthreads, bool reverse) {
 }  // namespace emu
 
 inline void __syncthreads() { emu::wait(emu::State::WaitBlock); }
+
+// A warp barrier: every lane of the warp arrives before any goes on.
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    if (mask != 0xffffffffu) emu::fail("__syncwarp with a partial mask");
+    emu::wait(emu::State::WaitWarp);
+}
 
 inline float __shfl_xor_sync(unsigned mask, float x, int m) {
     if (mask != 0xffffffffu) emu::fail("__shfl_xor_sync with a partial mask");

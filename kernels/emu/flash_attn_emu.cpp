@@ -1,4 +1,4 @@
-// kernels/flash_attn.cu built for the CPU emulator (cuda_emu.h) as a shared library with one
+// kernels/flash_attn.cu and kernels/qk_prep.cu built for the CPU emulator (cuda_emu.h) as a shared library with one
 // entry point, `fa_emu_launch`, which takes a kernel's name, its launch configuration and its
 // arguments as cuLaunchKernel does (an array of pointers to the argument values).
 //
@@ -8,6 +8,7 @@
 #include "cuda_emu.h"
 
 #include "../flash_attn.cu"
+#include "../qk_prep.cu"
 
 #include <cstddef>
 #include <utility>
@@ -50,6 +51,8 @@ const Entry KERNELS[] = {
     FA_ENTRY(fa_bwd_dkdv_bf16_hd32), FA_ENTRY(fa_bwd_dq_bf16_hd32),
     FA_ENTRY(fa_bwd_dkdv_bf16_hd64), FA_ENTRY(fa_bwd_dq_bf16_hd64),
     FA_ENTRY(fa_bwd_dkdv_bf16_hd128), FA_ENTRY(fa_bwd_dq_bf16_hd128),
+    FA_ENTRY(qp_fwd_f32),          FA_ENTRY(qp_fwd_bf16),         FA_ENTRY(qp_bwd_f32),
+    FA_ENTRY(qp_bwd_bf16),
 };
 
 struct Call {

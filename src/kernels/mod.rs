@@ -81,6 +81,33 @@ pub fn cuda_attention(q: &Tensor) -> bool {
     }
 }
 
+/// True when q and k of a head-split projection `x` (`b, t, n, hd`) are prepared by the fused
+/// CUDA kernel ([`cuda::qk_norm_rope`]: QK-LayerNorm, rotary and the head transpose in one
+/// pass): the `cuda` feature is built in, `x` is on a CUDA device in f32 or bf16, `hd` is at
+/// most 256, and `MMLAB_QK_PREP` is not `plain` (which keeps candle's ops, for comparison).
+pub fn cuda_qk_prep(x: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        static PLAIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let plain =
+            *PLAIN.get_or_init(|| std::env::var("MMLAB_QK_PREP").is_ok_and(|v| v == "plain"));
+        !plain
+            && x.device().is_cuda()
+            && matches!(
+                x.dtype(),
+                candle_core::DType::F32 | candle_core::DType::BF16
+            )
+            && x.dims()
+                .last()
+                .is_some_and(|&hd| hd <= sources::QK_PREP_MAX_HD)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = x;
+        false
+    }
+}
+
 /// Rows handled per parallel task; small tensors stay on one thread.
 const ROWS_PER_TASK: usize = 256;
 

@@ -6,6 +6,9 @@
 /// `kernels/flash_attn.cu`: FlashAttention-2-style forward and backward.
 pub const FLASH_ATTN_SRC: &str = include_str!("../../kernels/flash_attn.cu");
 
+/// `kernels/qk_prep.cu`: QK-LayerNorm, rotary and the head transpose of q and k, fused.
+pub const QK_PREP_SRC: &str = include_str!("../../kernels/qk_prep.cu");
+
 /// Head dims the attention kernels are instantiated for (16: the shipped `fuyu-small`).
 pub const HEAD_DIMS: [usize; 4] = [16, 32, 64, 128];
 
@@ -299,4 +302,49 @@ pub fn all_launches(elem: Elem, hd: usize) -> Result<Vec<Launch>, String> {
         bwd_dkdv_launch(elem, &d)?,
         bwd_dq_launch(elem, &d)?,
     ])
+}
+
+/// Largest head dim `qk_prep.cu` takes (`QP_MAX_HD`).
+pub const QK_PREP_MAX_HD: usize = 256;
+/// Warps (rows in flight) per block of the `qk_prep.cu` kernels.
+pub const QK_PREP_WARPS: usize = 4;
+/// Most blocks of the `qk_prep.cu` backward, which walks the rows grid-stride; its dw / dbias
+/// partial sums are `(blocks, 2, hd)` f32.
+pub const QK_PREP_BWD_MAX_BLOCKS: usize = 1024;
+
+/// Name of the fused QK-norm + rotary forward (`fwd`) or backward for `elem`.
+pub fn qk_prep_kernel(elem: Elem, fwd: bool) -> String {
+    format!("qp_{}_{}", if fwd { "fwd" } else { "bwd" }, elem.suffix())
+}
+
+/// Every kernel `src/kernels/cuda.rs` may launch from `qk_prep.cu`.
+pub fn qk_prep_kernels() -> Vec<String> {
+    [Elem::F32, Elem::Bf16]
+        .into_iter()
+        .flat_map(|e| [qk_prep_kernel(e, true), qk_prep_kernel(e, false)])
+        .collect()
+}
+
+/// The launch of the fused QK-norm + rotary kernel over `rows` rows of head dim `hd`: one warp
+/// per row. The forward has a block per [`QK_PREP_WARPS`] rows; the backward at most
+/// [`QK_PREP_BWD_MAX_BLOCKS`] blocks, each also holding its warps' dw / dbias sums.
+pub fn qk_prep_launch(elem: Elem, fwd: bool, rows: usize, hd: usize) -> Result<Launch, String> {
+    if hd == 0 || hd > QK_PREP_MAX_HD {
+        return Err(format!(
+            "fused QK-norm + rotary: head dim {hd} outside 1..={QK_PREP_MAX_HD}"
+        ));
+    }
+    let warps = QK_PREP_WARPS;
+    let per_warp = if fwd { hd } else { 3 * hd };
+    let grid = if fwd {
+        blocks(rows, warps)?
+    } else {
+        rows.div_ceil(warps).clamp(1, QK_PREP_BWD_MAX_BLOCKS) as u32
+    };
+    Ok(Launch {
+        kernel: qk_prep_kernel(elem, fwd),
+        grid: [grid, 1, 1],
+        block: [32 * warps as u32, 1, 1],
+        smem: (warps * per_warp * 4) as u32,
+    })
 }

@@ -282,6 +282,46 @@ impl Attention {
         })
     }
 
+    /// q and k (`b, t, heads, hd` from the projections) normalised (QK-LayerNorm, when the
+    /// model has it), rotated and moved to the attention layout (`b, heads, t, hd`): one fused
+    /// kernel per tensor on CUDA ([`crate::kernels::cuda_qk_prep`]), candle's ops (or the fused
+    /// CPU ops) otherwise.
+    fn prepare_qk(
+        &self,
+        q: Tensor,
+        k: Tensor,
+        rotary: &Rotary,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        #[cfg(feature = "cuda")]
+        if crate::kernels::cuda_qk_prep(&q) {
+            fn norm(n: &Option<Norm>) -> Result<Option<(&Tensor, &Tensor, f64)>> {
+                match n {
+                    Some(Norm {
+                        weight,
+                        bias: Some(bias),
+                        eps,
+                    }) => Ok(Some((weight, bias, *eps))),
+                    Some(_) => candle_core::bail!("QK-norm without a bias: not a LayerNorm"),
+                    None => Ok(None),
+                }
+            }
+            let fused = |x: &Tensor, n: &Option<Norm>| {
+                crate::kernels::cuda::qk_norm_rope(x, norm(n)?, cos, sin, rotary.dim)
+            };
+            return Ok((fused(&q, &self.q_norm)?, fused(&k, &self.k_norm)?));
+        }
+        let (mut q, mut k) = (q.transpose(1, 2)?, k.transpose(1, 2)?);
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let q = rotary.apply(&q, cos, sin)?;
+        let k = rotary.apply(&k, cos, sin)?.contiguous()?;
+        Ok((q, k))
+    }
+
     #[allow(clippy::too_many_arguments)]
     /// Attends `x` (`b, t, d`) to the cache plus itself; `mask` covers `b x t` queries and
     /// `t_total` keys.
@@ -299,17 +339,13 @@ impl Attention {
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, _) = x.dims3()?;
         let hd = self.head_dim;
-        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
-        let mut q = heads(self.q_proj.forward(x)?, self.n_heads)?;
-        let mut k = heads(self.k_proj.forward(x)?, self.n_kv_heads)?;
-        let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
-        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = qn.forward(&q)?;
-            k = kn.forward(&k)?;
-        }
-        let q = rotary.apply(&q, cos, sin)?;
-        let k = rotary.apply(&k, cos, sin)?.contiguous()?;
-        let v = v.contiguous()?;
+        let split = |y: Tensor, n: usize| y.reshape((b, t, n, hd));
+        let q = split(self.q_proj.forward(x)?, self.n_heads)?;
+        let k = split(self.k_proj.forward(x)?, self.n_kv_heads)?;
+        let v = split(self.v_proj.forward(x)?, self.n_kv_heads)?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let (q, k) = self.prepare_qk(q, k, rotary, cos, sin)?;
         let (k, v) = match cache {
             Some(slot) => {
                 let (k, v) = match slot.take() {
