@@ -1,7 +1,7 @@
 // Query/key preparation before attention, fused: the optional QK-LayerNorm over the head dim,
 // the rotary position embedding (GPT-NeoX / Persimmon halves on the first `rot` channels,
 // the rest passed through) and the move from the projection's layout to the attention kernels'
-// one. candle's ops take about twenty passes over q and k for the same (the norm's mean,
+// one. candle's ops take about sixteen passes over q or k for the same (the norm's mean,
 // centring, variance, scaling, weight and bias; rotary's narrows, four products, sums and
 // concatenation; the transpose copy); here each row is read once and written once. Compiled
 // at run time with NVRTC (src/kernels/cuda.rs), checked for spills with the other kernels

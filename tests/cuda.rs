@@ -228,8 +228,8 @@ fn model_dispatch_uses_cuda_kernels() {
     // The fused CPU ops stand aside on the GPU; q and k are prepared by the fused CUDA kernel.
     assert!(!kernels::enabled_on(&gpu));
     let x = rand(&[1, 10, 2, 64], 5).to_device(&gpu).unwrap();
-    assert!(kernels::cuda_qk_prep(&x));
-    assert!(!kernels::cuda_qk_prep(&rand(&[1, 10, 2, 64], 5)));
+    assert!(kernels::cuda_qk_prep(&x).unwrap());
+    assert!(!kernels::cuda_qk_prep(&rand(&[1, 10, 2, 64], 5)).unwrap());
 }
 
 /// A batch of image and audio sequences from the synthetic generator (as in tests/model.rs).

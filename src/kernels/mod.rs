@@ -84,14 +84,22 @@ pub fn cuda_attention(q: &Tensor) -> bool {
 /// True when q and k of a head-split projection `x` (`b, t, n, hd`) are prepared by the fused
 /// CUDA kernel ([`cuda::qk_norm_rope`]: QK-LayerNorm, rotary and the head transpose in one
 /// pass): the `cuda` feature is built in, `x` is on a CUDA device in f32 or bf16, `hd` is at
-/// most 256, and `MMLAB_QK_PREP` is not `plain` (which keeps candle's ops, for comparison).
-pub fn cuda_qk_prep(x: &Tensor) -> bool {
+/// most 256, and `MMLAB_QK_PREP` is unset or `fused` (`plain` keeps candle's ops, to compare;
+/// any other value is an error naming the variable).
+pub fn cuda_qk_prep(x: &Tensor) -> Result<bool> {
     #[cfg(feature = "cuda")]
     {
-        static PLAIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let plain =
-            *PLAIN.get_or_init(|| std::env::var("MMLAB_QK_PREP").is_ok_and(|v| v == "plain"));
-        !plain
+        static FUSED: std::sync::OnceLock<std::result::Result<bool, String>> =
+            std::sync::OnceLock::new();
+        let fused = FUSED
+            .get_or_init(|| match std::env::var("MMLAB_QK_PREP").as_deref() {
+                Err(_) | Ok("") | Ok("fused") => Ok(true),
+                Ok("plain") => Ok(false),
+                Ok(other) => Err(format!("MMLAB_QK_PREP={other}: expected fused or plain")),
+            })
+            .clone()
+            .map_err(candle_core::Error::msg)?;
+        Ok(fused
             && x.device().is_cuda()
             && matches!(
                 x.dtype(),
@@ -99,12 +107,12 @@ pub fn cuda_qk_prep(x: &Tensor) -> bool {
             )
             && x.dims()
                 .last()
-                .is_some_and(|&hd| hd <= sources::QK_PREP_MAX_HD)
+                .is_some_and(|&hd| hd <= sources::QK_PREP_MAX_HD))
     }
     #[cfg(not(feature = "cuda"))]
     {
         let _ = x;
-        false
+        Ok(false)
     }
 }
 

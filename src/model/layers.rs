@@ -295,7 +295,7 @@ impl Attention {
         sin: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         #[cfg(feature = "cuda")]
-        if crate::kernels::cuda_qk_prep(&q) {
+        if crate::kernels::cuda_qk_prep(&q)? {
             fn norm(n: &Option<Norm>) -> Result<Option<(&Tensor, &Tensor, f64)>> {
                 match n {
                     Some(Norm {
