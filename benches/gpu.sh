@@ -3,11 +3,11 @@
 #  1. the CUDA tests (tests/cuda.rs): outputs and gradients against the CPU path,
 #     f32 <= 1e-3, bf16 <= 2e-2;
 #  2. end to end: fuyu-small evaluated on 100 POPE questions with --device cpu, --device cuda,
-#     and --device cuda with q/k prepared by candle's ops instead of kernels/qk_prep.cu
-#     (MMLAB_QK_PREP=plain);
+#     and --device cuda with candle's ops instead of the fused kernels of kernels/qk_prep.cu and
+#     kernels/mlp_act.cu (MMLAB_QK_PREP=plain MMLAB_RELU2=plain);
 #  3. TFLOP/s of the attention kernels, forward and backward, bf16, head dim 128, seq 1k-16k,
 #     beside PyTorch's scaled_dot_product_attention (flash backend), as a table; then the fused
-#     q/k preparation against candle's ops (ms).
+#     q/k preparation and bias + relu² against candle's ops (ms).
 #
 # The binaries come from benches/gpu-build.sh, run beforehand on a machine with crates.io
 # (no GPU needed); carry target/gpu-bundle with the working tree. Where cargo and nvcc are
@@ -83,12 +83,12 @@ step "1. CUDA tests (tests/cuda.rs)"
 MMLAB_CUDA_TESTS=1 "$RUN/cuda_tests" --test-threads=1 --nocapture 2>&1 | tee "$OUTD/cuda_tests.log"
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "CUDA TESTS FAILED"; FAIL=1; }
 
-step "2. fuyu-small, 100 POPE questions, cpu vs cuda (fused q/k preparation, then candle's ops)"
+step "2. fuyu-small, 100 POPE questions, cpu vs cuda (fused kernels, then candle's ops instead)"
 for run in cpu cuda cuda-plain; do
   dev=${run%-plain}
   qk=fused; [ "$run" = cuda-plain ] && qk=plain
   t0=$(date +%s%N)
-  MMLAB_QK_PREP=$qk "$RUN/mmlab" --device $dev eval pope-random --model models/fuyu-small \
+  MMLAB_QK_PREP=$qk MMLAB_RELU2=$qk "$RUN/mmlab" --device $dev eval pope-random --model models/fuyu-small \
     --limit 100 --no-cache --results "$RUN/results-$run" 2>&1 | tail -15 | tee -a "$OUTD/pope.log"
   [ "${PIPESTATUS[0]}" = 0 ] || { echo "POPE on $run FAILED"; FAIL=1; }
   echo "$run: $(( ($(date +%s%N) - t0) / 1000000 )) ms" | tee -a "$OUTD/pope.log"

@@ -9,7 +9,10 @@
 //! Then the q/k preparation before attention (QK-LayerNorm, rotary on half the head dim,
 //! the head transpose), bf16, 16k tokens, 16 heads, head dim 128: the fused kernel
 //! (`cuda::qk_norm_rope`, `kernels/qk_prep.cu`) against candle's ops as the model ran them
-//! before (`Norm::forward`, `Rotary::apply`), forward and forward + backward (`"op":"qk_prep"`).
+//! before (`Norm::forward`, `Rotary::apply`), forward and forward + backward (`"op":"qk_prep"`);
+//! and the MLP's bias + relu² after its up-projection, bf16, 16k tokens x 16k columns (a
+//! Persimmon-8B-sized MLP): the fused kernel (`cuda::bias_relu2`, `kernels/mlp_act.cu`) against
+//! candle's `broadcast_add`, `relu`, `sqr` (`"op":"relu2"`).
 //!
 //! `cargo run --release --features cuda --example flash_bench [-- --seqs 1024,2048 --iters 20]`
 //! Prints one JSON object per line.
@@ -98,6 +101,37 @@ fn main() -> anyhow::Result<()> {
         }
     }
     qk_prep(&dev, &seqs, iters)?;
+    relu2(&dev, iters)?;
+    Ok(())
+}
+
+/// The fused bias + relu² against candle's ops on one MLP-sized matmul output.
+fn relu2(dev: &Device, iters: usize) -> anyhow::Result<()> {
+    let (rows, cols) = (16384usize, 16384usize);
+    dev.set_seed(11)?;
+    let z = Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, cols), dev)?.to_dtype(DType::BF16)?)?;
+    let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, cols, dev)?.to_dtype(DType::BF16)?)?;
+    let dy = Tensor::randn(0f32, 1.0, (rows, cols), dev)?.to_dtype(DType::BF16)?;
+    let plain = || z.as_tensor().broadcast_add(b.as_tensor())?.relu()?.sqr();
+    let fused = || cuda::bias_relu2(z.as_tensor(), Some(b.as_tensor()));
+    let fwd_plain = time(dev, iters, || Ok(plain()?))?;
+    let fwd_fused = time(dev, iters, || Ok(fused()?))?;
+    let train = |f: &dyn Fn() -> candle_core::Result<Tensor>| -> anyhow::Result<()> {
+        (f()? * &dy)?.sum_all()?.backward()?;
+        Ok(())
+    };
+    let step_plain = time(dev, iters, || train(&plain))?;
+    let step_fused = time(dev, iters, || train(&fused))?;
+    let gbs = 4.0 * (rows * cols) as f64 / fwd_fused / 1e9;
+    println!(
+        "{{\"impl\":\"mmlab\",\"op\":\"relu2\",\"rows\":{rows},\"cols\":{cols},\
+         \"fwd_ms_plain\":{:.3},\"fwd_ms_fused\":{:.3},\"fwd_bwd_ms_plain\":{:.3},\
+         \"fwd_bwd_ms_fused\":{:.3},\"fused_fwd_gbs\":{gbs:.0}}}",
+        fwd_plain * 1e3,
+        fwd_fused * 1e3,
+        step_plain * 1e3,
+        step_fused * 1e3
+    );
     Ok(())
 }
 

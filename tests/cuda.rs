@@ -230,6 +230,7 @@ fn model_dispatch_uses_cuda_kernels() {
     let x = rand(&[1, 10, 2, 64], 5).to_device(&gpu).unwrap();
     assert!(kernels::cuda_qk_prep(&x).unwrap());
     assert!(!kernels::cuda_qk_prep(&rand(&[1, 10, 2, 64], 5)).unwrap());
+    assert!(kernels::cuda_relu2(&x).unwrap());
 }
 
 /// A batch of image and audio sequences from the synthetic generator (as in tests/model.rs).
@@ -401,6 +402,68 @@ fn qk_prep_matches_plain_path() {
             for (name, e) in errs {
                 assert!(e <= bound, "{dtype:?} hd {hd} rot {rot}: {name} error {e}");
             }
+        }
+    }
+}
+
+/// The fused bias + relu² kernel (`kernels/mlp_act.cu`, `cuda::bias_relu2`) against candle's
+/// ops on the CPU: output and the gradients of the input and the bias.
+#[test]
+fn relu2_matches_candle_ops() {
+    if !enabled() {
+        return;
+    }
+    let gpu = Device::new_cuda(0).unwrap();
+    for dtype in [DType::F32, DType::BF16] {
+        let bound = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+        for (rows, cols) in [(37, 100), (2100, 40), (3, 7)] {
+            let round = |x: Tensor| x.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+            let z = round(rand(&[rows, cols], 1));
+            let b = round(rand(&[cols], 2));
+            let dy = round(rand(&[rows, cols], 3));
+            let (zv, bv) = (Var::from_tensor(&z).unwrap(), Var::from_tensor(&b).unwrap());
+            let want = zv
+                .as_tensor()
+                .broadcast_add(bv.as_tensor())
+                .unwrap()
+                .relu()
+                .unwrap()
+                .sqr()
+                .unwrap();
+            let gw = (&want * &dy)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let on = |t: &Tensor| t.to_dtype(dtype).unwrap().to_device(&gpu).unwrap();
+            let (zg, bg) = (
+                Var::from_tensor(&on(&z)).unwrap(),
+                Var::from_tensor(&on(&b)).unwrap(),
+            );
+            let got = kernels::cuda::bias_relu2(zg.as_tensor(), Some(bg.as_tensor())).unwrap();
+            let gg = (&got * &on(&dy))
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let errs = [
+                rel_err(&got, &want),
+                rel_err(
+                    gg.get(zg.as_tensor()).unwrap(),
+                    gw.get(zv.as_tensor()).unwrap(),
+                ),
+                rel_err(
+                    gg.get(bg.as_tensor()).unwrap(),
+                    gw.get(bv.as_tensor()).unwrap(),
+                ),
+            ];
+            eprintln!("{dtype:?} {rows} x {cols}: y, dz, db errors {errs:?}");
+            assert!(
+                errs.iter().all(|&e| e <= bound),
+                "{dtype:?} {rows} x {cols}: {errs:?}"
+            );
         }
     }
 }

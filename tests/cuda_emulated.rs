@@ -1,4 +1,4 @@
-//! The CUDA kernels of `kernels/flash_attn.cu` run on the CPU by the emulator in `kernels/emu/`
+//! The CUDA kernels of `kernels/*.cu` run on the CPU by the emulator in `kernels/emu/`
 //! (one fiber per CUDA thread, warp collectives exchanged through the warp, `mma`/`ldmatrix`
 //! with the PTX ISA's fragment layouts, deferred `cp.async`), launched with the plan
 //! `src/kernels/cuda.rs` uses (`sources::*_launch`), against the CPU attention: outputs and
@@ -153,6 +153,7 @@ impl Buf {
 enum Arg {
     Ptr(*mut c_void),
     I32(i32),
+    I64(i64),
     F32(f32),
 }
 
@@ -164,6 +165,7 @@ fn launch(plan: &Launch, args: &[Arg], reverse: bool) -> Result<(), String> {
         .map(|a| match *a {
             Arg::Ptr(p) => p as u64,
             Arg::I32(x) => u64::from(x as u32),
+            Arg::I64(x) => x as u64,
             Arg::F32(x) => u64::from(x.to_bits()),
         })
         .collect();
@@ -885,5 +887,107 @@ fn qk_prep_kernels_match_the_plain_path() {
             .zip(&rev_order)
             .all(|(a, b)| a.to_bits() == b.to_bits()),
         "qk_prep depends on thread order"
+    );
+}
+
+/// Errors of one fused bias + relu² case (output, dz, dbias) and the raw results.
+fn relu2_case(
+    elem: Elem,
+    rows: usize,
+    cols: usize,
+    bias: bool,
+    reverse: bool,
+) -> ([f32; 3], Vec<f32>) {
+    let seed = (rows * 31 + cols) as u64;
+    let z = round_to(rand(&[rows, cols], seed), elem);
+    let b = round_to(rand(&[cols], seed + 1).affine(0.5, 0.0).unwrap(), elem);
+    let dy = round_to(rand(&[rows, cols], seed + 2), elem);
+    // The reference: candle's ops as `kernels::linear_then` runs them off the CPU fast path.
+    let zv = candle_core::Var::from_tensor(&z).unwrap();
+    let bv = candle_core::Var::from_tensor(&b).unwrap();
+    let pre = if bias {
+        zv.as_tensor().broadcast_add(bv.as_tensor()).unwrap()
+    } else {
+        zv.as_tensor().clone()
+    };
+    let want = pre.relu().unwrap().sqr().unwrap();
+    let grads = (&want * &dy)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+
+    let es = if elem == Elem::F32 { 4 } else { 2 };
+    let mut zb = Buf::from(&flat(&z), elem);
+    let mut bb = Buf::from(&flat(&b), elem);
+    let mut dyb = Buf::from(&flat(&dy), elem);
+    let mut yb = Buf::zeros(rows * cols * es);
+    let null = Arg::Ptr(std::ptr::null_mut());
+    let ba = if bias { bb.ptr() } else { null };
+    let shape = [Arg::I64(rows as i64), Arg::I32(cols as i32)];
+    let plan = sources::relu2_launch(elem, true, rows, cols).unwrap();
+    let mut args = vec![zb.ptr(), ba, yb.ptr()];
+    args.extend(shape);
+    launch(&plan, &args, reverse).unwrap_or_else(|e| panic!("relu2 forward: {e}"));
+    let plan = sources::relu2_launch(elem, false, rows, cols).unwrap();
+    let mut dzb = Buf::zeros(rows * cols * es);
+    let mut parts = Buf::zeros(plan.grid[1] as usize * cols * 4);
+    let pa = if bias { parts.ptr() } else { null };
+    let mut args = vec![zb.ptr(), ba, dyb.ptr(), dzb.ptr(), pa];
+    args.extend(shape);
+    launch(&plan, &args, reverse).unwrap_or_else(|e| panic!("relu2 backward: {e}"));
+
+    let (y, dz) = (yb.read_f32(elem), dzb.read_f32(elem));
+    let mut errs = [
+        rel_err(&y, &flat(&want)),
+        rel_err(&dz, &flat(grads.get(zv.as_tensor()).unwrap())),
+        0.0,
+    ];
+    let mut raw = [y, dz].concat();
+    if bias {
+        let mut db = vec![0f32; cols];
+        for row in parts.read_f32(Elem::F32).chunks(cols) {
+            for (s, p) in db.iter_mut().zip(row) {
+                *s += p;
+            }
+        }
+        errs[2] = rel_err(&db, &flat(grads.get(bv.as_tensor()).unwrap()));
+        raw.extend(db);
+    }
+    (errs, raw)
+}
+
+#[test]
+fn relu2_kernels_match_candle_ops() {
+    for elem in [Elem::F32, Elem::Bf16] {
+        let bound = if elem == Elem::F32 { 1e-6 } else { 1e-2 };
+        // Columns not a multiple of the 32-column block; more rows than the backward's block
+        // rows cover in one sweep (8 x 256), so threads walk several rows.
+        for (rows, cols, bias) in [
+            (5, 64, true),
+            (37, 100, true),
+            (3, 7, false),
+            (2100, 40, true),
+        ] {
+            let (e, _) = relu2_case(elem, rows, cols, bias, false);
+            eprintln!(
+                "{elem:?} {rows} x {cols} bias {bias}: y {:.2e} dz {:.2e} db {:.2e}",
+                e[0], e[1], e[2]
+            );
+            assert!(
+                e.iter().all(|&v| v <= bound),
+                "{elem:?} {rows} x {cols}: {e:?}"
+            );
+        }
+    }
+    let (_, fwd_order) = relu2_case(Elem::F32, 37, 100, true, false);
+    let (_, rev_order) = relu2_case(Elem::F32, 37, 100, true, true);
+    assert!(
+        fwd_order
+            .iter()
+            .zip(&rev_order)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "relu2 depends on thread order"
     );
 }

@@ -287,10 +287,19 @@ fn every_cuda_source_compiles_to_sm90_without_spills() {
         })
         .flatten()
         .chain(qk_prep)
+        .chain(
+            [sources::Elem::F32, sources::Elem::Bf16]
+                .into_iter()
+                .flat_map(|e| {
+                    [true, false]
+                        .map(|fwd| sources::relu2_launch(e, fwd, 1, 1).expect("launch plan"))
+                }),
+        )
         .collect();
     for name in sources::flash_attn_kernels()
         .into_iter()
         .chain(sources::qk_prep_kernels())
+        .chain(sources::mlp_act_kernels())
     {
         let r = all.iter().find(|r| r.name == name).unwrap_or_else(|| {
             panic!("kernel {name} (launched by src/kernels/cuda.rs) not compiled")

@@ -38,25 +38,27 @@ def main():
               f"{cell(o, 'bwd_tflops')} {cell(r, 'bwd_tflops')} {ratio('bwd_tflops')}")
 
 
-def qk_prep(path):
+def fused(path):
     rows = []
     with open(path) as f:
         for line in f:
             line = line.strip()
             if line.startswith("{"):
                 r = json.loads(line)
-                if r.get("op") == "qk_prep":
+                if r.get("op") in ("qk_prep", "relu2"):
                     rows.append(r)
     if not rows:
         return
     print()
-    print("q/k preparation (QK-LayerNorm, rotary on 64 of 128 channels, head transpose), bf16, "
-          "16k tokens, 16 heads; ms per call of one of q or k")
-    print("plain: candle's ops as the model ran them before; fused: kernels/qk_prep.cu")
-    print(f"{'seq':>6} | {'fwd plain':>9} {'fwd fused':>9} {'speedup':>7} {'GB/s':>6} | "
+    print("Fused kernels against candle's ops as the model ran them before, bf16; ms per call")
+    print("qk_prep: QK-LayerNorm, rotary on 64 of 128 channels, head transpose (one of q or k), "
+          "16k tokens, 16 heads")
+    print("relu2: bias + relu² after the MLP's up-projection, 16k tokens x 16k columns")
+    print(f"{'op':>8} {'shape':>12} | {'fwd plain':>9} {'fwd fused':>9} {'speedup':>7} {'GB/s':>6} | "
           f"{'f+b plain':>9} {'f+b fused':>9} {'speedup':>7}")
-    for r in sorted(rows, key=lambda r: r["seq"]):
-        print(f"{r['seq']:>6} | {r['fwd_ms_plain']:9.3f} {r['fwd_ms_fused']:9.3f} "
+    for r in sorted(rows, key=lambda r: (r["op"], r.get("seq", 0))):
+        shape = f"seq {r['seq']}" if r["op"] == "qk_prep" else f"{r['rows']}x{r['cols']}"
+        print(f"{r['op']:>8} {shape:>12} | {r['fwd_ms_plain']:9.3f} {r['fwd_ms_fused']:9.3f} "
               f"{r['fwd_ms_plain'] / r['fwd_ms_fused']:7.1f} {r['fused_fwd_gbs']:6.0f} | "
               f"{r['fwd_bwd_ms_plain']:9.3f} {r['fwd_bwd_ms_fused']:9.3f} "
               f"{r['fwd_bwd_ms_plain'] / r['fwd_bwd_ms_fused']:7.1f}")
@@ -64,4 +66,4 @@ def qk_prep(path):
 
 if __name__ == "__main__":
     main()
-    qk_prep(sys.argv[1])
+    fused(sys.argv[1])

@@ -1,6 +1,7 @@
-// kernels/flash_attn.cu and kernels/qk_prep.cu built for the CPU emulator (cuda_emu.h) as a shared library with one
-// entry point, `fa_emu_launch`, which takes a kernel's name, its launch configuration and its
-// arguments as cuLaunchKernel does (an array of pointers to the argument values).
+// kernels/*.cu (flash_attn.cu, qk_prep.cu, mlp_act.cu) built for the CPU emulator (cuda_emu.h)
+// as a shared library with one entry point, `fa_emu_launch`, which takes a kernel's name, its
+// launch configuration and its arguments as cuLaunchKernel does (an array of pointers to the
+// argument values).
 //
 //   c++ -std=c++20 -O2 -shared -fPIC -o libfa_emu.so kernels/emu/flash_attn_emu.cpp
 //
@@ -9,6 +10,7 @@
 
 #include "../flash_attn.cu"
 #include "../qk_prep.cu"
+#include "../mlp_act.cu"
 
 #include <cstddef>
 #include <utility>
@@ -52,7 +54,8 @@ const Entry KERNELS[] = {
     FA_ENTRY(fa_bwd_dkdv_bf16_hd64), FA_ENTRY(fa_bwd_dq_bf16_hd64),
     FA_ENTRY(fa_bwd_dkdv_bf16_hd128), FA_ENTRY(fa_bwd_dq_bf16_hd128),
     FA_ENTRY(qp_fwd_f32),          FA_ENTRY(qp_fwd_bf16),         FA_ENTRY(qp_bwd_f32),
-    FA_ENTRY(qp_bwd_bf16),
+    FA_ENTRY(qp_bwd_bf16),         FA_ENTRY(ma_relu2_fwd_f32),    FA_ENTRY(ma_relu2_fwd_bf16),
+    FA_ENTRY(ma_relu2_bwd_f32),    FA_ENTRY(ma_relu2_bwd_bf16),
 };
 
 struct Call {

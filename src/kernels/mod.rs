@@ -81,6 +81,37 @@ pub fn cuda_attention(q: &Tensor) -> bool {
     }
 }
 
+/// A CUDA fusion switch: `var` unset, empty or `fused` -> true; `plain` -> false; else an error
+/// naming the variable.
+#[cfg(feature = "cuda")]
+fn fused_or_plain(var: &str) -> std::result::Result<bool, String> {
+    match std::env::var(var).as_deref() {
+        Err(_) | Ok("") | Ok("fused") => Ok(true),
+        Ok("plain") => Ok(false),
+        Ok(other) => Err(format!("{var}={other}: expected fused or plain")),
+    }
+}
+
+/// `x2 W^T`, then bias + relu² in one CUDA kernel, when `epilogue` is relu² and
+/// [`cuda_relu2`] holds; `None` otherwise (the caller runs candle's ops).
+fn cuda_linear_relu2(
+    x2: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    epilogue: Epilogue,
+) -> Result<Option<Tensor>> {
+    if epilogue != Epilogue::Relu2 || !cuda_relu2(x2)? {
+        return Ok(None);
+    }
+    #[cfg(feature = "cuda")]
+    return Ok(Some(cuda::bias_relu2(&x2.matmul(&w.t()?)?, b)?));
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (w, b);
+        Ok(None)
+    }
+}
+
 /// True when q and k of a head-split projection `x` (`b, t, n, hd`) are prepared by the fused
 /// CUDA kernel ([`cuda::qk_norm_rope`]: QK-LayerNorm, rotary and the head transpose in one
 /// pass): the `cuda` feature is built in, `x` is on a CUDA device in f32 or bf16, `hd` is at
@@ -92,11 +123,7 @@ pub fn cuda_qk_prep(x: &Tensor) -> Result<bool> {
         static FUSED: std::sync::OnceLock<std::result::Result<bool, String>> =
             std::sync::OnceLock::new();
         let fused = FUSED
-            .get_or_init(|| match std::env::var("MMLAB_QK_PREP").as_deref() {
-                Err(_) | Ok("") | Ok("fused") => Ok(true),
-                Ok("plain") => Ok(false),
-                Ok(other) => Err(format!("MMLAB_QK_PREP={other}: expected fused or plain")),
-            })
+            .get_or_init(|| fused_or_plain("MMLAB_QK_PREP"))
             .clone()
             .map_err(candle_core::Error::msg)?;
         Ok(fused
@@ -108,6 +135,33 @@ pub fn cuda_qk_prep(x: &Tensor) -> Result<bool> {
             && x.dims()
                 .last()
                 .is_some_and(|&hd| hd <= sources::QK_PREP_MAX_HD))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = x;
+        Ok(false)
+    }
+}
+
+/// True when the MLP's bias + relu² after a matmul runs as one CUDA kernel
+/// ([`cuda::bias_relu2`]): the `cuda` feature is built in, `x` is on a CUDA device in f32 or
+/// bf16, and `MMLAB_RELU2` is unset or `fused` (`plain` keeps candle's ops, to compare; any other
+/// value is an error naming the variable).
+pub fn cuda_relu2(x: &Tensor) -> Result<bool> {
+    #[cfg(feature = "cuda")]
+    {
+        static FUSED: std::sync::OnceLock<std::result::Result<bool, String>> =
+            std::sync::OnceLock::new();
+        let fused = FUSED
+            .get_or_init(|| fused_or_plain("MMLAB_RELU2"))
+            .clone()
+            .map_err(candle_core::Error::msg)?;
+        Ok(fused
+            && x.device().is_cuda()
+            && matches!(
+                x.dtype(),
+                candle_core::DType::F32 | candle_core::DType::BF16
+            ))
     }
     #[cfg(not(feature = "cuda"))]
     {
@@ -251,6 +305,8 @@ pub fn linear_then(
             .all(|t| t.dtype() == candle_core::DType::F32);
     let y = if fused {
         linear::linear_2d(&x2, w, b, epilogue)?
+    } else if let Some(y) = cuda_linear_relu2(&x2, w, b, epilogue)? {
+        y
     } else {
         use candle_core::Module;
         let y = candle_nn::Linear::new(w.clone(), b.cloned()).forward(&x2)?;

@@ -9,6 +9,9 @@ pub const FLASH_ATTN_SRC: &str = include_str!("../../kernels/flash_attn.cu");
 /// `kernels/qk_prep.cu`: QK-LayerNorm, rotary and the head transpose of q and k, fused.
 pub const QK_PREP_SRC: &str = include_str!("../../kernels/qk_prep.cu");
 
+/// `kernels/mlp_act.cu`: the MLP's bias + relu² after its up-projection, fused.
+pub const MLP_ACT_SRC: &str = include_str!("../../kernels/mlp_act.cu");
+
 /// Head dims the attention kernels are instantiated for (16: the shipped `fuyu-small`).
 pub const HEAD_DIMS: [usize; 4] = [16, 32, 64, 128];
 
@@ -346,5 +349,60 @@ pub fn qk_prep_launch(elem: Elem, fwd: bool, rows: usize, hd: usize) -> Result<L
         grid: [grid, 1, 1],
         block: [32 * warps as u32, 1, 1],
         smem: (warps * per_warp * 4) as u32,
+    })
+}
+
+/// Most blocks of the relu² forward, which walks the elements grid-stride.
+pub const RELU2_FWD_MAX_BLOCKS: usize = 1 << 16;
+/// Most block rows (`gridDim.y`) of the relu² backward, which walks the rows with that stride;
+/// its dbias partial sums are `(block rows, cols)` f32.
+pub const RELU2_BWD_MAX_ROW_BLOCKS: usize = 256;
+
+/// Name of the fused bias + relu² forward (`fwd`) or backward for `elem`.
+pub fn relu2_kernel(elem: Elem, fwd: bool) -> String {
+    format!(
+        "ma_relu2_{}_{}",
+        if fwd { "fwd" } else { "bwd" },
+        elem.suffix()
+    )
+}
+
+/// Every kernel `src/kernels/cuda.rs` may launch from `mlp_act.cu`.
+pub fn mlp_act_kernels() -> Vec<String> {
+    [Elem::F32, Elem::Bf16]
+        .into_iter()
+        .flat_map(|e| [relu2_kernel(e, true), relu2_kernel(e, false)])
+        .collect()
+}
+
+/// The launch of the fused bias + relu² over a `rows x cols` matmul output: the forward one
+/// thread per element (256 per block, grid-stride past [`RELU2_FWD_MAX_BLOCKS`]); the backward
+/// 32 x 8 threads per block, a block column per 32 columns and at most
+/// [`RELU2_BWD_MAX_ROW_BLOCKS`] block rows.
+pub fn relu2_launch(elem: Elem, fwd: bool, rows: usize, cols: usize) -> Result<Launch, String> {
+    let n = rows
+        .checked_mul(cols)
+        .ok_or_else(|| format!("relu2: {rows} x {cols} elements overflow"))?;
+    if n == 0 || i32::try_from(cols).is_err() {
+        return Err(format!("relu2: {rows} x {cols} elements"));
+    }
+    Ok(if fwd {
+        Launch {
+            kernel: relu2_kernel(elem, true),
+            grid: [n.div_ceil(256).min(RELU2_FWD_MAX_BLOCKS) as u32, 1, 1],
+            block: [256, 1, 1],
+            smem: 0,
+        }
+    } else {
+        Launch {
+            kernel: relu2_kernel(elem, false),
+            grid: [
+                blocks(cols, 32)?,
+                rows.div_ceil(8).min(RELU2_BWD_MAX_ROW_BLOCKS) as u32,
+                1,
+            ],
+            block: [32, 8, 1],
+            smem: 0,
+        }
     })
 }
