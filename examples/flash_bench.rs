@@ -114,43 +114,57 @@ fn relu2(dev: &Device, iters: usize) -> anyhow::Result<()> {
     let dy = Tensor::randn(0f32, 1.0, (rows, cols), dev)?.to_dtype(DType::BF16)?;
     let plain = || z.as_tensor().broadcast_add(b.as_tensor())?.relu()?.sqr();
     let fused = || cuda::bias_relu2(z.as_tensor(), Some(b.as_tensor()));
-    let fwd_plain = time(dev, iters, || Ok(plain()?))?;
-    let fwd_fused = time(dev, iters, || Ok(fused()?))?;
-    let train = |f: &dyn Fn() -> candle_core::Result<Tensor>| -> anyhow::Result<()> {
-        (f()? * &dy)?.sum_all()?.backward()?;
-        Ok(())
-    };
-    let step_plain = time(dev, iters, || train(&plain))?;
-    let step_fused = time(dev, iters, || train(&fused))?;
-    let gbs = 4.0 * (rows * cols) as f64 / fwd_fused / 1e9;
-    println!(
-        "{{\"impl\":\"mmlab\",\"op\":\"relu2\",\"rows\":{rows},\"cols\":{cols},\
-         \"fwd_ms_plain\":{:.3},\"fwd_ms_fused\":{:.3},\"fwd_bwd_ms_plain\":{:.3},\
-         \"fwd_bwd_ms_fused\":{:.3},\"fused_fwd_gbs\":{gbs:.0}}}",
-        fwd_plain * 1e3,
-        fwd_fused * 1e3,
-        step_plain * 1e3,
-        step_fused * 1e3
-    );
+    let timing = fused_vs_plain(dev, iters, &plain, &fused, &dy, rows * cols)?;
+    println!("{{\"impl\":\"mmlab\",\"op\":\"relu2\",\"rows\":{rows},\"cols\":{cols},{timing}}}");
     Ok(())
 }
 
 /// Seconds per call of `f`, after two warm-up calls.
-fn time<T>(
+fn time<T, E: Into<anyhow::Error>>(
     dev: &Device,
     iters: usize,
-    mut f: impl FnMut() -> anyhow::Result<T>,
+    mut f: impl FnMut() -> Result<T, E>,
 ) -> anyhow::Result<f64> {
     for _ in 0..2 {
-        f()?;
+        f().map_err(Into::into)?;
     }
     dev.synchronize()?;
     let t0 = Instant::now();
     for _ in 0..iters {
-        f()?;
+        f().map_err(Into::into)?;
     }
     dev.synchronize()?;
     Ok(t0.elapsed().as_secs_f64() / iters as f64)
+}
+
+/// A fused op and candle's ops for the same, forward and forward + backward (through
+/// `(y * dy).sum()`), as the JSON fields `side_by_side.py` reads; `elems` bf16 elements in and
+/// out, so the fused forward moves 4 bytes per element.
+fn fused_vs_plain(
+    dev: &Device,
+    iters: usize,
+    plain: &dyn Fn() -> candle_core::Result<Tensor>,
+    fused: &dyn Fn() -> candle_core::Result<Tensor>,
+    dy: &Tensor,
+    elems: usize,
+) -> anyhow::Result<String> {
+    let fwd_plain = time(dev, iters, plain)?;
+    let fwd_fused = time(dev, iters, fused)?;
+    let train = |f: &dyn Fn() -> candle_core::Result<Tensor>| -> anyhow::Result<()> {
+        (f()? * dy)?.sum_all()?.backward()?;
+        Ok(())
+    };
+    let step_plain = time(dev, iters, || train(plain))?;
+    let step_fused = time(dev, iters, || train(fused))?;
+    let gbs = 4.0 * elems as f64 / fwd_fused / 1e9;
+    Ok(format!(
+        "\"fwd_ms_plain\":{:.3},\"fwd_ms_fused\":{:.3},\"fwd_bwd_ms_plain\":{:.3},\
+         \"fwd_bwd_ms_fused\":{:.3},\"fused_fwd_gbs\":{gbs:.0}",
+        fwd_plain * 1e3,
+        fwd_fused * 1e3,
+        step_plain * 1e3,
+        step_fused * 1e3
+    ))
 }
 
 /// The fused q/k preparation against candle's ops, per sequence length (16k tokens per batch).
@@ -191,24 +205,10 @@ fn qk_prep(dev: &Device, seqs: &[usize], iters: usize) -> anyhow::Result<()> {
                 rot,
             )
         };
-        let fwd_plain = time(dev, iters, || Ok(plain()?))?;
-        let fwd_fused = time(dev, iters, || Ok(fused()?))?;
-        let train = |f: &dyn Fn() -> candle_core::Result<Tensor>| -> anyhow::Result<()> {
-            (f()? * &dy)?.sum_all()?.backward()?;
-            Ok(())
-        };
-        let step_plain = time(dev, iters, || train(&plain))?;
-        let step_fused = time(dev, iters, || train(&fused))?;
-        // The fused forward reads x and writes y once: 4 bytes per bf16 element.
-        let gbs = 4.0 * (b * seq * heads * hd) as f64 / fwd_fused / 1e9;
+        let timing = fused_vs_plain(dev, iters, &plain, &fused, &dy, b * seq * heads * hd)?;
         println!(
             "{{\"impl\":\"mmlab\",\"op\":\"qk_prep\",\"seq\":{seq},\"batch\":{b},\"heads\":{heads},\
-             \"hd\":{hd},\"rot\":{rot},\"fwd_ms_plain\":{:.3},\"fwd_ms_fused\":{:.3},\
-             \"fwd_bwd_ms_plain\":{:.3},\"fwd_bwd_ms_fused\":{:.3},\"fused_fwd_gbs\":{gbs:.0}}}",
-            fwd_plain * 1e3,
-            fwd_fused * 1e3,
-            step_plain * 1e3,
-            step_fused * 1e3
+             \"hd\":{hd},\"rot\":{rot},{timing}}}"
         );
     }
     Ok(())

@@ -81,15 +81,29 @@ pub fn cuda_attention(q: &Tensor) -> bool {
     }
 }
 
-/// A CUDA fusion switch: `var` unset, empty or `fused` -> true; `plain` -> false; else an error
-/// naming the variable.
+/// A fused CUDA op's switch, read once per process.
 #[cfg(feature = "cuda")]
-fn fused_or_plain(var: &str) -> std::result::Result<bool, String> {
-    match std::env::var(var).as_deref() {
-        Err(_) | Ok("") | Ok("fused") => Ok(true),
-        Ok("plain") => Ok(false),
-        Ok(other) => Err(format!("{var}={other}: expected fused or plain")),
-    }
+type Switch = std::sync::OnceLock<std::result::Result<bool, String>>;
+
+/// True when `x` is on a CUDA device in f32 or bf16 and the switch `var` (read once into
+/// `cell`) is on: unset, empty or `fused`; `plain` turns it off (candle's ops, to compare); any
+/// other value is an error naming the variable.
+#[cfg(feature = "cuda")]
+fn cuda_fusion(x: &Tensor, cell: &'static Switch, var: &str) -> Result<bool> {
+    let on = cell
+        .get_or_init(|| match std::env::var(var).as_deref() {
+            Err(_) | Ok("") | Ok("fused") => Ok(true),
+            Ok("plain") => Ok(false),
+            Ok(other) => Err(format!("{var}={other}: expected fused or plain")),
+        })
+        .clone()
+        .map_err(candle_core::Error::msg)?;
+    Ok(on
+        && x.device().is_cuda()
+        && matches!(
+            x.dtype(),
+            candle_core::DType::F32 | candle_core::DType::BF16
+        ))
 }
 
 /// `x2 W^T`, then bias + relu² in one CUDA kernel, when `epilogue` is relu² and
@@ -120,18 +134,8 @@ fn cuda_linear_relu2(
 pub fn cuda_qk_prep(x: &Tensor) -> Result<bool> {
     #[cfg(feature = "cuda")]
     {
-        static FUSED: std::sync::OnceLock<std::result::Result<bool, String>> =
-            std::sync::OnceLock::new();
-        let fused = FUSED
-            .get_or_init(|| fused_or_plain("MMLAB_QK_PREP"))
-            .clone()
-            .map_err(candle_core::Error::msg)?;
-        Ok(fused
-            && x.device().is_cuda()
-            && matches!(
-                x.dtype(),
-                candle_core::DType::F32 | candle_core::DType::BF16
-            )
+        static SWITCH: Switch = Switch::new();
+        Ok(cuda_fusion(x, &SWITCH, "MMLAB_QK_PREP")?
             && x.dims()
                 .last()
                 .is_some_and(|&hd| hd <= sources::QK_PREP_MAX_HD))
@@ -150,18 +154,8 @@ pub fn cuda_qk_prep(x: &Tensor) -> Result<bool> {
 pub fn cuda_relu2(x: &Tensor) -> Result<bool> {
     #[cfg(feature = "cuda")]
     {
-        static FUSED: std::sync::OnceLock<std::result::Result<bool, String>> =
-            std::sync::OnceLock::new();
-        let fused = FUSED
-            .get_or_init(|| fused_or_plain("MMLAB_RELU2"))
-            .clone()
-            .map_err(candle_core::Error::msg)?;
-        Ok(fused
-            && x.device().is_cuda()
-            && matches!(
-                x.dtype(),
-                candle_core::DType::F32 | candle_core::DType::BF16
-            ))
+        static SWITCH: Switch = Switch::new();
+        cuda_fusion(x, &SWITCH, "MMLAB_RELU2")
     }
     #[cfg(not(feature = "cuda"))]
     {
