@@ -991,3 +991,54 @@ fn relu2_kernels_match_candle_ops() {
         "relu2 depends on thread order"
     );
 }
+
+/// Random shapes through the fused q/k preparation and relu² kernels (`MMLAB_EMU_SWEEP=N`
+/// cases each, default none): any head dim up to 256 (odd ones too), any even rotary width,
+/// with and without the norm; any matrix shape, with and without the bias.
+#[test]
+fn fused_ops_random_sweep() {
+    let n: u64 = std::env::var("MMLAB_EMU_SWEEP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if n == 0 {
+        eprintln!("fused-op sweep skipped: set MMLAB_EMU_SWEEP=<cases> to run it");
+        return;
+    }
+    let mut s = 0x2545f4914f6cdd1du64;
+    let mut next = |m: u64| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s % m) as usize
+    };
+    let mut worst = [0f32; 2];
+    for i in 0..n {
+        let elem = if next(2) == 0 { Elem::F32 } else { Elem::Bf16 };
+        let bound = if elem == Elem::F32 { 1e-5 } else { 1e-2 };
+        let (b, t, h) = (1 + next(3), 1 + next(40), 1 + next(4));
+        let hd = 1 + next(256);
+        let rot = 2 * next(hd as u64 / 2 + 1);
+        let norm = next(2) == 0;
+        let (e, _) = qk_prep_case(elem, b, t, h, hd, rot, norm, next(4) == 0);
+        let w = &mut worst[usize::from(elem == Elem::Bf16)];
+        for v in [e.y, e.dx, e.dw, e.db] {
+            assert!(
+                v <= bound,
+                "case {i}: qk_prep {elem:?} b {b} t {t} n {h} hd {hd} rot {rot} norm {norm}: {e:?}"
+            );
+            *w = w.max(v);
+        }
+        let (rows, cols, bias) = (1 + next(3000), 1 + next(300), next(2) == 0);
+        let (e, _) = relu2_case(elem, rows, cols, bias, next(4) == 0);
+        assert!(
+            e.iter().all(|&v| v <= bound),
+            "case {i}: relu2 {elem:?} {rows} x {cols} bias {bias}: {e:?}"
+        );
+        *w = w.max(e.into_iter().fold(0f32, f32::max));
+    }
+    eprintln!(
+        "{n} cases each: largest error f32 {:.2e}, bf16 {:.2e}",
+        worst[0], worst[1]
+    );
+}
