@@ -541,24 +541,32 @@ fn decode_steps_and_tiny_shapes_match_cpu() {
     run(case(Elem::F32, 32, false, 33, 65), false);
 }
 
-/// Random shapes, head dims, masks and KV grouping (`MMLAB_EMU_SWEEP=N` cases, default none):
-/// the long check to run after changing a kernel.
-#[test]
-fn random_sweep_matches_cpu() {
+/// `MMLAB_EMU_SWEEP`'s case count (none: the sweep `what` says it skipped) and a xorshift
+/// stream from `seed`: `next(m)` is in `0..m`.
+fn sweep(what: &str, seed: u64) -> Option<(u64, impl FnMut(u64) -> u64)> {
     let n: u64 = std::env::var("MMLAB_EMU_SWEEP")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     if n == 0 {
-        eprintln!("random sweep skipped: set MMLAB_EMU_SWEEP=<cases> to run it");
-        return;
+        eprintln!("{what} skipped: set MMLAB_EMU_SWEEP=<cases> to run it");
+        return None;
     }
-    let mut s = 0x9e3779b97f4a7c15u64;
-    let mut next = |m: u64| {
+    let mut s = seed;
+    Some((n, move |m: u64| {
         s ^= s << 13;
         s ^= s >> 7;
         s ^= s << 17;
         s % m
+    }))
+}
+
+/// Random shapes, head dims, masks and KV grouping (`MMLAB_EMU_SWEEP=N` cases, default none):
+/// the long check to run after changing a kernel.
+#[test]
+fn random_sweep_matches_cpu() {
+    let Some((n, mut next)) = sweep("random sweep", 0x9e3779b97f4a7c15) else {
+        return;
     };
     for _ in 0..n {
         let elem = if next(2) == 0 { Elem::F32 } else { Elem::Bf16 };
@@ -997,21 +1005,10 @@ fn relu2_kernels_match_candle_ops() {
 /// with and without the norm; any matrix shape, with and without the bias.
 #[test]
 fn fused_ops_random_sweep() {
-    let n: u64 = std::env::var("MMLAB_EMU_SWEEP")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    if n == 0 {
-        eprintln!("fused-op sweep skipped: set MMLAB_EMU_SWEEP=<cases> to run it");
+    let Some((n, mut next64)) = sweep("fused-op sweep", 0x2545f4914f6cdd1d) else {
         return;
-    }
-    let mut s = 0x2545f4914f6cdd1du64;
-    let mut next = |m: u64| {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s % m) as usize
     };
+    let mut next = |m: u64| next64(m) as usize;
     let mut worst = [0f32; 2];
     for i in 0..n {
         let elem = if next(2) == 0 { Elem::F32 } else { Elem::Bf16 };
