@@ -304,6 +304,23 @@ impl Call<'_> {
     }
 }
 
+/// True when `a` and `b` hold the same bits (a race shows as a difference between thread
+/// orders).
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// The rows (`width` wide) of `parts` added up: the kernels' per-block partial sums.
+fn sum_rows(parts: &[f32], width: usize) -> Vec<f32> {
+    let mut sums = vec![0f32; width];
+    for row in parts.chunks(width) {
+        for (s, p) in sums.iter_mut().zip(row) {
+            *s += p;
+        }
+    }
+    sums
+}
+
 fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
@@ -484,12 +501,8 @@ fn run(c: Case, both_orders: bool) {
         if both_orders {
             let rev = emulate(&c, &inputs, tile, true);
             for (i, what) in ["output", "lse", "dq", "dk", "dv"].iter().enumerate() {
-                let same = got[i]
-                    .iter()
-                    .zip(&rev[i])
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(
-                    same,
+                    same_bits(&got[i], &rev[i]),
                     "{name}: {what} depends on the threads' order (a race)"
                 );
             }
@@ -843,13 +856,7 @@ fn qk_prep_case(
     let mut raw = [got_y, got_dx].concat();
     if norm {
         // The blocks' partial sums, added up as cuda.rs does.
-        let parts = dwb.read_f32(Elem::F32);
-        let mut sums = vec![0f32; 2 * hd];
-        for blk in parts.chunks(2 * hd) {
-            for (s, p) in sums.iter_mut().zip(blk) {
-                *s += p;
-            }
-        }
+        let sums = sum_rows(&dwb.read_f32(Elem::F32), 2 * hd);
         errs.dw = rel_err(&sums[..hd], &flat(grads.get(&vars["n.weight"]).unwrap()));
         errs.db = rel_err(&sums[hd..], &flat(grads.get(&vars["n.bias"]).unwrap()));
         raw.extend(sums);
@@ -890,10 +897,7 @@ fn qk_prep_kernels_match_the_plain_path() {
     );
     let (_, rev_order) = qk_prep_case(Elem::F32, 2, 520, 4, 16, 16, true, true);
     assert!(
-        fwd_order
-            .iter()
-            .zip(&rev_order)
-            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        same_bits(&fwd_order, &rev_order),
         "qk_prep depends on thread order"
     );
 }
@@ -954,12 +958,8 @@ fn relu2_case(
     ];
     let mut raw = [y, dz].concat();
     if bias {
-        let mut db = vec![0f32; cols];
-        for row in parts.read_f32(Elem::F32).chunks(cols) {
-            for (s, p) in db.iter_mut().zip(row) {
-                *s += p;
-            }
-        }
+        // The block rows' partial sums, added up as cuda.rs does.
+        let db = sum_rows(&parts.read_f32(Elem::F32), cols);
         errs[2] = rel_err(&db, &flat(grads.get(bv.as_tensor()).unwrap()));
         raw.extend(db);
     }
@@ -992,10 +992,7 @@ fn relu2_kernels_match_candle_ops() {
     let (_, fwd_order) = relu2_case(Elem::F32, 37, 100, true, false);
     let (_, rev_order) = relu2_case(Elem::F32, 37, 100, true, true);
     assert!(
-        fwd_order
-            .iter()
-            .zip(&rev_order)
-            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        same_bits(&fwd_order, &rev_order),
         "relu2 depends on thread order"
     );
 }
