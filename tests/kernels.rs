@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use mmlab::kernels::{self, AttnMask};
 
 mod common;
-use common::{max_diff, rand};
+use common::{max_abs, max_diff, rand};
 
 /// Compares `fused(vars)` and `plain(vars)`: outputs, and gradients of `sum(out * r)` for a
 /// fixed random `r`, for every var (within `tol`, times the gradient's largest magnitude
@@ -33,16 +33,7 @@ fn compare(
         let a = gf.get(v.as_tensor()).expect("fused op gave no gradient");
         let b = gp.get(v.as_tensor()).expect("plain op gave no gradient");
         // Gradients of weights sum over many rows: compare relative to their magnitude.
-        let scale = 1f32.max(
-            b.abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap(),
-        );
+        let scale = 1f32.max(max_abs(b));
         let d = max_diff(a, b);
         assert!(
             d <= tol * scale,
