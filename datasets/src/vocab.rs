@@ -469,7 +469,15 @@ impl std::fmt::Display for SoundClass {
 
 fn shape_synonyms(s: Shape) -> &'static [&'static str] {
     match s {
-        Shape::Circle => &["circle", "disc", "disk", "dot", "ball", "round shape"],
+        Shape::Circle => &[
+            "circle",
+            "disc",
+            "disk",
+            "dot",
+            "ball",
+            "round shape",
+            "filled circle",
+        ],
         Shape::Ring => &[
             "ring",
             "hoop",
@@ -477,18 +485,20 @@ fn shape_synonyms(s: Shape) -> &'static [&'static str] {
             "doughnut",
             "annulus",
             "circle outline",
+            "hollow circle",
         ],
-        Shape::Square => &["square", "block", "tile"],
+        Shape::Square => &["square", "block", "tile", "filled square"],
         Shape::Frame => &[
             "frame",
             "hollow square",
             "square outline",
             "outlined square",
+            "square frame",
         ],
         Shape::Triangle => &["triangle", "pyramid"],
         Shape::Diamond => &["diamond", "rhombus", "lozenge"],
         Shape::Plus => &["plus", "plus sign"],
-        Shape::Cross => &["cross", "x", "x mark", "saltire"],
+        Shape::Cross => &["cross", "x", "x mark", "x shape", "saltire"],
         Shape::Star => &["star", "pentagram"],
         Shape::Hexagon => &["hexagon"],
         Shape::Heart => &["heart"],

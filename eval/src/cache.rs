@@ -1,4 +1,8 @@
 //! The on-disk response cache: append-only JSON lines, one file per (model identity, task).
+//!
+//! An entry is keyed on the question id, the prompt, the candidates and the sha256 of the
+//! media (image or audio bytes) the question was asked about, so the same ids over other images
+//! never share answers.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -42,6 +46,8 @@ pub fn model_cache_dir(cache_dir: &Path, identity: &str) -> PathBuf {
 #[derive(Clone, Debug)]
 struct Entry {
     prompt: String,
+    /// sha256 of the media file's bytes (empty for entries written before media were keyed).
+    media: String,
     candidates: Option<Vec<String>>,
     /// `None` once taken by [`ResponseCache::take`].
     response: Option<Response>,
@@ -57,6 +63,7 @@ fn ser_scores<S: serde::Serializer>(v: &&Option<Vec<f32>>, s: S) -> Result<S::Ok
 struct LineOut<'a> {
     question_id: &'a str,
     prompt: &'a str,
+    media: &'a str,
     candidates: Option<&'a [String]>,
     answer: &'a str,
     #[serde(serialize_with = "ser_scores")]
@@ -72,6 +79,7 @@ struct LineIn {
     task: Option<String>,
     question_id: Option<String>,
     prompt: Option<String>,
+    media: Option<String>,
     candidates: Option<Vec<String>>,
     answer: Option<String>,
     #[serde(default, with = "crate::responder::score_serde")]
@@ -84,6 +92,31 @@ struct LineIn {
 struct Header<'a> {
     identity: &'a str,
     task: &'a str,
+}
+
+/// What a cached answer is looked up by.
+#[derive(Clone, Copy, Debug)]
+pub struct Key<'a> {
+    /// The question id.
+    pub question_id: &'a str,
+    /// The prompt the model saw.
+    pub prompt: &'a str,
+    /// sha256 of the media file's bytes.
+    pub media: &'a str,
+    /// The candidates scored (candidate mode).
+    pub candidates: Option<&'a [String]>,
+}
+
+impl<'a> Key<'a> {
+    /// The key of a request about media with this sha256.
+    pub fn of(req: &'a Request, media: &'a str) -> Self {
+        Key {
+            question_id: &req.question_id,
+            prompt: &req.prompt,
+            media,
+            candidates: req.candidates.as_deref(),
+        }
+    }
 }
 
 /// Responses already given by one model to one task's questions, and the file new ones go to.
@@ -166,10 +199,10 @@ impl ResponseCache {
         let text = String::from_utf8_lossy(&bytes[..complete]);
         let lines = crate::tasks::numbered_lines(&text);
         for &(line, raw) in &lines {
-            let l: LineIn = serde_json::from_str(raw).map_err(|e| EvalError::Json {
+            let l: LineIn = serde_json::from_str(raw).map_err(|e| EvalError::CacheCorrupt {
                 path: path.to_path_buf(),
                 line,
-                source: e,
+                message: e.to_string(),
             })?;
             if let Some(identity) = l.identity {
                 let task = l.task.unwrap_or_default();
@@ -197,6 +230,7 @@ impl ResponseCache {
                 qid,
                 Entry {
                     prompt,
+                    media: l.media.unwrap_or_default(),
                     candidates: l.candidates,
                     response: Some(Response {
                         answer,
@@ -221,7 +255,7 @@ impl ResponseCache {
         let mut cur = first as usize;
         loop {
             let x = &mut self.entries[cur];
-            if x.prompt == e.prompt && x.candidates == e.candidates {
+            if x.prompt == e.prompt && x.media == e.media && x.candidates == e.candidates {
                 x.response = e.response;
                 return;
             }
@@ -234,48 +268,36 @@ impl ResponseCache {
         self.entries.push(e);
     }
 
-    /// Index of the entry for a question with this prompt and candidates.
-    fn find(
-        &self,
-        question_id: &str,
-        prompt: &str,
-        candidates: Option<&[String]>,
-    ) -> Option<usize> {
-        let mut cur = *self.by_id.get(question_id)? as usize;
+    /// Index of the entry for a question with this prompt, media and candidates.
+    fn find(&self, key: &Key<'_>) -> Option<usize> {
+        let mut cur = *self.by_id.get(key.question_id)? as usize;
         loop {
             let e = &self.entries[cur];
-            if e.prompt == prompt && e.candidates.as_deref() == candidates {
+            if e.prompt == key.prompt
+                && e.media == key.media
+                && e.candidates.as_deref() == key.candidates
+            {
                 return Some(cur);
             }
             cur = e.next? as usize;
         }
     }
 
-    /// The cached response to a question with this prompt and candidates, if any.
-    pub fn lookup(
-        &self,
-        question_id: &str,
-        prompt: &str,
-        candidates: Option<&[String]>,
-    ) -> Option<&Response> {
-        let i = self.find(question_id, prompt, candidates)?;
+    /// The cached response to a question, if any.
+    pub fn lookup(&self, key: &Key<'_>) -> Option<&Response> {
+        let i = self.find(key)?;
         self.entries[i].response.as_ref()
     }
 
     /// Move a cached response out of this in-memory view (the file keeps it).
-    pub fn take(
-        &mut self,
-        question_id: &str,
-        prompt: &str,
-        candidates: Option<&[String]>,
-    ) -> Option<Response> {
-        let i = self.find(question_id, prompt, candidates)?;
+    pub fn take(&mut self, key: &Key<'_>) -> Option<Response> {
+        let i = self.find(key)?;
         self.entries[i].response.take()
     }
 
-    /// The cached response to a request, if any.
-    pub fn get(&self, req: &Request) -> Option<&Response> {
-        self.lookup(&req.question_id, &req.prompt, req.candidates.as_deref())
+    /// The cached response to a request about media with this sha256, if any.
+    pub fn get(&self, req: &Request, media: &str) -> Option<&Response> {
+        self.lookup(&Key::of(req, media))
     }
 
     /// Number of cached responses.
@@ -298,7 +320,16 @@ impl ResponseCache {
     ///
     /// Appended responses are not added to this in-memory view (a run asks each question once);
     /// the next [`ResponseCache::open`] sees them.
-    pub fn append(&mut self, reqs: &[Request], resps: &[Response]) -> Result<()> {
+    /// `media[i]` is the sha256 of the media `reqs[i]` asks about.
+    pub fn append(&mut self, reqs: &[Request], media: &[&str], resps: &[Response]) -> Result<()> {
+        if media.len() != reqs.len() || resps.len() != reqs.len() {
+            return Err(EvalError::Option(format!(
+                "cache append: {} requests, {} media hashes, {} responses",
+                reqs.len(),
+                media.len(),
+                resps.len()
+            )));
+        }
         let mut buf = Vec::with_capacity(reqs.len() * 128);
         if self.file.is_none() {
             std::fs::create_dir_all(&self.dir).map_err(|e| EvalError::io(&self.dir, e))?;
@@ -319,10 +350,11 @@ impl ResponseCache {
             }
             self.file = Some(f);
         }
-        for (r, resp) in reqs.iter().zip(resps) {
+        for ((r, resp), m) in reqs.iter().zip(resps).zip(media) {
             let line = LineOut {
                 question_id: &r.question_id,
                 prompt: &r.prompt,
+                media: m,
                 candidates: r.candidates.as_deref(),
                 answer: &resp.answer,
                 scores: &resp.scores,
@@ -368,7 +400,7 @@ mod tests {
         let path = {
             let mut c = ResponseCache::open(dir.path(), "m@1", "pope-random", None).unwrap();
             assert!(c.is_empty());
-            c.append(&reqs, &resps).unwrap();
+            c.append(&reqs, &["m0", "m1", "m2"], &resps).unwrap();
             c.path().to_path_buf()
         };
         // Simulate a kill in the middle of writing a line.
@@ -378,13 +410,14 @@ mod tests {
         let mut c = ResponseCache::open(dir.path(), "m@1", "pope-random", None).unwrap();
         assert_eq!(c.len(), 3);
         for (r, resp) in reqs.iter().zip(&resps) {
-            assert_eq!(c.get(r), Some(resp));
+            assert_eq!(c.get(r, &format!("m{}", r.question_id)), Some(resp));
         }
         // A different prompt is a different key.
         let mut other = req("0");
         other.prompt = "Is there a star?".into();
-        assert_eq!(c.get(&other), None);
-        c.append(&[req("5")], &[Response::text("No")]).unwrap();
+        assert_eq!(c.get(&other, "m0"), None);
+        c.append(&[req("5")], &["m5"], &[Response::text("No")])
+            .unwrap();
         let c = ResponseCache::open(dir.path(), "m@1", "pope-random", None).unwrap();
         assert_eq!(c.len(), 4);
         // Other identities and tasks do not see these entries.
@@ -398,9 +431,11 @@ mod tests {
     fn shard_files_are_shared_on_read() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = ResponseCache::open(dir.path(), "m", "count", Some((0, 2))).unwrap();
-        a.append(&[req("1")], &[Response::text("3")]).unwrap();
+        a.append(&[req("1")], &["m"], &[Response::text("3")])
+            .unwrap();
         let mut b = ResponseCache::open(dir.path(), "m", "count", Some((1, 2))).unwrap();
-        b.append(&[req("2")], &[Response::text("4")]).unwrap();
+        b.append(&[req("2")], &["m"], &[Response::text("4")])
+            .unwrap();
         assert_ne!(a.path(), b.path());
         let all = ResponseCache::open(dir.path(), "m", "count", None).unwrap();
         assert_eq!(all.len(), 2);
@@ -410,7 +445,8 @@ mod tests {
     fn corrupt_complete_line_is_an_error_naming_the_line() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = ResponseCache::open(dir.path(), "m", "count", None).unwrap();
-        c.append(&[req("1")], &[Response::text("3")]).unwrap();
+        c.append(&[req("1")], &["m"], &[Response::text("3")])
+            .unwrap();
         let p = c.path().to_path_buf();
         let mut f = OpenOptions::new().append(true).open(&p).unwrap();
         f.write_all(b"garbage\n").unwrap();
@@ -418,5 +454,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains(":3:"), "{err}");
+        assert!(err.contains("--no-cache"), "says how to recover: {err}");
+    }
+
+    #[test]
+    fn same_question_about_other_media_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = ResponseCache::open(dir.path(), "m", "pope-random", None).unwrap();
+        c.append(&[req("1")], &["aaaa"], &[Response::text("Yes")])
+            .unwrap();
+        let c = ResponseCache::open(dir.path(), "m", "pope-random", None).unwrap();
+        assert_eq!(c.get(&req("1"), "aaaa"), Some(&Response::text("Yes")));
+        // Same id, same prompt, other image bytes: never the cached answer.
+        assert_eq!(c.get(&req("1"), "bbbb"), None);
     }
 }

@@ -7,43 +7,12 @@ use crate::error::{EvalError, Result};
 /// Synonyms per object category: category name → words or phrases that name it.
 pub type SynonymTable = HashMap<String, Vec<String>>;
 
-/// The built-in synonym table for the synthetic shape categories.
+/// The synonym table of the synthetic shape categories: the generator's own category names and
+/// synonyms (`mmlab_datasets::vocab::synonyms`), the one source of truth for both.
 pub fn default_synonyms() -> SynonymTable {
-    let rows: &[(&str, &[&str])] = &[
-        (
-            "circle",
-            &["circle", "disc", "disk", "dot", "filled circle"],
-        ),
-        (
-            "ring",
-            &[
-                "ring",
-                "annulus",
-                "hoop",
-                "donut",
-                "doughnut",
-                "hollow circle",
-                "circle outline",
-            ],
-        ),
-        ("square", &["square", "filled square"]),
-        (
-            "hollow square",
-            &["hollow square", "square outline", "square frame"],
-        ),
-        ("triangle", &["triangle"]),
-        ("diamond", &["diamond", "rhombus", "lozenge"]),
-        ("plus", &["plus", "plus sign"]),
-        ("cross", &["cross", "x shape", "saltire"]),
-        ("star", &["star", "pentagram"]),
-        ("hexagon", &["hexagon"]),
-        ("heart", &["heart"]),
-        ("crescent", &["crescent", "crescent moon", "moon"]),
-        ("bar", &["bar", "rectangle", "stripe"]),
-        ("arrow", &["arrow"]),
-    ];
-    rows.iter()
-        .map(|(c, s)| (c.to_string(), s.iter().map(|w| w.to_string()).collect()))
+    mmlab_datasets::vocab::synonyms()
+        .into_iter()
+        .map(|(c, s)| (c.to_string(), s.into_iter().map(String::from).collect()))
         .collect()
 }
 
@@ -190,7 +159,7 @@ mod tests {
         let m = ObjectMatcher::new(&default_synonyms()).unwrap();
         assert_eq!(
             m.mentions("Two hollow squares, a square and three crosses."),
-            vec!["hollow square", "square", "cross"]
+            vec!["frame", "square", "cross"]
         );
         assert_eq!(
             m.mentions("A crescent moon next to a hollow circle"),
@@ -198,8 +167,17 @@ mod tests {
         );
         assert_eq!(m.mentions("Rings and rings"), vec!["ring", "ring"]);
         assert_eq!(m.mentions("Nothing here."), Vec::<String>::new());
-        assert_eq!(m.category("Hollow Square"), "hollow square");
+        assert_eq!(m.category("Hollow Square"), "frame");
         assert_eq!(m.category("teapot"), "teapot");
+    }
+
+    #[test]
+    fn default_table_uses_the_generators_category_names() {
+        let t = default_synonyms();
+        for shape in mmlab_datasets::vocab::Shape::ALL {
+            assert!(t.contains_key(shape.name()), "{}", shape.name());
+        }
+        assert_eq!(t.len(), mmlab_datasets::vocab::Shape::ALL.len());
     }
 
     #[test]

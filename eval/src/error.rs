@@ -118,6 +118,19 @@ pub enum EvalError {
     /// A run option is invalid (shard, limit, mode).
     #[error("invalid option: {0}")]
     Option(String),
+    /// A complete line of a response cache file cannot be read.
+    #[error(
+        "{path}:{line}: corrupt cache entry ({message}); the cache only saves time: delete that \
+         line or the whole file (answers are asked again), or run with --no-cache"
+    )]
+    CacheCorrupt {
+        /// The cache file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The parser's complaint.
+        message: String,
+    },
     /// Shard results cannot be merged.
     #[error("cannot merge: {0}")]
     Merge(String),

@@ -10,9 +10,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cache::{sanitize, ResponseCache};
+use crate::cache::{sanitize, Key, ResponseCache};
 use crate::chair::{check_caption, default_synonyms, ObjectMatcher, SynonymTable};
 use crate::error::{EvalError, Result};
+use crate::identity::{hash_data, sha256_hex, DataIdentity};
 use crate::metrics::{
     chair_report, count_report, pope_report, Bootstrap, ChairReport, Confusion, CountReport,
     PopeCounts, PopeReport,
@@ -24,7 +25,7 @@ use crate::tasks::{
 };
 
 /// Version of the result-file layout.
-pub const RESULT_FORMAT: u32 = 1;
+pub const RESULT_FORMAT: u32 = 2;
 
 /// How the model answers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +164,24 @@ pub struct RunConfig {
     /// The CHAIR synonym table used (CHAIR tasks only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synonyms: Option<BTreeMap<String, Vec<String>>>,
+    /// What the questions and media were, by content, and the scene tier they were drawn in
+    /// (`None` only in result files written before it was recorded).
+    #[serde(default)]
+    pub data_identity: Option<DataIdentity>,
+    /// The responder's settings besides its weights (decoding, input sizes).
+    #[serde(default)]
+    pub decoding: Value,
+}
+
+impl RunConfig {
+    /// The scene tier as a table names it (`aligned 48x48 cell 12px`; `unknown` for results
+    /// written before tiers were recorded).
+    pub fn tier_label(&self) -> String {
+        match &self.data_identity {
+            Some(d) => d.tier_label(),
+            None => "unknown (old result)".to_string(),
+        }
+    }
 }
 
 /// The metrics of a task, by kind.
@@ -201,6 +220,9 @@ pub struct Timing {
     pub model_s: f64,
     /// The harness's own seconds: loading, caching, parsing, metrics, writing.
     pub overhead_s: f64,
+    /// Of the overhead: seconds spent hashing the question files and media.
+    #[serde(default)]
+    pub hash_s: f64,
 }
 
 /// Versions of everything that shapes the numbers.
@@ -251,12 +273,43 @@ pub struct TaskResult {
     pub timing: Timing,
     /// Versions.
     pub versions: Versions,
+    /// Warnings about the inputs (e.g. answers that match no question).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// The result file (set once written).
     #[serde(default)]
     pub result_file: Option<String>,
     /// The samples file, relative to the result file's folder.
     #[serde(default)]
     pub samples_file: Option<String>,
+}
+
+impl TaskResult {
+    /// What this result measured: results with equal keys are runs of the same thing.
+    pub fn key(&self) -> crate::identity::ResultKey {
+        crate::identity::ResultKey {
+            model: self.model.clone(),
+            task: self.task.clone(),
+            model_identity: self.model_identity.clone(),
+            data: self
+                .config
+                .data_identity
+                .as_ref()
+                .map(|d| d.id.clone())
+                .unwrap_or_default(),
+            mode: format!("{:?}", self.config.mode).to_lowercase(),
+            prompt: self.config.prompt_template.clone(),
+            decoding: self.config.decoding.to_string(),
+            limit: self.config.limit,
+            shard: self.config.shard,
+        }
+    }
+
+    /// Whether every question of the data was asked (no `--limit` below the split sizes, no
+    /// shard).
+    pub fn is_full(&self) -> bool {
+        self.config.shard.is_none() && self.config.splits.iter().all(|s| s.selected == s.questions)
+    }
 }
 
 /// One scored question, as written to `samples.jsonl`.
@@ -348,6 +401,30 @@ fn timestamps(t: SystemTime) -> (String, String) {
     )
 }
 
+/// A temporary file name next to `name` that no other process or thread uses at the same time.
+pub fn temp_name(name: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        ".{name}.tmp{}-{}-{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Create a folder if needed and check a file can be written in it, before any work is done.
+pub fn ensure_writable(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
+    let probe = dir.join(temp_name("write-check"));
+    std::fs::File::create(&probe).map_err(|e| EvalError::io(dir, e))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 /// Write a file atomically: a temporary file in the same folder, flushed to disk, then a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_parts_atomic(path, &[bytes], true)
@@ -361,7 +438,7 @@ fn write_parts_atomic(path: &Path, parts: &[&[u8]], durable: bool) -> Result<()>
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let tmp = dir.join(temp_name(&name));
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         for p in parts {
@@ -493,7 +570,10 @@ fn score(
                 };
                 let text = if a.unanswered { "" } else { a.answer.as_str() };
                 let c = check_caption(matcher, text, objects);
-                let correct = c.hallucinated.is_empty() && !a.unanswered;
+                // A caption that names nothing is not a correct description of a scene that
+                // holds objects (only of an empty one).
+                let describes = !c.mentions.is_empty() || objects.is_empty();
+                let correct = c.hallucinated.is_empty() && !a.unanswered && describes;
                 let mut s = sample(a, Value::from(c.mentions.clone()), correct);
                 s.hallucinated = Some(c.hallucinated.clone());
                 samples.push(s);
@@ -593,6 +673,13 @@ pub fn run_task(
                 .collect(),
         ),
     };
+    let model = opts.model_name.clone().unwrap_or_else(|| responder.name());
+    let dir = opts.results_dir.join(sanitize(&model, 80));
+    // Every output location is checked before any question is asked.
+    ensure_writable(&dir)?;
+    if opts.use_cache {
+        ensure_writable(&opts.cache_dir)?;
+    }
     let loaded = load_task_with(
         task_name,
         data,
@@ -601,6 +688,7 @@ pub fn run_task(
             audio: opts.audio.clone(),
         },
     )?;
+    let warnings = responder.check_questions(&loaded)?;
     let template = opts
         .prompt_template
         .clone()
@@ -609,7 +697,16 @@ pub fn run_task(
         .then(|| opts.synonyms.clone().unwrap_or_else(default_synonyms));
     let matcher = synonyms.as_ref().map(ObjectMatcher::new).transpose()?;
     let identity = responder.identity();
-    let model = opts.model_name.clone().unwrap_or_else(|| responder.name());
+    let settings = responder.settings();
+    // Answers depend on the decoding settings as well as the weights.
+    let cache_identity = if settings.is_null() {
+        identity.clone()
+    } else {
+        format!(
+            "{identity}#{}",
+            &sha256_hex(settings.to_string().as_bytes())[..12]
+        )
+    };
 
     // Select the questions and render their prompts.
     let mut infos = Vec::new();
@@ -633,13 +730,34 @@ pub fn run_task(
         selected.push(chosen);
     }
 
+    // The questions' media by content: the cache key and the data identity.
+    let limits: Vec<usize> = infos.iter().map(|i| i.selected).collect();
+    let hashed = hash_data(data, &loaded, &limits)?;
+    if let Some(missing) = hashed
+        .first_absent
+        .as_ref()
+        .filter(|_| responder.needs_media())
+    {
+        let n: usize = hashed.identity.splits.iter().map(|s| s.media_absent).sum();
+        return Err(EvalError::Data {
+            path: missing.clone(),
+            message: format!(
+                "no such file: the questions name {n} media file(s) that are not there (this is \
+                 the first); give the media folder with --images"
+            ),
+        });
+    }
+    let media = &hashed.media;
+
     // Look every question up in the cache.
     // One thread per split's cache file.
     let mut caches: Vec<Option<ResponseCache>> = infos
         .par_iter()
         .map(|info| {
             opts.use_cache
-                .then(|| ResponseCache::open(&opts.cache_dir, &identity, &info.task, opts.shard))
+                .then(|| {
+                    ResponseCache::open(&opts.cache_dir, &cache_identity, &info.task, opts.shard)
+                })
                 .transpose()
         })
         .collect::<Result<_>>()?;
@@ -650,9 +768,13 @@ pub fn run_task(
         let questions = &loaded[si].questions;
         let mut got = Vec::with_capacity(chosen.len());
         for (k, (i, prompt)) in chosen.iter().enumerate() {
-            let hit = cache
-                .as_mut()
-                .and_then(|c| c.take(&questions[*i].question_id, prompt, candidates.as_deref()));
+            let key = Key {
+                question_id: &questions[*i].question_id,
+                prompt,
+                media: &media[si][*i],
+                candidates: candidates.as_deref(),
+            };
+            let hit = cache.as_mut().and_then(|c| c.take(&key));
             match hit {
                 Some(resp) => got.push(Some((resp, true))),
                 None => {
@@ -722,7 +844,11 @@ pub fn run_task(
                 end += 1;
             }
             if let Some(c) = caches[si].as_mut() {
-                c.append(&batch[start..end], &out[start..end])?;
+                let m: Vec<&str> = chunk[start..end]
+                    .iter()
+                    .map(|&(si, k)| media[si][selected[si][k].0].as_str())
+                    .collect();
+                c.append(&batch[start..end], &m, &out[start..end])?;
             }
             start = end;
         }
@@ -780,6 +906,8 @@ pub fn run_task(
             prompt_template: template,
             bootstrap: opts.bootstrap,
             synonyms: synonyms.map(|s| s.into_iter().collect()),
+            data_identity: Some(hashed.identity),
+            decoding: settings,
         },
         metrics,
         counts: Counts {
@@ -791,6 +919,7 @@ pub fn run_task(
         },
         timing: Timing::default(),
         versions: Versions::default(),
+        warnings,
         result_file: None,
         samples_file: None,
     };
@@ -798,12 +927,12 @@ pub fn run_task(
         Some((i, n)) => format!("{}-{stamp}-shard{i}of{n}", spec.name),
         None => format!("{}-{stamp}", spec.name),
     };
-    let dir = opts.results_dir.join(sanitize(&model, 80));
     let total_s = started.elapsed().as_secs_f64();
     result.timing = Timing {
         total_s,
         model_s,
         overhead_s: (total_s - model_s).max(0.0),
+        hash_s: hashed.seconds,
     };
     write_result(&mut result, &samples, &dir, &base)?;
     Ok(result)
@@ -1039,8 +1168,10 @@ pub fn merge_into(shard_result_paths: &[PathBuf], out_dir: &Path) -> Result<Task
             total_s,
             model_s,
             overhead_s: (total_s - model_s).max(0.0),
+            hash_s: shards.iter().map(|(_, r)| r.timing.hash_s).sum(),
         },
         versions: Versions::default(),
+        warnings: first.warnings.clone(),
         result_file: None,
         samples_file: None,
     };

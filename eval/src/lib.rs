@@ -11,6 +11,7 @@ pub mod chair;
 pub mod error;
 mod fxhash;
 pub mod harness;
+pub mod identity;
 pub mod metrics;
 pub mod parse;
 pub mod report;

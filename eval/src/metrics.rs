@@ -486,10 +486,11 @@ pub struct ChairReport {
     pub hallucinated_mentions: u64,
     /// Captions with at least one hallucinated mention.
     pub hallucinated_captions: u64,
-    /// Hallucinated mentions / all mentions.
-    pub chair_i: Estimate,
-    /// Captions with a hallucination / all captions.
-    pub chair_s: Estimate,
+    /// Hallucinated mentions / all mentions; `None` (undefined) when the captions mention no
+    /// object at all, where a ratio would call a model that describes nothing perfect.
+    pub chair_i: Option<Estimate>,
+    /// Captions with a hallucination / all captions; `None` when no caption mentions an object.
+    pub chair_s: Option<Estimate>,
     /// Ground-truth objects mentioned / all ground-truth objects.
     pub recall: Estimate,
 }
@@ -521,6 +522,12 @@ pub fn chair_report(task: &str, items: &[CaptionCheck], boot: &Bootstrap) -> Cha
         [ratio(h, m), ratio(hc, caps), ratio(cov, g)]
     };
     let [chair_i, chair_s, recall] = bootstrap_atoms(&weights, boot, task, stat);
+    let mentions: u64 = items.iter().map(|c| c.mentions.len() as u64).sum();
+    let (chair_i, chair_s) = if mentions == 0 {
+        (None, None)
+    } else {
+        (Some(chair_i), Some(chair_s))
+    };
     ChairReport {
         task: task.to_string(),
         captions: items.len() as u64,
@@ -612,7 +619,8 @@ mod tests {
         assert_eq!(cr.accuracy, Estimate::point(0.0));
         assert_eq!(cr.n, 0);
         let ch = chair_report("chair", &[], &Bootstrap::default());
-        assert_eq!(ch.chair_i, Estimate::point(0.0));
+        assert_eq!(ch.chair_i, None, "no mentions: CHAIR is undefined, not 0");
+        assert_eq!(ch.chair_s, None);
     }
 
     #[test]
@@ -782,8 +790,8 @@ mod tests {
         assert_eq!(r.mentions, 6);
         assert_eq!(r.hallucinated_mentions, 3);
         assert_eq!(r.hallucinated_captions, 2);
-        close(r.chair_i.value, 3.0 / 6.0);
-        close(r.chair_s.value, 2.0 / 4.0);
+        close(r.chair_i.unwrap().value, 3.0 / 6.0);
+        close(r.chair_s.unwrap().value, 2.0 / 4.0);
         close(r.recall.value, 2.0 / 7.0);
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{EvalError, Result};
 use crate::harness::{load_result, Metrics, TaskResult};
+use crate::identity::ResultKey;
 use crate::metrics::Estimate;
 
 /// Lay out rows under a header, columns separated by two spaces, numbers right-aligned.
@@ -61,12 +62,40 @@ fn est(e: &Estimate) -> String {
     format!("{:.4} [{:.4}, {:.4}]", e.value, e.low, e.high)
 }
 
+/// An estimate that may be undefined (CHAIR with no object mentions).
+fn opt_est(e: &Option<Estimate>) -> String {
+    match e {
+        Some(e) => est(e),
+        None => "undefined (no object mentions)".to_string(),
+    }
+}
+
 /// A value alone, four decimals.
 fn val(e: &Estimate) -> String {
     format!("{:.4}", e.value)
 }
 
-/// The first line of a result table.
+/// How much of the data a run asked: `all`, `limit 100 (partial)`, `shard 0/4`.
+pub fn run_scope(r: &TaskResult) -> String {
+    let mut parts = Vec::new();
+    if let Some(l) = r.config.limit {
+        if r.config.splits.iter().all(|s| s.selected == s.questions) {
+            parts.push(format!("limit {l} (all)"));
+        } else {
+            parts.push(format!("limit {l} (partial)"));
+        }
+    }
+    if let Some((i, n)) = r.config.shard {
+        parts.push(format!("shard {i}/{n}"));
+    }
+    if parts.is_empty() {
+        "all".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The first lines of a result table: what was run, and on which data and tier.
 fn title(r: &TaskResult) -> String {
     let shard = match r.config.shard {
         Some((i, n)) => format!(" · shard {i}/{n}"),
@@ -76,7 +105,18 @@ fn title(r: &TaskResult) -> String {
         Some(l) => format!(" · limit {l}"),
         None => String::new(),
     };
-    format!(
+    let data = match &r.config.data_identity {
+        Some(d) => {
+            let generator = d
+                .generator
+                .as_ref()
+                .map(|g| format!(" ({g})"))
+                .unwrap_or_default();
+            format!("data {}{generator}", d.id)
+        }
+        None => "data not identified (result written before data identities)".to_string(),
+    };
+    let mut out = format!(
         "{} · model {} · {} questions ({} cached, {} fresh){limit}{shard} · {}% intervals from {} bootstrap resamples (seed {})\n",
         r.task,
         r.model,
@@ -86,7 +126,13 @@ fn title(r: &TaskResult) -> String {
         (r.config.bootstrap.confidence * 100.0).round(),
         r.config.bootstrap.resamples,
         r.config.bootstrap.seed,
-    )
+    );
+    out.push_str(&format!(
+        "tier {} · {data} · {} mode\n",
+        r.config.tier_label(),
+        format!("{:?}", r.config.mode).to_lowercase()
+    ));
+    out
 }
 
 /// A readable table of one result: per-split rows with 95% intervals, and the mean row.
@@ -166,8 +212,8 @@ pub fn format_table(r: &TaskResult) -> String {
             out.push_str(&table(
                 &["metric", "value [95% CI]"],
                 &[
-                    vec!["CHAIR_i".into(), est(&c.chair_i)],
-                    vec!["CHAIR_s".into(), est(&c.chair_s)],
+                    vec!["CHAIR_i".into(), opt_est(&c.chair_i)],
+                    vec!["CHAIR_s".into(), opt_est(&c.chair_s)],
                     vec!["object recall".into(), est(&c.recall)],
                     vec![
                         "hallucinated mentions".into(),
@@ -180,6 +226,9 @@ pub fn format_table(r: &TaskResult) -> String {
                 ],
             ));
         }
+    }
+    for w in &r.warnings {
+        out.push_str(&format!("warning: {w}\n"));
     }
     if r.counts.unanswered > 0 {
         out.push_str(&format!(
@@ -222,10 +271,12 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 /// Load the results named: files as given; folders searched for complete (unsharded) results,
-/// keeping the newest per (model, task).
+/// keeping the newest run of each distinct result identity (model weights, task, data, mode,
+/// prompt, decoding, limit), so runs on other data or of part of the data are never taken for
+/// one another.
 pub fn collect_results(paths: &[PathBuf]) -> Result<Vec<TaskResult>> {
     let mut explicit = Vec::new();
-    let mut latest: BTreeMap<(String, String), TaskResult> = BTreeMap::new();
+    let mut latest: BTreeMap<ResultKey, TaskResult> = BTreeMap::new();
     for p in paths {
         if p.is_dir() {
             let mut files = Vec::new();
@@ -235,7 +286,7 @@ pub fn collect_results(paths: &[PathBuf]) -> Result<Vec<TaskResult>> {
                 if r.config.shard.is_some() {
                     continue;
                 }
-                let key = (r.model.clone(), r.task.clone());
+                let key = r.key();
                 let newer = latest.get(&key).is_none_or(|old| {
                     (&r.created, &r.result_file) > (&old.created, &old.result_file)
                 });
@@ -251,6 +302,52 @@ pub fn collect_results(paths: &[PathBuf]) -> Result<Vec<TaskResult>> {
     Ok(explicit)
 }
 
+/// For each result, what sets it apart from the other results of the same model and task
+/// (`data 1a2b3c4d`, `limit 100 (partial)`, `score mode`, …); empty when it is the only one.
+pub fn distinguishing(results: &[TaskResult]) -> Vec<String> {
+    let keys: Vec<ResultKey> = results.iter().map(TaskResult::key).collect();
+    results
+        .iter()
+        .zip(&keys)
+        .enumerate()
+        .map(|(i, (r, k))| {
+            let mut differs: Vec<&'static str> = Vec::new();
+            for (j, ok) in keys.iter().enumerate() {
+                if i == j || ok.model != k.model || ok.task != k.task {
+                    continue;
+                }
+                for d in k.differences(ok) {
+                    if !differs.contains(&d) {
+                        differs.push(d);
+                    }
+                }
+            }
+            let mut parts: Vec<String> = Vec::new();
+            for d in differs {
+                let part = match d {
+                    "weights" => format!("weights {}", short_identity(&r.model_identity)),
+                    "data" if k.data.is_empty() => "data ?".to_string(),
+                    "data" => format!("data {}", &k.data[..k.data.len().min(8)]),
+                    "mode" => format!("{:?} mode", r.config.mode).to_lowercase(),
+                    "prompt" => format!("prompt {:?}", r.config.prompt_template),
+                    "decoding" => format!("decoding {}", r.config.decoding),
+                    _ => run_scope(r),
+                };
+                if !parts.contains(&part) {
+                    parts.push(part);
+                }
+            }
+            parts.join(", ")
+        })
+        .collect()
+}
+
+/// The weights-hash part of a model identity (`name@1a2b3c…` → `1a2b3c4d`).
+fn short_identity(id: &str) -> String {
+    let h = id.rsplit(['@', ':']).next().unwrap_or(id);
+    h.chars().take(8).collect()
+}
+
 /// A table across models and tasks, from result files or folders of them.
 pub fn compare(result_paths: &[PathBuf]) -> Result<String> {
     let results = collect_results(result_paths)?;
@@ -263,64 +360,93 @@ pub fn compare(result_paths: &[PathBuf]) -> Result<String> {
     Ok(compare_results(&results))
 }
 
+/// A comparison row: model, the task/tier/run cells, then the metric cells.
+fn row(model: &str, task: Vec<String>, metrics: Vec<String>) -> Vec<String> {
+    let mut r = vec![model.to_string()];
+    r.extend(task);
+    r.extend(metrics);
+    r
+}
+
 /// [`compare`] on results already loaded.
 pub fn compare_results(results: &[TaskResult]) -> String {
     let mut pope = Vec::new();
     let mut count = Vec::new();
     let mut chair = Vec::new();
-    let shard = |r: &TaskResult| match r.config.shard {
-        Some((i, n)) => format!("{} (shard {i}/{n})", r.task),
-        None => r.task.clone(),
+    let apart = distinguishing(results);
+    // The task, the tier and how much of the data the run asked: a partial run never reads as
+    // the full one, and runs on other data or settings say how they differ.
+    let shard = |i: usize| {
+        let r = &results[i];
+        let mut run = vec![run_scope(r)];
+        if r.config.mode == crate::harness::AnswerMode::Score {
+            run.push("score mode".to_string());
+        }
+        for part in apart[i].split(", ").filter(|p| !p.is_empty()) {
+            let part = part.to_string();
+            if !run.contains(&part) && !part.starts_with("limit") && !part.starts_with("shard") {
+                run.push(part);
+            }
+        }
+        vec![r.task.clone(), r.config.tier_label(), run.join(", ")]
     };
-    for r in results {
+    for (i, r) in results.iter().enumerate() {
         match &r.metrics {
             Metrics::Pope(p) => {
                 for s in &p.splits {
-                    pope.push(vec![
-                        r.model.clone(),
-                        shard(r),
-                        s.split.clone(),
-                        val(&s.accuracy),
-                        val(&s.precision),
-                        val(&s.recall),
-                        est(&s.f1),
-                        val(&s.yes_ratio),
-                        s.unclear.to_string(),
-                        s.n.to_string(),
-                    ]);
+                    pope.push(row(
+                        &r.model,
+                        shard(i),
+                        vec![
+                            s.split.clone(),
+                            val(&s.accuracy),
+                            val(&s.precision),
+                            val(&s.recall),
+                            est(&s.f1),
+                            val(&s.yes_ratio),
+                            s.unclear.to_string(),
+                            s.n.to_string(),
+                        ],
+                    ));
                 }
                 if let Some(m) = &p.mean {
-                    pope.push(vec![
-                        r.model.clone(),
-                        shard(r),
-                        "mean".into(),
-                        val(&m.accuracy),
-                        val(&m.precision),
-                        val(&m.recall),
-                        est(&m.f1),
-                        val(&m.yes_ratio),
-                        m.unclear.to_string(),
-                        m.n.to_string(),
-                    ]);
+                    pope.push(row(
+                        &r.model,
+                        shard(i),
+                        vec![
+                            "mean".into(),
+                            val(&m.accuracy),
+                            val(&m.precision),
+                            val(&m.recall),
+                            est(&m.f1),
+                            val(&m.yes_ratio),
+                            m.unclear.to_string(),
+                            m.n.to_string(),
+                        ],
+                    ));
                 }
             }
-            Metrics::Count(c) => count.push(vec![
-                r.model.clone(),
-                shard(r),
-                est(&c.accuracy),
-                val(&c.mae),
-                val(&c.off_by_one),
-                c.unparsed.to_string(),
-                c.n.to_string(),
-            ]),
-            Metrics::Chair(c) => chair.push(vec![
-                r.model.clone(),
-                shard(r),
-                est(&c.chair_i),
-                est(&c.chair_s),
-                val(&c.recall),
-                c.captions.to_string(),
-            ]),
+            Metrics::Count(c) => count.push(row(
+                &r.model,
+                shard(i),
+                vec![
+                    est(&c.accuracy),
+                    val(&c.mae),
+                    val(&c.off_by_one),
+                    c.unparsed.to_string(),
+                    c.n.to_string(),
+                ],
+            )),
+            Metrics::Chair(c) => chair.push(row(
+                &r.model,
+                shard(i),
+                vec![
+                    opt_est(&c.chair_i),
+                    opt_est(&c.chair_s),
+                    val(&c.recall),
+                    c.captions.to_string(),
+                ],
+            )),
         }
     }
     let mut out = String::new();
@@ -330,6 +456,8 @@ pub fn compare_results(results: &[TaskResult]) -> String {
             &[
                 "model",
                 "task",
+                "tier",
+                "run",
                 "split",
                 "accuracy",
                 "precision",
@@ -351,6 +479,8 @@ pub fn compare_results(results: &[TaskResult]) -> String {
             &[
                 "model",
                 "task",
+                "tier",
+                "run",
                 "accuracy",
                 "MAE",
                 "off-by-one",
@@ -366,7 +496,9 @@ pub fn compare_results(results: &[TaskResult]) -> String {
         }
         out.push_str("CHAIR (lower is better)\n");
         out.push_str(&table(
-            &["model", "task", "CHAIR_i", "CHAIR_s", "recall", "captions"],
+            &[
+                "model", "task", "tier", "run", "CHAIR_i", "CHAIR_s", "recall", "captions",
+            ],
             &chair,
         ));
     }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{EvalError, Result};
-use crate::fxhash::{map_with_capacity, FxHashMap};
+use crate::fxhash::FxHashMap;
 use crate::tasks::{Label, LoadedSplit};
 
 /// One question put to a model.
@@ -135,6 +135,24 @@ pub trait Responder {
     fn name(&self) -> String {
         self.identity()
     }
+
+    /// Whether the responder reads the media files (a model does; a predictions file does not):
+    /// a missing image or clip is then an error before any question is asked.
+    fn needs_media(&self) -> bool {
+        true
+    }
+
+    /// Settings besides the weights that change the answers (decoding, input sizes), as JSON;
+    /// recorded in every result and part of the cache key.
+    fn settings(&self) -> Value {
+        Value::Null
+    }
+
+    /// Check the task's questions before any is asked: an error stops the run before work
+    /// starts; the strings returned are warnings, printed and kept in the result.
+    fn check_questions(&mut self, _splits: &[LoadedSplit]) -> Result<Vec<String>, EvalError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Index of the best score (the first among equals; NaN never wins).
@@ -215,6 +233,10 @@ impl Oracle {
 }
 
 impl Responder for Oracle {
+    fn needs_media(&self) -> bool {
+        false
+    }
+
     fn identity(&self) -> String {
         "oracle".to_string()
     }
@@ -247,6 +269,10 @@ impl Responder for Oracle {
 pub struct Constant(pub String);
 
 impl Responder for Constant {
+    fn needs_media(&self) -> bool {
+        false
+    }
+
     fn identity(&self) -> String {
         format!("constant:{}", self.0)
     }
@@ -291,6 +317,10 @@ impl RandomResponder {
 }
 
 impl Responder for RandomResponder {
+    fn needs_media(&self) -> bool {
+        false
+    }
+
     fn identity(&self) -> String {
         format!("random:{}", self.seed)
     }
@@ -344,14 +374,21 @@ struct RawPrediction {
     prediction: Option<Value>,
     task: Option<Value>,
     split: Option<Value>,
+    /// The question as the answering system saw it (LLaVA's answer files: `prompt`).
+    prompt: Option<Value>,
+    question: Option<Value>,
+}
+
+/// One parsed predictions line.
+struct ParsedPrediction {
+    qid: String,
+    tag: Option<String>,
+    answer: String,
+    question: Option<String>,
 }
 
 /// Parse one predictions line into its question id and prediction.
-fn parse_prediction(
-    path: &Path,
-    line: usize,
-    raw: &str,
-) -> Result<(String, Option<String>, String)> {
+fn parse_prediction(path: &Path, line: usize, raw: &str) -> Result<ParsedPrediction> {
     let field_err = |field: &str, message: &str| EvalError::Field {
         path: path.to_path_buf(),
         line,
@@ -390,7 +427,45 @@ fn parse_prediction(
         Some((k, _)) => return Err(field_err(k, "expected a string")),
         None => None,
     };
-    Ok((qid, tag, answer))
+    let question = match [("prompt", r.prompt), ("question", r.question)]
+        .into_iter()
+        .find(|(_, v)| v.is_some())
+    {
+        Some((_, Some(Value::String(q)))) => Some(q),
+        Some((k, _)) => return Err(field_err(k, "expected the question as a string")),
+        None => None,
+    };
+    Ok(ParsedPrediction {
+        qid,
+        tag,
+        answer,
+        question,
+    })
+}
+
+/// Lower case with runs of white space made one space, for comparing question texts.
+fn normalise(s: &str) -> String {
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// Whether a predictions line's question text is the question asked: equal after
+/// normalising, or one holding the other (LLaVA adds an instruction after the question).
+fn same_question(pred: &str, asked: &str) -> bool {
+    let (p, a) = (normalise(pred), normalise(asked));
+    !p.is_empty() && !a.is_empty() && (p.contains(&a) || a.contains(&p))
+}
+
+/// The split a predictions file answers, from its name (`..._random.jsonl`).
+fn split_from_name(path: &Path) -> Option<&'static str> {
+    let stem = path.file_stem()?.to_str()?.to_ascii_lowercase();
+    let mut found = ["random", "popular", "adversarial"]
+        .into_iter()
+        .filter(|s| stem.contains(s));
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }
 
 #[derive(Clone, Debug)]
@@ -398,6 +473,12 @@ struct Prediction {
     /// Index into the interned tags.
     tag: Option<u32>,
     answer: String,
+    /// The question text the file gives with the answer, if any.
+    question: Option<String>,
+    /// Index into the files read.
+    file: u32,
+    /// The question id.
+    qid: String,
     line: usize,
     /// The next prediction with the same question id.
     next: Option<u32>,
@@ -407,10 +488,13 @@ struct Prediction {
 ///
 /// Each line is `{"question_id": 1, "answer": "Yes, there is."}`; the answer may also be under
 /// `"text"` or `"prediction"`, and an optional `"task"` or `"split"` key (`pope-random` or
-/// `random`) tells apart splits that share ids.
+/// `random`) tells apart splits that share ids. A `"prompt"` or `"question"` key (LLaVA's answer
+/// files have `prompt`) is checked against the question asked. Several files can be read as one,
+/// one per split, each named after its split (`answers_random.jsonl`).
 #[derive(Clone, Debug)]
 pub struct PredictionsFile {
-    path: PathBuf,
+    /// The files read (one, or one per split).
+    paths: Vec<PathBuf>,
     identity: String,
     name: String,
     /// Question id → first of its predictions (the rest are chained through `next`).
@@ -423,59 +507,111 @@ pub struct PredictionsFile {
 impl PredictionsFile {
     /// Read a predictions file; every malformed line is an error naming the line.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
-        let bytes = std::fs::read(&path).map_err(|e| EvalError::io(&path, e))?;
-        let text = std::str::from_utf8(&bytes).map_err(|e| EvalError::Data {
-            path: path.clone(),
-            message: format!("not UTF-8 text: {e}"),
-        })?;
-        let lines = crate::tasks::numbered_lines(text);
-        let mut by_id: FxHashMap<String, u32> = map_with_capacity(lines.len());
-        let mut preds: Vec<Prediction> = Vec::with_capacity(lines.len());
-        let mut tags: Vec<String> = Vec::new();
-        for &(line, raw) in &lines {
-            let (qid, tag, answer) = parse_prediction(&path, line, raw)?;
-            let tag = tag.map(|t| match tags.iter().position(|x| *x == t) {
-                Some(i) => i as u32,
-                None => {
-                    tags.push(t);
-                    (tags.len() - 1) as u32
+        Self::open_many(&[path.as_ref().to_path_buf()])
+    }
+
+    /// Read one predictions file per split as one; each file's name must say which split it
+    /// answers (`random`, `popular` or `adversarial`), and its untagged lines are taken as that
+    /// split's.
+    pub fn open_many(paths: &[PathBuf]) -> Result<Self> {
+        let first = paths
+            .first()
+            .ok_or_else(|| EvalError::Option("no predictions file given".to_string()))?;
+        let mut file_tags: Vec<Option<&'static str>> = vec![None; paths.len()];
+        if paths.len() > 1 {
+            for (i, p) in paths.iter().enumerate() {
+                let split = split_from_name(p).ok_or_else(|| EvalError::Data {
+                    path: p.clone(),
+                    message: "with one predictions file per split, each file's name must name \
+                              its split (random, popular or adversarial)"
+                        .to_string(),
+                })?;
+                if let Some(j) = file_tags.iter().position(|t| *t == Some(split)) {
+                    return Err(EvalError::Data {
+                        path: p.clone(),
+                        message: format!(
+                            "names the same split ({split}) as {}",
+                            paths[j].display()
+                        ),
+                    });
                 }
-            });
-            let idx = preds.len() as u32;
-            match by_id.get(&qid) {
-                Some(&first) => {
-                    let mut cur = first;
-                    loop {
-                        let p = &preds[cur as usize];
-                        if p.tag == tag {
-                            return Err(EvalError::DuplicateId {
-                                path: path.clone(),
-                                line,
-                                first_line: p.line,
-                                question_id: qid,
-                            });
-                        }
-                        match p.next {
-                            Some(n) => cur = n,
-                            None => break,
-                        }
-                    }
-                    preds[cur as usize].next = Some(idx);
-                }
-                None => {
-                    by_id.insert(qid, idx);
-                }
+                file_tags[i] = Some(split);
             }
-            preds.push(Prediction {
-                tag,
-                answer,
-                line,
-                next: None,
-            });
         }
-        let digest = hex::encode(Sha256::digest(&bytes));
-        let name = path
+        let mut by_id: FxHashMap<String, u32> = FxHashMap::default();
+        let mut preds: Vec<Prediction> = Vec::new();
+        let mut tags: Vec<String> = Vec::new();
+        let mut digest = Sha256::new();
+        for (fi, path) in paths.iter().enumerate() {
+            let bytes = std::fs::read(path).map_err(|e| EvalError::io(path, e))?;
+            digest.update(Sha256::digest(&bytes));
+            let text = std::str::from_utf8(&bytes).map_err(|e| EvalError::Data {
+                path: path.clone(),
+                message: format!("not UTF-8 text: {e}"),
+            })?;
+            let lines = crate::tasks::numbered_lines(text);
+            by_id.reserve(lines.len());
+            preds.reserve(lines.len());
+            for &(line, raw) in &lines {
+                let p = parse_prediction(path, line, raw)?;
+                let tag = p.tag.or_else(|| file_tags[fi].map(str::to_string));
+                let tag = tag.map(|t| match tags.iter().position(|x| *x == t) {
+                    Some(i) => i as u32,
+                    None => {
+                        tags.push(t);
+                        (tags.len() - 1) as u32
+                    }
+                });
+                let idx = preds.len() as u32;
+                match by_id.get(&p.qid) {
+                    Some(&head) => {
+                        let mut cur = head;
+                        loop {
+                            let q = &preds[cur as usize];
+                            if q.tag == tag {
+                                if q.file as usize != fi {
+                                    return Err(EvalError::Data {
+                                        path: path.clone(),
+                                        message: format!(
+                                            "line {line}: question id {} is also answered in {} \
+                                             line {}",
+                                            p.qid,
+                                            paths[q.file as usize].display(),
+                                            q.line
+                                        ),
+                                    });
+                                }
+                                return Err(EvalError::DuplicateId {
+                                    path: path.clone(),
+                                    line,
+                                    first_line: q.line,
+                                    question_id: p.qid,
+                                });
+                            }
+                            match q.next {
+                                Some(n) => cur = n,
+                                None => break,
+                            }
+                        }
+                        preds[cur as usize].next = Some(idx);
+                    }
+                    None => {
+                        by_id.insert(p.qid.clone(), idx);
+                    }
+                }
+                preds.push(Prediction {
+                    qid: p.qid,
+                    tag,
+                    answer: p.answer,
+                    question: p.question,
+                    file: fi as u32,
+                    line,
+                    next: None,
+                });
+            }
+        }
+        let digest = hex::encode(digest.finalize());
+        let name = first
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or("predictions")
@@ -483,7 +619,7 @@ impl PredictionsFile {
         Ok(PredictionsFile {
             identity: format!("predictions:{name}:{}", &digest[..16]),
             name,
-            path,
+            paths: paths.to_vec(),
             by_id,
             preds,
             tags,
@@ -507,29 +643,41 @@ impl PredictionsFile {
         self.preds.is_empty()
     }
 
-    /// The prediction for one request, if any.
-    fn lookup(&self, req: &Request) -> Result<Option<&Prediction>> {
-        let Some(&first) = self.by_id.get(req.question_id.as_str()) else {
+    /// The file a prediction came from.
+    fn path_of(&self, p: &Prediction) -> &Path {
+        &self.paths[p.file as usize]
+    }
+
+    /// Whether a prediction's tag names this split's task (`random` or `pope-random` for
+    /// `pope-random`).
+    fn tag_matches(&self, p: &Prediction, task: &str) -> bool {
+        p.tag.is_some_and(|t| {
+            let t = self.tags[t as usize].as_str();
+            t == task || task.strip_suffix(t).is_some_and(|rest| rest.ends_with('-'))
+        })
+    }
+
+    /// The prediction for one question of a split, if any.
+    fn lookup(&self, task: &str, question_id: &str) -> Result<Option<&Prediction>> {
+        Ok(self
+            .lookup_index(task, question_id)?
+            .map(|i| &self.preds[i]))
+    }
+
+    /// The index of the prediction for one question of a split, if any.
+    fn lookup_index(&self, task: &str, question_id: &str) -> Result<Option<usize>> {
+        let Some(&first) = self.by_id.get(question_id) else {
             return Ok(None);
         };
         let chain = || {
-            std::iter::successors(Some(&self.preds[first as usize]), |p| {
-                p.next.map(|n| &self.preds[n as usize])
+            std::iter::successors(Some(first as usize), |&i| {
+                self.preds[i].next.map(|n| n as usize)
             })
         };
-        let tag_matches = |p: &Prediction| {
-            p.tag.is_some_and(|t| {
-                let t = self.tags[t as usize].as_str();
-                t == req.task
-                    || req
-                        .task
-                        .strip_suffix(t)
-                        .is_some_and(|rest| rest.ends_with('-'))
-            })
-        };
+        let tag_matches = |p: &Prediction| self.tag_matches(p, task);
         let untagged = |p: &Prediction| p.tag.is_none();
-        let pick = |f: &dyn Fn(&Prediction) -> bool| -> Result<Option<&Prediction>> {
-            let mut it = chain().filter(|p| f(p));
+        let pick = |f: &dyn Fn(&Prediction) -> bool| -> Result<Option<usize>> {
+            let mut it = chain().filter(|&i| f(&self.preds[i]));
             let Some(found) = it.next() else {
                 return Ok(None);
             };
@@ -537,10 +685,13 @@ impl PredictionsFile {
                 return Ok(Some(found));
             }
             Err(EvalError::AmbiguousPrediction {
-                path: self.path.clone(),
-                task: req.task.clone(),
-                question_id: req.question_id.clone(),
-                lines: chain().filter(|p| f(p)).map(|p| p.line).collect(),
+                path: self.path_of(&self.preds[found]).to_path_buf(),
+                task: task.to_string(),
+                question_id: question_id.to_string(),
+                lines: chain()
+                    .filter(|&i| f(&self.preds[i]))
+                    .map(|i| self.preds[i].line)
+                    .collect(),
             })
         };
         match pick(&tag_matches)? {
@@ -562,11 +713,11 @@ impl Responder for PredictionsFile {
     fn respond(&mut self, batch: &[Request]) -> Result<Vec<Response>> {
         batch
             .iter()
-            .map(|r| match self.lookup(r)? {
+            .map(|r| match self.lookup(&r.task, &r.question_id)? {
                 Some(p) => Ok(respond_with(r, p.answer.clone())),
                 None => match self.missing {
                     MissingPolicy::Error => Err(EvalError::MissingPrediction {
-                        path: self.path.clone(),
+                        path: self.paths[0].clone(),
                         task: r.task.clone(),
                         question_id: r.question_id.clone(),
                     }),
@@ -578,6 +729,102 @@ impl Responder for PredictionsFile {
 
     fn batch_size(&self) -> usize {
         4096
+    }
+
+    fn needs_media(&self) -> bool {
+        false
+    }
+
+    /// Refuses a multi-split task unless every answer says its split; checks every answer that
+    /// carries its question text against the question; warns of answers that match no question.
+    fn check_questions(&mut self, splits: &[LoadedSplit]) -> Result<Vec<String>> {
+        if splits.len() > 1 {
+            if let Some(p) = self.preds.iter().find(|p| p.tag.is_none()) {
+                return Err(EvalError::Data {
+                    path: self.path_of(p).to_path_buf(),
+                    message: format!(
+                        "line {}: no `split` or `task` key, and the task has {} splits ({}) whose \
+                         question ids may repeat; tag every line with its split, give one file \
+                         per split (`--model a_random.jsonl,b_popular.jsonl,...`), or evaluate \
+                         one split (`mmlab eval {} ...`)",
+                        p.line,
+                        splits.len(),
+                        splits
+                            .iter()
+                            .map(|s| s.split.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        splits[0].task
+                    ),
+                });
+            }
+        }
+        let mut used = vec![false; self.preds.len()];
+        let mut mismatched: Vec<String> = Vec::new();
+        let mut first_mismatch: Option<String> = None;
+        for s in splits {
+            for q in &s.questions {
+                let Some(idx) = self.lookup_index(&s.task, &q.question_id)? else {
+                    continue;
+                };
+                used[idx] = true;
+                let p = &self.preds[idx];
+                if let Some(text) = &p.question {
+                    if !same_question(text, &q.text) {
+                        mismatched.push(q.question_id.clone());
+                        if first_mismatch.is_none() {
+                            first_mismatch = Some(format!(
+                                "{}:{}: question id {} of {} answers {:?}, but {} asks {:?}",
+                                self.path_of(p).display(),
+                                p.line,
+                                q.question_id,
+                                s.task,
+                                text,
+                                s.source.display(),
+                                q.text
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(first) = first_mismatch {
+            return Err(EvalError::Data {
+                path: self.paths[0].clone(),
+                message: format!(
+                    "{} answers are to other questions than the ones with their ids (first few: \
+                     {}); these are answers to another question file. First: {first}",
+                    mismatched.len(),
+                    crate::identity::first_few(&mismatched, 5)
+                ),
+            });
+        }
+        // Answers tagged with a split this task does not ask are another task's, not strays.
+        let other_split = |p: &Prediction| {
+            p.tag.is_some() && !splits.iter().any(|s| self.tag_matches(p, &s.task))
+        };
+        let strays: Vec<String> = self
+            .preds
+            .iter()
+            .zip(&used)
+            .filter(|(p, u)| !**u && !other_split(p))
+            .map(|(p, _)| format!("{}:{}", p.qid, p.line))
+            .collect();
+        let mut warnings = Vec::new();
+        if !strays.is_empty() {
+            warnings.push(format!(
+                "{} answers in {} match no question of the task and were not scored (id:line, \
+                 first few: {})",
+                strays.len(),
+                self.paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                crate::identity::first_few(&strays, 5)
+            ));
+        }
+        Ok(warnings)
     }
 }
 

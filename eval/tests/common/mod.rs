@@ -74,6 +74,11 @@ pub fn write_dataset(dir: &Path, n: usize, seed: u64) {
         .unwrap();
     }
     std::fs::write(dir.join("questions/chair.jsonl"), s).unwrap();
+    // The media the questions name (their content only identifies them).
+    for i in 0..n {
+        std::fs::write(dir.join(format!("images/{i:06}.png")), format!("image {i}")).unwrap();
+        std::fs::write(dir.join(format!("audio/{i:06}.wav")), format!("audio {i}")).unwrap();
+    }
 }
 
 /// Wraps a responder: counts requests, and fails once `fail_after` requests have been answered.
@@ -110,5 +115,20 @@ impl<R: Responder> Responder for Flaky<R> {
 
     fn batch_size(&self) -> usize {
         10
+    }
+
+    fn needs_media(&self) -> bool {
+        self.inner.needs_media()
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        self.inner.settings()
+    }
+
+    fn check_questions(
+        &mut self,
+        splits: &[mmlab_eval::LoadedSplit],
+    ) -> Result<Vec<String>, EvalError> {
+        self.inner.check_questions(splits)
     }
 }
