@@ -232,15 +232,25 @@ pub(crate) fn json_line<T: Serialize>(value: &T) -> String {
     String::from_utf8(buf).unwrap_or_default()
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
+/// Writes `bytes` to `path` through a temporary file and a rename; the temporary name is unique
+/// to this process and call, so concurrent writers never rename each other's files away.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".into());
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let tmp = path.with_file_name(format!(
+        ".{name}.tmp{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::write(&tmp, bytes).map_err(|e| DatasetError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| DatasetError::io(path, e))
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        DatasetError::io(path, e)
+    })
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -25,7 +25,8 @@ pub struct EvalArgs {
     pub action: Option<EvalAction>,
     /// Task to run: pope, pope-random, pope-popular, pope-adversarial, count, chair, audio-pope, audio-count.
     pub task: Option<String>,
-    /// Preset name, model directory, or a predictions file (JSON lines keyed by question_id).
+    /// Preset name, model directory, or a predictions file (JSON lines keyed by question_id;
+    /// needs --data; several files joined by commas, one per split, each named after its split).
     #[arg(long)]
     pub model: Option<String>,
     /// Dataset folder or question file (default: the synthetic test set, generated once from a fixed seed).
@@ -83,9 +84,36 @@ pub fn default_data_root() -> PathBuf {
 }
 
 /// The default test set for a task's modality, written on first use.
+///
+/// Several processes may start at once on a fresh checkout: one writes the set while holding a
+/// lock file beside it, the others wait for the lock and then find the manifest.
 pub fn default_data(audio: bool) -> anyhow::Result<PathBuf> {
     let root = default_data_root();
     let dir = root.join(if audio { "sounds" } else { "shapes" });
+    if dir.join("manifest.json").is_file() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let lock_path = root.join(if audio {
+        ".sounds.lock"
+    } else {
+        ".shapes.lock"
+    });
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening the lock file {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        eprintln!(
+            "waiting for another mmlab process writing {} ...",
+            dir.display()
+        );
+        lock.lock()
+            .with_context(|| format!("locking {}", lock_path.display()))?;
+    }
+    // Another process may have finished it while this one waited.
     if dir.join("manifest.json").is_file() {
         return Ok(dir);
     }
@@ -114,20 +142,37 @@ pub fn default_data(audio: bool) -> anyhow::Result<PathBuf> {
             .with_context(|| format!("writing {}", dir.display()))?;
         b.finish_and_clear();
     }
+    drop(lock);
     Ok(dir)
+}
+
+/// The predictions files a `--model` names: one file, or several joined by commas (one per
+/// split); `None` when it names no file.
+fn predictions_files(model: &str) -> Option<Vec<PathBuf>> {
+    if Path::new(model).is_file() {
+        return Some(vec![PathBuf::from(model)]);
+    }
+    let parts: Vec<PathBuf> = model.split(',').map(PathBuf::from).collect();
+    (parts.len() > 1 && parts.iter().all(|p| p.is_file())).then_some(parts)
 }
 
 fn responder(
     model: &str,
     no_prefix_cache: bool,
     dtype: candle_core::DType,
+    has_data: bool,
 ) -> anyhow::Result<Box<dyn Responder>> {
-    let p = Path::new(model);
-    if p.is_file() {
-        return Ok(Box::new(PredictionsFile::open(p).with_context(|| {
-            format!("reading predictions {}", p.display())
-        })?));
+    if let Some(files) = predictions_files(model) {
+        if !has_data {
+            bail!(
+                "{model} is a predictions file: give the questions it answers with --data (a \
+                 question file or data set folder); without it they would be scored against the \
+                 default synthetic test set"
+            );
+        }
+        return Ok(Box::new(PredictionsFile::open_many(&files)?));
     }
+    let p = Path::new(model);
     let loaded = load_model_as(model, dtype)?;
     let name = if Path::new(model).is_dir() {
         p.file_name()
@@ -173,11 +218,11 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         bail!("--model is required: a preset name, a model directory or a predictions file");
     };
     let spec = task(task_name)?;
+    let mut resp = responder(model, args.no_prefix_cache, args.dtype, args.data.is_some())?;
     let data = match &args.data {
         Some(d) => d.clone(),
         None => default_data(spec.modality == mmlab_eval::tasks::Modality::Audio)?,
     };
-    let mut resp = responder(model, args.no_prefix_cache, args.dtype)?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
@@ -211,6 +256,9 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     };
     let result = mmlab_eval::run_task(task_name, &data, resp.as_mut(), &opts)?;
     bar.finish_and_clear();
+    for w in &result.warnings {
+        eprintln!("warning: {w}");
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {

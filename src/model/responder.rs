@@ -155,6 +155,19 @@ impl Responder for ModelResponder {
         self.batch
     }
 
+    /// Decoding and input settings: part of the cache key and recorded in every result.
+    fn settings(&self) -> serde_json::Value {
+        let img = &self.model.config.image;
+        serde_json::json!({
+            "max_new_tokens": self.opts.max_new_tokens,
+            "temperature": self.opts.temperature,
+            "top_k": self.opts.top_k,
+            "seed": self.opts.seed,
+            "image_patch": img.patch,
+            "image_box": [img.max_height, img.max_width],
+        })
+    }
+
     fn respond(&mut self, batch: &[Request]) -> Result<Vec<Response>, EvalError> {
         let mut out = vec![Response::default(); batch.len()];
         let mut gen_idx = Vec::new();

@@ -357,6 +357,18 @@ impl Dashboard {
         if wide {
             header.push(Cell::from("design"));
         }
+        if wide {
+            header.push(Cell::from("tier"));
+            header.push(Cell::from("run"));
+        }
+        // Narrow: one tier for the whole table goes in its title; otherwise each name says its
+        // tier. A run of part of the data is always marked.
+        let tier_word = |r: &ResultRow| r.tier.split(' ').next().unwrap_or("?").to_string();
+        let one_tier = self
+            .rows
+            .first()
+            .map(|r| r.tier.clone())
+            .filter(|t| self.rows.iter().all(|r| &r.tier == t));
         for (i, c) in COLUMNS.iter().enumerate() {
             let h = if i == self.column {
                 Cell::from(format!("{}▼", c.header))
@@ -383,9 +395,23 @@ impl Dashboard {
                 1 => Color::Magenta,
                 _ => Color::White,
             };
-            let mut cells = vec![Cell::from(r.model.clone()).style(Style::new().fg(colour))];
+            let name = if wide {
+                r.model.clone()
+            } else {
+                let mut n = r.model.clone();
+                if one_tier.is_none() {
+                    n.push_str(&format!(" ·{}", tier_word(r)));
+                }
+                if r.run != "all" {
+                    n.push_str(" (part)");
+                }
+                n
+            };
+            let mut cells = vec![Cell::from(name).style(Style::new().fg(colour))];
             if wide {
                 cells.push(Cell::from(r.design.clone()));
+                cells.push(Cell::from(r.tier.clone()));
+                cells.push(Cell::from(r.run.clone()));
             }
             for (c, b) in COLUMNS.iter().zip(&best) {
                 cells.push(match r.value(c) {
@@ -417,6 +443,13 @@ impl Dashboard {
         }];
         if wide {
             widths.push(Constraint::Length(9));
+            let w = |f: fn(&ResultRow) -> usize| self.rows.iter().map(f).max().unwrap_or(4);
+            widths.push(Constraint::Length(
+                w(|r| r.tier.chars().count()).clamp(4, 28) as u16,
+            ));
+            widths.push(Constraint::Length(
+                w(|r| r.run.chars().count()).clamp(3, 30) as u16,
+            ));
         }
         widths.extend(std::iter::repeat_n(Constraint::Length(7), COLUMNS.len()));
         let n = rows.len() as u16;
@@ -432,7 +465,12 @@ impl Dashboard {
                 .block(
                     Block::default()
                         .borders(Borders::ALL)
-                        .title(" latest result per model and task (* best) "),
+                        .title(match (&one_tier, wide) {
+                            (Some(t), false) => {
+                                format!(" newest per model, data and run · tier {t} (* best) ")
+                            }
+                            _ => " newest result per model, data and run (* best) ".to_string(),
+                        }),
                 ),
             table,
             &mut state,
@@ -452,7 +490,11 @@ impl Dashboard {
                     Bar::default()
                         .value((v * 1000.0).round().max(0.0) as u64)
                         .text_value(format!("{v:.3}"))
-                        .label(Line::from(r.model.clone()))
+                        .label(Line::from(if one_tier.is_some() {
+                            r.model.clone()
+                        } else {
+                            format!("{} {}", r.model, tier_word(r))
+                        }))
                         .style(Style::new().fg(colour)),
                 )
             })

@@ -169,13 +169,18 @@ pub fn metric_values(r: &TaskResult) -> BTreeMap<String, f64> {
     m
 }
 
-/// One row of the results table: a model and its latest value per metric.
+/// One row of the results table: a model on one data set and run scope, with its newest value
+/// per metric.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResultRow {
     /// Model name.
     pub model: String,
     /// Its design (`?` when the model is not one of ours, e.g. a predictions file).
     pub design: String,
+    /// The scene tier the results were measured on (`aligned 48x48 cell 12px`).
+    pub tier: String,
+    /// How much of the data and how (`all`, `limit 100 (partial)`, `score mode`, `data 1a2b3c4d`).
+    pub run: String,
     /// Metric key to value.
     pub values: BTreeMap<String, f64>,
 }
@@ -425,7 +430,7 @@ impl Workspace {
     }
 
     fn scan_results(&mut self, dir: &Path) {
-        let mut latest: BTreeMap<(String, String), ResultEntry> = BTreeMap::new();
+        let mut latest: BTreeMap<mmlab_eval::identity::ResultKey, ResultEntry> = BTreeMap::new();
         for d in subdirs(dir) {
             if d.file_name().is_some_and(|n| n == "ablations") {
                 continue;
@@ -444,7 +449,10 @@ impl Workspace {
             for path in files {
                 match load_result(&path) {
                     Ok(result) => {
-                        let key = (result.model.clone(), result.task.clone());
+                        if result.config.shard.is_some() {
+                            continue;
+                        }
+                        let key = result.key();
                         let newer = latest
                             .get(&key)
                             .is_none_or(|old| old.result.created <= result.created);
@@ -485,20 +493,68 @@ impl Workspace {
         .map_or_else(|| "?".into(), |(_, d)| format!("{d}?"))
     }
 
-    /// One row per model with results, merging its latest result of every task.
+    /// One row per model, data set, scope and weights, merging its newest result of every task:
+    /// results on other data, of part of the data or in another mode never share a row.
     pub fn result_rows(&self) -> Vec<ResultRow> {
-        let mut rows: BTreeMap<String, ResultRow> = BTreeMap::new();
+        // The data set a result comes from: its manifest (one per generated data set, shared
+        // by all of its tasks), else the question and media hashes.
+        let dataset = |r: &TaskResult| {
+            r.config
+                .data_identity
+                .as_ref()
+                .map(|d| d.manifest_sha256.clone().unwrap_or_else(|| d.id.clone()))
+                .unwrap_or_default()
+        };
+        let run = |r: &TaskResult| {
+            let mut run = mmlab_eval::report::run_scope(r);
+            if r.config.mode == mmlab_eval::AnswerMode::Score {
+                run.push_str(", score mode");
+            }
+            run
+        };
+        type Key = (String, String, String, String, String);
+        let mut rows: BTreeMap<Key, ResultRow> = BTreeMap::new();
         for r in &self.results {
-            let row = rows
-                .entry(r.result.model.clone())
-                .or_insert_with(|| ResultRow {
-                    model: r.result.model.clone(),
-                    design: self.design_of(&r.result.model),
-                    values: BTreeMap::new(),
-                });
-            row.values.extend(metric_values(&r.result));
+            let res = &r.result;
+            let key = (
+                res.model.clone(),
+                res.config.tier_label(),
+                run(res),
+                dataset(res),
+                res.model_identity.clone(),
+            );
+            let row = rows.entry(key).or_insert_with(|| ResultRow {
+                model: res.model.clone(),
+                design: self.design_of(&res.model),
+                tier: res.config.tier_label(),
+                run: run(res),
+                values: BTreeMap::new(),
+            });
+            row.values.extend(metric_values(res));
         }
-        rows.into_values().collect()
+        // Rows that would read the same (same model, tier and scope on other data or weights)
+        // say which data set and weights they are.
+        let keys: Vec<Key> = rows.keys().cloned().collect();
+        let mut out = Vec::with_capacity(rows.len());
+        for (k, mut row) in rows {
+            let twins: Vec<&Key> = keys
+                .iter()
+                .filter(|o| o.0 == k.0 && o.1 == k.1 && o.2 == k.2)
+                .collect();
+            if twins.len() > 1 {
+                if twins.iter().any(|o| o.3 != k.3) {
+                    row.run
+                        .push_str(&format!(", data {}", &k.3[..k.3.len().min(8)]));
+                }
+                if twins.iter().any(|o| o.4 != k.4) {
+                    let w = k.4.rsplit(['@', ':']).next().unwrap_or(&k.4);
+                    row.run
+                        .push_str(&format!(", weights {}", &w[..w.len().min(8)]));
+                }
+            }
+            out.push(row);
+        }
+        out
     }
 
     /// The result entries of one model (for the sample browser).
