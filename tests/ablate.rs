@@ -188,3 +188,104 @@ fn a_tiny_ablation_writes_its_report_and_a_second_run_redoes_nothing() {
         r.arms[0].summary["count_accuracy"]
     );
 }
+
+const ONE_ARM: &str = r#"
+name = "one"
+seeds = [0]
+train_flops = 2.0e9
+batch_size = 4
+[eval]
+limit = 8
+audio = false
+
+[[arms]]
+name = "native"
+preset = "fuyu-tiny"
+[[arms.stages]]
+kind = "text"
+share = 0.25
+lr = 3e-3
+[[arms.stages]]
+share = 0.75
+lr = 3e-3
+"#;
+
+#[test]
+fn a_changed_stage_and_every_later_one_is_retrained_and_results_say_what_trained_them() {
+    use std::sync::Mutex;
+    let out = tempfile::tempdir().unwrap();
+    let log = Mutex::new(Vec::<String>::new());
+    let say = |s: &str| log.lock().unwrap().push(s.to_string());
+    let take = || std::mem::take(&mut *log.lock().unwrap()).join("\n");
+    let run_dir = out.path().join("runs/native-s0");
+    let w0 = run_dir.join("stage0-text/model.safetensors");
+    let w1 = run_dir.join("stage1-train/model.safetensors");
+    let mtime = |p: &std::path::Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let results = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap())
+            .unwrap()
+    };
+    let stage_lr = |r: &serde_json::Value, i: usize| {
+        let s = &r["arms"][0]["runs"][0]["stages"][i]["settings"];
+        (
+            s["stage"]["lr"].as_f64().unwrap(),
+            s["train"]["optim"]["lr"].as_f64().unwrap(),
+        )
+    };
+
+    run(&spec_from(ONE_ARM).unwrap(), out.path(), 1, &say).unwrap();
+    take();
+    let (t0, b1) = (mtime(&w0), std::fs::read(&w1).unwrap());
+    assert_eq!(stage_lr(&results(), 1), (3e-3, 3e-3));
+
+    // The train stage's lr changes: it is retrained (the old one set aside), the text stage
+    // before it is kept, the arm is re-evaluated, and results.json names the new lr.
+    let changed = ONE_ARM.replace("share = 0.75\nlr = 3e-3", "share = 0.75\nlr = 1e-3");
+    run(&spec_from(&changed).unwrap(), out.path(), 1, &say).unwrap();
+    let said = take();
+    assert!(
+        said.contains(
+            "arm native seed 0 stage 1: changed lr: 0.003 -> 0.001; retraining stages 1.."
+        ),
+        "{said}"
+    );
+    assert!(said.contains("re-evaluating"), "{said}");
+    assert!(!said.contains("stage 0:"), "{said}");
+    assert_eq!(mtime(&w0), t0, "the unchanged stage 0 was retrained");
+    assert_ne!(std::fs::read(&w1).unwrap(), b1, "stage 1 was not retrained");
+    assert_eq!(
+        std::fs::read(run_dir.join("superseded/stage1-train.1/model.safetensors")).unwrap(),
+        b1,
+        "the old stage 1 was not kept aside"
+    );
+    assert_eq!(stage_lr(&results(), 1), (1e-3, 1e-3));
+    assert_eq!(stage_lr(&results(), 0), (3e-3, 3e-3));
+
+    // Unchanged: nothing is redone.
+    let (t0, t1) = (mtime(&w0), mtime(&w1));
+    run(&spec_from(&changed).unwrap(), out.path(), 1, &say).unwrap();
+    let said = take();
+    assert!(
+        !said.contains("retraining") && !said.contains("re-evaluating"),
+        "{said}"
+    );
+    assert_eq!((mtime(&w0), mtime(&w1)), (t0, t1));
+
+    // A stage without stored settings (made by an older mmlab) is not trusted: it and every
+    // later stage are retrained.
+    std::fs::remove_file(run_dir.join("stage0-text/stage.json")).unwrap();
+    run(&spec_from(&changed).unwrap(), out.path(), 1, &say).unwrap();
+    let said = take();
+    assert!(
+        said.contains("arm native seed 0 stage 0: no stored settings"),
+        "{said}"
+    );
+    assert!(
+        said.contains("stage 1: an earlier stage is retrained"),
+        "{said}"
+    );
+    assert!(said.contains("re-evaluating"), "{said}");
+    assert!(run_dir.join("superseded/stage0-text.1").is_dir());
+    assert!(run_dir.join("superseded/stage1-train.2").is_dir());
+    assert!(run_dir.join("stage0-text/stage.json").is_file());
+}

@@ -114,7 +114,12 @@ fn resumed_run_matches_uninterrupted_run() {
         },
     )
     .unwrap_err();
-    assert!(err.to_string().contains("different settings"), "{err}");
+    // ... naming the setting and both values.
+    let err = err.to_string();
+    assert!(
+        err.contains("different settings") && err.contains("optim.lr: 0.003 -> 0.006"),
+        "{err}"
+    );
 }
 
 fn trained_dir() -> tempfile::TempDir {
@@ -248,4 +253,74 @@ fn text_only_samples_describe_the_scene_in_words_and_have_no_patches() {
             assert!(e.seq.target_mask.iter().any(|&t| t));
         }
     }
+}
+
+fn log_lines(dir: &std::path::Path) -> Vec<LogLine> {
+    std::fs::read_to_string(dir.join("train.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<LogLine>(l).unwrap())
+        .map(|mut l| {
+            // Wall-clock fields are the only ones allowed to differ.
+            l.seconds = 0.0;
+            l.tokens_per_s = l.tokens_per_s.map(|_| 0.0);
+            l
+        })
+        .collect()
+}
+
+#[test]
+fn the_log_after_a_resume_equals_the_uninterrupted_log() {
+    // Losses are averaged over 5 steps and the run stops at step 7, inside a window.
+    let mut cfg = config(12);
+    cfg.log_every = 5;
+    cfg.eval_every = 4;
+    let quiet = |_: u64, _: u64, _: f64, _: f64| {};
+    let run = |dir: &std::path::Path, resume: bool, stop_after: Option<u64>| {
+        train(
+            &cfg,
+            TextTokenizer::builtin().unwrap(),
+            dir,
+            &RunControl {
+                resume,
+                progress: &quiet,
+                stop_after,
+            },
+        )
+        .unwrap()
+    };
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    run(a.path(), false, None);
+    assert_eq!(run(b.path(), false, Some(7)).state.step, 7);
+    run(b.path(), true, None);
+    let (la, lb) = (log_lines(a.path()), log_lines(b.path()));
+    // Loss lines at 5, 10, 12; eval lines at 4, 8, 12.
+    assert_eq!(la.iter().filter(|l| l.loss.is_some()).count(), 3, "{la:?}");
+    assert_eq!(la.iter().filter(|l| l.eval.is_some()).count(), 3, "{la:?}");
+    assert_eq!(la, lb, "the log differs after a resume");
+}
+
+#[test]
+fn resuming_a_missing_directory_is_an_error_and_creates_nothing() {
+    let quiet = |_: u64, _: u64, _: f64, _: f64| {};
+    let root = tempfile::tempdir().unwrap();
+    let missing = root.path().join("never-trained");
+    let e = train(
+        &config(2),
+        TextTokenizer::builtin().unwrap(),
+        &missing,
+        &RunControl {
+            resume: true,
+            progress: &quiet,
+            stop_after: None,
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("does not exist") && e.contains("never-trained"),
+        "{e}"
+    );
+    assert!(!missing.exists(), "resuming created {}", missing.display());
 }

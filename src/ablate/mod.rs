@@ -10,7 +10,11 @@
 //! Contrastive pre-training counts `6 · N` over patches (image tower) and caption tokens
 //! (text tower). Each stage gets its share of the budget and as many steps as fit.
 //!
-//! Finished stages and evaluations are kept on disk and not redone on a second run.
+//! Finished stages and evaluations are kept on disk and not redone on a second run, as long
+//! as they were made with the settings the spec asks for now: each stage stores them in its
+//! `stage.json`, and a stage whose settings changed, or that has none (made before mmlab
+//! stored them), is set aside under `runs/<arm>-s<seed>/superseded/` and retrained with every
+//! later stage of that arm and seed, and the arm is re-evaluated.
 
 pub mod plot;
 
@@ -323,6 +327,99 @@ pub struct StageRun {
     pub flops: f64,
     /// Wall seconds (as logged by the stage).
     pub seconds: f64,
+    /// The settings the stage's weights were trained with, read back from its `stage.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<StageSettings>,
+}
+
+/// Everything that decides a stage's weights, stored in its directory as `stage.json` when
+/// it starts; a rerun whose settings differ retrains that stage and every later one.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StageSettings {
+    /// The arm's preset.
+    pub preset: String,
+    /// The stage as the ablation file gives it (kind, share, lr, freeze, loss).
+    pub stage: StageSpec,
+    /// The full training settings of a `train` or `text` stage (steps, batch, schedule, seed,
+    /// data, model, freezing, warm start; stage directories named relative to the run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<TrainConfig>,
+    /// The full settings of a contrastive `pretrain` stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain: Option<PretrainConfig>,
+}
+
+/// The file in a stage directory that holds its [`StageSettings`].
+pub const STAGE_SETTINGS: &str = "stage.json";
+
+/// The file in an arm's `eval` directory that names the stages and eval settings it measured.
+const EVALUATED: &str = "evaluated.json";
+
+impl StageSettings {
+    /// The settings stored in `dir`: `None` when the directory has none (made before mmlab
+    /// stored them); an error text when the file is unreadable.
+    fn read(dir: &Path) -> Option<Result<Self, String>> {
+        let p = dir.join(STAGE_SETTINGS);
+        let text = match std::fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => return Some(Err(format!("{}: {e}", p.display()))),
+        };
+        Some(serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display())))
+    }
+
+    /// What changed from `old` to `self`, in the ablation file's terms where the file
+    /// changed (`lr: 0.003 -> 0.001`), else in the derived settings (`train.steps: 40 -> 30`).
+    fn changes_from(&self, old: &Self) -> Vec<String> {
+        let all = crate::train::settings_diff(old, self);
+        let spec: Vec<String> = all
+            .iter()
+            .filter(|d| d.starts_with("stage.") || d.starts_with("preset"))
+            .map(|d| d.trim_start_matches("stage.").to_string())
+            .collect();
+        let mut shown = if spec.is_empty() { all } else { spec };
+        if shown.len() > 4 {
+            let more = shown.len() - 4;
+            shown.truncate(4);
+            shown.push(format!("{more} more"));
+        }
+        shown
+    }
+}
+
+/// Whether `dir` exists and holds anything.
+fn non_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+}
+
+/// Moves `dir` to `<run_dir>/superseded/<name>.<k>` (the first free `k`) and returns the new
+/// place: work that no longer matches the spec is kept, never deleted.
+fn set_aside(run_dir: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    let aside = run_dir.join("superseded");
+    std::fs::create_dir_all(&aside).with_context(|| format!("creating {}", aside.display()))?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "stage".into());
+    let mut k = 1;
+    let dst = loop {
+        let d = aside.join(format!("{name}.{k}"));
+        if !d.exists() {
+            break d;
+        }
+        k += 1;
+    };
+    std::fs::rename(dir, &dst)
+        .with_context(|| format!("moving {} to {}", dir.display(), dst.display()))?;
+    Ok(dst)
+}
+
+/// Writes `value` as pretty JSON to `path` atomically.
+fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    crate::model::checkpoint::atomic_write(path, serde_json::to_string_pretty(value)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// One arm and seed.
@@ -572,6 +669,10 @@ impl StageLog {
 }
 
 /// Trains (or finds finished) every stage of one arm and seed, then evaluates the model.
+///
+/// A finished stage is kept only when the settings stored with it equal the ones the spec
+/// asks for now; otherwise (or when it has none: made before mmlab stored them) it and every
+/// later stage are set aside under `superseded/` and retrained, and the arm is re-evaluated.
 #[allow(clippy::too_many_arguments)]
 fn run_unit(
     spec: &AblationSpec,
@@ -585,89 +686,161 @@ fn run_unit(
     let run_dir = out
         .join("runs")
         .join(format!("{}-s{seed}", slug(&arm.name)));
+    // Stage directories are named relative to the run in the stored settings, so a moved
+    // results folder still matches.
+    let rel =
+        |p: Option<PathBuf>| p.map(|p| p.strip_prefix(&run_dir).map(PathBuf::from).unwrap_or(p));
     let mut stages = Vec::new();
+    let mut all_settings = Vec::new();
     let mut prev_model: Option<PathBuf> = None;
     let mut encoder: Option<PathBuf> = None;
     let mut decoder: Option<PathBuf> = None;
     let mut curve = Vec::new();
     let mut spent = 0.0;
+    let mut retraining = false;
     for (i, (s, &fps)) in arm.stages.iter().zip(&plan.stage_flops).enumerate() {
         let dir = run_dir.join(format!("stage{i}-{}", s.kind));
         let steps = ((s.share * spec.train_flops / fps).floor() as u64).max(1);
-        if s.kind == "pretrain" {
-            let marker = dir.join("encoder.safetensors");
+        let mut settings = StageSettings {
+            preset: arm.preset.clone(),
+            stage: s.clone(),
+            train: None,
+            pretrain: None,
+        };
+        // The settings this stage is trained with, and its finished marker.
+        let marker = if s.kind == "pretrain" {
+            settings.pretrain = Some(PretrainConfig {
+                model: plan.cfg.clone(),
+                data: plan.data.clone(),
+                loss: s.loss.unwrap_or(ContrastiveLoss::Siglip),
+                steps,
+                batch_size: spec.batch_size,
+                lr: s.lr,
+                seed,
+                eval_pairs: 128,
+                modality: Default::default(),
+            });
+            dir.join("encoder.safetensors")
+        } else if s.kind == "text" {
+            let mut data = plan.data.clone();
+            data.text_only = true;
+            settings.train = Some(stage_config(
+                spec,
+                plan,
+                data,
+                steps,
+                s,
+                seed,
+                i,
+                None,
+                Vec::new(),
+                None,
+            ));
+            dir.join("model.safetensors")
+        } else {
+            let (init, parts, enc) = match &prev_model {
+                Some(m) => (Some(m.clone()), Vec::new(), None),
+                None => (
+                    decoder.clone(),
+                    if decoder.is_some() {
+                        vec!["decoder".to_string()]
+                    } else {
+                        Vec::new()
+                    },
+                    encoder.clone(),
+                ),
+            };
+            settings.train = Some(stage_config(
+                spec,
+                plan,
+                plan.data.clone(),
+                steps,
+                s,
+                seed,
+                i,
+                init,
+                parts,
+                enc,
+            ));
+            dir.join("model.safetensors")
+        };
+        let mut stored = settings.clone();
+        if let Some(tc) = stored.train.as_mut() {
+            tc.init_from = rel(tc.init_from.take());
+            tc.init_encoder = rel(tc.init_encoder.take());
+        }
+        // Anything already in the directory is kept only if it was made with these settings
+        // (and from the very stages before it).
+        if non_empty(&dir) {
+            let why = if retraining {
+                Some("an earlier stage is retrained".to_string())
+            } else {
+                match StageSettings::read(&dir) {
+                    None => Some(
+                        "no stored settings (made before mmlab stored them), so it cannot be trusted"
+                            .to_string(),
+                    ),
+                    Some(Err(e)) => Some(format!("unreadable settings ({e})")),
+                    Some(Ok(old)) => {
+                        let d = stored.changes_from(&old);
+                        (!d.is_empty()).then(|| format!("changed {}", d.join(", ")))
+                    }
+                }
+            };
+            if let Some(why) = why {
+                let to = set_aside(&run_dir, &dir)?;
+                say(&format!(
+                    "arm {} seed {seed} stage {i}: {why}; retraining stages {i}.. (the old stage is kept at {})",
+                    arm.name,
+                    to.display()
+                ));
+                retraining = true;
+            }
+        }
+        // A stage trained now makes every later one stale.
+        retraining |= !marker.is_file();
+        if !marker.is_file() {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            write_json(&dir.join(STAGE_SETTINGS), &stored)?;
+        }
+        if let Some(pc) = settings.pretrain.as_ref() {
             if !marker.is_file() {
                 say(&format!(
                     "{} seed {seed}: stage {i} contrastive pre-training, {steps} steps",
                     arm.name
                 ));
-                let pc = PretrainConfig {
-                    model: plan.cfg.clone(),
-                    data: plan.data.clone(),
-                    loss: s.loss.unwrap_or(ContrastiveLoss::Siglip),
-                    steps,
-                    batch_size: spec.batch_size,
-                    lr: s.lr,
-                    seed,
-                    eval_pairs: 128,
-                    modality: Default::default(),
-                };
-                pretrain(&pc, tok, &dir, &|_, _, _| {})
+                pretrain(pc, tok, &dir, &|_, _, _| {})
                     .with_context(|| format!("{}: pre-training", dir.display()))?;
             }
             encoder = Some(dir.clone());
-        } else if s.kind == "text" {
-            if !dir.join("model.safetensors").is_file() {
-                say(&format!(
-                    "{} seed {seed}: stage {i} text-only decoder pre-training, {steps} steps",
-                    arm.name
-                ));
-                let mut data = plan.data.clone();
-                data.text_only = true;
-                let tc = stage_config(spec, plan, data, steps, s, seed, i, None, Vec::new(), None);
-                run_stage(&tc, tok, &dir)?;
-            }
-            decoder = Some(dir.clone());
-        } else {
-            let marker = dir.join("model.safetensors");
+        } else if let Some(tc) = settings.train.as_ref() {
             if !marker.is_file() {
                 say(&format!(
-                    "{} seed {seed}: stage {i} training{}, {steps} steps",
+                    "{} seed {seed}: stage {i} {}, {steps} steps",
                     arm.name,
-                    if s.freeze.is_empty() {
-                        String::new()
+                    if s.kind == "text" {
+                        "text-only decoder pre-training".to_string()
+                    } else if s.freeze.is_empty() {
+                        "training".to_string()
                     } else {
-                        format!(" (frozen: {})", s.freeze.join(", "))
+                        format!("training (frozen: {})", s.freeze.join(", "))
                     }
                 ));
-                let (init, parts, enc) = match &prev_model {
-                    Some(m) => (Some(m.clone()), Vec::new(), None),
-                    None => (
-                        decoder.clone(),
-                        if decoder.is_some() {
-                            vec!["decoder".to_string()]
-                        } else {
-                            Vec::new()
-                        },
-                        encoder.clone(),
-                    ),
-                };
-                let tc = stage_config(
-                    spec,
-                    plan,
-                    plan.data.clone(),
-                    steps,
-                    s,
-                    seed,
-                    i,
-                    init,
-                    parts,
-                    enc,
-                );
-                run_stage(&tc, tok, &dir)?;
+                run_stage(tc, tok, &dir)?;
             }
-            prev_model = Some(dir.clone());
+            if s.kind == "text" {
+                decoder = Some(dir.clone());
+            } else {
+                prev_model = Some(dir.clone());
+            }
         }
+        // What the weights were trained with, as stored beside them.
+        let trained = match StageSettings::read(&dir) {
+            Some(Ok(x)) => x,
+            Some(Err(e)) => bail!("{e}"),
+            None => bail!("{}: {STAGE_SETTINGS} is missing", dir.display()),
+        };
+        all_settings.push(trained.clone());
         let log = StageLog::read(&dir);
         if s.kind == "train" {
             // Held-out curve on the FLOPs axis: this stage's FLOPs per logged token.
@@ -684,7 +857,7 @@ fn run_unit(
             );
         }
         let seconds = log.seconds;
-        // The steps the stage really ran (a stage finished by an earlier run keeps its own).
+        // The steps the stage really ran.
         let steps = log.steps.unwrap_or(steps);
         stages.push(StageRun {
             kind: s.kind.clone(),
@@ -692,12 +865,31 @@ fn run_unit(
             flops_per_step: fps,
             flops: steps as f64 * fps,
             seconds,
+            settings: Some(trained),
         });
         spent += steps as f64 * fps;
     }
     let model_dir = prev_model.context("arm has no train stage")?;
+    // The evaluation is kept only if it measured these very stages with these eval settings.
+    let eval_dir = run_dir.join("eval");
+    let identity = serde_json::json!({ "stages": all_settings, "eval": spec.eval });
+    if non_empty(&eval_dir) {
+        let old = std::fs::read_to_string(eval_dir.join(EVALUATED))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+        // A stage trained in this run is new weights, whatever its settings.
+        if retraining || old.as_ref() != Some(&identity) {
+            let to = set_aside(&run_dir, &eval_dir)?;
+            say(&format!(
+                "arm {} seed {seed}: the evaluation is not of these stages or eval settings; re-evaluating (the old one is kept at {})",
+                arm.name,
+                to.display()
+            ));
+        }
+    }
     say(&format!("{} seed {seed}: evaluating", arm.name));
-    let metrics = evaluate(&model_dir, &run_dir.join("eval"), &spec.eval)?;
+    let metrics = evaluate(&model_dir, &eval_dir, &spec.eval)?;
+    write_json(&eval_dir.join(EVALUATED), &identity)?;
     Ok(SeedRun {
         seed,
         stages,

@@ -210,6 +210,7 @@ pub fn train_bench(a: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
         lr: Some(a.lr),
         seed: a.seed,
         resume: false,
+        overwrite: false,
         init: None,
         ckpt_every: 0,
         eval_every: 0,

@@ -21,9 +21,13 @@ pub struct PretrainArgs {
     /// The loss.
     #[arg(long, value_enum, default_value = "siglip")]
     pub loss: ContrastiveLoss,
-    /// Output folder (`encoder.safetensors`, `pretrain.json`, `train.jsonl`).
+    /// Output folder (`encoder.safetensors`, `pretrain.json`, `train.jsonl`); a non-empty one
+    /// is refused unless `--overwrite`.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace what a non-empty `--out` holds.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Optimiser steps.
     #[arg(long, default_value_t = 1500)]
     pub steps: u64,
@@ -55,6 +59,17 @@ pub fn run(a: &PretrainArgs) -> anyhow::Result<()> {
             "{} is a native model: it has no vision encoder to pre-train (pick a bolted-on preset)",
             a.model
         );
+    }
+    // The output folder is checked before any work.
+    crate::cli::train::check_out_dir(&a.out, a.overwrite)?;
+    if a.overwrite {
+        // No stale encoder beside a new, possibly unfinished, log.
+        for f in ["encoder.safetensors", "pretrain.json", "train.jsonl"] {
+            let p = a.out.join(f);
+            if p.exists() {
+                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            }
+        }
     }
     let mut data = SyntheticData::small();
     data.scene.width = p.config.image.max_width as u32;

@@ -1,6 +1,6 @@
 //! `mmlab train`: train a preset (or resume a run) into a model directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -9,7 +9,7 @@ use crate::fusion::TextTokenizer;
 use crate::model::presets::{parameter_count, preset, PRESET_VOCAB};
 use crate::train::data::{corpus, SyntheticData};
 use crate::train::optim::AdamWConfig;
-use crate::train::{train, RunControl, TrainConfig};
+use crate::train::{check_resume, train, RunControl, TrainConfig};
 
 /// Arguments of `mmlab train`.
 #[derive(Clone, Debug, clap::Args)]
@@ -35,9 +35,13 @@ pub struct TrainArgs {
     /// Seed of initialisation and data order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Continue the run in `--out` from its last checkpoint.
+    /// Continue the run in `--out` from its last checkpoint (refused when its settings differ).
     #[arg(long)]
     pub resume: bool,
+    /// Replace the run in a non-empty `--out` (without it, or `--resume`, a non-empty
+    /// `--out` is refused).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Warm start: begin from the weights (and tokenizer) of this model directory, with a
     /// fresh optimiser and learning-rate schedule.
     #[arg(long)]
@@ -146,12 +150,57 @@ pub fn tokenizer_for(cfg: &TrainConfig, args: &TrainArgs) -> anyhow::Result<Text
     Ok(TextTokenizer::train_bpe(&texts, PRESET_VOCAB)?)
 }
 
+/// Checks an output directory before any work: it must be writable, and a non-empty one is
+/// refused unless `overwrite` (what is in it would be lost). Creates it when missing.
+pub fn check_out_dir(out: &Path, overwrite: bool) -> anyhow::Result<()> {
+    if out.exists() && !out.is_dir() {
+        bail!("--out {}: exists and is not a directory", out.display());
+    }
+    if out.is_dir() && !overwrite {
+        let mut names: Vec<String> = std::fs::read_dir(out)
+            .with_context(|| format!("--out {}: reading the directory", out.display()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if !names.is_empty() {
+            names.sort();
+            let more = names.len().saturating_sub(4);
+            names.truncate(4);
+            bail!(
+                "--out {} is not empty ({}{}): pass --resume to continue the run in it, --overwrite to replace it, or pick another directory",
+                out.display(),
+                names.join(", "),
+                if more > 0 { format!(" and {more} more") } else { String::new() }
+            );
+        }
+    }
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("--out {}: creating it", out.display()))?;
+    check_writable(out)
+}
+
+/// Fails unless a file can be created in the directory `dir`.
+pub fn check_writable(dir: &Path) -> anyhow::Result<()> {
+    let probe = dir.join(format!(".mmlab-write-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .with_context(|| format!("--out {} is not writable", dir.display()))?;
+    std::fs::remove_file(&probe).with_context(|| format!("removing {}", probe.display()))
+}
+
 /// Runs training with a progress bar.
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let cfg = config(args)?;
+    // The output directory is checked before any work.
+    if args.resume {
+        check_resume(&args.out, &cfg)?;
+        check_writable(&args.out)?;
+    } else {
+        check_out_dir(&args.out, args.overwrite)?;
+    }
     let tok = tokenizer_for(&cfg, args)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
     tok.save(&args.out.join("tokenizer.json"))?;
     eprintln!(
         "training {} ({} parameters) for {} steps x {} sequences into {}",

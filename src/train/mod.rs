@@ -159,6 +159,19 @@ pub struct TrainState {
     pub seconds: f64,
     /// Optimiser step counter.
     pub adam_t: u64,
+    /// The logged-loss window not yet written to `train.jsonl` (restored on resume so the
+    /// log after a resume equals the uninterrupted run's).
+    #[serde(default)]
+    pub window: LossWindow,
+}
+
+/// Sums over the steps since the last `train.jsonl` loss line.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LossWindow {
+    /// Sum of the per-step losses.
+    pub loss_sum: f64,
+    /// Steps summed.
+    pub steps: u64,
 }
 
 /// A line of `train.jsonl`.
@@ -379,16 +392,18 @@ fn write_checkpoint(
     Ok(())
 }
 
-fn read_checkpoint(
-    out: &Path,
-    vm: &VarMap,
-    opt: &mut AdamW,
-) -> Result<(TrainConfig, TrainState), TrainError> {
-    let mut dir = checkpoint_dir(out);
-    if !dir.exists() && out.join("checkpoint.old").exists() {
-        dir = out.join("checkpoint.old");
-    }
+/// The settings and progress saved in the checkpoint of the run in `out` (the directory of
+/// the last complete checkpoint).
+pub fn checkpoint_meta(out: &Path) -> Result<(TrainConfig, TrainState), TrainError> {
+    let dir = resume_dir(out);
     let sp = dir.join("state.json");
+    if !sp.is_file() {
+        return Err(TrainError::Config(format!(
+            "{}: no checkpoint to resume from ({} is missing)",
+            out.display(),
+            sp.display()
+        )));
+    }
     let text = std::fs::read_to_string(&sp).map_err(io_err(&sp))?;
     #[derive(Deserialize)]
     struct Meta {
@@ -397,6 +412,90 @@ fn read_checkpoint(
     }
     let meta: Meta = serde_json::from_str(&text)
         .map_err(|e| TrainError::Config(format!("{}: {e}", sp.display())))?;
+    Ok((meta.config, meta.state))
+}
+
+/// The checkpoint directory a resume reads: `checkpoint`, or `checkpoint.old` when a crash
+/// came between the two renames of [`write_checkpoint`].
+fn resume_dir(out: &Path) -> PathBuf {
+    let dir = checkpoint_dir(out);
+    if !dir.exists() && out.join("checkpoint.old").exists() {
+        out.join("checkpoint.old")
+    } else {
+        dir
+    }
+}
+
+/// Refuses to resume the run in `out` with settings other than its checkpoint's, naming each
+/// setting that differs.
+pub fn check_resume(out: &Path, cfg: &TrainConfig) -> Result<TrainState, TrainError> {
+    if !out.is_dir() {
+        return Err(TrainError::Config(format!(
+            "cannot resume: {} does not exist",
+            out.display()
+        )));
+    }
+    let (saved, state) = checkpoint_meta(out)?;
+    let diff = settings_diff(&saved, cfg);
+    if !diff.is_empty() {
+        return Err(TrainError::Config(format!(
+            "{}: the checkpoint was made with different settings ({}); resume with the settings it was made with, or start a new run",
+            checkpoint_dir(out).display(),
+            diff.join("; ")
+        )));
+    }
+    Ok(state)
+}
+
+/// The settings that differ between `old` and `new`, one `path: OLD -> NEW` entry each
+/// (`optim.lr: 0.003 -> 0.001`); empty when they are equal.
+pub fn settings_diff<T: Serialize>(old: &T, new: &T) -> Vec<String> {
+    let (a, b) = match (serde_json::to_value(old), serde_json::to_value(new)) {
+        (Ok(a), Ok(b)) => (a, b),
+        _ => return vec!["settings that cannot be written as JSON".into()],
+    };
+    let mut out = Vec::new();
+    json_diff("", &a, &b, &mut out);
+    out
+}
+
+fn json_diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    if a == b {
+        return;
+    }
+    if let (Value::Object(x), Value::Object(y)) = (a, b) {
+        let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+        for k in keys {
+            let p = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            json_diff(
+                &p,
+                x.get(k).unwrap_or(&Value::Null),
+                y.get(k).unwrap_or(&Value::Null),
+                out,
+            );
+        }
+        return;
+    }
+    let show = |v: &Value| match v {
+        Value::Null => "none".to_string(),
+        v => v.to_string(),
+    };
+    let name = if path.is_empty() { "settings" } else { path };
+    out.push(format!("{name}: {} -> {}", show(a), show(b)));
+}
+
+fn read_checkpoint(
+    out: &Path,
+    vm: &VarMap,
+    opt: &mut AdamW,
+) -> Result<(TrainConfig, TrainState), TrainError> {
+    let (config, state) = checkpoint_meta(out)?;
+    let dir = resume_dir(out);
     load_vars(&dir.join("model.safetensors"), vm)?;
     let op = dir.join("optimizer.safetensors");
     let o = candle_core::safetensors::load(&op, &Device::Cpu)
@@ -411,8 +510,8 @@ fn read_checkpoint(
         s.m = get(format!("{}.m", s.name))?;
         s.v = get(format!("{}.v", s.name))?;
     }
-    opt.t = meta.state.adam_t;
-    Ok((meta.config, meta.state))
+    opt.t = state.adam_t;
+    Ok((config, state))
 }
 
 /// Copies the weights of the model directory `dir` into `vm` (a warm start); the
@@ -518,7 +617,38 @@ fn truncate_log(path: &Path, step: u64) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// The files a training run writes into its directory, other than `tokenizer.json` (which the
+/// caller may have written for this run).
+pub const RUN_FILES: [&str; 6] = [
+    "train.jsonl",
+    "checkpoint",
+    "checkpoint.old",
+    "checkpoint.tmp",
+    "model.safetensors",
+    "config.json",
+];
+
+/// Removes what an earlier run left in `out` (see [`RUN_FILES`]), so that a fresh run is
+/// never mistaken for it: no stale checkpoint to resume, no stale model beside a new log.
+fn clear_run(out: &Path) -> Result<(), TrainError> {
+    for f in RUN_FILES {
+        let p = out.join(f);
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else if p.exists() {
+            std::fs::remove_file(&p)
+        } else {
+            Ok(())
+        };
+        r.map_err(io_err(&p))?;
+    }
+    Ok(())
+}
+
 /// Trains `cfg` into the model directory `out` with `tokenizer`; returns the final state.
+///
+/// Without `ctl.resume` a run already in `out` is replaced (callers that must not lose it, like
+/// `mmlab train`, check first); with it, `out` must hold a checkpoint made with `cfg`.
 pub fn train(
     cfg: &TrainConfig,
     tokenizer: TextTokenizer,
@@ -538,7 +668,31 @@ pub fn train(
             cfg.model.model.vocab_size
         )));
     }
-    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    if ctl.resume {
+        // Before any work, and without creating `out`.
+        check_resume(out, cfg)?;
+    } else {
+        // A fresh run clears `out`: it must not be where its starting weights come from.
+        for from in [&cfg.init_from, &cfg.init_encoder, &cfg.init_audio_encoder]
+            .into_iter()
+            .flatten()
+        {
+            let same = |p: &Path| std::fs::canonicalize(p).ok();
+            let from_dir = if from.is_dir() {
+                from.as_path()
+            } else {
+                from.parent().unwrap_or(from)
+            };
+            if same(from_dir).is_some() && same(from_dir) == same(out) {
+                return Err(TrainError::Config(format!(
+                    "{}: a run cannot start from weights in its own output directory; pick another output directory",
+                    from.display()
+                )));
+            }
+        }
+        std::fs::create_dir_all(out).map_err(io_err(out))?;
+        clear_run(out)?;
+    }
     let (model, vm) = init_model(&cfg.model, cfg.seed, &device)?;
     for f in cfg.freeze.iter().chain(&cfg.init_parts) {
         if !COMPONENTS.contains(&f.as_str()) {
@@ -596,19 +750,18 @@ pub fn train(
         target_tokens: 0,
         seconds: 0.0,
         adam_t: 0,
+        window: LossWindow::default(),
     };
     if ctl.resume {
         let (saved, st) = read_checkpoint(out, &vm, &mut opt)?;
         if &saved != cfg {
             return Err(TrainError::Config(format!(
-                "{}: the checkpoint was made with different settings; resume with the same command",
+                "{}: the checkpoint changed while resuming",
                 checkpoint_dir(out).display()
             )));
         }
         state = st;
         truncate_log(&log_path, state.step)?;
-    } else {
-        let _ = std::fs::remove_file(&log_path);
     }
     let tok = Arc::new(tokenizer);
     let pad = tok.specials.pad;
@@ -674,7 +827,8 @@ pub fn train(
     };
     let t0 = Instant::now();
     let secs0 = state.seconds;
-    let mut window = (0f64, 0u64, 0u64, Instant::now());
+    // Throughput is wall-clock: measured over this process's steps only.
+    let (mut window_start, mut tps_tokens) = (Instant::now(), 0u64);
     let mut last_eval = BTreeMap::new();
     let mut last_good = state.step;
     while state.step < cfg.steps {
@@ -724,16 +878,16 @@ pub fn train(
         state.target_tokens += n_targets as u64;
         state.adam_t = opt.t;
         state.seconds = secs0 + t0.elapsed().as_secs_f64();
-        window.0 += loss_v as f64;
-        window.1 += 1;
-        window.2 += real;
-        let tps = window.2 as f64 / window.3.elapsed().as_secs_f64().max(1e-9);
+        state.window.loss_sum += loss_v as f64;
+        state.window.steps += 1;
+        tps_tokens += real;
+        let tps = tps_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
         (ctl.progress)(state.step, cfg.steps, loss_v as f64, tps);
         let done = state.step == cfg.steps;
         if state.step.is_multiple_of(cfg.log_every.max(1)) || done {
             write_log(&LogLine {
                 step: state.step,
-                loss: Some(window.0 / window.1 as f64),
+                loss: Some(state.window.loss_sum / state.window.steps as f64),
                 lr: Some(lr),
                 grad_norm: Some(norm),
                 tokens: state.tokens,
@@ -742,7 +896,8 @@ pub fn train(
                 eval: None,
                 eval_loss: None,
             })?;
-            window = (0.0, 0, 0, Instant::now());
+            state.window = LossWindow::default();
+            (window_start, tps_tokens) = (Instant::now(), 0);
         }
         if (cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every)) || done {
             let (acc, el) = evaluate(&model, &eval_sets, pad)?;
