@@ -304,3 +304,14 @@ fn the_tui_lists_each_shipped_model_once() {
     unique.dedup();
     assert_eq!(unique.len(), names.len(), "{names:?}");
 }
+
+#[test]
+fn ablate_help_explains_the_flop_estimate_reports_point_to() {
+    let report =
+        std::fs::read_to_string(repo().join("ablations/results/native-vs-projector/report.md"))
+            .unwrap();
+    assert!(report.contains("see `mmlab ablate --help`"));
+    let help = stdout_ok(&mmlab(&repo(), None, &["ablate", "--help"]));
+    assert!(help.contains("6·N·tokens"), "{help}");
+    assert!(help.contains("2·N·tokens for frozen inputs"), "{help}");
+}
