@@ -315,3 +315,86 @@ fn ablate_help_explains_the_flop_estimate_reports_point_to() {
     assert!(help.contains("6·N·tokens"), "{help}");
     assert!(help.contains("2·N·tokens for frozen inputs"), "{help}");
 }
+
+#[test]
+fn the_readme_points_only_inside_the_repository() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    assert!(!readme.contains("../"), "a path outside the repository");
+    assert!(!readme.contains("/work/"), "a path on one machine");
+    // Every backticked repository path the README names exists.
+    let tops = [
+        "docs/",
+        "benches/",
+        "tests/",
+        "src/",
+        "kernels/",
+        "ablations/",
+        "third_party/",
+        "eval/",
+        "datasets/",
+        "models/",
+    ];
+    let mut checked = 0;
+    for (i, part) in readme.split('`').enumerate() {
+        let path = part.trim_end_matches('/');
+        let is_path = i % 2 == 1
+            && tops.iter().any(|t| part.starts_with(t))
+            && !part.contains([' ', '*', '<', '{', '|'])
+            && !part.contains("::")
+            && part != "models/fuyu-8b";
+        if is_path {
+            assert!(
+                repo().join(path).exists(),
+                "README names `{part}`, which is not here"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "only {checked} paths found");
+    // The POPE sample it scores is here, with where it came from.
+    let sample = repo().join("docs/pope-coco");
+    assert!(std::fs::read_to_string(sample.join("README.md"))
+        .unwrap()
+        .contains("AoiDragon/POPE"));
+    assert!(sample.join("LICENSE").is_file());
+}
+
+#[test]
+fn the_pope_sample_scores_a_predictions_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let questions = repo().join("docs/pope-coco/coco_pope_random.json");
+    let answers: String = (1..=300)
+        .map(|i| format!("{{\"question_id\": {i}, \"answer\": \"Yes, there is.\"}}\n"))
+        .collect();
+    std::fs::write(tmp.path().join("answers.jsonl"), answers).unwrap();
+    let out = mmlab(
+        tmp.path(),
+        Some(tmp.path()),
+        &[
+            "eval",
+            "pope-random",
+            "--model",
+            "answers.jsonl",
+            "--data",
+            questions.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout_ok(&out)).unwrap();
+    let split = find(&json, "yes_ratio").expect("POPE metrics in the result");
+    // All "yes" on 150 yes / 150 no: accuracy 0.5, recall 1, yes-ratio 1.
+    assert_eq!(split["n"], 300, "{split}");
+    assert_eq!(split["accuracy"]["value"], 0.5, "{split}");
+    assert_eq!(split["recall"]["value"], 1.0, "{split}");
+    assert_eq!(split["yes_ratio"]["value"], 1.0, "{split}");
+}
+
+/// The first JSON object (depth first) that has `key`.
+fn find<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) if m.contains_key(key) => Some(v),
+        serde_json::Value::Object(m) => m.values().find_map(|x| find(x, key)),
+        serde_json::Value::Array(a) => a.iter().find_map(|x| find(x, key)),
+        _ => None,
+    }
+}
