@@ -4,8 +4,16 @@ use std::path::PathBuf;
 
 use crate::ablate::{report, run, AblationSpec};
 
+/// How training FLOPs are counted, shown under `mmlab ablate --help` (reports point here).
+const FLOPS_HELP: &str = "\
+Training FLOPs are estimated per step from each arm's own batches: 6·N·tokens for trained
+components, 4·N·tokens for frozen ones gradients flow through, 2·N·tokens for frozen inputs
+(N: matmul parameters; encoder and connector count patches, the decoder counts real sequence
+tokens).";
+
 /// Arguments of `mmlab ablate`.
 #[derive(Clone, Debug, clap::Args)]
+#[command(after_help = FLOPS_HELP)]
 pub struct AblateArgs {
     /// The ablation file (`ablations/native-vs-projector.toml`).
     pub file: PathBuf,
@@ -17,12 +25,8 @@ pub struct AblateArgs {
     pub jobs: Option<usize>,
 }
 
-/// Runs every arm and seed not already finished, then writes the report and plots.
-///
-/// Training FLOPs are estimated per step from each arm's own batches: `6·N·tokens` for
-/// trained components, `4·N·tokens` for frozen ones gradients flow through, `2·N·tokens`
-/// for frozen inputs (N: matmul parameters; encoder and connector count patches,
-/// the decoder counts real sequence tokens).
+/// Runs every arm and seed not already finished, then writes the report and plots (training
+/// FLOPs are counted as `mmlab ablate --help` says).
 pub fn run_cli(a: &AblateArgs) -> anyhow::Result<()> {
     let spec = AblationSpec::load(&a.file)?;
     let out = a

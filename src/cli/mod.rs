@@ -10,11 +10,21 @@ pub mod pretrain;
 pub mod tokenize;
 pub mod train;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
+
+/// How `--model` is resolved, shown under `mmlab --help`.
+const MODELS_HELP: &str = "\
+Models: --model takes a preset name, a model directory (any path), or a name NAME looked up
+as ROOT/models/NAME. The shipped fuyu-small, llava-small, qformer-small and flamingo-small are
+compiled into the binary, so `--model fuyu-small` works from any directory; a directory of
+the same name is used only when given as a path (`--model ./models/fuyu-small`).
+ROOT is --root, else $MMLAB_HOME, else the working directory.";
 
 /// mmlab: a workbench for native (early-fusion) multimodal models.
 #[derive(Debug, Parser)]
-#[command(name = "mmlab", version, about)]
+#[command(name = "mmlab", version, about, after_help = MODELS_HELP)]
 pub struct Cli {
     /// Threads for tensor math and data generation (default: all cores).
     #[arg(long, global = true)]
@@ -23,6 +33,10 @@ pub struct Cli {
     /// cuda` build).
     #[arg(long, global = true, default_value = "cpu")]
     pub device: String,
+    /// Workspace folder: `--model NAME` looks in ROOT/models/NAME, and `mmlab tui` reads its
+    /// models/, runs/, results/ and ablations/ (default: $MMLAB_HOME, else the working directory).
+    #[arg(long, global = true, value_name = "ROOT")]
+    pub root: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -80,6 +94,8 @@ pub fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     crate::device::select(&cli.device)?;
+    let root = crate::model::resolve::choose_root(cli.root.clone(), std::env::var_os("MMLAB_HOME"));
+    crate::model::resolve::set_root(root.clone());
     match &cli.command {
         Command::Tokenize(a) => tokenize::run(a),
         Command::Ablate(a) => ablate::run_cli(a),
@@ -90,7 +106,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::Ask(a) => ask::run(a),
         Command::Bench(a) => bench::run(a),
-        Command::Tui(a) => crate::tui::run(a),
+        Command::Tui(a) => crate::tui::run(&crate::tui::TuiArgs { root, ..a.clone() }),
         Command::Inspect(a) => crate::tui::run_inspect(a),
     }
 }

@@ -1,10 +1,12 @@
-//! `mmlab models`: presets with parameter counts and where their weights are, HF Fuyu
-//! checkpoints under `models/`, and any directories named on the command line.
+//! `mmlab models`: presets with parameter counts and where their weights come from (compiled
+//! into the binary, or `<root>/models/<name>`), the other model directories under
+//! `<root>/models`, and any directories named on the command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::model::checkpoint::read_config;
-use crate::model::presets::{parameter_count, presets, shipped_dir};
+use crate::model::presets::{parameter_count, preset, presets};
+use crate::model::resolve::{locate_in, model_dirs, root};
 
 /// Arguments of `mmlab models`.
 #[derive(Clone, Debug, clap::Args)]
@@ -19,16 +21,22 @@ pub fn run(args: &ModelsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The table as text.
+/// The table as text, with bare names looked up under the workspace folder ([`root`]).
 pub fn render(args: &ModelsArgs) -> String {
+    render_in(args, &root())
+}
+
+/// The table as text, with bare names looked up under `root/models`; the weights column says
+/// what `--model NAME` loads: `embedded` (compiled into the binary) or a directory.
+pub fn render_in(args: &ModelsArgs, root: &Path) -> String {
     let mut out = format!(
         "{:<18} {:<8} {:>10}  {:<56} {}\n",
         "name", "design", "params", "about", "weights"
     );
     for p in presets() {
-        let w = shipped_dir(p.name)
-            .map(|d| d.display().to_string())
-            .unwrap_or_else(|| "(not trained here)".into());
+        let w = locate_in(p.name, root)
+            .map(|s| s.describe())
+            .unwrap_or_else(|_| "(not trained here)".into());
         out += &format!(
             "{:<18} {:<8} {:>10}  {:<56} {}\n",
             p.name,
@@ -38,18 +46,33 @@ pub fn render(args: &ModelsArgs) -> String {
             w
         );
     }
-    for d in crate::model::resolve::hf_dirs() {
-        if let Ok(c) = read_config(&d) {
-            out += &format!(
-                "{:<18} {:<8} {:>10}  {:<56} {}\n",
-                d.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                c.design,
-                parameter_count(&c.model),
-                "HuggingFace Fuyu checkpoint",
-                d.display()
-            );
+    for d in model_dirs(root) {
+        let name = d
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // A directory named like a preset is that preset's row (or, for a shipped one, only
+        // reachable by its path: `--model NAME` loads the compiled-in copy).
+        if preset(&name).is_some() {
+            continue;
+        }
+        let about = if crate::model::hf_fuyu::is_hf_fuyu_dir(&d) {
+            "HuggingFace Fuyu checkpoint"
+        } else {
+            "model directory"
+        };
+        match read_config(&d) {
+            Ok(c) => {
+                out += &format!(
+                    "{:<18} {:<8} {:>10}  {:<56} {}\n",
+                    name,
+                    c.design,
+                    parameter_count(&c.model),
+                    about,
+                    d.display()
+                )
+            }
+            Err(e) => out += &format!("{}: {e}\n", d.display()),
         }
     }
     for d in &args.dirs {

@@ -115,7 +115,12 @@ pub fn read_config(dir: &Path) -> Result<ModelDirConfig, CheckpointError> {
     }
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-    let cfg: ModelDirConfig = serde_json::from_str(&text).map_err(|e| CheckpointError::Config {
+    parse_config(path, &text)
+}
+
+/// Parses and validates the text of a `config.json` (`path` names it in errors).
+pub fn parse_config(path: PathBuf, text: &str) -> Result<ModelDirConfig, CheckpointError> {
+    let cfg: ModelDirConfig = serde_json::from_str(text).map_err(|e| CheckpointError::Config {
         path: path.clone(),
         msg: e.to_string(),
     })?;
@@ -154,9 +159,25 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<LoadedModel, CheckpointEr
     if super::hf_fuyu::is_hf_fuyu_dir(dir) {
         return super::hf_fuyu::load_hf_fuyu(dir, device, DType::F32);
     }
-    let config = read_config(dir)?;
+    load_files(dir, &|p: &Path| std::fs::read(p), device)
+}
+
+/// Loads one of our models in f32 from the files `read` gives for paths under `dir`: a
+/// directory on disk, or a model compiled into the binary (`dir` then only names it in errors).
+pub fn load_files(
+    dir: &Path,
+    read: &dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
+    device: &Device,
+) -> Result<LoadedModel, CheckpointError> {
+    let cpath = dir.join("config.json");
+    let text = read(&cpath).map_err(io(&cpath))?;
+    let text = String::from_utf8(text).map_err(|e| CheckpointError::Config {
+        path: cpath.clone(),
+        msg: format!("not UTF-8: {e}"),
+    })?;
+    let config = parse_config(cpath, &text)?;
     let wpath = dir.join("model.safetensors");
-    let bytes = std::fs::read(&wpath).map_err(io(&wpath))?;
+    let bytes = read(&wpath).map_err(io(&wpath))?;
     let weights_sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     let werr = |msg: String| CheckpointError::Weights {
         path: wpath.clone(),
@@ -172,10 +193,15 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<LoadedModel, CheckpointEr
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
     let model = NativeModel::new(&config.model, vb).map_err(|e| werr(e.to_string()))?;
     let tpath = dir.join("tokenizer.json");
-    let tokenizer = TextTokenizer::from_file(&tpath).map_err(|e| CheckpointError::Tokenizer {
+    let terr = |msg: String| CheckpointError::Tokenizer {
         path: tpath.clone(),
-        msg: e.to_string(),
-    })?;
+        msg,
+    };
+    let tokenizer = tokenizers::Tokenizer::from_bytes(read(&tpath).map_err(io(&tpath))?)
+        .map_err(|e| terr(e.to_string()))
+        .and_then(|t| {
+            TextTokenizer::with_specials(t, tpath.clone()).map_err(|e| terr(e.to_string()))
+        })?;
     if tokenizer.vocab_size() > config.model.vocab_size {
         return Err(CheckpointError::Config {
             path: dir.join("config.json"),

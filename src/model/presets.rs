@@ -1,7 +1,5 @@
 //! Named model presets (`<design>-<size>`) and where their weights live.
 
-use std::path::PathBuf;
-
 use super::checkpoint::ModelDirConfig;
 use super::config::{Activation, BoltConfig, ConnectorKind, EncoderConfig, ModelConfig, NormKind};
 use crate::fusion::{AudioConfig, ImageConfig};
@@ -280,12 +278,87 @@ pub fn preset(name: &str) -> Option<Preset> {
     presets().into_iter().find(|p| p.name == name)
 }
 
-/// Where the shipped weights of a preset live (`models/<name>` in the repository), if present.
-pub fn shipped_dir(name: &str) -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("models")
-        .join(name);
-    dir.join("model.safetensors").exists().then_some(dir)
+/// A shipped model compiled into the binary: the three files of its `models/<name>` directory.
+#[derive(Clone, Copy)]
+pub struct EmbeddedModel {
+    /// Preset name, e.g. `fuyu-small`.
+    pub name: &'static str,
+    /// `config.json`.
+    pub config: &'static [u8],
+    /// `model.safetensors`.
+    pub weights: &'static [u8],
+    /// `tokenizer.json`.
+    pub tokenizer: &'static [u8],
+}
+
+impl std::fmt::Debug for EmbeddedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "EmbeddedModel({}, {} bytes of weights)",
+            self.name,
+            self.weights.len()
+        )
+    }
+}
+
+impl PartialEq for EmbeddedModel {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl EmbeddedModel {
+    /// The bytes of the model directory's file called `file_name`, if it is one of the three.
+    pub fn file(&self, file_name: &str) -> Option<&'static [u8]> {
+        match file_name {
+            "config.json" => Some(self.config),
+            "model.safetensors" => Some(self.weights),
+            "tokenizer.json" => Some(self.tokenizer),
+            _ => None,
+        }
+    }
+}
+
+/// `models/<name>` of the source tree, read at compile time.
+macro_rules! shipped {
+    ($name:literal) => {
+        EmbeddedModel {
+            name: $name,
+            config: include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/models/",
+                $name,
+                "/config.json"
+            )),
+            weights: include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/models/",
+                $name,
+                "/model.safetensors"
+            )),
+            tokenizer: include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/models/",
+                $name,
+                "/tokenizer.json"
+            )),
+        }
+    };
+}
+
+/// The shipped models, compiled into every build (about 0.9 MB each): `--model fuyu-small`
+/// works from any directory with nothing but the binary.
+pub const EMBEDDED: [EmbeddedModel; 4] = [
+    shipped!("fuyu-small"),
+    shipped!("llava-small"),
+    shipped!("qformer-small"),
+    shipped!("flamingo-small"),
+];
+
+/// The compiled-in copy of preset `name`, if it ships with weights.
+pub fn embedded(name: &str) -> Option<&'static EmbeddedModel> {
+    EMBEDDED.iter().find(|m| m.name == name)
 }
 
 /// Parameters of one decoder block of `cfg`.

@@ -9,7 +9,10 @@ use mmlab_eval::harness::{load_result, Metrics, TaskResult};
 
 use crate::ablate::AblationResults;
 use crate::model::checkpoint::read_config;
-use crate::model::presets::{parameter_count, presets, shipped_dir};
+use crate::model::presets::{embedded, parameter_count, presets};
+
+/// What [`ModelEntry::weights`] holds for a shipped model compiled into the binary.
+pub const EMBEDDED_WEIGHTS: &str = "(embedded)";
 
 /// One model: a preset and/or a directory with weights.
 #[derive(Clone, Debug, PartialEq)]
@@ -20,7 +23,8 @@ pub struct ModelEntry {
     pub design: String,
     /// Total parameters.
     pub params: usize,
-    /// Where the weights are (`None`: a preset not trained here).
+    /// Where the weights are ([`EMBEDDED_WEIGHTS`]: compiled into the binary; `None`: a preset
+    /// not trained here).
     pub weights: Option<PathBuf>,
     /// What to pass as `--model` to load it (preset name, or the directory).
     pub spec: String,
@@ -360,24 +364,28 @@ impl Workspace {
         let mut seen: Vec<PathBuf> = Vec::new();
         let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
         if with_presets {
+            // One row per preset: its directory under `root/models` (with the training logs)
+            // when there is one, else the copy compiled into the binary, else untrained.
             for p in presets() {
-                match shipped_dir(p.name) {
-                    Some(dir) => {
-                        seen.push(canon(&dir));
-                        let name = p.name.to_string();
-                        if let Some(e) = model_entry(name.clone(), name, &dir, &mut ws.problems) {
-                            ws.models.push(e);
-                        }
+                let dir = root.join("models").join(p.name);
+                let name = p.name.to_string();
+                if dir.join("config.json").is_file() {
+                    seen.push(canon(&dir));
+                    let spec = dir.display().to_string();
+                    if let Some(e) = model_entry(name, spec, &dir, &mut ws.problems) {
+                        ws.models.push(e);
                     }
-                    None => ws.models.push(ModelEntry {
-                        name: p.name.to_string(),
-                        design: p.config.design.clone(),
-                        params: parameter_count(&p.config.model),
-                        weights: None,
-                        spec: p.name.to_string(),
-                        curve: Vec::new(),
-                    }),
+                    continue;
                 }
+                let shipped = embedded(p.name);
+                ws.models.push(ModelEntry {
+                    name: name.clone(),
+                    design: p.config.design.clone(),
+                    params: parameter_count(&p.config.model),
+                    weights: shipped.map(|_| PathBuf::from(EMBEDDED_WEIGHTS)),
+                    spec: name,
+                    curve: Vec::new(),
+                });
             }
         }
         for folder in ["models", "runs"] {

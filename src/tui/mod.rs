@@ -51,8 +51,9 @@ pub enum Action {
 /// Arguments of `mmlab tui`.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct TuiArgs {
-    /// Workspace folder holding `models/`, `runs/`, `results/` and `ablations/`.
-    #[arg(long, default_value = ".")]
+    /// Workspace folder holding `models/`, `runs/`, `results/` and `ablations/` (the global
+    /// `--root`, else `$MMLAB_HOME`, else the working directory).
+    #[arg(skip)]
     pub root: PathBuf,
     /// Open the inspector instead of the dashboard.
     #[arg(long)]
@@ -236,7 +237,7 @@ pub fn run(args: &TuiArgs) -> anyhow::Result<()> {
             .clone()
             .context("--inspect needs --model (a preset name or model directory)")?;
         // Fail before the terminal is taken over when the model cannot be found.
-        crate::model::resolve::model_dir(&model)?;
+        crate::model::resolve::locate_in(&model, &args.root)?;
         let wrong = samples_for(&ws, &args.root, &model, args.samples.as_deref())
             .map_err(anyhow::Error::msg)?;
         let input = InspectInput {
