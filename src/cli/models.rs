@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use mmlab_eval::error::error_chain;
+
 use crate::model::checkpoint::read_config;
 use crate::model::presets::{parameter_count, presets, shipped_dir};
 
@@ -13,14 +15,30 @@ pub struct ModelsArgs {
     pub dirs: Vec<PathBuf>,
 }
 
-/// Prints the table.
+/// Prints the table; fails (after printing it) when a directory named on the command line
+/// is not a valid model directory.
 pub fn run(args: &ModelsArgs) -> anyhow::Result<()> {
-    print!("{}", render(args));
+    let (table, problems) = table(args);
+    print!("{table}");
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "{} of the {} model directories named is invalid:\n  {}",
+            problems.len(),
+            args.dirs.len(),
+            problems.join("\n  ")
+        );
+    }
     Ok(())
 }
 
-/// The table as text.
+/// The table as text (a directory that cannot be read gets a line saying why).
 pub fn render(args: &ModelsArgs) -> String {
+    table(args).0
+}
+
+/// The table, and one message per directory of `args.dirs` that is not a valid model directory.
+fn table(args: &ModelsArgs) -> (String, Vec<String>) {
+    let mut problems = Vec::new();
     let mut out = format!(
         "{:<18} {:<8} {:>10}  {:<56} {}\n",
         "name", "design", "params", "about", "weights"
@@ -64,8 +82,12 @@ pub fn render(args: &ModelsArgs) -> String {
                     d.display()
                 )
             }
-            Err(e) => out += &format!("{}: {e}\n", d.display()),
+            Err(e) => {
+                let msg = error_chain(&e);
+                out += &format!("{}: {msg}\n", d.display());
+                problems.push(msg);
+            }
         }
     }
-    out
+    (out, problems)
 }
