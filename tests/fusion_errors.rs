@@ -237,19 +237,106 @@ fn audio_over_the_cap() {
     assert_names(&e, &p);
 }
 
+/// A 16-bit PCM WAV built by hand: `rate`, `channels`, the samples, and the RIFF and data
+/// size fields as given (`None`: the true sizes).
+fn wav_by_hand(
+    rate: u32,
+    channels: u16,
+    samples: &[i16],
+    riff_size: Option<u32>,
+    data_size: Option<u32>,
+) -> Vec<u8> {
+    let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let mut b = b"RIFF".to_vec();
+    b.extend(riff_size.unwrap_or(36 + data.len() as u32).to_le_bytes());
+    b.extend(b"WAVEfmt ");
+    b.extend(16u32.to_le_bytes());
+    b.extend(1u16.to_le_bytes()); // PCM
+    b.extend(channels.to_le_bytes());
+    b.extend(rate.to_le_bytes());
+    b.extend((rate * 2 * channels as u32).to_le_bytes()); // byte rate
+    b.extend((2 * channels).to_le_bytes()); // block align
+    b.extend(16u16.to_le_bytes());
+    b.extend(b"data");
+    b.extend(data_size.unwrap_or(data.len() as u32).to_le_bytes());
+    b.extend(data);
+    b
+}
+
 #[test]
-fn audio_header_claiming_hours_is_refused_before_decoding() {
+fn wav_with_zero_sample_rate_is_an_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let good = std::fs::read(wav(dir.path(), "short.wav", 16_000, &[0; 100])).unwrap();
-    let mut bad = good.clone();
-    // RIFF size (bytes 4..8) and data chunk size (bytes 40..44) claim 1 GiB of
-    // samples (~9 hours at 16 kHz) in a 244-byte file.
-    bad[4..8].copy_from_slice(&((1u32 << 30) + 36).to_le_bytes());
-    bad[40..44].copy_from_slice(&(1u32 << 30).to_le_bytes());
-    let p = write(dir.path(), "liar.wav", &bad);
-    let e = load_audio_capped(&p, 30.0).unwrap_err();
+    let p = write(
+        dir.path(),
+        "zero-rate.wav",
+        &wav_by_hand(0, 1, &[1, 2, 3, 4], None, None),
+    );
+    let e = load_audio(&p).unwrap_err();
+    assert!(matches!(e, FusionError::AudioDecode { .. }), "{e}");
+    assert_names(&e, &p);
+    assert!(e.to_string().contains("sample rate is 0"), "{e}");
+    // Zero channels is refused the same way.
+    let p = write(
+        dir.path(),
+        "zero-channels.wav",
+        &wav_by_hand(16_000, 0, &[1, 2, 3, 4], None, None),
+    );
+    let e = load_audio(&p).unwrap_err();
+    assert!(e.to_string().contains("channel count is 0"), "{e}");
+    assert_names(&e, &p);
+}
+
+#[test]
+fn streaming_wav_is_read_to_the_real_end() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2 s of 16 kHz mono as a recorder that never seeks back writes it: RIFF and data sizes
+    // are 0xFFFFFFFF, i.e. "134,217 s".
+    let samples: Vec<i16> = (0..32_000)
+        .map(|i| ((i % 200) * 50 - 5000) as i16)
+        .collect();
+    let bytes = wav_by_hand(16_000, 1, &samples, Some(u32::MAX), Some(u32::MAX));
+    let p = write(dir.path(), "stream.wav", &bytes);
+    let got = load_audio(&p).unwrap();
+    let want: Vec<f32> = samples.iter().map(|&s| s as f32 / 32768.0).collect();
+    assert_eq!(got, want);
+    // A half-written last frame (stereo, one odd trailing sample byte) is dropped.
+    let stereo: Vec<i16> = (0..2 * 1_000).map(|i| (i * 7) as i16).collect();
+    let mut bytes = wav_by_hand(16_000, 2, &stereo, Some(u32::MAX), Some(u32::MAX));
+    bytes.extend([0x12, 0x34, 0x56]);
+    let p = write(dir.path(), "stream-stereo.wav", &bytes);
+    let got = load_audio(&p).unwrap();
+    assert_eq!(got.len(), 1_000);
+    let want: Vec<f32> = stereo
+        .chunks(2)
+        .map(|c| (c[0] as f32 / 32768.0 + c[1] as f32 / 32768.0) * 0.5)
+        .collect();
+    assert_eq!(got, want);
+    // A streaming file really over the cap is still refused (while decoding).
+    let long: Vec<i16> = vec![100; 3 * 8_000];
+    let bytes = wav_by_hand(8_000, 1, &long, Some(u32::MAX), Some(u32::MAX));
+    let p = write(dir.path(), "stream-long.wav", &bytes);
+    let e = load_audio_capped(&p, 2.0).unwrap_err();
     assert!(matches!(e, FusionError::AudioTooLong { .. }), "{e}");
     assert_names(&e, &p);
+}
+
+#[test]
+fn wav_header_claiming_hours_reads_the_samples_the_file_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples: Vec<i16> = (0..100).map(|i| i * 100).collect();
+    // RIFF and data sizes claim 1 GiB of samples (~9 hours at 16 kHz) in a 244-byte file:
+    // the data ends where the file does.
+    let bytes = wav_by_hand(
+        16_000,
+        1,
+        &samples,
+        Some((1u32 << 30) + 36),
+        Some(1u32 << 30),
+    );
+    let p = write(dir.path(), "liar.wav", &bytes);
+    let got = load_audio_capped(&p, 30.0).unwrap();
+    let want: Vec<f32> = samples.iter().map(|&s| s as f32 / 32768.0).collect();
+    assert_eq!(got, want);
 }
 
 fn gif(dir: &Path, name: &str, n: usize) -> PathBuf {

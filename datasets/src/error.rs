@@ -5,8 +5,8 @@ use std::path::PathBuf;
 /// Everything that can go wrong while generating, writing or loading data.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
-    /// A file or folder could not be read, written or renamed.
-    #[error("{path}: {source}")]
+    /// A file or folder could not be read, written or renamed (the cause is the error's source).
+    #[error("{path}")]
     Io {
         /// The file or folder involved.
         path: PathBuf,

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 /// Everything that can go wrong while loading tasks, asking a model, or writing results.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
-    /// A file or folder could not be read or written.
-    #[error("{path}: {source}")]
+    /// A file or folder could not be read or written (the cause is the error's source).
+    #[error("{path}")]
     Io {
         /// The file or folder involved.
         path: PathBuf,
@@ -14,7 +14,7 @@ pub enum EvalError {
         source: std::io::Error,
     },
     /// A line of a JSON-lines file is not valid JSON.
-    #[error("{path}:{line}: invalid JSON: {source}")]
+    #[error("{path}:{line}: invalid JSON")]
     Json {
         /// The file.
         path: PathBuf,
@@ -24,7 +24,7 @@ pub enum EvalError {
         source: serde_json::Error,
     },
     /// A whole-file JSON document (a result file) is not what was expected.
-    #[error("{path}: invalid result file: {source}")]
+    #[error("{path}: invalid result file")]
     JsonDocument {
         /// The file.
         path: PathBuf,
@@ -152,6 +152,21 @@ impl EvalError {
             message: message.to_string(),
         }
     }
+}
+
+/// An error and its causes on one line, `error: cause: cause`, as anyhow's `{:#}` prints them.
+///
+/// Errors here keep their cause as [`std::error::Error::source`] instead of repeating it in
+/// their message; use this wherever an error becomes a string.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
 }
 
 /// Result with [`EvalError`] as the default error.

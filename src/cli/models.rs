@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use mmlab_eval::error::error_chain;
+
 use crate::model::checkpoint::read_config;
 use crate::model::presets::{parameter_count, preset, presets};
 use crate::model::resolve::{locate_in, model_dirs, root};
@@ -15,20 +17,36 @@ pub struct ModelsArgs {
     pub dirs: Vec<PathBuf>,
 }
 
-/// Prints the table.
+/// Prints the table; fails (after printing it) when a directory named on the command line
+/// is not a valid model directory.
 pub fn run(args: &ModelsArgs) -> anyhow::Result<()> {
-    print!("{}", render(args));
+    let (table, problems) = table_in(args, &root());
+    print!("{table}");
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "{} of the {} model directories named is invalid:\n  {}",
+            problems.len(),
+            args.dirs.len(),
+            problems.join("\n  ")
+        );
+    }
     Ok(())
 }
 
 /// The table as text, with bare names looked up under the workspace folder ([`root`]).
 pub fn render(args: &ModelsArgs) -> String {
-    render_in(args, &root())
+    table_in(args, &root()).0
 }
 
 /// The table as text, with bare names looked up under `root/models`; the weights column says
 /// what `--model NAME` loads: `embedded` (compiled into the binary) or a directory.
 pub fn render_in(args: &ModelsArgs, root: &Path) -> String {
+    table_in(args, root).0
+}
+
+/// The table, and one message per directory of `args.dirs` that is not a valid model directory.
+fn table_in(args: &ModelsArgs, root: &Path) -> (String, Vec<String>) {
+    let mut problems = Vec::new();
     let mut out = format!(
         "{:<18} {:<8} {:>10}  {:<56} {}\n",
         "name", "design", "params", "about", "weights"
@@ -87,8 +105,12 @@ pub fn render_in(args: &ModelsArgs, root: &Path) -> String {
                     d.display()
                 )
             }
-            Err(e) => out += &format!("{}: {e}\n", d.display()),
+            Err(e) => {
+                let msg = error_chain(&e);
+                out += &format!("{}: {msg}\n", d.display());
+                problems.push(msg);
+            }
         }
     }
-    out
+    (out, problems)
 }

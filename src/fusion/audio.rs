@@ -24,7 +24,7 @@ use symphonia::core::audio::SampleBuffer;
 use symphonia::core::codecs::{DecoderOptions, CODEC_TYPE_NULL};
 use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::FormatOptions;
-use symphonia::core::io::MediaSourceStream;
+use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
@@ -214,8 +214,25 @@ fn decode_mono(path: &Path, max_seconds: f32) -> Result<(Vec<f32>, u32), FusionE
             detail: other.to_string(),
         },
     };
-    let file = File::open(path).map_err(|source| FusionError::Io { path: pb(), source })?;
-    let mss = MediaSourceStream::new(Box::new(file), Default::default());
+    let mut file = File::open(path).map_err(|source| FusionError::Io { path: pb(), source })?;
+    // WAV headers are checked here first: symphonia panics on a zero sample rate, and
+    // trusts a streaming file's placeholder sizes (0xFFFFFFFF) as its real length.
+    let patches = match wav_header_patches(&mut file) {
+        Ok(p) => p,
+        Err(WavHeaderError::Io(source)) => return Err(FusionError::Io { path: pb(), source }),
+        Err(WavHeaderError::Invalid(detail)) => {
+            return Err(FusionError::AudioDecode { path: pb(), detail })
+        }
+    };
+    let source: Box<dyn MediaSource> = if patches.is_empty() {
+        Box::new(file)
+    } else {
+        Box::new(
+            PatchedFile::new(file, patches)
+                .map_err(|source| FusionError::Io { path: pb(), source })?,
+        )
+    };
+    let mss = MediaSourceStream::new(source, Default::default());
     let mut hint = Hint::new();
     if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
         hint.with_extension(ext);
@@ -306,6 +323,154 @@ fn decode_mono(path: &Path, max_seconds: f32) -> Result<(Vec<f32>, u32), FusionE
         );
     }
     Ok((mono, rate))
+}
+
+/// A WAV header that cannot describe playable audio.
+#[derive(Debug)]
+enum WavHeaderError {
+    /// Reading the header failed.
+    Io(std::io::Error),
+    /// The header is inconsistent (the message says which field).
+    Invalid(String),
+}
+
+impl From<std::io::Error> for WavHeaderError {
+    fn from(e: std::io::Error) -> Self {
+        WavHeaderError::Io(e)
+    }
+}
+
+/// Size fields streaming recorders leave unset (they cannot seek back to fill them in).
+const WAV_UNKNOWN_SIZE: u32 = u32::MAX;
+
+/// Checks a RIFF/WAVE header up to its `data` chunk and returns the size fields to rewrite.
+///
+/// Errors on a zero sample rate, zero channels or a zero block size in `fmt `. A `data`
+/// chunk that claims more bytes than the file holds (a streaming file's `0xFFFFFFFF`, or a
+/// recording cut short) is given its real length, whole frames only, and the RIFF size is
+/// made to match, so the decoder reads to the real end of the file. Returns no patches for
+/// files that are not WAV (symphonia probes those) or whose sizes are right.
+fn wav_header_patches(file: &mut File) -> Result<Vec<(u64, [u8; 4])>, WavHeaderError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let file_len = file.metadata()?.len();
+    let mut head = [0u8; 12];
+    let n = file.read(&mut head)?;
+    file.seek(SeekFrom::Start(0))?;
+    if n < 12 || &head[0..4] != b"RIFF" || &head[8..12] != b"WAVE" {
+        return Ok(Vec::new());
+    }
+    let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let riff_len = u32_at(&head, 4);
+    let mut pos: u64 = 12;
+    let mut block_align: Option<u64> = None;
+    let mut result = Ok(Vec::new());
+    while pos + 8 <= file_len {
+        let mut ch = [0u8; 8];
+        file.seek(SeekFrom::Start(pos))?;
+        file.read_exact(&mut ch)?;
+        let len = u32_at(&ch, 4);
+        let body = pos + 8;
+        match &ch[0..4] {
+            b"fmt " => {
+                if len < 16 || body + 16 > file_len {
+                    result = Err(WavHeaderError::Invalid(format!(
+                        "WAV fmt chunk is {len} bytes, shorter than the 16 a format needs"
+                    )));
+                    break;
+                }
+                let mut fmt = [0u8; 16];
+                file.read_exact(&mut fmt)?;
+                let (channels, rate, align) = (u16_at(&fmt, 2), u32_at(&fmt, 4), u16_at(&fmt, 12));
+                let bad = |what: &str| {
+                    Err(WavHeaderError::Invalid(format!(
+                        "the WAV header's {what} is 0 (fmt chunk at byte {pos})"
+                    )))
+                };
+                if rate == 0 {
+                    result = bad("sample rate");
+                    break;
+                }
+                if channels == 0 {
+                    result = bad("channel count");
+                    break;
+                }
+                if align == 0 {
+                    result = bad("block size (block_align)");
+                    break;
+                }
+                block_align = Some(u64::from(align));
+            }
+            b"data" => {
+                let real = file_len - body;
+                if u64::from(len) > real {
+                    // Whole blocks only; a header without fmt is left to symphonia to refuse.
+                    let whole = block_align.map_or(real, |a| real - real % a);
+                    let data_len = u32::try_from(whole).unwrap_or(u32::MAX - 1);
+                    let riff =
+                        u32::try_from(body - 8 + u64::from(data_len)).unwrap_or(u32::MAX - 1);
+                    let mut patches = vec![(pos + 4, data_len.to_le_bytes())];
+                    if riff_len == WAV_UNKNOWN_SIZE || u64::from(riff_len) > file_len - 8 {
+                        patches.push((4, riff.to_le_bytes()));
+                    }
+                    result = Ok(patches);
+                }
+                break;
+            }
+            _ => {}
+        }
+        // Chunks are padded to an even length.
+        pos = body + u64::from(len) + u64::from(len % 2);
+    }
+    file.seek(SeekFrom::Start(0))?;
+    result
+}
+
+/// A file read with a few 4-byte fields overwritten (the fixed WAV sizes).
+struct PatchedFile {
+    file: File,
+    len: u64,
+    patches: Vec<(u64, [u8; 4])>,
+}
+
+impl PatchedFile {
+    fn new(file: File, patches: Vec<(u64, [u8; 4])>) -> std::io::Result<Self> {
+        let len = file.metadata()?.len();
+        Ok(PatchedFile { file, len, patches })
+    }
+}
+
+impl std::io::Read for PatchedFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::Seek;
+        let start = self.file.stream_position()?;
+        let n = self.file.read(buf)?;
+        for (at, bytes) in &self.patches {
+            for (k, &b) in bytes.iter().enumerate() {
+                let p = at + k as u64;
+                if p >= start && p < start + n as u64 {
+                    buf[(p - start) as usize] = b;
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for PatchedFile {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.file.seek(to)
+    }
+}
+
+impl MediaSource for PatchedFile {
+    fn is_seekable(&self) -> bool {
+        true
+    }
+
+    fn byte_len(&self) -> Option<u64> {
+        Some(self.len)
+    }
 }
 
 /// Resamples mono `samples` from `from_hz` to `to_hz` with `rubato`'s synchronous FFT resampler.

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 /// `<in-memory audio>`.
 #[derive(Debug, thiserror::Error)]
 pub enum FusionError {
-    /// A file could not be opened or read.
-    #[error("{}: cannot read file: {source}", path.display())]
+    /// A file could not be opened or read (the cause is the error's source).
+    #[error("{}: cannot read file", path.display())]
     Io {
         /// The file.
         path: PathBuf,

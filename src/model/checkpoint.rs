@@ -16,8 +16,8 @@ use crate::fusion::text::TextTokenizer;
 /// Errors reading or writing a model directory.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    /// A file could not be read or written (the cause is the error's source).
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -110,24 +110,50 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
 
 /// Reads and validates `dir/config.json` (a HF Fuyu config is converted, see [`super::hf_fuyu`]).
 pub fn read_config(dir: &Path) -> Result<ModelDirConfig, CheckpointError> {
-    if super::hf_fuyu::is_hf_fuyu_dir(dir) {
-        return Ok(super::hf_fuyu::read_hf_config(dir)?.dir_config());
-    }
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-    parse_config(path, &text)
+    let bytes = std::fs::read(&path).map_err(io(&path))?;
+    parse_config(&bytes, &path)
 }
 
-/// Parses and validates the text of a `config.json` (`path` names it in errors).
-pub fn parse_config(path: PathBuf, text: &str) -> Result<ModelDirConfig, CheckpointError> {
-    let cfg: ModelDirConfig = serde_json::from_str(text).map_err(|e| CheckpointError::Config {
+/// Parses and validates the bytes of a `config.json` (ours or HF Fuyu's); errors name `path`.
+pub fn parse_config(bytes: &[u8], path: &Path) -> Result<ModelDirConfig, CheckpointError> {
+    let path = path.to_path_buf();
+    let config_err = |msg: String| CheckpointError::Config {
         path: path.clone(),
-        msg: e.to_string(),
-    })?;
-    cfg.model.validate().map_err(|e| CheckpointError::Config {
-        path: path.clone(),
-        msg: e.0,
-    })?;
+        msg,
+    };
+    if super::hf_fuyu::is_hf_fuyu_json(bytes) {
+        let v: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| config_err(e.to_string()))?;
+        return super::hf_fuyu::HfFuyuConfig::from_json(&v)
+            .map(|c| c.dir_config())
+            .map_err(config_err);
+    }
+    let cfg: ModelDirConfig =
+        serde_json::from_slice(bytes).map_err(|e| config_err(e.to_string()))?;
+    cfg.model.validate().map_err(|e| config_err(e.0))?;
+    cfg.image
+        .validate()
+        .map_err(|e| config_err(e.to_string()))?;
+    cfg.audio
+        .validate()
+        .map_err(|e| config_err(e.to_string()))?;
+    let m = &cfg.model;
+    if m.patch_dim != 0 && m.patch_dim != cfg.image.patch_dim() {
+        return Err(config_err(format!(
+            "model.patch_dim {} does not match image.patch {} ({} values per patch)",
+            m.patch_dim,
+            cfg.image.patch,
+            cfg.image.patch_dim()
+        )));
+    }
+    if m.frame_dim != 0 && m.frame_dim != cfg.audio.frame_dim() {
+        return Err(config_err(format!(
+            "model.frame_dim {} does not match the audio front-end ({} values per frame)",
+            m.frame_dim,
+            cfg.audio.frame_dim()
+        )));
+    }
     if !DESIGNS.contains(&cfg.design.as_str()) {
         return Err(CheckpointError::Config {
             path,
@@ -171,11 +197,7 @@ pub fn load_files(
 ) -> Result<LoadedModel, CheckpointError> {
     let cpath = dir.join("config.json");
     let text = read(&cpath).map_err(io(&cpath))?;
-    let text = String::from_utf8(text).map_err(|e| CheckpointError::Config {
-        path: cpath.clone(),
-        msg: format!("not UTF-8: {e}"),
-    })?;
-    let config = parse_config(cpath, &text)?;
+    let config = parse_config(&text, &cpath)?;
     let wpath = dir.join("model.safetensors");
     let bytes = read(&wpath).map_err(io(&wpath))?;
     let weights_sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
@@ -183,13 +205,7 @@ pub fn load_files(
         path: wpath.clone(),
         msg,
     };
-    let tensors =
-        candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| werr(e.to_string()))?;
-    let tensors: HashMap<String, Tensor> = tensors
-        .into_iter()
-        .map(|(k, v)| v.to_dtype(DType::F32).map(|v| (k, v)))
-        .collect::<candle_core::Result<_>>()
-        .map_err(|e| werr(e.to_string()))?;
+    let tensors = parse_weights(&bytes, &wpath, device)?;
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
     let model = NativeModel::new(&config.model, vb).map_err(|e| werr(e.to_string()))?;
     let tpath = dir.join("tokenizer.json");
@@ -220,6 +236,25 @@ pub fn load_files(
         weights_sha256,
         bos: crate::fusion::BosPlacement::First,
     })
+}
+
+/// Reads the bytes of a `model.safetensors` file into f32 tensors on `device`; errors name `path`.
+pub fn parse_weights(
+    bytes: &[u8],
+    path: &Path,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>, CheckpointError> {
+    let werr = |msg: String| CheckpointError::Weights {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let tensors =
+        candle_core::safetensors::load_buffer(bytes, device).map_err(|e| werr(e.to_string()))?;
+    tensors
+        .into_iter()
+        .map(|(k, v)| v.to_dtype(DType::F32).map(|v| (k, v)))
+        .collect::<candle_core::Result<_>>()
+        .map_err(|e| werr(e.to_string()))
 }
 
 /// Writes `bytes` to `path` atomically (temp file + rename).

@@ -202,6 +202,15 @@ impl BoltConfig {
                     "{what} d_model, d_ff must be positive and max_grid in 1..=4096"
                 ));
             }
+            for (field, value, max) in [
+                ("d_model", e.d_model, MAX_WIDTH),
+                ("d_ff", e.d_ff, MAX_WIDTH),
+                ("n_layers", e.n_layers, MAX_LAYERS),
+            ] {
+                if value > max {
+                    return err(format!("{what} {field} {value} is over the limit of {max}"));
+                }
+            }
             if e.n_heads == 0 || !e.d_model.is_multiple_of(e.n_heads) {
                 return err(format!(
                     "{what} d_model {} is not divisible by n_heads {}",
@@ -222,11 +231,20 @@ impl BoltConfig {
             ConnectorKind::QFormer | ConnectorKind::Perceiver
         );
         if resampling
-            && (self.n_queries == 0 || self.n_queries > 4096 || self.connector_layers == 0)
+            && (self.n_queries == 0
+                || self.n_queries > 4096
+                || self.connector_layers == 0
+                || self.connector_layers > MAX_LAYERS)
         {
             return err(format!(
-                "{} needs n_queries in 1..=4096 and connector_layers >= 1",
+                "{} needs n_queries in 1..=4096 and connector_layers in 1..={MAX_LAYERS}",
                 self.connector.name()
+            ));
+        }
+        if self.xattn_d_ff > MAX_WIDTH {
+            return err(format!(
+                "xattn_d_ff {} is over the limit of {MAX_WIDTH}",
+                self.xattn_d_ff
             ));
         }
         if self.connector == ConnectorKind::Perceiver
@@ -290,23 +308,203 @@ impl ModelConfig {
         if self.norm_eps.is_nan() || self.norm_eps <= 0.0 || self.norm_eps >= 1.0 {
             return err(format!("norm_eps {} is outside (0, 1)", self.norm_eps));
         }
-        if self.rope_theta.is_nan() || self.rope_theta <= 1.0 {
-            return err(format!("rope_theta {} must be > 1", self.rope_theta));
+        if !self.rope_theta.is_finite() || self.rope_theta <= 1.0 {
+            return err(format!(
+                "rope_theta {} must be a finite number > 1",
+                self.rope_theta
+            ));
         }
-        let params = self.d_model as u128
-            * (self.vocab_size as u128
-                + self.n_layers as u128 * (4 * self.d_model + 3 * self.d_ff) as u128);
+        for (field, value, max) in [
+            ("vocab_size", self.vocab_size, MAX_WIDTH),
+            ("d_model", self.d_model, MAX_WIDTH),
+            ("d_ff", self.d_ff, MAX_WIDTH),
+            ("n_layers", self.n_layers, MAX_LAYERS),
+            ("patch_dim", self.patch_dim, MAX_PATCH_DIM),
+            ("frame_dim", self.frame_dim, MAX_FRAME_DIM),
+        ] {
+            if value > max {
+                return err(format!("{field} {value} is over the limit of {max}"));
+            }
+        }
+        // Both rotary tables (cos, sin) are allocated whole when the model is built.
+        let rotary = self.max_seq_len.checked_mul(self.rotary_dim());
+        if rotary.is_none_or(|n| n > MAX_ROTARY_TABLE) {
+            return err(format!(
+                "max_seq_len {} x rotary dims {} is over the limit of {MAX_ROTARY_TABLE} table entries",
+                self.max_seq_len,
+                self.rotary_dim()
+            ));
+        }
         if let Some(b) = &self.bolt {
             if self.patch_dim == 0 {
                 return err("a bolted-on design needs image input (patch_dim > 0)".into());
             }
             b.validate(self.n_layers)?;
         }
-        if params > 100_000_000_000 {
-            return err(format!(
-                "about {params} parameters is more than this workbench will allocate"
-            ));
+        match self.parameter_count() {
+            Some(n) if n <= MAX_PARAMETERS => Ok(()),
+            Some(n) => err(format!(
+                "{n} parameters is more than this workbench will allocate (at most {MAX_PARAMETERS})"
+            )),
+            None => err("the parameter count overflows: the sizes are absurdly large".into()),
         }
-        Ok(())
     }
+
+    /// Number of trainable parameters, or `None` when the count overflows `usize`.
+    pub fn parameter_count(&self) -> Option<usize> {
+        let d = Sz::of(self.d_model);
+        let norm = match self.norm {
+            NormKind::LayerNorm => d * 2,
+            NormKind::RmsNorm => d,
+        };
+        let vision = match &self.bolt {
+            Some(b) => bolt_params(self, b),
+            None if self.patch_dim > 0 => Sz::of(self.patch_dim) * d + d,
+            None => Sz::of(0),
+        };
+        let audio_encoded = self
+            .bolt
+            .as_ref()
+            .is_some_and(|b| b.audio_encoder.is_some());
+        let frames = if self.frame_dim > 0 && !audio_encoded {
+            Sz::of(self.frame_dim) * d + d
+        } else {
+            Sz::of(0)
+        };
+        let head = if self.tie_embeddings {
+            Sz::of(0)
+        } else {
+            d * self.vocab_size
+        };
+        (d * self.vocab_size + vision + frames + block_params(self) * self.n_layers + norm + head).0
+    }
+}
+
+/// Largest vocabulary or layer width a config may ask for (16M).
+pub const MAX_WIDTH: usize = 1 << 24;
+/// Largest number of layers a config may ask for.
+pub const MAX_LAYERS: usize = 4096;
+/// Largest flattened patch (`image.patch` is at most 1024: 1024 x 1024 x 3).
+pub const MAX_PATCH_DIM: usize = 1024 * 1024 * 3;
+/// Largest audio frame (`audio` front-ends give at most 256 mel bins x 100 frames).
+pub const MAX_FRAME_DIM: usize = 25_600;
+/// Largest rotary table (`max_seq_len x rotary dims`): 1 GiB for cos and sin in f32.
+pub const MAX_ROTARY_TABLE: usize = 1 << 27;
+/// Largest model this workbench will allocate.
+pub const MAX_PARAMETERS: usize = 100_000_000_000;
+
+/// A size computed from numbers read from a file: `None` once it overflows `usize`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Sz(Option<usize>);
+
+impl Sz {
+    fn of(n: usize) -> Self {
+        Sz(Some(n))
+    }
+}
+
+impl std::ops::Add for Sz {
+    type Output = Sz;
+    fn add(self, o: Sz) -> Sz {
+        Sz(self.0.zip(o.0).and_then(|(a, b)| a.checked_add(b)))
+    }
+}
+
+impl std::ops::Add<usize> for Sz {
+    type Output = Sz;
+    fn add(self, o: usize) -> Sz {
+        self + Sz::of(o)
+    }
+}
+
+impl std::ops::Mul for Sz {
+    type Output = Sz;
+    fn mul(self, o: Sz) -> Sz {
+        Sz(self.0.zip(o.0).and_then(|(a, b)| a.checked_mul(b)))
+    }
+}
+
+impl std::ops::Mul<usize> for Sz {
+    type Output = Sz;
+    fn mul(self, o: usize) -> Sz {
+        self * Sz::of(o)
+    }
+}
+
+/// Parameters of one decoder block of `cfg`.
+fn block_params(cfg: &ModelConfig) -> Sz {
+    let d = Sz::of(cfg.d_model);
+    let hd = Sz::of(cfg.head_dim());
+    let (nh, nkv, ff) = (
+        Sz::of(cfg.n_heads),
+        Sz::of(cfg.n_kv_heads),
+        Sz::of(cfg.d_ff),
+    );
+    let norm = |n: Sz| match cfg.norm {
+        NormKind::LayerNorm => n * 2,
+        NormKind::RmsNorm => n,
+    };
+    let attn = d * nh * hd + nh * hd // q
+        + (d * nkv * hd + nkv * hd) * 2 // k, v
+        + nh * hd * d + d // dense
+        + if cfg.qk_norm { hd * 4 } else { Sz::of(0) };
+    let mlp = d * ff
+        + ff
+        + ff * d
+        + d
+        + if cfg.activation == Activation::SwiGlu {
+            d * ff + ff
+        } else {
+            Sz::of(0)
+        };
+    norm(d) * 2 + attn + mlp
+}
+
+/// Parameters of the vision encoder, connector and cross-attention layers of a bolted design.
+fn bolt_params(cfg: &ModelConfig, b: &BoltConfig) -> Sz {
+    let d = Sz::of(cfg.d_model);
+    let (de, ff) = (Sz::of(b.encoder.d_model), Sz::of(b.encoder.d_ff));
+    let xa = |dq: Sz, dkv: Sz| (dq * dq + dq) * 2 + (dkv * dq + dq) * 2;
+    let mlp = |w: Sz, f: Sz| w * f * 2 + f + w;
+    let nq = Sz::of(b.n_queries);
+    let encoder = Sz::of(cfg.patch_dim) * de
+        + de
+        + de * b.encoder.max_grid * 2
+        + block_params(&b.encoder_block_config(cfg.norm_eps)) * b.encoder.n_layers
+        + de * 2;
+    let connector_of = |de: Sz, ff: Sz| match b.connector {
+        ConnectorKind::Linear => de * d + d,
+        ConnectorKind::Mlp => de * d + d + d * d + d,
+        ConnectorKind::QFormer => {
+            nq * de
+                + (de * 6 + xa(de, de) * 2 + mlp(de, ff)) * b.connector_layers
+                + de * 2
+                + de * d
+                + d
+        }
+        ConnectorKind::Perceiver => {
+            nq * de + (de * 6 + xa(de, de) + mlp(de, ff)) * b.connector_layers + de * 2
+        }
+    };
+    let connector = connector_of(de, ff);
+    let audio = match (&b.audio_encoder, b.audio_block_config(cfg.norm_eps)) {
+        (Some(a), Some(bc)) if cfg.frame_dim > 0 => {
+            let da = Sz::of(a.d_model);
+            da * cfg.frame_dim * 3
+                + da
+                + da * a.max_grid
+                + block_params(&bc) * a.n_layers
+                + da * 2
+                + connector_of(da, Sz::of(a.d_ff))
+        }
+        _ => Sz::of(0),
+    };
+    let xattn = if b.connector == ConnectorKind::Perceiver {
+        // Layers 0, k, 2k, ... below n_layers.
+        let layers = cfg.n_layers.div_ceil(b.xattn_every.max(1));
+        (d * 4 + xa(d, de) + mlp(d, Sz::of(b.xattn_d_ff)) + 2) * layers
+    } else {
+        Sz::of(0)
+    };
+    encoder + connector + xattn + audio
 }

@@ -34,6 +34,57 @@ impl Default for GenerateOptions {
     }
 }
 
+/// Most new tokens one request may ask for.
+pub const MAX_NEW_TOKENS: usize = 1 << 16;
+
+/// A decoding setting outside its range; `option` is the setting's name.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("invalid decoding option {option} = {value}: expected {expected}")]
+pub struct SamplingError {
+    /// The setting (`temperature`, `top_k`, `max_new_tokens`).
+    pub option: &'static str,
+    /// The value given, printed.
+    pub value: String,
+    /// What the setting accepts.
+    pub expected: &'static str,
+}
+
+/// Checks a softmax temperature: finite and >= 0 (0 is greedy).
+pub fn check_temperature(t: f64) -> std::result::Result<f64, SamplingError> {
+    if t.is_finite() && t >= 0.0 {
+        Ok(t)
+    } else {
+        Err(SamplingError {
+            option: "temperature",
+            value: t.to_string(),
+            expected: "a finite number >= 0 (0 is greedy decoding)",
+        })
+    }
+}
+
+/// Checks a token budget: 1 to [`MAX_NEW_TOKENS`].
+pub fn check_max_new_tokens(n: usize) -> std::result::Result<usize, SamplingError> {
+    if (1..=MAX_NEW_TOKENS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(SamplingError {
+            option: "max_new_tokens",
+            value: n.to_string(),
+            expected: "between 1 and 65536 tokens",
+        })
+    }
+}
+
+impl GenerateOptions {
+    /// Checks every setting: temperature finite and >= 0, a budget of 1 to [`MAX_NEW_TOKENS`]
+    /// tokens (`top_k` 0 keeps all tokens, any larger value keeps that many).
+    pub fn validate(&self) -> std::result::Result<(), SamplingError> {
+        check_temperature(self.temperature)?;
+        check_max_new_tokens(self.max_new_tokens)?;
+        Ok(())
+    }
+}
+
 /// Picks one token from a row of logits.
 fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut rand_chacha::ChaCha8Rng) -> u32 {
     let argmax = || {
@@ -131,6 +182,7 @@ pub fn generate(
     pad_id: u32,
     opts: &GenerateOptions,
 ) -> Result<Vec<Vec<u32>>> {
+    opts.validate().map_err(candle_core::Error::wrap)?;
     if prompts.is_empty() {
         return Ok(Vec::new());
     }
@@ -152,6 +204,7 @@ pub fn generate_with_prefixes(
     pad_id: u32,
     opts: &GenerateOptions,
 ) -> Result<Vec<Vec<u32>>> {
+    opts.validate().map_err(candle_core::Error::wrap)?;
     if suffixes.is_empty() {
         return Ok(Vec::new());
     }
@@ -201,4 +254,52 @@ pub fn next_token_logprobs(
     let batch = collate(prompts, pad_id, PadSide::Left).map_err(candle_core::Error::wrap)?;
     let o = model.forward(&batch, None, false)?;
     candle_nn::ops::log_softmax(&model.last_logits(&o.hidden)?, D::Minus1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_options_are_checked_by_name() {
+        for t in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0, -1e-9] {
+            let opts = GenerateOptions {
+                temperature: t,
+                ..Default::default()
+            };
+            let e = opts.validate().unwrap_err();
+            assert_eq!(e.option, "temperature", "{t}");
+            assert!(e.to_string().contains("temperature"), "{e}");
+        }
+        for t in [0.0, 0.7, 1.0, 100.0] {
+            let opts = GenerateOptions {
+                temperature: t,
+                ..Default::default()
+            };
+            assert_eq!(opts.validate(), Ok(()), "{t}");
+        }
+        for n in [0, MAX_NEW_TOKENS + 1, usize::MAX] {
+            let opts = GenerateOptions {
+                max_new_tokens: n,
+                ..Default::default()
+            };
+            assert_eq!(opts.validate().unwrap_err().option, "max_new_tokens", "{n}");
+        }
+    }
+
+    #[test]
+    fn greedy_and_sampled_picks_stay_in_the_vocabulary() {
+        let logits = [0.5f32, 3.0, -1.0, 2.5];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        assert_eq!(pick(&logits, &GenerateOptions::default(), &mut rng), 1);
+        let opts = GenerateOptions {
+            temperature: 1.0,
+            top_k: 2,
+            ..Default::default()
+        };
+        for _ in 0..200 {
+            let t = pick(&logits, &opts, &mut rng);
+            assert!(t == 1 || t == 3, "top-2 of {logits:?} picked {t}");
+        }
+    }
 }

@@ -43,10 +43,13 @@ const MAX_HEADER: u64 = 100_000_000;
 
 /// Whether `dir/config.json` declares `model_type: "fuyu"`.
 pub fn is_hf_fuyu_dir(dir: &Path) -> bool {
-    std::fs::read(dir.join("config.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .is_some_and(|v| v.get("model_type").and_then(Value::as_str) == Some("fuyu"))
+    std::fs::read(dir.join("config.json")).is_ok_and(|b| is_hf_fuyu_json(&b))
+}
+
+/// Whether the bytes of a `config.json` declare `model_type: "fuyu"`.
+pub fn is_hf_fuyu_json(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(bytes)
+        .is_ok_and(|v| v.get("model_type").and_then(Value::as_str) == Some("fuyu"))
 }
 
 /// The settings of a HF `FuyuConfig` that shape the network.
@@ -293,12 +296,154 @@ impl StDtype {
 
 /// Where one tensor lies in its file (offsets already checked against the file).
 #[derive(Clone, Debug)]
-struct TensorInfo {
+pub struct TensorInfo {
     dtype: StDtype,
-    shape: Vec<usize>,
-    /// Absolute byte range in the file.
-    start: usize,
-    end: usize,
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// First byte of the tensor in the file.
+    pub start: usize,
+    /// One past its last byte.
+    pub end: usize,
+}
+
+/// A safetensors header checked against the file it came from.
+#[derive(Clone, Debug)]
+pub struct CheckedHeader {
+    /// Every tensor by name (`__metadata__` skipped).
+    pub tensors: HashMap<String, TensorInfo>,
+    /// Length of the JSON header in bytes (the data starts 8 bytes later).
+    pub header_len: usize,
+}
+
+/// Checks the header of a safetensors file (`bytes` is the whole file): header length, JSON,
+/// every dtype (F32, F16, BF16), shape and byte range. Errors name `path` and the tensor.
+pub fn check_safetensors(bytes: &[u8], path: &Path) -> Result<CheckedHeader, CheckpointError> {
+    let len = bytes.len() as u64;
+    if len < 8 {
+        return Err(weights_err(
+            path,
+            format!("file is {len} bytes, too short for a safetensors header"),
+        ));
+    }
+    let mut n8 = [0u8; 8];
+    n8.copy_from_slice(&bytes[..8]);
+    let n = u64::from_le_bytes(n8);
+    if n > len - 8 {
+        return Err(weights_err(
+            path,
+            format!(
+                "header length {n} is larger than the file ({len} bytes) allows; \
+                 not a safetensors file or truncated"
+            ),
+        ));
+    }
+    if n > MAX_HEADER {
+        return Err(weights_err(
+            path,
+            format!("header length {n} is over the {MAX_HEADER}-byte limit"),
+        ));
+    }
+    let data_start = 8 + n as usize;
+    let data_len = bytes.len() - data_start;
+    let json: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..data_start])
+        .map_err(|e| weights_err(path, format!("header is not a JSON object: {e}")))?;
+    let mut tensors = HashMap::with_capacity(json.len());
+    for (name, info) in &json {
+        if name == "__metadata__" {
+            continue;
+        }
+        let bad = |msg: String| weights_err(path, format!("tensor {name:?}: {msg}"));
+        let dtype_s = info
+            .get("dtype")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("no dtype".into()))?;
+        let dtype = StDtype::parse(dtype_s).ok_or_else(|| {
+            bad(format!(
+                "dtype {dtype_s} is not a float type this loader reads (F32, F16, BF16)"
+            ))
+        })?;
+        let shape = info
+            .get("shape")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("no shape".into()))?
+            .iter()
+            .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+            .collect::<Option<Vec<usize>>>()
+            .ok_or_else(|| bad("shape is not a list of non-negative integers".into()))?;
+        let offs = info
+            .get("data_offsets")
+            .and_then(Value::as_array)
+            .filter(|a| a.len() == 2)
+            .and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?)))
+            .ok_or_else(|| bad("data_offsets is not [begin, end]".into()))?;
+        let (b, e) = offs;
+        if b > e || e > data_len as u64 {
+            return Err(bad(format!(
+                "data_offsets [{b}, {e}] fall outside the {data_len} data bytes"
+            )));
+        }
+        let numel = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .and_then(|n| n.checked_mul(dtype.size()))
+            .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
+        if numel as u64 != e - b {
+            return Err(bad(format!(
+                "shape {shape:?} of {dtype_s} needs {numel} bytes but data_offsets span {}",
+                e - b
+            )));
+        }
+        tensors.insert(
+            name.clone(),
+            TensorInfo {
+                dtype,
+                shape,
+                start: data_start + b as usize,
+                end: data_start + e as usize,
+            },
+        );
+    }
+    Ok(CheckedHeader {
+        tensors,
+        header_len: n as usize,
+    })
+}
+
+/// Reads a `model.safetensors.index.json`: its `weight_map` as (tensor, shard file name)
+/// pairs, sorted by tensor. Errors name `path`; a shard must be a plain file name.
+pub fn parse_weight_index(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<Vec<(String, String)>, CheckpointError> {
+    let v: Value =
+        serde_json::from_slice(bytes).map_err(|e| weights_err(path, format!("not JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| weights_err(path, "no \"weight_map\" object"))?;
+    let mut out = Vec::with_capacity(map.len());
+    for (tensor, file) in map {
+        let file = file.as_str().ok_or_else(|| {
+            weights_err(
+                path,
+                format!("tensor {tensor:?}: file name is not a string"),
+            )
+        })?;
+        let fp = Path::new(file);
+        let plain = matches!(
+            fp.components().collect::<Vec<_>>().as_slice(),
+            [std::path::Component::Normal(_)]
+        );
+        if !plain || file.contains("..") {
+            return Err(weights_err(
+                path,
+                format!("tensor {tensor:?}: shard {file:?} is not a file name in the directory"),
+            ));
+        }
+        out.push((tensor.clone(), file.to_string()));
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// One memory-mapped safetensors file with its checked header.
@@ -325,86 +470,12 @@ impl StFile {
         // against the length validated here. As with any mapped file, truncating or
         // rewriting it while it is loaded is not supported.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
-        let bytes: &[u8] = &mmap;
-        let mut n8 = [0u8; 8];
-        n8.copy_from_slice(&bytes[..8]);
-        let n = u64::from_le_bytes(n8);
-        if n > len - 8 {
-            return Err(weights_err(
-                path,
-                format!(
-                    "header length {n} is larger than the file ({len} bytes) allows; \
-                     not a safetensors file or truncated"
-                ),
-            ));
+        if mmap.len() as u64 != len {
+            return Err(weights_err(path, "the file changed while it was opened"));
         }
-        if n > MAX_HEADER {
-            return Err(weights_err(
-                path,
-                format!("header length {n} is over the {MAX_HEADER}-byte limit"),
-            ));
-        }
-        let data_start = 8 + n as usize;
-        let data_len = bytes.len() - data_start;
-        let header = bytes[8..data_start].to_vec();
-        let json: serde_json::Map<String, Value> = serde_json::from_slice(&header)
-            .map_err(|e| weights_err(path, format!("header is not a JSON object: {e}")))?;
-        let mut tensors = HashMap::with_capacity(json.len());
-        for (name, info) in &json {
-            if name == "__metadata__" {
-                continue;
-            }
-            let bad = |msg: String| weights_err(path, format!("tensor {name:?}: {msg}"));
-            let dtype_s = info
-                .get("dtype")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("no dtype".into()))?;
-            let dtype = StDtype::parse(dtype_s).ok_or_else(|| {
-                bad(format!(
-                    "dtype {dtype_s} is not a float type this loader reads (F32, F16, BF16)"
-                ))
-            })?;
-            let shape = info
-                .get("shape")
-                .and_then(Value::as_array)
-                .ok_or_else(|| bad("no shape".into()))?
-                .iter()
-                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
-                .collect::<Option<Vec<usize>>>()
-                .ok_or_else(|| bad("shape is not a list of non-negative integers".into()))?;
-            let offs = info
-                .get("data_offsets")
-                .and_then(Value::as_array)
-                .filter(|a| a.len() == 2)
-                .and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?)))
-                .ok_or_else(|| bad("data_offsets is not [begin, end]".into()))?;
-            let (b, e) = offs;
-            if b > e || e > data_len as u64 {
-                return Err(bad(format!(
-                    "data_offsets [{b}, {e}] fall outside the {data_len} data bytes"
-                )));
-            }
-            let numel = shape
-                .iter()
-                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-                .and_then(|n| n.checked_mul(dtype.size()))
-                .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
-            if numel as u64 != e - b {
-                return Err(bad(format!(
-                    "shape {shape:?} of {dtype_s} needs {numel} bytes but data_offsets span {}",
-                    e - b
-                )));
-            }
-            tensors.insert(
-                name.clone(),
-                TensorInfo {
-                    dtype,
-                    shape,
-                    start: data_start + b as usize,
-                    end: data_start + e as usize,
-                },
-            );
-        }
+        let checked = check_safetensors(&mmap, path)?;
+        let header = mmap[8..8 + checked.header_len].to_vec();
+        let tensors = checked.tensors;
         Ok(StFile {
             path: path.to_path_buf(),
             mmap,
@@ -492,31 +563,12 @@ impl Weights {
         let single = dir.join("model.safetensors");
         if index.is_file() {
             let bytes = std::fs::read(&index).map_err(io_err(&index))?;
-            let v: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| weights_err(&index, format!("not JSON: {e}")))?;
-            let map = v
-                .get("weight_map")
-                .and_then(Value::as_object)
-                .ok_or_else(|| weights_err(&index, "no \"weight_map\" object"))?;
+            let map = parse_weight_index(&bytes, &index)?;
             let mut names: BTreeMap<String, usize> = BTreeMap::new();
             let mut files = Vec::new();
             let mut claimed: HashMap<String, usize> = HashMap::new();
-            for (tensor, file) in map {
-                let file = file.as_str().ok_or_else(|| {
-                    weights_err(
-                        &index,
-                        format!("tensor {tensor:?}: file name is not a string"),
-                    )
-                })?;
-                let fp = Path::new(file);
-                if fp.components().count() != 1 || fp.is_absolute() || file.contains("..") {
-                    return Err(weights_err(
-                        &index,
-                        format!(
-                            "tensor {tensor:?}: shard {file:?} is not a file name in the directory"
-                        ),
-                    ));
-                }
+            for (tensor, file) in &map {
+                let file = file.as_str();
                 let k = match names.get(file) {
                     Some(&k) => k,
                     None => {

@@ -41,14 +41,16 @@ pub struct ModelResponder {
     builder: SequenceBuilder,
 }
 
-fn model_err(e: impl std::fmt::Display) -> EvalError {
-    EvalError::Responder {
-        identity: "mmlab model".into(),
-        message: e.to_string(),
-    }
-}
-
 impl ModelResponder {
+    /// Wraps an error of this model as an [`EvalError`] naming the model as the user asked
+    /// for it, with the error's whole chain of causes.
+    fn err<E: std::error::Error>(&self) -> impl Fn(E) -> EvalError + '_ {
+        move |e| EvalError::Responder {
+            identity: self.display.clone(),
+            message: mmlab_eval::error::error_chain(&e),
+        }
+    }
+
     /// Wraps a loaded model; greedy decoding of up to 8 tokens.
     pub fn new(model: LoadedModel, display: String) -> Self {
         let tok = Arc::new(model.tokenizer.clone());
@@ -78,7 +80,7 @@ impl ModelResponder {
         let mut seq = self
             .builder
             .build_placed(&segs, self.model.bos)
-            .map_err(model_err)?;
+            .map_err(self.err())?;
         // The builder closes every prompt with <boa>; a prefix stops before it.
         if seq.tokens.last() == Some(&self.builder.tokenizer.specials.boa) {
             seq.tokens.pop();
@@ -91,7 +93,7 @@ impl ModelResponder {
 
     /// The question's ids followed by `<boa>`.
     fn suffix(&self, prompt: &str) -> Result<Vec<u32>, EvalError> {
-        let mut ids = self.builder.tokenizer.encode(prompt).map_err(model_err)?;
+        let mut ids = self.builder.tokenizer.encode(prompt).map_err(self.err())?;
         ids.push(self.builder.tokenizer.specials.boa);
         Ok(ids)
     }
@@ -104,7 +106,7 @@ impl ModelResponder {
         }
         self.builder
             .build_placed(&segs, self.model.bos)
-            .map_err(model_err)
+            .map_err(self.err())
     }
 
     /// Sum of log-probabilities of each candidate answer (and `<eos>`) after the prompt.
@@ -114,14 +116,14 @@ impl ModelResponder {
             .map(|c| self.full(r, Some(c)))
             .collect::<Result<Vec<_>, _>>()?;
         let pad = self.builder.tokenizer.specials.pad;
-        let batch = collate(&seqs, pad, PadSide::Right).map_err(model_err)?;
+        let batch = collate(&seqs, pad, PadSide::Right).map_err(self.err())?;
         let m = &self.model.model;
-        let out = m.forward(&batch, None, false).map_err(model_err)?;
+        let out = m.forward(&batch, None, false).map_err(self.err())?;
         let logp =
-            candle_nn::ops::log_softmax(&m.logits(&out.hidden).map_err(model_err)?, D::Minus1)
-                .map_err(model_err)?
+            candle_nn::ops::log_softmax(&m.logits(&out.hidden).map_err(self.err())?, D::Minus1)
+                .map_err(self.err())?
                 .to_vec3::<f32>()
-                .map_err(model_err)?;
+                .map_err(self.err())?;
         let t = batch.seq_len;
         Ok((0..seqs.len())
             .map(|b| {
@@ -138,7 +140,7 @@ impl ModelResponder {
             .tokenizer
             .decode(ids)
             .map(|s| s.trim().to_string())
-            .map_err(model_err)
+            .map_err(self.err())
     }
 }
 
@@ -207,7 +209,7 @@ impl Responder for ModelResponder {
             }
             if !suffixes.is_empty() {
                 let ids = generate_with_prefixes(m, &prefixes, &suffixes, pad, &self.opts)
-                    .map_err(model_err)?;
+                    .map_err(self.err())?;
                 for (k, &i) in gen_idx.iter().enumerate() {
                     out[i].answer = self.decode(&ids[k])?;
                 }
@@ -217,7 +219,7 @@ impl Responder for ModelResponder {
                 .iter()
                 .map(|&i| self.full(&batch[i], None))
                 .collect::<Result<Vec<_>, _>>()?;
-            let ids = generate(m, &seqs, pad, &self.opts).map_err(model_err)?;
+            let ids = generate(m, &seqs, pad, &self.opts).map_err(self.err())?;
             for (k, &i) in gen_idx.iter().enumerate() {
                 out[i].answer = self.decode(&ids[k])?;
             }

@@ -32,10 +32,10 @@ pub enum TrainError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     /// A tensor op failed.
-    #[error("tensor error: {0}")]
+    #[error("tensor error")]
     Tensor(#[from] candle_core::Error),
     /// Building a sample failed.
-    #[error("data: {0}")]
+    #[error("data")]
     Data(#[from] crate::fusion::FusionError),
     /// The loss became NaN or infinite; the last good checkpoint is kept.
     #[error("loss is {loss} at step {step}; stopped. The last good checkpoint (step {last_good}) in {dir} is kept; lower the learning rate and resume")]
@@ -52,8 +52,8 @@ pub enum TrainError {
     /// The run's settings are inconsistent.
     #[error("{0}")]
     Config(String),
-    /// I/O on a file.
-    #[error("{path}: {source}")]
+    /// I/O on a file (the cause is the error's source).
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,

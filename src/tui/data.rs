@@ -326,7 +326,7 @@ fn model_entry(
     let cfg = match read_config(dir) {
         Ok(c) => c,
         Err(e) => {
-            problems.push(e.to_string());
+            problems.push(mmlab_eval::error::error_chain(&e));
             return None;
         }
     };
@@ -468,7 +468,7 @@ impl Workspace {
                             latest.insert(key, ResultEntry { path, result });
                         }
                     }
-                    Err(e) => self.problems.push(e.to_string()),
+                    Err(e) => self.problems.push(mmlab_eval::error::error_chain(&e)),
                 }
             }
         }

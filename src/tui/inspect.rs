@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
 
 use crossterm::event::{KeyCode, KeyEvent};
+use mmlab_eval::error::error_chain;
 use mmlab_eval::harness::{read_samples, samples_path};
 use mmlab_eval::tasks::{load_task_with, DataOptions};
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -62,8 +63,8 @@ pub fn wrong_samples(root: &Path, results: &[&ResultEntry]) -> Result<Vec<WrongS
     let mut out = Vec::new();
     for r in results {
         let res = &r.result;
-        let spath = samples_path(&r.path, res).map_err(|e| e.to_string())?;
-        let samples = read_samples(&spath).map_err(|e| e.to_string())?;
+        let spath = samples_path(&r.path, res).map_err(|e| error_chain(&e))?;
+        let samples = read_samples(&spath).map_err(|e| error_chain(&e))?;
         let mut splits: HashMap<String, Vec<mmlab_eval::tasks::Question>> = HashMap::new();
         let data = PathBuf::from(&res.config.data);
         let data = if data.is_relative() {
@@ -73,9 +74,10 @@ pub fn wrong_samples(root: &Path, results: &[&ResultEntry]) -> Result<Vec<WrongS
         };
         let loaded = load_task_with(&res.task, &data, &DataOptions::default()).map_err(|e| {
             format!(
-                "{} (the questions of {}): {e}",
+                "{} (the questions of {}): {}",
                 data.display(),
-                r.path.display()
+                r.path.display(),
+                error_chain(&e)
             )
         })?;
         for s in loaded {
@@ -127,7 +129,10 @@ impl Worker {
             let loaded = match load_model(&model) {
                 Ok(m) => m,
                 Err(e) => {
-                    let _ = tx.send(Reply::Failed(format!("loading {model}: {e}")));
+                    let _ = tx.send(Reply::Failed(format!(
+                        "loading {model}: {}",
+                        error_chain(&e)
+                    )));
                     return;
                 }
             };

@@ -143,8 +143,8 @@ pub fn samples_for(
                 s.strip_suffix(".samples.jsonl")
                     .map_or_else(|| s.to_string(), |b| format!("{b}.json")),
             );
-            let result =
-                mmlab_eval::harness::load_result(&result_path).map_err(|e| e.to_string())?;
+            let result = mmlab_eval::harness::load_result(&result_path)
+                .map_err(|e| mmlab_eval::error::error_chain(&e))?;
             let entry = data::ResultEntry {
                 path: result_path,
                 result,
