@@ -185,3 +185,24 @@ fn io_errors_print_their_cause_once() {
     assert!(t.contains("count.jsonl:1: invalid JSON"), "{t}");
     assert_eq!(count(&t, "EOF while parsing"), 1, "{t}");
 }
+
+/// Issue 19, case 2: a predictions file is never scored against the default synthetic set.
+#[test]
+fn a_predictions_file_needs_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let preds = dir.path().join("answers.jsonl");
+    std::fs::write(&preds, "{\"question_id\": 1, \"answer\": \"Yes\"}\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mmlab"))
+        .args(["eval", "pope-random", "--model", preds.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("MMLAB_LOG", "error")
+        .output()
+        .expect("running mmlab");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("--data"), "{err}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "no default test set written"
+    );
+}
