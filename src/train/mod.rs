@@ -31,11 +31,11 @@ pub enum TrainError {
     /// Reading or writing the output directory failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    /// A tensor op failed.
-    #[error("tensor error")]
+    /// A tensor op failed (its message and causes are candle's).
+    #[error(transparent)]
     Tensor(#[from] candle_core::Error),
-    /// Building a sample failed.
-    #[error("data")]
+    /// Building a sample failed (its message names the file or input).
+    #[error(transparent)]
     Data(#[from] crate::fusion::FusionError),
     /// The loss became NaN or infinite; the last good checkpoint is kept.
     #[error("loss is {loss} at step {step}; stopped. The last good checkpoint (step {last_good}) in {dir} is kept; lower the learning rate and resume")]
