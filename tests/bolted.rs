@@ -6,10 +6,10 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 use mmlab::fusion::{collate, ImageInput, PadSide, Segment, TextTokenizer};
+use mmlab::model::bolted::Connected;
 use mmlab::model::checkpoint::{load_dir, read_config};
-use mmlab::model::connector::VisualInput;
 use mmlab::model::presets::preset;
-use mmlab::model::ModelDirConfig;
+use mmlab::model::{Design, ModelDirConfig};
 use mmlab::train::data::SyntheticData;
 use mmlab::train::optim::AdamWConfig;
 use mmlab::train::{component, init_model, named_vars, train, RunControl, TrainConfig};
@@ -70,16 +70,16 @@ fn connectors_give_the_expected_shapes_and_token_counts() {
             None => assert_eq!(slots, vec![16, 6], "{name}: one slot per patch"),
             Some(n) => assert_eq!(slots, vec![n, n], "{name}: same count for any image size"),
         }
-        let bolt = model.bolt.as_ref().unwrap();
-        match bolt.visual_input(&batch).unwrap() {
-            VisualInput::Slots(t) => {
+        let bolt = model.bolted().unwrap();
+        match bolt.image_input(&batch).unwrap() {
+            Connected::Slots(t) => {
                 assert_eq!(
                     t.dims(),
                     &[batch.patch_positions.len(), cfg.model.d_model],
                     "{name}"
                 );
             }
-            VisualInput::Context(c) => {
+            Connected::Context(c) => {
                 assert_eq!(name, "flamingo-tiny");
                 // One row per sequence, n_latents per image, encoder width.
                 assert_eq!(c.latents.dims(), &[2, 4, 16]);
@@ -248,7 +248,7 @@ fn a_config_whose_design_does_not_match_its_bolt_section_is_refused() {
     let tok = tokenizer();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config("llava-tiny", &tok);
-    cfg.design = "native".into();
+    cfg.design = Design::Native;
     std::fs::write(
         dir.path().join("config.json"),
         serde_json::to_string(&cfg).unwrap(),
@@ -259,7 +259,16 @@ fn a_config_whose_design_does_not_match_its_bolt_section_is_refused() {
         e.contains("config.json") && e.contains("bolt section is present"),
         "{e}"
     );
-    cfg.design = "llava".into();
+    // A bolted-on design must be the one its connector makes.
+    cfg.design = Design::Flamingo;
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::to_string(&cfg).unwrap(),
+    )
+    .unwrap();
+    let e = read_config(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("its connector is \"mlp\""), "{e}");
+    cfg.design = Design::Llava;
     cfg.model.bolt.as_mut().unwrap().encoder.n_heads = 5;
     std::fs::write(
         dir.path().join("config.json"),
@@ -302,16 +311,16 @@ fn audio_encoders_give_the_expected_token_counts() {
             None => assert_eq!(slots, vec![13, 28], "{name}"),
             Some(n) => assert_eq!(slots, vec![n, n], "{name}"),
         }
-        let bolt = model.bolt.as_ref().unwrap();
+        let bolt = model.bolted().unwrap();
         match bolt.audio_input(&batch).unwrap() {
-            VisualInput::Slots(t) => {
+            Connected::Slots(t) => {
                 assert_eq!(
                     t.dims(),
                     &[batch.frame_positions.len(), cfg.model.d_model],
                     "{name}"
                 )
             }
-            VisualInput::Context(c) => assert_eq!(c.latents.dims(), &[2, 4, 16], "{name}"),
+            Connected::Context(c) => assert_eq!(c.latents.dims(), &[2, 4, 16], "{name}"),
         }
         let out = model.forward(&batch, None, false).unwrap();
         assert_eq!(out.hidden.dims(), &[2, batch.seq_len, cfg.model.d_model]);

@@ -8,7 +8,8 @@ use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use super::config::ModelConfig;
-use super::native::NativeModel;
+use super::design::Design;
+use super::Model;
 use crate::fusion::audio::AudioConfig;
 use crate::fusion::image::ImageConfig;
 use crate::fusion::text::TextTokenizer;
@@ -53,8 +54,8 @@ pub enum CheckpointError {
 /// Everything in `config.json`: the decoder and how inputs are tokenised.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ModelDirConfig {
-    /// Model design (`native` for the Fuyu-style model).
-    pub design: String,
+    /// Model design.
+    pub design: Design,
     /// Preset the model was made from, if any.
     #[serde(default)]
     pub preset: Option<String>,
@@ -65,9 +66,6 @@ pub struct ModelDirConfig {
     /// Audio front-end.
     pub audio: AudioConfig,
 }
-
-/// Designs a model directory may hold.
-pub const DESIGNS: [&str; 4] = ["native", "llava", "qformer", "flamingo"];
 
 impl ModelDirConfig {
     /// The sequence builder for this model: the native layout, or a fixed number of slots
@@ -92,7 +90,7 @@ pub struct LoadedModel {
     /// Its config.
     pub config: ModelDirConfig,
     /// The network.
-    pub model: NativeModel,
+    pub model: Model,
     /// The text tokenizer.
     pub tokenizer: TextTokenizer,
     /// sha256 of `model.safetensors`, hex (identity for caches).
@@ -154,29 +152,17 @@ pub fn parse_config(bytes: &[u8], path: &Path) -> Result<ModelDirConfig, Checkpo
             cfg.audio.frame_dim()
         )));
     }
-    if !DESIGNS.contains(&cfg.design.as_str()) {
-        return Err(CheckpointError::Config {
-            path,
-            msg: format!(
-                "unknown design {:?} (expected one of {DESIGNS:?})",
-                cfg.design
-            ),
-        });
+    if !Design::OURS.contains(&cfg.design) {
+        // `hf-fuyu` names a HF directory's own config.json, never ours.
+        return Err(config_err(format!(
+            "unknown design {:?} (expected one of {:?})",
+            cfg.design.name(),
+            Design::OURS.map(Design::name)
+        )));
     }
-    if (cfg.design == "native") != cfg.model.bolt.is_none() {
-        return Err(CheckpointError::Config {
-            path,
-            msg: format!(
-                "design {:?} does not match the model settings (a bolt section is {})",
-                cfg.design,
-                if cfg.model.bolt.is_some() {
-                    "present"
-                } else {
-                    "missing"
-                }
-            ),
-        });
-    }
+    cfg.design
+        .check(cfg.model.bolt.as_ref())
+        .map_err(config_err)?;
     Ok(cfg)
 }
 
@@ -207,7 +193,7 @@ pub fn load_files(
     };
     let tensors = parse_weights(&bytes, &wpath, device)?;
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-    let model = NativeModel::new(&config.model, vb).map_err(|e| werr(e.to_string()))?;
+    let model = Model::new(&config.model, vb).map_err(|e| werr(e.to_string()))?;
     let tpath = dir.join("tokenizer.json");
     let terr = |msg: String| CheckpointError::Tokenizer {
         path: tpath.clone(),

@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use super::connector::ConnectorKind;
+use super::connector::ConnectorShape;
+
 /// Normalisation layer used in the decoder blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -65,34 +68,6 @@ pub struct ModelConfig {
     pub bolt: Option<BoltConfig>,
 }
 
-/// How encoder features reach the decoder.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConnectorKind {
-    /// One linear projection per patch feature (LLaVA-1.0); one token slot per patch.
-    Linear,
-    /// Two-layer MLP with GELU per patch feature (LLaVA-1.5); one token slot per patch.
-    Mlp,
-    /// Learned queries cross-attending to the encoder features (BLIP-2); `n_queries` slots
-    /// per image whatever its size.
-    QFormer,
-    /// Perceiver resampler feeding gated cross-attention layers in the decoder (Flamingo);
-    /// one `|IMAGE|` slot per image in the token stream.
-    Perceiver,
-}
-
-impl ConnectorKind {
-    /// Name used in presets and reports.
-    pub fn name(&self) -> &'static str {
-        match self {
-            ConnectorKind::Linear => "linear",
-            ConnectorKind::Mlp => "mlp",
-            ConnectorKind::QFormer => "qformer",
-            ConnectorKind::Perceiver => "perceiver",
-        }
-    }
-}
-
 /// A ViT-style vision encoder: linear patch embedding, learned row and column position
 /// embeddings, bidirectional pre-norm Transformer blocks, final LayerNorm.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -138,21 +113,14 @@ pub struct BoltConfig {
 impl BoltConfig {
     /// Token slots one image fills (`None`: one per patch, with row newlines, as native).
     pub fn image_tokens(&self) -> Option<usize> {
-        match self.connector {
-            ConnectorKind::Linear | ConnectorKind::Mlp => None,
-            ConnectorKind::QFormer => Some(self.n_queries),
-            ConnectorKind::Perceiver => Some(1),
-        }
+        self.connector.image_slots(self.n_queries)
     }
 
     /// Token slots one audio clip fills.
     pub fn audio_slots(&self) -> crate::fusion::AudioSlots {
-        use crate::fusion::AudioSlots;
-        match (&self.audio_encoder, self.connector) {
-            (None, _) => AudioSlots::PerFrame,
-            (Some(_), ConnectorKind::Linear | ConnectorKind::Mlp) => AudioSlots::Halved,
-            (Some(_), ConnectorKind::QFormer) => AudioSlots::Fixed(self.n_queries),
-            (Some(_), ConnectorKind::Perceiver) => AudioSlots::Fixed(1),
+        match &self.audio_encoder {
+            None => crate::fusion::AudioSlots::PerFrame,
+            Some(_) => self.connector.clip_slots(self.n_queries),
         }
     }
 
@@ -226,11 +194,7 @@ impl BoltConfig {
                 ));
             }
         }
-        let resampling = matches!(
-            self.connector,
-            ConnectorKind::QFormer | ConnectorKind::Perceiver
-        );
-        if resampling
+        if self.connector.resamples()
             && (self.n_queries == 0
                 || self.n_queries > 4096
                 || self.connector_layers == 0
@@ -247,7 +211,7 @@ impl BoltConfig {
                 self.xattn_d_ff
             ));
         }
-        if self.connector == ConnectorKind::Perceiver
+        if self.connector.cross_attends()
             && (self.xattn_every == 0 || self.xattn_every > decoder_layers || self.xattn_d_ff == 0)
         {
             return err(format!(
@@ -463,30 +427,25 @@ fn block_params(cfg: &ModelConfig) -> Sz {
 /// Parameters of the vision encoder, connector and cross-attention layers of a bolted design.
 fn bolt_params(cfg: &ModelConfig, b: &BoltConfig) -> Sz {
     let d = Sz::of(cfg.d_model);
-    let (de, ff) = (Sz::of(b.encoder.d_model), Sz::of(b.encoder.d_ff));
+    let de = Sz::of(b.encoder.d_model);
     let xa = |dq: Sz, dkv: Sz| (dq * dq + dq) * 2 + (dkv * dq + dq) * 2;
     let mlp = |w: Sz, f: Sz| w * f * 2 + f + w;
-    let nq = Sz::of(b.n_queries);
     let encoder = Sz::of(cfg.patch_dim) * de
         + de
         + de * b.encoder.max_grid * 2
         + block_params(&b.encoder_block_config(cfg.norm_eps)) * b.encoder.n_layers
         + de * 2;
-    let connector_of = |de: Sz, ff: Sz| match b.connector {
-        ConnectorKind::Linear => de * d + d,
-        ConnectorKind::Mlp => de * d + d + d * d + d,
-        ConnectorKind::QFormer => {
-            nq * de
-                + (de * 6 + xa(de, de) * 2 + mlp(de, ff)) * b.connector_layers
-                + de * 2
-                + de * d
-                + d
-        }
-        ConnectorKind::Perceiver => {
-            nq * de + (de * 6 + xa(de, de) + mlp(de, ff)) * b.connector_layers + de * 2
-        }
+    let connector_of = |e: &EncoderConfig| {
+        Sz(b.connector.parameter_count(ConnectorShape {
+            d_enc: e.d_model,
+            heads: e.n_heads,
+            d_ff: e.d_ff,
+            n_queries: b.n_queries,
+            layers: b.connector_layers,
+            d_model: cfg.d_model,
+        }))
     };
-    let connector = connector_of(de, ff);
+    let connector = connector_of(&b.encoder);
     let audio = match (&b.audio_encoder, b.audio_block_config(cfg.norm_eps)) {
         (Some(a), Some(bc)) if cfg.frame_dim > 0 => {
             let da = Sz::of(a.d_model);
@@ -495,11 +454,11 @@ fn bolt_params(cfg: &ModelConfig, b: &BoltConfig) -> Sz {
                 + da * a.max_grid
                 + block_params(&bc) * a.n_layers
                 + da * 2
-                + connector_of(da, Sz::of(a.d_ff))
+                + connector_of(a)
         }
         _ => Sz::of(0),
     };
-    let xattn = if b.connector == ConnectorKind::Perceiver {
+    let xattn = if b.connector.cross_attends() {
         // Layers 0, k, 2k, ... below n_layers.
         let layers = cfg.n_layers.div_ceil(b.xattn_every.max(1));
         (d * 4 + xa(d, de) + mlp(d, Sz::of(b.xattn_d_ff)) + 2) * layers

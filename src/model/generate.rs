@@ -4,7 +4,7 @@
 use candle_core::{Result, Tensor, D};
 use rand::{Rng, SeedableRng};
 
-use super::native::{KvCache, NativeModel};
+use super::{KvCache, Model};
 use crate::fusion::{collate, Batch, Modality, MultimodalSequence, PadSide};
 
 /// How to pick tokens.
@@ -141,7 +141,7 @@ fn step_batch(tokens: &[u32], cache: &KvCache, done: &[bool]) -> Batch {
 
 /// Continues every row of a primed cache from its last logits until a stop token or the budget.
 fn decode_loop(
-    model: &NativeModel,
+    model: &Model,
     mut cache: KvCache,
     mut last: Tensor,
     opts: &GenerateOptions,
@@ -177,7 +177,7 @@ fn decode_loop(
 
 /// Generates a continuation for each prompt (prompts end with `<boa>`), batched with left padding.
 pub fn generate(
-    model: &NativeModel,
+    model: &Model,
     prompts: &[MultimodalSequence],
     pad_id: u32,
     opts: &GenerateOptions,
@@ -198,7 +198,7 @@ pub fn generate(
 /// `suffixes[i] = (p, ids)` continues prefix `p` with text ids `ids` (e.g. the
 /// question and `<boa>`). Returns one generated id list per suffix.
 pub fn generate_with_prefixes(
-    model: &NativeModel,
+    model: &Model,
     prefixes: &[MultimodalSequence],
     suffixes: &[(usize, Vec<u32>)],
     pad_id: u32,
@@ -247,7 +247,7 @@ pub fn generate_with_prefixes(
 
 /// Log-probabilities `(n, vocab)` of the next token after each prompt (prompts end with `<boa>`).
 pub fn next_token_logprobs(
-    model: &NativeModel,
+    model: &Model,
     prompts: &[MultimodalSequence],
     pad_id: u32,
 ) -> Result<Tensor> {

@@ -29,14 +29,12 @@ use sha2::Digest;
 
 use super::checkpoint::{CheckpointError, LoadedModel, ModelDirConfig};
 use super::config::{Activation, ModelConfig, NormKind};
-use super::native::NativeModel;
+use super::design::Design;
+use super::Model;
 use crate::fusion::audio::AudioConfig;
 use crate::fusion::image::ImageConfig;
 use crate::fusion::text::TextTokenizer;
 use crate::fusion::BosPlacement;
-
-/// The design name HF Fuyu directories get in [`ModelDirConfig::design`].
-pub const DESIGN: &str = "hf-fuyu";
 
 /// Largest safetensors header accepted (the `safetensors` crate's limit).
 const MAX_HEADER: u64 = 100_000_000;
@@ -224,10 +222,10 @@ impl HfFuyuConfig {
         }
     }
 
-    /// The directory config our tooling sees: design [`DESIGN`], Fuyu's image box.
+    /// The directory config our tooling sees: design [`Design::HfFuyu`], Fuyu's image box.
     pub fn dir_config(&self) -> ModelDirConfig {
         ModelDirConfig {
-            design: DESIGN.into(),
+            design: Design::HfFuyu,
             preset: None,
             model: self.model_config(),
             image: ImageConfig {
@@ -815,7 +813,7 @@ pub fn load_hf_fuyu(
     }
     drop(weights);
     let vb = VarBuilder::from_tensors(tensors, dtype, device);
-    let model = NativeModel::new(m, vb).map_err(|e| weights_err(dir, e.to_string()))?;
+    let model = Model::new(m, vb).map_err(|e| weights_err(dir, e.to_string()))?;
     let tpath = dir.join("tokenizer.json");
     let tokenizer = TextTokenizer::from_file(&tpath).map_err(|e| CheckpointError::Tokenizer {
         path: tpath.clone(),

@@ -7,7 +7,8 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use crate::kernels::{AttnMask, Linear};
+use crate::kernels::AttnMask;
+pub use crate::kernels::Linear;
 
 use super::config::{Activation, ModelConfig, NormKind};
 
@@ -599,4 +600,50 @@ pub fn attention_mask(
     device: &Device,
 ) -> Result<Tensor> {
     AttnMask::causal(b, t, past, key_valid)?.dense(device, DType::F32)
+}
+
+/// A stack of bidirectional pre-norm blocks with a final LayerNorm: the body of the ViT, the
+/// audio encoder and the contrastive caption tower (weights `layers.N`, `final_layernorm`).
+#[derive(Clone, Debug)]
+pub struct EncoderStack {
+    blocks: Vec<Block>,
+    final_norm: Norm,
+    rotary: Rotary,
+}
+
+impl EncoderStack {
+    /// `layers` blocks shaped by `block_cfg` (no rotary, GELU MLP) under `vb`.
+    pub fn new(block_cfg: &ModelConfig, layers: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            blocks: (0..layers)
+                .map(|i| Block::new(block_cfg, vb.pp(format!("layers.{i}"))))
+                .collect::<Result<_>>()?,
+            final_norm: Norm::new(
+                NormKind::LayerNorm,
+                block_cfg.d_model,
+                block_cfg.norm_eps,
+                vb.pp("final_layernorm"),
+            )?,
+            rotary: Rotary::new(0, 1, 10_000.0, vb.device())?,
+        })
+    }
+
+    /// Runs `x` (`n, t, d`) through the blocks, every position seeing the real ones of its
+    /// row (`key_valid`: `n * t` flags, 1 for real), then the final norm.
+    pub fn forward(&self, x: &Tensor, key_valid: &[u8]) -> Result<Tensor> {
+        let (n, t, _) = x.dims3()?;
+        let mask = LayerMask::new(
+            AttnMask::bidirectional(n, t, 0, key_valid)?,
+            x.device(),
+            x.dtype(),
+        );
+        let dummy = Tensor::zeros(1, DType::F32, x.device())?;
+        let mut x = x.clone();
+        for block in &self.blocks {
+            x = block
+                .forward(&x, &self.rotary, &dummy, &dummy, &mask, None, false)?
+                .0;
+        }
+        self.final_norm.forward(&x)
+    }
 }

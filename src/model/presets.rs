@@ -2,6 +2,7 @@
 
 use super::checkpoint::ModelDirConfig;
 use super::config::{Activation, BoltConfig, ConnectorKind, EncoderConfig, ModelConfig, NormKind};
+use super::design::Design;
 use crate::fusion::{AudioConfig, ImageConfig};
 
 /// A named model shape with its input processing.
@@ -34,7 +35,7 @@ fn native(
     };
     let audio = AudioConfig::raw(640);
     ModelDirConfig {
-        design: "native".into(),
+        design: Design::Native,
         preset: Some(name.into()),
         model: ModelConfig {
             vocab_size: PRESET_VOCAB,
@@ -74,12 +75,7 @@ fn bolted(
     audio_encoder: Option<EncoderConfig>,
 ) -> ModelDirConfig {
     let mut c = base;
-    c.design = match connector {
-        ConnectorKind::Linear | ConnectorKind::Mlp => "llava",
-        ConnectorKind::QFormer => "qformer",
-        ConnectorKind::Perceiver => "flamingo",
-    }
-    .into();
+    c.design = connector.design();
     c.preset = Some(name.into());
     c.model.d_ff = decoder_d_ff;
     c.model.bolt = Some(BoltConfig {

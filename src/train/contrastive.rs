@@ -23,11 +23,10 @@ use super::data::SyntheticData;
 use super::optim::{lr_at, AdamW, AdamWConfig};
 use super::{named_vars, reinit, TrainError};
 use crate::fusion::{audio_features, patchify, AudioSpan, ImageSpan, TextTokenizer};
-use crate::kernels::{AttnMask, Linear};
+use crate::kernels::Linear;
 use crate::model::checkpoint::{atomic_write, ModelDirConfig};
-use crate::model::config::NormKind;
 use crate::model::encoder::{AudioEncoder, VisionEncoder};
-use crate::model::layers::{Block, LayerMask, Norm, Rotary};
+use crate::model::layers::EncoderStack;
 
 /// Which contrastive loss.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -86,9 +85,7 @@ fn scaled_similarity(img: &Tensor, txt: &Tensor, log_scale: &Tensor) -> Result<T
 struct TextEncoder {
     embed: Tensor,
     pos: Tensor,
-    blocks: Vec<Block>,
-    norm: Norm,
-    rotary: Rotary,
+    stack: EncoderStack,
     max_len: usize,
 }
 
@@ -108,16 +105,7 @@ impl TextEncoder {
         Ok(Self {
             embed: vb.get_with_hints((vocab, d), "embed_tokens.weight", init)?,
             pos: vb.get_with_hints((max_len, d), "pos_embed.weight", init)?,
-            blocks: (0..bolt.encoder.n_layers)
-                .map(|i| Block::new(&bc, vb.pp(format!("layers.{i}"))))
-                .collect::<Result<_>>()?,
-            norm: Norm::new(
-                NormKind::LayerNorm,
-                d,
-                bc.norm_eps,
-                vb.pp("final_layernorm"),
-            )?,
-            rotary: Rotary::new(0, 1, 10_000.0, vb.device())?,
+            stack: EncoderStack::new(&bc, bolt.encoder.n_layers, vb.clone())?,
             max_len,
         })
     }
@@ -133,39 +121,27 @@ impl TextEncoder {
             .clamp(1, self.max_len);
         let mut flat = vec![0u32; n * t];
         let mut valid = vec![0f32; n * t];
-        let mut mask = vec![f32::NEG_INFINITY; n * t];
+        let mut key_valid = vec![0u8; n * t];
         for (i, row) in ids.iter().enumerate() {
             for (k, &id) in row.iter().take(t).enumerate() {
                 flat[i * t + k] = id;
                 valid[i * t + k] = 1.0;
-                mask[i * t + k] = 0.0;
+                key_valid[i * t + k] = 1;
             }
             if row.is_empty() {
-                mask[i * t] = 0.0;
+                key_valid[i * t] = 1;
             }
         }
         let d = self.embed.dim(1)?;
         let ids_t = Tensor::from_vec(flat, n * t, device)?;
         let pos_ids = Tensor::arange(0u32, t as u32, device)?;
-        let mut x = self
+        let x = self
             .embed
             .index_select(&ids_t, 0)?
             .reshape((n, t, d))?
             .broadcast_add(&self.pos.index_select(&pos_ids, 0)?)?;
         // Bidirectional: every position sees the real ones of its row.
-        let key_valid: Vec<u8> = mask.iter().map(|&v| u8::from(v == 0.0)).collect();
-        let attn_mask = LayerMask::new(
-            AttnMask::bidirectional(n, t, 0, &key_valid)?,
-            device,
-            x.dtype(),
-        );
-        let dummy = Tensor::zeros(1, DType::F32, device)?;
-        for b in &self.blocks {
-            x = b
-                .forward(&x, &self.rotary, &dummy, &dummy, &attn_mask, None, false)?
-                .0;
-        }
-        let x = self.norm.forward(&x)?;
+        let x = self.stack.forward(&x, &key_valid)?;
         let valid = Tensor::from_vec(valid, (n, t, 1), device)?;
         let count = (valid.sum(1)? + 1e-6)?;
         x.broadcast_mul(&valid)?.sum(1)?.broadcast_div(&count)
@@ -261,11 +237,11 @@ impl DualEncoder {
             (Tower::Audio(a), Spans::Audio(s)) => a.forward(&pairs.inputs, s)?,
             _ => candle_core::bail!("pairs of the wrong modality for this tower"),
         };
-        let n = enc.n_patches.len();
+        let n = enc.n_positions.len();
         // Mean over each item's real positions.
         let p = enc.feats.dim(1)?;
         let mut w = vec![0f32; n * p];
-        for (i, &k) in enc.n_patches.iter().enumerate() {
+        for (i, &k) in enc.n_positions.iter().enumerate() {
             for j in 0..k {
                 w[i * p + j] = 1.0 / k as f32;
             }

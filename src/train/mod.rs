@@ -20,7 +20,6 @@ use crate::fusion::{collate, PadSide, TextTokenizer};
 use crate::model::checkpoint::{
     atomic_write, save_dir, tensors_to_bytes, CheckpointError, ModelDirConfig,
 };
-use crate::model::native::loss_rows;
 use crate::model::NativeModel;
 use data::{Example, Factory, Source, SyntheticData};
 use optim::{lr_at, AdamW, AdamWConfig};
@@ -292,11 +291,11 @@ pub fn evaluate(
         let batch =
             collate(&seqs, pad, PadSide::Right).map_err(|e| TrainError::Config(e.to_string()))?;
         let out = model.forward(&batch, None, false)?;
-        let (rows, targets) = loss_rows(&batch);
-        let d = model.cfg.d_model;
-        let h = out.hidden.reshape((batch.batch * batch.seq_len, d))?;
-        let idx = candle_core::Tensor::from_slice(&rows, rows.len(), model.device())?;
-        let logits = model.logits(&h.index_select(&idx, 0)?)?;
+        let crate::model::TargetLogits {
+            rows,
+            targets,
+            logits,
+        } = model.decoder().target_logits(&out.hidden, &batch)?;
         if !rows.is_empty() {
             let mean = crate::kernels::cross_entropy(&logits, &targets)?;
             loss_sum += mean.to_scalar::<f32>()? as f64 * rows.len() as f64;

@@ -225,7 +225,7 @@ pub fn analyze(m: &LoadedModel, input: &InspectInput) -> anyhow::Result<Analysis
         .filter(|&i| !matches!(seq.modality[i], Modality::ImagePatch | Modality::AudioFrame))
         .collect();
     let layers = out.attentions.len();
-    let heads = model.cfg.n_heads;
+    let heads = model.cfg().n_heads;
     let idx = candle_core::Tensor::from_vec(
         rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
         rows.len(),

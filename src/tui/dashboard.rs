@@ -296,7 +296,7 @@ impl Dashboard {
                 };
                 Row::new(vec![
                     Cell::from(m.name.clone()).style(Style::new().fg(colour)),
-                    Cell::from(m.design.clone()),
+                    Cell::from(m.design.to_string()),
                     Cell::from(format!("{:>8}", m.params)),
                     Cell::from(m.tokens().map_or("-".into(), |t| fmt_count(t as f64))),
                     Cell::from(m.flops().map_or("-".into(), fmt_count)),
@@ -652,7 +652,7 @@ impl Dashboard {
             .iter()
             .map(|a| {
                 let native = crate::model::presets::preset(&a.preset)
-                    .is_some_and(|p| p.config.design == "native");
+                    .is_some_and(|p| p.config.design == crate::model::Design::Native);
                 let mut cells = vec![
                     Cell::from(a.name.clone()).style(Style::new().fg(if native {
                         Color::Cyan

@@ -10,6 +10,7 @@ use mmlab_eval::harness::{load_result, Metrics, TaskResult};
 use crate::ablate::AblationResults;
 use crate::model::checkpoint::read_config;
 use crate::model::presets::{embedded, parameter_count, presets};
+use crate::model::Design;
 
 /// What [`ModelEntry::weights`] holds for a shipped model compiled into the binary.
 pub const EMBEDDED_WEIGHTS: &str = "(embedded)";
@@ -19,8 +20,8 @@ pub const EMBEDDED_WEIGHTS: &str = "(embedded)";
 pub struct ModelEntry {
     /// Name results are filed under (preset name, or the directory's name).
     pub name: String,
-    /// `native`, `llava`, `qformer` or `flamingo`.
-    pub design: String,
+    /// Its design.
+    pub design: Design,
     /// Total parameters.
     pub params: usize,
     /// Where the weights are ([`EMBEDDED_WEIGHTS`]: compiled into the binary; `None`: a preset
@@ -45,7 +46,7 @@ impl ModelEntry {
 
     /// Whether the design is the native (early-fusion) one.
     pub fn native(&self) -> bool {
-        self.design == "native"
+        self.design == Design::Native
     }
 }
 
@@ -336,7 +337,7 @@ fn model_entry(
     });
     Some(ModelEntry {
         name,
-        design: cfg.design.clone(),
+        design: cfg.design,
         params: parameter_count(&cfg.model),
         weights: dir
             .join("model.safetensors")
@@ -380,7 +381,7 @@ impl Workspace {
                 let shipped = embedded(p.name);
                 ws.models.push(ModelEntry {
                     name: name.clone(),
-                    design: p.config.design.clone(),
+                    design: p.config.design,
                     params: parameter_count(&p.config.model),
                     weights: shipped.map(|_| PathBuf::from(EMBEDDED_WEIGHTS)),
                     spec: name,
@@ -487,18 +488,9 @@ impl Workspace {
     /// (`fuyu` native, `llava` / `qformer` / `flamingo`) and marked with `?`, else `?`.
     pub fn design_of(&self, model: &str) -> String {
         if let Some(m) = self.models.iter().find(|m| m.name == model) {
-            return m.design.clone();
+            return m.design.to_string();
         }
-        let lower = model.to_lowercase();
-        [
-            ("fuyu", "native"),
-            ("llava", "llava"),
-            ("qformer", "qformer"),
-            ("flamingo", "flamingo"),
-        ]
-        .iter()
-        .find(|(k, _)| lower.contains(k))
-        .map_or_else(|| "?".into(), |(_, d)| format!("{d}?"))
+        Design::guess_from_name(model).map_or_else(|| "?".into(), |d| format!("{d}?"))
     }
 
     /// One row per model, data set, scope and weights, merging its newest result of every task:

@@ -1,6 +1,6 @@
-//! The bolted-on side of the comparison: a vision encoder joined to the decoder by a
-//! connector. Each connector is its own short file; [`Bolted`] holds the encoder, the
-//! connector and (Flamingo) the gated cross-attention layers the decoder runs.
+//! The connectors of the bolted-on designs, each in its own short file: what they are called
+//! in `config.json`, how many token slots an image or clip fills with each, and the one
+//! dispatch from a [`ConnectorKind`] to its module.
 
 pub mod linear;
 pub mod mlp;
@@ -9,14 +9,136 @@ pub mod qformer;
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
 
-use super::config::{BoltConfig, ConnectorKind, ModelConfig};
-use super::encoder::{AudioEncoder, EncodedImages, VisionEncoder};
-use crate::fusion::Batch;
+use super::design::Design;
+use super::encoder::Encoded;
+use crate::fusion::AudioSlots;
 pub use linear::LinearConnector;
 pub use mlp::MlpConnector;
 pub use perceiver::{GatedXAttn, Perceiver, XCtx};
 pub use qformer::QFormer;
+
+/// How encoder features reach the decoder in a bolted-on design.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectorKind {
+    /// One linear projection per patch feature (LLaVA-1.0); one token slot per patch.
+    Linear,
+    /// Two-layer MLP with GELU per patch feature (LLaVA-1.5); one token slot per patch.
+    Mlp,
+    /// Learned queries cross-attending to the encoder features (BLIP-2); `n_queries` slots
+    /// per image whatever its size.
+    QFormer,
+    /// Perceiver resampler feeding gated cross-attention layers in the decoder (Flamingo);
+    /// one `|IMAGE|` slot per image in the token stream.
+    Perceiver,
+}
+
+impl ConnectorKind {
+    /// Parameters of a connector of this kind with shape `s`, `None` when the count
+    /// overflows (`mlp(w, f)`: a GELU MLP's, `xattn(dq, dkv)`: one cross-attention's).
+    pub fn parameter_count(self, s: ConnectorShape) -> Option<usize> {
+        let (de, d, nq, layers) = (s.d_enc, s.d_model, s.n_queries, s.layers);
+        let mul = |a: usize, b: usize| a.checked_mul(b);
+        let xa = |dq: usize, dkv: usize| {
+            let q = mul(dq, dq)?.checked_add(dq)?;
+            let kv = mul(dkv, dq)?.checked_add(dq)?;
+            mul(q.checked_add(kv)?, 2)
+        };
+        let mlp = |w: usize, f: usize| mul(mul(w, f)?, 2)?.checked_add(f)?.checked_add(w);
+        let sum = |v: &[Option<usize>]| v.iter().try_fold(0usize, |a, x| a.checked_add((*x)?));
+        match self {
+            ConnectorKind::Linear => sum(&[mul(de, d), Some(d)]),
+            ConnectorKind::Mlp => sum(&[mul(de, d), Some(d), mul(d, d), Some(d)]),
+            ConnectorKind::QFormer => {
+                let layer = sum(&[mul(de, 6), mul(xa(de, de)?, 2), mlp(de, s.d_ff)])?;
+                sum(&[
+                    mul(nq, de),
+                    mul(layer, layers),
+                    mul(de, 2),
+                    mul(de, d),
+                    Some(d),
+                ])
+            }
+            ConnectorKind::Perceiver => {
+                let layer = sum(&[mul(de, 6), xa(de, de), mlp(de, s.d_ff)])?;
+                sum(&[mul(nq, de), mul(layer, layers), mul(de, 2)])
+            }
+        }
+    }
+
+    /// Name used in presets and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnectorKind::Linear => "linear",
+            ConnectorKind::Mlp => "mlp",
+            ConnectorKind::QFormer => "qformer",
+            ConnectorKind::Perceiver => "perceiver",
+        }
+    }
+
+    /// The design this connector makes.
+    pub fn design(self) -> Design {
+        match self {
+            ConnectorKind::Linear | ConnectorKind::Mlp => Design::Llava,
+            ConnectorKind::QFormer => Design::QFormer,
+            ConnectorKind::Perceiver => Design::Flamingo,
+        }
+    }
+
+    /// True for connectors with learned queries or latents (`n_queries`, `connector_layers`).
+    pub fn resamples(self) -> bool {
+        matches!(self, ConnectorKind::QFormer | ConnectorKind::Perceiver)
+    }
+
+    /// True when the decoder cross-attends to the connector's output (gated layers).
+    pub fn cross_attends(self) -> bool {
+        self == ConnectorKind::Perceiver
+    }
+
+    /// Token slots one encoded item (image or clip) of `n` encoder positions fills.
+    pub fn slots(self, n: usize, n_queries: usize) -> usize {
+        match self {
+            ConnectorKind::Linear | ConnectorKind::Mlp => n,
+            ConnectorKind::QFormer => n_queries,
+            ConnectorKind::Perceiver => 1,
+        }
+    }
+
+    /// Token slots one image fills (`None`: one per patch, with row newlines, as native).
+    pub fn image_slots(self, n_queries: usize) -> Option<usize> {
+        match self {
+            ConnectorKind::Linear | ConnectorKind::Mlp => None,
+            _ => Some(self.slots(0, n_queries)),
+        }
+    }
+
+    /// Token slots one audio clip fills after an audio encoder (stride-2: half the frames).
+    pub fn clip_slots(self, n_queries: usize) -> AudioSlots {
+        match self {
+            ConnectorKind::Linear | ConnectorKind::Mlp => AudioSlots::Halved,
+            _ => AudioSlots::Fixed(self.slots(0, n_queries)),
+        }
+    }
+}
+
+/// The sizes a connector is built from.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectorShape {
+    /// Encoder width.
+    pub d_enc: usize,
+    /// Attention heads (resampling connectors).
+    pub heads: usize,
+    /// MLP width (resampling connectors).
+    pub d_ff: usize,
+    /// Learned queries or latents.
+    pub n_queries: usize,
+    /// Layers (resampling connectors).
+    pub layers: usize,
+    /// Decoder width.
+    pub d_model: usize,
+}
 
 /// One of the four connectors.
 #[derive(Clone, Debug)]
@@ -31,278 +153,52 @@ pub enum Connector {
     Perceiver(Perceiver),
 }
 
-/// What the images of a batch become.
+/// What a connector makes of a batch of encoded items.
 #[derive(Debug)]
-pub enum VisualInput {
-    /// Embeddings for the image slots, row `k` for `batch.patch_positions[k]`.
+pub enum ConnectorOutput {
+    /// `(n_items, slots, d_model)` embeddings for the items' token slots.
     Slots(Tensor),
-    /// Latents the gated cross-attention layers attend to (the slots keep their token embedding).
-    Context(XCtx),
+    /// `(n_items, n_latents, d_enc)` latents for the decoder's gated cross-attention.
+    Latents(Tensor),
 }
 
-/// Vision encoder + connector (+ gated cross-attention layers, + audio encoder and connector).
-#[derive(Clone, Debug)]
-pub struct Bolted {
-    /// The configuration.
-    pub cfg: BoltConfig,
-    encoder: VisionEncoder,
-    connector: Connector,
-    audio: Option<(AudioEncoder, Connector)>,
-    /// `(decoder block index, layer)`: the layer runs before that block.
-    pub xattn: Vec<(usize, GatedXAttn)>,
-}
-
-/// One image or clip: where its slots are, as the connector sees it.
-struct Item {
-    slot_start: usize,
-    n_slots: usize,
-}
-
-impl Item {
-    fn new(slot_start: usize, n_slots: usize) -> Self {
-        Self {
-            slot_start,
-            n_slots,
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn build_connector(
-    kind: ConnectorKind,
-    d_enc: usize,
-    heads: usize,
-    d_ff: usize,
-    n_queries: usize,
-    layers: usize,
-    d_model: usize,
-    eps: f64,
-    vb: VarBuilder,
-) -> Result<Connector> {
-    Ok(match kind {
-        ConnectorKind::Linear => Connector::Linear(LinearConnector::new(d_enc, d_model, vb)?),
-        ConnectorKind::Mlp => Connector::Mlp(MlpConnector::new(d_enc, d_model, vb)?),
-        ConnectorKind::QFormer => Connector::QFormer(QFormer::new(
-            d_enc, heads, d_ff, n_queries, layers, d_model, eps, vb,
-        )?),
-        ConnectorKind::Perceiver => Connector::Perceiver(Perceiver::new(
-            d_enc, heads, d_ff, n_queries, layers, eps, vb,
-        )?),
-    })
-}
-
-impl Bolted {
-    /// Creates the encoder under `vision_encoder.`, the connector under `connector.`, the
-    /// cross-attention layers under `xattn.<block>.`, and (with an audio encoder)
-    /// `audio_encoder.` and `audio_connector.`.
-    pub fn new(cfg: &ModelConfig, bolt: &BoltConfig, vb: VarBuilder) -> Result<Self> {
-        let e = &bolt.encoder;
-        let eps = cfg.norm_eps;
-        let encoder = VisionEncoder::new(bolt, cfg.patch_dim, eps, vb.pp("vision_encoder"))?;
-        let connector = build_connector(
-            bolt.connector,
-            e.d_model,
-            e.n_heads,
-            e.d_ff,
-            bolt.n_queries,
-            bolt.connector_layers,
-            cfg.d_model,
-            eps,
-            vb.pp("connector"),
-        )?;
-        let audio = match &bolt.audio_encoder {
-            Some(a) if cfg.frame_dim > 0 => Some((
-                AudioEncoder::new(bolt, cfg.frame_dim, eps, vb.pp("audio_encoder"))?,
-                build_connector(
-                    bolt.connector,
-                    a.d_model,
-                    a.n_heads,
-                    a.d_ff,
-                    bolt.n_queries,
-                    bolt.connector_layers,
-                    cfg.d_model,
-                    eps,
-                    vb.pp("audio_connector"),
-                )?,
-            )),
-            _ => None,
-        };
-        let xattn = if bolt.connector == ConnectorKind::Perceiver {
-            (0..cfg.n_layers)
-                .filter(|i| i.is_multiple_of(bolt.xattn_every))
-                .map(|i| {
-                    Ok((
-                        i,
-                        GatedXAttn::new(
-                            cfg.d_model,
-                            e.d_model,
-                            cfg.n_heads,
-                            bolt.xattn_d_ff,
-                            eps,
-                            vb.pp(format!("xattn.{i}")),
-                        )?,
-                    ))
-                })
-                .collect::<Result<_>>()?
-        } else {
-            Vec::new()
-        };
-        Ok(Self {
-            cfg: bolt.clone(),
-            encoder,
-            connector,
-            audio,
-            xattn,
+impl Connector {
+    /// Creates a `kind` connector of `shape` under `vb`.
+    pub fn new(kind: ConnectorKind, s: ConnectorShape, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(match kind {
+            ConnectorKind::Linear => {
+                Connector::Linear(LinearConnector::new(s.d_enc, s.d_model, vb)?)
+            }
+            ConnectorKind::Mlp => Connector::Mlp(MlpConnector::new(s.d_enc, s.d_model, vb)?),
+            ConnectorKind::QFormer => Connector::QFormer(QFormer::new(
+                s.d_enc,
+                s.heads,
+                s.d_ff,
+                s.n_queries,
+                s.layers,
+                s.d_model,
+                eps,
+                vb,
+            )?),
+            ConnectorKind::Perceiver => Connector::Perceiver(Perceiver::new(
+                s.d_enc,
+                s.heads,
+                s.d_ff,
+                s.n_queries,
+                s.layers,
+                eps,
+                vb,
+            )?),
         })
     }
 
-    /// True when audio goes through an audio encoder (not the linear frame embedding).
-    pub fn has_audio_encoder(&self) -> bool {
-        self.audio.is_some()
+    /// Runs the connector on encoded items.
+    pub fn forward(&self, enc: &Encoded) -> Result<ConnectorOutput> {
+        Ok(match self {
+            Connector::Linear(c) => ConnectorOutput::Slots(c.forward(&enc.feats)?),
+            Connector::Mlp(c) => ConnectorOutput::Slots(c.forward(&enc.feats)?),
+            Connector::QFormer(c) => ConnectorOutput::Slots(c.forward(enc)?),
+            Connector::Perceiver(c) => ConnectorOutput::Latents(c.forward(enc)?),
+        })
     }
-
-    /// Encodes the images of `batch` (which has at least one) and runs the connector.
-    pub fn visual_input(&self, batch: &Batch) -> Result<VisualInput> {
-        let patches = self.matrix(&batch.patches, batch.patch_dim, batch.images.len(), "image")?;
-        let enc = self.encoder.forward(&patches, &batch.images)?;
-        let items: Vec<Item> = batch
-            .images
-            .iter()
-            .map(|s| Item::new(s.slot_start, s.n_slots))
-            .collect();
-        self.connect(
-            &self.connector,
-            &enc,
-            &items,
-            &batch.patch_positions,
-            batch,
-            "image",
-        )
-    }
-
-    /// Encodes the audio clips of `batch` (which has at least one) and runs the audio connector.
-    pub fn audio_input(&self, batch: &Batch) -> Result<VisualInput> {
-        let Some((encoder, connector)) = &self.audio else {
-            candle_core::bail!("this model has no audio encoder");
-        };
-        let frames = self.matrix(&batch.frames, batch.frame_dim, batch.audio.len(), "audio")?;
-        let enc = encoder.forward(&frames, &batch.audio)?;
-        let items: Vec<Item> = batch
-            .audio
-            .iter()
-            .map(|s| Item::new(s.slot_start, s.n_slots))
-            .collect();
-        self.connect(
-            connector,
-            &enc,
-            &items,
-            &batch.frame_positions,
-            batch,
-            "audio clip",
-        )
-    }
-
-    /// The batch's patch or frame rows as a `(rows, width)` tensor; `spans` items must describe them.
-    fn matrix(&self, data: &[f32], width: usize, spans: usize, what: &str) -> Result<Tensor> {
-        if spans == 0 {
-            candle_core::bail!(
-                "the batch has {what} inputs but no {what} spans; build it with the model's sequence builder"
-            );
-        }
-        let rows = data.len().checked_div(width).unwrap_or(0);
-        Tensor::from_slice(data, (rows, width), &self.encoder.device())
-    }
-
-    /// Runs `connector` on encoded items and lines its outputs up with `positions`.
-    fn connect(
-        &self,
-        connector: &Connector,
-        enc: &EncodedImages,
-        items: &[Item],
-        positions: &[usize],
-        batch: &Batch,
-        what: &str,
-    ) -> Result<VisualInput> {
-        for (i, it) in items.iter().enumerate() {
-            let expected = match self.cfg.connector {
-                ConnectorKind::Linear | ConnectorKind::Mlp => enc.n_patches[i],
-                ConnectorKind::QFormer => self.cfg.n_queries,
-                ConnectorKind::Perceiver => 1,
-            };
-            if it.n_slots != expected {
-                candle_core::bail!(
-                    "an {what} fills {} token slots but this {} model needs {expected}; build sequences with the model's own sequence builder",
-                    it.n_slots,
-                    self.cfg.connector.name()
-                );
-            }
-            if it.slot_start + it.n_slots > positions.len() {
-                candle_core::bail!("{what} slots outside the batch's placeholder list");
-            }
-        }
-        let per_item = match connector {
-            Connector::Linear(c) => c.forward(&enc.feats)?,
-            Connector::Mlp(c) => c.forward(&enc.feats)?,
-            Connector::QFormer(c) => c.forward(enc)?,
-            Connector::Perceiver(c) => {
-                let lat = c.forward(enc)?;
-                return Ok(VisualInput::Context(context(
-                    batch, &lat, items, positions,
-                )?));
-            }
-        };
-        // Row `k` of the result feeds placeholder `positions[k]`.
-        let s = per_item.dim(1)?;
-        let d = per_item.dim(2)?;
-        let flat = per_item.reshape((items.len() * s, d))?;
-        let mut order = vec![0u32; positions.len()];
-        let mut seen = vec![false; positions.len()];
-        for (i, it) in items.iter().enumerate() {
-            for j in 0..it.n_slots {
-                order[it.slot_start + j] = (i * s + j) as u32;
-                seen[it.slot_start + j] = true;
-            }
-        }
-        if seen.iter().any(|x| !x) {
-            candle_core::bail!("some {what} placeholders belong to no {what}");
-        }
-        let order = Tensor::from_vec(order, positions.len(), flat.device())?;
-        Ok(VisualInput::Slots(flat.index_select(&order, 0)?))
-    }
-}
-
-/// Gathers each row's latents, tagged with the position id of their item's slot.
-fn context(batch: &Batch, lat: &Tensor, items: &[Item], positions: &[usize]) -> Result<XCtx> {
-    let (n_items, nl, d) = lat.dims3()?;
-    let t = batch.seq_len.max(1);
-    let mut per_row: Vec<Vec<(usize, u32)>> = vec![Vec::new(); batch.batch];
-    for (i, it) in items.iter().enumerate() {
-        let flat = positions[it.slot_start];
-        per_row[flat / t].push((i, batch.positions[flat]));
-    }
-    let m = per_row.iter().map(|r| r.len()).max().unwrap_or(0) * nl;
-    let pad = (n_items * nl) as u32;
-    let mut gather = vec![pad; batch.batch * m];
-    let mut key_pos = vec![u32::MAX; batch.batch * m];
-    for (r, its) in per_row.iter().enumerate() {
-        for (k, &(i, pos)) in its.iter().enumerate() {
-            for j in 0..nl {
-                gather[r * m + k * nl + j] = (i * nl + j) as u32;
-                key_pos[r * m + k * nl + j] = pos;
-            }
-        }
-    }
-    let device = lat.device();
-    let flat = Tensor::cat(
-        &[
-            &lat.reshape((n_items * nl, d))?,
-            &Tensor::zeros((1, d), lat.dtype(), device)?,
-        ],
-        0,
-    )?;
-    let g = Tensor::from_vec(gather, batch.batch * m, device)?;
-    Ok(XCtx {
-        latents: flat.index_select(&g, 0)?.reshape((batch.batch, m, d))?,
-        key_pos,
-    })
 }

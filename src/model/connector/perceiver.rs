@@ -7,7 +7,7 @@ use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::super::config::NormKind;
-use super::super::encoder::EncodedImages;
+use super::super::encoder::Encoded;
 use super::super::layers::{CrossAttention, Mlp, Norm};
 
 #[derive(Clone, Debug)]
@@ -66,7 +66,7 @@ impl Perceiver {
     }
 
     /// `(n_images, n_latents, d)`: latents attend to the features and to themselves.
-    pub fn forward(&self, enc: &EncodedImages) -> Result<Tensor> {
+    pub fn forward(&self, enc: &Encoded) -> Result<Tensor> {
         let n = enc.feats.dim(0)?;
         let (nl, d) = self.latents.dims2()?;
         let mut lat = self

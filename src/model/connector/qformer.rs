@@ -6,7 +6,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::super::config::NormKind;
-use super::super::encoder::EncodedImages;
+use super::super::encoder::Encoded;
 use super::super::layers::{CrossAttention, Mlp, Norm};
 use crate::kernels::Linear;
 
@@ -72,7 +72,7 @@ impl QFormer {
     }
 
     /// `(n_images, n_queries, d_model)` token embeddings from the encoded images.
-    pub fn forward(&self, enc: &EncodedImages) -> Result<Tensor> {
+    pub fn forward(&self, enc: &Encoded) -> Result<Tensor> {
         let n = enc.feats.dim(0)?;
         let (nq, d) = self.queries.dims2()?;
         let mut q = self

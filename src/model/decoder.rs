@@ -1,15 +1,15 @@
-//! The native (Fuyu-style) early-fusion model: linear patch and frame embeddings
-//! scattered into the token stream of one decoder-only Transformer.
+//! The decoder-only Transformer every design shares: embeddings in, logits out. Its only
+//! knowledge of other inputs is Flamingo's hook: gated cross-attention layers that run before
+//! some blocks and attend to image or audio latents.
 
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::kernels::{AttnMask, Linear};
-
 use super::config::ModelConfig;
-use super::connector::{Bolted, VisualInput, XCtx};
-use super::layers::{Block, LayerCache, LayerMask, Norm, Rotary};
+use super::connector::{GatedXAttn, XCtx};
+use super::layers::{Block, LayerCache, LayerMask, Linear, Norm, Rotary};
 use crate::fusion::Batch;
+use crate::kernels::AttnMask;
 
 /// Keys and values of every layer for the tokens seen so far, plus which keys are real.
 #[derive(Clone, Debug, Default)]
@@ -24,7 +24,7 @@ pub struct KvCache {
     pub len: usize,
     /// Next position id of every row.
     pub next_pos: Vec<u32>,
-    /// Image latents the gated cross-attention layers attend to (Flamingo designs).
+    /// Latents the gated cross-attention layers attend to (Flamingo designs).
     pub xctx: Option<XCtx>,
 }
 
@@ -93,25 +93,41 @@ pub struct ForwardOutput {
     pub attentions: Vec<Tensor>,
 }
 
-/// The native early-fusion decoder.
+/// Flamingo's hook: `(block index, layer)` pairs, each layer run before that block, and the
+/// latents they attend to.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CrossAttend<'a> {
+    /// The gated cross-attention layers.
+    pub layers: &'a [(usize, GatedXAttn)],
+}
+
+/// The logits of the positions that predict an answer token, with those tokens.
+#[derive(Debug)]
+pub struct TargetLogits {
+    /// Flat `b * t` rows whose next token is a target, in sequence order.
+    pub rows: Vec<u32>,
+    /// The target token of each row.
+    pub targets: Vec<u32>,
+    /// `(rows, vocab)` logits in f32.
+    pub logits: Tensor,
+}
+
+/// The decoder: token embeddings, pre-norm blocks with rotary attention, final norm, LM head.
 #[derive(Clone, Debug)]
-pub struct NativeModel {
+pub struct Decoder {
     /// Its configuration.
     pub cfg: ModelConfig,
     embed_tokens: Tensor,
-    vision_embed: Option<Linear>,
-    audio_embed: Option<Linear>,
     blocks: Vec<Block>,
     final_norm: Norm,
     lm_head: Option<Linear>,
     rotary: Rotary,
     device: Device,
-    /// Vision encoder and connector of a bolted-on design (`None`: native).
-    pub bolt: Option<Bolted>,
 }
 
-impl NativeModel {
-    /// Builds the model's modules from `vb` (a VarMap for training, safetensors for inference).
+impl Decoder {
+    /// Creates the decoder's parameters at the root of `vb` (`embed_tokens`, `layers.N`,
+    /// `final_layernorm`, `lm_head`).
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate().map_err(candle_core::Error::wrap)?;
         let device = vb.device().clone();
@@ -123,18 +139,6 @@ impl NativeModel {
                 stdev: 0.02,
             },
         )?;
-        let bolt = cfg
-            .bolt
-            .as_ref()
-            .map(|b| Bolted::new(cfg, b, vb.clone()))
-            .transpose()?;
-        let vision_embed = (cfg.patch_dim > 0 && bolt.is_none())
-            .then(|| Linear::new(cfg.patch_dim, cfg.d_model, true, vb.pp("vision_embed")))
-            .transpose()?;
-        let audio_embed = (cfg.frame_dim > 0
-            && cfg.bolt.as_ref().is_none_or(|b| b.audio_encoder.is_none()))
-        .then(|| Linear::new(cfg.frame_dim, cfg.d_model, true, vb.pp("audio_embed")))
-        .transpose()?;
         let blocks = (0..cfg.n_layers)
             .map(|i| Block::new(cfg, vb.pp(format!("layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;
@@ -151,14 +155,11 @@ impl NativeModel {
         Ok(Self {
             cfg: cfg.clone(),
             embed_tokens,
-            vision_embed,
-            audio_embed,
             blocks,
             final_norm,
             lm_head,
             rotary,
             device,
-            bolt,
         })
     }
 
@@ -167,142 +168,31 @@ impl NativeModel {
         &self.device
     }
 
-    /// Input embeddings `(b, t, d)`: token embeddings with patch and frame rows put in at their placeholders.
-    pub fn embed(&self, batch: &Batch) -> Result<Tensor> {
-        Ok(self.embed_with_context(batch)?.0)
-    }
-
-    /// [`NativeModel::embed`], plus the image latents a Flamingo design cross-attends to.
-    pub fn embed_with_context(&self, batch: &Batch) -> Result<(Tensor, Option<XCtx>)> {
-        let (b, t) = (batch.batch, batch.seq_len);
-        let n = b * t;
-        if batch
-            .tokens
-            .iter()
-            .any(|&id| id as usize >= self.cfg.vocab_size)
-        {
+    /// Token embeddings `(n, d)` of `tokens`; an id outside the vocabulary is an error.
+    pub fn embed_tokens(&self, tokens: &[u32]) -> Result<Tensor> {
+        if tokens.iter().any(|&id| id as usize >= self.cfg.vocab_size) {
             candle_core::bail!(
                 "token id out of range for vocabulary of {}",
                 self.cfg.vocab_size
             );
         }
-        let ids = Tensor::from_slice(&batch.tokens, n, &self.device)?;
-        let mut rows = vec![self.embed_tokens.index_select(&ids, 0)?];
-        let mut gather: Vec<u32> = (0..n as u32).collect();
-        let mut next = n;
-        let mut xctx = None;
-        if let (Some(bolt), false) = (&self.bolt, batch.patch_positions.is_empty()) {
-            match bolt.visual_input(batch)? {
-                VisualInput::Slots(t) => {
-                    for (k, &p) in batch.patch_positions.iter().enumerate() {
-                        if p >= n {
-                            candle_core::bail!("image slot {p} outside the batch of {n} tokens");
-                        }
-                        gather[p] = (next + k) as u32;
-                    }
-                    next += batch.patch_positions.len();
-                    rows.push(t);
-                }
-                VisualInput::Context(c) => xctx = Some(c),
-            }
-        }
-        let audio_encoded = self.bolt.as_ref().is_some_and(|b| b.has_audio_encoder());
-        if let (Some(bolt), true, false) =
-            (&self.bolt, audio_encoded, batch.frame_positions.is_empty())
-        {
-            match bolt.audio_input(batch)? {
-                VisualInput::Slots(t) => {
-                    for (k, &p) in batch.frame_positions.iter().enumerate() {
-                        if p >= n {
-                            candle_core::bail!("audio slot {p} outside the batch of {n} tokens");
-                        }
-                        gather[p] = (next + k) as u32;
-                    }
-                    next += batch.frame_positions.len();
-                    rows.push(t);
-                }
-                VisualInput::Context(c) => {
-                    xctx = Some(match xctx.take() {
-                        Some(prev) => prev.extend(&c)?,
-                        None => c,
-                    })
-                }
-            }
-        }
-        let mut add = |rows: &mut Vec<Tensor>,
-                       layer: &Option<Linear>,
-                       data: &[f32],
-                       dim: usize,
-                       pos: &[usize],
-                       what: &str|
-         -> Result<()> {
-            if pos.is_empty() {
-                return Ok(());
-            }
-            let Some(layer) = layer else {
-                candle_core::bail!(
-                    "this model has no {what} input, but the batch holds {} {what} rows",
-                    pos.len()
-                );
-            };
-            let want = layer.weight.dim(1)?;
-            if dim != want || data.len() != pos.len() * dim {
-                candle_core::bail!("{what} rows are {dim} wide, the model expects {want}");
-            }
-            let m = Tensor::from_slice(data, (pos.len(), dim), &self.device)?
-                .to_dtype(layer.weight.dtype())?;
-            rows.push(layer.forward(&m)?);
-            for (k, &p) in pos.iter().enumerate() {
-                if p >= n {
-                    candle_core::bail!("{what} position {p} outside the batch of {n} tokens");
-                }
-                gather[p] = (next + k) as u32;
-            }
-            next += pos.len();
-            Ok(())
-        };
-        if self.bolt.is_none() {
-            add(
-                &mut rows,
-                &self.vision_embed,
-                &batch.patches,
-                batch.patch_dim,
-                &batch.patch_positions,
-                "image patch",
-            )?;
-        }
-        if !audio_encoded {
-            add(
-                &mut rows,
-                &self.audio_embed,
-                &batch.frames,
-                batch.frame_dim,
-                &batch.frame_positions,
-                "audio frame",
-            )?;
-        }
-        let all = if rows.len() == 1 {
-            rows.pop().unwrap_or_else(|| unreachable!())
-        } else {
-            Tensor::cat(&rows, 0)?
-        };
-        let gather = Tensor::from_vec(gather, n, &self.device)?;
-        let x = all
-            .index_select(&gather, 0)?
-            .reshape((b, t, self.cfg.d_model))?;
-        Ok((x, xctx))
+        let ids = Tensor::from_slice(tokens, tokens.len(), &self.device)?;
+        self.embed_tokens.index_select(&ids, 0)
     }
 
-    /// Runs the decoder over embeddings `x` (`b, t, d`) with `positions` (`b*t`) and per-token validity.
+    /// Runs the blocks over embeddings `x` (`b, t, d`) with `positions` (`b*t`) and per-token
+    /// validity; `cross` and `xctx` are Flamingo's layers and the latents they attend to.
     ///
     /// With a cache, the new keys are appended to it and attention sees the cached ones too.
-    pub fn forward_embeds(
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
         &self,
         x: &Tensor,
         positions: &[u32],
         valid: &[u8],
         cache: Option<&mut KvCache>,
         want_attn: bool,
+        cross: CrossAttend<'_>,
         xctx: Option<XCtx>,
     ) -> Result<ForwardOutput> {
         let (b, t, _) = x.dims3()?;
@@ -318,6 +208,13 @@ impl NativeModel {
         let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
         let mut attentions = Vec::new();
         let mut x = x.clone();
+        let cross_attend = |i: usize, x: &Tensor, ctx: Option<&XCtx>| -> Result<Tensor> {
+            let layer = cross.layers.iter().find(|(at, _)| *at == i);
+            match (layer, ctx) {
+                (Some((_, layer)), Some(ctx)) => layer.forward(x, ctx, positions),
+                _ => Ok(x.clone()),
+            }
+        };
         match cache {
             Some(cache) => {
                 if cache.layers.is_empty() {
@@ -344,7 +241,7 @@ impl NativeModel {
                 for (i, (block, slot)) in
                     self.blocks.iter().zip(cache.layers.iter_mut()).enumerate()
                 {
-                    x = self.cross_attend(i, &x, cache.xctx.as_ref(), positions)?;
+                    x = cross_attend(i, &x, cache.xctx.as_ref())?;
                     let (y, p) = block.forward(
                         &x,
                         &self.rotary,
@@ -368,7 +265,7 @@ impl NativeModel {
                 let mask =
                     LayerMask::new(AttnMask::causal(b, t, 0, valid)?, &self.device, x.dtype());
                 for (i, block) in self.blocks.iter().enumerate() {
-                    x = self.cross_attend(i, &x, xctx.as_ref(), positions)?;
+                    x = cross_attend(i, &x, xctx.as_ref())?;
                     let (y, p) =
                         block.forward(&x, &self.rotary, &cos, &sin, &mask, None, want_attn)?;
                     x = y;
@@ -380,41 +277,6 @@ impl NativeModel {
             hidden: self.final_norm.forward(&x)?,
             attentions,
         })
-    }
-
-    /// The gated cross-attention layer before block `i`, if the design has one and there are latents.
-    fn cross_attend(
-        &self,
-        i: usize,
-        x: &Tensor,
-        ctx: Option<&XCtx>,
-        positions: &[u32],
-    ) -> Result<Tensor> {
-        let (Some(bolt), Some(ctx)) = (&self.bolt, ctx) else {
-            return Ok(x.clone());
-        };
-        match bolt.xattn.iter().find(|(at, _)| *at == i) {
-            Some((_, layer)) => layer.forward(x, ctx, positions),
-            None => Ok(x.clone()),
-        }
-    }
-
-    /// Full forward over a collated batch.
-    pub fn forward(
-        &self,
-        batch: &Batch,
-        cache: Option<&mut KvCache>,
-        want_attn: bool,
-    ) -> Result<ForwardOutput> {
-        let (x, xctx) = self.embed_with_context(batch)?;
-        self.forward_embeds(
-            &x,
-            &batch.positions,
-            &batch.attention_mask,
-            cache,
-            want_attn,
-            xctx,
-        )
     }
 
     /// Vocabulary logits for hidden rows `h` (`n, d`), in f32 whatever the weights' dtype.
@@ -432,25 +294,41 @@ impl NativeModel {
         self.logits(&hidden.i((.., t - 1, ..))?.contiguous()?)
     }
 
-    /// Mean cross-entropy of the answer tokens (`target_mask`), predicting each from the position before it.
-    ///
-    /// Only the positions that predict a target go through the LM head.
-    pub fn loss(&self, batch: &Batch) -> Result<(Tensor, usize)> {
-        let out = self.forward(batch, None, false)?;
+    /// The logits of the positions of `hidden` (`b, t, d`) that predict an answer token of
+    /// `batch`: only those rows go through the LM head.
+    pub fn target_logits(&self, hidden: &Tensor, batch: &Batch) -> Result<TargetLogits> {
+        let (rows, targets) = loss_rows(batch);
+        let logits = self.logits_at(hidden, &rows)?;
+        Ok(TargetLogits {
+            rows,
+            targets,
+            logits,
+        })
+    }
+
+    /// Mean cross-entropy of the answer tokens of `batch` given the hidden states, and how
+    /// many there are.
+    pub fn loss(&self, hidden: &Tensor, batch: &Batch) -> Result<(Tensor, usize)> {
         let (rows, targets) = loss_rows(batch);
         if rows.is_empty() {
             candle_core::bail!("batch has no answer tokens to learn from");
         }
-        let d = self.cfg.d_model;
-        let h = out.hidden.reshape((batch.batch * batch.seq_len, d))?;
-        let idx = Tensor::from_slice(&rows, rows.len(), &self.device)?;
-        let logits = self.logits(&h.index_select(&idx, 0)?)?;
+        let logits = self.logits_at(hidden, &rows)?;
         let loss = crate::kernels::cross_entropy(&logits, &targets)?;
         Ok((loss, rows.len()))
     }
+
+    /// Logits of flat rows `rows` of `hidden` (`b, t, d`).
+    fn logits_at(&self, hidden: &Tensor, rows: &[u32]) -> Result<Tensor> {
+        let (b, t, d) = hidden.dims3()?;
+        let h = hidden.reshape((b * t, d))?;
+        let idx = Tensor::from_slice(rows, rows.len(), &self.device)?;
+        self.logits(&h.index_select(&idx, 0)?)
+    }
 }
 
-/// Flat rows whose next token is a target, and those target ids.
+/// Flat rows whose next token is a target (`batch.target_mask`), and those target ids: the
+/// one place that decides which positions carry the loss.
 pub fn loss_rows(batch: &Batch) -> (Vec<u32>, Vec<u32>) {
     let t = batch.seq_len;
     let mut rows = Vec::new();
