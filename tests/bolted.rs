@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 use mmlab::fusion::{collate, ImageInput, PadSide, Segment, TextTokenizer};
 use mmlab::model::bolted::Connected;
-use mmlab::model::checkpoint::{load_dir, read_config};
+use mmlab::model::io::{load_dir, read_config};
 use mmlab::model::presets::preset;
 use mmlab::model::{Design, ModelDirConfig};
 use mmlab::train::data::SyntheticData;

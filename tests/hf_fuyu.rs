@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use mmlab::fusion::{collate, BosPlacement, ImageInput, PadSide, Segment};
-use mmlab::model::checkpoint::{load_dir, read_config, tensors_to_bytes, LoadedModel};
 use mmlab::model::generate::{generate, GenerateOptions};
-use mmlab::model::hf_fuyu::{load_hf_fuyu, HfFuyuConfig};
+use mmlab::model::io::hf_fuyu::{load_hf_fuyu, HfFuyuConfig};
+use mmlab::model::io::{load_dir, read_config, tensors_to_bytes, LoadedModel};
 use mmlab::model::responder::ModelResponder;
 use mmlab_eval::{Request, Responder};
 use serde_json::Value;

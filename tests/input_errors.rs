@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mmlab::model::checkpoint::{load_dir, read_config};
+use mmlab::model::io::{load_dir, read_config};
 use mmlab::model::responder::ModelResponder;
 use mmlab_eval::{Request, Responder};
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::Device;
-use mmlab::model::checkpoint::load_dir;
+use mmlab::model::io::load_dir;
 use mmlab::model::presets::{embedded, EMBEDDED};
 use mmlab::model::resolve::{choose_root, load_embedded, locate_in, ModelSource, ResolveError};
 use mmlab::tui::data::{Workspace, EMBEDDED_WEIGHTS};

@@ -2,7 +2,7 @@
 
 use candle_core::Device;
 use mmlab::fusion::TextTokenizer;
-use mmlab::model::checkpoint::load_dir;
+use mmlab::model::io::load_dir;
 use mmlab::model::presets::preset;
 use mmlab::train::data::SyntheticData;
 use mmlab::train::optim::AdamWConfig;

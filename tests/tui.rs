@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use mmlab::fusion::Modality;
-use mmlab::model::checkpoint::{load_dir, LoadedModel};
+use mmlab::model::io::{load_dir, LoadedModel};
 use mmlab::tui::analysis::{analyze, build_sequence, Analysis, InspectInput};
 use mmlab::tui::dashboard::Dashboard;
 use mmlab::tui::data::Workspace;

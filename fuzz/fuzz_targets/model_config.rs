@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use mmlab::model::checkpoint::parse_config;
+use mmlab::model::io::parse_config;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(cfg) = parse_config(data, Path::new("config.json")) {

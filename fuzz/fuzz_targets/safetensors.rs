@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use mmlab::model::hf_fuyu::{check_safetensors, parse_weight_index};
+use mmlab::model::io::{check_safetensors, parse_weight_index};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, body)) = data.split_first() else {
@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         1 => {
-            let _ = mmlab::model::checkpoint::parse_weights(
+            let _ = mmlab::model::io::parse_weights(
                 body,
                 Path::new("model.safetensors"),
                 &candle_core::Device::Cpu,

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::cli::train::{config, tokenizer_for, TrainArgs};
 use crate::fusion::{collate, Batch, MultimodalSequence, PadSide};
-use crate::model::checkpoint::tensors_to_bytes;
+use crate::model::io::tensors_to_bytes;
 use crate::model::presets::parameter_count;
 use crate::model::ModelConfig;
 use crate::train::data::{Factory, Source};

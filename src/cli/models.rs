@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use mmlab_eval::error::error_chain;
 
-use crate::model::checkpoint::read_config;
+use crate::model::io::read_config;
 use crate::model::presets::{parameter_count, preset, presets};
 use crate::model::resolve::{locate_in, model_dirs, root};
 
@@ -74,7 +74,7 @@ fn table_in(args: &ModelsArgs, root: &Path) -> (String, Vec<String>) {
         if preset(&name).is_some() {
             continue;
         }
-        let about = if crate::model::hf_fuyu::is_hf_fuyu_dir(&d) {
+        let about = if crate::model::io::hf_fuyu::is_hf_fuyu_dir(&d) {
             "HuggingFace Fuyu checkpoint"
         } else {
             "model directory"

@@ -5,7 +5,6 @@
 //! which embeds a batch its own way and hands the embeddings to its [`Decoder`].
 
 pub mod bolted;
-pub mod checkpoint;
 pub mod config;
 pub mod connector;
 pub mod decoder;
@@ -13,7 +12,7 @@ pub mod design;
 pub mod encoder;
 pub mod fuyu;
 pub mod generate;
-pub mod hf_fuyu;
+pub mod io;
 pub mod layers;
 pub mod presets;
 pub mod resolve;
@@ -23,12 +22,12 @@ use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 pub use bolted::Bolted;
-pub use checkpoint::{load_dir, LoadedModel, ModelDirConfig};
 pub use config::{Activation, BoltConfig, EncoderConfig, ModelConfig, NormKind};
 pub use connector::ConnectorKind;
 pub use decoder::{Decoder, ForwardOutput, KvCache, TargetLogits};
 pub use design::Design;
 pub use fuyu::Fuyu;
+pub use io::{load_dir, LoadedModel, ModelDirConfig};
 
 use crate::fusion::Batch;
 use connector::XCtx;

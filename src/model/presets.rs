@@ -1,8 +1,8 @@
 //! Named model presets (`<design>-<size>`) and where their weights live.
 
-use super::checkpoint::ModelDirConfig;
 use super::config::{Activation, BoltConfig, ConnectorKind, EncoderConfig, ModelConfig, NormKind};
 use super::design::Design;
+use super::io::ModelDirConfig;
 use crate::fusion::{AudioConfig, ImageConfig};
 
 /// A named model shape with its input processing.

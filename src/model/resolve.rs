@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Device};
 
-use super::checkpoint::{load_dir, load_files, CheckpointError, LoadedModel};
+use super::io::{load_dir, load_files, CheckpointError, LoadedModel};
 use super::presets::{embedded, preset, presets, EmbeddedModel};
 
 /// Errors resolving `--model`.
@@ -98,7 +98,7 @@ pub fn hf_dirs_in(root: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| super::hf_fuyu::is_hf_fuyu_dir(p))
+                .filter(|p| super::io::hf_fuyu::is_hf_fuyu_dir(p))
                 .collect()
         })
         .unwrap_or_default();
@@ -185,7 +185,7 @@ pub fn load_model_as(arg: &str, dtype: DType) -> Result<LoadedModel, ResolveErro
         return load_source(&source, &crate::device::current());
     }
     let dir = match &source {
-        ModelSource::Dir(d) if super::hf_fuyu::is_hf_fuyu_dir(d) => d,
+        ModelSource::Dir(d) if super::io::hf_fuyu::is_hf_fuyu_dir(d) => d,
         _ => {
             return Err(ResolveError::Dtype(
                 arg.to_string(),
@@ -193,7 +193,7 @@ pub fn load_model_as(arg: &str, dtype: DType) -> Result<LoadedModel, ResolveErro
             ))
         }
     };
-    Ok(super::hf_fuyu::load_hf_fuyu(
+    Ok(super::io::hf_fuyu::load_hf_fuyu(
         dir,
         &crate::device::current(),
         dtype,

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use candle_core::D;
 use mmlab_eval::{EvalError, Request, Responder, Response};
 
-use super::checkpoint::LoadedModel;
 use super::generate::{generate, generate_with_prefixes, GenerateOptions};
+use super::io::LoadedModel;
 use crate::fusion::{
     collate, AudioInput, ImageInput, MultimodalSequence, PadSide, Segment, SequenceBuilder,
 };

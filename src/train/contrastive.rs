@@ -24,8 +24,8 @@ use super::optim::{lr_at, AdamW, AdamWConfig};
 use super::{named_vars, reinit, TrainError};
 use crate::fusion::{audio_features, patchify, AudioSpan, ImageSpan, TextTokenizer};
 use crate::kernels::Linear;
-use crate::model::checkpoint::{atomic_write, ModelDirConfig};
 use crate::model::encoder::{AudioEncoder, VisionEncoder};
+use crate::model::io::{atomic_write, ModelDirConfig};
 use crate::model::layers::EncoderStack;
 
 /// Which contrastive loss.
@@ -541,7 +541,7 @@ pub fn pretrain(
         final_loss: recent.iter().sum::<f64>() / recent.len().max(1) as f64,
         seconds: start.elapsed().as_secs_f64(),
     };
-    let w = crate::model::checkpoint::safetensors_bytes(&vm, DType::F32)
+    let w = crate::model::io::safetensors_bytes(&vm, DType::F32)
         .map_err(|msg| TrainError::Config(format!("saving weights: {msg}")))?;
     atomic_write(&out.join("encoder.safetensors"), &w)?;
     let meta = serde_json::json!({ "config": cfg, "report": report });

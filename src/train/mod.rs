@@ -17,9 +17,7 @@ use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use crate::fusion::{collate, PadSide, TextTokenizer};
-use crate::model::checkpoint::{
-    atomic_write, save_dir, tensors_to_bytes, CheckpointError, ModelDirConfig,
-};
+use crate::model::io::{atomic_write, save_dir, tensors_to_bytes, CheckpointError, ModelDirConfig};
 use crate::model::NativeModel;
 use data::{Example, Factory, Source, SyntheticData};
 use optim::{lr_at, AdamW, AdamWConfig};
@@ -356,7 +354,7 @@ fn write_checkpoint(
     let tmp = out.join("checkpoint.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    let w = crate::model::checkpoint::safetensors_bytes(vm, DType::F32)
+    let w = crate::model::io::safetensors_bytes(vm, DType::F32)
         .map_err(|msg| TrainError::Config(format!("saving weights: {msg}")))?;
     std::fs::write(tmp.join("model.safetensors"), w).map_err(io_err(&tmp))?;
     let mut moments = Vec::new();

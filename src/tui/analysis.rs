@@ -12,8 +12,8 @@ use candle_core::{DType, IndexOp, D};
 use image::RgbImage;
 
 use crate::fusion::{collate, Modality, MultimodalSequence, PadSide, Segment};
-use crate::model::checkpoint::LoadedModel;
 use crate::model::generate::{generate, GenerateOptions};
+use crate::model::io::LoadedModel;
 use crate::model::responder::media_segments;
 
 /// Next-token candidates kept per position.

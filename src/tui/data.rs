@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use mmlab_eval::harness::{load_result, Metrics, TaskResult};
 
 use crate::ablate::AblationResults;
-use crate::model::checkpoint::read_config;
+use crate::model::io::read_config;
 use crate::model::presets::{embedded, parameter_count, presets};
 use crate::model::Design;
 

@@ -1,55 +1,20 @@
-//! Model directories: `config.json`, `model.safetensors`, `tokenizer.json`, `train.jsonl`.
+//! Our model directories: `config.json`, `model.safetensors`, `tokenizer.json`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
-use super::config::ModelConfig;
-use super::design::Design;
-use super::Model;
+use super::{
+    atomic_write, hf_fuyu, io_err as io, parse_weights, safetensors_bytes, CheckpointError,
+};
 use crate::fusion::audio::AudioConfig;
 use crate::fusion::image::ImageConfig;
 use crate::fusion::text::TextTokenizer;
-
-/// Errors reading or writing a model directory.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    /// A file could not be read or written (the cause is the error's source).
-    #[error("{path}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        source: std::io::Error,
-    },
-    /// `config.json` is not valid.
-    #[error("{path}: invalid config: {msg}")]
-    Config {
-        /// The file.
-        path: PathBuf,
-        /// What was wrong.
-        msg: String,
-    },
-    /// The weights file is missing tensors, has wrong shapes or is not valid safetensors.
-    #[error("{path}: invalid weights: {msg}")]
-    Weights {
-        /// The file.
-        path: PathBuf,
-        /// What was wrong.
-        msg: String,
-    },
-    /// The tokenizer could not be loaded or saved.
-    #[error("{path}: tokenizer: {msg}")]
-    Tokenizer {
-        /// The file.
-        path: PathBuf,
-        /// What was wrong.
-        msg: String,
-    },
-}
+use crate::model::config::ModelConfig;
+use crate::model::design::Design;
+use crate::model::Model;
 
 /// Everything in `config.json`: the decoder and how inputs are tokenised.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -99,13 +64,6 @@ pub struct LoadedModel {
     pub bos: crate::fusion::BosPlacement,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 /// Reads and validates `dir/config.json` (a HF Fuyu config is converted, see [`super::hf_fuyu`]).
 pub fn read_config(dir: &Path) -> Result<ModelDirConfig, CheckpointError> {
     let path = dir.join("config.json");
@@ -120,10 +78,10 @@ pub fn parse_config(bytes: &[u8], path: &Path) -> Result<ModelDirConfig, Checkpo
         path: path.clone(),
         msg,
     };
-    if super::hf_fuyu::is_hf_fuyu_json(bytes) {
+    if hf_fuyu::is_hf_fuyu_json(bytes) {
         let v: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| config_err(e.to_string()))?;
-        return super::hf_fuyu::HfFuyuConfig::from_json(&v)
+        return hf_fuyu::HfFuyuConfig::from_json(&v)
             .map(|c| c.dir_config())
             .map_err(config_err);
     }
@@ -168,8 +126,8 @@ pub fn parse_config(bytes: &[u8], path: &Path) -> Result<ModelDirConfig, Checkpo
 
 /// Loads a model directory onto `device` in f32 (ours, or a HF Fuyu directory).
 pub fn load_dir(dir: &Path, device: &Device) -> Result<LoadedModel, CheckpointError> {
-    if super::hf_fuyu::is_hf_fuyu_dir(dir) {
-        return super::hf_fuyu::load_hf_fuyu(dir, device, DType::F32);
+    if hf_fuyu::is_hf_fuyu_dir(dir) {
+        return hf_fuyu::load_hf_fuyu(dir, device, DType::F32);
     }
     load_files(dir, &|p: &Path| std::fs::read(p), device)
 }
@@ -222,106 +180,6 @@ pub fn load_files(
         weights_sha256,
         bos: crate::fusion::BosPlacement::First,
     })
-}
-
-/// Reads the bytes of a `model.safetensors` file into f32 tensors on `device`; errors name `path`.
-pub fn parse_weights(
-    bytes: &[u8],
-    path: &Path,
-    device: &Device,
-) -> Result<HashMap<String, Tensor>, CheckpointError> {
-    let werr = |msg: String| CheckpointError::Weights {
-        path: path.to_path_buf(),
-        msg,
-    };
-    let tensors =
-        candle_core::safetensors::load_buffer(bytes, device).map_err(|e| werr(e.to_string()))?;
-    tensors
-        .into_iter()
-        .map(|(k, v)| v.to_dtype(DType::F32).map(|v| (k, v)))
-        .collect::<candle_core::Result<_>>()
-        .map_err(|e| werr(e.to_string()))
-}
-
-/// Writes `bytes` to `path` atomically (temp file + rename).
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
-}
-
-/// Serialises `vars` (sorted by name) as safetensors in `dtype`.
-pub fn safetensors_bytes(vars: &VarMap, dtype: DType) -> Result<Vec<u8>, String> {
-    let data = vars
-        .data()
-        .lock()
-        .map_err(|_| "variable map lock poisoned".to_string())?;
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
-    let mut tensors = Vec::with_capacity(names.len());
-    for name in names {
-        let t = data[name]
-            .as_tensor()
-            .to_dtype(dtype)
-            .map_err(|e| e.to_string())?;
-        tensors.push((name.clone(), t));
-    }
-    tensors_to_bytes(&tensors)
-}
-
-/// Serialises named tensors as safetensors bytes.
-pub fn tensors_to_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, String> {
-    fn le<T: candle_core::WithDType>(
-        t: &Tensor,
-        f: impl Fn(T) -> Vec<u8>,
-    ) -> Result<Vec<u8>, String> {
-        Ok(t.to_vec1::<T>()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .flat_map(f)
-            .collect())
-    }
-    let mut owned = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        let flat = t.flatten_all().map_err(|e| e.to_string())?;
-        let (bytes, dt) = match t.dtype() {
-            DType::F32 => (
-                le::<f32>(&flat, |v| v.to_le_bytes().to_vec())?,
-                safetensors::Dtype::F32,
-            ),
-            DType::F16 => (
-                le::<half::f16>(&flat, |v| v.to_le_bytes().to_vec())?,
-                safetensors::Dtype::F16,
-            ),
-            DType::BF16 => (
-                le::<half::bf16>(&flat, |v| v.to_le_bytes().to_vec())?,
-                safetensors::Dtype::BF16,
-            ),
-            DType::U32 => (
-                le::<u32>(&flat, |v| v.to_le_bytes().to_vec())?,
-                safetensors::Dtype::U32,
-            ),
-            DType::I64 => (
-                le::<i64>(&flat, |v| v.to_le_bytes().to_vec())?,
-                safetensors::Dtype::I64,
-            ),
-            DType::U8 => (le::<u8>(&flat, |v| vec![v])?, safetensors::Dtype::U8),
-            other => return Err(format!("cannot save dtype {other:?}")),
-        };
-        owned.push((name.clone(), bytes, t.dims().to_vec(), dt));
-    }
-    let views = owned
-        .iter()
-        .map(|(n, b, s, d)| {
-            safetensors::tensor::TensorView::new(*d, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| e.to_string())
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    safetensors::tensor::serialize(views, None).map_err(|e| e.to_string())
 }
 
 /// Writes a complete model directory (config, weights, tokenizer) atomically file by file.
