@@ -307,7 +307,7 @@ fn prefix_cached_generation_equals_full(preset_name: &str) {
             .collect(),
         attention_mask: vec![1; ids.len()],
         target_mask: vec![false; ids.len()],
-        modality: vec![mmlab::fusion::Modality::Text; ids.len()],
+        modality: vec![mmlab::fusion::TokenKind::Text; ids.len()],
         ..Default::default()
     };
     let lc = model

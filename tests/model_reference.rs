@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use mmlab::fusion::{Batch, Modality};
+use mmlab::fusion::{Batch, TokenKind};
 use mmlab::model::{ModelConfig, NativeModel};
 use mmlab::train::named_vars;
 use mmlab::train::optim::{AdamW, AdamWConfig};
@@ -138,22 +138,22 @@ impl Fixture {
             .collect();
         let patch_positions = to_usize(self.ints("in.patch_positions"));
         let frame_positions = to_usize(self.ints("in.frame_positions"));
-        let mut modality: Vec<Modality> = attention_mask
+        let mut modality: Vec<TokenKind> = attention_mask
             .iter()
             .map(|&m| {
                 if m == 1 {
-                    Modality::Text
+                    TokenKind::Text
                 } else {
-                    Modality::Pad
+                    TokenKind::Pad
                 }
             })
             .collect();
         patch_positions
             .iter()
-            .for_each(|&p| modality[p] = Modality::ImagePatch);
+            .for_each(|&p| modality[p] = TokenKind::ImagePatch);
         frame_positions
             .iter()
-            .for_each(|&p| modality[p] = Modality::AudioFrame);
+            .for_each(|&p| modality[p] = TokenKind::AudioFrame);
         Batch {
             batch: b,
             seq_len: t,

@@ -10,7 +10,7 @@ use candle_core::Device;
 use mmlab::model::io::load_dir;
 use mmlab::model::presets::{embedded, EMBEDDED};
 use mmlab::model::resolve::{choose_root, load_embedded, locate_in, ModelSource, ResolveError};
-use mmlab::tui::data::{Workspace, EMBEDDED_WEIGHTS};
+use mmlab::tui::workspace::{Workspace, EMBEDDED_WEIGHTS};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use mmlab::fusion::Modality;
+use mmlab::fusion::TokenKind;
 use mmlab::model::io::{load_dir, LoadedModel};
 use mmlab::tui::analysis::{analyze, build_sequence, Analysis, InspectInput};
 use mmlab::tui::dashboard::Dashboard;
-use mmlab::tui::data::Workspace;
 use mmlab::tui::inspect::{wrong_samples, Inspector};
+use mmlab::tui::workspace::Workspace;
 use mmlab::tui::{Action, App, Screen};
 use ratatui::backend::TestBackend;
 use ratatui::buffer::Buffer;
@@ -108,7 +108,7 @@ fn results_group_native_first_and_sort_by_the_chosen_column() {
     d.key(key(KeyCode::Left));
     assert_eq!(
         d.column,
-        mmlab::tui::data::COLUMNS.len() - 1,
+        mmlab::tui::workspace::COLUMNS.len() - 1,
         "wraps around"
     );
 }
@@ -462,7 +462,7 @@ fn inspector_attention_is_the_models_own_attention() {
     assert!(img.per_patch);
     assert_eq!(img.slots.len(), img.rows * img.cols);
     for &p in &img.slots {
-        assert_eq!(seq.modality[p], Modality::ImagePatch);
+        assert_eq!(seq.modality[p], TokenKind::ImagePatch);
     }
     let row = a.last_row();
     let full = a.attention(row, None, None);

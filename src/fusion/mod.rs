@@ -18,6 +18,6 @@ pub use error::FusionError;
 pub use image::{load_image, patchify, ImageConfig, PatchGrid};
 pub use sequence::{
     collate, AudioInput, AudioSlots, AudioSpan, Batch, BosPlacement, CollateError, ImageInput,
-    ImageSpan, Modality, ModalityCounts, MultimodalSequence, PadSide, Segment, SequenceBuilder,
+    ImageSpan, ModalityCounts, MultimodalSequence, PadSide, Segment, SequenceBuilder, TokenKind,
 };
 pub use text::{SpecialTokens, TextTokenizer};

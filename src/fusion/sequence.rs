@@ -16,7 +16,7 @@ use super::video::{video_frames, MAX_VIDEO_STRIDE};
 /// What kind of input a token position carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Modality {
+pub enum TokenKind {
     /// A text token (including special tokens such as `<bos>` / `<boa>` / `<eos>`).
     Text,
     /// An image patch placeholder; its embedding comes from the patch matrix.
@@ -41,8 +41,8 @@ pub enum Modality {
 pub struct MultimodalSequence {
     /// Token ids, placeholders included.
     pub tokens: Vec<u32>,
-    /// Modality of every token.
-    pub modality: Vec<Modality>,
+    /// TokenKind of every token.
+    pub modality: Vec<TokenKind>,
     /// Position id of every token (0-based).
     pub positions: Vec<u32>,
     /// True for answer tokens that carry the training loss.
@@ -178,8 +178,8 @@ pub struct Batch {
     pub attention_mask: Vec<u8>,
     /// True where the token carries the loss, `batch * seq_len`.
     pub target_mask: Vec<bool>,
-    /// Modality of every position, `batch * seq_len`.
-    pub modality: Vec<Modality>,
+    /// TokenKind of every position, `batch * seq_len`.
+    pub modality: Vec<TokenKind>,
     /// All patches of all sequences, row-major `n_patches x patch_dim`.
     pub patches: Vec<f32>,
     /// Length of one patch row.
@@ -228,7 +228,7 @@ pub fn collate(
         positions: vec![0; n],
         attention_mask: vec![0; n],
         target_mask: vec![false; n],
-        modality: vec![Modality::Pad; n],
+        modality: vec![TokenKind::Pad; n],
         ..Default::default()
     };
     for (bi, s) in seqs.iter().enumerate() {
@@ -373,7 +373,7 @@ struct Acc {
 }
 
 impl Acc {
-    fn push(&mut self, token: u32, modality: Modality, target: bool) {
+    fn push(&mut self, token: u32, modality: TokenKind, target: bool) {
         let pos = self.seq.tokens.len();
         self.seq.tokens.push(token);
         self.seq.modality.push(modality);
@@ -406,15 +406,15 @@ impl Acc {
                 for _ in 0..grid.rows {
                     for _ in 0..grid.cols {
                         self.seq.patch_positions.push(self.seq.tokens.len());
-                        self.push(image_id, Modality::ImagePatch, false);
+                        self.push(image_id, TokenKind::ImagePatch, false);
                     }
-                    self.push(newline_id, Modality::ImageNewline, false);
+                    self.push(newline_id, TokenKind::ImageNewline, false);
                 }
             }
             Some(n) => {
                 for _ in 0..n {
                     self.seq.patch_positions.push(self.seq.tokens.len());
-                    self.push(image_id, Modality::ImagePatch, false);
+                    self.push(image_id, TokenKind::ImagePatch, false);
                 }
             }
         }
@@ -492,12 +492,12 @@ impl SequenceBuilder {
         };
         for (i, seg) in segments.iter().enumerate() {
             if i == bos_at {
-                acc.push(sp.bos, Modality::Text, false);
+                acc.push(sp.bos, TokenKind::Text, false);
             }
             match seg {
                 Segment::Text(t) => {
                     for id in self.tokenizer.encode(t)? {
-                        acc.push(id, Modality::Text, false);
+                        acc.push(id, TokenKind::Text, false);
                     }
                 }
                 Segment::Image(input) => {
@@ -527,26 +527,26 @@ impl SequenceBuilder {
                     });
                     for _ in 0..n_slots {
                         acc.seq.frame_positions.push(acc.seq.tokens.len());
-                        acc.push(sp.audio, Modality::AudioFrame, false);
+                        acc.push(sp.audio, TokenKind::AudioFrame, false);
                     }
                     acc.seq.frames.extend_from_slice(&frames.data);
                 }
                 Segment::Answer(a) => {
                     if acc.last() != Some(sp.boa) {
-                        acc.push(sp.boa, Modality::Text, false);
+                        acc.push(sp.boa, TokenKind::Text, false);
                     }
                     for id in self.tokenizer.encode(a)? {
-                        acc.push(id, Modality::Text, true);
+                        acc.push(id, TokenKind::Text, true);
                     }
-                    acc.push(sp.eos, Modality::Text, true);
+                    acc.push(sp.eos, TokenKind::Text, true);
                 }
             }
         }
         if bos_at == segments.len() {
-            acc.push(sp.bos, Modality::Text, false);
+            acc.push(sp.bos, TokenKind::Text, false);
         }
         if !matches!(segments.last(), Some(Segment::Answer(_))) {
-            acc.push(sp.boa, Modality::Text, false);
+            acc.push(sp.boa, TokenKind::Text, false);
         }
         Ok(acc.seq)
     }
@@ -602,7 +602,7 @@ impl SequenceBuilder {
                         });
                     }
                     acc.visual += 1;
-                    acc.push(sp.frame, Modality::VideoFrameSep, false);
+                    acc.push(sp.frame, TokenKind::VideoFrameSep, false);
                 }
                 self.push_image(acc, &frame, &name)?;
                 kept += 1;
@@ -645,17 +645,17 @@ impl SequenceBuilder {
             },
             visual: 0,
         };
-        acc.push(sp.bos, Modality::Text, false);
+        acc.push(sp.bos, TokenKind::Text, false);
         acc.push_grid(grid, sp.image, sp.newline, self.image_tokens);
         for &id in question_ids {
-            acc.push(id, Modality::Text, false);
+            acc.push(id, TokenKind::Text, false);
         }
-        acc.push(sp.boa, Modality::Text, false);
+        acc.push(sp.boa, TokenKind::Text, false);
         if let Some(answer) = answer_ids {
             for &id in answer {
-                acc.push(id, Modality::Text, true);
+                acc.push(id, TokenKind::Text, true);
             }
-            acc.push(sp.eos, Modality::Text, true);
+            acc.push(sp.eos, TokenKind::Text, true);
         }
         acc.seq
     }
@@ -691,12 +691,12 @@ impl MultimodalSequence {
         let mut c = ModalityCounts::default();
         for m in &self.modality {
             match m {
-                Modality::Text => c.text += 1,
-                Modality::ImagePatch => c.image_patch += 1,
-                Modality::ImageNewline => c.image_newline += 1,
-                Modality::AudioFrame => c.audio_frame += 1,
-                Modality::VideoFrameSep => c.video_frame_sep += 1,
-                Modality::Pad => c.pad += 1,
+                TokenKind::Text => c.text += 1,
+                TokenKind::ImagePatch => c.image_patch += 1,
+                TokenKind::ImageNewline => c.image_newline += 1,
+                TokenKind::AudioFrame => c.audio_frame += 1,
+                TokenKind::VideoFrameSep => c.video_frame_sep += 1,
+                TokenKind::Pad => c.pad += 1,
             }
         }
         c.targets = self.target_mask.iter().filter(|&&t| t).count();
@@ -731,16 +731,16 @@ impl MultimodalSequence {
             let m = self.modality[i];
             let start = i;
             match m {
-                Modality::ImagePatch | Modality::ImageNewline => {
+                TokenKind::ImagePatch | TokenKind::ImageNewline => {
                     let mut rows: Vec<usize> = Vec::new();
                     let mut cols = 0;
                     while i < self.len()
                         && matches!(
                             self.modality[i],
-                            Modality::ImagePatch | Modality::ImageNewline
+                            TokenKind::ImagePatch | TokenKind::ImageNewline
                         )
                     {
-                        if self.modality[i] == Modality::ImageNewline {
+                        if self.modality[i] == TokenKind::ImageNewline {
                             rows.push(cols);
                             cols = 0;
                         } else {
@@ -766,8 +766,8 @@ impl MultimodalSequence {
                         );
                     }
                 }
-                Modality::AudioFrame => {
-                    while i < self.len() && self.modality[i] == Modality::AudioFrame {
+                TokenKind::AudioFrame => {
+                    while i < self.len() && self.modality[i] == TokenKind::AudioFrame {
                         i += 1;
                     }
                     let _ = writeln!(
@@ -777,14 +777,14 @@ impl MultimodalSequence {
                         self.frame_dim
                     );
                 }
-                Modality::VideoFrameSep | Modality::Pad => {
+                TokenKind::VideoFrameSep | TokenKind::Pad => {
                     let _ = writeln!(out, "{start:>6}: {}", name(self.tokens[i]));
                     i += 1;
                 }
-                Modality::Text => {
+                TokenKind::Text => {
                     let target = self.target_mask[i];
                     while i < self.len()
-                        && self.modality[i] == Modality::Text
+                        && self.modality[i] == TokenKind::Text
                         && self.target_mask[i] == target
                     {
                         i += 1;
@@ -865,7 +865,7 @@ mod tests {
         assert_eq!(targets, (boa + 1..n).collect::<Vec<_>>());
         assert_eq!(seq.positions, (0..n as u32).collect::<Vec<_>>());
         assert_eq!(seq.modality.len(), n);
-        assert_eq!(seq.modality[3], Modality::ImageNewline);
+        assert_eq!(seq.modality[3], TokenKind::ImageNewline);
     }
 
     #[test]
@@ -926,7 +926,7 @@ mod tests {
         assert!(seq.frames[25..].iter().all(|&v| v == 0.0));
         for &p in &seq.frame_positions {
             assert_eq!(seq.tokens[p], b.tokenizer.specials.audio);
-            assert_eq!(seq.modality[p], Modality::AudioFrame);
+            assert_eq!(seq.modality[p], TokenKind::AudioFrame);
         }
     }
 
@@ -943,7 +943,7 @@ mod tests {
             (3, 3, 2)
         );
         let sep: Vec<usize> = (0..seq.len())
-            .filter(|&i| seq.modality[i] == Modality::VideoFrameSep)
+            .filter(|&i| seq.modality[i] == TokenKind::VideoFrameSep)
             .collect();
         assert_eq!(sep, vec![3, 6]);
         assert!(sep

@@ -5,7 +5,7 @@ use candle_core::{Result, Tensor, D};
 use rand::{Rng, SeedableRng};
 
 use super::{KvCache, Model};
-use crate::fusion::{collate, Batch, Modality, MultimodalSequence, PadSide};
+use crate::fusion::{collate, Batch, MultimodalSequence, PadSide, TokenKind};
 
 /// How to pick tokens.
 #[derive(Clone, Debug)]
@@ -134,7 +134,7 @@ fn step_batch(tokens: &[u32], cache: &KvCache, done: &[bool]) -> Batch {
         positions: cache.next_pos.clone(),
         attention_mask: done.iter().map(|&d| u8::from(!d)).collect(),
         target_mask: vec![false; b],
-        modality: vec![Modality::Text; b],
+        modality: vec![TokenKind::Text; b],
         ..Default::default()
     }
 }
@@ -228,7 +228,7 @@ pub fn generate_with_prefixes(
         positions: vec![0; b * t],
         attention_mask: vec![0; b * t],
         target_mask: vec![false; b * t],
-        modality: vec![Modality::Pad; b * t],
+        modality: vec![TokenKind::Pad; b * t],
         ..Default::default()
     };
     for (i, (_, ids)) in suffixes.iter().enumerate() {
@@ -237,7 +237,7 @@ pub fn generate_with_prefixes(
             sb.tokens[off + k] = id;
             sb.positions[off + k] = cache.next_pos[i] + k as u32;
             sb.attention_mask[off + k] = 1;
-            sb.modality[off + k] = Modality::Text;
+            sb.modality[off + k] = TokenKind::Text;
         }
     }
     let o = model.forward(&sb, Some(&mut cache), false)?;

@@ -119,20 +119,19 @@ impl ModelResponder {
         let batch = collate(&seqs, pad, PadSide::Right).map_err(self.err())?;
         let m = &self.model.model;
         let out = m.forward(&batch, None, false).map_err(self.err())?;
-        let logp =
-            candle_nn::ops::log_softmax(&m.logits(&out.hidden).map_err(self.err())?, D::Minus1)
-                .map_err(self.err())?
-                .to_vec3::<f32>()
-                .map_err(self.err())?;
-        let t = batch.seq_len;
-        Ok((0..seqs.len())
-            .map(|b| {
-                (1..t)
-                    .filter(|&i| batch.target_mask[b * t + i])
-                    .map(|i| logp[b][i - 1][batch.tokens[b * t + i] as usize])
-                    .sum()
-            })
-            .collect())
+        let t = m
+            .decoder()
+            .target_logits(&out.hidden, &batch)
+            .map_err(self.err())?;
+        let logp = candle_nn::ops::log_softmax(&t.logits, D::Minus1)
+            .and_then(|l| l.to_vec2::<f32>())
+            .map_err(self.err())?;
+        // Rows are in sequence order: add each sequence's answer-token log-probabilities.
+        let mut sums = vec![0f32; seqs.len()];
+        for ((row, target), lp) in t.rows.iter().zip(&t.targets).zip(&logp) {
+            sums[*row as usize / batch.seq_len] += lp[*target as usize];
+        }
+        Ok(sums)
     }
 
     fn decode(&self, ids: &[u32]) -> Result<String, EvalError> {

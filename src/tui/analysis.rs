@@ -11,7 +11,7 @@ use anyhow::Context;
 use candle_core::{DType, IndexOp, D};
 use image::RgbImage;
 
-use crate::fusion::{collate, Modality, MultimodalSequence, PadSide, Segment};
+use crate::fusion::{collate, MultimodalSequence, PadSide, Segment, TokenKind};
 use crate::model::generate::{generate, GenerateOptions};
 use crate::model::io::LoadedModel;
 use crate::model::responder::media_segments;
@@ -40,7 +40,7 @@ pub struct TokenView {
     /// Vocabulary id (the placeholder id at patch and frame positions).
     pub id: u32,
     /// What the position carries.
-    pub kind: Modality,
+    pub kind: TokenKind,
     /// Printable text of the token.
     pub text: String,
 }
@@ -138,14 +138,14 @@ impl Analysis {
 }
 
 /// Printable text of a token.
-fn token_text(m: &LoadedModel, id: u32, kind: Modality) -> String {
+fn token_text(m: &LoadedModel, id: u32, kind: TokenKind) -> String {
     match kind {
-        Modality::ImagePatch => "▪".into(),
-        Modality::ImageNewline => "⏎".into(),
-        Modality::AudioFrame => "♪".into(),
-        Modality::VideoFrameSep => "|FRAME|".into(),
-        Modality::Pad => "<pad>".into(),
-        Modality::Text => m
+        TokenKind::ImagePatch => "▪".into(),
+        TokenKind::ImageNewline => "⏎".into(),
+        TokenKind::AudioFrame => "♪".into(),
+        TokenKind::VideoFrameSep => "|FRAME|".into(),
+        TokenKind::Pad => "<pad>".into(),
+        TokenKind::Text => m
             .tokenizer
             .id_to_token(id)
             .map(|s| s.replace(['▁', 'Ġ'], "·"))
@@ -222,7 +222,12 @@ pub fn analyze(m: &LoadedModel, input: &InspectInput) -> anyhow::Result<Analysis
     let model = &m.model;
     let out = model.forward(&batch, None, true)?;
     let rows: Vec<usize> = (0..t)
-        .filter(|&i| !matches!(seq.modality[i], Modality::ImagePatch | Modality::AudioFrame))
+        .filter(|&i| {
+            !matches!(
+                seq.modality[i],
+                TokenKind::ImagePatch | TokenKind::AudioFrame
+            )
+        })
         .collect();
     let layers = out.attentions.len();
     let heads = model.cfg().n_heads;
@@ -253,7 +258,7 @@ pub fn analyze(m: &LoadedModel, input: &InspectInput) -> anyhow::Result<Analysis
             order
                 .into_iter()
                 .take(TOP_K)
-                .map(|i| (token_text(m, i as u32, Modality::Text), p[i]))
+                .map(|i| (token_text(m, i as u32, TokenKind::Text), p[i]))
                 .collect()
         })
         .collect();

@@ -14,7 +14,7 @@ use ratatui::widgets::{
 };
 use ratatui::Frame;
 
-use super::data::{ResultRow, Workspace, COLUMNS};
+use super::workspace::{ResultRow, Workspace, COLUMNS};
 use super::Action;
 use crate::ablate::METRICS;
 

@@ -18,10 +18,10 @@ use ratatui::widgets::{Block, Borders, List, ListItem, ListState, Paragraph, Wra
 use ratatui::Frame;
 
 use super::analysis::{analyze, Analysis, InspectInput};
-use super::data::ResultEntry;
 use super::heat::{normalised, Overlay, Strip};
+use super::workspace::ResultEntry;
 use super::Action;
-use crate::fusion::Modality;
+use crate::fusion::TokenKind;
 use crate::model::resolve::load_model;
 
 /// A sample the model got wrong, ready to inspect.
@@ -382,10 +382,10 @@ impl Inspector {
         let mut spans = Vec::new();
         for (i, t) in a.tokens.iter().enumerate() {
             let style = match t.kind {
-                Modality::Text => Style::new().fg(Color::White),
-                Modality::ImagePatch => Style::new().fg(Color::Cyan),
-                Modality::ImageNewline => Style::new().fg(Color::Blue),
-                Modality::AudioFrame => Style::new().fg(Color::Magenta),
+                TokenKind::Text => Style::new().fg(Color::White),
+                TokenKind::ImagePatch => Style::new().fg(Color::Cyan),
+                TokenKind::ImageNewline => Style::new().fg(Color::Blue),
+                TokenKind::AudioFrame => Style::new().fg(Color::Magenta),
                 _ => Style::new().fg(Color::DarkGray),
             };
             let style = if Some(i) == sel_pos {
@@ -396,7 +396,7 @@ impl Inspector {
             } else {
                 style
             };
-            let sep = if t.kind == Modality::Text { " " } else { "" };
+            let sep = if t.kind == TokenKind::Text { " " } else { "" };
             spans.push(Span::styled(t.text.clone(), style));
             spans.push(Span::raw(sep));
         }

@@ -7,9 +7,9 @@
 
 pub mod analysis;
 pub mod dashboard;
-pub mod data;
 pub mod heat;
 pub mod inspect;
+pub mod workspace;
 
 use std::io::Stdout;
 use std::path::PathBuf;
@@ -26,9 +26,9 @@ use ratatui::{Frame, Terminal};
 
 use analysis::{analyze, InspectInput};
 use dashboard::Dashboard;
-use data::Workspace;
 use heat::{normalised, overlay_png, Overlay};
 use inspect::{wrong_samples, Inspector, WrongSample};
+use workspace::Workspace;
 
 /// What a key press asks of the application.
 #[derive(Clone, Debug, PartialEq)]
@@ -145,7 +145,7 @@ pub fn samples_for(
             );
             let result = mmlab_eval::harness::load_result(&result_path)
                 .map_err(|e| mmlab_eval::error::error_chain(&e))?;
-            let entry = data::ResultEntry {
+            let entry = workspace::ResultEntry {
                 path: result_path,
                 result,
             };
