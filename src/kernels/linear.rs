@@ -15,7 +15,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 #[cfg(feature = "cuda")]
 use super::cuda;
 #[cfg(feature = "cuda")]
-use super::{cuda_fusion, Switch};
+use super::cuda::{cuda_fusion, Switch};
 use super::{enabled_on, f32_slice, run_chunks, with_f32};
 
 /// What follows the affine map.

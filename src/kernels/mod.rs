@@ -68,31 +68,6 @@ pub fn enabled_on(dev: &candle_core::Device) -> bool {
     enabled() && dev.is_cpu()
 }
 
-/// A fused CUDA op's switch, read once per process.
-#[cfg(feature = "cuda")]
-type Switch = std::sync::OnceLock<std::result::Result<bool, String>>;
-
-/// True when `x` is on a CUDA device in f32 or bf16 and the switch `var` (read once into
-/// `cell`) is on: unset, empty or `fused`; `plain` turns it off (candle's ops, to compare); any
-/// other value is an error naming the variable.
-#[cfg(feature = "cuda")]
-fn cuda_fusion(x: &Tensor, cell: &'static Switch, var: &str) -> Result<bool> {
-    let on = cell
-        .get_or_init(|| match std::env::var(var).as_deref() {
-            Err(_) | Ok("") | Ok("fused") => Ok(true),
-            Ok("plain") => Ok(false),
-            Ok(other) => Err(format!("{var}={other}: expected fused or plain")),
-        })
-        .clone()
-        .map_err(candle_core::Error::msg)?;
-    Ok(on
-        && x.device().is_cuda()
-        && matches!(
-            x.dtype(),
-            candle_core::DType::F32 | candle_core::DType::BF16
-        ))
-}
-
 /// True when q and k of a head-split projection `x` (`b, t, n, hd`) are prepared by the fused
 /// CUDA kernel ([`cuda::qk_norm_rope`]: QK-LayerNorm, rotary and the head transpose in one
 /// pass): the `cuda` feature is built in, `x` is on a CUDA device in f32 or bf16, `hd` is at
@@ -101,6 +76,7 @@ fn cuda_fusion(x: &Tensor, cell: &'static Switch, var: &str) -> Result<bool> {
 pub fn cuda_qk_prep(x: &Tensor) -> Result<bool> {
     #[cfg(feature = "cuda")]
     {
+        use cuda::{cuda_fusion, Switch};
         static SWITCH: Switch = Switch::new();
         Ok(cuda_fusion(x, &SWITCH, "MMLAB_QK_PREP")?
             && x.dims()
