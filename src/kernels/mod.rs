@@ -47,10 +47,10 @@ pub mod sources;
 mod xent;
 
 pub use adamw::{adamw_update, sum_squares, AdamWStep};
-pub use attention::{attention, cuda_attention, AttnMask};
+pub use attention::{attend, attention, cuda_attention, AttnMask, LayerMask};
 pub use linear::{cuda_relu2, linear, linear_then, Epilogue, Linear};
 pub use norm::{layer_norm, rms_norm};
-pub use rotary::rotary;
+pub use rotary::{cuda_qk_prep, qk_prep, rotary};
 pub use softmax::softmax_last;
 pub use xent::{cross_entropy, cross_entropy_plain};
 
@@ -66,28 +66,6 @@ pub fn enabled() -> bool {
 /// CUDA kernels).
 pub fn enabled_on(dev: &candle_core::Device) -> bool {
     enabled() && dev.is_cpu()
-}
-
-/// True when q and k of a head-split projection `x` (`b, t, n, hd`) are prepared by the fused
-/// CUDA kernel ([`cuda::qk_norm_rope`]: QK-LayerNorm, rotary and the head transpose in one
-/// pass): the `cuda` feature is built in, `x` is on a CUDA device in f32 or bf16, `hd` is at
-/// most 256, and `MMLAB_QK_PREP` is unset or `fused` (`plain` keeps candle's ops, to compare;
-/// any other value is an error naming the variable).
-pub fn cuda_qk_prep(x: &Tensor) -> Result<bool> {
-    #[cfg(feature = "cuda")]
-    {
-        use cuda::{cuda_fusion, Switch};
-        static SWITCH: Switch = Switch::new();
-        Ok(cuda_fusion(x, &SWITCH, "MMLAB_QK_PREP")?
-            && x.dims()
-                .last()
-                .is_some_and(|&hd| hd <= sources::QK_PREP_MAX_HD))
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        let _ = x;
-        Ok(false)
-    }
 }
 
 /// Rows handled per parallel task; small tensors stay on one thread.

@@ -1,7 +1,14 @@
-//! Rotary positions (GPT-NeoX rotate-half) as one op; backward is the inverse rotation.
+//! Rotary positions (GPT-NeoX rotate-half) as one op; backward is the inverse rotation. And
+//! [`qk_prep`], the one entry point that readies q or k for attention: QK-LayerNorm, rotary and
+//! the head transpose in one CUDA kernel (`super::cuda::qk_norm_rope`) where it applies, the
+//! caller's CPU path otherwise.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
+#[cfg(feature = "cuda")]
+use super::cuda;
+#[cfg(feature = "cuda")]
+use super::sources;
 use super::{f32_slice, run_chunks, with_f32};
 
 /// GPT-NeoX rotary on the first `dim` channels of every head row; `cos` / `sin` are
@@ -80,4 +87,48 @@ pub fn rotary(x: &Tensor, cos: &Tensor, sin: &Tensor, dim: usize) -> Result<Tens
         sin: std::sync::Arc::new(sin.flatten_all()?.to_vec1::<f32>()?),
     };
     x.contiguous()?.apply_op1(op)
+}
+
+/// True when q and k of a head-split projection `x` (`b, t, n, hd`) are prepared by the fused
+/// CUDA kernel ([`cuda::qk_norm_rope`]: QK-LayerNorm, rotary and the head transpose in one
+/// pass): the `cuda` feature is built in, `x` is on a CUDA device in f32 or bf16, `hd` is at
+/// most 256, and `MMLAB_QK_PREP` is unset or `fused` (`plain` keeps candle's ops, to compare;
+/// any other value is an error naming the variable).
+pub fn cuda_qk_prep(x: &Tensor) -> Result<bool> {
+    #[cfg(feature = "cuda")]
+    {
+        use cuda::{cuda_fusion, Switch};
+        static SWITCH: Switch = Switch::new();
+        Ok(cuda_fusion(x, &SWITCH, "MMLAB_QK_PREP")?
+            && x.dims()
+                .last()
+                .is_some_and(|&hd| hd <= sources::QK_PREP_MAX_HD))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = x;
+        Ok(false)
+    }
+}
+
+/// q or k for attention from a head-split projection `x` (`b, t, n, hd`), in the attention
+/// layout `(b, n, t, hd)`: QK-LayerNorm when `norm` is `Some((weight, bias, eps))`, then rotary on
+/// the first `rot` channels with the tables `cos`, `sin` (`(b, 1, t, rot/2)`). One CUDA kernel
+/// ([`cuda::qk_norm_rope`]) when [`cuda_qk_prep`] holds; otherwise `cpu` on `x.transpose(1, 2)`:
+/// the caller's norm and rotary (the fused CPU ops or candle's).
+pub fn qk_prep(
+    x: &Tensor,
+    norm: Option<(&Tensor, &Tensor, f64)>,
+    cos: &Tensor,
+    sin: &Tensor,
+    rot: usize,
+    cpu: impl FnOnce(Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if cuda_qk_prep(x)? {
+        return cuda::qk_norm_rope(x, norm, cos, sin, rot);
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = (norm, cos, sin, rot);
+    cpu(x.transpose(1, 2)?)
 }

@@ -1,6 +1,13 @@
-//! The compact attention mask: which keys each query row sees, O(`b x keys`).
+//! The attention mask: which keys each query row sees, compact ([`AttnMask`], O(`b x keys`)),
+//! and one forward's mask as every layer reads it ([`LayerMask`], with the dense and CUDA forms
+//! built once).
 
-use candle_core::{Result, Tensor};
+use std::sync::OnceLock;
+
+use candle_core::{DType, Device, Result, Tensor};
+
+#[cfg(feature = "cuda")]
+use super::super::cuda::CudaMask;
 
 /// Which keys every query row of one attention call sees, in O(`b x keys`) memory: the rule a
 /// dense `(b, 1, tq, tk)` additive mask would spell out entry by entry, kept as per-key flags.
@@ -162,5 +169,63 @@ impl AttnMask {
             }
         }
         Tensor::from_vec(m, (b, 1, tq, tk), device)?.to_dtype(dtype)
+    }
+}
+
+/// One forward's attention mask, shared by every layer: the compact [`AttnMask`] the fused
+/// kernels read (O(`b x keys`)), its dense additive form `(b, 1, tq, tk)` in the activations'
+/// dtype for the plain path, and (`cuda` feature) its key flags on the device for the CUDA
+/// kernels, each built on first use and then reused: at most once per forward, and the dense
+/// form never when every layer takes the fused CPU op or the CUDA kernels.
+#[derive(Debug)]
+pub struct LayerMask {
+    mask: AttnMask,
+    device: Device,
+    dtype: DType,
+    dense: OnceLock<Tensor>,
+    #[cfg(feature = "cuda")]
+    cuda: OnceLock<Option<CudaMask>>,
+}
+
+impl LayerMask {
+    /// Wraps `mask`; its dense form, when needed, is built on `device` in `dtype`.
+    pub fn new(mask: AttnMask, device: &Device, dtype: DType) -> Self {
+        Self {
+            mask,
+            device: device.clone(),
+            dtype,
+            dense: OnceLock::new(),
+            #[cfg(feature = "cuda")]
+            cuda: OnceLock::new(),
+        }
+    }
+
+    /// The key flags the CUDA kernels read (`None`: no padded key), built on the first call.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_keys(&self) -> Result<Option<&CudaMask>> {
+        if let Some(m) = self.cuda.get() {
+            return Ok(m.as_ref());
+        }
+        let m = CudaMask::from_attn(&self.mask, &self.device)?;
+        Ok(self.cuda.get_or_init(|| m).as_ref())
+    }
+
+    /// The compact mask.
+    pub fn mask(&self) -> &AttnMask {
+        &self.mask
+    }
+
+    /// The dense additive mask `(b, 1, tq, tk)` (0 or `-inf`), built on the first call.
+    pub fn dense(&self) -> Result<Tensor> {
+        if let Some(t) = self.dense.get() {
+            return Ok(t.clone());
+        }
+        let t = self.mask.dense(&self.device, self.dtype)?;
+        Ok(self.dense.get_or_init(|| t).clone())
+    }
+
+    /// Whether the dense form has been built (the fused CPU path never builds it).
+    pub fn dense_built(&self) -> bool {
+        self.dense.get().is_some()
     }
 }
