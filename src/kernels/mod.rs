@@ -1,4 +1,6 @@
-//! Fused CPU ops with their backward, as candle `CustomOp`s.
+//! Fused CPU ops with their backward, as candle `CustomOp`s, and the CUDA kernels; one op per
+//! file, mirroring `kernels/*.cu`. This file holds the thread policy, the helpers the ops share
+//! and the re-exports.
 //!
 //! candle builds LayerNorm, softmax and `Linear` from many small ops; on the training step of
 //! `fuyu-small` that made backward 80% of the time (profile in the issue note): every
@@ -6,17 +8,20 @@
 //! batch) is reduced in backward by candle's generic strided sum, which is slow. The ops here
 //! compute forward and backward in one pass over contiguous rows:
 //!
-//! - [`linear`]: `x W^T + b` as one 2-D matmul (so `dW` is one matmul too) and a fused bias;
-//! - [`layer_norm`] / [`rms_norm`]: the norm with its affine parameters;
-//! - [`softmax_last`]: softmax over the last dimension, `dx = y (g - sum(g y))`;
-//! - [`attention`]: scaled dot-product attention in tiles of 64 query rows, each tile's scores,
-//!   probabilities and gradients computed with block matrix products (O(tile x keys) memory
-//!   per thread); its mask is the compact [`AttnMask`] (O(batch x keys), not a dense
-//!   `queries x keys`);
-//! - [`rotary`]: rotate-half positions, backward the inverse rotation;
-//! - [`cross_entropy`]: mean cross-entropy over the vocabulary, keeping only each row's
-//!   log-sum-exp between forward and backward;
-//! - [`adamw_update`]: the AdamW step in place on a parameter's storage.
+//! - [`linear`] (`linear.rs`): `x W^T + b` as one 2-D matmul (so `dW` is one matmul too) and a
+//!   fused bias; [`Linear`] is the layer built on it;
+//! - [`layer_norm`] / [`rms_norm`] (`norm.rs`): the norm with its affine parameters;
+//! - [`softmax_last`] (`softmax.rs`): softmax over the last dimension, `dx = y (g - sum(g y))`;
+//! - [`attention()`] (`attention/`): scaled dot-product attention in tiles of 64 query rows, each
+//!   tile's scores, probabilities and gradients computed with block matrix products
+//!   (O(tile x keys) memory per thread); its mask is the compact [`AttnMask`] (O(batch x keys),
+//!   not a dense `queries x keys`). A model layer calls [`attend`], the one entry point that
+//!   picks this kernel, the CUDA kernels or candle's ops;
+//! - [`rotary`] (`rotary.rs`): rotate-half positions, backward the inverse rotation; [`qk_prep`]
+//!   readies q and k for attention (norm, rotary, head transpose);
+//! - [`cross_entropy`] (`xent.rs`): mean cross-entropy over the vocabulary, keeping only each
+//!   row's log-sum-exp between forward and backward;
+//! - [`adamw_update`] (`adamw.rs`): the AdamW step in place on a parameter's storage.
 //!
 //! All are f32 (the models train and run in f32); tests compare them with the plain candle
 //! path, forward and gradients (`tests/kernels.rs`).
@@ -26,10 +31,10 @@
 //! ([`serial`], `train::step`) every op stays on its thread.
 //!
 //! CUDA: `kernels/*.cu` ([`sources`]) are compiled at run time with NVRTC and launched through
-//! cudarc on candle's CUDA device (`cuda` module, cargo feature `cuda`); [`attention`] sends
-//! CUDA tensors there. Without the feature the CPU ops are all there is; the kernels themselves
-//! still run on every test run, on the CPU emulator of `kernels/emu/` (`tests/cuda_emulated.rs`),
-//! with the launch plans of [`sources`].
+//! cudarc on candle's CUDA device (`cuda/`, cargo feature `cuda`); [`attend`], [`qk_prep`] and
+//! [`linear_then`] send CUDA tensors there. Without the feature the CPU ops are all there is;
+//! the kernels themselves still run on every test run, on the CPU emulator of `kernels/emu/`
+//! (`tests/cuda_emulated.rs`), with the launch plans of [`sources`].
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Result, Tensor};
@@ -62,7 +67,7 @@ pub fn enabled() -> bool {
 }
 
 /// True when the fused CPU ops should run on tensors living on `dev`: they have no CUDA
-/// implementation, so on a GPU the model takes candle's plain ops (and [`attention`] its
+/// implementation, so on a GPU the model takes candle's plain ops (and [`attend`] its
 /// CUDA kernels).
 pub fn enabled_on(dev: &candle_core::Device) -> bool {
     enabled() && dev.is_cpu()

@@ -492,8 +492,8 @@ fn aligned(t: &Tensor) -> Result<Tensor> {
 /// Scaled dot-product attention on a CUDA device, forward and backward: `q` (`b, h, tq, hd`),
 /// `k`, `v` (`b, kv_heads, tk, hd`), f32 or bf16, with an optional padding `mask` and/or the
 /// causal rule (key `j` visible to query `i` when `j <= i + tk - tq`). Returns
-/// `(b, tq, h * hd)`, the heads concatenated, like [`super::attention`]; gradients flow to `q`,
-/// `k`, `v`.
+/// `(b, tq, h * hd)`, the heads concatenated, like [`crate::kernels::attention()`]; gradients
+/// flow to `q`, `k`, `v`.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
