@@ -1,5 +1,5 @@
 // FlashAttention-2-style attention, forward and backward, compiled at run time with NVRTC
-// (src/kernels/cuda.rs) and checked for register spills at sm_90 on every CI run
+// (src/kernels/cuda/attention.rs) and checked for register spills at sm_90 on every CI run
 // (tests/cuda_nvrtc.rs).
 //
 // Layouts (all contiguous, row-major):

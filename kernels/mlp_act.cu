@@ -1,7 +1,7 @@
 // The MLP's activation after its up-projection, fused: y = relu(z + bias)^2 (Persimmon's and
 // Fuyu's relu²) in one pass over the matmul output z, where candle's ops make three (bias add,
 // relu, square) forward and about six backward. Compiled at run time with NVRTC
-// (src/kernels/cuda.rs), checked for spills (tests/cuda_nvrtc.rs) and on the CPU emulator
+// (src/kernels/cuda/relu2.rs), checked for spills (tests/cuda_nvrtc.rs) and on the CPU emulator
 // (tests/cuda_emulated.rs).
 //
 // Layouts (contiguous, row-major):

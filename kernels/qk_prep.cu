@@ -4,7 +4,7 @@
 // one. candle's ops take about sixteen passes over q or k for the same (the norm's mean,
 // centring, variance, scaling, weight and bias; rotary's narrows, four products, sums and
 // concatenation; the transpose copy); here each row is read once and written once. Compiled
-// at run time with NVRTC (src/kernels/cuda.rs), checked for spills with the other kernels
+// at run time with NVRTC (src/kernels/cuda/qk_prep.rs), checked for spills with the other kernels
 // (tests/cuda_nvrtc.rs) and on the CPU emulator (tests/cuda_emulated.rs).
 //
 // Layouts (contiguous, row-major):

@@ -1,7 +1,7 @@
 //! The CUDA kernels of `kernels/*.cu` run on the CPU by the emulator in `kernels/emu/`
 //! (one fiber per CUDA thread, warp collectives exchanged through the warp, `mma`/`ldmatrix`
 //! with the PTX ISA's fragment layouts, deferred `cp.async`), launched with the plan
-//! `src/kernels/cuda.rs` uses (`sources::*_launch`), against the CPU attention: outputs and
+//! `src/kernels/cuda/` uses (`sources::*_launch`), against the CPU attention: outputs and
 //! gradients of q, k, v within 1e-3 (f32) and 2e-2 (bf16) of the reference's largest magnitude,
 //! the bounds `tests/cuda.rs` holds the GPU to.
 //!
@@ -204,7 +204,7 @@ fn launch(plan: &Launch, args: &[Arg], reverse: bool) -> Result<(), String> {
     }
 }
 
-/// The attention call as `src/kernels/cuda.rs` makes it: the same plans, buffers and
+/// The attention call as `src/kernels/cuda/` makes it: the same plans, buffers and
 /// argument lists, on emulated "device" memory.
 struct Call<'a> {
     elem: Elem,
@@ -814,7 +814,7 @@ fn qk_prep_case(
         .unwrap();
     let want_dx = grads.get(xv.as_tensor()).unwrap();
 
-    // The kernels, as src/kernels/cuda.rs launches them.
+    // The kernels, as src/kernels/cuda/ launches them.
     let rows = b * n * t;
     let mut xb = Buf::from(&flat(&x), elem);
     let mut wb = Buf::from(&flat(&w), elem);

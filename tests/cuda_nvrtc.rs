@@ -9,7 +9,7 @@
 //!
 //! The check reads ptxas' own report (`--ptxas-options=-v`): for every kernel the spill stores
 //! and loads must be 0, registers at most 255, and static plus dynamic shared memory within
-//! sm_90's 227 KiB per block. Every kernel `src/kernels/cuda.rs` launches must be in the report.
+//! sm_90's 227 KiB per block. Every kernel `src/kernels/cuda/` launches must be in the report.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
@@ -302,7 +302,7 @@ fn every_cuda_source_compiles_to_sm90_without_spills() {
         .chain(sources::mlp_act_kernels())
     {
         let r = all.iter().find(|r| r.name == name).unwrap_or_else(|| {
-            panic!("kernel {name} (launched by src/kernels/cuda.rs) not compiled")
+            panic!("kernel {name} (launched by src/kernels/cuda/) not compiled")
         });
         let dynamic = launches
             .iter()

@@ -4,12 +4,19 @@
 //! backward is two matmuls (`dx = g W`, `dW = g^T x`) and a column sum for `db`, with no
 //! transposed copies. candle's path for the same layer is a matmul into a zeroed buffer, a
 //! bias op copying the output, an activation op copying it again, and their backward ops.
+//!
+//! [`linear`] / [`linear_then`] run this op on the CPU in f32, the bias + relu² CUDA kernel on a
+//! GPU ([`cuda_relu2`]), candle's ops otherwise; [`Linear`] is the layer built on them.
 
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{column_sum, f32_slice, run_chunks, with_f32};
+#[cfg(feature = "cuda")]
+use super::cuda;
+#[cfg(feature = "cuda")]
+use super::cuda::{cuda_fusion, Switch};
+use super::{enabled_on, f32_slice, run_chunks, with_f32};
 
 /// What follows the affine map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -331,5 +338,134 @@ pub(super) fn linear_2d(
     match b {
         Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
         None => x.apply_op2(&w, op),
+    }
+}
+
+/// Sums the rows (`n x d`, row-major) of `g` into a `d` vector.
+fn column_sum(g: &[f32], d: usize) -> Vec<f32> {
+    let mut acc = vec![0f32; d];
+    for row in g.chunks_exact(d) {
+        for (a, &x) in acc.iter_mut().zip(row) {
+            *a += x;
+        }
+    }
+    acc
+}
+
+/// `x W^T (+ b)` for `x` (`..., in`) and `W` (`out, in`), computed as one 2-D matmul.
+///
+/// f32 on the CPU runs the fused op above (the bias folded into the matmul's output);
+/// otherwise (or with `MMLAB_PLAIN_OPS`) `candle_nn::Linear` and candle's activation ops.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    linear_then(x, w, b, Epilogue::None)
+}
+
+/// [`linear`] followed by `epilogue`, fused into the same op on the CPU in f32.
+pub fn linear_then(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    epilogue: Epilogue,
+) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let Some((&inp, lead)) = dims.split_last() else {
+        candle_core::bail!("linear: scalar input");
+    };
+    let rows: usize = lead.iter().product();
+    let x2 = x.reshape((rows, inp))?;
+    let fused = enabled_on(x.device())
+        && [Some(x), Some(w), b]
+            .iter()
+            .flatten()
+            .all(|t| t.dtype() == candle_core::DType::F32);
+    let y = if fused {
+        linear_2d(&x2, w, b, epilogue)?
+    } else if let Some(y) = cuda_linear_relu2(&x2, w, b, epilogue)? {
+        y
+    } else {
+        use candle_core::Module;
+        let y = candle_nn::Linear::new(w.clone(), b.cloned()).forward(&x2)?;
+        match epilogue {
+            Epilogue::None => y,
+            Epilogue::Relu2 => y.relu()?.sqr()?,
+            Epilogue::Gelu => y.gelu()?,
+        }
+    };
+    let mut out = lead.to_vec();
+    out.push(w.dim(0)?);
+    y.reshape(out)
+}
+
+/// A linear layer (`weight`: `out x in`, optional `bias`) using [`linear`].
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// `out x in`.
+    pub weight: Tensor,
+    /// `out`.
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Creates `weight` (and `bias`) under `vb` with candle_nn's default initialisation.
+    pub fn new(inp: usize, out: usize, bias: bool, vb: candle_nn::VarBuilder) -> Result<Self> {
+        let l = if bias {
+            candle_nn::linear(inp, out, vb)?
+        } else {
+            candle_nn::linear_no_bias(inp, out, vb)?
+        };
+        Ok(Self {
+            weight: l.weight().clone(),
+            bias: l.bias().cloned(),
+        })
+    }
+}
+
+impl Linear {
+    /// The layer followed by `epilogue`, fused on the CPU in f32 ([`linear_then`]).
+    pub fn forward_then(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+        linear_then(x, &self.weight, self.bias.as_ref(), epilogue)
+    }
+}
+
+impl candle_core::Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        linear(x, &self.weight, self.bias.as_ref())
+    }
+}
+
+/// `x2 W^T`, then bias + relu² in one CUDA kernel, when `epilogue` is relu² and
+/// [`cuda_relu2`] holds; `None` otherwise (the caller runs candle's ops).
+fn cuda_linear_relu2(
+    x2: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    epilogue: Epilogue,
+) -> Result<Option<Tensor>> {
+    if epilogue != Epilogue::Relu2 || !cuda_relu2(x2)? {
+        return Ok(None);
+    }
+    #[cfg(feature = "cuda")]
+    return Ok(Some(cuda::bias_relu2(&x2.matmul(&w.t()?)?, b)?));
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (w, b);
+        Ok(None)
+    }
+}
+
+/// True when the MLP's bias + relu² after a matmul runs as one CUDA kernel
+/// ([`cuda::bias_relu2`]): the `cuda` feature is built in, `x` is on a CUDA device in f32 or
+/// bf16, and `MMLAB_RELU2` is unset or `fused` (`plain` keeps candle's ops, to compare; any other
+/// value is an error naming the variable).
+pub fn cuda_relu2(x: &Tensor) -> Result<bool> {
+    #[cfg(feature = "cuda")]
+    {
+        static SWITCH: Switch = Switch::new();
+        cuda_fusion(x, &SWITCH, "MMLAB_RELU2")
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = x;
+        Ok(false)
     }
 }

@@ -158,71 +158,7 @@ impl Rotary {
     }
 }
 
-/// Query x key count from which attention uses the fused op of [`crate::kernels`]: one query
-/// tile of it. Below that, candle's batched matmuls and the fused op's tiles are the same
-/// products. Measured on `fuyu-small` training (seq ~40, 1 thread, three alternating runs):
-/// 29.0k / 29.2k / 28.3k tokens/s with the fused op, 29.7k / 30.0k / 28.1k plain, a tie; from
-/// seq 128 the fused op is faster (2048: 0.29 s against 1.78 s, `benches/attention.rs`) and
-/// keeps no `seq x seq` score, probability or gradient matrix.
-pub const FUSED_ATTENTION_MIN_SCORES: usize = 64 * 64;
-
-/// One forward's attention mask, shared by every layer: the compact [`AttnMask`] the fused
-/// kernels read (O(`b x keys`)), its dense additive form `(b, 1, tq, tk)` in the activations'
-/// dtype for the plain path, and (`cuda` feature) its key flags on the device for the CUDA
-/// kernels, each built on first use and then reused: at most once per forward, and the dense
-/// form never when every layer takes the fused CPU op or the CUDA kernels.
-#[derive(Debug)]
-pub struct LayerMask {
-    mask: AttnMask,
-    device: Device,
-    dtype: DType,
-    dense: std::sync::OnceLock<Tensor>,
-    #[cfg(feature = "cuda")]
-    cuda: std::sync::OnceLock<Option<crate::kernels::cuda::CudaMask>>,
-}
-
-impl LayerMask {
-    /// Wraps `mask`; its dense form, when needed, is built on `device` in `dtype`.
-    pub fn new(mask: AttnMask, device: &Device, dtype: DType) -> Self {
-        Self {
-            mask,
-            device: device.clone(),
-            dtype,
-            dense: std::sync::OnceLock::new(),
-            #[cfg(feature = "cuda")]
-            cuda: std::sync::OnceLock::new(),
-        }
-    }
-
-    /// The key flags the CUDA kernels read (`None`: no padded key), built on the first call.
-    #[cfg(feature = "cuda")]
-    pub fn cuda_keys(&self) -> Result<Option<&crate::kernels::cuda::CudaMask>> {
-        if let Some(m) = self.cuda.get() {
-            return Ok(m.as_ref());
-        }
-        let m = crate::kernels::cuda::CudaMask::from_attn(&self.mask, &self.device)?;
-        Ok(self.cuda.get_or_init(|| m).as_ref())
-    }
-
-    /// The compact mask.
-    pub fn mask(&self) -> &AttnMask {
-        &self.mask
-    }
-
-    /// The dense additive mask `(b, 1, tq, tk)` (0 or `-inf`), built on the first call.
-    pub fn dense(&self) -> Result<Tensor> {
-        if let Some(t) = self.dense.get() {
-            return Ok(t.clone());
-        }
-        let t = self.mask.dense(&self.device, self.dtype)?;
-        Ok(self.dense.get_or_init(|| t).clone())
-    }
-
-    /// Whether the dense form has been built (the fused CPU path never builds it).
-    pub fn dense_built(&self) -> bool {
-        self.dense.get().is_some()
-    }
-}
+pub use crate::kernels::attention::{LayerMask, FUSED_ATTENTION_MIN_SCORES};
 
 /// Cached keys and values of one layer, `(b, kv_heads, t, head_dim)` each.
 #[derive(Clone, Debug)]
@@ -284,9 +220,9 @@ impl Attention {
     }
 
     /// q and k (`b, t, heads, hd` from the projections) normalised (QK-LayerNorm, when the
-    /// model has it), rotated and moved to the attention layout (`b, heads, t, hd`): one fused
-    /// kernel per tensor on CUDA ([`crate::kernels::cuda_qk_prep`]), candle's ops (or the fused
-    /// CPU ops) otherwise.
+    /// model has it), rotated and moved to the attention layout (`b, heads, t, hd`):
+    /// [`crate::kernels::qk_prep`], one fused kernel per tensor on CUDA, [`Norm`] and
+    /// [`Rotary::apply`] otherwise.
     fn prepare_qk(
         &self,
         q: Tensor,
@@ -295,32 +231,30 @@ impl Attention {
         cos: &Tensor,
         sin: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        #[cfg(feature = "cuda")]
-        if crate::kernels::cuda_qk_prep(&q)? {
-            fn norm(n: &Option<Norm>) -> Result<Option<(&Tensor, &Tensor, f64)>> {
-                match n {
-                    Some(Norm {
-                        weight,
-                        bias: Some(bias),
-                        eps,
-                    }) => Ok(Some((weight, bias, *eps))),
-                    Some(_) => candle_core::bail!("QK-norm without a bias: not a LayerNorm"),
-                    None => Ok(None),
-                }
+        fn norm(n: &Option<Norm>) -> Result<Option<(&Tensor, &Tensor, f64)>> {
+            match n {
+                Some(Norm {
+                    weight,
+                    bias: Some(bias),
+                    eps,
+                }) => Ok(Some((weight, bias, *eps))),
+                Some(_) => candle_core::bail!("QK-norm without a bias: not a LayerNorm"),
+                None => Ok(None),
             }
-            let fused = |x: &Tensor, n: &Option<Norm>| {
-                crate::kernels::cuda::qk_norm_rope(x, norm(n)?, cos, sin, rotary.dim)
-            };
-            return Ok((fused(&q, &self.q_norm)?, fused(&k, &self.k_norm)?));
         }
-        let (mut q, mut k) = (q.transpose(1, 2)?, k.transpose(1, 2)?);
-        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = qn.forward(&q)?;
-            k = kn.forward(&k)?;
-        }
-        let q = rotary.apply(&q, cos, sin)?;
-        let k = rotary.apply(&k, cos, sin)?.contiguous()?;
-        Ok((q, k))
+        let prep = |x: &Tensor, n: &Option<Norm>| {
+            crate::kernels::qk_prep(x, norm(n)?, cos, sin, rotary.dim, |x| {
+                let x = match n {
+                    Some(n) => n.forward(&x)?,
+                    None => x,
+                };
+                rotary.apply(&x, cos, sin)
+            })
+        };
+        Ok((
+            prep(&q, &self.q_norm)?,
+            prep(&k, &self.k_norm)?.contiguous()?,
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -365,47 +299,8 @@ impl Attention {
             None => (k, v),
         };
         let scale = 1.0 / (hd as f64).sqrt();
-        let (tq, tk) = (q.dim(2)?, k.dim(2)?);
-        let fused_cpu = crate::kernels::enabled_on(q.device())
-            && q.dtype() == DType::F32
-            && tq * tk >= FUSED_ATTENTION_MIN_SCORES;
-        if !want_probs && fused_cpu {
-            // The fused op (grouped KV heads handled inside, heads concatenated on output):
-            // memory O(keys) per query row instead of the full score matrix, and the compact
-            // mask instead of a dense one.
-            let out = crate::kernels::attention(&q, &k, &v, mask.mask(), scale)?;
-            return Ok((self.dense.forward(&out)?, None));
-        }
-        #[cfg(feature = "cuda")]
-        if !want_probs && crate::kernels::cuda_attention(&q) {
-            // The CUDA kernels read the compact mask: built once per forward, shared by layers.
-            let keys = mask.cuda_keys()?;
-            let causal = mask.mask().is_causal();
-            let out = crate::kernels::cuda::attention(&q, &k, &v, keys, scale, causal)?;
-            return Ok((self.dense.forward(&out)?, None));
-        }
-        let rep = self.n_heads / self.n_kv_heads;
-        let (k, v) = if rep > 1 {
-            (repeat_kv(&k, rep)?, repeat_kv(&v, rep)?)
-        } else {
-            (k, v)
-        };
-        let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(&mask.dense()?)?;
-        let probs = if crate::kernels::enabled_on(scores.device()) && scores.dtype() == DType::F32 {
-            crate::kernels::softmax_last(&scores)?
-        } else if scores.dtype() != DType::F32 {
-            // Half precision: softmax in f32, as HF's attention does.
-            candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?
-                .to_dtype(scores.dtype())?
-        } else {
-            candle_nn::ops::softmax(&scores, D::Minus1)?
-        };
-        let out = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, t, self.n_heads * hd))?;
-        let out = self.dense.forward(&out)?;
-        Ok((out, want_probs.then_some(probs)))
+        let (out, probs) = crate::kernels::attend(&q, &k, &v, mask, scale, want_probs)?;
+        Ok((self.dense.forward(&out)?, probs))
     }
 }
 
@@ -466,14 +361,6 @@ impl CrossAttention {
             .reshape((b, tq, h * hd))?;
         self.dense.forward(&out)
     }
-}
-
-/// Repeats each KV head `rep` times along the head axis.
-fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
-    let (b, h, t, d) = x.dims4()?;
-    x.unsqueeze(2)?
-        .expand((b, h, rep, t, d))?
-        .reshape((b, h * rep, t, d))
 }
 
 /// The position-wise MLP.
