@@ -396,43 +396,6 @@ pub fn linear_then(
     y.reshape(out)
 }
 
-/// A linear layer (`weight`: `out x in`, optional `bias`) using [`linear`].
-#[derive(Clone, Debug)]
-pub struct Linear {
-    /// `out x in`.
-    pub weight: Tensor,
-    /// `out`.
-    pub bias: Option<Tensor>,
-}
-
-impl Linear {
-    /// Creates `weight` (and `bias`) under `vb` with candle_nn's default initialisation.
-    pub fn new(inp: usize, out: usize, bias: bool, vb: candle_nn::VarBuilder) -> Result<Self> {
-        let l = if bias {
-            candle_nn::linear(inp, out, vb)?
-        } else {
-            candle_nn::linear_no_bias(inp, out, vb)?
-        };
-        Ok(Self {
-            weight: l.weight().clone(),
-            bias: l.bias().cloned(),
-        })
-    }
-}
-
-impl Linear {
-    /// The layer followed by `epilogue`, fused on the CPU in f32 ([`linear_then`]).
-    pub fn forward_then(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
-        linear_then(x, &self.weight, self.bias.as_ref(), epilogue)
-    }
-}
-
-impl candle_core::Module for Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        linear(x, &self.weight, self.bias.as_ref())
-    }
-}
-
 /// `x2 W^T`, then bias + relu² in one CUDA kernel, when `epilogue` is relu² and
 /// [`cuda_relu2`] holds; `None` otherwise (the caller runs candle's ops).
 fn cuda_linear_relu2(

@@ -9,7 +9,7 @@
 //! compute forward and backward in one pass over contiguous rows:
 //!
 //! - [`linear`] (`linear.rs`): `x W^T + b` as one 2-D matmul (so `dW` is one matmul too) and a
-//!   fused bias; [`Linear`] is the layer built on it;
+//!   fused bias; the model's `Linear` layer (`model::layers`) is built on it;
 //! - [`layer_norm`] / [`rms_norm`] (`norm.rs`): the norm with its affine parameters;
 //! - [`softmax_last`] (`softmax.rs`): softmax over the last dimension, `dx = y (g - sum(g y))`;
 //! - [`attention()`] (`attention/`): scaled dot-product attention in tiles of 64 query rows, each
@@ -53,7 +53,7 @@ mod xent;
 
 pub use adamw::{adamw_update, sum_squares, AdamWStep};
 pub use attention::{attend, attention, cuda_attention, AttnMask, LayerMask};
-pub use linear::{cuda_relu2, linear, linear_then, Epilogue, Linear};
+pub use linear::{cuda_relu2, linear, linear_then, Epilogue};
 pub use norm::{layer_norm, rms_norm};
 pub use rotary::{cuda_qk_prep, qk_prep, rotary};
 pub use softmax::softmax_last;

@@ -8,9 +8,45 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::kernels::AttnMask;
-pub use crate::kernels::Linear;
 
 use super::config::{Activation, ModelConfig, NormKind};
+
+/// A linear layer (`weight`: `out x in`, optional `bias`) using the fused [`crate::kernels::linear`].
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// `out x in`.
+    pub weight: Tensor,
+    /// `out`.
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Creates `weight` (and `bias`) under `vb` with candle_nn's default initialisation.
+    pub fn new(inp: usize, out: usize, bias: bool, vb: candle_nn::VarBuilder) -> Result<Self> {
+        let l = if bias {
+            candle_nn::linear(inp, out, vb)?
+        } else {
+            candle_nn::linear_no_bias(inp, out, vb)?
+        };
+        Ok(Self {
+            weight: l.weight().clone(),
+            bias: l.bias().cloned(),
+        })
+    }
+}
+
+impl Linear {
+    /// The layer followed by `epilogue`, fused on the CPU in f32 ([`crate::kernels::linear_then`]).
+    pub fn forward_then(&self, x: &Tensor, epilogue: crate::kernels::Epilogue) -> Result<Tensor> {
+        crate::kernels::linear_then(x, &self.weight, self.bias.as_ref(), epilogue)
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        crate::kernels::linear(x, &self.weight, self.bias.as_ref())
+    }
+}
 
 /// LayerNorm or RMSNorm over the last dimension, built from differentiable ops.
 #[derive(Clone, Debug)]

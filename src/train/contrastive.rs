@@ -23,10 +23,9 @@ use super::data::SyntheticData;
 use super::optim::{lr_at, AdamW, AdamWConfig};
 use super::{named_vars, reinit, TrainError};
 use crate::fusion::{audio_features, patchify, AudioSpan, ImageSpan, TextTokenizer};
-use crate::kernels::Linear;
 use crate::model::encoder::{AudioEncoder, VisionEncoder};
 use crate::model::io::{atomic_write, ModelDirConfig};
-use crate::model::layers::EncoderStack;
+use crate::model::layers::{EncoderStack, Linear};
 
 /// Which contrastive loss.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

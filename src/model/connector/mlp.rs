@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::kernels::Linear;
+use crate::model::layers::Linear;
 
 /// `d_enc -> d_model -> GELU -> d_model`, applied to every patch feature.
 #[derive(Clone, Debug)]

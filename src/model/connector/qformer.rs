@@ -8,7 +8,7 @@ use candle_nn::VarBuilder;
 use super::super::config::NormKind;
 use super::super::encoder::Encoded;
 use super::super::layers::{CrossAttention, Mlp, Norm};
-use crate::kernels::Linear;
+use crate::model::layers::Linear;
 
 #[derive(Clone, Debug)]
 struct QFormerLayer {
