@@ -124,13 +124,7 @@ impl Bolted {
             }
         }
         if self.audio.is_none() {
-            x.linear(
-                self.audio_embed.as_ref(),
-                &batch.frames,
-                batch.frame_dim,
-                &batch.frame_positions,
-                "audio frame",
-            )?;
+            x.frames(self.audio_embed.as_ref(), batch)?;
         } else if !batch.frame_positions.is_empty() {
             match self.audio_input(batch)? {
                 Connected::Slots(t) => x.place(t, &batch.frame_positions, "audio slot")?,
@@ -155,22 +149,15 @@ impl Bolted {
             self.decoder.device(),
         )?;
         let enc = self.encoder.forward(&patches, &batch.images)?;
-        let items: Vec<Item> = batch
-            .images
-            .iter()
-            .map(|s| Item {
-                slot_start: s.slot_start,
-                n_slots: s.n_slots,
-            })
-            .collect();
-        let out = self.connect(
+        let items = batch.images.iter().map(|s| (s.slot_start, s.n_slots));
+        self.connect(
             &self.connector,
             &enc,
-            &items,
+            items,
             &batch.patch_positions,
+            batch,
             "image",
-        )?;
-        arrange(batch, out, &items, &batch.patch_positions, "image")
+        )
     }
 
     /// Encodes the audio clips of `batch` (which has at least one) and runs the audio connector.
@@ -186,33 +173,34 @@ impl Bolted {
             self.decoder.device(),
         )?;
         let enc = encoder.forward(&frames, &batch.audio)?;
-        let items: Vec<Item> = batch
-            .audio
-            .iter()
-            .map(|s| Item {
-                slot_start: s.slot_start,
-                n_slots: s.n_slots,
-            })
-            .collect();
-        let out = self.connect(
+        let items = batch.audio.iter().map(|s| (s.slot_start, s.n_slots));
+        self.connect(
             connector,
             &enc,
-            &items,
+            items,
             &batch.frame_positions,
+            batch,
             "audio clip",
-        )?;
-        arrange(batch, out, &items, &batch.frame_positions, "audio clip")
+        )
     }
 
-    /// Checks each item fills the slots this connector gives it, then runs the connector.
+    /// Checks each item (`(first slot, slots)`) fills the slots this connector gives it,
+    /// runs the connector and lines its output up with the placeholders `positions`.
     fn connect(
         &self,
         connector: &Connector,
         enc: &Encoded,
-        items: &[Item],
+        items: impl Iterator<Item = (usize, usize)>,
         positions: &[usize],
+        batch: &Batch,
         what: &str,
-    ) -> Result<ConnectorOutput> {
+    ) -> Result<Connected> {
+        let items: Vec<Item> = items
+            .map(|(slot_start, n_slots)| Item {
+                slot_start,
+                n_slots,
+            })
+            .collect();
         for (i, it) in items.iter().enumerate() {
             let expected = self
                 .cfg
@@ -229,7 +217,7 @@ impl Bolted {
                 candle_core::bail!("{what} slots outside the batch's placeholder list");
             }
         }
-        connector.forward(enc)
+        arrange(batch, connector.forward(enc)?, &items, positions, what)
     }
 }
 

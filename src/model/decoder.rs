@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 
 use super::config::ModelConfig;
 use super::connector::{GatedXAttn, XCtx};
-use super::layers::{Block, LayerCache, LayerMask, Linear, Norm, Rotary};
+use super::layers::{learned, Block, LayerCache, LayerMask, Linear, Norm, Rotary};
 use crate::fusion::Batch;
 use crate::kernels::AttnMask;
 
@@ -131,14 +131,7 @@ impl Decoder {
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate().map_err(candle_core::Error::wrap)?;
         let device = vb.device().clone();
-        let embed_tokens = vb.get_with_hints(
-            (cfg.vocab_size, cfg.d_model),
-            "embed_tokens.weight",
-            candle_nn::Init::Randn {
-                mean: 0.0,
-                stdev: 0.02,
-            },
-        )?;
+        let embed_tokens = learned(&vb, (cfg.vocab_size, cfg.d_model), "embed_tokens.weight")?;
         let blocks = (0..cfg.n_layers)
             .map(|i| Block::new(cfg, vb.pp(format!("layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;

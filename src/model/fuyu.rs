@@ -48,13 +48,7 @@ impl Fuyu {
             &batch.patch_positions,
             "image patch",
         )?;
-        x.linear(
-            self.audio_embed.as_ref(),
-            &batch.frames,
-            batch.frame_dim,
-            &batch.frame_positions,
-            "audio frame",
-        )?;
+        x.frames(self.audio_embed.as_ref(), batch)?;
         x.finish()
     }
 }

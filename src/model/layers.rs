@@ -11,6 +11,19 @@ use crate::kernels::AttnMask;
 
 use super::config::{Activation, ModelConfig, NormKind};
 
+/// A learned table `name` of `shape` under `vb` (embeddings, positions, queries, latents),
+/// drawn from N(0, 0.02) when created.
+pub fn learned(vb: &VarBuilder, shape: (usize, usize), name: &str) -> Result<Tensor> {
+    vb.get_with_hints(
+        shape,
+        name,
+        candle_nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        },
+    )
+}
+
 /// A linear layer (`weight`: `out x in`, optional `bias`) using the fused [`crate::kernels::linear`].
 #[derive(Clone, Debug)]
 pub struct Linear {

@@ -221,6 +221,18 @@ impl<'a> Placer<'a> {
         self.place(layer.forward(&m)?, positions, &format!("{what} position"))
     }
 
+    /// Embeds the batch's audio frames with `layer` (the linear frame embedding) and places them.
+    pub(crate) fn frames(&mut self, layer: Option<&Linear>, batch: &Batch) -> Result<()> {
+        let positions = &batch.frame_positions;
+        self.linear(
+            layer,
+            &batch.frames,
+            batch.frame_dim,
+            positions,
+            "audio frame",
+        )
+    }
+
     /// The `(b, t, d)` embeddings.
     pub(crate) fn finish(mut self) -> Result<Tensor> {
         let all = if self.rows.len() == 1 {

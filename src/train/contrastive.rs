@@ -25,7 +25,7 @@ use super::{named_vars, reinit, TrainError};
 use crate::fusion::{audio_features, patchify, AudioSpan, ImageSpan, TextTokenizer};
 use crate::model::encoder::{AudioEncoder, VisionEncoder};
 use crate::model::io::{atomic_write, ModelDirConfig};
-use crate::model::layers::{EncoderStack, Linear};
+use crate::model::layers::{learned, EncoderStack, Linear};
 
 /// Which contrastive loss.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -97,13 +97,9 @@ impl TextEncoder {
         };
         let bc = bolt.encoder_block_config(cfg.model.norm_eps);
         let d = bolt.encoder.d_model;
-        let init = candle_nn::Init::Randn {
-            mean: 0.0,
-            stdev: 0.02,
-        };
         Ok(Self {
-            embed: vb.get_with_hints((vocab, d), "embed_tokens.weight", init)?,
-            pos: vb.get_with_hints((max_len, d), "pos_embed.weight", init)?,
+            embed: learned(&vb, (vocab, d), "embed_tokens.weight")?,
+            pos: learned(&vb, (max_len, d), "pos_embed.weight")?,
             stack: EncoderStack::new(&bc, bolt.encoder.n_layers, vb.clone())?,
             max_len,
         })

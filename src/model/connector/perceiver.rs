@@ -8,7 +8,7 @@ use candle_nn::VarBuilder;
 
 use super::super::config::NormKind;
 use super::super::encoder::Encoded;
-use super::super::layers::{CrossAttention, Mlp, Norm};
+use super::super::layers::{learned, CrossAttention, Mlp, Norm};
 
 #[derive(Clone, Debug)]
 struct ResamplerLayer {
@@ -52,14 +52,7 @@ impl Perceiver {
             })
             .collect::<Result<_>>()?;
         Ok(Self {
-            latents: vb.get_with_hints(
-                (n_latents, d),
-                "latents",
-                candle_nn::Init::Randn {
-                    mean: 0.0,
-                    stdev: 0.02,
-                },
-            )?,
+            latents: learned(&vb, (n_latents, d), "latents")?,
             layers,
             out_norm: norm("out_layernorm".into())?,
         })

@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 
 use super::super::config::NormKind;
 use super::super::encoder::Encoded;
-use super::super::layers::{CrossAttention, Mlp, Norm};
+use super::super::layers::{learned, CrossAttention, Mlp, Norm};
 use crate::model::layers::Linear;
 
 #[derive(Clone, Debug)]
@@ -57,14 +57,7 @@ impl QFormer {
             })
             .collect::<Result<_>>()?;
         Ok(Self {
-            queries: vb.get_with_hints(
-                (n_queries, d),
-                "queries",
-                candle_nn::Init::Randn {
-                    mean: 0.0,
-                    stdev: 0.02,
-                },
-            )?,
+            queries: learned(&vb, (n_queries, d), "queries")?,
             layers,
             out_norm: norm("out_layernorm".into())?,
             proj: Linear::new(d, d_model, true, vb.pp("proj"))?,

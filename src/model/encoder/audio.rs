@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 use super::Encoded;
 use crate::fusion::AudioSpan;
 use crate::model::config::BoltConfig;
-use crate::model::layers::{EncoderStack, Linear};
+use crate::model::layers::{learned, EncoderStack, Linear};
 
 /// The audio encoder of the bolted-on designs, Whisper-style: a stride-2 convolution
 /// (kernel 3) over the frames with GELU, learned positions, bidirectional blocks, LayerNorm.
@@ -30,14 +30,7 @@ impl AudioEncoder {
         let device = vb.device().clone();
         Ok(Self {
             conv: Linear::new(3 * frame_dim, e.d_model, true, vb.pp("conv"))?,
-            pos_embed: vb.get_with_hints(
-                (e.max_grid, e.d_model),
-                "pos_embed.weight",
-                candle_nn::Init::Randn {
-                    mean: 0.0,
-                    stdev: 0.02,
-                },
-            )?,
+            pos_embed: learned(&vb, (e.max_grid, e.d_model), "pos_embed.weight")?,
             stack: EncoderStack::new(&block_cfg, e.n_layers, vb.clone())?,
             max_len: e.max_grid,
             frame_dim,

@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 use super::Encoded;
 use crate::fusion::ImageSpan;
 use crate::model::config::BoltConfig;
-use crate::model::layers::{EncoderStack, Linear};
+use crate::model::layers::{learned, EncoderStack, Linear};
 
 /// The ViT.
 #[derive(Clone, Debug)]
@@ -29,14 +29,10 @@ impl VisionEncoder {
         let e = &bolt.encoder;
         let block_cfg = bolt.encoder_block_config(eps);
         let device = vb.device().clone();
-        let init = candle_nn::Init::Randn {
-            mean: 0.0,
-            stdev: 0.02,
-        };
         Ok(Self {
             patch_embed: Linear::new(patch_dim, e.d_model, true, vb.pp("patch_embed"))?,
-            row_embed: vb.get_with_hints((e.max_grid, e.d_model), "row_embed.weight", init)?,
-            col_embed: vb.get_with_hints((e.max_grid, e.d_model), "col_embed.weight", init)?,
+            row_embed: learned(&vb, (e.max_grid, e.d_model), "row_embed.weight")?,
+            col_embed: learned(&vb, (e.max_grid, e.d_model), "col_embed.weight")?,
             stack: EncoderStack::new(&block_cfg, e.n_layers, vb.clone())?,
             max_grid: e.max_grid,
             d: e.d_model,
