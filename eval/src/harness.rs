@@ -174,6 +174,11 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// Whether `--limit` left every question of every split selected.
+    pub fn selects_all(&self) -> bool {
+        self.splits.iter().all(|s| s.selected == s.questions)
+    }
+
     /// The scene tier as a table names it (`aligned 48x48 cell 12px`; `unknown` for results
     /// written before tiers were recorded).
     pub fn tier_label(&self) -> String {
@@ -308,7 +313,7 @@ impl TaskResult {
     /// Whether every question of the data was asked (no `--limit` below the split sizes, no
     /// shard).
     pub fn is_full(&self) -> bool {
-        self.config.shard.is_none() && self.config.splits.iter().all(|s| s.selected == s.questions)
+        self.config.shard.is_none() && self.config.selects_all()
     }
 }
 
