@@ -6,6 +6,7 @@
 //! parses the answers as the original papers do, computes the metrics with seeded bootstrap
 //! intervals, and writes `results/<model>/<task>-<timestamp>.json` plus a samples file.
 
+mod atomic;
 pub mod cache;
 pub mod chair;
 pub mod error;
