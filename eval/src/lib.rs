@@ -32,6 +32,6 @@ pub use responder::{
     Constant, MissingPolicy, Oracle, PredictionsFile, RandomResponder, Request, Responder, Response,
 };
 pub use tasks::{
-    load_task, load_task_with, task, tasks, DataOptions, Label, LoadedSplit, MetricKind, Modality,
+    load_task, load_task_with, task, tasks, DataOptions, Label, LoadedSplit, MediaKind, MetricKind,
     ParserKind, Question, SplitSpec, TaskSpec,
 };
