@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::pope::{pope_text, AUDIO_TEMPLATE, IMAGE_TEMPLATE};
 use crate::scene::{Scene, SceneObject};
 use crate::sound::SoundScene;
-use crate::vocab::{article, number_word, Colour, Shape, SoundClass};
+use crate::vocab::{article, number_word, Category, Colour, Shape, SoundClass};
 
 /// What a question asks about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -121,17 +121,14 @@ impl QaMix {
     }
 }
 
-/// Picks an absent item for a "no" question. `rank` gives popularity (0 = most
-/// frequent) and `affinity` the association with a present item.
-fn pick_negative<T: Copy + PartialEq, R: Rng + ?Sized>(
-    all: &[T],
+/// Picks an absent member for a "no" question: any absent one, one of the most frequent, or
+/// one of those most associated with the present members.
+fn pick_negative<T: Category, R: Rng + ?Sized>(
     present: &[T],
     kind: NegativeKind,
-    rank: &dyn Fn(T) -> usize,
-    affinity: &dyn Fn(T, T) -> u32,
     rng: &mut R,
 ) -> Option<T> {
-    let absent: Vec<T> = all
+    let absent: Vec<T> = T::ALL
         .iter()
         .copied()
         .filter(|c| !present.contains(c))
@@ -148,19 +145,77 @@ fn pick_negative<T: Copy + PartialEq, R: Rng + ?Sized>(
             .take(2)
             .collect()
     };
+    let rank = |c: T| -(c.popularity_rank() as i64);
     let pool = match kind {
         NegativeKind::Random => absent.clone(),
-        NegativeKind::Popular => top_by(&|c| -(rank(c) as i64)),
+        NegativeKind::Popular => top_by(&rank),
         NegativeKind::Adversarial => {
-            let score = |c: T| present.iter().map(|p| affinity(*p, c) as i64).sum::<i64>();
+            let score = |c: T| present.iter().map(|p| p.affinity(c) as i64).sum::<i64>();
             if absent.iter().all(|c| score(*c) == 0) {
-                top_by(&|c| -(rank(c) as i64))
+                top_by(&rank)
             } else {
                 top_by(&score)
             }
         }
     };
     Some(pool[rng.random_range(0..pool.len())])
+}
+
+/// What a presence question asks about: a present member when `yes`, else an absent one
+/// picked by `negative`.
+fn presence_object<T: Category, R: Rng + ?Sized>(
+    present: &[T],
+    yes: bool,
+    negative: NegativeKind,
+    rng: &mut R,
+) -> Option<T> {
+    if yes {
+        if present.is_empty() {
+            return None;
+        }
+        Some(present[rng.random_range(0..present.len())])
+    } else {
+        pick_negative(present, negative, rng)
+    }
+}
+
+/// "yes" or "no".
+fn yes_no(yes: bool) -> String {
+    if yes { "yes" } else { "no" }.to_string()
+}
+
+/// `n` presence questions, alternating yes and no from a random start (all "no" when
+/// `has_objects` is false), each with a random kind of negative; `ask` makes one.
+fn presence_questions<R: Rng + ?Sized>(
+    n: usize,
+    has_objects: bool,
+    rng: &mut R,
+    ask: &dyn Fn(bool, NegativeKind, &mut R) -> Option<QA>,
+) -> Vec<QA> {
+    let mut out = Vec::new();
+    let flip = rng.random_bool(0.5);
+    for i in 0..n {
+        let yes = ((i % 2 == 0) ^ flip) && has_objects;
+        let neg = negative_kind(rng);
+        if let Some(q) = ask(yes, neg, rng) {
+            out.push(q);
+        }
+    }
+    out
+}
+
+/// What count question `i` asks about: the balanced probe first, then present members.
+fn count_subject<T: Category, R: Rng + ?Sized>(
+    i: usize,
+    probe: T,
+    present: &[T],
+    rng: &mut R,
+) -> T {
+    if i == 0 || present.is_empty() {
+        probe
+    } else {
+        present[rng.random_range(0..present.len())]
+    }
 }
 
 fn negative_kind<R: Rng + ?Sized>(rng: &mut R) -> NegativeKind {
@@ -178,26 +233,11 @@ pub fn presence_question<R: Rng + ?Sized>(
     negative: NegativeKind,
     rng: &mut R,
 ) -> Option<QA> {
-    let present = scene.categories();
-    let shape = if yes {
-        if present.is_empty() {
-            return None;
-        }
-        present[rng.random_range(0..present.len())]
-    } else {
-        pick_negative(
-            &Shape::ALL,
-            &present,
-            negative,
-            &|s: Shape| s.popularity_rank(),
-            &|a: Shape, b: Shape| a.affinity(b),
-            rng,
-        )?
-    };
+    let shape = presence_object(&scene.categories(), yes, negative, rng)?;
     Some(QA {
         kind: QaKind::Presence,
         question: pope_text(IMAGE_TEMPLATE, shape.name()),
-        answer: if yes { "yes" } else { "no" }.to_string(),
+        answer: yes_no(yes),
     })
 }
 
@@ -267,7 +307,7 @@ pub fn attribute_question<R: Rng + ?Sized>(scene: &Scene, yes: bool, rng: &mut R
     Some(QA {
         kind: QaKind::Attribute,
         question: attribute_text(colour, o.category),
-        answer: if yes { "yes" } else { "no" }.to_string(),
+        answer: yes_no(yes),
     })
 }
 
@@ -389,26 +429,15 @@ pub fn caption_question(scene: &Scene) -> QA {
 /// Training questions for one scene, as set by `mix`: presence questions alternate
 /// yes/no with hard negatives, the first count question asks about the balanced probe.
 pub fn training_questions<R: Rng + ?Sized>(scene: &Scene, mix: &QaMix, rng: &mut R) -> Vec<QA> {
-    let mut out = Vec::new();
-    let flip = rng.random_bool(0.5);
-    for i in 0..mix.presence {
-        let yes = ((i % 2 == 0) ^ flip) && !scene.objects.is_empty();
-        let neg = negative_kind(rng);
-        if let Some(q) = presence_question(scene, yes, neg, rng) {
-            out.push(q);
-        }
-    }
+    let mut out = presence_questions(
+        mix.presence,
+        !scene.objects.is_empty(),
+        rng,
+        &|yes, neg, rng| presence_question(scene, yes, neg, rng),
+    );
+    let present = scene.categories();
     for i in 0..mix.count {
-        let shape = if i == 0 {
-            scene.probe
-        } else {
-            let present = scene.categories();
-            if present.is_empty() {
-                scene.probe
-            } else {
-                present[rng.random_range(0..present.len())]
-            }
-        };
+        let shape = count_subject(i, scene.probe, &present, rng);
         out.push(count_question(scene, shape));
     }
     for _ in 0..mix.colour {
@@ -498,26 +527,11 @@ pub fn audio_presence_question<R: Rng + ?Sized>(
     negative: NegativeKind,
     rng: &mut R,
 ) -> Option<QA> {
-    let present = clip.classes();
-    let class = if yes {
-        if present.is_empty() {
-            return None;
-        }
-        present[rng.random_range(0..present.len())]
-    } else {
-        pick_negative(
-            &SoundClass::ALL,
-            &present,
-            negative,
-            &|s: SoundClass| s.popularity_rank(),
-            &|a: SoundClass, b: SoundClass| a.affinity(b),
-            rng,
-        )?
-    };
+    let class = presence_object(&clip.classes(), yes, negative, rng)?;
     Some(QA {
         kind: QaKind::AudioPresence,
         question: pope_text(AUDIO_TEMPLATE, class.name()),
-        answer: if yes { "yes" } else { "no" }.to_string(),
+        answer: yes_no(yes),
     })
 }
 
@@ -560,26 +574,15 @@ pub fn audio_training_questions<R: Rng + ?Sized>(
     mix: &QaMix,
     rng: &mut R,
 ) -> Vec<QA> {
-    let mut out = Vec::new();
-    let flip = rng.random_bool(0.5);
-    for i in 0..mix.presence {
-        let yes = ((i % 2 == 0) ^ flip) && !clip.events.is_empty();
-        let neg = negative_kind(rng);
-        if let Some(q) = audio_presence_question(clip, yes, neg, rng) {
-            out.push(q);
-        }
-    }
+    let mut out = presence_questions(
+        mix.presence,
+        !clip.events.is_empty(),
+        rng,
+        &|yes, neg, rng| audio_presence_question(clip, yes, neg, rng),
+    );
+    let present = clip.classes();
     for i in 0..mix.count {
-        let class = if i == 0 {
-            clip.probe
-        } else {
-            let present = clip.classes();
-            if present.is_empty() {
-                clip.probe
-            } else {
-                present[rng.random_range(0..present.len())]
-            }
-        };
+        let class = count_subject(i, clip.probe, &present, rng);
         out.push(audio_count_question(clip, class));
     }
     for _ in 0..mix.caption {

@@ -4,6 +4,7 @@
 use rand::Rng;
 
 use crate::rng::weighted_index;
+use crate::vocab::Category;
 
 /// A category distribution: Zipf-like global weights plus co-occurrence themes.
 #[derive(Clone, Debug)]
@@ -33,6 +34,16 @@ impl CategoryPrior {
                 0.0
             },
         }
+    }
+
+    /// The prior over a vocabulary: weights by its popularity order, and its themes.
+    pub fn of<T: Category>(skew: f64, theme_prob: f64) -> Self {
+        let ranks: Vec<usize> = T::ALL.iter().map(|s| s.popularity_rank()).collect();
+        let themes = T::THEMES
+            .iter()
+            .map(|t| t.iter().map(|s| s.index()).collect())
+            .collect();
+        CategoryPrior::new(&ranks, skew, themes, theme_prob)
     }
 
     /// Draws one category, from `theme` with probability `theme_prob`, never one `excluded`.

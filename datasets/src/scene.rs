@@ -7,7 +7,7 @@ use crate::error::{DatasetError, Result};
 use crate::render::coverage_mask;
 use crate::rng::{purpose, stream_rng};
 use crate::sampling::CategoryPrior;
-use crate::vocab::{Colour, Shape, Size};
+use crate::vocab::{distinct, tally, Colour, Shape, Size};
 
 /// Version of the scene and sound generators; bumped whenever output bytes change.
 pub const GENERATOR_VERSION: &str = "mmlab-datasets/1";
@@ -374,12 +374,7 @@ impl SceneConfig {
     }
 
     fn prior(&self) -> CategoryPrior {
-        let ranks: Vec<usize> = Shape::ALL.iter().map(|s| s.popularity_rank()).collect();
-        let themes = Shape::THEMES
-            .iter()
-            .map(|t| t.iter().map(|s| s.index()).collect())
-            .collect();
-        CategoryPrior::new(&ranks, self.skew, themes, self.theme_prob)
+        CategoryPrior::of::<Shape>(self.skew, self.theme_prob)
     }
 
     /// Expected share of each shape among generated objects (ignoring themes and probes).
@@ -491,18 +486,12 @@ impl Scene {
 
     /// Distinct categories in order of first appearance.
     pub fn categories(&self) -> Vec<Shape> {
-        let mut out = Vec::new();
-        for o in &self.objects {
-            if !out.contains(&o.category) {
-                out.push(o.category);
-            }
-        }
-        out
+        distinct(self.objects.iter().map(|o| o.category))
     }
 
     /// Count of every shape in the vocabulary (zero included), in [`Shape::ALL`] order.
     pub fn counts(&self) -> Vec<(Shape, usize)> {
-        Shape::ALL.iter().map(|s| (*s, self.count(*s))).collect()
+        tally(|s| self.count(s))
     }
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{DatasetError, Result};
 use crate::rng::{purpose, splitmix64, stream_rng};
 use crate::sampling::CategoryPrior;
-use crate::vocab::SoundClass;
+use crate::vocab::{distinct, tally, SoundClass};
 
 /// Sample rate of every generated clip.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -156,15 +156,7 @@ impl SoundConfig {
     }
 
     fn prior(&self) -> CategoryPrior {
-        let ranks: Vec<usize> = SoundClass::ALL
-            .iter()
-            .map(|s| s.popularity_rank())
-            .collect();
-        let themes = SoundClass::THEMES
-            .iter()
-            .map(|t| t.iter().map(|s| s.index()).collect())
-            .collect();
-        CategoryPrior::new(&ranks, self.skew, themes, self.theme_prob)
+        CategoryPrior::of::<SoundClass>(self.skew, self.theme_prob)
     }
 }
 
@@ -244,21 +236,12 @@ impl SoundScene {
 
     /// Distinct classes in order of first occurrence.
     pub fn classes(&self) -> Vec<SoundClass> {
-        let mut out = Vec::new();
-        for e in &self.events {
-            if !out.contains(&e.class) {
-                out.push(e.class);
-            }
-        }
-        out
+        distinct(self.events.iter().map(|e| e.class))
     }
 
     /// Count of every class in the vocabulary (zero included), in [`SoundClass::ALL`] order.
     pub fn counts(&self) -> Vec<(SoundClass, usize)> {
-        SoundClass::ALL
-            .iter()
-            .map(|c| (*c, self.count(*c)))
-            .collect()
+        tally(|c| self.count(c))
     }
 }
 

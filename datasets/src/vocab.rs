@@ -119,10 +119,7 @@ impl Shape {
 
     /// Parses a category word (singular, plural or synonym, case-insensitive).
     pub fn from_name(name: &str) -> Option<Shape> {
-        let n = name.trim().to_ascii_lowercase();
-        Shape::ALL.into_iter().find(|s| {
-            s.name() == n || s.plural() == n || shape_synonyms(*s).iter().any(|syn| *syn == n)
-        })
+        <Shape as Category>::from_name(name)
     }
 
     /// The shape this one is most easily mistaken for.
@@ -147,22 +144,12 @@ impl Shape {
 
     /// Rank in [`Shape::POPULARITY`] (0 = most frequent).
     pub fn popularity_rank(self) -> usize {
-        Shape::POPULARITY
-            .iter()
-            .position(|s| *s == self)
-            .unwrap_or(Shape::ALL.len())
+        <Shape as Category>::popularity_rank(self)
     }
 
     /// How strongly this shape is expected to co-occur with `other` (shared themes, confusable partner).
     pub fn affinity(self, other: Shape) -> u32 {
-        if self == other {
-            return 0;
-        }
-        let shared = Shape::THEMES
-            .iter()
-            .filter(|t| t.contains(&self) && t.contains(&other))
-            .count() as u32;
-        shared * 2 + u32::from(self.confusable() == other)
+        <Shape as Category>::affinity(self, other)
     }
 }
 
@@ -420,10 +407,7 @@ impl SoundClass {
 
     /// Parses a class name (singular, plural or synonym, case-insensitive).
     pub fn from_name(name: &str) -> Option<SoundClass> {
-        let n = name.trim().to_ascii_lowercase();
-        SoundClass::ALL.into_iter().find(|s| {
-            s.name() == n || s.plural() == n || sound_synonyms(*s).iter().any(|syn| *syn == n)
-        })
+        <SoundClass as Category>::from_name(name)
     }
 
     /// The class this one is most easily mistaken for.
@@ -442,22 +426,12 @@ impl SoundClass {
 
     /// Rank in [`SoundClass::POPULARITY`] (0 = most frequent).
     pub fn popularity_rank(self) -> usize {
-        SoundClass::POPULARITY
-            .iter()
-            .position(|s| *s == self)
-            .unwrap_or(SoundClass::ALL.len())
+        <SoundClass as Category>::popularity_rank(self)
     }
 
     /// How strongly this class is expected to co-occur with `other`.
     pub fn affinity(self, other: SoundClass) -> u32 {
-        if self == other {
-            return 0;
-        }
-        let shared = SoundClass::THEMES
-            .iter()
-            .filter(|t| t.contains(&self) && t.contains(&other))
-            .count() as u32;
-        shared * 2 + u32::from(self.confusable() == other)
+        <SoundClass as Category>::affinity(self, other)
     }
 }
 
@@ -465,6 +439,126 @@ impl std::fmt::Display for SoundClass {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// A closed vocabulary that questions ask about: shapes in images, classes of sounds. What the
+/// generators' priors, POPE's negatives and the question builders need of one.
+pub trait Category: Copy + PartialEq + 'static {
+    /// Every member, in index order.
+    const ALL: &'static [Self];
+    /// Members from most to least frequent (the frequency skew).
+    const POPULARITY: &'static [Self];
+    /// Co-occurrence themes: an item picks one and draws most of its members from it.
+    const THEMES: &'static [&'static [Self]];
+
+    /// The member's position in [`Category::ALL`].
+    fn index(self) -> usize;
+    /// The word used in questions and annotations.
+    fn name(self) -> &'static str;
+    /// The plural used in counting questions.
+    fn plural(self) -> &'static str;
+    /// The member this one is most easily mistaken for.
+    fn confusable(self) -> Self;
+    /// The words that mean this member, its name first.
+    fn synonyms(self) -> &'static [&'static str];
+
+    /// Parses a word (singular, plural or synonym, case-insensitive).
+    fn from_name(name: &str) -> Option<Self> {
+        let n = name.trim().to_ascii_lowercase();
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|s| s.name() == n || s.plural() == n || s.synonyms().iter().any(|syn| *syn == n))
+    }
+
+    /// Rank in [`Category::POPULARITY`] (0 = most frequent).
+    fn popularity_rank(self) -> usize {
+        Self::POPULARITY
+            .iter()
+            .position(|s| *s == self)
+            .unwrap_or(Self::ALL.len())
+    }
+
+    /// How strongly this member is expected to co-occur with `other` (shared themes,
+    /// confusable partner).
+    fn affinity(self, other: Self) -> u32 {
+        if self == other {
+            return 0;
+        }
+        let shared = Self::THEMES
+            .iter()
+            .filter(|t| t.contains(&self) && t.contains(&other))
+            .count() as u32;
+        shared * 2 + u32::from(self.confusable() == other)
+    }
+
+    /// Every member with its synonyms (the name first), for CHAIR.
+    fn synonym_table() -> Vec<(&'static str, Vec<&'static str>)> {
+        Self::ALL
+            .iter()
+            .map(|s| (s.name(), s.synonyms().to_vec()))
+            .collect()
+    }
+}
+
+impl Category for Shape {
+    const ALL: &'static [Shape] = &Shape::ALL;
+    const POPULARITY: &'static [Shape] = &Shape::POPULARITY;
+    const THEMES: &'static [&'static [Shape]] = &Shape::THEMES;
+
+    fn index(self) -> usize {
+        Shape::index(self)
+    }
+    fn name(self) -> &'static str {
+        Shape::name(self)
+    }
+    fn plural(self) -> &'static str {
+        Shape::plural(self)
+    }
+    fn confusable(self) -> Shape {
+        Shape::confusable(self)
+    }
+    fn synonyms(self) -> &'static [&'static str] {
+        shape_synonyms(self)
+    }
+}
+
+impl Category for SoundClass {
+    const ALL: &'static [SoundClass] = &SoundClass::ALL;
+    const POPULARITY: &'static [SoundClass] = &SoundClass::POPULARITY;
+    const THEMES: &'static [&'static [SoundClass]] = &SoundClass::THEMES;
+
+    fn index(self) -> usize {
+        SoundClass::index(self)
+    }
+    fn name(self) -> &'static str {
+        SoundClass::name(self)
+    }
+    fn plural(self) -> &'static str {
+        SoundClass::plural(self)
+    }
+    fn confusable(self) -> SoundClass {
+        SoundClass::confusable(self)
+    }
+    fn synonyms(self) -> &'static [&'static str] {
+        sound_synonyms(self)
+    }
+}
+
+/// Distinct members in order of first appearance.
+pub(crate) fn distinct<T: Copy + PartialEq>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut out = Vec::new();
+    for c in items {
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `count` of every member of the vocabulary (zero included), in [`Category::ALL`] order.
+pub(crate) fn tally<T: Category>(count: impl Fn(T) -> usize) -> Vec<(T, usize)> {
+    T::ALL.iter().map(|c| (*c, count(*c))).collect()
 }
 
 fn shape_synonyms(s: Shape) -> &'static [&'static str] {
@@ -523,18 +617,12 @@ fn sound_synonyms(s: SoundClass) -> &'static [&'static str] {
 
 /// Shape categories with their synonyms (the category word comes first), for CHAIR.
 pub fn synonyms() -> Vec<(&'static str, Vec<&'static str>)> {
-    Shape::ALL
-        .iter()
-        .map(|s| (s.name(), shape_synonyms(*s).to_vec()))
-        .collect()
+    Shape::synonym_table()
 }
 
 /// Sound classes with their synonyms (the class name comes first), for CHAIR on captions of audio.
 pub fn sound_class_synonyms() -> Vec<(&'static str, Vec<&'static str>)> {
-    SoundClass::ALL
-        .iter()
-        .map(|s| (s.name(), sound_synonyms(*s).to_vec()))
-        .collect()
+    SoundClass::synonym_table()
 }
 
 /// "a" or "an" before `word`, by POPE's rule (vowel letter → "an").

@@ -12,14 +12,14 @@ use crate::error::{DatasetError, Result};
 use crate::loaders::{load_coco, TrainRecord};
 use crate::pope::{
     build_count_questions, build_pope, AnnotatedItem, CountItem, CountQuestion, PopeConfig,
-    PopeSplit, AUDIO_TEMPLATE, IMAGE_TEMPLATE,
+    PopeQuestion, PopeSplit, AUDIO_TEMPLATE, IMAGE_TEMPLATE,
 };
 use crate::questions::{
     audio_training_questions, compositional_questions, mixed_questions, seen_attribute_questions,
     training_questions, QaKind, QaMix, QA,
 };
 use crate::render::render;
-use crate::rng::{purpose, stream_rng};
+use crate::rng::{purpose, stream_rng, DataRng};
 use crate::scene::{
     generate_scene, generate_scene_with_count, split_seed, Composition, Scene, SceneConfig, Tier,
     GENERATOR_VERSION,
@@ -27,7 +27,7 @@ use crate::scene::{
 use crate::sound::{
     generate_sound, generate_sound_with_count, synthesise, wav_bytes, SoundConfig, SoundScene,
 };
-use crate::vocab::{Shape, SoundClass};
+use crate::vocab::{Category, Shape, SoundClass};
 
 /// Progress callback: called with the number of items (images or clips) just finished.
 pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
@@ -495,7 +495,329 @@ fn config_value<T: Serialize>(cfg: &T) -> serde_json::Value {
     serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null)
 }
 
+// ---------------------------------------------------------------- the skeleton of shapes and sounds
+
+/// What the skeleton that [`write_shapes`] and [`write_sounds`] share needs of a modality.
+trait Medium {
+    /// A generated item: a scene or a clip.
+    type Item: Send + Sync;
+    /// What questions about it ask of: shapes or sound classes.
+    type Category: Category;
+    /// The folder of the media files ("images").
+    const DIR: &'static str;
+    /// The manifest's count of media files ("images").
+    const COUNTED_AS: &'static str;
+    /// The medium as counting questions name it ("image").
+    const WORD: &'static str;
+    /// POPE's question template.
+    const POPE_TEMPLATE: &'static str;
+    /// What task names and split seeds of this medium start with ("" or "audio-").
+    const PREFIX: &'static str;
+
+    /// The media file name of item `i`.
+    fn file_name(i: usize) -> String;
+    /// The media file of an item: (relative path, bytes).
+    fn encode(item: &Self::Item, rel: &str) -> Result<NamedBytes>;
+    /// Distinct categories in order of first appearance.
+    fn objects(item: &Self::Item) -> Vec<Self::Category>;
+    /// The count of every category of the vocabulary.
+    fn counts(item: &Self::Item) -> Vec<(Self::Category, usize)>;
+    /// An item's line of `annotations.jsonl`.
+    fn annotation(name: &str, split: &str, item: &Self::Item) -> String;
+    /// A POPE question's line.
+    fn pope_line(q: &PopeQuestion) -> String;
+    /// A counting question's line.
+    fn count_line(q: &CountQuestion) -> String;
+    /// The training questions of an item.
+    fn training(item: &Self::Item, mix: &QaMix, rng: &mut DataRng) -> Vec<QA>;
+    /// A training question's line of `train.jsonl`.
+    fn train_line(name: &str, qa: &QA) -> String;
+}
+
+/// Scenes, as PNG images.
+struct Shapes;
+
+impl Medium for Shapes {
+    type Item = Scene;
+    type Category = Shape;
+    const DIR: &'static str = "images";
+    const COUNTED_AS: &'static str = "images";
+    const WORD: &'static str = "image";
+    const POPE_TEMPLATE: &'static str = IMAGE_TEMPLATE;
+    const PREFIX: &'static str = "";
+
+    fn file_name(i: usize) -> String {
+        image_name(i)
+    }
+    fn encode(scene: &Scene, rel: &str) -> Result<NamedBytes> {
+        png_bytes(scene, rel)
+    }
+    fn objects(scene: &Scene) -> Vec<Shape> {
+        scene.categories()
+    }
+    fn counts(scene: &Scene) -> Vec<(Shape, usize)> {
+        scene.counts()
+    }
+    fn annotation(image: &str, split: &str, scene: &Scene) -> String {
+        json_line(&SceneLine {
+            image,
+            split,
+            scene,
+        })
+    }
+    fn pope_line(q: &PopeQuestion) -> String {
+        json_line(q)
+    }
+    fn count_line(q: &CountQuestion) -> String {
+        json_line(q)
+    }
+    fn training(scene: &Scene, mix: &QaMix, rng: &mut DataRng) -> Vec<QA> {
+        training_questions(scene, mix, rng)
+    }
+    fn train_line(name: &str, qa: &QA) -> String {
+        train_line(Some(name), None, qa)
+    }
+}
+
+/// Clips, as WAV files.
+struct Sounds;
+
+impl Medium for Sounds {
+    type Item = SoundScene;
+    type Category = SoundClass;
+    const DIR: &'static str = "audio";
+    const COUNTED_AS: &'static str = "clips";
+    const WORD: &'static str = "audio";
+    const POPE_TEMPLATE: &'static str = AUDIO_TEMPLATE;
+    const PREFIX: &'static str = "audio-";
+
+    fn file_name(i: usize) -> String {
+        audio_name(i)
+    }
+    fn encode(clip: &SoundScene, rel: &str) -> Result<NamedBytes> {
+        wav_file(clip, rel)
+    }
+    fn objects(clip: &SoundScene) -> Vec<SoundClass> {
+        clip.classes()
+    }
+    fn counts(clip: &SoundScene) -> Vec<(SoundClass, usize)> {
+        clip.counts()
+    }
+    fn annotation(audio: &str, split: &str, clip: &SoundScene) -> String {
+        json_line(&SoundLine { audio, split, clip })
+    }
+    fn pope_line(q: &PopeQuestion) -> String {
+        json_line(&AudioPopeLine {
+            question_id: q.question_id,
+            audio: &q.image,
+            text: &q.text,
+            label: q.label.as_str(),
+        })
+    }
+    fn count_line(q: &CountQuestion) -> String {
+        json_line(&AudioCountLine {
+            question_id: q.question_id,
+            audio: &q.image,
+            text: &q.text,
+            label: &q.label,
+            object: &q.object,
+        })
+    }
+    fn training(clip: &SoundScene, mix: &QaMix, rng: &mut DataRng) -> Vec<QA> {
+        audio_training_questions(clip, mix, rng)
+    }
+    fn train_line(name: &str, qa: &QA) -> String {
+        train_line(None, Some(name), qa)
+    }
+}
+
+/// A data set's items in file order: (media file name, split, item).
+type Named<'a, T> = [(String, &'a str, &'a T)];
+
+/// `n` items made in parallel, in index order.
+fn generate<T: Send>(n: usize, make: &(dyn Fn(u64) -> T + Sync)) -> Vec<T> {
+    (0..n as u64).into_par_iter().map(make).collect()
+}
+
+/// `n` items whose probe counts cycle through `0..=kmax`, for balanced counting questions.
+fn generate_balanced<T: Send>(
+    n: usize,
+    kmax: usize,
+    make: &(dyn Fn(u64, usize) -> T + Sync),
+) -> Vec<T> {
+    generate(n, &|i| make(i, (i as usize) % (kmax + 1)))
+}
+
+/// The first `n` items of a stream that hold at least `per` distinct categories (POPE's images).
+fn generate_pope<M: Medium>(
+    n: usize,
+    per: usize,
+    what: &str,
+    make: &(dyn Fn(u64) -> M::Item + Sync),
+) -> Result<Vec<M::Item>> {
+    first_matching(n, (n as u64 + 1) * 200, what, make, &|it: &M::Item| {
+        M::objects(it).len() >= per
+    })
+}
+
+/// Names the items of each split in order, writes their media files (in parallel) and
+/// `annotations.jsonl`.
+fn write_items<'a, M: Medium>(
+    folder: &mut Folder,
+    splits: &[(&'a str, &'a [M::Item])],
+    progress: Progress<'_>,
+) -> Result<Vec<(String, &'a str, &'a M::Item)>> {
+    let mut all: Vec<(String, &str, &M::Item)> = Vec::new();
+    for (split, items) in splits {
+        for it in items.iter() {
+            all.push((M::file_name(all.len()), *split, it));
+        }
+    }
+    folder.write_media(
+        &all,
+        &|(name, _, it)| M::encode(it, &format!("{}/{name}", M::DIR)),
+        progress,
+    )?;
+    folder.counts.insert(M::COUNTED_AS.into(), all.len() as u64);
+    let ann: Vec<String> = all
+        .iter()
+        .map(|(name, split, it)| M::annotation(name, split, it))
+        .collect();
+    folder.write_lines("annotations.jsonl", &ann)?;
+    Ok(all)
+}
+
+/// POPE's three splits over `part`, `per` present and absent objects per item.
+fn write_pope_questions<M: Medium>(
+    folder: &mut Folder,
+    part: &Named<'_, M::Item>,
+    per: usize,
+    seed: u64,
+) -> Result<()> {
+    // POPE's item format names the media file `image`, whatever the medium.
+    let items: Vec<AnnotatedItem> = part
+        .iter()
+        .map(|(file, _, it)| AnnotatedItem {
+            image: file.clone(),
+            objects: M::objects(it)
+                .iter()
+                .map(|c| c.name().to_string())
+                .collect(),
+        })
+        .collect();
+    let pope = build_pope(
+        &items,
+        &PopeConfig {
+            images: items.len(),
+            per_image: per,
+            template: M::POPE_TEMPLATE.to_string(),
+            seed,
+        },
+    )?;
+    for (split, qs) in &pope.splits {
+        let lines: Vec<String> = qs.iter().map(M::pope_line).collect();
+        let file = format!("questions/{}pope-{}.jsonl", M::PREFIX, split.name());
+        folder.write_lines(&file, &lines)?;
+    }
+    Ok(())
+}
+
+/// Balanced counting questions over `part` (answers spread over `0..=kmax`).
+fn write_count_questions<M: Medium>(
+    folder: &mut Folder,
+    part: &Named<'_, M::Item>,
+    kmax: usize,
+    seed: u64,
+) -> Result<()> {
+    let items: Vec<CountItem> = part
+        .iter()
+        .map(|(file, _, it)| CountItem {
+            image: file.clone(),
+            counts: M::counts(it)
+                .into_iter()
+                .map(|(c, n)| (c.name().to_string(), n))
+                .collect(),
+        })
+        .collect();
+    let plural = |o: &str| {
+        M::Category::from_name(o)
+            .map(|c| c.plural().to_string())
+            .unwrap_or_else(|| format!("{o}s"))
+    };
+    let counts = build_count_questions(&items, kmax, seed, &plural, M::WORD);
+    let lines: Vec<String> = counts.iter().map(M::count_line).collect();
+    folder.write_lines(&format!("questions/{}count.jsonl", M::PREFIX), &lines)
+}
+
+/// `train.jsonl`: the training questions of every item of `part`.
+fn write_training<M: Medium>(
+    folder: &mut Folder,
+    part: &Named<'_, M::Item>,
+    seed: u64,
+    mix: &QaMix,
+) -> Result<()> {
+    let train: Vec<String> = part
+        .par_iter()
+        .enumerate()
+        .flat_map_iter(|(i, (name, _, it))| {
+            let mut rng = stream_rng(seed, i as u64, purpose::QUESTIONS);
+            M::training(it, mix, &mut rng)
+                .into_iter()
+                .map(|qa| M::train_line(name, &qa))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    folder.write_lines("train.jsonl", &train)
+}
+
 // ---------------------------------------------------------------- shapes
+
+/// The four splits of a shapes data set: POPE, counting, compositional and training scenes.
+struct ShapeSplits {
+    pope: Vec<Scene>,
+    count: Vec<Scene>,
+    compositional: Vec<Scene>,
+    train: Vec<Scene>,
+}
+
+/// Generates the scenes of every split of a shapes data set.
+fn shape_splits(cfg: &ShapesDatasetConfig) -> Result<ShapeSplits> {
+    let has_holdout = !cfg.scene.held_out.is_empty();
+    let seen = SceneConfig {
+        composition: if has_holdout {
+            Composition::Seen
+        } else {
+            Composition::Any
+        },
+        ..cfg.scene.clone()
+    };
+    let unseen = SceneConfig {
+        composition: Composition::Unseen,
+        ..cfg.scene.clone()
+    };
+    let pope_seed = split_seed(cfg.seed, "pope");
+    let count_seed = split_seed(cfg.seed, "count");
+    let comp_seed = split_seed(cfg.seed, "compositional");
+    let train_seed = split_seed(cfg.seed, "train");
+    let comp_n = if has_holdout {
+        cfg.compositional_images
+    } else {
+        0
+    };
+    Ok(ShapeSplits {
+        pope: generate_pope::<Shapes>(
+            cfg.pope_images,
+            cfg.pope_per_image,
+            "shapes POPE split",
+            &|i| generate_scene(&seen, pope_seed, i),
+        )?,
+        count: generate_balanced(cfg.count_images, seen.effective_max_count(), &|i, k| {
+            generate_scene_with_count(&seen, count_seed, i, k)
+        }),
+        compositional: generate(comp_n, &|i| generate_scene(&unseen, comp_seed, i)),
+        train: generate(cfg.train_images, &|i| generate_scene(&seen, train_seed, i)),
+    })
+}
 
 /// Writes a shapes dataset: `images/`, `annotations.jsonl`, `questions/pope-{random,popular,adversarial}.jsonl`,
 /// `questions/count.jsonl`, `questions/chair.jsonl`, `questions/attribute.jsonl`,
@@ -510,115 +832,61 @@ pub fn write_shapes(
     if cfg.pope_per_image == 0 {
         return Err(DatasetError::config("pope_per_image", "must be at least 1"));
     }
-    let has_holdout = !cfg.scene.held_out.is_empty();
-    let seen = SceneConfig {
-        composition: if has_holdout {
-            Composition::Seen
-        } else {
-            Composition::Any
-        },
-        ..cfg.scene.clone()
-    };
-    let unseen = SceneConfig {
-        composition: Composition::Unseen,
-        ..cfg.scene.clone()
-    };
     let mut folder = Folder::new(out)?;
     mkdir(&out.join("images"))?;
     mkdir(&out.join("questions"))?;
-
-    // POPE split: scenes with at least `pope_per_image` distinct categories.
-    let pope_seed = split_seed(cfg.seed, "pope");
-    let per = cfg.pope_per_image;
-    let pope_scenes = first_matching(
-        cfg.pope_images,
-        (cfg.pope_images as u64 + 1) * 200,
-        "shapes POPE split",
-        &|i| generate_scene(&seen, pope_seed, i),
-        &|s: &Scene| s.categories().len() >= per,
-    )?;
-    let count_seed = split_seed(cfg.seed, "count");
-    let kmax = seen.effective_max_count();
-    let count_scenes: Vec<Scene> = (0..cfg.count_images as u64)
-        .into_par_iter()
-        .map(|i| generate_scene_with_count(&seen, count_seed, i, (i as usize) % (kmax + 1)))
-        .collect();
-    let comp_seed = split_seed(cfg.seed, "compositional");
-    let comp_n = if has_holdout {
-        cfg.compositional_images
-    } else {
-        0
-    };
-    let comp_scenes: Vec<Scene> = (0..comp_n as u64)
-        .into_par_iter()
-        .map(|i| generate_scene(&unseen, comp_seed, i))
-        .collect();
-    let train_seed = split_seed(cfg.seed, "train");
-    let train_scenes: Vec<Scene> = (0..cfg.train_images as u64)
-        .into_par_iter()
-        .map(|i| generate_scene(&seen, train_seed, i))
-        .collect();
-
-    let mut all: Vec<(String, &str, &Scene)> = Vec::new();
-    for (split, scenes) in [
-        ("pope", &pope_scenes),
-        ("count", &count_scenes),
-        ("compositional", &comp_scenes),
-        ("train", &train_scenes),
-    ] {
-        for s in scenes.iter() {
-            all.push((image_name(all.len()), split, s));
-        }
-    }
-    folder.write_media(
-        &all,
-        &|(name, _, scene)| png_bytes(scene, &format!("images/{name}")),
+    let scenes = shape_splits(cfg)?;
+    let all = write_items::<Shapes>(
+        &mut folder,
+        &[
+            ("pope", &scenes.pope),
+            ("count", &scenes.count),
+            ("compositional", &scenes.compositional),
+            ("train", &scenes.train),
+        ],
         progress,
     )?;
-    folder.counts.insert("images".into(), all.len() as u64);
-    let ann: Vec<String> = all
-        .iter()
-        .map(|(name, split, scene)| {
-            json_line(&SceneLine {
-                image: name,
-                split,
-                scene,
-            })
-        })
-        .collect();
-    folder.write_lines("annotations.jsonl", &ann)?;
+    let (pope_part, rest) = all.split_at(scenes.pope.len());
+    let (count_part, rest) = rest.split_at(scenes.count.len());
+    let (comp_part, train_part) = rest.split_at(scenes.compositional.len());
 
-    let (pope_part, rest) = all.split_at(pope_scenes.len());
-    let (count_part, rest) = rest.split_at(count_scenes.len());
-    let (comp_part, train_part) = rest.split_at(comp_scenes.len());
-
-    // POPE.
-    let items: Vec<AnnotatedItem> = pope_part
-        .iter()
-        .map(|(name, _, s)| AnnotatedItem {
-            image: name.clone(),
-            objects: s
-                .categories()
-                .iter()
-                .map(|c| c.name().to_string())
-                .collect(),
-        })
-        .collect();
-    let pope = build_pope(
-        &items,
-        &PopeConfig {
-            images: items.len(),
-            per_image: per,
-            template: IMAGE_TEMPLATE.to_string(),
-            seed: split_seed(cfg.seed, "pope-questions"),
-        },
+    write_pope_questions::<Shapes>(
+        &mut folder,
+        pope_part,
+        cfg.pope_per_image,
+        split_seed(cfg.seed, "pope-questions"),
     )?;
-    for (split, qs) in &pope.splits {
-        let lines: Vec<String> = qs.iter().map(json_line).collect();
-        folder.write_lines(&format!("questions/pope-{}.jsonl", split.name()), &lines)?;
+    let qseed = split_seed(cfg.seed, "questions");
+    write_chair_and_attribute(&mut folder, pope_part, qseed)?;
+    let kmax = cfg.scene.effective_max_count();
+    write_count_questions::<Shapes>(&mut folder, count_part, kmax, qseed)?;
+    // Compositional (held-out colour–shape pairs).
+    if !cfg.scene.held_out.is_empty() {
+        let held = cfg.scene.held_out.clone();
+        let comp = qa_lines(comp_part, &|i, s| {
+            compositional_questions(
+                s,
+                &held,
+                &mut stream_rng(qseed, 1_000_000 + i, purpose::QUESTIONS),
+            )
+        });
+        folder.write_lines("questions/compositional.jsonl", &comp)?;
     }
+    write_training::<Shapes>(
+        &mut folder,
+        train_part,
+        split_seed(cfg.seed, "train"),
+        &cfg.mix,
+    )?;
+    folder.finish("shapes", cfg.seed, Some(cfg.scene.tier), config_value(cfg))
+}
 
-    // CHAIR prompts and the seen-attribute control on the POPE images.
+/// CHAIR prompts and the seen-attribute control on the POPE images.
+fn write_chair_and_attribute(
+    folder: &mut Folder,
+    pope_part: &Named<'_, Scene>,
+    qseed: u64,
+) -> Result<()> {
     let chair: Vec<String> = pope_part
         .iter()
         .enumerate()
@@ -632,65 +900,14 @@ pub fn write_shapes(
         })
         .collect();
     folder.write_lines("questions/chair.jsonl", &chair)?;
-    let qseed = split_seed(cfg.seed, "questions");
     let attr = qa_lines(pope_part, &|i, s| {
         seen_attribute_questions(s, &mut stream_rng(qseed, i, purpose::QUESTIONS))
     });
-    folder.write_lines("questions/attribute.jsonl", &attr)?;
-
-    // Counting.
-    let count_items: Vec<CountItem> = count_part
-        .iter()
-        .map(|(name, _, s)| CountItem {
-            image: name.clone(),
-            counts: s
-                .counts()
-                .into_iter()
-                .map(|(c, n)| (c.name().to_string(), n))
-                .collect(),
-        })
-        .collect();
-    let plural = |o: &str| {
-        Shape::from_name(o)
-            .map(|s| s.plural().to_string())
-            .unwrap_or_else(|| format!("{o}s"))
-    };
-    let counts = build_count_questions(&count_items, kmax, qseed, &plural, "image");
-    let lines: Vec<String> = counts.iter().map(json_line).collect();
-    folder.write_lines("questions/count.jsonl", &lines)?;
-
-    // Compositional (held-out colour–shape pairs).
-    if has_holdout {
-        let held = cfg.scene.held_out.clone();
-        let comp = qa_lines(comp_part, &|i, s| {
-            compositional_questions(
-                s,
-                &held,
-                &mut stream_rng(qseed, 1_000_000 + i, purpose::QUESTIONS),
-            )
-        });
-        folder.write_lines("questions/compositional.jsonl", &comp)?;
-    }
-
-    // Training mixture.
-    let train: Vec<String> = train_part
-        .par_iter()
-        .enumerate()
-        .flat_map_iter(|(i, (name, _, s))| {
-            let mut rng = stream_rng(train_seed, i as u64, purpose::QUESTIONS);
-            training_questions(s, &cfg.mix, &mut rng)
-                .into_iter()
-                .map(|qa| train_line(Some(name), None, &qa))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    folder.write_lines("train.jsonl", &train)?;
-
-    folder.finish("shapes", cfg.seed, Some(cfg.scene.tier), config_value(cfg))
+    folder.write_lines("questions/attribute.jsonl", &attr)
 }
 
 fn qa_lines(
-    part: &[(String, &str, &Scene)],
+    part: &Named<'_, Scene>,
     make: &(dyn Fn(u64, &Scene) -> Vec<QA> + Sync),
 ) -> Vec<String> {
     let qas: Vec<(usize, QA)> = part
@@ -731,131 +948,38 @@ pub fn write_sounds(
     mkdir(&out.join("questions"))?;
     let per = cfg.pope_per_clip;
     let pope_seed = split_seed(cfg.seed, "audio-pope");
-    let pope_clips = first_matching(
-        cfg.pope_clips,
-        (cfg.pope_clips as u64 + 1) * 200,
-        "sounds POPE split",
-        &|i| generate_sound(&cfg.sound, pope_seed, i),
-        &|c: &SoundScene| c.classes().len() >= per,
-    )?;
+    let pope_clips = generate_pope::<Sounds>(cfg.pope_clips, per, "sounds POPE split", &|i| {
+        generate_sound(&cfg.sound, pope_seed, i)
+    })?;
     let count_seed = split_seed(cfg.seed, "audio-count");
     let kmax = cfg.sound.effective_max_count();
-    let count_clips: Vec<SoundScene> = (0..cfg.count_clips as u64)
-        .into_par_iter()
-        .map(|i| generate_sound_with_count(&cfg.sound, count_seed, i, (i as usize) % (kmax + 1)))
-        .collect();
+    let count_clips = generate_balanced(cfg.count_clips, kmax, &|i, k| {
+        generate_sound_with_count(&cfg.sound, count_seed, i, k)
+    });
     let train_seed = split_seed(cfg.seed, "audio-train");
-    let train_clips: Vec<SoundScene> = (0..cfg.train_clips as u64)
-        .into_par_iter()
-        .map(|i| generate_sound(&cfg.sound, train_seed, i))
-        .collect();
-    let mut all: Vec<(String, &str, &SoundScene)> = Vec::new();
-    for (split, clips) in [
-        ("pope", &pope_clips),
-        ("count", &count_clips),
-        ("train", &train_clips),
-    ] {
-        for c in clips.iter() {
-            all.push((audio_name(all.len()), split, c));
-        }
-    }
-    folder.write_media(
-        &all,
-        &|(name, _, clip)| wav_file(clip, &format!("audio/{name}")),
+    let train_clips = generate(cfg.train_clips, &|i| {
+        generate_sound(&cfg.sound, train_seed, i)
+    });
+    let all = write_items::<Sounds>(
+        &mut folder,
+        &[
+            ("pope", &pope_clips),
+            ("count", &count_clips),
+            ("train", &train_clips),
+        ],
         progress,
     )?;
-    folder.counts.insert("clips".into(), all.len() as u64);
-    let ann: Vec<String> = all
-        .iter()
-        .map(|(name, split, clip)| {
-            json_line(&SoundLine {
-                audio: name,
-                split,
-                clip,
-            })
-        })
-        .collect();
-    folder.write_lines("annotations.jsonl", &ann)?;
     let (pope_part, rest) = all.split_at(pope_clips.len());
     let (count_part, train_part) = rest.split_at(count_clips.len());
-
-    let items: Vec<AnnotatedItem> = pope_part
-        .iter()
-        .map(|(name, _, c)| AnnotatedItem {
-            image: name.clone(),
-            objects: c.classes().iter().map(|k| k.name().to_string()).collect(),
-        })
-        .collect();
-    let pope = build_pope(
-        &items,
-        &PopeConfig {
-            images: items.len(),
-            per_image: per,
-            template: AUDIO_TEMPLATE.to_string(),
-            seed: split_seed(cfg.seed, "audio-pope-questions"),
-        },
+    write_pope_questions::<Sounds>(
+        &mut folder,
+        pope_part,
+        per,
+        split_seed(cfg.seed, "audio-pope-questions"),
     )?;
-    for (split, qs) in &pope.splits {
-        let lines: Vec<String> = qs
-            .iter()
-            .map(|q| {
-                json_line(&AudioPopeLine {
-                    question_id: q.question_id,
-                    audio: &q.image,
-                    text: &q.text,
-                    label: q.label.as_str(),
-                })
-            })
-            .collect();
-        folder.write_lines(
-            &format!("questions/audio-pope-{}.jsonl", split.name()),
-            &lines,
-        )?;
-    }
-    let count_items: Vec<CountItem> = count_part
-        .iter()
-        .map(|(name, _, c)| CountItem {
-            image: name.clone(),
-            counts: c
-                .counts()
-                .into_iter()
-                .map(|(k, n)| (k.name().to_string(), n))
-                .collect(),
-        })
-        .collect();
-    let plural = |o: &str| {
-        SoundClass::from_name(o)
-            .map(|s| s.plural().to_string())
-            .unwrap_or_else(|| format!("{o}s"))
-    };
     let qseed = split_seed(cfg.seed, "audio-questions");
-    let counts: Vec<CountQuestion> =
-        build_count_questions(&count_items, kmax, qseed, &plural, "audio");
-    let lines: Vec<String> = counts
-        .iter()
-        .map(|q| {
-            json_line(&AudioCountLine {
-                question_id: q.question_id,
-                audio: &q.image,
-                text: &q.text,
-                label: &q.label,
-                object: &q.object,
-            })
-        })
-        .collect();
-    folder.write_lines("questions/audio-count.jsonl", &lines)?;
-    let train: Vec<String> = train_part
-        .par_iter()
-        .enumerate()
-        .flat_map_iter(|(i, (name, _, c))| {
-            let mut rng = stream_rng(train_seed, i as u64, purpose::QUESTIONS);
-            audio_training_questions(c, &cfg.mix, &mut rng)
-                .into_iter()
-                .map(|qa| train_line(None, Some(name), &qa))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    folder.write_lines("train.jsonl", &train)?;
+    write_count_questions::<Sounds>(&mut folder, count_part, kmax, qseed)?;
+    write_training::<Sounds>(&mut folder, train_part, train_seed, &cfg.mix)?;
     folder.finish("sounds", cfg.seed, None, config_value(cfg))
 }
 
@@ -951,16 +1075,28 @@ pub fn write_mixed(
         }
     }
     folder.write_lines("questions/mixed.jsonl", &lines)?;
-    let offset = eval.len();
-    let train_lines: Vec<String> = train
+    let train_lines = mixed_training_lines(&train, eval.len(), train_seed, &cfg.mix);
+    folder.write_lines("train.jsonl", &train_lines)?;
+    folder.finish("mixed", cfg.seed, Some(cfg.scene.tier), config_value(cfg))
+}
+
+/// The training lines of the mixed pairs, numbered from `offset`: the mixed questions, then
+/// the image's and the clip's own, each line naming the media it needs.
+fn mixed_training_lines(
+    train: &[(Scene, SoundScene)],
+    offset: usize,
+    seed: u64,
+    mix: &QaMix,
+) -> Vec<String> {
+    train
         .par_iter()
         .enumerate()
         .flat_map_iter(|(i, (scene, clip))| {
-            let mut rng = stream_rng(train_seed, i as u64, purpose::QUESTIONS);
+            let mut rng = stream_rng(seed, i as u64, purpose::QUESTIONS);
             let (img, aud) = (image_name(offset + i), audio_name(offset + i));
             let mut qs = mixed_questions(scene, clip, &mut rng);
-            qs.extend(training_questions(scene, &cfg.mix, &mut rng));
-            qs.extend(audio_training_questions(clip, &cfg.mix, &mut rng));
+            qs.extend(training_questions(scene, mix, &mut rng));
+            qs.extend(audio_training_questions(clip, mix, &mut rng));
             qs.into_iter()
                 .map(|qa| {
                     let image = matches!(
@@ -982,9 +1118,7 @@ pub fn write_mixed(
                 })
                 .collect::<Vec<_>>()
         })
-        .collect();
-    folder.write_lines("train.jsonl", &train_lines)?;
-    folder.finish("mixed", cfg.seed, Some(cfg.scene.tier), config_value(cfg))
+        .collect()
 }
 
 // ---------------------------------------------------------------- POPE from COCO

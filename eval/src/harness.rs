@@ -2,7 +2,6 @@
 //! the result file and `samples.jsonl`; merge shard results.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -10,10 +9,12 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::atomic::write_parts_atomic;
+pub use crate::atomic::{ensure_writable, temp_name, write_atomic};
 use crate::cache::{sanitize, Key, ResponseCache};
 use crate::chair::{check_caption, default_synonyms, ObjectMatcher, SynonymTable};
 use crate::error::{EvalError, Result};
-use crate::identity::{hash_data, sha256_hex, DataIdentity};
+use crate::identity::{hash_data, sha256_hex, DataIdentity, Hashed};
 use crate::metrics::{
     chair_report, count_report, pope_report, Bootstrap, ChairReport, Confusion, CountReport,
     PopeCounts, PopeReport,
@@ -21,7 +22,8 @@ use crate::metrics::{
 use crate::parse::{parse_count, parse_yes_no};
 use crate::responder::{argmax, Request, Responder, Response};
 use crate::tasks::{
-    load_task_with, render_prompt, task, DataOptions, Label, MetricKind, ParserKind, TaskSpec,
+    load_task_with, render_prompt, task, DataOptions, Label, LoadedSplit, MetricKind, ParserKind,
+    TaskSpec,
 };
 
 /// Version of the result-file layout.
@@ -174,6 +176,11 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// Whether `--limit` left every question of every split selected.
+    pub fn selects_all(&self) -> bool {
+        self.splits.iter().all(|s| s.selected == s.questions)
+    }
+
     /// The scene tier as a table names it (`aligned 48x48 cell 12px`; `unknown` for results
     /// written before tiers were recorded).
     pub fn tier_label(&self) -> String {
@@ -308,7 +315,7 @@ impl TaskResult {
     /// Whether every question of the data was asked (no `--limit` below the split sizes, no
     /// shard).
     pub fn is_full(&self) -> bool {
-        self.config.shard.is_none() && self.config.splits.iter().all(|s| s.selected == s.questions)
+        self.config.shard.is_none() && self.config.selects_all()
     }
 }
 
@@ -401,69 +408,17 @@ fn timestamps(t: SystemTime) -> (String, String) {
     )
 }
 
-/// A temporary file name next to `name` that no other process or thread uses at the same time.
-pub fn temp_name(name: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        ".{name}.tmp{}-{}-{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
+/// What scoring gives: the metrics, the samples and the number of unclear answers.
+type Scored = (Metrics, Vec<Sample>, usize);
 
-/// Create a folder if needed and check a file can be written in it, before any work is done.
-pub fn ensure_writable(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
-    let probe = dir.join(temp_name("write-check"));
-    std::fs::File::create(&probe).map_err(|e| EvalError::io(dir, e))?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
-}
-
-/// Write a file atomically: a temporary file in the same folder, flushed to disk, then a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_parts_atomic(path, &[bytes], true)
-}
-
-/// Write the concatenation of `parts` atomically; `durable` also waits for the disk.
-fn write_parts_atomic(path: &Path, parts: &[&[u8]], durable: bool) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = dir.join(temp_name(&name));
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        for p in parts {
-            f.write_all(p)?;
-        }
-        if durable {
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(EvalError::io(path, e));
-    }
-    Ok(())
-}
-
-/// Parse and score answered questions; returns the metrics, the samples and the unclear count.
+/// Parse and score answered questions.
 fn score(
     spec: &TaskSpec,
     splits: &[SplitInfo],
     mut items: Vec<Answered>,
     matcher: Option<&ObjectMatcher>,
     boot: &Bootstrap,
-) -> Result<(Metrics, Vec<Sample>, usize)> {
+) -> Result<Scored> {
     items.sort_by_key(|a| (a.split, a.index));
     if let Some(a) = items.iter().find(|a| a.split >= splits.len()) {
         return Err(EvalError::Merge(format!(
@@ -471,9 +426,20 @@ fn score(
             a.question_id
         )));
     }
-    let mut samples = Vec::with_capacity(items.len());
-    let mut unclear = 0usize;
-    let sample = |a: Answered, parsed: Value, correct: bool| Sample {
+    match spec.parser {
+        ParserKind::YesNo => score_yes_no(splits, items, boot),
+        ParserKind::Count => score_counts(spec.name, splits, items, boot),
+        ParserKind::Caption => {
+            let matcher = matcher
+                .ok_or_else(|| EvalError::Option("CHAIR needs a synonym table".to_string()))?;
+            score_captions(spec.name, splits, items, matcher, boot)
+        }
+    }
+}
+
+/// The sample of an answered question, parsed as `parsed`.
+fn sample(splits: &[SplitInfo], a: Answered, parsed: Value, correct: bool) -> Sample {
+    Sample {
         task: splits[a.split].task.clone(),
         split: splits[a.split].split.clone(),
         index: a.index,
@@ -489,100 +455,121 @@ fn score(
         label: a.label.to_json(),
         correct,
         cached: a.cached,
-    };
-    let metrics = match spec.parser {
-        ParserKind::YesNo => {
-            let mut per: Vec<PopeCounts> = splits
-                .iter()
-                .map(|s| PopeCounts {
-                    task: s.task.clone(),
-                    split: s.split.clone(),
-                    confusion: Confusion::default(),
-                    unclear: 0,
-                })
-                .collect();
-            for a in items {
-                let Label::YesNo(label) = a.label.clone() else {
-                    return Err(EvalError::Merge(format!(
-                        "question {} of {} has a non-yes/no label",
-                        a.question_id, splits[a.split].task
-                    )));
-                };
-                let slot = a.split;
-                let (pred, clear) = if a.unanswered {
-                    (None, false)
-                } else {
-                    let p = parse_yes_no(a.scored_answer.as_deref().unwrap_or(&a.answer));
-                    (Some(p.yes), p.clear)
-                };
-                per[slot].confusion.add(label, pred);
-                if !clear && !a.unanswered {
-                    per[slot].unclear += 1;
-                    unclear += 1;
-                }
-                let parsed = match pred {
-                    Some(true) => Value::from("yes"),
-                    Some(false) => Value::from("no"),
-                    None => Value::Null,
-                };
-                let mut s = sample(a, parsed, pred == Some(label));
-                s.clear = Some(clear);
-                samples.push(s);
-            }
-            Metrics::Pope(pope_report(&per, boot))
+    }
+}
+
+/// The error for a question whose label is not of the task's kind.
+fn wrong_label(splits: &[SplitInfo], a: &Answered, what: &str) -> EvalError {
+    EvalError::Merge(format!(
+        "question {} of {} has {what}",
+        a.question_id, splits[a.split].task
+    ))
+}
+
+/// POPE: yes/no answers by the official rule, a confusion matrix per split.
+fn score_yes_no(splits: &[SplitInfo], items: Vec<Answered>, boot: &Bootstrap) -> Result<Scored> {
+    let mut samples = Vec::with_capacity(items.len());
+    let mut unclear = 0usize;
+    let mut per: Vec<PopeCounts> = splits
+        .iter()
+        .map(|s| PopeCounts {
+            task: s.task.clone(),
+            split: s.split.clone(),
+            confusion: Confusion::default(),
+            unclear: 0,
+        })
+        .collect();
+    for a in items {
+        let Label::YesNo(label) = a.label.clone() else {
+            return Err(wrong_label(splits, &a, "a non-yes/no label"));
+        };
+        let slot = a.split;
+        let (pred, clear) = if a.unanswered {
+            (None, false)
+        } else {
+            let p = parse_yes_no(a.scored_answer.as_deref().unwrap_or(&a.answer));
+            (Some(p.yes), p.clear)
+        };
+        per[slot].confusion.add(label, pred);
+        if !clear && !a.unanswered {
+            per[slot].unclear += 1;
+            unclear += 1;
         }
-        ParserKind::Count => {
-            let mut pairs = Vec::with_capacity(items.len());
-            for a in items {
-                let Label::Count(label) = a.label.clone() else {
-                    return Err(EvalError::Merge(format!(
-                        "question {} of {} has a non-count label",
-                        a.question_id, splits[a.split].task
-                    )));
-                };
-                let pred = if a.unanswered {
-                    None
-                } else {
-                    parse_count(a.scored_answer.as_deref().unwrap_or(&a.answer))
-                };
-                if pred.is_none() && !a.unanswered {
-                    unclear += 1;
-                }
-                pairs.push((label, pred));
-                samples.push(sample(
-                    a,
-                    pred.map_or(Value::Null, Value::from),
-                    pred == Some(label),
-                ));
-            }
-            Metrics::Count(count_report(spec.name, &pairs, boot))
+        let parsed = match pred {
+            Some(true) => Value::from("yes"),
+            Some(false) => Value::from("no"),
+            None => Value::Null,
+        };
+        let mut s = sample(splits, a, parsed, pred == Some(label));
+        s.clear = Some(clear);
+        samples.push(s);
+    }
+    Ok((Metrics::Pope(pope_report(&per, boot)), samples, unclear))
+}
+
+/// Counting: the first number of each answer against the true count.
+fn score_counts(
+    task: &str,
+    splits: &[SplitInfo],
+    items: Vec<Answered>,
+    boot: &Bootstrap,
+) -> Result<Scored> {
+    let mut samples = Vec::with_capacity(items.len());
+    let mut unclear = 0usize;
+    let mut pairs = Vec::with_capacity(items.len());
+    for a in items {
+        let Label::Count(label) = a.label.clone() else {
+            return Err(wrong_label(splits, &a, "a non-count label"));
+        };
+        let pred = if a.unanswered {
+            None
+        } else {
+            parse_count(a.scored_answer.as_deref().unwrap_or(&a.answer))
+        };
+        if pred.is_none() && !a.unanswered {
+            unclear += 1;
         }
-        ParserKind::Caption => {
-            let matcher = matcher
-                .ok_or_else(|| EvalError::Option("CHAIR needs a synonym table".to_string()))?;
-            let mut checks = Vec::with_capacity(items.len());
-            for a in items {
-                let Label::Objects(objects) = &a.label else {
-                    return Err(EvalError::Merge(format!(
-                        "question {} of {} has no object list",
-                        a.question_id, splits[a.split].task
-                    )));
-                };
-                let text = if a.unanswered { "" } else { a.answer.as_str() };
-                let c = check_caption(matcher, text, objects);
-                // A caption that names nothing is not a correct description of a scene that
-                // holds objects (only of an empty one).
-                let describes = !c.mentions.is_empty() || objects.is_empty();
-                let correct = c.hallucinated.is_empty() && !a.unanswered && describes;
-                let mut s = sample(a, Value::from(c.mentions.clone()), correct);
-                s.hallucinated = Some(c.hallucinated.clone());
-                samples.push(s);
-                checks.push(c);
-            }
-            Metrics::Chair(chair_report(spec.name, &checks, boot))
-        }
-    };
-    Ok((metrics, samples, unclear))
+        pairs.push((label, pred));
+        let parsed = pred.map_or(Value::Null, Value::from);
+        samples.push(sample(splits, a, parsed, pred == Some(label)));
+    }
+    Ok((
+        Metrics::Count(count_report(task, &pairs, boot)),
+        samples,
+        unclear,
+    ))
+}
+
+/// CHAIR: the objects each caption mentions against those in the image.
+fn score_captions(
+    task: &str,
+    splits: &[SplitInfo],
+    items: Vec<Answered>,
+    matcher: &ObjectMatcher,
+    boot: &Bootstrap,
+) -> Result<Scored> {
+    let mut samples = Vec::with_capacity(items.len());
+    let mut checks = Vec::with_capacity(items.len());
+    for a in items {
+        let Label::Objects(objects) = &a.label else {
+            return Err(wrong_label(splits, &a, "no object list"));
+        };
+        let text = if a.unanswered { "" } else { a.answer.as_str() };
+        let c = check_caption(matcher, text, objects);
+        // A caption that names nothing is not a correct description of a scene that
+        // holds objects (only of an empty one).
+        let describes = !c.mentions.is_empty() || objects.is_empty();
+        let correct = c.hallucinated.is_empty() && !a.unanswered && describes;
+        let mut s = sample(splits, a, Value::from(c.mentions.clone()), correct);
+        s.hallucinated = Some(c.hallucinated.clone());
+        samples.push(s);
+        checks.push(c);
+    }
+    Ok((
+        Metrics::Chair(chair_report(task, &checks, boot)),
+        samples,
+        0,
+    ))
 }
 
 /// Serialise samples as JSON lines, in chunks (one per thread task) to be written in order.
@@ -635,19 +622,46 @@ fn write_result(result: &mut TaskResult, samples: &[Sample], dir: &Path, base: &
     write_atomic(&rpath, &json)
 }
 
-/// Run a task against a responder and write `results/<model>/<task>-<timestamp>.json` and its
-/// samples file.
-///
-/// Answers already in the cache for this model identity are reused; new ones are appended to
-/// the cache batch by batch, so a killed run resumes where it stopped.
-pub fn run_task(
-    task_name: &str,
-    data: &Path,
-    responder: &mut dyn Responder,
-    opts: &RunOptions,
-) -> Result<TaskResult> {
-    let started = Instant::now();
-    let spec = task(task_name)?;
+/// The questions one run asks, with what it takes to ask them.
+struct Asking<'a> {
+    /// The splits as loaded.
+    loaded: &'a [LoadedSplit],
+    /// Per split: (position in the question file, rendered prompt) of each question asked.
+    chosen: Vec<Vec<(usize, String)>>,
+    /// Per split and question of the file: the media's sha256.
+    media: &'a [Vec<String>],
+    /// The answers scored in score mode.
+    candidates: Option<Vec<String>>,
+    /// The responder's identity (for errors).
+    identity: &'a str,
+}
+
+/// Per split and chosen question: the answer, and whether it came from the cache.
+type Answers = Vec<Vec<Option<(Response, bool)>>>;
+
+impl Asking<'_> {
+    /// The media sha256 of chosen question `k` of split `si`.
+    fn media_of(&self, si: usize, k: usize) -> &str {
+        &self.media[si][self.chosen[si][k].0]
+    }
+
+    /// The request for chosen question `k` of split `si`.
+    fn request(&self, si: usize, k: usize) -> Request {
+        let (i, prompt) = &self.chosen[si][k];
+        let q = &self.loaded[si].questions[*i];
+        Request {
+            task: self.loaded[si].task.clone(),
+            question_id: q.question_id.clone(),
+            prompt: prompt.clone(),
+            image: q.image.clone(),
+            audio: q.audio.clone(),
+            candidates: self.candidates.clone(),
+        }
+    }
+}
+
+/// Refuse option values no run can use; returns the candidates to score in score mode.
+fn check_options(spec: &TaskSpec, opts: &RunOptions) -> Result<Option<Vec<String>>> {
     if let Some((i, n)) = opts.shard {
         if n == 0 || i >= n {
             return Err(EvalError::Option(format!(
@@ -658,7 +672,7 @@ pub fn run_task(
     if opts.limit == Some(0) {
         return Err(EvalError::Option("--limit must be at least 1".to_string()));
     }
-    let candidates: Option<Vec<String>> = match opts.mode {
+    Ok(match opts.mode {
         AnswerMode::Generate => None,
         AnswerMode::Score => Some(
             spec.candidates
@@ -672,52 +686,38 @@ pub fn run_task(
                 .map(|s| s.to_string())
                 .collect(),
         ),
-    };
-    let model = opts.model_name.clone().unwrap_or_else(|| responder.name());
-    let dir = opts.results_dir.join(sanitize(&model, 80));
-    // Every output location is checked before any question is asked.
-    ensure_writable(&dir)?;
-    if opts.use_cache {
-        ensure_writable(&opts.cache_dir)?;
-    }
-    let loaded = load_task_with(
-        task_name,
-        data,
-        &DataOptions {
-            images: opts.images.clone(),
-            audio: opts.audio.clone(),
-        },
-    )?;
-    let warnings = responder.check_questions(&loaded)?;
-    let template = opts
-        .prompt_template
-        .clone()
-        .unwrap_or_else(|| spec.prompt_template.to_string());
-    let synonyms = (spec.metric == MetricKind::Chair)
-        .then(|| opts.synonyms.clone().unwrap_or_else(default_synonyms));
-    let matcher = synonyms.as_ref().map(ObjectMatcher::new).transpose()?;
-    let identity = responder.identity();
-    let settings = responder.settings();
-    // Answers depend on the decoding settings as well as the weights.
-    let cache_identity = if settings.is_null() {
-        identity.clone()
+    })
+}
+
+/// The identity answers are cached under: answers depend on the decoding settings as well as
+/// the weights.
+fn cache_identity(identity: &str, settings: &Value) -> String {
+    if settings.is_null() {
+        identity.to_string()
     } else {
         format!(
             "{identity}#{}",
             &sha256_hex(settings.to_string().as_bytes())[..12]
         )
-    };
+    }
+}
 
-    // Select the questions and render their prompts.
+/// Select each split's questions (the first `--limit`, then this shard's) and render their
+/// prompts.
+fn select_questions(
+    loaded: &[LoadedSplit],
+    opts: &RunOptions,
+    template: &str,
+) -> (Vec<SplitInfo>, Vec<Vec<(usize, String)>>) {
     let mut infos = Vec::new();
-    let mut selected: Vec<Vec<(usize, String)>> = Vec::new();
-    for s in &loaded {
+    let mut selected = Vec::new();
+    for s in loaded {
         let n_sel = opts.limit.unwrap_or(usize::MAX).min(s.questions.len());
         let chosen: Vec<(usize, String)> = s.questions[..n_sel]
             .iter()
             .enumerate()
             .filter(|(i, _)| opts.shard.is_none_or(|(k, n)| i % n == k))
-            .map(|(i, q)| (i, render_prompt(&template, q)))
+            .map(|(i, q)| (i, render_prompt(template, q)))
             .collect();
         infos.push(SplitInfo {
             task: s.task.clone(),
@@ -729,10 +729,11 @@ pub fn run_task(
         });
         selected.push(chosen);
     }
+    (infos, selected)
+}
 
-    // The questions' media by content: the cache key and the data identity.
-    let limits: Vec<usize> = infos.iter().map(|i| i.selected).collect();
-    let hashed = hash_data(data, &loaded, &limits)?;
+/// Refuse questions whose media files are not there, when the responder needs them.
+fn check_media(hashed: &Hashed, responder: &dyn Responder) -> Result<()> {
     if let Some(missing) = hashed
         .first_absent
         .as_ref()
@@ -747,35 +748,44 @@ pub fn run_task(
             ),
         });
     }
-    let media = &hashed.media;
+    Ok(())
+}
 
-    // Look every question up in the cache.
-    // One thread per split's cache file.
-    let mut caches: Vec<Option<ResponseCache>> = infos
+/// Open each split's cache file (one thread per split), or none without the cache.
+fn open_caches(
+    infos: &[SplitInfo],
+    opts: &RunOptions,
+    identity: &str,
+) -> Result<Vec<Option<ResponseCache>>> {
+    infos
         .par_iter()
         .map(|info| {
             opts.use_cache
-                .then(|| {
-                    ResponseCache::open(&opts.cache_dir, &cache_identity, &info.task, opts.shard)
-                })
+                .then(|| ResponseCache::open(&opts.cache_dir, identity, &info.task, opts.shard))
                 .transpose()
         })
-        .collect::<Result<_>>()?;
-    let mut responses: Vec<Vec<Option<(Response, bool)>>> = Vec::new();
-    let mut pending: Vec<(usize, usize)> = Vec::new();
-    for (si, chosen) in selected.iter().enumerate() {
-        let cache = &mut caches[si];
-        let questions = &loaded[si].questions;
+        .collect()
+}
+
+/// Look every chosen question up in the caches: the answers found, and the (split, position)
+/// of each question still to ask, in order.
+fn look_up(
+    run: &Asking<'_>,
+    caches: &mut [Option<ResponseCache>],
+) -> (Answers, Vec<(usize, usize)>) {
+    let mut answers = Vec::with_capacity(run.chosen.len());
+    let mut pending = Vec::new();
+    for (si, chosen) in run.chosen.iter().enumerate() {
+        let questions = &run.loaded[si].questions;
         let mut got = Vec::with_capacity(chosen.len());
         for (k, (i, prompt)) in chosen.iter().enumerate() {
             let key = Key {
                 question_id: &questions[*i].question_id,
                 prompt,
-                media: &media[si][*i],
-                candidates: candidates.as_deref(),
+                media: &run.media[si][*i],
+                candidates: run.candidates.as_deref(),
             };
-            let hit = cache.as_mut().and_then(|c| c.take(&key));
-            match hit {
+            match caches[si].as_mut().and_then(|c| c.take(&key)) {
                 Some(resp) => got.push(Some((resp, true))),
                 None => {
                     got.push(None);
@@ -783,94 +793,134 @@ pub fn run_task(
                 }
             }
         }
-        responses.push(got);
+        answers.push(got);
     }
-    let total: usize = selected.iter().map(Vec::len).sum();
-    let mut done = total - pending.len();
-    let from_cache = done;
-    if let Some(p) = &opts.progress {
-        p(done, total);
-    }
+    (answers, pending)
+}
 
-    // Ask the model for the rest, batch by batch, caching each batch as it arrives.
+/// Refuse a batch of responses of the wrong length, or scores of the wrong width.
+fn check_responses(run: &Asking<'_>, batch: &[Request], out: &[Response]) -> Result<()> {
+    if out.len() != batch.len() {
+        return Err(EvalError::ResponseShape {
+            identity: run.identity.to_string(),
+            what: "responses".into(),
+            expected: batch.len(),
+            got: out.len(),
+        });
+    }
+    if let Some(c) = &run.candidates {
+        for r in out.iter().filter(|r| !r.unanswered) {
+            let got = r.scores.as_ref().map_or(0, Vec::len);
+            if got != c.len() {
+                return Err(EvalError::ResponseShape {
+                    identity: run.identity.to_string(),
+                    what: "scores".into(),
+                    expected: c.len(),
+                    got,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Append a batch's answers to each split's cache, in contiguous runs of one split.
+fn cache_batch(
+    run: &Asking<'_>,
+    chunk: &[(usize, usize)],
+    batch: &[Request],
+    out: &[Response],
+    caches: &mut [Option<ResponseCache>],
+) -> Result<()> {
+    let mut start = 0;
+    while start < chunk.len() {
+        let si = chunk[start].0;
+        let mut end = start + 1;
+        while end < chunk.len() && chunk[end].0 == si {
+            end += 1;
+        }
+        if let Some(c) = caches[si].as_mut() {
+            let m: Vec<&str> = chunk[start..end]
+                .iter()
+                .map(|&(si, k)| run.media_of(si, k))
+                .collect();
+            c.append(&batch[start..end], &m, &out[start..end])?;
+        }
+        start = end;
+    }
+    Ok(())
+}
+
+/// Ask the model the pending questions batch by batch, caching each batch as it arrives;
+/// `report` is told the number answered so far. Returns the seconds spent in the model.
+fn ask_pending(
+    run: &Asking<'_>,
+    responder: &mut dyn Responder,
+    pending: &[(usize, usize)],
+    caches: &mut [Option<ResponseCache>],
+    answers: &mut Answers,
+    mut done: usize,
+    report: &dyn Fn(usize),
+) -> Result<f64> {
     let mut model_s = 0.0;
     let bs = responder.batch_size().max(1);
     for chunk in pending.chunks(bs) {
-        let batch: Vec<Request> = chunk
-            .iter()
-            .map(|&(si, k)| {
-                let (i, prompt) = &selected[si][k];
-                let q = &loaded[si].questions[*i];
-                Request {
-                    task: loaded[si].task.clone(),
-                    question_id: q.question_id.clone(),
-                    prompt: prompt.clone(),
-                    image: q.image.clone(),
-                    audio: q.audio.clone(),
-                    candidates: candidates.clone(),
-                }
-            })
-            .collect();
+        let batch: Vec<Request> = chunk.iter().map(|&(si, k)| run.request(si, k)).collect();
         let t = Instant::now();
         let out = responder.respond(&batch)?;
         model_s += t.elapsed().as_secs_f64();
-        if out.len() != batch.len() {
-            return Err(EvalError::ResponseShape {
-                identity: identity.clone(),
-                what: "responses".into(),
-                expected: batch.len(),
-                got: out.len(),
-            });
-        }
-        if let Some(c) = &candidates {
-            for r in out.iter().filter(|r| !r.unanswered) {
-                let got = r.scores.as_ref().map_or(0, Vec::len);
-                if got != c.len() {
-                    return Err(EvalError::ResponseShape {
-                        identity: identity.clone(),
-                        what: "scores".into(),
-                        expected: c.len(),
-                        got,
-                    });
-                }
-            }
-        }
-        // Append to each split's cache in contiguous runs.
-        let mut start = 0;
-        while start < chunk.len() {
-            let si = chunk[start].0;
-            let mut end = start + 1;
-            while end < chunk.len() && chunk[end].0 == si {
-                end += 1;
-            }
-            if let Some(c) = caches[si].as_mut() {
-                let m: Vec<&str> = chunk[start..end]
-                    .iter()
-                    .map(|&(si, k)| media[si][selected[si][k].0].as_str())
-                    .collect();
-                c.append(&batch[start..end], &m, &out[start..end])?;
-            }
-            start = end;
-        }
+        check_responses(run, &batch, &out)?;
+        cache_batch(run, chunk, &batch, &out, caches)?;
         for (&(si, k), r) in chunk.iter().zip(out) {
-            responses[si][k] = Some((r, false));
+            answers[si][k] = Some((r, false));
         }
         done += chunk.len();
+        report(done);
+    }
+    Ok(model_s)
+}
+
+/// Answer every chosen question: from the cache where it holds the answer, else from the
+/// model. Returns the answers, how many came from the cache, and the seconds spent in the model.
+fn answer_all(
+    run: &Asking<'_>,
+    infos: &[SplitInfo],
+    responder: &mut dyn Responder,
+    opts: &RunOptions,
+    cache_identity: &str,
+) -> Result<(Answers, usize, f64)> {
+    let mut caches = open_caches(infos, opts, cache_identity)?;
+    let (mut answers, pending) = look_up(run, &mut caches);
+    let total: usize = run.chosen.iter().map(Vec::len).sum();
+    let from_cache = total - pending.len();
+    let report = |done: usize| {
         if let Some(p) = &opts.progress {
             p(done, total);
         }
-    }
-    drop(caches);
+    };
+    report(from_cache);
+    let model_s = ask_pending(
+        run,
+        responder,
+        &pending,
+        &mut caches,
+        &mut answers,
+        from_cache,
+        &report,
+    )?;
+    Ok((answers, from_cache, model_s))
+}
 
-    // Score.
-    let mut items = Vec::with_capacity(total);
-    for (si, ((s, chosen), got)) in loaded.iter().zip(selected).zip(responses).enumerate() {
+/// Pair every chosen question with its answer, for scoring.
+fn answered(run: Asking<'_>, answers: Answers) -> Result<Vec<Answered>> {
+    let mut items = Vec::new();
+    for (si, ((s, chosen), got)) in run.loaded.iter().zip(run.chosen).zip(answers).enumerate() {
         for ((idx, prompt), resp) in chosen.into_iter().zip(got) {
             let q = &s.questions[idx];
             let (resp, cached) = resp.ok_or_else(|| {
-                EvalError::responder(&identity, format!("no answer for {}", q.question_id))
+                EvalError::responder(run.identity, format!("no answer for {}", q.question_id))
             })?;
-            let scored_answer = match (&candidates, &resp.scores) {
+            let scored_answer = match (&run.candidates, &resp.scores) {
                 (Some(c), Some(sc)) if !resp.unanswered => argmax(sc).map(|i| c[i].clone()),
                 _ => None,
             };
@@ -888,6 +938,62 @@ pub fn run_task(
             });
         }
     }
+    Ok(items)
+}
+
+/// Run a task against a responder and write `results/<model>/<task>-<timestamp>.json` and its
+/// samples file.
+///
+/// Answers already in the cache for this model identity are reused; new ones are appended to
+/// the cache batch by batch, so a killed run resumes where it stopped.
+pub fn run_task(
+    task_name: &str,
+    data: &Path,
+    responder: &mut dyn Responder,
+    opts: &RunOptions,
+) -> Result<TaskResult> {
+    let started = Instant::now();
+    let spec = task(task_name)?;
+    let candidates = check_options(spec, opts)?;
+    let model = opts.model_name.clone().unwrap_or_else(|| responder.name());
+    let dir = opts.results_dir.join(sanitize(&model, 80));
+    // Every output location is checked before any question is asked.
+    ensure_writable(&dir)?;
+    if opts.use_cache {
+        ensure_writable(&opts.cache_dir)?;
+    }
+    let data_opts = DataOptions {
+        images: opts.images.clone(),
+        audio: opts.audio.clone(),
+    };
+    let loaded = load_task_with(task_name, data, &data_opts)?;
+    let warnings = responder.check_questions(&loaded)?;
+    let template = opts
+        .prompt_template
+        .clone()
+        .unwrap_or_else(|| spec.prompt_template.to_string());
+    let synonyms = (spec.metric == MetricKind::Chair)
+        .then(|| opts.synonyms.clone().unwrap_or_else(default_synonyms));
+    let matcher = synonyms.as_ref().map(ObjectMatcher::new).transpose()?;
+    let identity = responder.identity();
+    let settings = responder.settings();
+    let (infos, chosen) = select_questions(&loaded, opts, &template);
+
+    // The questions' media by content: the cache key and the data identity.
+    let limits: Vec<usize> = infos.iter().map(|i| i.selected).collect();
+    let hashed = hash_data(data, &loaded, &limits)?;
+    check_media(&hashed, responder)?;
+    let run = Asking {
+        loaded: &loaded,
+        chosen,
+        media: &hashed.media,
+        candidates,
+        identity: &identity,
+    };
+    let cache_id = cache_identity(&identity, &settings);
+    let (answers, from_cache, model_s) = answer_all(&run, &infos, responder, opts, &cache_id)?;
+    let total: usize = run.chosen.iter().map(Vec::len).sum();
+    let items = answered(run, answers)?;
     let unanswered = items.iter().filter(|a| a.unanswered).count();
     let (metrics, samples, unclear) =
         score(spec, &infos, items, matcher.as_ref(), &opts.bootstrap)?;
@@ -985,13 +1091,57 @@ pub fn merge(shard_result_paths: &[PathBuf]) -> Result<TaskResult> {
     merge_into(shard_result_paths, &dir)
 }
 
-/// [`merge`], writing the merged result into `out_dir`.
-pub fn merge_into(shard_result_paths: &[PathBuf], out_dir: &Path) -> Result<TaskResult> {
-    let started = Instant::now();
-    let mut shards = Vec::new();
-    for p in shard_result_paths {
-        shards.push((p.clone(), load_result(p)?));
+/// The settings shards must share: shards may run on different machines, so data paths may
+/// differ; the questions may not.
+fn shared_settings(c: &RunConfig) -> RunConfig {
+    let mut c = c.clone();
+    c.shard = None;
+    c.data = String::new();
+    for s in &mut c.splits {
+        s.run = 0;
+        s.source = String::new();
     }
+    c
+}
+
+/// Refuse a shard that is not of the same run as the first one.
+fn check_same_run(p: &Path, r: &TaskResult, first_path: &Path, first: &TaskResult) -> Result<()> {
+    if r.task != first.task || r.model_identity != first.model_identity {
+        return Err(EvalError::Merge(format!(
+            "{} is task {} of model {}, but {} is task {} of model {}",
+            p.display(),
+            r.task,
+            r.model_identity,
+            first_path.display(),
+            first.task,
+            first.model_identity
+        )));
+    }
+    if shared_settings(&r.config) != shared_settings(&first.config) {
+        return Err(EvalError::Merge(format!(
+            "{} was run with different settings (splits, limit, mode, prompt, bootstrap or \
+             synonyms) than {}",
+            p.display(),
+            first_path.display()
+        )));
+    }
+    if r.versions != first.versions {
+        return Err(EvalError::Merge(format!(
+            "{} was scored by mmlab-eval {} ({}), {} by {} ({})",
+            p.display(),
+            r.versions.mmlab_eval,
+            r.versions.pope_rule,
+            first_path.display(),
+            first.versions.mmlab_eval,
+            first.versions.pope_rule
+        )));
+    }
+    Ok(())
+}
+
+/// Check that the shards are every shard of one run, each once; returns the run's settings
+/// (with the first shard's data path and question files).
+fn check_shards(shards: &[(PathBuf, TaskResult)]) -> Result<RunConfig> {
     let (first_path, first) = shards
         .first()
         .ok_or_else(|| EvalError::Merge("no shard results given".to_string()))?;
@@ -1004,24 +1154,13 @@ pub fn merge_into(shard_result_paths: &[PathBuf], out_dir: &Path) -> Result<Task
             )))
         }
     };
-    // Shards may run on different machines, so data paths may differ; the questions may not.
-    let strip = |c: &RunConfig| {
-        let mut c = c.clone();
-        c.shard = None;
-        c.data = String::new();
-        for s in &mut c.splits {
-            s.run = 0;
-            s.source = String::new();
-        }
-        c
-    };
-    let mut want = strip(&first.config);
+    let mut want = shared_settings(&first.config);
     want.data = first.config.data.clone();
     for (w, s) in want.splits.iter_mut().zip(&first.config.splits) {
         w.source = s.source.clone();
     }
     let mut seen: Vec<Option<&Path>> = vec![None; n];
-    for (p, r) in &shards {
+    for (p, r) in shards {
         let (i, rn) = r
             .config
             .shard
@@ -1033,36 +1172,7 @@ pub fn merge_into(shard_result_paths: &[PathBuf], out_dir: &Path) -> Result<Task
                 first_path.display()
             )));
         }
-        if r.task != first.task || r.model_identity != first.model_identity {
-            return Err(EvalError::Merge(format!(
-                "{} is task {} of model {}, but {} is task {} of model {}",
-                p.display(),
-                r.task,
-                r.model_identity,
-                first_path.display(),
-                first.task,
-                first.model_identity
-            )));
-        }
-        if strip(&r.config) != strip(&first.config) {
-            return Err(EvalError::Merge(format!(
-                "{} was run with different settings (splits, limit, mode, prompt, bootstrap or \
-                 synonyms) than {}",
-                p.display(),
-                first_path.display()
-            )));
-        }
-        if r.versions != first.versions {
-            return Err(EvalError::Merge(format!(
-                "{} was scored by mmlab-eval {} ({}), {} by {} ({})",
-                p.display(),
-                r.versions.mmlab_eval,
-                r.versions.pope_rule,
-                first_path.display(),
-                first.versions.mmlab_eval,
-                first.versions.pope_rule
-            )));
-        }
+        check_same_run(p, r, first_path, first)?;
         if let Some(prev) = seen[i] {
             return Err(EvalError::Merge(format!(
                 "shard {i}/{n} given twice: {} and {}",
@@ -1075,11 +1185,19 @@ pub fn merge_into(shard_result_paths: &[PathBuf], out_dir: &Path) -> Result<Task
     if let Some(missing) = seen.iter().position(Option::is_none) {
         return Err(EvalError::Merge(format!("shard {missing}/{n} is missing")));
     }
-    let spec = task(&first.task)?;
-    let kind = spec.metric;
+    Ok(want)
+}
+
+/// The answered questions of every shard, read back from their samples files; each question
+/// once, and every selected question of every split.
+fn shard_answers(
+    shards: &[(PathBuf, TaskResult)],
+    want: &RunConfig,
+    kind: MetricKind,
+) -> Result<Vec<Answered>> {
     let mut items = Vec::new();
     let mut keys: HashMap<(String, String), PathBuf> = HashMap::new();
-    for (p, r) in &shards {
+    for (p, r) in shards {
         let sp = samples_path(p, r)?;
         for s in read_samples(&sp)? {
             if let Some(prev) = keys.insert((s.task.clone(), s.question_id.clone()), sp.clone()) {
@@ -1091,37 +1209,7 @@ pub fn merge_into(shard_result_paths: &[PathBuf], out_dir: &Path) -> Result<Task
                     sp.display()
                 )));
             }
-            let label = Label::from_json(kind, &s.label).map_err(|m| {
-                EvalError::Merge(format!(
-                    "{}: question {}: label: {m}",
-                    sp.display(),
-                    s.question_id
-                ))
-            })?;
-            let split = want
-                .splits
-                .iter()
-                .position(|i| i.task == s.task)
-                .ok_or_else(|| {
-                    EvalError::Merge(format!(
-                        "{}: question {} is of split {}, which the task does not have",
-                        sp.display(),
-                        s.question_id,
-                        s.task
-                    ))
-                })?;
-            items.push(Answered {
-                split,
-                index: s.index,
-                question_id: s.question_id,
-                prompt: s.prompt,
-                label,
-                answer: s.answer,
-                scores: s.scores,
-                scored_answer: s.scored_answer,
-                unanswered: s.unanswered,
-                cached: s.cached,
-            });
+            items.push(answered_sample(&sp, want, kind, s)?);
         }
     }
     for (si, info) in want.splits.iter().enumerate() {
@@ -1133,6 +1221,55 @@ pub fn merge_into(shard_result_paths: &[PathBuf], out_dir: &Path) -> Result<Task
             )));
         }
     }
+    Ok(items)
+}
+
+/// A sample of the samples file `sp`, as an answered question of the run `want`.
+fn answered_sample(sp: &Path, want: &RunConfig, kind: MetricKind, s: Sample) -> Result<Answered> {
+    let label = Label::from_json(kind, &s.label).map_err(|m| {
+        EvalError::Merge(format!(
+            "{}: question {}: label: {m}",
+            sp.display(),
+            s.question_id
+        ))
+    })?;
+    let split = want
+        .splits
+        .iter()
+        .position(|i| i.task == s.task)
+        .ok_or_else(|| {
+            EvalError::Merge(format!(
+                "{}: question {} is of split {}, which the task does not have",
+                sp.display(),
+                s.question_id,
+                s.task
+            ))
+        })?;
+    Ok(Answered {
+        split,
+        index: s.index,
+        question_id: s.question_id,
+        prompt: s.prompt,
+        label,
+        answer: s.answer,
+        scores: s.scores,
+        scored_answer: s.scored_answer,
+        unanswered: s.unanswered,
+        cached: s.cached,
+    })
+}
+
+/// [`merge`], writing the merged result into `out_dir`.
+pub fn merge_into(shard_result_paths: &[PathBuf], out_dir: &Path) -> Result<TaskResult> {
+    let started = Instant::now();
+    let mut shards = Vec::new();
+    for p in shard_result_paths {
+        shards.push((p.clone(), load_result(p)?));
+    }
+    let want = check_shards(&shards)?;
+    let first = &shards[0].1;
+    let spec = task(&first.task)?;
+    let items = shard_answers(&shards, &want, spec.metric)?;
     let matcher = want
         .synonyms
         .as_ref()

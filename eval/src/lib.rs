@@ -6,6 +6,7 @@
 //! parses the answers as the original papers do, computes the metrics with seeded bootstrap
 //! intervals, and writes `results/<model>/<task>-<timestamp>.json` plus a samples file.
 
+mod atomic;
 pub mod cache;
 pub mod chair;
 pub mod error;
@@ -31,6 +32,6 @@ pub use responder::{
     Constant, MissingPolicy, Oracle, PredictionsFile, RandomResponder, Request, Responder, Response,
 };
 pub use tasks::{
-    load_task, load_task_with, task, tasks, DataOptions, Label, LoadedSplit, MetricKind, Modality,
+    load_task, load_task_with, task, tasks, DataOptions, Label, LoadedSplit, MediaKind, MetricKind,
     ParserKind, Question, SplitSpec, TaskSpec,
 };

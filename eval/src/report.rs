@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{EvalError, Result};
 use crate::harness::{load_result, Metrics, TaskResult};
 use crate::identity::ResultKey;
-use crate::metrics::Estimate;
+use crate::metrics::{Estimate, PopeReport};
 
 /// Lay out rows under a header, columns separated by two spaces, numbers right-aligned.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -75,11 +75,67 @@ fn val(e: &Estimate) -> String {
     format!("{:.4}", e.value)
 }
 
+/// The columns of a POPE table.
+const POPE_HEADER: [&str; 8] = [
+    "split",
+    "accuracy",
+    "precision",
+    "recall",
+    "F1",
+    "yes-ratio",
+    "unclear",
+    "n",
+];
+
+/// One row of a POPE table: a split, or the mean over splits.
+struct PopeRow<'a> {
+    name: &'a str,
+    /// Accuracy, precision, recall, F1, yes-ratio.
+    metrics: [&'a Estimate; 5],
+    unclear: u64,
+    n: u64,
+}
+
+impl PopeRow<'_> {
+    /// The row's cells in [`POPE_HEADER`] order: F1 with its interval, the other metrics as
+    /// `cell` writes them.
+    fn cells(&self, cell: fn(&Estimate) -> String) -> Vec<String> {
+        let [a, p, r, f, y] = self.metrics;
+        vec![
+            self.name.to_string(),
+            cell(a),
+            cell(p),
+            cell(r),
+            est(f),
+            cell(y),
+            self.unclear.to_string(),
+            self.n.to_string(),
+        ]
+    }
+}
+
+/// The rows of a POPE report: each split, then the mean when there is one.
+fn pope_rows(p: &PopeReport) -> Vec<PopeRow<'_>> {
+    let splits = p.splits.iter().map(|s| PopeRow {
+        name: &s.split,
+        metrics: [&s.accuracy, &s.precision, &s.recall, &s.f1, &s.yes_ratio],
+        unclear: s.unclear,
+        n: s.n,
+    });
+    let mean = p.mean.iter().map(|m| PopeRow {
+        name: "mean",
+        metrics: [&m.accuracy, &m.precision, &m.recall, &m.f1, &m.yes_ratio],
+        unclear: m.unclear,
+        n: m.n,
+    });
+    splits.chain(mean).collect()
+}
+
 /// How much of the data a run asked: `all`, `limit 100 (partial)`, `shard 0/4`.
 pub fn run_scope(r: &TaskResult) -> String {
     let mut parts = Vec::new();
     if let Some(l) = r.config.limit {
-        if r.config.splits.iter().all(|s| s.selected == s.questions) {
+        if r.config.selects_all() {
             parts.push(format!("limit {l} (all)"));
         } else {
             parts.push(format!("limit {l} (partial)"));
@@ -140,47 +196,8 @@ pub fn format_table(r: &TaskResult) -> String {
     let mut out = title(r);
     match &r.metrics {
         Metrics::Pope(p) => {
-            let mut rows: Vec<Vec<String>> = p
-                .splits
-                .iter()
-                .map(|s| {
-                    vec![
-                        s.split.clone(),
-                        est(&s.accuracy),
-                        est(&s.precision),
-                        est(&s.recall),
-                        est(&s.f1),
-                        est(&s.yes_ratio),
-                        s.unclear.to_string(),
-                        s.n.to_string(),
-                    ]
-                })
-                .collect();
-            if let Some(m) = &p.mean {
-                rows.push(vec![
-                    "mean".into(),
-                    est(&m.accuracy),
-                    est(&m.precision),
-                    est(&m.recall),
-                    est(&m.f1),
-                    est(&m.yes_ratio),
-                    m.unclear.to_string(),
-                    m.n.to_string(),
-                ]);
-            }
-            out.push_str(&table(
-                &[
-                    "split",
-                    "accuracy",
-                    "precision",
-                    "recall",
-                    "F1",
-                    "yes-ratio",
-                    "unclear",
-                    "n",
-                ],
-                &rows,
-            ));
+            let rows: Vec<Vec<String>> = pope_rows(p).iter().map(|r| r.cells(est)).collect();
+            out.push_str(&table(&POPE_HEADER, &rows));
         }
         Metrics::Count(c) => {
             out.push_str(&table(
@@ -393,37 +410,8 @@ pub fn compare_results(results: &[TaskResult]) -> String {
     for (i, r) in results.iter().enumerate() {
         match &r.metrics {
             Metrics::Pope(p) => {
-                for s in &p.splits {
-                    pope.push(row(
-                        &r.model,
-                        shard(i),
-                        vec![
-                            s.split.clone(),
-                            val(&s.accuracy),
-                            val(&s.precision),
-                            val(&s.recall),
-                            est(&s.f1),
-                            val(&s.yes_ratio),
-                            s.unclear.to_string(),
-                            s.n.to_string(),
-                        ],
-                    ));
-                }
-                if let Some(m) = &p.mean {
-                    pope.push(row(
-                        &r.model,
-                        shard(i),
-                        vec![
-                            "mean".into(),
-                            val(&m.accuracy),
-                            val(&m.precision),
-                            val(&m.recall),
-                            est(&m.f1),
-                            val(&m.yes_ratio),
-                            m.unclear.to_string(),
-                            m.n.to_string(),
-                        ],
-                    ));
+                for pr in pope_rows(p) {
+                    pope.push(row(&r.model, shard(i), pr.cells(val)));
                 }
             }
             Metrics::Count(c) => count.push(row(
@@ -450,57 +438,42 @@ pub fn compare_results(results: &[TaskResult]) -> String {
         }
     }
     let mut out = String::new();
-    if !pope.is_empty() {
-        out.push_str("POPE (F1 with 95% CI)\n");
-        out.push_str(&table(
-            &[
-                "model",
-                "task",
-                "tier",
-                "run",
-                "split",
-                "accuracy",
-                "precision",
-                "recall",
-                "F1",
-                "yes-ratio",
-                "unclear",
-                "n",
-            ],
-            &pope,
-        ));
-    }
-    if !count.is_empty() {
-        if !out.is_empty() {
-            out.push('\n');
-        }
-        out.push_str("Counting (accuracy with 95% CI)\n");
-        out.push_str(&table(
-            &[
-                "model",
-                "task",
-                "tier",
-                "run",
-                "accuracy",
-                "MAE",
-                "off-by-one",
-                "unparsed",
-                "n",
-            ],
-            &count,
-        ));
-    }
-    if !chair.is_empty() {
-        if !out.is_empty() {
-            out.push('\n');
-        }
-        out.push_str("CHAIR (lower is better)\n");
-        out.push_str(&table(
-            &[
-                "model", "task", "tier", "run", "CHAIR_i", "CHAIR_s", "recall", "captions",
-            ],
-            &chair,
-        ));
-    }
+    let run = ["model", "task", "tier", "run"];
+    section(
+        &mut out,
+        "POPE (F1 with 95% CI)",
+        &[&run[..], &POPE_HEADER].concat(),
+        &pope,
+    );
+    section(
+        &mut out,
+        "Counting (accuracy with 95% CI)",
+        &[
+            &run[..],
+            &["accuracy", "MAE", "off-by-one", "unparsed", "n"],
+        ]
+        .concat(),
+        &count,
+    );
+    section(
+        &mut out,
+        "CHAIR (lower is better)",
+        &[&run[..], &["CHAIR_i", "CHAIR_s", "recall", "captions"]].concat(),
+        &chair,
+    );
     out
+}
+
+/// Append a titled table of `rows` to `out`, a blank line after any table before it; nothing
+/// without rows.
+fn section(out: &mut String, title: &str, header: &[&str], rows: &[Vec<String>]) {
+    if rows.is_empty() {
+        return;
+    }
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out.push_str(title);
+    out.push('\n');
+    out.push_str(&table(header, rows));
 }

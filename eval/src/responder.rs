@@ -419,22 +419,20 @@ fn parse_prediction(path: &Path, line: usize, raw: &str) -> Result<ParsedPredict
         Some(Value::String(a)) => a,
         _ => return Err(field_err(key, "expected a string")),
     };
-    let tag = match [("task", r.task), ("split", r.split)]
+    // The first of two names a field goes by that is present, which must hold a string.
+    let either = |fields: [(&str, Option<Value>); 2], expected: &str| match fields
         .into_iter()
         .find(|(_, v)| v.is_some())
     {
-        Some((_, Some(Value::String(t)))) => Some(t),
-        Some((k, _)) => return Err(field_err(k, "expected a string")),
-        None => None,
+        Some((_, Some(Value::String(s)))) => Ok(Some(s)),
+        Some((k, _)) => Err(field_err(k, expected)),
+        None => Ok(None),
     };
-    let question = match [("prompt", r.prompt), ("question", r.question)]
-        .into_iter()
-        .find(|(_, v)| v.is_some())
-    {
-        Some((_, Some(Value::String(q)))) => Some(q),
-        Some((k, _)) => return Err(field_err(k, "expected the question as a string")),
-        None => None,
-    };
+    let tag = either([("task", r.task), ("split", r.split)], "expected a string")?;
+    let question = either(
+        [("prompt", r.prompt), ("question", r.question)],
+        "expected the question as a string",
+    )?;
     Ok(ParsedPrediction {
         qid,
         tag,

@@ -9,10 +9,10 @@ use serde_json::Value;
 use crate::error::{EvalError, Result};
 use crate::fxhash::{map_with_capacity, FxHashMap};
 
-/// What the model is given besides the prompt.
+/// The kind of media file a task's questions carry: what the model is given besides the prompt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Modality {
+pub enum MediaKind {
     /// An image, from the question's `image` field (relative to `images/`).
     Image,
     /// An audio clip, from the question's `audio` field (relative to `audio/`).
@@ -62,7 +62,7 @@ pub struct TaskSpec {
     /// One line describing the task.
     pub description: &'static str,
     /// Image or audio.
-    pub modality: Modality,
+    pub media: MediaKind,
     /// The question files, one per split.
     pub splits: &'static [SplitSpec],
     /// The prompt the model sees; `{question}` is replaced by the question text and `{object}` by
@@ -128,13 +128,13 @@ const AUDIO_POPE_ADVERSARIAL: SplitSpec = SplitSpec {
 const fn pope_task(
     name: &'static str,
     description: &'static str,
-    modality: Modality,
+    media: MediaKind,
     splits: &'static [SplitSpec],
 ) -> TaskSpec {
     TaskSpec {
         name,
         description,
-        modality,
+        media,
         splits,
         prompt_template: "{question}",
         parser: ParserKind::YesNo,
@@ -147,31 +147,31 @@ static TASKS: &[TaskSpec] = &[
     pope_task(
         "pope",
         "POPE object hallucination, all three splits (random, popular, adversarial)",
-        Modality::Image,
+        MediaKind::Image,
         &[POPE_RANDOM, POPE_POPULAR, POPE_ADVERSARIAL],
     ),
     pope_task(
         "pope-random",
         "POPE, random negatives",
-        Modality::Image,
+        MediaKind::Image,
         &[POPE_RANDOM],
     ),
     pope_task(
         "pope-popular",
         "POPE, negatives among the most frequent objects",
-        Modality::Image,
+        MediaKind::Image,
         &[POPE_POPULAR],
     ),
     pope_task(
         "pope-adversarial",
         "POPE, negatives that co-occur with present objects",
-        Modality::Image,
+        MediaKind::Image,
         &[POPE_ADVERSARIAL],
     ),
     TaskSpec {
         name: "count",
         description: "How many objects of a kind are in the image",
-        modality: Modality::Image,
+        media: MediaKind::Image,
         splits: &[SplitSpec {
             task: "count",
             split: "count",
@@ -185,7 +185,7 @@ static TASKS: &[TaskSpec] = &[
     TaskSpec {
         name: "chair",
         description: "CHAIR caption hallucination (CHAIR_i, CHAIR_s)",
-        modality: Modality::Image,
+        media: MediaKind::Image,
         splits: &[SplitSpec {
             task: "chair",
             split: "chair",
@@ -199,7 +199,7 @@ static TASKS: &[TaskSpec] = &[
     pope_task(
         "audio-pope",
         "POPE for sounds, all three splits (random, popular, adversarial)",
-        Modality::Audio,
+        MediaKind::Audio,
         &[
             AUDIO_POPE_RANDOM,
             AUDIO_POPE_POPULAR,
@@ -209,25 +209,25 @@ static TASKS: &[TaskSpec] = &[
     pope_task(
         "audio-pope-random",
         "POPE for sounds, random negatives",
-        Modality::Audio,
+        MediaKind::Audio,
         &[AUDIO_POPE_RANDOM],
     ),
     pope_task(
         "audio-pope-popular",
         "POPE for sounds, frequent negatives",
-        Modality::Audio,
+        MediaKind::Audio,
         &[AUDIO_POPE_POPULAR],
     ),
     pope_task(
         "audio-pope-adversarial",
         "POPE for sounds, co-occurring negatives",
-        Modality::Audio,
+        MediaKind::Audio,
         &[AUDIO_POPE_ADVERSARIAL],
     ),
     TaskSpec {
         name: "audio-count",
         description: "How many sounds of a kind are in the clip",
-        modality: Modality::Audio,
+        media: MediaKind::Audio,
         splits: &[SplitSpec {
             task: "audio-count",
             split: "audio-count",
@@ -417,14 +417,14 @@ pub fn load_task_with(name: &str, data: &Path, opts: &DataOptions) -> Result<Vec
             found.push((split, path));
         }
     }
-    let media = match spec.modality {
-        Modality::Image => opts.images.clone(),
-        Modality::Audio => opts.audio.clone(),
+    let media = match spec.media {
+        MediaKind::Image => opts.images.clone(),
+        MediaKind::Audio => opts.audio.clone(),
     }
     .unwrap_or_else(|| {
-        let sub = root.join(match spec.modality {
-            Modality::Image => "images",
-            Modality::Audio => "audio",
+        let sub = root.join(match spec.media {
+            MediaKind::Image => "images",
+            MediaKind::Audio => "audio",
         });
         if sub.is_dir() {
             sub
@@ -516,9 +516,9 @@ fn parse_question(
             ))
         }
     };
-    let (media_field, media_value) = match spec.modality {
-        Modality::Image => ("image", r.image),
-        Modality::Audio => ("audio", r.audio),
+    let (media_field, media_value) = match spec.media {
+        MediaKind::Image => ("image", r.image),
+        MediaKind::Audio => ("audio", r.audio),
     };
     let media_path = match media_value {
         Some(Value::String(m)) if !m.is_empty() => media.join(m),
@@ -540,9 +540,9 @@ fn parse_question(
         Some(Value::String(o)) => Some(o),
         _ => None,
     };
-    let (image, audio) = match spec.modality {
-        Modality::Image => (Some(media_path), None),
-        Modality::Audio => (None, Some(media_path)),
+    let (image, audio) = match spec.media {
+        MediaKind::Image => (Some(media_path), None),
+        MediaKind::Audio => (None, Some(media_path)),
     };
     Ok(Question {
         question_id: qid,

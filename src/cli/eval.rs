@@ -221,7 +221,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let mut resp = responder(model, args.no_prefix_cache, args.dtype, args.data.is_some())?;
     let data = match &args.data {
         Some(d) => d.clone(),
-        None => default_data(spec.modality == mmlab_eval::tasks::Modality::Audio)?,
+        None => default_data(spec.media == mmlab_eval::tasks::MediaKind::Audio)?,
     };
     let bar = ProgressBar::new(0);
     bar.set_style(
