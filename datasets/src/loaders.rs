@@ -243,7 +243,7 @@ impl CocoInstances {
         self.images
             .iter()
             .map(|im| AnnotatedItem {
-                image: im.file_name.clone(),
+                media: im.file_name.clone(),
                 objects: per_image.remove(&im.id).unwrap_or_default(),
             })
             .collect()
@@ -258,7 +258,7 @@ impl CocoInstances {
         self.images
             .iter()
             .map(|im| CountItem {
-                image: im.file_name.clone(),
+                media: im.file_name.clone(),
                 counts: self
                     .categories
                     .iter()

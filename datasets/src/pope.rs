@@ -96,8 +96,9 @@ impl PopeQuestion {
 /// An item with its ground-truth object list (distinct, in annotation order), as in POPE's input files.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnnotatedItem {
-    /// File name of the image or clip.
-    pub image: String,
+    /// File name of the image or clip (`image` in POPE's files, whatever the medium).
+    #[serde(rename = "image")]
+    pub media: String,
     /// Distinct ground-truth object names, first occurrence first.
     pub objects: Vec<String>,
 }
@@ -287,7 +288,7 @@ fn pope_split<R: Rng>(
             history.push(pos.clone());
             out.push(PopeQuestion {
                 question_id: id,
-                image: item.image.clone(),
+                image: item.media.clone(),
                 text: pope_text(&cfg.template, pos),
                 label: YesNo::Yes,
             });
@@ -313,7 +314,7 @@ fn pope_split<R: Rng>(
                             what: format!("POPE {}", split.name()),
                             message: format!(
                                 "no absent object left to ask about for {}",
-                                item.image
+                                item.media
                             ),
                         });
                     }
@@ -322,7 +323,7 @@ fn pope_split<R: Rng>(
             };
             out.push(PopeQuestion {
                 question_id: id,
-                image: item.image.clone(),
+                image: item.media.clone(),
                 text: pope_text(&cfg.template, &neg),
                 label: YesNo::No,
             });
@@ -336,8 +337,9 @@ fn pope_split<R: Rng>(
 /// An item with the count of every vocabulary object in it (zeros included).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CountItem {
-    /// File name of the image or clip.
-    pub image: String,
+    /// File name of the image or clip (`image` in POPE's files, whatever the medium).
+    #[serde(rename = "image")]
+    pub media: String,
     /// (object, count) for every object of the vocabulary.
     pub counts: Vec<(String, usize)>,
 }
@@ -390,7 +392,7 @@ pub fn build_count_questions(
         used[k] += 1;
         out.push(CountQuestion {
             question_id: out.len() as u64 + 1,
-            image: item.image.clone(),
+            image: item.media.clone(),
             text: format!("How many {} are there in the {medium}?", plural(obj)),
             label: k.to_string(),
             object: obj.clone(),

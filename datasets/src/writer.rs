@@ -698,7 +698,7 @@ fn write_pope_questions<M: Medium>(
     let items: Vec<AnnotatedItem> = part
         .iter()
         .map(|(file, _, it)| AnnotatedItem {
-            image: file.clone(),
+            media: file.clone(),
             objects: M::objects(it)
                 .iter()
                 .map(|c| c.name().to_string())
@@ -732,7 +732,7 @@ fn write_count_questions<M: Medium>(
     let items: Vec<CountItem> = part
         .iter()
         .map(|(file, _, it)| CountItem {
-            image: file.clone(),
+            media: file.clone(),
             counts: M::counts(it)
                 .into_iter()
                 .map(|(c, n)| (c.name().to_string(), n))

@@ -329,7 +329,7 @@ fn pope_rebuilt_from_a_coco_file() {
     let truth: HashMap<String, Vec<String>> = parsed
         .object_lists()
         .into_iter()
-        .map(|i| (i.image, i.objects))
+        .map(|i| (i.media, i.objects))
         .collect();
     let eligible = truth.values().filter(|o| o.len() >= 3).count();
     let cfg = PopeConfig {

@@ -12,7 +12,7 @@ fn scene_items(n: usize) -> Vec<AnnotatedItem> {
         .filter(|(_, s)| s.categories().len() >= 3)
         .take(n)
         .map(|(i, s)| AnnotatedItem {
-            image: format!("{i:06}.png"),
+            media: format!("{i:06}.png"),
             objects: s
                 .categories()
                 .iter()
@@ -43,7 +43,7 @@ fn check_split(items: &[AnnotatedItem], split: PopeSplit, qs: &[PopeQuestion]) {
     }
     let vocab: Vec<&str> = freq.keys().copied().collect();
     let by_image: HashMap<&str, &AnnotatedItem> =
-        items.iter().map(|i| (i.image.as_str(), i)).collect();
+        items.iter().map(|i| (i.media.as_str(), i)).collect();
     assert_eq!(qs.len(), items.len() * 6);
     assert_eq!(
         qs.iter().filter(|q| q.label == YesNo::Yes).count(),
@@ -55,7 +55,7 @@ fn check_split(items: &[AnnotatedItem], split: PopeSplit, qs: &[PopeQuestion]) {
     }
     for group in qs.chunks(6) {
         let item = by_image[group[0].image.as_str()];
-        assert!(group.iter().all(|q| q.image == item.image));
+        assert!(group.iter().all(|q| q.image == item.media));
         let mut history: Vec<String> = Vec::new();
         for pair in group.chunks(2) {
             let (yes, no) = (object_of(&pair[0]), object_of(&pair[1]));
@@ -124,7 +124,7 @@ fn pope_on_scenes_follows_the_definition() {
 fn pope_samples_images_with_enough_objects_and_reports_shortage() {
     let mut items = scene_items(40);
     items.push(AnnotatedItem {
-        image: "few.png".into(),
+        media: "few.png".into(),
         objects: vec!["ring".into()],
     });
     let cfg = PopeConfig {
@@ -133,7 +133,7 @@ fn pope_samples_images_with_enough_objects_and_reports_shortage() {
     };
     let set = build_pope(&items, &cfg).unwrap();
     assert_eq!(set.items.len(), 30);
-    assert!(set.items.iter().all(|i| i.image != "few.png"));
+    assert!(set.items.iter().all(|i| i.media != "few.png"));
     // Same seed, same sample; another seed, another sample.
     let again = build_pope(&items, &cfg).unwrap();
     assert_eq!(set.items, again.items);
@@ -208,7 +208,7 @@ fn count_questions_match_annotations_and_are_balanced() {
         .map(|i| {
             let s = generate_scene_with_count(&cfg, 5, i, (i % 7) as usize);
             let item = CountItem {
-                image: format!("{i:06}.png"),
+                media: format!("{i:06}.png"),
                 counts: s
                     .counts()
                     .into_iter()
