@@ -6,6 +6,7 @@ pub mod ablate;
 pub mod cli;
 pub mod device;
 pub mod fusion;
+pub mod io;
 pub mod kernels;
 pub mod model;
 pub mod train;

@@ -418,7 +418,7 @@ fn set_aside(run_dir: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Writes `value` as pretty JSON to `path` atomically.
 fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
-    crate::model::checkpoint::atomic_write(path, serde_json::to_string_pretty(value)?.as_bytes())
+    crate::io::atomic_write(path, serde_json::to_string_pretty(value)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }
 
@@ -581,7 +581,7 @@ fn evaluate(model_dir: &Path, eval_dir: &Path, spec: &EvalSpec) -> anyhow::Resul
             _ => {}
         }
     }
-    crate::model::checkpoint::atomic_write(&done, serde_json::to_string_pretty(&m)?.as_bytes())?;
+    crate::io::atomic_write(&done, serde_json::to_string_pretty(&m)?.as_bytes())?;
     Ok(m)
 }
 
@@ -911,7 +911,7 @@ pub fn run(
 ) -> anyhow::Result<AblationResults> {
     spec.validate()?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    crate::model::checkpoint::atomic_write(
+    crate::io::atomic_write(
         &out.join("spec.json"),
         serde_json::to_string_pretty(spec)?.as_bytes(),
     )?;
@@ -1017,12 +1017,12 @@ pub fn run(
         spec: spec.clone(),
         arms,
     };
-    crate::model::checkpoint::atomic_write(
+    crate::io::atomic_write(
         &out.join("results.json"),
         serde_json::to_string_pretty(&results)?.as_bytes(),
     )?;
     plot::write_plots(&results, out)?;
-    crate::model::checkpoint::atomic_write(&out.join("report.md"), report(&results).as_bytes())?;
+    crate::io::atomic_write(&out.join("report.md"), report(&results).as_bytes())?;
     Ok(results)
 }
 

@@ -260,8 +260,9 @@ pub fn train_bench(a: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
             "steps": a.steps, "warmup": a.warmup,
         });
         let bytes = tensors_to_bytes(&tensors).map_err(anyhow::Error::msg)?;
-        std::fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
-        std::fs::write(path.with_extension("json"), meta.to_string())
+        crate::io::atomic_write(path, &bytes)
+            .with_context(|| format!("writing {}", path.display()))?;
+        crate::io::atomic_write(&path.with_extension("json"), meta.to_string().as_bytes())
             .with_context(|| format!("writing {}", path.with_extension("json").display()))?;
     }
     let mut opt = AdamW::new(named_vars(&vm), cfg.optim.clone());

@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::model::presets::preset;
 use crate::train::contrastive::{
-    describe, pretrain, ContrastiveLoss, PretrainConfig, PretrainModality,
+    describe, pretrain, ContrastiveLoss, PretrainConfig, PretrainModality, PRETRAIN_FILES,
 };
 use crate::train::data::{corpus, SyntheticData};
 
@@ -64,12 +64,7 @@ pub fn run(a: &PretrainArgs) -> anyhow::Result<()> {
     crate::cli::train::check_out_dir(&a.out, a.overwrite)?;
     if a.overwrite {
         // No stale encoder beside a new, possibly unfinished, log.
-        for f in ["encoder.safetensors", "pretrain.json", "train.jsonl"] {
-            let p = a.out.join(f);
-            if p.exists() {
-                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
-            }
-        }
+        crate::io::remove_all(&a.out, &PRETRAIN_FILES).context("removing the earlier run")?;
     }
     let mut data = SyntheticData::small();
     data.scene.width = p.config.image.max_width as u32;

@@ -229,8 +229,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let summary = train(&cfg, tok, &args.out, &ctl)?;
     bar.finish();
     let cmd: Vec<String> = std::env::args().collect();
-    std::fs::write(args.out.join("COMMAND"), format!("{}\n", cmd.join(" ")))
-        .with_context(|| format!("writing {}", args.out.join("COMMAND").display()))?;
+    crate::io::atomic_write(
+        &args.out.join("COMMAND"),
+        format!("{}\n", cmd.join(" ")).as_bytes(),
+    )
+    .with_context(|| format!("writing {}", args.out.join("COMMAND").display()))?;
     eprintln!(
         "step {} / {}: {} tokens in {:.1} s; held-out answer accuracy {:?}",
         summary.state.step, cfg.steps, summary.state.tokens, summary.state.seconds, summary.eval

@@ -23,8 +23,9 @@ use super::data::SyntheticData;
 use super::optim::{lr_at, AdamW, AdamWConfig};
 use super::{named_vars, reinit, TrainError};
 use crate::fusion::{audio_features, patchify, AudioSpan, ImageSpan, TextTokenizer};
+use crate::io::atomic_write;
 use crate::kernels::{AttnMask, Linear};
-use crate::model::checkpoint::{atomic_write, ModelDirConfig};
+use crate::model::checkpoint::ModelDirConfig;
 use crate::model::config::NormKind;
 use crate::model::encoder::{AudioEncoder, VisionEncoder};
 use crate::model::layers::{Block, LayerMask, Norm, Rotary};
@@ -444,6 +445,9 @@ pub struct PretrainReport {
     /// Wall seconds.
     pub seconds: f64,
 }
+
+/// The files a pre-training run writes into its folder.
+pub const PRETRAIN_FILES: [&str; 3] = ["encoder.safetensors", "pretrain.json", "train.jsonl"];
 
 /// Trains the two towers; writes `encoder.safetensors` (all weights; `vision_encoder.*` is
 /// what later stages load), `pretrain.json` and `train.jsonl` into `out`.

@@ -17,9 +17,8 @@ use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use crate::fusion::{collate, PadSide, TextTokenizer};
-use crate::model::checkpoint::{
-    atomic_write, save_dir, tensors_to_bytes, CheckpointError, ModelDirConfig,
-};
+use crate::io::atomic_write;
+use crate::model::checkpoint::{save_dir, tensors_to_bytes, CheckpointError, ModelDirConfig};
 use crate::model::native::loss_rows;
 use crate::model::NativeModel;
 use data::{Example, Factory, Source, SyntheticData};
@@ -60,6 +59,15 @@ pub enum TrainError {
         /// What went wrong.
         source: std::io::Error,
     },
+}
+
+impl From<crate::io::FileError> for TrainError {
+    fn from(e: crate::io::FileError) -> Self {
+        TrainError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -631,18 +639,7 @@ pub const RUN_FILES: [&str; 6] = [
 /// Removes what an earlier run left in `out` (see [`RUN_FILES`]), so that a fresh run is
 /// never mistaken for it: no stale checkpoint to resume, no stale model beside a new log.
 fn clear_run(out: &Path) -> Result<(), TrainError> {
-    for f in RUN_FILES {
-        let p = out.join(f);
-        let r = if p.is_dir() {
-            std::fs::remove_dir_all(&p)
-        } else if p.exists() {
-            std::fs::remove_file(&p)
-        } else {
-            Ok(())
-        };
-        r.map_err(io_err(&p))?;
-    }
-    Ok(())
+    Ok(crate::io::remove_all(out, &RUN_FILES)?)
 }
 
 /// Trains `cfg` into the model directory `out` with `tokenizer`; returns the final state.
