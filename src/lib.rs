@@ -5,6 +5,7 @@
 pub mod ablate;
 pub mod cli;
 pub mod device;
+pub mod eval_data;
 pub mod fusion;
 pub mod io;
 pub mod kernels;

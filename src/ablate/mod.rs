@@ -26,6 +26,7 @@ use anyhow::{bail, Context};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::eval_data::default_data;
 use crate::fusion::TextTokenizer;
 use crate::model::presets::{preset, PRESET_VOCAB};
 use crate::model::ModelDirConfig;
@@ -515,7 +516,12 @@ pub fn summarize(xs: &[f64]) -> Summary {
     }
 }
 
-fn evaluate(model_dir: &Path, eval_dir: &Path, spec: &EvalSpec) -> anyhow::Result<RunMetrics> {
+fn evaluate(
+    model_dir: &Path,
+    eval_dir: &Path,
+    spec: &EvalSpec,
+    say: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<RunMetrics> {
     let done = eval_dir.join("metrics.json");
     if let Ok(text) = std::fs::read_to_string(&done) {
         if let Ok(m) = serde_json::from_str::<RunMetrics>(&text) {
@@ -541,7 +547,11 @@ fn evaluate(model_dir: &Path, eval_dir: &Path, spec: &EvalSpec) -> anyhow::Resul
     let mut m = RunMetrics::new();
     for t in tasks {
         let audio = t.starts_with("audio");
-        let data = crate::cli::eval::default_data(audio)?;
+        let data = default_data(audio, &|e| {
+            if let Some(line) = e.message() {
+                say(&line);
+            }
+        })?;
         let opts = mmlab_eval::RunOptions {
             limit: spec.limit,
             results_dir: eval_dir.to_path_buf(),
@@ -888,7 +898,7 @@ fn run_unit(
         }
     }
     say(&format!("{} seed {seed}: evaluating", arm.name));
-    let metrics = evaluate(&model_dir, &eval_dir, &spec.eval)?;
+    let metrics = evaluate(&model_dir, &eval_dir, &spec.eval, say)?;
     write_json(&eval_dir.join(EVALUATED), &identity)?;
     Ok(SeedRun {
         seed,
