@@ -28,11 +28,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::eval_data::default_data;
 use crate::fusion::TextTokenizer;
-use crate::model::presets::{preset, PRESET_VOCAB};
+use crate::model::presets::preset;
 use crate::model::ModelDirConfig;
 use crate::train::contrastive::{pretrain, ContrastiveLoss, PretrainConfig};
-use crate::train::data::{corpus, Factory, Source, SyntheticData};
-use crate::train::optim::AdamWConfig;
+use crate::train::data::{Factory, Source, SyntheticData};
+use crate::train::tokenizer::synthetic_tokenizer;
 use crate::train::{component, init_model, named_vars, train, RunControl, TrainConfig};
 
 /// An ablation file.
@@ -608,9 +608,7 @@ fn plan(spec: &AblationSpec, arm: &ArmSpec, tok: &Arc<TextTokenizer>) -> anyhow:
     let p = preset(&arm.preset).with_context(|| format!("unknown preset {}", arm.preset))?;
     let mut cfg = p.config.clone();
     cfg.model.vocab_size = cfg.model.vocab_size.max(tok.vocab_size());
-    let mut data = SyntheticData::small();
-    data.scene.width = cfg.image.max_width as u32;
-    data.scene.height = cfg.image.max_height as u32;
+    let data = SyntheticData::sized_for(&cfg.image);
     let (per, total) = component_params(&cfg)?;
     let shape = step_shape(&cfg, &data, tok.clone(), spec.batch_size)?;
     let mut text_data = data.clone();
@@ -930,10 +928,10 @@ pub fn run(
     let tok = if tok_path.is_file() {
         TextTokenizer::from_file(&tok_path)?
     } else {
-        let d = SyntheticData::small();
-        let t = TextTokenizer::train_bpe(
-            &corpus(&d, 0, 2000, &crate::fusion::ImageConfig::default()),
-            PRESET_VOCAB,
+        let t = synthetic_tokenizer(
+            &SyntheticData::small(),
+            0,
+            &crate::fusion::ImageConfig::default(),
         )?;
         t.save(&tok_path)?;
         t
@@ -1036,6 +1034,11 @@ pub fn run(
     Ok(results)
 }
 
+/// Held-out eval batches of a stage (the CLI's default is [`crate::train::EVAL_BATCHES`]):
+/// finished stages store the settings they were trained with, and a different value would
+/// make every stored stage count as changed and be retrained.
+const STAGE_EVAL_BATCHES: u64 = 4;
+
 /// The training settings of one stage.
 #[allow(clippy::too_many_arguments)]
 fn stage_config(
@@ -1050,29 +1053,23 @@ fn stage_config(
     init_parts: Vec<String>,
     init_encoder: Option<PathBuf>,
 ) -> TrainConfig {
-    TrainConfig {
-        model: plan.cfg.clone(),
-        data: Some(data),
-        data_dir: None,
+    let base = TrainConfig::new(
+        plan.cfg.clone(),
         steps,
-        batch_size: spec.batch_size,
+        spec.batch_size,
+        s.lr,
+        seed.wrapping_mul(1000).wrapping_add(i as u64),
+    );
+    TrainConfig {
+        data: Some(data),
         warmup: (steps / 20).clamp(1, 200),
-        min_lr_ratio: 0.05,
-        optim: AdamWConfig {
-            lr: s.lr,
-            ..AdamWConfig::default()
-        },
-        grad_clip: 1.0,
-        seed: seed.wrapping_mul(1000).wrapping_add(i as u64),
-        log_every: 20,
         eval_every: (steps / 8).max(1),
-        ckpt_every: 500,
-        eval_batches: 4,
-        init_from,
+        eval_batches: STAGE_EVAL_BATCHES,
         freeze: s.freeze.clone(),
+        init_from,
         init_parts,
         init_encoder,
-        init_audio_encoder: None,
+        ..base
     }
 }
 

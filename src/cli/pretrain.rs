@@ -10,7 +10,8 @@ use crate::model::presets::preset;
 use crate::train::contrastive::{
     describe, pretrain, ContrastiveLoss, PretrainConfig, PretrainModality, PRETRAIN_FILES,
 };
-use crate::train::data::{corpus, SyntheticData};
+use crate::train::data::SyntheticData;
+use crate::train::tokenizer::synthetic_tokenizer;
 
 /// Arguments of `mmlab pretrain-encoder`.
 #[derive(Clone, Debug, clap::Args)]
@@ -66,13 +67,8 @@ pub fn run(a: &PretrainArgs) -> anyhow::Result<()> {
         // No stale encoder beside a new, possibly unfinished, log.
         crate::io::remove_all(&a.out, &PRETRAIN_FILES).context("removing the earlier run")?;
     }
-    let mut data = SyntheticData::small();
-    data.scene.width = p.config.image.max_width as u32;
-    data.scene.height = p.config.image.max_height as u32;
-    let tok = crate::fusion::TextTokenizer::train_bpe(
-        &corpus(&data, a.seed, 2000, &p.config.image),
-        crate::model::presets::PRESET_VOCAB,
-    )?;
+    let data = SyntheticData::sized_for(&p.config.image);
+    let tok = synthetic_tokenizer(&data, a.seed, &p.config.image)?;
     let cfg = PretrainConfig {
         model: p.config.clone(),
         data,

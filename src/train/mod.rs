@@ -4,7 +4,9 @@
 pub mod contrastive;
 pub mod data;
 pub mod optim;
+pub mod recipe;
 pub mod step;
+pub mod tokenizer;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -51,6 +53,23 @@ pub enum TrainError {
     /// The run's settings are inconsistent.
     #[error("{0}")]
     Config(String),
+    /// No preset has this name.
+    #[error("unknown preset {0:?}; `mmlab models` lists them")]
+    UnknownPreset(String),
+    /// Neither generated data nor a dataset folder is set.
+    #[error("no training data given")]
+    NoData,
+    /// A dataset folder's records could not be read (the message names the file and line).
+    #[error(transparent)]
+    Records(#[from] mmlab_datasets::DatasetError),
+    /// A tokenizer file could not be loaded.
+    #[error("loading {}", path.display())]
+    Tokenizer {
+        /// The `tokenizer.json`.
+        path: PathBuf,
+        /// What went wrong.
+        source: crate::fusion::FusionError,
+    },
     /// I/O on a file (the cause is the error's source).
     #[error("{path}")]
     Io {
@@ -128,6 +147,43 @@ pub struct TrainConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_audio_encoder: Option<PathBuf>,
 }
+
+impl TrainConfig {
+    /// A run of `model` for `steps` steps of `batch_size` sequences at peak learning rate `lr`,
+    /// seeded with `seed`, with no data yet (set `data` or `data_dir`) and the shared defaults:
+    /// no warm-up, cosine decay to 5% of the peak, AdamW's defaults, gradients clipped at 1.0,
+    /// a log line every 20 steps, eval and checkpoint every 500, [`EVAL_BATCHES`] held-out
+    /// batches, a seeded initialisation and nothing frozen.
+    pub fn new(model: ModelDirConfig, steps: u64, batch_size: usize, lr: f64, seed: u64) -> Self {
+        TrainConfig {
+            model,
+            data: None,
+            data_dir: None,
+            steps,
+            batch_size,
+            warmup: 0,
+            min_lr_ratio: 0.05,
+            optim: AdamWConfig {
+                lr,
+                ..AdamWConfig::default()
+            },
+            grad_clip: 1.0,
+            seed,
+            log_every: 20,
+            eval_every: 500,
+            ckpt_every: 500,
+            eval_batches: EVAL_BATCHES,
+            init_from: None,
+            freeze: Vec::new(),
+            init_parts: Vec::new(),
+            init_encoder: None,
+            init_audio_encoder: None,
+        }
+    }
+}
+
+/// Held-out eval batches of a run unless it says otherwise.
+pub const EVAL_BATCHES: u64 = 8;
 
 /// Component names `freeze` accepts.
 pub const COMPONENTS: [&str; 3] = ["encoder", "connector", "decoder"];
@@ -770,8 +826,7 @@ pub fn train(
         (Some(d), _) => (Source::Synthetic(d.clone()), None),
         (None, Some(dir)) => {
             let p = dir.join("train.jsonl");
-            let mut records =
-                mmlab_datasets::load_train(&p).map_err(|e| TrainError::Config(e.to_string()))?;
+            let mut records = mmlab_datasets::load_train(&p)?;
             if records.is_empty() {
                 return Err(TrainError::Config(format!(
                     "{}: no training records",
@@ -796,7 +851,7 @@ pub fn train(
                 eval,
             )
         }
-        (None, None) => return Err(TrainError::Config("no training data given".into())),
+        (None, None) => return Err(TrainError::NoData),
     };
     let factory = Factory::new(source, cfg.seed, cfg.batch_size, builder.clone());
     let eval_seed = cfg.seed ^ 0x0000_E7A1_5EED;
