@@ -21,7 +21,7 @@ pub struct PretrainArgs {
     pub model: String,
     /// The loss.
     #[arg(long, value_enum, default_value = "siglip")]
-    pub loss: ContrastiveLoss,
+    pub loss: LossArg,
     /// Output folder (`encoder.safetensors`, `pretrain.json`, `train.jsonl`); a non-empty one
     /// is refused unless `--overwrite`.
     #[arg(long)]
@@ -47,7 +47,43 @@ pub struct PretrainArgs {
     /// Image–caption pairs (the vision encoder) or sound–caption pairs (the audio encoder of
     /// an `-audio-` preset).
     #[arg(long, value_enum, default_value = "image")]
-    pub modality: PretrainModality,
+    pub modality: ModalityArg,
+}
+
+/// `--loss`: the command line's spelling of [`ContrastiveLoss`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LossArg {
+    /// CLIP: symmetric cross-entropy over the similarity matrix, learned temperature.
+    Clip,
+    /// SigLIP: a sigmoid loss on every pair, learned temperature and bias.
+    Siglip,
+}
+
+impl From<LossArg> for ContrastiveLoss {
+    fn from(a: LossArg) -> Self {
+        match a {
+            LossArg::Clip => ContrastiveLoss::Clip,
+            LossArg::Siglip => ContrastiveLoss::Siglip,
+        }
+    }
+}
+
+/// `--modality`: the command line's spelling of [`PretrainModality`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModalityArg {
+    /// The vision encoder, on image–caption pairs.
+    Image,
+    /// The audio encoder, on sound–caption pairs.
+    Audio,
+}
+
+impl From<ModalityArg> for PretrainModality {
+    fn from(a: ModalityArg) -> Self {
+        match a {
+            ModalityArg::Image => PretrainModality::Image,
+            ModalityArg::Audio => PretrainModality::Audio,
+        }
+    }
 }
 
 /// Runs the pre-training and prints held-out retrieval before and after.
@@ -72,13 +108,13 @@ pub fn run(a: &PretrainArgs) -> anyhow::Result<()> {
     let cfg = PretrainConfig {
         model: p.config.clone(),
         data,
-        loss: a.loss,
+        loss: a.loss.into(),
         steps: a.steps,
         batch_size: a.batch_size,
         lr: a.lr,
         seed: a.seed,
         eval_pairs: a.eval_pairs,
-        modality: a.modality,
+        modality: a.modality.into(),
     };
     let bar = ProgressBar::new(a.steps);
     bar.set_style(
@@ -96,9 +132,9 @@ pub fn run(a: &PretrainArgs) -> anyhow::Result<()> {
     bar.finish();
     println!(
         "{:?} pre-training of {}'s {} encoder: {} steps x {} pairs in {:.1} s, final loss {:.4}",
-        a.loss,
+        cfg.loss,
         a.model,
-        match a.modality {
+        match cfg.modality {
             PretrainModality::Image => "vision",
             PretrainModality::Audio => "audio",
         },
@@ -119,4 +155,26 @@ pub fn run(a: &PretrainArgs) -> anyhow::Result<()> {
         a.out.join("encoder.safetensors").display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::*;
+
+    /// The command line spells each value as the library's serde name (ablation files) does.
+    #[test]
+    fn the_flag_spellings_are_the_library_names() {
+        for a in LossArg::value_variants() {
+            let name = a.to_possible_value().unwrap().get_name().to_string();
+            let lib: ContrastiveLoss = serde_json::from_value(name.into()).unwrap();
+            assert_eq!(lib, ContrastiveLoss::from(*a));
+        }
+        for a in ModalityArg::value_variants() {
+            let name = a.to_possible_value().unwrap().get_name().to_string();
+            let lib: PretrainModality = serde_json::from_value(name.into()).unwrap();
+            assert_eq!(lib, PretrainModality::from(*a));
+        }
+    }
 }

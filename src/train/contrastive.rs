@@ -31,7 +31,7 @@ use crate::model::encoder::{AudioEncoder, VisionEncoder};
 use crate::model::layers::{Block, LayerMask, Norm, Rotary};
 
 /// Which contrastive loss.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ContrastiveLoss {
     /// CLIP: symmetric cross-entropy over the similarity matrix, learned temperature.
@@ -174,7 +174,7 @@ impl TextEncoder {
 }
 
 /// Which tower the contrastive stage trains against the captions.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PretrainModality {
     /// The vision encoder, on image–caption pairs.
