@@ -257,6 +257,15 @@ pub fn parse_weights(
         .map_err(|e| werr(e.to_string()))
 }
 
+/// Reads a `.safetensors` file into f32 tensors on `device`; errors name `path`.
+pub fn read_weights(
+    path: &Path,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    parse_weights(&bytes, path, device)
+}
+
 /// Writes `bytes` to `path` atomically (temp file + rename).
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     let tmp = path.with_extension(format!(
