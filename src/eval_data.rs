@@ -131,29 +131,27 @@ pub fn default_data(
     if dir.join("manifest.json").is_file() {
         return Ok(dir);
     }
+    let sounds = SoundsDatasetConfig {
+        seed: DEFAULT_EVAL_SEED,
+        train_clips: 0,
+        ..SoundsDatasetConfig::default()
+    };
+    let shapes = ShapesDatasetConfig {
+        seed: DEFAULT_EVAL_SEED,
+        train_images: 0,
+        ..ShapesDatasetConfig::default()
+    };
+    let items = if audio {
+        sounds.total_items()
+    } else {
+        shapes.total_items()
+    };
+    on(DefaultDataEvent::Writing { dir: &dir, items });
     let progress = |n| on(DefaultDataEvent::Wrote(n));
     let written = if audio {
-        let cfg = SoundsDatasetConfig {
-            seed: DEFAULT_EVAL_SEED,
-            train_clips: 0,
-            ..SoundsDatasetConfig::default()
-        };
-        on(DefaultDataEvent::Writing {
-            dir: &dir,
-            items: cfg.total_items(),
-        });
-        write_sounds(&dir, &cfg, &progress)
+        write_sounds(&dir, &sounds, &progress)
     } else {
-        let cfg = ShapesDatasetConfig {
-            seed: DEFAULT_EVAL_SEED,
-            train_images: 0,
-            ..ShapesDatasetConfig::default()
-        };
-        on(DefaultDataEvent::Writing {
-            dir: &dir,
-            items: cfg.total_items(),
-        });
-        write_shapes(&dir, &cfg, &progress)
+        write_shapes(&dir, &shapes, &progress)
     };
     written.map_err(|source| EvalDataError::Write {
         dir: dir.clone(),

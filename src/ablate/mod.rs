@@ -557,12 +557,7 @@ fn evaluate(
             results_dir: eval_dir.to_path_buf(),
             cache_dir: eval_dir.join(".cache"),
             use_cache: false,
-            synonyms: Some(
-                mmlab_datasets::vocab::synonyms()
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
-                    .collect(),
-            ),
+            synonyms: Some(mmlab_eval::default_synonyms()),
             ..mmlab_eval::RunOptions::default()
         };
         let r = mmlab_eval::run_task(t, &data, &mut resp, &opts)

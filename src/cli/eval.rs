@@ -181,10 +181,6 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let b2 = bar.clone();
-    let synonyms = mmlab_datasets::vocab::synonyms()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
-        .collect();
     let opts = RunOptions {
         limit: args.limit,
         shard: args.shard.as_deref().map(parse_shard).transpose()?,
@@ -200,7 +196,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             AnswerMode::Generate
         },
         images: args.images.clone(),
-        synonyms: Some(synonyms),
+        synonyms: Some(mmlab_eval::default_synonyms()),
         use_cache: !args.no_cache,
         ..RunOptions::default()
     };

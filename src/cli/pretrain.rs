@@ -12,6 +12,7 @@ use crate::train::contrastive::{
 };
 use crate::train::data::SyntheticData;
 use crate::train::tokenizer::synthetic_tokenizer;
+use crate::train::TrainError;
 
 /// Arguments of `mmlab pretrain-encoder`.
 #[derive(Clone, Debug, clap::Args)]
@@ -88,9 +89,7 @@ impl From<ModalityArg> for PretrainModality {
 
 /// Runs the pre-training and prints held-out retrieval before and after.
 pub fn run(a: &PretrainArgs) -> anyhow::Result<()> {
-    let Some(p) = preset(&a.model) else {
-        bail!("unknown preset {:?}; `mmlab models` lists them", a.model);
-    };
+    let p = preset(&a.model).ok_or_else(|| TrainError::UnknownPreset(a.model.clone()))?;
     if p.config.model.bolt.is_none() {
         bail!(
             "{} is a native model: it has no vision encoder to pre-train (pick a bolted-on preset)",
