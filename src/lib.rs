@@ -5,7 +5,9 @@
 pub mod ablate;
 pub mod cli;
 pub mod device;
+pub mod eval_data;
 pub mod fusion;
+pub mod io;
 pub mod kernels;
 pub mod model;
 pub mod train;

@@ -9,7 +9,7 @@
 //! `ln_gqa` (LayerNorm, QK-norm, partial rotary, GQA, relu2, untied head) and `rms_tied`
 //! (RMSNorm, full rotary, MHA, SwiGLU, tied embeddings).
 //!
-//! Here the same weights go into a trainable `NativeModel` (VarMap), and we check
+//! Here the same weights go into a trainable `Model` (VarMap), and we check
 //! logits (max abs diff <= 1e-4), loss (<= 1e-5), every gradient (<= 1e-5), the gradient norm,
 //! and every updated weight (<= 1e-5, see `WELL_CONDITIONED_GRAD` for near-zero gradients)
 //! after our `AdamW::step`.
@@ -21,7 +21,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use mmlab::fusion::{Batch, TokenKind};
-use mmlab::model::{ModelConfig, NativeModel};
+use mmlab::model::{Model, ModelConfig};
 use mmlab::train::named_vars;
 use mmlab::train::optim::{AdamW, AdamWConfig};
 
@@ -209,8 +209,8 @@ fn check(name: &str) {
 
     // A trainable model whose variables hold the fixture's initial weights.
     let vm = VarMap::new();
-    let model = NativeModel::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))
-        .expect("model");
+    let model =
+        Model::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).expect("model");
     let vars = named_vars(&vm);
     let rust_names: BTreeSet<String> = vars.iter().map(|(n, _)| n.clone()).collect();
     assert_eq!(

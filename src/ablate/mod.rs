@@ -26,12 +26,13 @@ use anyhow::{bail, Context};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::eval_data::default_data;
 use crate::fusion::TextTokenizer;
-use crate::model::presets::{preset, PRESET_VOCAB};
+use crate::model::presets::preset;
 use crate::model::ModelDirConfig;
 use crate::train::contrastive::{pretrain, ContrastiveLoss, PretrainConfig};
-use crate::train::data::{corpus, Factory, Source, SyntheticData};
-use crate::train::optim::AdamWConfig;
+use crate::train::data::{Factory, Source, SyntheticData};
+use crate::train::tokenizer::synthetic_tokenizer;
 use crate::train::{component, init_model, named_vars, train, RunControl, TrainConfig};
 
 /// An ablation file.
@@ -418,7 +419,7 @@ fn set_aside(run_dir: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Writes `value` as pretty JSON to `path` atomically.
 fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
-    crate::model::io::atomic_write(path, serde_json::to_string_pretty(value)?.as_bytes())
+    crate::io::atomic_write(path, serde_json::to_string_pretty(value)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }
 
@@ -515,7 +516,12 @@ pub fn summarize(xs: &[f64]) -> Summary {
     }
 }
 
-fn evaluate(model_dir: &Path, eval_dir: &Path, spec: &EvalSpec) -> anyhow::Result<RunMetrics> {
+fn evaluate(
+    model_dir: &Path,
+    eval_dir: &Path,
+    spec: &EvalSpec,
+    say: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<RunMetrics> {
     let done = eval_dir.join("metrics.json");
     if let Ok(text) = std::fs::read_to_string(&done) {
         if let Ok(m) = serde_json::from_str::<RunMetrics>(&text) {
@@ -541,18 +547,17 @@ fn evaluate(model_dir: &Path, eval_dir: &Path, spec: &EvalSpec) -> anyhow::Resul
     let mut m = RunMetrics::new();
     for t in tasks {
         let audio = t.starts_with("audio");
-        let data = crate::cli::eval::default_data(audio)?;
+        let data = default_data(audio, &|e| {
+            if let Some(line) = e.message() {
+                say(&line);
+            }
+        })?;
         let opts = mmlab_eval::RunOptions {
             limit: spec.limit,
             results_dir: eval_dir.to_path_buf(),
             cache_dir: eval_dir.join(".cache"),
             use_cache: false,
-            synonyms: Some(
-                mmlab_datasets::vocab::synonyms()
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
-                    .collect(),
-            ),
+            synonyms: Some(mmlab_eval::default_synonyms()),
             ..mmlab_eval::RunOptions::default()
         };
         let r = mmlab_eval::run_task(t, &data, &mut resp, &opts)
@@ -581,7 +586,7 @@ fn evaluate(model_dir: &Path, eval_dir: &Path, spec: &EvalSpec) -> anyhow::Resul
             _ => {}
         }
     }
-    crate::model::io::atomic_write(&done, serde_json::to_string_pretty(&m)?.as_bytes())?;
+    crate::io::atomic_write(&done, serde_json::to_string_pretty(&m)?.as_bytes())?;
     Ok(m)
 }
 
@@ -598,9 +603,7 @@ fn plan(spec: &AblationSpec, arm: &ArmSpec, tok: &Arc<TextTokenizer>) -> anyhow:
     let p = preset(&arm.preset).with_context(|| format!("unknown preset {}", arm.preset))?;
     let mut cfg = p.config.clone();
     cfg.model.vocab_size = cfg.model.vocab_size.max(tok.vocab_size());
-    let mut data = SyntheticData::small();
-    data.scene.width = cfg.image.max_width as u32;
-    data.scene.height = cfg.image.max_height as u32;
+    let data = SyntheticData::sized_for(&cfg.image);
     let (per, total) = component_params(&cfg)?;
     let shape = step_shape(&cfg, &data, tok.clone(), spec.batch_size)?;
     let mut text_data = data.clone();
@@ -888,7 +891,7 @@ fn run_unit(
         }
     }
     say(&format!("{} seed {seed}: evaluating", arm.name));
-    let metrics = evaluate(&model_dir, &eval_dir, &spec.eval)?;
+    let metrics = evaluate(&model_dir, &eval_dir, &spec.eval, say)?;
     write_json(&eval_dir.join(EVALUATED), &identity)?;
     Ok(SeedRun {
         seed,
@@ -911,7 +914,7 @@ pub fn run(
 ) -> anyhow::Result<AblationResults> {
     spec.validate()?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    crate::model::io::atomic_write(
+    crate::io::atomic_write(
         &out.join("spec.json"),
         serde_json::to_string_pretty(spec)?.as_bytes(),
     )?;
@@ -920,10 +923,10 @@ pub fn run(
     let tok = if tok_path.is_file() {
         TextTokenizer::from_file(&tok_path)?
     } else {
-        let d = SyntheticData::small();
-        let t = TextTokenizer::train_bpe(
-            &corpus(&d, 0, 2000, &crate::fusion::ImageConfig::default()),
-            PRESET_VOCAB,
+        let t = synthetic_tokenizer(
+            &SyntheticData::small(),
+            0,
+            &crate::fusion::ImageConfig::default(),
         )?;
         t.save(&tok_path)?;
         t
@@ -1017,14 +1020,19 @@ pub fn run(
         spec: spec.clone(),
         arms,
     };
-    crate::model::io::atomic_write(
+    crate::io::atomic_write(
         &out.join("results.json"),
         serde_json::to_string_pretty(&results)?.as_bytes(),
     )?;
     plot::write_plots(&results, out)?;
-    crate::model::io::atomic_write(&out.join("report.md"), report(&results).as_bytes())?;
+    crate::io::atomic_write(&out.join("report.md"), report(&results).as_bytes())?;
     Ok(results)
 }
+
+/// Held-out eval batches of a stage (the CLI's default is [`crate::train::EVAL_BATCHES`]):
+/// finished stages store the settings they were trained with, and a different value would
+/// make every stored stage count as changed and be retrained.
+const STAGE_EVAL_BATCHES: u64 = 4;
 
 /// The training settings of one stage.
 #[allow(clippy::too_many_arguments)]
@@ -1040,29 +1048,23 @@ fn stage_config(
     init_parts: Vec<String>,
     init_encoder: Option<PathBuf>,
 ) -> TrainConfig {
-    TrainConfig {
-        model: plan.cfg.clone(),
-        data: Some(data),
-        data_dir: None,
+    let base = TrainConfig::new(
+        plan.cfg.clone(),
         steps,
-        batch_size: spec.batch_size,
+        spec.batch_size,
+        s.lr,
+        seed.wrapping_mul(1000).wrapping_add(i as u64),
+    );
+    TrainConfig {
+        data: Some(data),
         warmup: (steps / 20).clamp(1, 200),
-        min_lr_ratio: 0.05,
-        optim: AdamWConfig {
-            lr: s.lr,
-            ..AdamWConfig::default()
-        },
-        grad_clip: 1.0,
-        seed: seed.wrapping_mul(1000).wrapping_add(i as u64),
-        log_every: 20,
         eval_every: (steps / 8).max(1),
-        ckpt_every: 500,
-        eval_batches: 4,
-        init_from,
+        eval_batches: STAGE_EVAL_BATCHES,
         freeze: s.freeze.clone(),
+        init_from,
         init_parts,
         init_encoder,
-        init_audio_encoder: None,
+        ..base
     }
 }
 

@@ -9,14 +9,15 @@ use anyhow::{bail, Context};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use crate::cli::train::{config, tokenizer_for, TrainArgs};
 use crate::fusion::{collate, Batch, MultimodalSequence, PadSide};
 use crate::model::io::tensors_to_bytes;
 use crate::model::presets::parameter_count;
 use crate::model::ModelConfig;
 use crate::train::data::{Factory, Source};
 use crate::train::optim::AdamW;
+use crate::train::recipe::{preset_config, RecipeOverrides};
 use crate::train::step::{collate_shards, gradients, shard_count, StepGrads};
+use crate::train::tokenizer::data_tokenizer;
 use crate::train::{init_model, named_vars};
 
 /// Arguments of `mmlab bench`.
@@ -201,28 +202,13 @@ pub fn train_bench(a: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
     if a.steps == 0 {
         bail!("--steps must be positive");
     }
-    let targs = TrainArgs {
-        model: a.model.clone(),
-        data: None,
-        out: std::env::temp_dir(),
+    let over = RecipeOverrides {
         steps: Some(a.steps + a.warmup),
         batch_size: a.batch_size,
         lr: Some(a.lr),
-        seed: a.seed,
-        resume: false,
-        overwrite: false,
-        init: None,
-        ckpt_every: 0,
-        eval_every: 0,
-        stop_after: None,
-        freeze: Vec::new(),
-        init_parts: Vec::new(),
-        init_encoder: None,
-        init_audio_encoder: None,
-        text_only: false,
     };
-    let cfg = config(&targs)?;
-    let tok = std::sync::Arc::new(tokenizer_for(&cfg, &targs)?);
+    let cfg = preset_config(&a.model, None, false, over, a.seed)?;
+    let tok = std::sync::Arc::new(data_tokenizer(&cfg)?);
     let pad = tok.specials.pad;
     let Some(data) = cfg.data.clone() else {
         bail!("the benchmark uses synthetic data");
@@ -260,8 +246,9 @@ pub fn train_bench(a: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
             "steps": a.steps, "warmup": a.warmup,
         });
         let bytes = tensors_to_bytes(&tensors).map_err(anyhow::Error::msg)?;
-        std::fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
-        std::fs::write(path.with_extension("json"), meta.to_string())
+        crate::io::atomic_write(path, &bytes)
+            .with_context(|| format!("writing {}", path.display()))?;
+        crate::io::atomic_write(&path.with_extension("json"), meta.to_string().as_bytes())
             .with_context(|| format!("writing {}", path.with_extension("json").display()))?;
     }
     let mut opt = AdamW::new(named_vars(&vm), cfg.optim.clone());

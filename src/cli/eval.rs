@@ -2,19 +2,16 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
-use mmlab_datasets::{write_shapes, write_sounds, ShapesDatasetConfig, SoundsDatasetConfig};
+use anyhow::bail;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mmlab_eval::{
     compare, format_table, merge, parse_shard, task, tasks, AnswerMode, PredictionsFile, Responder,
     RunOptions,
 };
 
+use crate::eval_data::DefaultDataEvent;
 use crate::model::resolve::{load_model_as, parse_dtype};
 use crate::model::responder::ModelResponder;
-
-/// Seed of the default synthetic test set (no training stream uses it).
-pub const DEFAULT_EVAL_SEED: u64 = 1_000_000_007;
 
 /// Arguments of `mmlab eval`.
 #[derive(Clone, Debug, clap::Args)]
@@ -78,72 +75,25 @@ pub enum EvalAction {
     },
 }
 
-/// Where the default synthetic test set lives (relative to the working directory).
-pub fn default_data_root() -> PathBuf {
-    PathBuf::from("data").join(format!("eval-{DEFAULT_EVAL_SEED}"))
-}
-
-/// The default test set for a task's modality, written on first use.
-///
-/// Several processes may start at once on a fresh checkout: one writes the set while holding a
-/// lock file beside it, the others wait for the lock and then find the manifest.
+/// The default test set for a task's modality ([`crate::eval_data::default_data`]), with what
+/// it does shown on stderr.
 pub fn default_data(audio: bool) -> anyhow::Result<PathBuf> {
-    let root = default_data_root();
-    let dir = root.join(if audio { "sounds" } else { "shapes" });
-    if dir.join("manifest.json").is_file() {
-        return Ok(dir);
-    }
-    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    let lock_path = root.join(if audio {
-        ".sounds.lock"
-    } else {
-        ".shapes.lock"
-    });
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening the lock file {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        eprintln!(
-            "waiting for another mmlab process writing {} ...",
-            dir.display()
-        );
-        lock.lock()
-            .with_context(|| format!("locking {}", lock_path.display()))?;
-    }
-    // Another process may have finished it while this one waited.
-    if dir.join("manifest.json").is_file() {
-        return Ok(dir);
-    }
-    eprintln!(
-        "writing the default synthetic test set to {} (seed {DEFAULT_EVAL_SEED}, once)",
-        dir.display()
-    );
-    if audio {
-        let cfg = SoundsDatasetConfig {
-            seed: DEFAULT_EVAL_SEED,
-            train_clips: 0,
-            ..SoundsDatasetConfig::default()
-        };
-        let b = ProgressBar::new(cfg.total_items());
-        write_sounds(&dir, &cfg, &|n| b.inc(n))
-            .with_context(|| format!("writing {}", dir.display()))?;
-        b.finish_and_clear();
-    } else {
-        let cfg = ShapesDatasetConfig {
-            seed: DEFAULT_EVAL_SEED,
-            train_images: 0,
-            ..ShapesDatasetConfig::default()
-        };
-        let b = ProgressBar::new(cfg.total_items());
-        write_shapes(&dir, &cfg, &|n| b.inc(n))
-            .with_context(|| format!("writing {}", dir.display()))?;
-        b.finish_and_clear();
-    }
-    drop(lock);
-    Ok(dir)
+    let bar = ProgressBar::hidden();
+    let on = |e: DefaultDataEvent| {
+        if let Some(line) = e.message() {
+            eprintln!("{line}");
+        }
+        match e {
+            DefaultDataEvent::Writing { items, .. } => {
+                bar.set_length(items);
+                bar.set_draw_target(ProgressDrawTarget::stderr());
+            }
+            DefaultDataEvent::Wrote(n) => bar.inc(n),
+            DefaultDataEvent::Written => bar.finish_and_clear(),
+            DefaultDataEvent::Waiting { .. } => {}
+        }
+    };
+    Ok(crate::eval_data::default_data(audio, &on)?)
 }
 
 /// The predictions files a `--model` names: one file, or several joined by commas (one per
@@ -231,10 +181,6 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let b2 = bar.clone();
-    let synonyms = mmlab_datasets::vocab::synonyms()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
-        .collect();
     let opts = RunOptions {
         limit: args.limit,
         shard: args.shard.as_deref().map(parse_shard).transpose()?,
@@ -250,7 +196,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             AnswerMode::Generate
         },
         images: args.images.clone(),
-        synonyms: Some(synonyms),
+        synonyms: Some(mmlab_eval::default_synonyms()),
         use_cache: !args.no_cache,
         ..RunOptions::default()
     };

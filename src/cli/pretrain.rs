@@ -8,9 +8,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::model::presets::preset;
 use crate::train::contrastive::{
-    describe, pretrain, ContrastiveLoss, PretrainConfig, PretrainModality,
+    describe, pretrain, ContrastiveLoss, PretrainConfig, PretrainModality, PRETRAIN_FILES,
 };
-use crate::train::data::{corpus, SyntheticData};
+use crate::train::data::SyntheticData;
+use crate::train::tokenizer::synthetic_tokenizer;
+use crate::train::TrainError;
 
 /// Arguments of `mmlab pretrain-encoder`.
 #[derive(Clone, Debug, clap::Args)]
@@ -20,7 +22,7 @@ pub struct PretrainArgs {
     pub model: String,
     /// The loss.
     #[arg(long, value_enum, default_value = "siglip")]
-    pub loss: ContrastiveLoss,
+    pub loss: LossArg,
     /// Output folder (`encoder.safetensors`, `pretrain.json`, `train.jsonl`); a non-empty one
     /// is refused unless `--overwrite`.
     #[arg(long)]
@@ -46,14 +48,48 @@ pub struct PretrainArgs {
     /// Image–caption pairs (the vision encoder) or sound–caption pairs (the audio encoder of
     /// an `-audio-` preset).
     #[arg(long, value_enum, default_value = "image")]
-    pub modality: PretrainModality,
+    pub modality: ModalityArg,
+}
+
+/// `--loss`: the command line's spelling of [`ContrastiveLoss`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LossArg {
+    /// CLIP: symmetric cross-entropy over the similarity matrix, learned temperature.
+    Clip,
+    /// SigLIP: a sigmoid loss on every pair, learned temperature and bias.
+    Siglip,
+}
+
+impl From<LossArg> for ContrastiveLoss {
+    fn from(a: LossArg) -> Self {
+        match a {
+            LossArg::Clip => ContrastiveLoss::Clip,
+            LossArg::Siglip => ContrastiveLoss::Siglip,
+        }
+    }
+}
+
+/// `--modality`: the command line's spelling of [`PretrainModality`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModalityArg {
+    /// The vision encoder, on image–caption pairs.
+    Image,
+    /// The audio encoder, on sound–caption pairs.
+    Audio,
+}
+
+impl From<ModalityArg> for PretrainModality {
+    fn from(a: ModalityArg) -> Self {
+        match a {
+            ModalityArg::Image => PretrainModality::Image,
+            ModalityArg::Audio => PretrainModality::Audio,
+        }
+    }
 }
 
 /// Runs the pre-training and prints held-out retrieval before and after.
 pub fn run(a: &PretrainArgs) -> anyhow::Result<()> {
-    let Some(p) = preset(&a.model) else {
-        bail!("unknown preset {:?}; `mmlab models` lists them", a.model);
-    };
+    let p = preset(&a.model).ok_or_else(|| TrainError::UnknownPreset(a.model.clone()))?;
     if p.config.model.bolt.is_none() {
         bail!(
             "{} is a native model: it has no vision encoder to pre-train (pick a bolted-on preset)",
@@ -64,30 +100,20 @@ pub fn run(a: &PretrainArgs) -> anyhow::Result<()> {
     crate::cli::train::check_out_dir(&a.out, a.overwrite)?;
     if a.overwrite {
         // No stale encoder beside a new, possibly unfinished, log.
-        for f in ["encoder.safetensors", "pretrain.json", "train.jsonl"] {
-            let p = a.out.join(f);
-            if p.exists() {
-                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
-            }
-        }
+        crate::io::remove_all(&a.out, &PRETRAIN_FILES).context("removing the earlier run")?;
     }
-    let mut data = SyntheticData::small();
-    data.scene.width = p.config.image.max_width as u32;
-    data.scene.height = p.config.image.max_height as u32;
-    let tok = crate::fusion::TextTokenizer::train_bpe(
-        &corpus(&data, a.seed, 2000, &p.config.image),
-        crate::model::presets::PRESET_VOCAB,
-    )?;
+    let data = SyntheticData::sized_for(&p.config.image);
+    let tok = synthetic_tokenizer(&data, a.seed, &p.config.image)?;
     let cfg = PretrainConfig {
         model: p.config.clone(),
         data,
-        loss: a.loss,
+        loss: a.loss.into(),
         steps: a.steps,
         batch_size: a.batch_size,
         lr: a.lr,
         seed: a.seed,
         eval_pairs: a.eval_pairs,
-        modality: a.modality,
+        modality: a.modality.into(),
     };
     let bar = ProgressBar::new(a.steps);
     bar.set_style(
@@ -105,9 +131,9 @@ pub fn run(a: &PretrainArgs) -> anyhow::Result<()> {
     bar.finish();
     println!(
         "{:?} pre-training of {}'s {} encoder: {} steps x {} pairs in {:.1} s, final loss {:.4}",
-        a.loss,
+        cfg.loss,
         a.model,
-        match a.modality {
+        match cfg.modality {
             PretrainModality::Image => "vision",
             PretrainModality::Audio => "audio",
         },
@@ -128,4 +154,26 @@ pub fn run(a: &PretrainArgs) -> anyhow::Result<()> {
         a.out.join("encoder.safetensors").display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::*;
+
+    /// The command line spells each value as the library's serde name (ablation files) does.
+    #[test]
+    fn the_flag_spellings_are_the_library_names() {
+        for a in LossArg::value_variants() {
+            let name = a.to_possible_value().unwrap().get_name().to_string();
+            let lib: ContrastiveLoss = serde_json::from_value(name.into()).unwrap();
+            assert_eq!(lib, ContrastiveLoss::from(*a));
+        }
+        for a in ModalityArg::value_variants() {
+            let name = a.to_possible_value().unwrap().get_name().to_string();
+            let lib: PretrainModality = serde_json::from_value(name.into()).unwrap();
+            assert_eq!(lib, PretrainModality::from(*a));
+        }
+    }
 }

@@ -5,10 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::fusion::TextTokenizer;
-use crate::model::presets::{parameter_count, preset, PRESET_VOCAB};
-use crate::train::data::{corpus, SyntheticData};
-use crate::train::optim::AdamWConfig;
+use crate::model::presets::parameter_count;
+use crate::train::recipe::{preset_config, RecipeOverrides};
+use crate::train::tokenizer::run_tokenizer;
 use crate::train::{check_resume, train, RunControl, TrainConfig};
 
 /// Arguments of `mmlab train`.
@@ -74,80 +73,34 @@ pub struct TrainArgs {
     pub stop_after: Option<u64>,
 }
 
-/// The default recipe of a preset: (steps, batch, lr, warmup).
-pub fn recipe(name: &str) -> (u64, usize, f64, u64) {
-    match name.rsplit('-').next() {
-        Some("tiny") => (200, 32, 3e-3, 20),
-        Some("small") => (7000, 64, 4e-3, 200),
-        _ => (20000, 64, 1e-3, 500),
-    }
-}
-
-/// Builds the run configuration from the arguments.
+/// Builds the run configuration from the arguments: the preset's recipe
+/// ([`preset_config`]) with what the arguments set.
 pub fn config(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
-    let Some(p) = preset(&args.model) else {
-        bail!("unknown preset {:?}; `mmlab models` lists them", args.model);
+    let over = RecipeOverrides {
+        steps: args.steps,
+        batch_size: args.batch_size,
+        lr: args.lr,
     };
-    let (steps, batch, lr, warmup) = recipe(p.name);
-    let mut data = SyntheticData::small();
-    data.scene.width = p.config.image.max_width as u32;
-    data.scene.height = p.config.image.max_height as u32;
-    data.text_only = args.text_only;
+    let base = preset_config(
+        &args.model,
+        args.data.clone(),
+        args.text_only,
+        over,
+        args.seed,
+    )?;
     if args.text_only && args.data.is_some() {
         bail!("--text-only works on the generated data, not with --data");
     }
     Ok(TrainConfig {
-        model: p.config.clone(),
-        data: args.data.is_none().then_some(data),
-        data_dir: args.data.clone(),
-        steps: args.steps.unwrap_or(steps),
-        batch_size: args.batch_size.unwrap_or(batch),
-        warmup: warmup.min(args.steps.unwrap_or(steps) / 10),
-        min_lr_ratio: 0.05,
-        optim: AdamWConfig {
-            lr: args.lr.unwrap_or(lr),
-            ..AdamWConfig::default()
-        },
-        grad_clip: 1.0,
-        seed: args.seed,
-        log_every: 20,
         eval_every: args.eval_every,
         ckpt_every: args.ckpt_every,
-        eval_batches: 8,
         init_from: args.init.clone(),
         freeze: args.freeze.clone(),
         init_parts: args.init_parts.clone(),
         init_encoder: args.init_encoder.clone(),
         init_audio_encoder: args.init_audio_encoder.clone(),
+        ..base
     })
-}
-
-/// The tokenizer for a run: reused from the output directory on resume, else trained on the data's texts.
-pub fn tokenizer_for(cfg: &TrainConfig, args: &TrainArgs) -> anyhow::Result<TextTokenizer> {
-    if let Some(dir) = &args.init {
-        let p = dir.join("tokenizer.json");
-        return TextTokenizer::from_file(&p).with_context(|| format!("loading {}", p.display()));
-    }
-    let saved = args.out.join("tokenizer.json");
-    if args.resume && saved.is_file() {
-        return TextTokenizer::from_file(&saved)
-            .with_context(|| format!("loading {}", saved.display()));
-    }
-    let texts = match (&cfg.data, &cfg.data_dir) {
-        (Some(d), _) => corpus(d, cfg.seed, 2000, &cfg.model.image),
-        (None, Some(dir)) => {
-            let p = dir.join("train.jsonl");
-            let recs = mmlab_datasets::load_train(&p)?;
-            let mut t = crate::fusion::text::builtin_corpus();
-            for r in recs {
-                t.push(r.question);
-                t.push(r.answer);
-            }
-            t
-        }
-        (None, None) => bail!("no training data"),
-    };
-    Ok(TextTokenizer::train_bpe(&texts, PRESET_VOCAB)?)
 }
 
 /// Checks an output directory before any work: it must be writable, and a non-empty one is
@@ -200,7 +153,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     } else {
         check_out_dir(&args.out, args.overwrite)?;
     }
-    let tok = tokenizer_for(&cfg, args)?;
+    let tok = run_tokenizer(&cfg, &args.out, args.resume)?;
     tok.save(&args.out.join("tokenizer.json"))?;
     eprintln!(
         "training {} ({} parameters) for {} steps x {} sequences into {}",
@@ -229,8 +182,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let summary = train(&cfg, tok, &args.out, &ctl)?;
     bar.finish();
     let cmd: Vec<String> = std::env::args().collect();
-    std::fs::write(args.out.join("COMMAND"), format!("{}\n", cmd.join(" ")))
-        .with_context(|| format!("writing {}", args.out.join("COMMAND").display()))?;
+    crate::io::atomic_write(
+        &args.out.join("COMMAND"),
+        format!("{}\n", cmd.join(" ")).as_bytes(),
+    )
+    .with_context(|| format!("writing {}", args.out.join("COMMAND").display()))?;
     eprintln!(
         "step {} / {}: {} tokens in {:.1} s; held-out answer accuracy {:?}",
         summary.state.step, cfg.steps, summary.state.tokens, summary.state.seconds, summary.eval

@@ -261,13 +261,10 @@ impl TextTokenizer {
     /// Writes `tokenizer.json` to `path` atomically (temp file + rename).
     pub fn save(&self, path: &Path) -> Result<(), FusionError> {
         let json = self.to_json()?;
-        let tmp = path.with_extension("json.tmp");
-        let io = |source| FusionError::Io {
+        crate::io::atomic_write(path, json.as_bytes()).map_err(|e| FusionError::Io {
             path: path.to_path_buf(),
-            source,
-        };
-        std::fs::write(&tmp, json.as_bytes()).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+            source: e.source,
+        })
     }
 
     /// Token ids of `text`, with no special tokens added (and none recognised in the text).

@@ -247,6 +247,3 @@ impl<'a> Placer<'a> {
             .reshape((b, t, self.decoder.cfg.d_model))
     }
 }
-
-/// The name every design's composite model had before the designs became peers.
-pub type NativeModel = Model;

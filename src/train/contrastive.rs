@@ -23,12 +23,13 @@ use super::data::SyntheticData;
 use super::optim::{lr_at, AdamW, AdamWConfig};
 use super::{named_vars, reinit, TrainError};
 use crate::fusion::{audio_features, patchify, AudioSpan, ImageSpan, TextTokenizer};
+use crate::io::atomic_write;
 use crate::model::encoder::{AudioEncoder, VisionEncoder};
-use crate::model::io::{atomic_write, ModelDirConfig};
+use crate::model::io::ModelDirConfig;
 use crate::model::layers::{learned, EncoderStack, Linear};
 
 /// Which contrastive loss.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ContrastiveLoss {
     /// CLIP: symmetric cross-entropy over the similarity matrix, learned temperature.
@@ -144,7 +145,7 @@ impl TextEncoder {
 }
 
 /// Which tower the contrastive stage trains against the captions.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PretrainModality {
     /// The vision encoder, on image–caption pairs.
@@ -226,6 +227,26 @@ impl DualEncoder {
     }
 
     /// Mean-pooled, projected tower features of every item of `pairs`.
+    /// The towers for `cfg`, their variables in `vm` seeded with `cfg.seed`, the temperature
+    /// and bias where the papers start them.
+    fn seeded(
+        cfg: &PretrainConfig,
+        vocab: usize,
+        vm: &VarMap,
+        device: &Device,
+    ) -> std::result::Result<Self, TrainError> {
+        let vb = VarBuilder::from_varmap(vm, DType::F32, device);
+        let model = DualEncoder::new(&cfg.model, cfg.modality, vocab, vb)?;
+        reinit(vm, cfg.seed)?;
+        let (t0, b0) = match cfg.loss {
+            ContrastiveLoss::Clip => ((1.0f32 / 0.07).ln(), 0.0f32),
+            ContrastiveLoss::Siglip => (10f32.ln(), -10.0),
+        };
+        set_named(vm, "contrastive.logit_scale", t0)?;
+        set_named(vm, "contrastive.logit_bias", b0)?;
+        Ok(model)
+    }
+
     fn embed_items(&self, pairs: &Pairs) -> Result<Tensor> {
         let enc = match (&self.tower, &pairs.spans) {
             (Tower::Vision(v), Spans::Image(s)) => v.forward(&pairs.inputs, s)?,
@@ -416,6 +437,9 @@ pub struct PretrainReport {
     pub seconds: f64,
 }
 
+/// The files a pre-training run writes into its folder.
+pub const PRETRAIN_FILES: [&str; 3] = ["encoder.safetensors", "pretrain.json", "train.jsonl"];
+
 /// Trains the two towers; writes `encoder.safetensors` (all weights; `vision_encoder.*` is
 /// what later stages load), `pretrain.json` and `train.jsonl` into `out`.
 pub fn pretrain(
@@ -425,28 +449,12 @@ pub fn pretrain(
     progress: &dyn Fn(u64, u64, f64),
 ) -> std::result::Result<PretrainReport, TrainError> {
     if cfg.steps == 0 || cfg.batch_size < 2 || cfg.eval_pairs < 2 {
-        return Err(TrainError::Config(
-            "steps must be positive and batch_size, eval_pairs at least 2".into(),
-        ));
+        return Err(TrainError::PretrainSizes);
     }
     let device = Device::Cpu;
     std::fs::create_dir_all(out).map_err(super::io_err(out))?;
     let vm = VarMap::new();
-    let vb = VarBuilder::from_varmap(&vm, DType::F32, &device);
-    let model = DualEncoder::new(&cfg.model, cfg.modality, tok.vocab_size(), vb)?;
-    reinit(&vm, cfg.seed)?;
-    // Temperature and bias start where the papers start them.
-    let (t0, b0) = match cfg.loss {
-        ContrastiveLoss::Clip => ((1.0f32 / 0.07).ln(), 0.0f32),
-        ContrastiveLoss::Siglip => (10f32.ln(), -10.0),
-    };
-    for (name, var) in named_vars(&vm) {
-        if name == "contrastive.logit_scale" {
-            var.set(&Tensor::new(&[t0], &device)?)?;
-        } else if name == "contrastive.logit_bias" {
-            var.set(&Tensor::new(&[b0], &device)?)?;
-        }
-    }
+    let model = DualEncoder::seeded(cfg, tok.vocab_size(), &vm, &device)?;
     let vars: Vec<_> = named_vars(&vm)
         .into_iter()
         .filter(|(n, _)| cfg.loss == ContrastiveLoss::Siglip || n != "contrastive.logit_bias")
@@ -500,9 +508,7 @@ pub fn pretrain(
         };
         let lv = loss.to_scalar::<f32>()? as f64;
         if !lv.is_finite() {
-            return Err(TrainError::Config(format!(
-                "contrastive loss is {lv} at step {step}; lower the learning rate"
-            )));
+            return Err(TrainError::NonFiniteContrastive { step, loss: lv });
         }
         let grads = loss.backward()?;
         let norm = opt.grad_norm(&grads)?;
@@ -510,11 +516,7 @@ pub fn pretrain(
         // CLIP clamps the temperature so logits stay below 100.
         let ls = model.log_scale.to_vec1::<f32>()?[0];
         if ls > 100f32.ln() {
-            for (name, var) in named_vars(&vm) {
-                if name == "contrastive.logit_scale" {
-                    var.set(&Tensor::new(&[100f32.ln()], &device)?)?;
-                }
-            }
+            set_named(&vm, "contrastive.logit_scale", 100f32.ln())?;
         }
         recent.push(lv);
         if recent.len() > 20 {
@@ -536,9 +538,26 @@ pub fn pretrain(
         final_loss: recent.iter().sum::<f64>() / recent.len().max(1) as f64,
         seconds: start.elapsed().as_secs_f64(),
     };
-    let w = crate::model::io::safetensors_bytes(&vm, DType::F32)
-        .map_err(|msg| TrainError::Config(format!("saving weights: {msg}")))?;
-    atomic_write(&out.join("encoder.safetensors"), &w)?;
+    write_outputs(out, cfg, &vm, &report)?;
+    Ok(report)
+}
+
+/// Writes `encoder.safetensors` (the weights in `vm`) and `pretrain.json` (`cfg` and
+/// `report`) into `out`.
+fn write_outputs(
+    out: &Path,
+    cfg: &PretrainConfig,
+    vm: &VarMap,
+    report: &PretrainReport,
+) -> std::result::Result<(), TrainError> {
+    let wp = out.join("encoder.safetensors");
+    let w = crate::model::io::safetensors_bytes(vm, DType::F32).map_err(|msg| {
+        TrainError::SaveTensors {
+            path: wp.clone(),
+            msg,
+        }
+    })?;
+    atomic_write(&wp, &w)?;
     let meta = serde_json::json!({ "config": cfg, "report": report });
     atomic_write(
         &out.join("pretrain.json"),
@@ -546,7 +565,17 @@ pub fn pretrain(
             .unwrap_or_default()
             .as_bytes(),
     )?;
-    Ok(report)
+    Ok(())
+}
+
+/// Sets the one-element variable `name` of `vm` to `value`.
+fn set_named(vm: &VarMap, name: &str, value: f32) -> Result<()> {
+    for (n, var) in named_vars(vm) {
+        if n == name {
+            var.set(&Tensor::new(&[value], var.device())?)?;
+        }
+    }
+    Ok(())
 }
 
 /// Per-metric summary line for printing.

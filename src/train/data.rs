@@ -51,6 +51,14 @@ impl SyntheticData {
             text_only: false,
         }
     }
+
+    /// [`SyntheticData::small`] with scenes drawn at the model's largest image size.
+    pub fn sized_for(image: &ImageConfig) -> Self {
+        let mut d = Self::small();
+        d.scene.width = image.max_width as u32;
+        d.scene.height = image.max_height as u32;
+        d
+    }
 }
 
 /// One training example before tokenisation.

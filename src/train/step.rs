@@ -20,7 +20,7 @@ use candle_core::{Result, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::fusion::{collate, Batch, MultimodalSequence, PadSide};
-use crate::model::NativeModel;
+use crate::model::Model;
 
 /// Fewest examples a shard gets; below it a thread's share is too small to pay for itself.
 const MIN_SHARD_EXAMPLES: usize = 2;
@@ -66,7 +66,7 @@ pub struct StepGrads {
 /// Loss and gradients of `model` over the examples of `shards`, one thread per shard.
 ///
 /// `vars` are the parameters whose gradients are summed across shards (the trainable ones).
-pub fn gradients(model: &NativeModel, shards: &[Batch], vars: &[Var]) -> Result<StepGrads> {
+pub fn gradients(model: &Model, shards: &[Batch], vars: &[Var]) -> Result<StepGrads> {
     let t0 = Instant::now();
     if shards.is_empty() {
         candle_core::bail!("a training step needs at least one batch");

@@ -6,9 +6,7 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    atomic_write, hf_fuyu, io_err as io, parse_weights, safetensors_bytes, CheckpointError,
-};
+use super::{hf_fuyu, io_err as io, parse_weights, safetensors_bytes, CheckpointError};
 use crate::fusion::audio::AudioConfig;
 use crate::fusion::image::ImageConfig;
 use crate::fusion::text::TextTokenizer;
@@ -196,13 +194,13 @@ pub fn save_dir(
         path: wpath.clone(),
         msg,
     })?;
-    atomic_write(&wpath, &bytes)?;
+    crate::io::atomic_write(&wpath, &bytes)?;
     let cpath = dir.join("config.json");
     let json = serde_json::to_vec_pretty(config).map_err(|e| CheckpointError::Config {
         path: cpath.clone(),
         msg: e.to_string(),
     })?;
-    atomic_write(&cpath, &json)?;
+    crate::io::atomic_write(&cpath, &json)?;
     let tpath = dir.join("tokenizer.json");
     tokenizer
         .save(&tpath)

@@ -1,6 +1,6 @@
 //! Model directories on disk: ours (`config.json`, `model.safetensors`, `tokenizer.json`,
-//! `train.jsonl`) and HuggingFace Fuyu's, checked safetensors reading and writing, and the
-//! one atomic write the model layer uses.
+//! `train.jsonl`) and HuggingFace Fuyu's, and checked safetensors reading and writing. Files
+//! are written with the crate's one atomic write ([`crate::io::atomic_write`]).
 
 mod dir;
 pub mod hf_fuyu;
@@ -12,8 +12,8 @@ pub use dir::{
     load_dir, load_files, parse_config, read_config, save_dir, LoadedModel, ModelDirConfig,
 };
 pub use safetensors::{
-    check_safetensors, parse_weight_index, parse_weights, safetensors_bytes, tensors_to_bytes,
-    CheckedHeader, TensorInfo,
+    check_safetensors, parse_weight_index, parse_weights, read_weights, safetensors_bytes,
+    tensors_to_bytes, CheckedHeader, TensorInfo,
 };
 
 /// Errors reading or writing a model directory.
@@ -69,12 +69,11 @@ pub(crate) fn weights_err(path: &Path, msg: impl Into<String>) -> CheckpointErro
     }
 }
 
-/// Writes `bytes` to `path` atomically (temp file + rename).
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+impl From<crate::io::FileError> for CheckpointError {
+    fn from(e: crate::io::FileError) -> Self {
+        CheckpointError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
 }

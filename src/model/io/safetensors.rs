@@ -419,6 +419,15 @@ pub fn parse_weights(
         .map_err(|e| werr(e.to_string()))
 }
 
+/// Reads a `.safetensors` file into f32 tensors on `device`; errors name `path`.
+pub fn read_weights(
+    path: &Path,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    parse_weights(&bytes, path, device)
+}
+
 /// Serialises `vars` (sorted by name) as safetensors in `dtype`.
 pub fn safetensors_bytes(vars: &VarMap, dtype: DType) -> Result<Vec<u8>, String> {
     let data = vars
