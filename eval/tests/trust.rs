@@ -23,8 +23,8 @@ fn opts(root: &Path) -> RunOptions {
     }
 }
 
-/// Answers "Yes" when the image file's bytes hold a `Y`, else "No": a model that looks at the
-/// image. Counts the questions it was asked.
+/// Answers "Yes" when the image file's first byte is `Y`, else "No": a model that looks at the
+/// image (only the first byte: the rest holds the data set's path, which may contain a `Y`). Counts the questions it was asked.
 struct LooksAtImage {
     asked: Rc<Cell<usize>>,
 }
@@ -41,7 +41,7 @@ impl Responder for LooksAtImage {
             .map(|r| {
                 let p = r.image.as_ref().expect("an image task");
                 let bytes = std::fs::read(p).map_err(|e| EvalError::io(p, e))?;
-                Ok(Response::text(if bytes.contains(&b'Y') {
+                Ok(Response::text(if bytes.first() == Some(&b'Y') {
                     "Yes"
                 } else {
                     "No"
