@@ -254,7 +254,7 @@ fn wav_by_hand(
     b.extend(1u16.to_le_bytes()); // PCM
     b.extend(channels.to_le_bytes());
     b.extend(rate.to_le_bytes());
-    b.extend((rate * 2 * channels as u32).to_le_bytes()); // byte rate
+    b.extend((rate.wrapping_mul(2 * channels as u32)).to_le_bytes()); // byte rate
     b.extend((2 * channels).to_le_bytes()); // block align
     b.extend(16u16.to_le_bytes());
     b.extend(b"data");
@@ -275,6 +275,20 @@ fn wav_with_zero_sample_rate_is_an_error_naming_the_file() {
     assert!(matches!(e, FusionError::AudioDecode { .. }), "{e}");
     assert_names(&e, &p);
     assert!(e.to_string().contains("sample rate is 0"), "{e}");
+    // A rate no recording has (found by fuzzing: 4,294,934,528 Hz made the resampler plan an
+    // FFT of gigabytes) is refused before any resampling.
+    let p = write(
+        dir.path(),
+        "huge-rate.wav",
+        &wav_by_hand(0xffff_8000, 1, &[1, 2, 3, 4], None, None),
+    );
+    let e = load_audio(&p).unwrap_err();
+    assert_names(&e, &p);
+    assert!(
+        e.to_string()
+            .contains("sample rate 4294934528 Hz is over the limit"),
+        "{e}"
+    );
     // Zero channels is refused the same way.
     let p = write(
         dir.path(),

@@ -32,6 +32,10 @@ use super::error::FusionError;
 
 /// Sample rate every front-end works at.
 pub const SAMPLE_RATE: u32 = 16_000;
+/// Highest source sample rate accepted (the highest rate audio is recorded at): above it,
+/// the resampler's FFT plan (its size grows with `rate / gcd(rate, 16000)`) would need
+/// gigabytes for a rate a hostile header made up.
+pub const MAX_SAMPLE_RATE: u32 = 768_000;
 /// Whisper's FFT size (25 ms).
 pub const N_FFT: usize = 400;
 /// Whisper's hop length (10 ms).
@@ -274,6 +278,12 @@ fn decode_mono(path: &Path, max_seconds: f32) -> Result<(Vec<f32>, u32), FusionE
             detail: "sample rate is 0".into(),
         });
     }
+    if rate > MAX_SAMPLE_RATE {
+        return Err(FusionError::AudioDecode {
+            path: pb(),
+            detail: format!("sample rate {rate} Hz is over the limit of {MAX_SAMPLE_RATE} Hz"),
+        });
+    }
     let max_frames = (max_seconds as f64 * rate as f64).floor() as u64;
     let too_long = |frames: u64| FusionError::AudioTooLong {
         path: pb(),
@@ -481,8 +491,10 @@ pub fn resample(samples: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, S
     if from_hz == to_hz {
         return Ok(samples.to_vec());
     }
-    if from_hz == 0 || to_hz == 0 {
-        return Err(format!("invalid sample rates {from_hz} -> {to_hz}"));
+    if from_hz == 0 || to_hz == 0 || from_hz > MAX_SAMPLE_RATE || to_hz > MAX_SAMPLE_RATE {
+        return Err(format!(
+            "invalid sample rates {from_hz} -> {to_hz} (each must be in 1..={MAX_SAMPLE_RATE} Hz)"
+        ));
     }
     let expected = (samples.len() as u64 * to_hz as u64).div_ceil(from_hz as u64) as usize;
     // rubato's FFT resampler works on chunks of `k * from / gcd` samples and reports a
