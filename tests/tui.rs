@@ -477,7 +477,7 @@ fn inspector_attention_is_the_models_own_attention() {
 fn inspect_writes_the_overlay_png() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("attn.png");
-    let args = mmlab::tui::InspectArgs {
+    let args = mmlab::tui::InspectOptions {
         model: root().join("models/fuyu-tiny-a").display().to_string(),
         image: root().join("data/shapes/images/000000.png"),
         audio: None,
@@ -492,7 +492,7 @@ fn inspect_writes_the_overlay_png() {
     let img = image::open(&out).expect("png").to_rgb8();
     assert!(img.width() >= 240 || img.height() >= 240);
     // A layer the model does not have is a clear error.
-    let bad = mmlab::tui::InspectArgs {
+    let bad = mmlab::tui::InspectOptions {
         layer: Some(9),
         ..args
     };

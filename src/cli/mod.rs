@@ -9,6 +9,7 @@ pub mod models;
 pub mod pretrain;
 pub mod tokenize;
 pub mod train;
+pub mod tui;
 
 use std::path::PathBuf;
 
@@ -64,9 +65,9 @@ pub enum Command {
     /// Time training steps on fixed batches (and write them for the PyTorch side-by-side).
     Bench(bench::BenchArgs),
     /// The terminal dashboard comparing models, and the model inspector (`--inspect`).
-    Tui(crate::tui::TuiArgs),
+    Tui(tui::TuiArgs),
     /// Write a model's attention over an image's patches as a PNG (the inspector's overlay).
-    Inspect(crate::tui::InspectArgs),
+    Inspect(tui::InspectArgs),
 }
 
 /// Parses the command line and runs it.
@@ -106,7 +107,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::Ask(a) => ask::run(a),
         Command::Bench(a) => bench::run(a),
-        Command::Tui(a) => crate::tui::run(&crate::tui::TuiArgs { root, ..a.clone() }),
-        Command::Inspect(a) => crate::tui::run_inspect(a),
+        Command::Tui(a) => crate::tui::run(&crate::tui::TuiOptions { root, ..a.into() }),
+        Command::Inspect(a) => crate::tui::run_inspect(&a.into()),
     }
 }

@@ -48,64 +48,48 @@ pub enum Action {
     Back,
 }
 
-/// Arguments of `mmlab tui`.
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct TuiArgs {
+/// What `mmlab tui` opens.
+#[derive(Clone, Debug, Default)]
+pub struct TuiOptions {
     /// Workspace folder holding `models/`, `runs/`, `results/` and `ablations/` (the global
     /// `--root`, else `$MMLAB_HOME`, else the working directory).
-    #[arg(skip)]
     pub root: PathBuf,
     /// Open the inspector instead of the dashboard.
-    #[arg(long)]
     pub inspect: bool,
     /// Model to inspect (preset name or model directory).
-    #[arg(long)]
     pub model: Option<String>,
     /// Image to inspect.
-    #[arg(long)]
     pub image: Option<PathBuf>,
     /// Audio clip to inspect.
-    #[arg(long)]
     pub audio: Option<PathBuf>,
     /// Prompt.
-    #[arg(long, default_value = "")]
     pub prompt: String,
     /// A result file (or its `.samples.jsonl`) whose wrong answers to browse (default: the
     /// model's latest results under `results/`).
-    #[arg(long)]
     pub samples: Option<PathBuf>,
 }
 
-/// Arguments of `mmlab inspect`.
-#[derive(Clone, Debug, clap::Args)]
-pub struct InspectArgs {
+/// What `mmlab inspect` draws.
+#[derive(Clone, Debug)]
+pub struct InspectOptions {
     /// Preset name or model directory.
-    #[arg(long)]
     pub model: String,
     /// The image.
-    #[arg(long)]
     pub image: PathBuf,
     /// Audio clip played after the image, if any.
-    #[arg(long)]
     pub audio: Option<PathBuf>,
     /// The prompt.
-    #[arg(long)]
     pub prompt: String,
     /// Layer (1-based; default: mean over layers).
-    #[arg(long)]
     pub layer: Option<usize>,
     /// Head (1-based; default: mean over heads).
-    #[arg(long)]
     pub head: Option<usize>,
     /// Sequence position of the query token (default: the last prompt token, which predicts
     /// the answer).
-    #[arg(long)]
     pub token: Option<usize>,
     /// Where to write the PNG.
-    #[arg(long)]
     pub out: PathBuf,
     /// Longer side of the PNG in pixels (at least).
-    #[arg(long, default_value_t = 480)]
     pub size: u32,
 }
 
@@ -229,7 +213,7 @@ fn event_loop(term: &mut Terminal<CrosstermBackend<Stdout>>, app: &mut App) -> a
 }
 
 /// Runs `mmlab tui`.
-pub fn run(args: &TuiArgs) -> anyhow::Result<()> {
+pub fn run(args: &TuiOptions) -> anyhow::Result<()> {
     let ws = Workspace::scan(&args.root);
     let screen = if args.inspect {
         let model = args
@@ -269,7 +253,7 @@ pub fn run(args: &TuiArgs) -> anyhow::Result<()> {
 
 /// Runs `mmlab inspect`: writes the attention overlay of one query token as a PNG and prints
 /// what it shows.
-pub fn run_inspect(args: &InspectArgs) -> anyhow::Result<()> {
+pub fn run_inspect(args: &InspectOptions) -> anyhow::Result<()> {
     let m = crate::model::resolve::load_model(&args.model)?;
     let input = InspectInput {
         image: Some(args.image.clone()),
