@@ -40,11 +40,6 @@ impl VisionEncoder {
         })
     }
 
-    /// The device the weights live on.
-    pub fn device(&self) -> Device {
-        self.device.clone()
-    }
-
     /// Encodes every image of `spans` from the patch matrix `patches` (`n, patch_dim`).
     pub fn forward(&self, patches: &Tensor, spans: &[ImageSpan]) -> Result<Encoded> {
         let n_rows = patches.dim(0)?;
