@@ -27,6 +27,7 @@ fn config(steps: u64) -> TrainConfig {
         eval_every: 0,
         ckpt_every: 0,
         eval_batches: 1,
+        eval_seed: None,
         init_from: None,
         init_parts: Vec::new(),
         init_encoder: None,

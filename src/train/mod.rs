@@ -259,6 +259,10 @@ pub struct TrainConfig {
     pub ckpt_every: u64,
     /// Held-out eval batches.
     pub eval_batches: u64,
+    /// Seed of the held-out eval set (synthetic data); `None`: derived from `seed`. A study sets
+    /// one for all its runs, so every run is measured on the same held-out examples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_seed: Option<u64>,
     /// Start from the weights of this model directory (a warm start: fresh optimiser and
     /// schedule) instead of a seeded initialisation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -305,6 +309,7 @@ impl TrainConfig {
             eval_every: 500,
             ckpt_every: 500,
             eval_batches: EVAL_BATCHES,
+            eval_seed: None,
             init_from: None,
             freeze: Vec::new(),
             init_parts: Vec::new(),
@@ -397,6 +402,9 @@ pub struct LogLine {
     /// Held-out loss.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
+    /// Held-out loss per question kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_losses: Option<BTreeMap<String, f64>>,
 }
 
 impl LogLine {
@@ -412,6 +420,7 @@ impl LogLine {
             seconds: state.seconds,
             eval: None,
             eval_loss: None,
+            eval_losses: None,
         }
     }
 }
@@ -488,15 +497,26 @@ pub fn named_vars(vm: &VarMap) -> Vec<(String, Var)> {
     v
 }
 
+/// What the held-out eval measured: teacher-forced answer accuracy and loss, overall, per
+/// question kind, and per example (for bootstrap intervals over the held-out set).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HeldOut {
+    /// Share of examples whose every answer token is predicted, per question kind.
+    pub accuracy: BTreeMap<String, f64>,
+    /// Mean answer-token loss (nats) over every answer token.
+    pub loss: f64,
+    /// Mean answer-token loss per question kind.
+    pub losses: BTreeMap<String, f64>,
+    /// Each example's (kind, answer tokens, summed answer-token loss), in held-out order.
+    pub examples: Vec<(String, u32, f64)>,
+}
+
 /// Teacher-forced answer accuracy and loss of `model` on `batches`, per question kind.
-pub fn evaluate(
-    model: &Model,
-    batches: &[Vec<Example>],
-    pad: u32,
-) -> Result<(BTreeMap<String, f64>, f64), TrainError> {
+pub fn evaluate(model: &Model, batches: &[Vec<Example>], pad: u32) -> Result<HeldOut, TrainError> {
     let mut right: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut loss_sum = 0.0;
     let mut loss_n = 0usize;
+    let mut examples = Vec::new();
     for ex in batches {
         let seqs: Vec<_> = ex.iter().map(|e| e.seq.clone()).collect();
         let batch = collate(&seqs, pad, PadSide::Right)?;
@@ -506,29 +526,59 @@ pub fn evaluate(
             targets,
             logits,
         } = model.decoder().target_logits(&out.hidden, &batch)?;
+        let mut row_loss = vec![0f32; rows.len()];
         if !rows.is_empty() {
             let mean = crate::kernels::cross_entropy(&logits, &targets)?;
             loss_sum += mean.to_scalar::<f32>()? as f64 * rows.len() as f64;
+            // Each row's own loss: -log softmax at its target.
+            let lsm = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
+            let idx = candle_core::Tensor::from_slice(&targets, (targets.len(), 1), lsm.device())?;
+            row_loss = lsm
+                .gather(&idx, 1)?
+                .flatten_all()?
+                .neg()?
+                .to_vec1::<f32>()?;
         }
         loss_n += rows.len();
         let pred = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
         // Rows are in sequence order: group them back by sequence.
         let t = batch.seq_len;
         for (i, e) in ex.iter().enumerate() {
-            let ok = rows
-                .iter()
-                .zip(&pred)
-                .zip(&targets)
-                .filter(|((r, _), _)| (**r as usize) / t == i)
-                .all(|((_, p), tg)| p == tg);
-            let entry = right.entry(e.kind.name().to_string()).or_default();
+            let mine = || {
+                rows.iter()
+                    .enumerate()
+                    .filter(move |(_, r)| (**r as usize) / t == i)
+                    .map(|(j, _)| j)
+            };
+            let ok = mine().all(|j| pred[j] == targets[j]);
+            let kind = e.kind.name().to_string();
+            let entry = right.entry(kind.clone()).or_default();
             entry.0 += u64::from(ok);
             entry.1 += 1;
+            let n = mine().count() as u32;
+            let l: f64 = mine().map(|j| row_loss[j] as f64).sum();
+            examples.push((kind, n, l));
         }
     }
-    let acc = right
+    let accuracy = right
         .into_iter()
         .map(|(k, (r, n))| (k, r as f64 / n.max(1) as f64))
         .collect();
-    Ok((acc, loss_sum / loss_n.max(1) as f64))
+    let mut per: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+    for (k, n, l) in &examples {
+        let e = per.entry(k.clone()).or_default();
+        e.0 += l;
+        e.1 += *n as u64;
+    }
+    let losses = per
+        .into_iter()
+        .filter(|(_, (_, n))| *n > 0)
+        .map(|(k, (l, n))| (k, l / n as f64))
+        .collect();
+    Ok(HeldOut {
+        accuracy,
+        loss: loss_sum / loss_n.max(1) as f64,
+        losses,
+        examples,
+    })
 }

@@ -206,7 +206,7 @@ fn data_streams(
         (None, None) => return Err(TrainError::NoData),
     };
     let factory = Factory::new(source, cfg.seed, cfg.batch_size, builder.clone());
-    let eval_seed = cfg.seed ^ 0x0000_E7A1_5EED;
+    let eval_seed = cfg.eval_seed.unwrap_or(cfg.seed ^ 0x0000_E7A1_5EED);
     let eval_sets: Vec<Vec<Example>> = match eval_source {
         Some(src) => {
             let ef = Factory::new(src, eval_seed, cfg.batch_size, builder);
@@ -381,18 +381,19 @@ impl Run<'_> {
 
     /// The held-out eval now, logged.
     fn eval(&mut self) -> Result<BTreeMap<String, f64>, TrainError> {
-        let (acc, el) = evaluate(&self.model, &self.eval_sets, self.pad)?;
+        let h = evaluate(&self.model, &self.eval_sets, self.pad)?;
         self.log.write(&LogLine {
-            eval: Some(acc.clone()),
-            eval_loss: Some(el),
+            eval: Some(h.accuracy.clone()),
+            eval_loss: Some(h.loss),
+            eval_losses: Some(h.losses),
             ..LogLine::at(&self.state)
         })?;
         tracing::info!(
             step = self.state.step,
-            eval_loss = el,
-            ?acc,
+            eval_loss = h.loss,
+            acc = ?h.accuracy,
             "held-out eval"
         );
-        Ok(acc)
+        Ok(h.accuracy)
     }
 }
