@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use mmlab_datasets::{write_shapes, write_sounds, ShapesDatasetConfig, SoundsDatasetConfig};
+use mmlab_datasets::{
+    write_shapes, write_sounds, SceneConfig, ShapesDatasetConfig, SoundsDatasetConfig,
+};
 
 /// Seed of the default synthetic test set (no training stream uses it).
 pub const DEFAULT_EVAL_SEED: u64 = 1_000_000_007;
@@ -12,6 +14,12 @@ pub const DEFAULT_EVAL_SEED: u64 = 1_000_000_007;
 /// Errors making the default test set.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalDataError {
+    /// No scene preset has this name.
+    #[error("unknown scene preset {name:?} ({})", SceneConfig::PRESETS.join(", "))]
+    UnknownScenes {
+        /// The name given.
+        name: String,
+    },
     /// Its folder could not be created.
     #[error("creating {}", path.display())]
     Create {
@@ -97,7 +105,26 @@ pub fn default_data(
     audio: bool,
     on: &(dyn Fn(DefaultDataEvent) + Sync),
 ) -> Result<PathBuf, EvalDataError> {
-    let root = default_data_root();
+    test_data("small", audio, on)
+}
+
+/// The test set of scene tier `scenes` (a [`SceneConfig::preset`] name; `small`, the aligned
+/// tier, is the default test set): the same seed and sizes as the default set, its scenes drawn
+/// by that preset, written once under `data/eval-<seed>-<scenes>/` (`small`: `data/eval-<seed>/`).
+/// The sounds do not depend on the tier: every tier's audio set is the default one.
+pub fn test_data(
+    scenes: &str,
+    audio: bool,
+    on: &(dyn Fn(DefaultDataEvent) + Sync),
+) -> Result<PathBuf, EvalDataError> {
+    let scene = SceneConfig::preset(scenes).ok_or_else(|| EvalDataError::UnknownScenes {
+        name: scenes.to_string(),
+    })?;
+    let root = if audio || scenes == "small" {
+        default_data_root()
+    } else {
+        PathBuf::from("data").join(format!("eval-{DEFAULT_EVAL_SEED}-{scenes}"))
+    };
     let dir = root.join(if audio { "sounds" } else { "shapes" });
     if dir.join("manifest.json").is_file() {
         return Ok(dir);
@@ -138,6 +165,7 @@ pub fn default_data(
     };
     let shapes = ShapesDatasetConfig {
         seed: DEFAULT_EVAL_SEED,
+        scene,
         train_images: 0,
         ..ShapesDatasetConfig::default()
     };

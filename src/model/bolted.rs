@@ -106,6 +106,11 @@ impl Bolted {
         })
     }
 
+    /// The vision encoder (for probing its features).
+    pub fn vision_encoder(&self) -> &VisionEncoder {
+        &self.encoder
+    }
+
     /// Flamingo's gated cross-attention layers, for the decoder.
     pub fn cross_attend(&self) -> CrossAttend<'_> {
         CrossAttend {

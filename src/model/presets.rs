@@ -170,6 +170,64 @@ fn bolted_preset(
     }
 }
 
+/// A model of `design` at decoder width `d` — the size ladder of scaling studies. Every size
+/// has 2 decoder layers, heads of 16 and an MLP of 4·d; a bolted-on design adds a one-layer
+/// ViT of width d/2 (heads of 8, MLP d) and its connector (8 queries for the Q-Former and the
+/// perceiver; Flamingo's cross-attention MLP is d wide). `audio_encoder` gives the bolted-on
+/// design a Whisper-style audio encoder of the same width over 80-bin log-mel (the `-audio-`
+/// presets at that width); the native model always embeds raw frames. At d = 64 the native
+/// model is `fuyu-small`. Names follow the presets: `fuyu-d64`, `llava-d64`, `llava-audio-d64`.
+pub fn sized(design: Design, d: usize, audio_encoder: bool) -> Result<ModelDirConfig, String> {
+    if d < 32 || !d.is_multiple_of(16) {
+        return Err(format!(
+            "width {d}: a sized model needs a width that is a multiple of 16, at least 32"
+        ));
+    }
+    let mut base = native("sized", d, 2, d / 16, 4 * d, 12, 48);
+    let kind = match design {
+        Design::Native => {
+            if audio_encoder {
+                return Err("the native design has no audio encoder".into());
+            }
+            base.preset = Some(format!("fuyu-d{d}"));
+            return Ok(base);
+        }
+        Design::Llava => ConnectorKind::Mlp,
+        Design::QFormer => ConnectorKind::QFormer,
+        Design::Flamingo => ConnectorKind::Perceiver,
+        Design::HfFuyu => return Err("HF Fuyu has no sized variant".into()),
+    };
+    if audio_encoder {
+        base.audio = AudioConfig::logmel(80, 2);
+        base.model.frame_dim = base.audio.frame_dim();
+    }
+    let e = d / 2;
+    let queries = if kind == ConnectorKind::Mlp { 0 } else { 8 };
+    let layers = usize::from(queries > 0);
+    let xattn_ff = if kind == ConnectorKind::Perceiver {
+        d
+    } else {
+        0
+    };
+    let mut c = bolted(
+        "sized",
+        base,
+        kind,
+        enc(e, 1, e / 8, 2 * e, 8),
+        queries,
+        layers,
+        xattn_ff,
+        4 * d,
+        audio_encoder.then(|| enc(e, 1, e / 8, 2 * e, 128)),
+    );
+    c.preset = Some(format!(
+        "{}{}-d{d}",
+        design.name(),
+        if audio_encoder { "-audio" } else { "" }
+    ));
+    Ok(c)
+}
+
 /// All presets this build knows.
 pub fn presets() -> Vec<Preset> {
     vec![
