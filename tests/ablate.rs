@@ -289,3 +289,179 @@ fn a_changed_stage_and_every_later_one_is_retrained_and_results_say_what_trained
     assert!(run_dir.join("superseded/stage1-train.2").is_dir());
     assert!(run_dir.join("stage0-text/stage.json").is_file());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Scaling studies (`mmlab ablate` with a file that has `budgets`).
+
+use mmlab::ablate::study::{self, Shard, StudySpec};
+
+const TOY_STUDY: &str = r#"
+name = "toy"
+budgets = [5e8, 1e9]
+widths = [32, 48]
+tiers = ["small"]
+batch_size = 8
+val_batches = 1
+evals_per_run = 2
+[sweep]
+lrs = [3e-3]
+[eval]
+limit = 20
+audio = false
+[[designs]]
+name = "native"
+design = "native"
+[[designs]]
+name = "llava"
+design = "llava"
+"#;
+
+fn quiet(_: &str) {}
+
+#[test]
+fn bad_study_files_get_clear_errors() {
+    for (text, want) in [
+        (TOY_STUDY.replace("[5e8, 1e9]", "[1e9, 5e8]"), "ascending"),
+        (TOY_STUDY.replace("[32, 48]", "[32, 40]"), "multiple of 16"),
+        (
+            TOY_STUDY.replace("tiers = [\"small\"]", "tiers = [\"tiny\"]"),
+            "unknown tier",
+        ),
+        (
+            TOY_STUDY.replace("design = \"llava\"", "design = \"gpt\""),
+            "gpt",
+        ),
+        (
+            TOY_STUDY.replace("batch_size = 8", "batch_size = 8\nval_seed = 0"),
+            "val_seed",
+        ),
+        (
+            TOY_STUDY.replace("name = \"llava\"", "name = \"native\""),
+            "two designs",
+        ),
+        (
+            TOY_STUDY.replace(
+                "design = \"llava\"",
+                "design = \"llava\"\nlr_from = \"clip\"",
+            ),
+            "lr_from \"clip\"",
+        ),
+    ] {
+        let e = StudySpec::parse(&text).unwrap_err();
+        assert!(format!("{e:#}").contains(want), "{want}: {e:#}");
+    }
+    assert!(StudySpec::is_study(TOY_STUDY));
+    assert!(!StudySpec::is_study(TINY));
+    assert!("1/3".parse::<Shard>().is_ok());
+    for bad in ["3/3", "1", "a/2", "0/0"] {
+        assert!(bad.parse::<Shard>().is_err(), "{bad}");
+    }
+}
+
+/// Modification times of every finished run's result, by run.
+fn result_times(
+    out: &std::path::Path,
+) -> std::collections::BTreeMap<String, std::time::SystemTime> {
+    std::fs::read_dir(out.join("runs"))
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.unwrap();
+            let m = std::fs::metadata(e.path().join(study::RESULT)).ok()?;
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                m.modified().unwrap(),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn a_toy_study_runs_end_to_end_resumes_shards_and_merges() {
+    let spec = StudySpec::parse(TOY_STUDY).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("toy");
+    let r = study::run_study(&spec, &out, 2, None, &quiet).unwrap();
+    // 1 sweep run per design + 2 budgets x 2 widths x 2 designs.
+    assert_eq!((r.finished, r.asked), (2 + 8, 2 + 8));
+    let text = study::report::write_report(&spec, &out, &quiet).unwrap();
+    for want in [
+        "8 of 8 grid runs",
+        "## Compute to reach a target",
+        "## Fitted exponents",
+        "## What the encoders' features carry",
+        "| native |",
+        "small-llava-d48-1e9",
+    ] {
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+    }
+    for f in [
+        "report.md",
+        "analysis.json",
+        "frontier.svg",
+        "frontier.png",
+        "isoflop.svg",
+        "isoflop.png",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let a: study::report::Analysis =
+        serde_json::from_str(&std::fs::read_to_string(out.join("analysis.json")).unwrap()).unwrap();
+    assert_eq!(a.designs.len(), 2);
+    for d in &a.designs {
+        assert_eq!(d.frontier.len(), 2, "{d:?}");
+        assert!(d.alpha_pure.is_some() && d.beta.is_some(), "{d:?}");
+    }
+    // Every bolted run carries the probe of its encoder; the native ones none.
+    let runs = study::finished_runs(&spec, &out).unwrap();
+    assert_eq!(runs.len(), 10);
+    for (id, r) in &runs {
+        assert_eq!(r.probe.is_some(), id.contains("llava"), "{id}");
+        assert!(r.val.image_loss.is_finite() && !r.curve.is_empty(), "{id}");
+        assert!(
+            (r.flops - r.settings.key.budget).abs() <= r.flops_per_step,
+            "{id}"
+        );
+    }
+
+    // A second run redoes nothing.
+    let before = result_times(&out);
+    study::run_study(&spec, &out, 2, None, &quiet).unwrap();
+    assert_eq!(result_times(&out), before);
+
+    // A changed setting redoes exactly the runs it touches, keeping the old ones aside.
+    let changed = StudySpec::parse(&TOY_STUDY.replace("limit = 20", "limit = 10")).unwrap();
+    let said = std::sync::Mutex::new(Vec::new());
+    let say = |s: &str| said.lock().unwrap().push(s.to_string());
+    study::run_study(&changed, &out, 2, None, &say).unwrap();
+    let said = said.into_inner().unwrap();
+    assert!(
+        said.iter()
+            .any(|s| s.contains("changed") && s.contains("eval.limit")),
+        "{said:?}"
+    );
+    assert!(out.join("runs/superseded").is_dir());
+
+    // Two shards into two folders, merged, give the same finished runs as one process.
+    let a_dir = dir.path().join("shard0");
+    let b_dir = dir.path().join("shard1");
+    let merged = dir.path().join("merged");
+    study::run_study(&spec, &a_dir, 1, Some("0/2".parse().unwrap()), &quiet).unwrap();
+    let r1 = study::run_study(&spec, &b_dir, 1, Some("1/2".parse().unwrap()), &quiet).unwrap();
+    // Shard 1 ran its sweep run, but the other design's sweep lives in shard 0: its grid runs
+    // wait until the sweep is merged.
+    assert!(!r1.waiting.is_empty());
+    study::merge(&merged, &[a_dir.clone(), b_dir.clone()]).unwrap();
+    for s in [&a_dir, &b_dir] {
+        study::merge(s, std::slice::from_ref(&merged)).unwrap();
+    }
+    study::run_study(&spec, &a_dir, 1, Some("0/2".parse().unwrap()), &quiet).unwrap();
+    study::run_study(&spec, &b_dir, 1, Some("1/2".parse().unwrap()), &quiet).unwrap();
+    study::merge(&merged, &[a_dir, b_dir]).unwrap();
+    let m = study::finished_runs(&spec, &merged).unwrap();
+    let whole: Vec<&String> = runs.keys().collect();
+    assert_eq!(m.keys().collect::<Vec<_>>(), whole);
+    // Same settings and seeds: the same numbers, whichever process trained them.
+    for (id, r) in &m {
+        assert_eq!(r.val.image_loss, runs[id].val.image_loss, "{id}");
+    }
+}

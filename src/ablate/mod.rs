@@ -17,6 +17,7 @@
 //! later stage of that arm and seed, and the arm is re-evaluated.
 
 pub mod plot;
+pub mod study;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -256,7 +257,7 @@ pub struct StepShape {
     pub frames: f64,
 }
 
-fn step_shape(
+pub(crate) fn step_shape(
     cfg: &ModelDirConfig,
     data: &SyntheticData,
     tok: Arc<TextTokenizer>,
@@ -389,7 +390,7 @@ impl StageSettings {
 }
 
 /// Whether `dir` exists and holds anything.
-fn non_empty(dir: &Path) -> bool {
+pub(crate) fn non_empty(dir: &Path) -> bool {
     std::fs::read_dir(dir)
         .map(|mut d| d.next().is_some())
         .unwrap_or(false)
@@ -397,7 +398,7 @@ fn non_empty(dir: &Path) -> bool {
 
 /// Moves `dir` to `<run_dir>/superseded/<name>.<k>` (the first free `k`) and returns the new
 /// place: work that no longer matches the spec is kept, never deleted.
-fn set_aside(run_dir: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn set_aside(run_dir: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
     let aside = run_dir.join("superseded");
     std::fs::create_dir_all(&aside).with_context(|| format!("creating {}", aside.display()))?;
     let name = dir
@@ -418,7 +419,7 @@ fn set_aside(run_dir: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Writes `value` as pretty JSON to `path` atomically.
-fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
     crate::io::atomic_write(path, serde_json::to_string_pretty(value)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }

@@ -1,7 +1,11 @@
-//! `mmlab ablate FILE.toml`: native vs bolted-on designs under a matched training budget.
+//! `mmlab ablate FILE.toml`: native vs bolted-on designs under a matched training budget, or a
+//! scaling study (a file with `budgets`); `mmlab ablate merge` gathers a sharded study.
 
 use std::path::PathBuf;
 
+use anyhow::Context;
+
+use crate::ablate::study::{self, Shard, StudySpec};
 use crate::ablate::{report, run, AblationSpec};
 
 /// How training FLOPs are counted, shown under `mmlab ablate --help` (reports point here).
@@ -13,26 +17,57 @@ tokens).";
 
 /// Arguments of `mmlab ablate`.
 #[derive(Clone, Debug, clap::Args)]
-#[command(after_help = FLOPS_HELP)]
+#[command(
+    after_help = FLOPS_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct AblateArgs {
-    /// The ablation file (`ablations/native-vs-projector.toml`).
-    pub file: PathBuf,
-    /// Where results go (default `results/ablations/<name>`).
+    /// The ablation file (`ablations/native-vs-projector.toml`) or scaling-study file
+    /// (`ablations/scaling.toml`: one with `budgets`).
+    #[arg(required = true)]
+    pub file: Option<PathBuf>,
+    /// Where results go (default: an ablation's `results/ablations/<name>`, a study's
+    /// `ablations/results/<name>`, where its finished runs are committed).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// (arm, seed) runs trained at the same time, one core each (default: all cores).
+    /// Runs trained at the same time, one core each (default: all cores).
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Study: run only slice I of N of the runs (0-based; `mmlab ablate merge` gathers them).
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
+    /// Study: write the report from the finished runs without training anything.
+    #[arg(long)]
+    pub report_only: bool,
+    /// `merge`: gather the runs of several study folders.
+    #[command(subcommand)]
+    pub command: Option<AblateCommand>,
+}
+
+/// `mmlab ablate` subcommands.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum AblateCommand {
+    /// Copy the finished runs of study folders (shards' `--out`) into one and write its report.
+    Merge(MergeArgs),
+}
+
+/// Arguments of `mmlab ablate merge`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct MergeArgs {
+    /// The study file.
+    pub file: PathBuf,
+    /// The shards' study folders.
+    #[arg(required = true)]
+    pub from: Vec<PathBuf>,
+    /// The study folder runs are gathered into (default `ablations/results/<name>`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// Runs every arm and seed not already finished, then writes the report and plots (training
 /// FLOPs are counted as `mmlab ablate --help` says).
 pub fn run_cli(a: &AblateArgs) -> anyhow::Result<()> {
-    let spec = AblationSpec::load(&a.file)?;
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("results/ablations").join(&spec.name));
     let start = std::time::Instant::now();
     let say = |s: &str| eprintln!("[{:>6.0} s] {s}", start.elapsed().as_secs_f64());
     let jobs = a.jobs.unwrap_or_else(|| {
@@ -40,8 +75,58 @@ pub fn run_cli(a: &AblateArgs) -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)
     });
+    if let Some(AblateCommand::Merge(m)) = &a.command {
+        let spec = StudySpec::load(&m.file)?;
+        let out = study_out(&spec, m.out.as_ref());
+        let n = study::merge(&out, &m.from)?;
+        say(&format!(
+            "gathered {n} finished runs into {}",
+            out.display()
+        ));
+        let text = study::report::write_report(&spec, &out, &say)?;
+        print!("{text}");
+        return Ok(());
+    }
+    let file = a
+        .file
+        .as_ref()
+        .context("an ablation or study file is needed")?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    if StudySpec::is_study(&text) {
+        let spec = StudySpec::load(file)?;
+        let out = study_out(&spec, a.out.as_ref());
+        if !a.report_only {
+            let r = study::run_study(&spec, &out, jobs, a.shard, &say)?;
+            say(&format!(
+                "{} of the {} runs asked for are finished",
+                r.finished, r.asked
+            ));
+        }
+        let text = study::report::write_report(&spec, &out, &say)?;
+        print!("{text}");
+        eprintln!("results: {}", out.display());
+        return Ok(());
+    }
+    if a.shard.is_some() || a.report_only {
+        anyhow::bail!(
+            "{}: --shard and --report-only are for scaling studies (files with `budgets`)",
+            file.display()
+        );
+    }
+    let spec = AblationSpec::load(file)?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("results/ablations").join(&spec.name));
     let r = run(&spec, &out, jobs, &say)?;
     print!("{}", report(&r));
     eprintln!("results: {}", out.display());
     Ok(())
+}
+
+/// A study's folder: `--out`, else `ablations/results/<name>`.
+fn study_out(spec: &StudySpec, out: Option<&PathBuf>) -> PathBuf {
+    out.cloned()
+        .unwrap_or_else(|| PathBuf::from("ablations/results").join(&spec.name))
 }
