@@ -92,6 +92,33 @@ fn dashboard_screens_use_a_wide_terminal() {
 }
 
 #[test]
+fn a_scaling_study_shows_its_frontier_and_compute_to_target() {
+    let ws = workspace();
+    assert_eq!(ws.studies.len(), 1);
+    for (w, h) in [(80, 24), (160, 40)] {
+        let mut d = Dashboard::new(workspace());
+        d.tab = 3;
+        // The study comes after the ablation.
+        d.key(key(KeyCode::Down));
+        let screen = draw(w, h, |f| d.render(f, f.area())).0;
+        for want in [
+            "toy-scaling (2/2)",
+            "held-out loss vs FLOPs",
+            "POPE 0.8",
+            "native",
+            "llava",
+            "free",
+        ] {
+            assert!(
+                screen.contains(want),
+                "{want} missing at {w}x{h}:\n{screen}"
+            );
+        }
+        insta::assert_snapshot!(format!("dashboard_study_{w}x{h}"), screen);
+    }
+}
+
+#[test]
 fn results_group_native_first_and_sort_by_the_chosen_column() {
     let mut d = Dashboard::new(workspace());
     let names: Vec<String> = d.rows.iter().map(|r| r.model.clone()).collect();

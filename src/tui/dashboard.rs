@@ -210,8 +210,8 @@ impl Dashboard {
                 if up {
                     self.ablation = self.ablation.saturating_sub(1);
                 } else if down {
-                    self.ablation =
-                        (self.ablation + 1).min(self.ws.ablations.len().saturating_sub(1));
+                    let n = self.ws.ablations.len() + self.ws.studies.len();
+                    self.ablation = (self.ablation + 1).min(n.saturating_sub(1));
                 }
             }
         }
@@ -629,6 +629,11 @@ impl Dashboard {
     }
 
     fn render_ablations(&mut self, f: &mut Frame, area: Rect) {
+        if let Some(k) = self.ablation.checked_sub(self.ws.ablations.len()) {
+            if k < self.ws.studies.len() {
+                return self.render_study(f, area, k);
+            }
+        }
         let Some(ab) = self.ws.ablations.get(self.ablation) else {
             f.render_widget(
                 Paragraph::new(" no ablation results found (run `mmlab ablate FILE.toml`)")
@@ -684,7 +689,7 @@ impl Dashboard {
                     " {} ({}/{}) · mean ± 95% interval over {seeds} seeds ",
                     r.spec.name,
                     self.ablation + 1,
-                    self.ws.ablations.len()
+                    self.ws.ablations.len() + self.ws.studies.len()
                 ))),
             table,
         );
@@ -718,6 +723,191 @@ impl Dashboard {
                     .title(" budgets actually spent (seed 0 stages) "),
             ),
             budget,
+        );
+    }
+}
+
+impl Dashboard {
+    /// A scaling study: its frontier (held-out loss against FLOPs, log–log, per design and
+    /// tier) and the compute each design needs to reach the targets, with native / design.
+    fn render_study(&mut self, f: &mut Frame, area: Rect, k: usize) {
+        use crate::ablate::study::report::TARGETS;
+        let st = &self.ws.studies[k];
+        let a = &st.analysis;
+        let n_rows = a.designs.len() as u16;
+        let [chart_area, table_area] =
+            Layout::vertical([Constraint::Min(8), Constraint::Length(n_rows + 3)]).areas(area);
+        const COLOURS: [Color; 6] = [
+            Color::Cyan,
+            Color::Magenta,
+            Color::Yellow,
+            Color::Green,
+            Color::Red,
+            Color::Blue,
+        ];
+        let designs: Vec<&str> = st
+            .spec
+            .designs
+            .iter()
+            .filter(|d| !d.audio_encoder)
+            .map(|d| d.name.as_str())
+            .collect();
+        let tiers = &st.spec.tiers;
+        type Series = (String, Color, Vec<(f64, f64)>);
+        let series: Vec<Series> = a
+            .designs
+            .iter()
+            .filter(|d| designs.contains(&d.design.as_str()))
+            .map(|d| {
+                let i = designs.iter().position(|x| *x == d.design).unwrap_or(0);
+                let t = tiers.iter().position(|x| *x == d.tier).unwrap_or(0);
+                let tier = if t == 0 { "" } else { " (free)" };
+                let pts = d
+                    .frontier
+                    .iter()
+                    .filter(|p| p.loss > 0.0)
+                    .map(|p| (p.budget.log10(), p.loss.log10()))
+                    .collect();
+                (
+                    format!("{}{tier}", d.design),
+                    COLOURS[i % COLOURS.len()],
+                    pts,
+                )
+            })
+            .collect();
+        let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.2.iter().copied()).collect();
+        let (x0, x1) = all
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+        let (y0, y1) = all
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        let (x0, x1) = if all.is_empty() {
+            (0.0, 1.0)
+        } else {
+            (x0 - 0.1, x1 + 0.1)
+        };
+        let (y0, y1) = if all.is_empty() {
+            (0.0, 1.0)
+        } else {
+            (y0 - 0.02, y1 + 0.02)
+        };
+        let datasets: Vec<Dataset> = series
+            .iter()
+            .enumerate()
+            .map(|(i, (name, c, pts))| {
+                // The second tier's lines are dimmed.
+                let style = Style::new().fg(*c);
+                Dataset::default()
+                    .name(name.clone())
+                    .marker(symbols::Marker::Braille)
+                    .graph_type(GraphType::Line)
+                    .style(if i < designs.len() {
+                        style
+                    } else {
+                        style.add_modifier(Modifier::DIM)
+                    })
+                    .data(pts)
+            })
+            .collect();
+        let pow = |v: f64| format!("1e{v:.1}");
+        let loss = |v: f64| format!("{:.3}", 10f64.powf(v));
+        f.render_widget(
+            Chart::new(datasets)
+                .block(Block::default().borders(Borders::ALL).title(format!(
+                    " {} ({}/{}) · held-out loss vs FLOPs, log–log frontier ",
+                    st.spec.name,
+                    self.ablation + 1,
+                    self.ws.ablations.len() + self.ws.studies.len()
+                )))
+                .x_axis(
+                    Axis::default()
+                        .title("FLOPs")
+                        .bounds([x0, x1])
+                        .labels([pow(x0), pow(x1)]),
+                )
+                .y_axis(
+                    Axis::default()
+                        .bounds([y0, y1])
+                        .labels([loss(y0), loss(y1)]),
+                )
+                // Falling loss curves leave the lower left empty.
+                .legend_position(Some(ratatui::widgets::LegendPosition::BottomLeft))
+                .hidden_legend_constraints((Constraint::Ratio(1, 2), Constraint::Ratio(3, 4))),
+            chart_area,
+        );
+        let short_c = |t: Option<&crate::ablate::study::report::TargetFit>| match t {
+            None => "-".to_string(),
+            Some(t) => match t.kind.as_str() {
+                "at" => format!("{:.1e}", t.flops.value),
+                "at_most" => format!("<={:.0e}", t.flops.value),
+                _ => format!(">{:.0e}", t.flops.value),
+            },
+        };
+        let mut header = vec![Cell::from("design"), Cell::from("tier")];
+        for (_, t, l) in TARGETS {
+            header.push(Cell::from(if l.starts_with("count") {
+                format!("cnt {t}")
+            } else {
+                format!("POPE {t}")
+            }));
+        }
+        header.push(Cell::from("nat/des 0.8"));
+        header.push(Cell::from("alpha"));
+        let rows: Vec<Row> =
+            a.designs
+                .iter()
+                .map(|d| {
+                    let t = if tiers.first() == Some(&d.tier) {
+                        "aligned"
+                    } else {
+                        "free"
+                    };
+                    let mut cells = vec![Cell::from(d.design.clone()), Cell::from(t)];
+                    for (m, tv, _) in TARGETS {
+                        cells.push(Cell::from(short_c(
+                            d.targets.iter().find(|x| x.metric == m && x.target == tv),
+                        )));
+                    }
+                    let r = a.ratios.iter().find(|r| {
+                        r.tier == d.tier && r.design == d.design && r.target == TARGETS[0].2
+                    });
+                    cells.push(match r.and_then(|r| r.ratio.map(|x| (x, r.differs))) {
+                        Some((x, differs)) => {
+                            let c = Cell::from(format!("{:.2}", x.value));
+                            if differs {
+                                c.style(Style::new().add_modifier(Modifier::BOLD))
+                            } else {
+                                c
+                            }
+                        }
+                        None => Cell::from("-"),
+                    });
+                    cells.push(Cell::from(
+                        d.alpha_pure
+                            .map_or("-".into(), |x| format!("{:.3}", x.value)),
+                    ));
+                    Row::new(cells)
+                })
+                .collect();
+        let widths = [
+            Constraint::Fill(1),
+            Constraint::Length(7),
+            Constraint::Length(9),
+            Constraint::Length(9),
+            Constraint::Length(9),
+            Constraint::Length(11),
+            Constraint::Length(6),
+        ];
+        f.render_widget(
+            Table::new(rows, widths)
+                .header(Row::new(header).style(Style::new().add_modifier(Modifier::BOLD)))
+                .block(
+                    Block::default().borders(Borders::ALL).title(
+                        " FLOPs to reach the target (test seed) · bold: interval excludes 1 ",
+                    ),
+                ),
+            table_area,
         );
     }
 }

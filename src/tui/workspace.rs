@@ -233,6 +233,17 @@ pub struct AblationEntry {
     pub results: AblationResults,
 }
 
+/// One scaling study's analysis (`mmlab ablate` with a study file).
+#[derive(Clone, Debug)]
+pub struct StudyEntry {
+    /// `analysis.json`.
+    pub path: PathBuf,
+    /// The study file as run (`study.json`).
+    pub spec: crate::ablate::study::StudySpec,
+    /// Its analysis.
+    pub analysis: crate::ablate::study::report::Analysis,
+}
+
 /// Everything found in a workspace.
 #[derive(Clone, Debug, Default)]
 pub struct Workspace {
@@ -244,6 +255,8 @@ pub struct Workspace {
     pub results: Vec<ResultEntry>,
     /// Ablations by name.
     pub ablations: Vec<AblationEntry>,
+    /// Scaling studies by name.
+    pub studies: Vec<StudyEntry>,
     /// Files that could not be read, with why.
     pub problems: Vec<String>,
 }
@@ -412,6 +425,7 @@ impl Workspace {
             root.join("ablations/results"),
         ] {
             for d in subdirs(&dir) {
+                ws.scan_study(&d);
                 let path = d.join("results.json");
                 if !path.is_file() {
                     continue;
@@ -436,6 +450,32 @@ impl Workspace {
             }
         }
         ws
+    }
+
+    /// A study folder's `study.json` and `analysis.json`, when it has both (the first found of
+    /// a name is kept).
+    fn scan_study(&mut self, d: &Path) {
+        let (spec_path, path) = (d.join("study.json"), d.join("analysis.json"));
+        if !(spec_path.is_file() && path.is_file()) {
+            return;
+        }
+        fn read<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T, String> {
+            let b = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", p.display()))
+        }
+        match (read(&spec_path), read(&path)) {
+            (Ok(spec), Ok(analysis)) => {
+                let spec: crate::ablate::study::StudySpec = spec;
+                if !self.studies.iter().any(|s| s.spec.name == spec.name) {
+                    self.studies.push(StudyEntry {
+                        path,
+                        spec,
+                        analysis,
+                    });
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => self.problems.push(e),
+        }
     }
 
     fn scan_results(&mut self, dir: &Path) {
