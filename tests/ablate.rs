@@ -423,6 +423,14 @@ fn a_toy_study_runs_end_to_end_resumes_shards_and_merges() {
         );
     }
 
+    // The grid run that is the sweep's own run (chosen rate, sweep budget and width) is not
+    // trained twice: it carries the sweep run's numbers.
+    let sweep = &runs["sweep-native-d32-5e8-lr0.003"];
+    let grid = &runs["small-native-d32-5e8"];
+    assert_eq!(grid.val, sweep.val);
+    assert_eq!(grid.train_seconds, sweep.train_seconds);
+    assert_eq!(grid.settings.key.phase, study::Phase::Grid);
+
     // A second run redoes nothing.
     let before = result_times(&out);
     study::run_study(&spec, &out, 2, None, &quiet).unwrap();

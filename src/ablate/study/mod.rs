@@ -626,6 +626,12 @@ pub fn run_one(
             return Ok(r);
         }
     }
+    if let Some(r) = reuse_sweep_run(spec, key, &settings, out)? {
+        say(&format!(
+            "{id}: the same run as the sweep's; its result is reused"
+        ));
+        return Ok(r);
+    }
     let stored = std::fs::read_to_string(dir.join(SETTINGS))
         .ok()
         .and_then(|t| serde_json::from_str::<RunSettings>(&t).ok());
@@ -715,6 +721,50 @@ pub fn run_one(
     };
     write_json(&dir.join(RESULT), &result)?;
     Ok(result)
+}
+
+/// A grid run whose training and measurement are exactly a finished sweep run's (the sweep's
+/// chosen rate at the sweep's budget, width and tier): that run's log and result, copied into
+/// the grid run's directory under the grid run's key, so it is not trained twice.
+fn reuse_sweep_run(
+    spec: &StudySpec,
+    key: &RunKey,
+    settings: &RunSettings,
+    out: &Path,
+) -> anyhow::Result<Option<RunResult>> {
+    if key.phase != Phase::Grid {
+        return Ok(None);
+    }
+    let twin = RunKey {
+        phase: Phase::Sweep,
+        ..key.clone()
+    };
+    if !spec.sweep_runs().contains(&twin) {
+        return Ok(None);
+    }
+    let src = out.join("runs").join(twin.id());
+    let Some(mut r) = read_result(&src) else {
+        return Ok(None);
+    };
+    let same = r.settings.train == settings.train
+        && r.settings.eval == settings.eval
+        && r.settings.test_seed == settings.test_seed
+        && r.settings.design == settings.design;
+    if !same {
+        return Ok(None);
+    }
+    r.settings.key = key.clone();
+    let dir = out.join("runs").join(key.id());
+    if non_empty(&dir) {
+        set_aside(&out.join("runs"), &dir)?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let log = src.join("train.jsonl");
+    let bytes = std::fs::read(&log).with_context(|| format!("reading {}", log.display()))?;
+    crate::io::atomic_write(&dir.join("train.jsonl"), &bytes)?;
+    write_json(&dir.join(SETTINGS), &r.settings)?;
+    write_json(&dir.join(RESULT), &r)?;
+    Ok(Some(r))
 }
 
 /// What a run's `train.jsonl` says.
