@@ -436,6 +436,20 @@ fn a_toy_study_runs_end_to_end_resumes_shards_and_merges() {
     study::run_study(&spec, &out, 2, None, &quiet).unwrap();
     assert_eq!(result_times(&out), before);
 
+    // A result file that cannot be read is said so and measured again, to the same numbers.
+    let broken = out.join("runs/small-llava-d48-1e9").join(study::RESULT);
+    std::fs::write(&broken, "{ not json").unwrap();
+    let said = std::sync::Mutex::new(Vec::new());
+    let say = |s: &str| said.lock().unwrap().push(s.to_string());
+    study::run_study(&spec, &out, 2, None, &say).unwrap();
+    let said = said.into_inner().unwrap();
+    assert!(
+        said.iter().any(|s| s.contains("small-llava-d48-1e9") && s.contains("cannot be read")),
+        "{said:?}"
+    );
+    let again = study::read_result(&out.join("runs/small-llava-d48-1e9")).unwrap();
+    assert_eq!(again.val, runs["small-llava-d48-1e9"].val);
+
     // A changed setting redoes exactly the runs it touches, keeping the old ones aside.
     let changed = StudySpec::parse(&TOY_STUDY.replace("limit = 20", "limit = 10")).unwrap();
     let said = std::sync::Mutex::new(Vec::new());

@@ -621,10 +621,13 @@ pub fn run_one(
     let id = key.id();
     let dir = out.join("runs").join(&id);
     let (settings, fps, per, total) = run_settings(spec, key, tok)?;
-    if let Some(r) = read_result(&dir) {
-        if r.settings == settings {
-            return Ok(r);
-        }
+    match read_result(&dir) {
+        Some(r) if r.settings == settings => return Ok(r),
+        None if dir.join(RESULT).is_file() => say(&format!(
+            "{id}: {} cannot be read as a run result; the run is measured (or trained) again",
+            dir.join(RESULT).display()
+        )),
+        _ => {}
     }
     if let Some(r) = reuse_sweep_run(spec, key, &settings, out)? {
         say(&format!(
