@@ -60,7 +60,8 @@ pub enum Command {
     Ask(ask::AskArgs),
     /// Contrastive (CLIP / SigLIP) pre-training of a bolted-on preset's vision encoder.
     PretrainEncoder(pretrain::PretrainArgs),
-    /// Train and evaluate native and bolted-on designs under a matched budget; write a report.
+    /// Train and evaluate native and bolted-on designs under a matched budget, or run a scaling
+    /// study (budgets x sizes x designs x tiers, with fits); write a report.
     Ablate(ablate::AblateArgs),
     /// Time training steps on fixed batches (and write them for the PyTorch side-by-side).
     Bench(bench::BenchArgs),
