@@ -11,6 +11,7 @@ use mmlab::fusion::TokenKind;
 use mmlab::model::io::{load_dir, LoadedModel};
 use mmlab::tui::analysis::{analyze, build_sequence, Analysis, InspectInput};
 use mmlab::tui::dashboard::Dashboard;
+use mmlab::tui::heat::heat_colour;
 use mmlab::tui::inspect::{wrong_samples, Inspector};
 use mmlab::tui::workspace::Workspace;
 use mmlab::tui::{Action, App, Screen};
@@ -297,7 +298,27 @@ fn inspector_keys_change_the_token_layer_head_and_heat_map() {
         "starts on the token that predicts the answer"
     );
     let heat0 = ins.heat().expect("heat");
-    let cells0 = heat_cells(&draw(80, 24, |f| ins.render(f, f.area())).1, 80, 24);
+    let (text, buf) = draw(80, 24, |f| ins.render(f, f.area()));
+    let cells0 = heat_cells(&buf, 80, 24);
+    // Under the image, the colour bar: the map from weight 0 to 1 between "0%" and the
+    // largest weight in percent.
+    let max = format!("{:.1}%", ins.heat_max() * 100.0);
+    let y = text
+        .lines()
+        .position(|l| l.contains(" 0% █") && l.contains(&max))
+        .unwrap_or_else(|| panic!("no colour bar ending in {max}:\n{text}")) as u16;
+    let bar: Vec<Color> = (0..80)
+        .filter(|&x| buf[(x, y)].symbol() == "█")
+        .map(|x| buf[(x, y)].fg)
+        .collect();
+    let grey = |c: [u8; 3]| Color::Rgb(c[0], c[1], c[2]);
+    assert_eq!(bar.first(), Some(&grey(heat_colour(0.0))));
+    assert_eq!(bar.last(), Some(&grey(heat_colour(1.0))));
+    let level = |c: &Color| match c {
+        Color::Rgb(r, g, b) if r == g && g == b => *r,
+        other => panic!("the bar is grey: {other:?}"),
+    };
+    assert!(bar.windows(2).all(|w| level(&w[0]) <= level(&w[1])));
     ins.key(key(KeyCode::Left));
     ins.key(key(KeyCode::Left));
     assert_eq!(ins.sel, a.rows.len() - 3);
@@ -518,6 +539,37 @@ fn inspect_writes_the_overlay_png() {
     mmlab::tui::run_inspect(&args).expect("inspect");
     let img = image::open(&out).expect("png").to_rgb8();
     assert!(img.width() >= 240 || img.height() >= 240);
+    // The overlay's height: the image as the model saw it, scaled to at least 240 px.
+    let a = analyze(&model(), &image_input()).expect("analysis");
+    let seen = &a.image.as_ref().expect("image").pixels;
+    let s = 240u32.div_ceil(seen.width().max(seen.height()));
+    let overlay_h = seen.height() * s;
+    // Under the image, a colour bar: a row whose pixels run through the map, weight 0 to 1,
+    // over most of the width.
+    let bar_row = (overlay_h..img.height()).find(|&y| {
+        let row: Vec<[u8; 3]> = (0..img.width()).map(|x| img.get_pixel(x, y).0).collect();
+        let start = row.iter().position(|&p| p == heat_colour(0.0));
+        start.is_some_and(|x0| {
+            let run: Vec<[u8; 3]> = row[x0..]
+                .iter()
+                .copied()
+                .take_while(|p| p[0] == p[1] && p[1] == p[2] && p[0] >= 64)
+                .collect();
+            run.windows(2).all(|w| w[1][0] >= w[0][0])
+                && run.last() == Some(&heat_colour(1.0))
+                && run.len() as u32 >= img.width() * 3 / 4
+        })
+    });
+    let bar_row = bar_row.expect("a colour bar under the image");
+    // And under the bar, the scale and the caption: at least 3 lines of dark text.
+    let ink = (bar_row..img.height())
+        .filter(|&y| (0..img.width()).any(|x| img.get_pixel(x, y).0[0] < 100))
+        .count();
+    assert!(ink >= 30, "{ink} rows with text under the bar");
+    assert!(
+        img.height() > overlay_h + 3 * 14,
+        "the caption makes the figure taller"
+    );
     // A layer the model does not have is a clear error.
     let bad = mmlab::tui::InspectOptions {
         layer: Some(9),
