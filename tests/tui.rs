@@ -615,3 +615,103 @@ fn a_named_samples_file_is_browsed_and_a_broken_one_is_a_clear_error() {
     let e = mmlab::tui::samples_for(&ws, &root(), "x", Some(&bad)).unwrap_err();
     assert!(e.contains("r.samples.jsonl"), "{e}");
 }
+
+/// A workspace in `dir` with the fixture's results of `results` (model folders) and the shipped
+/// `eval-metrics.json` fixture in `models/<m>` for each of `shipped` (with `tier`).
+fn shipped_workspace(dir: &Path, results: &[&str], shipped: &[(&str, &str)]) -> Workspace {
+    for m in results {
+        let to = dir.join("results").join(m);
+        std::fs::create_dir_all(&to).unwrap();
+        for e in std::fs::read_dir(root().join("results").join(m)).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tui-shipped/eval-metrics.json");
+    for (m, tier) in shipped {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&fixture).unwrap()).unwrap();
+        v["tier"] = (*tier).into();
+        let d = dir.join("models").join(m);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("eval-metrics.json"), v.to_string()).unwrap();
+    }
+    Workspace::scan_with(dir, false)
+}
+
+#[test]
+fn shipped_results_show_until_the_user_has_a_result_with_the_same_identity() {
+    let aligned = "aligned 48x48 cell 12px";
+    // A fresh clone: no results of the user's, one model with shipped results.
+    let dir = tempfile::tempdir().unwrap();
+    let ws = shipped_workspace(dir.path(), &[], &[("qformer-tiny-c", aligned)]);
+    assert!(ws.problems.is_empty(), "{:?}", ws.problems);
+    let rows = ws.result_rows();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let r = &rows[0];
+    assert!(r.shipped);
+    assert_eq!(
+        (r.model.as_str(), r.tier.as_str(), r.run.as_str()),
+        ("qformer-tiny-c", aligned, "shipped: default test set")
+    );
+    assert_eq!(r.design, "qformer?");
+    assert_eq!(r.values.get("pope-random:f1"), Some(&0.6078740157480313));
+    assert_eq!(r.values.get("count:acc"), Some(&0.2985714285714286));
+    let col = |h: &str| {
+        *mmlab::tui::workspace::COLUMNS
+            .iter()
+            .find(|c| c.header == h)
+            .unwrap()
+    };
+    assert_eq!(r.value(&col("aPOPE")), Some(0.6112572166424565));
+    assert_eq!(r.value(&col("aCount")), Some(0.364));
+    let mut d = Dashboard::new(ws);
+    d.tab = 1;
+    let wide = draw(160, 40, |f| d.render(f, f.area())).0;
+    assert!(wide.contains("shipped: default test set"), "{wide}");
+    let narrow = draw(80, 24, |f| d.render(f, f.area())).0;
+    assert!(
+        narrow.contains("│†qformer-tiny-") && narrow.contains("† shipped"),
+        "{narrow}"
+    );
+    // The user's own result of the same model and tier replaces the shipped one.
+    let dir = tempfile::tempdir().unwrap();
+    let ws = shipped_workspace(
+        dir.path(),
+        &["llava-tiny-b"],
+        &[("llava-tiny-b", "unknown (old result)")],
+    );
+    let rows = ws.result_rows();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(!rows[0].shipped);
+    let own = workspace()
+        .result_rows()
+        .into_iter()
+        .find(|r| r.model == "llava-tiny-b")
+        .expect("the fixture's llava-tiny-b row");
+    assert_eq!((&rows[0].values, &rows[0].run), (&own.values, &own.run));
+    // On another tier it does not: both are shown.
+    let dir = tempfile::tempdir().unwrap();
+    let ws = shipped_workspace(dir.path(), &["llava-tiny-b"], &[("llava-tiny-b", aligned)]);
+    let rows = ws.result_rows();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows.iter().filter(|r| r.shipped).count(), 1);
+    // A shipped file that does not say what it was measured on is a problem naming it.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("models/m");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("eval-metrics.json"),
+        r#"{"data": "x", "pope_random_f1": 0.5}"#,
+    )
+    .unwrap();
+    let ws = Workspace::scan_with(dir.path(), false);
+    assert!(ws.shipped.is_empty());
+    assert_eq!(ws.problems.len(), 1);
+    assert!(
+        ws.problems[0].contains("models/m/eval-metrics.json") && ws.problems[0].contains("tier"),
+        "{:?}",
+        ws.problems
+    );
+}
