@@ -210,7 +210,8 @@ fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 pub struct FigureLayout {
     /// The overlay's top-left corner and size `(x, y, w, h)`.
     pub image: (u32, u32, u32, u32),
-    /// The colour bar's inside (without its frame) `(x, y, w, h)`; weight 0 at its left.
+    /// The colour bar's inside (without its frame) `(x, y, w, h)`; weight 0 at its left; 0 wide
+    /// and high when the overlay has no heat map.
     pub bar: (u32, u32, u32, u32),
     /// The font size of the labels and caption.
     pub font: u32,
@@ -219,7 +220,8 @@ pub struct FigureLayout {
 /// The overlay as a figure for papers: the image at least `min_side` pixels on its longer
 /// side, under it a colour bar from weight 0 to `max` (the largest raw weight, labelled in
 /// percent) and the caption's lines, in the bundled DejaVu Sans at about 1/26 of the width
-/// (18 px at 480: about 9 pt when the figure is printed one column, 3.3 in, wide).
+/// (18 px at 480: about 9 pt when the figure is printed one column, 3.3 in, wide). An overlay
+/// without a heat map gets the caption and no bar.
 pub fn figure_png(
     o: &Overlay,
     min_side: u32,
@@ -232,13 +234,24 @@ pub fn figure_png(
     let font = (w / 26).max(14);
     let m = font / 2 + 2;
     let line = font * 13 / 10;
-    let bar = (m + 1, ih + m + 1, w - 2 * m - 2, font);
-    let h = bar.1 + bar.3 + 1 + m / 2 + line + m / 2 + line * caption.len() as u32 + m;
+    // Without a heat map (a design with image slots, not patches) there is no scale to show.
+    let has_bar = o.heat.is_some();
+    let bar = if has_bar {
+        (m + 1, ih + m + 1, w - 2 * m - 2, font)
+    } else {
+        (m + 1, ih, 0, 0)
+    };
+    let caption_top = if has_bar {
+        bar.1 + bar.3 + 1 + m / 2 + line + m / 2
+    } else {
+        ih + m
+    };
+    let h = caption_top + line * caption.len() as u32 + m;
     let mut canvas = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
     let x_img = (w - iw) / 2;
     image::imageops::replace(&mut canvas, &img, x_img as i64, 0);
     // The bar, framed in black.
-    for y in bar.1 - 1..bar.1 + bar.3 + 1 {
+    for y in (bar.1 - 1..bar.1 + bar.3 + 1).filter(|_| has_bar) {
         for x in bar.0 - 1..bar.0 + bar.2 + 1 {
             let inside = (bar.0..bar.0 + bar.2).contains(&x) && (bar.1..bar.1 + bar.3).contains(&y);
             let c = if inside {
@@ -256,20 +269,22 @@ pub fn figure_png(
         let root = BitMapBackend::with_buffer(&mut raw, (w, h)).into_drawing_area();
         let style = TextStyle::from(("sans-serif", font).into_font()).color(&BLACK);
         let ty = (bar.1 + bar.3 + 1 + m / 2) as i32;
-        let (lo, hi) = ColourBar { max }.labels();
-        root.draw_text(&lo, &style, (bar.0 as i32, ty))
-            .map_err(plot_err)?;
-        let right = style.pos(Pos::new(HPos::Right, VPos::Top));
-        root.draw_text(&hi, &right, ((bar.0 + bar.2) as i32, ty))
-            .map_err(plot_err)?;
-        let mid = "share of the token's attention";
-        let (mw, _) = root.estimate_text_size(mid, &style).map_err(plot_err)?;
-        let (lw, _) = root.estimate_text_size(&lo, &style).map_err(plot_err)?;
-        let (hw, _) = root.estimate_text_size(&hi, &style).map_err(plot_err)?;
-        if lw + hw + mw + 2 * font < bar.2 {
-            let centre = style.pos(Pos::new(HPos::Center, VPos::Top));
-            root.draw_text(mid, &centre, ((bar.0 + bar.2 / 2) as i32, ty))
+        if has_bar {
+            let (lo, hi) = ColourBar { max }.labels();
+            root.draw_text(&lo, &style, (bar.0 as i32, ty))
                 .map_err(plot_err)?;
+            let right = style.pos(Pos::new(HPos::Right, VPos::Top));
+            root.draw_text(&hi, &right, ((bar.0 + bar.2) as i32, ty))
+                .map_err(plot_err)?;
+            let mid = "share of the token's attention";
+            let (mw, _) = root.estimate_text_size(mid, &style).map_err(plot_err)?;
+            let (lw, _) = root.estimate_text_size(&lo, &style).map_err(plot_err)?;
+            let (hw, _) = root.estimate_text_size(&hi, &style).map_err(plot_err)?;
+            if lw + hw + mw + 2 * font < bar.2 {
+                let centre = style.pos(Pos::new(HPos::Center, VPos::Top));
+                root.draw_text(mid, &centre, ((bar.0 + bar.2 / 2) as i32, ty))
+                    .map_err(plot_err)?;
+            }
         }
         for (i, text) in caption.iter().enumerate() {
             // Shorten a line that does not fit, ending it with an ellipsis.
@@ -283,7 +298,7 @@ pub fn figure_png(
                     t.chars().take(n.saturating_sub(2)).collect::<String>()
                 );
             }
-            let y = ty + (line + m / 2 + line * i as u32) as i32;
+            let y = (caption_top + line * i as u32) as i32;
             root.draw_text(&t, &style, (m as i32, y))
                 .map_err(plot_err)?;
         }
@@ -394,5 +409,22 @@ mod tests {
         // The long prompt line is shortened to fit: no ink at the right margin.
         let right = png.width() - 2;
         assert!((y0 + h + 1..png.height()).all(|y| png.get_pixel(right, y).0 == [255; 3]));
+        // No heat map (image slots, not patches): no bar, the caption right under the image.
+        let bare = Overlay { heat: None, ..o };
+        let (png2, l2) = figure_png(&bare, 480, 0.0, &caption).expect("figure");
+        assert_eq!((l2.bar.2, l2.bar.3), (0, 0));
+        assert!(png2.height() < png.height());
+        let framed = |p: &RgbImage| {
+            (l.image.3..p.height()).any(|y| {
+                (0..p.width())
+                    .filter(|&x| p.get_pixel(x, y).0 == [0; 3])
+                    .count()
+                    > 200
+            })
+        };
+        assert!(
+            framed(&png) && !framed(&png2),
+            "a bar frame only with a heat map"
+        );
     }
 }

@@ -321,10 +321,18 @@ pub fn run_inspect(args: &InspectOptions) -> anyhow::Result<()> {
             which(layer, a.layers, "layer"),
             which(head, a.heads, "head")
         ),
-        format!(
-            "token {pos} {:?} attending over {}x{} patches of {} px",
-            a.tokens[pos].text, img.rows, img.cols, img.patch
-        ),
+        if img.per_patch {
+            format!(
+                "token {pos} {:?} attending over {}x{} patches of {} px",
+                a.tokens[pos].text, img.rows, img.cols, img.patch
+            )
+        } else {
+            format!(
+                "token {pos} {:?} · image as {} slots: no heat map",
+                a.tokens[pos].text,
+                img.slots.len()
+            )
+        },
         format!("prompt: {}", args.prompt),
     ];
     let (png, _) = figure_png(
