@@ -11,6 +11,7 @@ use mmlab::fusion::TokenKind;
 use mmlab::model::io::{load_dir, LoadedModel};
 use mmlab::tui::analysis::{analyze, build_sequence, Analysis, InspectInput};
 use mmlab::tui::dashboard::Dashboard;
+use mmlab::tui::heat::heat_colour;
 use mmlab::tui::inspect::{wrong_samples, Inspector};
 use mmlab::tui::workspace::Workspace;
 use mmlab::tui::{Action, App, Screen};
@@ -297,7 +298,27 @@ fn inspector_keys_change_the_token_layer_head_and_heat_map() {
         "starts on the token that predicts the answer"
     );
     let heat0 = ins.heat().expect("heat");
-    let cells0 = heat_cells(&draw(80, 24, |f| ins.render(f, f.area())).1, 80, 24);
+    let (text, buf) = draw(80, 24, |f| ins.render(f, f.area()));
+    let cells0 = heat_cells(&buf, 80, 24);
+    // Under the image, the colour bar: the map from weight 0 to 1 between "0%" and the
+    // largest weight in percent.
+    let max = format!("{:.1}%", ins.heat_max() * 100.0);
+    let y = text
+        .lines()
+        .position(|l| l.contains(" 0% █") && l.contains(&max))
+        .unwrap_or_else(|| panic!("no colour bar ending in {max}:\n{text}")) as u16;
+    let bar: Vec<Color> = (0..80)
+        .filter(|&x| buf[(x, y)].symbol() == "█")
+        .map(|x| buf[(x, y)].fg)
+        .collect();
+    let grey = |c: [u8; 3]| Color::Rgb(c[0], c[1], c[2]);
+    assert_eq!(bar.first(), Some(&grey(heat_colour(0.0))));
+    assert_eq!(bar.last(), Some(&grey(heat_colour(1.0))));
+    let level = |c: &Color| match c {
+        Color::Rgb(r, g, b) if r == g && g == b => *r,
+        other => panic!("the bar is grey: {other:?}"),
+    };
+    assert!(bar.windows(2).all(|w| level(&w[0]) <= level(&w[1])));
     ins.key(key(KeyCode::Left));
     ins.key(key(KeyCode::Left));
     assert_eq!(ins.sel, a.rows.len() - 3);
@@ -518,6 +539,37 @@ fn inspect_writes_the_overlay_png() {
     mmlab::tui::run_inspect(&args).expect("inspect");
     let img = image::open(&out).expect("png").to_rgb8();
     assert!(img.width() >= 240 || img.height() >= 240);
+    // The overlay's height: the image as the model saw it, scaled to at least 240 px.
+    let a = analyze(&model(), &image_input()).expect("analysis");
+    let seen = &a.image.as_ref().expect("image").pixels;
+    let s = 240u32.div_ceil(seen.width().max(seen.height()));
+    let overlay_h = seen.height() * s;
+    // Under the image, a colour bar: a row whose pixels run through the map, weight 0 to 1,
+    // over most of the width.
+    let bar_row = (overlay_h..img.height()).find(|&y| {
+        let row: Vec<[u8; 3]> = (0..img.width()).map(|x| img.get_pixel(x, y).0).collect();
+        let start = row.iter().position(|&p| p == heat_colour(0.0));
+        start.is_some_and(|x0| {
+            let run: Vec<[u8; 3]> = row[x0..]
+                .iter()
+                .copied()
+                .take_while(|p| p[0] == p[1] && p[1] == p[2] && p[0] >= 64)
+                .collect();
+            run.windows(2).all(|w| w[1][0] >= w[0][0])
+                && run.last() == Some(&heat_colour(1.0))
+                && run.len() as u32 >= img.width() * 3 / 4
+        })
+    });
+    let bar_row = bar_row.expect("a colour bar under the image");
+    // And under the bar, the scale and the caption: at least 3 lines of dark text.
+    let ink = (bar_row..img.height())
+        .filter(|&y| (0..img.width()).any(|x| img.get_pixel(x, y).0[0] < 100))
+        .count();
+    assert!(ink >= 30, "{ink} rows with text under the bar");
+    assert!(
+        img.height() > overlay_h + 3 * 14,
+        "the caption makes the figure taller"
+    );
     // A layer the model does not have is a clear error.
     let bad = mmlab::tui::InspectOptions {
         layer: Some(9),
@@ -562,4 +614,104 @@ fn a_named_samples_file_is_browsed_and_a_broken_one_is_a_clear_error() {
     std::fs::write(&bad, text).unwrap();
     let e = mmlab::tui::samples_for(&ws, &root(), "x", Some(&bad)).unwrap_err();
     assert!(e.contains("r.samples.jsonl"), "{e}");
+}
+
+/// A workspace in `dir` with the fixture's results of `results` (model folders) and the shipped
+/// `eval-metrics.json` fixture in `models/<m>` for each of `shipped` (with `tier`).
+fn shipped_workspace(dir: &Path, results: &[&str], shipped: &[(&str, &str)]) -> Workspace {
+    for m in results {
+        let to = dir.join("results").join(m);
+        std::fs::create_dir_all(&to).unwrap();
+        for e in std::fs::read_dir(root().join("results").join(m)).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tui-shipped/eval-metrics.json");
+    for (m, tier) in shipped {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&fixture).unwrap()).unwrap();
+        v["tier"] = (*tier).into();
+        let d = dir.join("models").join(m);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("eval-metrics.json"), v.to_string()).unwrap();
+    }
+    Workspace::scan_with(dir, false)
+}
+
+#[test]
+fn shipped_results_show_until_the_user_has_a_result_with_the_same_identity() {
+    let aligned = "aligned 48x48 cell 12px";
+    // A fresh clone: no results of the user's, one model with shipped results.
+    let dir = tempfile::tempdir().unwrap();
+    let ws = shipped_workspace(dir.path(), &[], &[("qformer-tiny-c", aligned)]);
+    assert!(ws.problems.is_empty(), "{:?}", ws.problems);
+    let rows = ws.result_rows();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let r = &rows[0];
+    assert!(r.shipped);
+    assert_eq!(
+        (r.model.as_str(), r.tier.as_str(), r.run.as_str()),
+        ("qformer-tiny-c", aligned, "shipped: default test set")
+    );
+    assert_eq!(r.design, "qformer?");
+    assert_eq!(r.values.get("pope-random:f1"), Some(&0.6078740157480313));
+    assert_eq!(r.values.get("count:acc"), Some(&0.2985714285714286));
+    let col = |h: &str| {
+        *mmlab::tui::workspace::COLUMNS
+            .iter()
+            .find(|c| c.header == h)
+            .unwrap()
+    };
+    assert_eq!(r.value(&col("aPOPE")), Some(0.6112572166424565));
+    assert_eq!(r.value(&col("aCount")), Some(0.364));
+    let mut d = Dashboard::new(ws);
+    d.tab = 1;
+    let wide = draw(160, 40, |f| d.render(f, f.area())).0;
+    assert!(wide.contains("shipped: default test set"), "{wide}");
+    let narrow = draw(80, 24, |f| d.render(f, f.area())).0;
+    assert!(
+        narrow.contains("│†qformer-tiny-") && narrow.contains("† shipped"),
+        "{narrow}"
+    );
+    // The user's own result of the same model and tier replaces the shipped one.
+    let dir = tempfile::tempdir().unwrap();
+    let ws = shipped_workspace(
+        dir.path(),
+        &["llava-tiny-b"],
+        &[("llava-tiny-b", "unknown (old result)")],
+    );
+    let rows = ws.result_rows();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(!rows[0].shipped);
+    let own = workspace()
+        .result_rows()
+        .into_iter()
+        .find(|r| r.model == "llava-tiny-b")
+        .expect("the fixture's llava-tiny-b row");
+    assert_eq!((&rows[0].values, &rows[0].run), (&own.values, &own.run));
+    // On another tier it does not: both are shown.
+    let dir = tempfile::tempdir().unwrap();
+    let ws = shipped_workspace(dir.path(), &["llava-tiny-b"], &[("llava-tiny-b", aligned)]);
+    let rows = ws.result_rows();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows.iter().filter(|r| r.shipped).count(), 1);
+    // A shipped file that does not say what it was measured on is a problem naming it.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("models/m");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("eval-metrics.json"),
+        r#"{"data": "x", "pope_random_f1": 0.5}"#,
+    )
+    .unwrap();
+    let ws = Workspace::scan_with(dir.path(), false);
+    assert!(ws.shipped.is_empty());
+    assert_eq!(ws.problems.len(), 1);
+    assert!(
+        ws.problems[0].contains("models/m/eval-metrics.json") && ws.problems[0].contains("tier"),
+        "{:?}",
+        ws.problems
+    );
 }

@@ -57,7 +57,7 @@ pub struct InspectArgs {
     /// the answer).
     #[arg(long)]
     pub token: Option<usize>,
-    /// Where to write the PNG.
+    /// Where to write the PNG (the overlay, a colour bar with its scale, and a caption).
     #[arg(long)]
     pub out: PathBuf,
     /// Longer side of the PNG in pixels (at least).

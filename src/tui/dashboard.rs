@@ -378,6 +378,7 @@ impl Dashboard {
             };
             header.push(h);
         }
+        let any_shipped = self.rows.iter().any(|r| r.shipped);
         let mut rows = Vec::new();
         let mut last_group = None;
         let mut sel_map = Vec::new();
@@ -395,14 +396,20 @@ impl Dashboard {
                 1 => Color::Magenta,
                 _ => Color::White,
             };
+            // Shipped results (`eval-metrics.json`) are marked `†` before the name (the run
+            // column says so too when there is room).
             let name = if wide {
                 r.model.clone()
             } else {
-                let mut n = r.model.clone();
+                let mut n = if r.shipped {
+                    format!("†{}", r.model)
+                } else {
+                    r.model.clone()
+                };
                 if one_tier.is_none() {
                     n.push_str(&format!(" ·{}", tier_word(r)));
                 }
-                if r.run != "all" {
+                if !r.shipped && r.run != "all" {
                     n.push_str(" (part)");
                 }
                 n
@@ -462,16 +469,20 @@ impl Dashboard {
             Table::new(rows, widths)
                 .header(Row::new(header).style(Style::new().add_modifier(Modifier::BOLD)))
                 .row_highlight_style(Style::new().bg(Color::Blue))
-                .block(
-                    Block::default()
-                        .borders(Borders::ALL)
-                        .title(match (&one_tier, wide) {
-                            (Some(t), false) => {
-                                format!(" newest per model, data and run · tier {t} (* best) ")
-                            }
-                            _ => " newest result per model, data and run (* best) ".to_string(),
-                        }),
-                ),
+                .block(Block::default().borders(Borders::ALL).title(
+                    match (&one_tier, wide, any_shipped) {
+                        (Some(t), false, false) => {
+                            format!(" newest per model, data and run · tier {t} (* best) ")
+                        }
+                        (Some(t), false, true) => {
+                            format!(" newest per model · tier {t} (* best, † shipped) ")
+                        }
+                        (None, false, true) => {
+                            " newest per model and run (* best, † shipped) ".to_string()
+                        }
+                        _ => " newest result per model, data and run (* best) ".to_string(),
+                    },
+                )),
             table,
             &mut state,
         );

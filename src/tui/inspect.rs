@@ -18,7 +18,7 @@ use ratatui::widgets::{Block, Borders, List, ListItem, ListState, Paragraph, Wra
 use ratatui::Frame;
 
 use super::analysis::{analyze, Analysis, InspectInput};
-use super::heat::{normalised, Overlay, Strip};
+use super::heat::{normalised, ColourBar, Overlay, Strip, VEIL};
 use super::workspace::ResultEntry;
 use super::Action;
 use crate::fusion::TokenKind;
@@ -266,6 +266,15 @@ impl Inspector {
         let a = self.analysis.as_ref()?;
         a.image_attention(self.sel, self.layer, self.head)
             .map(|w| normalised(&w))
+    }
+
+    /// The largest raw weight of the heat map (a share of the token's attention), drawn as the
+    /// map's top colour; 0 without an image.
+    pub fn heat_max(&self) -> f32 {
+        self.analysis
+            .as_ref()
+            .and_then(|a| a.image_attention(self.sel, self.layer, self.head))
+            .map_or(0.0, |w| w.iter().copied().fold(0f32, f32::max))
     }
 
     /// Handles a key.
@@ -519,10 +528,12 @@ impl Inspector {
         let inner = block.inner(area);
         f.render_widget(block.title(title), area);
         let has_audio = !a.audio_slots.is_empty();
-        let [img_area, caption, strip] = Layout::vertical([
+        let has_image = a.image.is_some();
+        let [img_area, caption, bar, strip] = Layout::vertical([
             Constraint::Fill(1),
             Constraint::Length(1),
-            Constraint::Length(if has_audio { 2 } else { 0 }),
+            Constraint::Length(if has_image { 1 } else { 0 }),
+            Constraint::Length(if has_audio { 3 } else { 0 }),
         ])
         .areas(inner);
         if let Some(img) = &a.image {
@@ -533,7 +544,7 @@ impl Inspector {
                         pixels: &img.pixels,
                         patch: img.patch,
                         heat: heat.as_deref(),
-                        alpha: 0.65,
+                        alpha: VEIL,
                     },
                     img_area,
                 );
@@ -565,16 +576,26 @@ impl Inspector {
                     caption,
                 );
             }
+            if heat.is_some() {
+                f.render_widget(
+                    ColourBar {
+                        max: self.heat_max(),
+                    },
+                    bar,
+                );
+            }
         }
         if has_audio {
-            let w = normalised(&a.audio_attention(self.sel, self.layer, self.head));
-            let [label, bar] =
-                Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(strip);
+            let raw = a.audio_attention(self.sel, self.layer, self.head);
+            let max = raw.iter().copied().fold(0f32, f32::max);
+            let w = normalised(&raw);
+            let [label, line, scale] = Layout::vertical([Constraint::Length(1); 3]).areas(strip);
             f.render_widget(
                 Paragraph::new(format!(" attention over {} audio slots", w.len())),
                 label,
             );
-            f.render_widget(Strip { weights: &w }, bar);
+            f.render_widget(Strip { weights: &w }, line);
+            f.render_widget(ColourBar { max }, scale);
         }
     }
 

@@ -1,6 +1,6 @@
 //! `mmlab tui`: the dashboard comparing native and bolted-on models, and the inspector
 //! that shows how a model sees an input; `mmlab inspect --out`: the attention overlay as
-//! a PNG.
+//! a PNG figure (colour bar, scale and caption).
 //!
 //! Screens are plain state + `render(&mut Frame)` + `key(KeyEvent) -> Action`, so tests
 //! drive them on ratatui's `TestBackend` without a terminal.
@@ -26,7 +26,7 @@ use ratatui::{Frame, Terminal};
 
 use analysis::{analyze, InspectInput};
 use dashboard::Dashboard;
-use heat::{normalised, overlay_png, Overlay};
+use heat::{figure_png, normalised, Overlay, VEIL};
 use inspect::{wrong_samples, Inspector, WrongSample};
 use workspace::Workspace;
 
@@ -251,8 +251,20 @@ pub fn run(args: &TuiOptions) -> anyhow::Result<()> {
     out
 }
 
-/// Runs `mmlab inspect`: writes the attention overlay of one query token as a PNG and prints
-/// what it shows.
+/// A model's name for a caption: a preset name as given, a model directory by its last part.
+fn model_label(model: &str) -> String {
+    let p = std::path::Path::new(model);
+    if p.is_dir() {
+        p.file_name()
+            .map_or(model.to_string(), |n| n.to_string_lossy().into_owned())
+    } else {
+        model.to_string()
+    }
+}
+
+/// Runs `mmlab inspect`: writes the attention overlay of one query token as a PNG, with a
+/// colour bar and its scale and a caption naming the model, layer, head, token and prompt,
+/// and prints what it shows.
 pub fn run_inspect(args: &InspectOptions) -> anyhow::Result<()> {
     let m = crate::model::resolve::load_model(&args.model)?;
     let input = InspectInput {
@@ -284,28 +296,58 @@ pub fn run_inspect(args: &InspectOptions) -> anyhow::Result<()> {
         .image
         .as_ref()
         .with_context(|| format!("{}: no image in the sequence", args.image.display()))?;
-    let heat = a
+    let raw = a
         .image_attention(row, layer, head)
-        .map(|w| normalised(&w))
         .filter(|_| img.per_patch);
+    let heat = raw.as_deref().map(normalised);
+    let max = raw
+        .as_deref()
+        .map_or(0.0, |w| w.iter().copied().fold(0f32, f32::max));
     if !img.per_patch {
         eprintln!(
             "this design gives the image {} slots, not one per patch; the PNG shows the image and grid only",
             img.slots.len()
         );
     }
-    let png = overlay_png(
+    let pos = a.rows[row];
+    let which = |v: Option<usize>, n: usize, what: &str| match v {
+        Some(i) => format!("{what} {} of {n}", i + 1),
+        None => format!("{what}: mean of {n}"),
+    };
+    let caption = vec![
+        format!(
+            "{} · {} · {}",
+            model_label(&args.model),
+            which(layer, a.layers, "layer"),
+            which(head, a.heads, "head")
+        ),
+        if img.per_patch {
+            format!(
+                "token {pos} {:?} attending over {}x{} patches of {} px",
+                a.tokens[pos].text, img.rows, img.cols, img.patch
+            )
+        } else {
+            format!(
+                "token {pos} {:?} · image as {} slots: no heat map",
+                a.tokens[pos].text,
+                img.slots.len()
+            )
+        },
+        format!("prompt: {}", args.prompt),
+    ];
+    let (png, _) = figure_png(
         &Overlay {
             pixels: &img.pixels,
             patch: img.patch,
             heat: heat.as_deref(),
-            alpha: 0.65,
+            alpha: VEIL,
         },
         args.size,
-    );
+        max,
+        &caption,
+    )?;
     png.save(&args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
-    let pos = a.rows[row];
     println!(
         "{}: attention of token {pos} {:?} over {}x{} patches, layer {}, head {} -> {}",
         args.model,

@@ -139,10 +139,12 @@ pub const COLUMNS: [Column; 8] = [
     Column {
         header: "aPOPE",
         title: "audio-POPE F1 (mean of splits)",
+        // `audio-pope:f1`: the mean of the splits, as shipped results give it.
         keys: &[
             "audio-pope-random:f1",
             "audio-pope-popular:f1",
             "audio-pope-adversarial:f1",
+            "audio-pope:f1",
         ],
         best: Best::High,
     },
@@ -188,6 +190,8 @@ pub struct ResultRow {
     pub run: String,
     /// Metric key to value.
     pub values: BTreeMap<String, f64>,
+    /// Measured results shipped with the model (`eval-metrics.json`), not a result of the user's.
+    pub shipped: bool,
 }
 
 impl ResultRow {
@@ -209,6 +213,66 @@ impl ResultRow {
             _ => 1,
         }
     }
+}
+
+/// The measured results a model directory ships with (`models/<name>/eval-metrics.json`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShippedResult {
+    /// The model (the directory's name).
+    pub model: String,
+    /// The file.
+    pub path: PathBuf,
+    /// The data they were measured on (the file's `data`).
+    pub data: String,
+    /// The scene tier they were measured on (the file's `tier`, as results label it).
+    pub tier: String,
+    /// Metric key to value, keyed as [`metric_values`] keys them.
+    pub values: BTreeMap<String, f64>,
+}
+
+/// The [`metric_values`] key of an `eval-metrics.json` key (`pope_random_f1` ->
+/// `pope-random:f1`, `count_accuracy` -> `count:acc`); `None` for keys with no column.
+fn shipped_key(k: &str) -> Option<String> {
+    let (task, metric) = [
+        ("_yes_ratio", "yes"),
+        ("_accuracy", "acc"),
+        ("_f1", "f1"),
+        ("_mae", "mae"),
+    ]
+    .iter()
+    .find_map(|(suffix, m)| k.strip_suffix(suffix).map(|t| (t, *m)))?;
+    Some(format!("{}:{metric}", task.replace('_', "-")))
+}
+
+/// Reads a shipped `eval-metrics.json`: numbers per metric, and the `data` and `tier` they
+/// were measured on (both required). Errors name the file.
+pub fn read_shipped(model: &str, path: &Path) -> Result<ShippedResult, String> {
+    let err = |e: String| format!("{}: {e}", path.display());
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| err("not a JSON object".into()))?;
+    let text = |k: &str| {
+        obj.get(k)
+            .and_then(|x| x.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| err(format!("no \"{k}\" (what the results were measured on)")))
+    };
+    let values: BTreeMap<String, f64> = obj
+        .iter()
+        .filter_map(|(k, x)| Some((shipped_key(k)?, x.as_f64()?)))
+        .collect();
+    if values.is_empty() {
+        return Err(err("no metric the results table shows".into()));
+    }
+    Ok(ShippedResult {
+        model: model.to_string(),
+        path: path.to_path_buf(),
+        data: text("data")?,
+        tier: text("tier")?,
+        values,
+    })
 }
 
 /// One point of a training log.
@@ -253,6 +317,8 @@ pub struct Workspace {
     pub models: Vec<ModelEntry>,
     /// Latest result per (model, task).
     pub results: Vec<ResultEntry>,
+    /// Measured results shipped in model directories under `root/models`.
+    pub shipped: Vec<ShippedResult>,
     /// Ablations by name.
     pub ablations: Vec<AblationEntry>,
     /// Scaling studies by name.
@@ -420,6 +486,18 @@ impl Workspace {
             }
         }
         ws.scan_results(&root.join("results"));
+        for dir in subdirs(&root.join("models")) {
+            let path = dir.join("eval-metrics.json");
+            let Some(name) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            if path.is_file() {
+                match read_shipped(&name, &path) {
+                    Ok(s) => ws.shipped.push(s),
+                    Err(e) => ws.problems.push(e),
+                }
+            }
+        }
         for dir in [
             root.join("results/ablations"),
             root.join("ablations/results"),
@@ -569,6 +647,7 @@ impl Workspace {
                 tier: res.config.tier_label(),
                 run: run(res),
                 values: BTreeMap::new(),
+                shipped: false,
             });
             row.values.extend(metric_values(res));
         }
@@ -593,6 +672,20 @@ impl Workspace {
                 }
             }
             out.push(row);
+        }
+        // Shipped results, unless the user has a result of the same model on the same tier.
+        for s in &self.shipped {
+            if out.iter().any(|r| r.model == s.model && r.tier == s.tier) {
+                continue;
+            }
+            out.push(ResultRow {
+                model: s.model.clone(),
+                design: self.design_of(&s.model),
+                tier: s.tier.clone(),
+                run: format!("shipped: {}", s.data),
+                values: s.values.clone(),
+                shipped: true,
+            });
         }
         out
     }
