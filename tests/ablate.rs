@@ -444,7 +444,8 @@ fn a_toy_study_runs_end_to_end_resumes_shards_and_merges() {
     study::run_study(&spec, &out, 2, None, &say).unwrap();
     let said = said.into_inner().unwrap();
     assert!(
-        said.iter().any(|s| s.contains("small-llava-d48-1e9") && s.contains("cannot be read")),
+        said.iter()
+            .any(|s| s.contains("small-llava-d48-1e9") && s.contains("cannot be read")),
         "{said:?}"
     );
     let again = study::read_result(&out.join("runs/small-llava-d48-1e9")).unwrap();
