@@ -27,7 +27,6 @@ use anyhow::{bail, Context};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::eval_data::default_data;
 use crate::fusion::TextTokenizer;
 use crate::model::presets::preset;
 use crate::model::ModelDirConfig;
@@ -541,28 +540,9 @@ fn evaluate(
     let loaded = crate::model::load_dir(model_dir, &Device::Cpu)?;
     let mut resp =
         crate::model::responder::ModelResponder::new(loaded, model_dir.display().to_string());
-    let mut tasks = vec!["pope", "count"];
-    if spec.audio {
-        tasks.extend(["audio-pope", "audio-count"]);
-    }
     let mut m = RunMetrics::new();
-    for t in tasks {
+    for (t, r) in test_tasks(&mut resp, model_dir, eval_dir, "small", spec, None, say)? {
         let audio = t.starts_with("audio");
-        let data = default_data(audio, &|e| {
-            if let Some(line) = e.message() {
-                say(&line);
-            }
-        })?;
-        let opts = mmlab_eval::RunOptions {
-            limit: spec.limit,
-            results_dir: eval_dir.to_path_buf(),
-            cache_dir: eval_dir.join(".cache"),
-            use_cache: false,
-            synonyms: Some(mmlab_eval::default_synonyms()),
-            ..mmlab_eval::RunOptions::default()
-        };
-        let r = mmlab_eval::run_task(t, &data, &mut resp, &opts)
-            .with_context(|| format!("evaluating {} on {t}", model_dir.display()))?;
         match &r.metrics {
             mmlab_eval::Metrics::Pope(p) => {
                 if audio {
@@ -589,6 +569,48 @@ fn evaluate(
     }
     crate::io::atomic_write(&done, serde_json::to_string_pretty(&m)?.as_bytes())?;
     Ok(m)
+}
+
+/// POPE and counting (and, with `spec.audio`, the audio tasks) of `resp` on the test set of
+/// scene tier `tier`, results written under `eval_dir`; each task with its run. `resamples`
+/// sets the bootstrap (`None`: the harness default).
+pub(crate) fn test_tasks(
+    resp: &mut crate::model::responder::ModelResponder,
+    model_dir: &Path,
+    eval_dir: &Path,
+    tier: &str,
+    spec: &EvalSpec,
+    resamples: Option<usize>,
+    say: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<Vec<(&'static str, mmlab_eval::TaskResult)>> {
+    let mut tasks = vec!["pope", "count"];
+    if spec.audio {
+        tasks.extend(["audio-pope", "audio-count"]);
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        let audio = t.starts_with("audio");
+        let data = crate::eval_data::test_data(tier, audio, &|e| {
+            if let Some(line) = e.message() {
+                say(&line);
+            }
+        })?;
+        let mut opts = mmlab_eval::RunOptions {
+            limit: spec.limit,
+            results_dir: eval_dir.to_path_buf(),
+            cache_dir: eval_dir.join(".cache"),
+            use_cache: false,
+            synonyms: Some(mmlab_eval::default_synonyms()),
+            ..mmlab_eval::RunOptions::default()
+        };
+        if let Some(n) = resamples {
+            opts.bootstrap.resamples = n;
+        }
+        let r = mmlab_eval::run_task(t, &data, resp, &opts)
+            .with_context(|| format!("evaluating {} on {t}", model_dir.display()))?;
+        out.push((t, r));
+    }
+    Ok(out)
 }
 
 /// Everything `run` needs to know about one arm before training.

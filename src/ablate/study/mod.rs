@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use super::write_json;
 use super::{component_params, non_empty, set_aside, step_shape, train_step_flops};
-use crate::eval_data::{test_data, DEFAULT_EVAL_SEED};
+use crate::eval_data::DEFAULT_EVAL_SEED;
 use crate::fusion::TextTokenizer;
 use crate::model::design::Design;
 use crate::model::presets::sized;
@@ -845,32 +845,9 @@ fn test_metrics(
 ) -> anyhow::Result<BTreeMap<String, Measured>> {
     let eval_dir = dir.join("eval");
     let mut resp = crate::model::responder::ModelResponder::new(loaded, dir.display().to_string());
-    let mut tasks = vec!["pope", "count"];
-    if spec.audio {
-        tasks.extend(["audio-pope", "audio-count"]);
-    }
     let mut m = BTreeMap::new();
-    for t in tasks {
+    for (t, r) in super::test_tasks(&mut resp, dir, &eval_dir, tier, spec, Some(0), say)? {
         let audio = t.starts_with("audio");
-        let data = test_data(tier, audio, &|e| {
-            if let Some(line) = e.message() {
-                say(&line);
-            }
-        })?;
-        let opts = mmlab_eval::RunOptions {
-            limit: spec.limit,
-            results_dir: eval_dir.clone(),
-            cache_dir: eval_dir.join(".cache"),
-            use_cache: false,
-            synonyms: Some(mmlab_eval::default_synonyms()),
-            bootstrap: mmlab_eval::Bootstrap {
-                resamples: 0,
-                ..Default::default()
-            },
-            ..mmlab_eval::RunOptions::default()
-        };
-        let r = mmlab_eval::run_task(t, &data, &mut resp, &opts)
-            .with_context(|| format!("evaluating {} on {t}", dir.display()))?;
         let prefix = if audio { "audio_" } else { "" };
         match &r.metrics {
             mmlab_eval::Metrics::Pope(p) => {
