@@ -1092,7 +1092,7 @@ fn stage_config(
 }
 
 /// Trains one stage into `dir`, resuming an interrupted one, and drops its checkpoint.
-fn run_stage(tc: &TrainConfig, tok: &TextTokenizer, dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn run_stage(tc: &TrainConfig, tok: &TextTokenizer, dir: &Path) -> anyhow::Result<()> {
     let quiet = |_: u64, _: u64, _: f64, _: f64| {};
     let resume = dir.join("checkpoint").join("state.json").is_file();
     train(

@@ -39,7 +39,7 @@ use crate::model::design::Design;
 use crate::model::presets::sized;
 use crate::model::ModelDirConfig;
 use crate::train::data::{Factory, Source, SyntheticData};
-use crate::train::{evaluate, train, HeldOut, RunControl, TrainConfig};
+use crate::train::{evaluate, HeldOut, TrainConfig};
 
 /// A scaling-study file.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -669,19 +669,8 @@ pub fn run_one(
             settings.train.steps,
             fps,
         ));
-        let quiet = |_: u64, _: u64, _: f64, _: f64| {};
-        train(
-            &settings.train,
-            (**tok).clone(),
-            &dir,
-            &RunControl {
-                resume,
-                progress: &quiet,
-                stop_after: None,
-            },
-        )
-        .with_context(|| format!("{}: training", dir.display()))?;
-        let _ = std::fs::remove_dir_all(dir.join("checkpoint"));
+        // Resumes from the checkpoint, which is there only when the stored settings matched.
+        super::run_stage(&settings.train, tok, &dir)?;
     }
     say(&format!("{id}: measuring"));
     let t0 = std::time::Instant::now();
