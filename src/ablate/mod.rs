@@ -964,43 +964,15 @@ pub fn run(
     let units: Vec<(usize, u64)> = (0..spec.arms.len())
         .flat_map(|a| spec.seeds.iter().map(move |&s| (a, s)))
         .collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let done = std::sync::Mutex::new(BTreeMap::new());
-    let failed = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.clamp(1, units.len().max(1)) {
-            scope.spawn(|| loop {
-                let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let Some(&(ai, seed)) = units.get(k) else {
-                    break;
-                };
-                if !failed.lock().map(|f| f.is_empty()).unwrap_or(false) {
-                    break;
-                }
-                let unit = || run_unit(spec, &spec.arms[ai], &plans[ai], seed, out, &tok, say);
-                match crate::kernels::serial(unit) {
-                    Ok(r) => {
-                        if let Ok(mut d) = done.lock() {
-                            d.insert((ai, seed), r);
-                        }
-                    }
-                    Err(e) => {
-                        if let Ok(mut f) = failed.lock() {
-                            f.push(e);
-                        }
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = failed
-        .into_inner()
-        .map_err(|_| anyhow::anyhow!("a worker panicked"))?
-        .into_iter()
-        .next()
-    {
-        return Err(e);
-    }
+    let done = work_pool(units.len(), jobs, &|k| {
+        let (ai, seed) = units[k];
+        run_unit(spec, &spec.arms[ai], &plans[ai], seed, out, &tok, say)
+    })?;
+    let mut done: BTreeMap<(usize, u64), SeedRun> = units
+        .iter()
+        .zip(done)
+        .filter_map(|(u, r)| r.map(|r| (*u, r)))
+        .collect();
     let mut arms = Vec::new();
     for (ai, arm) in spec.arms.iter().enumerate() {
         let plan = &plans[ai];
@@ -1008,9 +980,7 @@ pub fn run(
             .seeds
             .iter()
             .map(|seed| {
-                done.lock()
-                    .map_err(|_| anyhow::anyhow!("a worker panicked"))?
-                    .remove(&(ai, *seed))
+                done.remove(&(ai, *seed))
                     .context("a unit of the ablation did not finish")
             })
             .collect::<anyhow::Result<_>>()?;
@@ -1050,6 +1020,55 @@ pub fn run(
     plot::write_plots(&results, out)?;
     crate::io::atomic_write(&out.join("report.md"), report(&results).as_bytes())?;
     Ok(results)
+}
+
+/// Runs `work(0..n)` on `jobs` threads, each item with its ops kept to its own thread
+/// ([`crate::kernels::serial`]), items taken in order. The first error stops new items from
+/// starting and is returned once the running ones end; otherwise each item's result, in order.
+pub(crate) fn work_pool<T: Send>(
+    n: usize,
+    jobs: usize,
+    work: &(dyn Fn(usize) -> anyhow::Result<T> + Sync),
+) -> anyhow::Result<Vec<Option<T>>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done: std::sync::Mutex<Vec<Option<T>>> =
+        std::sync::Mutex::new((0..n).map(|_| None).collect());
+    let failed = std::sync::Mutex::new(Vec::<anyhow::Error>::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, n.max(1)) {
+            scope.spawn(|| loop {
+                if failed.lock().map(|f| !f.is_empty()).unwrap_or(true) {
+                    break;
+                }
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if k >= n {
+                    break;
+                }
+                match crate::kernels::serial(|| work(k)) {
+                    Ok(r) => {
+                        if let Ok(mut d) = done.lock() {
+                            d[k] = Some(r);
+                        }
+                    }
+                    Err(e) => {
+                        if let Ok(mut f) = failed.lock() {
+                            f.push(e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failed
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a worker panicked"))?
+        .into_iter()
+        .next()
+    {
+        return Err(e);
+    }
+    done.into_inner()
+        .map_err(|_| anyhow::anyhow!("a worker panicked"))
 }
 
 /// Held-out eval batches of a stage (the CLI's default is [`crate::train::EVAL_BATCHES`]):

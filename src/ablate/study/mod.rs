@@ -1023,47 +1023,20 @@ fn run_pool(
     tok: &Arc<TextTokenizer>,
     say: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<usize> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    let failed = std::sync::Mutex::new(Vec::<anyhow::Error>::new());
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.clamp(1, keys.len().max(1)) {
-            scope.spawn(|| loop {
-                if failed.lock().map(|f| !f.is_empty()).unwrap_or(true) {
-                    break;
-                }
-                let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let Some(key) = keys.get(k) else { break };
-                match crate::kernels::serial(|| run_one(spec, key, out, tok, say)) {
-                    Ok(r) => {
-                        done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        say(&format!(
-                            "{}: done — held-out image loss {:.4}, test POPE acc. {:.3}, counting {:.3} ({:.0} s training)",
-                            key.id(),
-                            r.val.image_loss,
-                            r.test.get("pope_accuracy").map(|m| m.value).unwrap_or(f64::NAN),
-                            r.test.get("count_accuracy").map(|m| m.value).unwrap_or(f64::NAN),
-                            r.train_seconds
-                        ));
-                    }
-                    Err(e) => {
-                        if let Ok(mut f) = failed.lock() {
-                            f.push(e.context(format!("run {}", key.id())));
-                        }
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = failed
-        .into_inner()
-        .map_err(|_| anyhow::anyhow!("a worker panicked"))?
-        .into_iter()
-        .next()
-    {
-        return Err(e);
-    }
-    Ok(done.into_inner())
+    let done = super::work_pool(keys.len(), jobs, &|k| {
+        let key = &keys[k];
+        let r = run_one(spec, key, out, tok, say).with_context(|| format!("run {}", key.id()))?;
+        say(&format!(
+            "{}: done — held-out image loss {:.4}, test POPE acc. {:.3}, counting {:.3} ({:.0} s training)",
+            key.id(),
+            r.val.image_loss,
+            r.test.get("pope_accuracy").map(|m| m.value).unwrap_or(f64::NAN),
+            r.test.get("count_accuracy").map(|m| m.value).unwrap_or(f64::NAN),
+            r.train_seconds
+        ));
+        Ok(())
+    })?;
+    Ok(done.iter().flatten().count())
 }
 
 /// Every finished run in `out/runs` that the study asks for now (settings equal), by id.
