@@ -715,3 +715,41 @@ fn shipped_results_show_until_the_user_has_a_result_with_the_same_identity() {
         ws.problems
     );
 }
+
+/// What a new user sees: a workspace holding only the repository's shipped `models/` (no
+/// results or runs of their own).
+fn fresh_clone_tab(tab: usize) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"),
+        dir.path().join("models"),
+    )
+    .unwrap();
+    let ws = Workspace::scan(dir.path());
+    assert!(ws.problems.is_empty(), "{:?}", ws.problems);
+    let mut d = Dashboard::new(ws);
+    d.tab = tab;
+    draw(80, 24, |f| d.render(f, f.area())).0
+}
+
+#[test]
+fn a_fresh_clone_shows_the_shipped_models_side_by_side() {
+    let results = fresh_clone_tab(1);
+    for m in [
+        "fuyu-small",
+        "llava-small",
+        "qformer-small",
+        "flamingo-small",
+    ] {
+        assert!(results.contains(m), "{m} missing from Results:\n{results}");
+    }
+    insta::assert_snapshot!("fresh_clone_results_80x24", results);
+    let training = fresh_clone_tab(2);
+    for m in ["fuyu-small", "llava-small"] {
+        assert!(
+            training.contains(m),
+            "{m} missing from Training:\n{training}"
+        );
+    }
+    insta::assert_snapshot!("fresh_clone_training_80x24", training);
+}
