@@ -753,3 +753,18 @@ fn a_fresh_clone_shows_the_shipped_models_side_by_side() {
     }
     insta::assert_snapshot!("fresh_clone_training_80x24", training);
 }
+
+#[test]
+fn next_token_guesses_are_marked_untrained_away_from_the_answer() {
+    let m = model();
+    let mut ins = inspector_with(analyze(&m, &image_input()).expect("analysis"));
+    let at_answer = draw(80, 24, |f| ins.render(f, f.area())).0;
+    assert!(
+        at_answer.contains("next token after \"<boa>\""),
+        "{at_answer}"
+    );
+    assert!(!at_answer.contains("never trained"), "{at_answer}");
+    ins.key(key(KeyCode::Left));
+    let before = draw(80, 24, |f| ins.render(f, f.area())).0;
+    assert!(before.contains("never trained here"), "{before}");
+}

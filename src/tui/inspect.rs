@@ -422,6 +422,15 @@ impl Inspector {
             .map(|t| t.text.clone())
             .unwrap_or_default();
         let bar_w = cands.width.saturating_sub(22) as f32;
+        // Training puts loss only on answer tokens: the prompt's last token (which predicts the
+        // answer) is the one place whose next-token guesses were trained; elsewhere they are
+        // shown greyed, with a word that they mean little.
+        let trained = sel_pos.is_some_and(|p| p + 1 == a.tokens.len());
+        let bar = if trained {
+            Color::Green
+        } else {
+            Color::DarkGray
+        };
         let lines: Vec<Line> = a
             .topk
             .get(self.sel)
@@ -432,19 +441,20 @@ impl Inspector {
                             Span::raw(format!(" {t:<10.10} {p:>5.3} ")),
                             Span::styled(
                                 "█".repeat((p * bar_w).round() as usize),
-                                Style::new().fg(Color::Green),
+                                Style::new().fg(bar),
                             ),
                         ])
                     })
                     .collect()
             })
             .unwrap_or_default();
+        let title = if trained {
+            format!(" next token after {tok:?} ")
+        } else {
+            format!(" after {tok:?} · never trained here ")
+        };
         f.render_widget(
-            Paragraph::new(lines).block(
-                Block::default()
-                    .borders(Borders::ALL)
-                    .title(format!(" next token after {tok:?} ")),
-            ),
+            Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(title)),
             cands,
         );
         // The answer beside the truth.
