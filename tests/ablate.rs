@@ -483,6 +483,26 @@ fn a_toy_study_runs_end_to_end_resumes_shards_and_merges() {
     let m = study::finished_runs(&spec, &merged).unwrap();
     let whole: Vec<&String> = runs.keys().collect();
     assert_eq!(m.keys().collect::<Vec<_>>(), whole);
+    // A shard whose run finished with other settings is refused, naming it.
+    let odd = dir.path().join("odd");
+    let run = "small-native-d32-1e9";
+    std::fs::create_dir_all(odd.join("runs").join(run)).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(merged.join("runs").join(run).join(study::RESULT)).unwrap(),
+    )
+    .unwrap();
+    v["settings"]["eval"]["limit"] = 5.into();
+    std::fs::write(
+        odd.join("runs").join(run).join(study::RESULT),
+        v.to_string(),
+    )
+    .unwrap();
+    let e = study::merge(&merged, std::slice::from_ref(&odd)).unwrap_err();
+    assert!(
+        format!("{e:#}").contains(run) && format!("{e:#}").contains("other settings"),
+        "{e:#}"
+    );
+
     // Same settings and seeds: the same numbers, whichever process trained them.
     for (id, r) in &m {
         assert_eq!(r.val.image_loss, runs[id].val.image_loss, "{id}");

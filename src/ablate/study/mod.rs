@@ -659,9 +659,10 @@ pub fn run_one(
         }
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    if dir.join("model.safetensors").is_file() && stored.as_ref() == Some(&settings) && !resume {
-        // Trained; only the measurement is missing.
-    } else {
+    // Weights made with these settings and no checkpoint left: trained, only measuring is missing.
+    let trained =
+        dir.join("model.safetensors").is_file() && stored.as_ref() == Some(&settings) && !resume;
+    if !trained {
         write_json(&dir.join(SETTINGS), &settings)?;
         say(&format!(
             "{id}: {} {} steps ({:.2e} FLOPs/step)",

@@ -692,12 +692,11 @@ pub fn report(
         let _ = writeln!(s, "|---|{}", "---|---|".repeat(TARGETS.len()));
         for d in a.designs.iter().filter(|d| d.tier == *tier) {
             let _ = write!(s, "| {} |", d.design);
-            for (k, (metric, t, label)) in TARGETS.iter().enumerate() {
+            for (metric, t, label) in TARGETS.iter() {
                 let tf = d
                     .targets
                     .iter()
                     .find(|x| x.metric == *metric && x.target == *t);
-                let _ = k;
                 let _ = write!(s, " {} |", target_cell(tf));
                 let r = a
                     .ratios
