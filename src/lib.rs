@@ -10,5 +10,6 @@ pub mod fusion;
 pub mod io;
 pub mod kernels;
 pub mod model;
+pub mod openai;
 pub mod train;
 pub mod tui;

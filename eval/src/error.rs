@@ -132,6 +132,15 @@ pub enum EvalError {
         message: String,
     },
     /// Shard results cannot be merged.
+    /// Some requests of a batch were answered before another failed for good: the harness
+    /// keeps (caches) the answered ones, so a rerun does not ask them again, then reports `error`.
+    #[error("{error}")]
+    PartlyAnswered {
+        /// One entry per request of the batch, in order; `None` where no answer came.
+        answered: Vec<Option<crate::Response>>,
+        /// Why the rest got no answer.
+        error: Box<EvalError>,
+    },
     #[error("cannot merge: {0}")]
     Merge(String),
 }

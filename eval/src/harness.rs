@@ -851,6 +851,37 @@ fn cache_batch(
     Ok(())
 }
 
+/// Cache the answers a responder got before part of its batch failed, so that a rerun asks only
+/// the rest.
+fn keep_answered(
+    run: &Asking<'_>,
+    chunk: &[(usize, usize)],
+    batch: &[Request],
+    answered: Vec<Option<Response>>,
+    caches: &mut [Option<ResponseCache>],
+) -> Result<()> {
+    if answered.len() != batch.len() {
+        return Err(EvalError::ResponseShape {
+            identity: run.identity.to_string(),
+            what: "partial answers".into(),
+            expected: batch.len(),
+            got: answered.len(),
+        });
+    }
+    let mut kept_chunk = Vec::new();
+    let mut kept_batch = Vec::new();
+    let mut kept_out = Vec::new();
+    for ((c, req), a) in chunk.iter().zip(batch).zip(answered) {
+        if let Some(a) = a {
+            kept_chunk.push(*c);
+            kept_batch.push(req.clone());
+            kept_out.push(a);
+        }
+    }
+    check_responses(run, &kept_batch, &kept_out)?;
+    cache_batch(run, &kept_chunk, &kept_batch, &kept_out, caches)
+}
+
 /// Ask the model the pending questions batch by batch, caching each batch as it arrives;
 /// `report` is told the number answered so far. Returns the seconds spent in the model.
 fn ask_pending(
@@ -867,7 +898,14 @@ fn ask_pending(
     for chunk in pending.chunks(bs) {
         let batch: Vec<Request> = chunk.iter().map(|&(si, k)| run.request(si, k)).collect();
         let t = Instant::now();
-        let out = responder.respond(&batch)?;
+        let out = match responder.respond(&batch) {
+            Ok(out) => out,
+            Err(EvalError::PartlyAnswered { answered, error }) => {
+                keep_answered(run, chunk, &batch, answered, caches)?;
+                return Err(*error);
+            }
+            Err(e) => return Err(e),
+        };
         model_s += t.elapsed().as_secs_f64();
         check_responses(run, &batch, &out)?;
         cache_batch(run, chunk, &batch, &out, caches)?;

@@ -12,6 +12,7 @@ use mmlab_eval::{
 use crate::eval_data::DefaultDataEvent;
 use crate::model::resolve::{load_model_as, parse_dtype};
 use crate::model::responder::ModelResponder;
+use crate::openai::{ClientOptions, OpenAiResponder};
 
 /// Arguments of `mmlab eval`.
 #[derive(Clone, Debug, clap::Args)]
@@ -22,8 +23,10 @@ pub struct EvalArgs {
     pub action: Option<EvalAction>,
     /// Task to run: pope, pope-random, pope-popular, pope-adversarial, count, chair, audio-pope, audio-count.
     pub task: Option<String>,
-    /// Preset name, model directory, or a predictions file (JSON lines keyed by question_id;
-    /// needs --data; several files joined by commas, one per split, each named after its split).
+    /// Preset name, model directory, a served model (`openai:URL`, e.g.
+    /// `openai:http://127.0.0.1:8000/v1`, any OpenAI-compatible chat completions server), or a
+    /// predictions file (JSON lines keyed by question_id; needs --data; several files joined by
+    /// commas, one per split, each named after its split).
     #[arg(long)]
     pub model: Option<String>,
     /// Dataset folder or question file (default: the synthetic test set, generated once from a fixed seed).
@@ -56,6 +59,30 @@ pub struct EvalArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// With `--model openai:URL`: the served model's name (default: the only one the server
+    /// lists at /models).
+    #[arg(long)]
+    pub api_model: Option<String>,
+    /// With `--model openai:URL`: environment variable holding the API key (sent as a bearer
+    /// token).
+    #[arg(long)]
+    pub api_key_env: Option<String>,
+    /// With `--model openai:URL`: requests in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// With `--model openai:URL`: seconds allowed per request.
+    #[arg(long, default_value_t = 120.0)]
+    pub timeout: f64,
+    /// With `--model openai:URL`: retries of a request after a 429, 5xx, timeout, dropped
+    /// connection or unreadable answer (exponential backoff from --backoff).
+    #[arg(long, default_value_t = 4)]
+    pub retries: u32,
+    /// With `--model openai:URL`: seconds before the first retry (doubling each time, at most 30).
+    #[arg(long, default_value_t = 1.0)]
+    pub backoff: f64,
+    /// With `--model openai:URL`: max_tokens of each request.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: u32,
 }
 
 /// Helper actions of `mmlab eval`.
@@ -106,12 +133,34 @@ fn predictions_files(model: &str) -> Option<Vec<PathBuf>> {
     (parts.len() > 1 && parts.iter().all(|p| p.is_file())).then_some(parts)
 }
 
-fn responder(
-    model: &str,
-    no_prefix_cache: bool,
-    dtype: candle_core::DType,
-    has_data: bool,
-) -> anyhow::Result<Box<dyn Responder>> {
+/// The client for `--model openai:URL`.
+fn served(url: &str, args: &EvalArgs) -> anyhow::Result<OpenAiResponder> {
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        bail!("--timeout must be a positive number of seconds");
+    }
+    let mut o = ClientOptions::new(url);
+    o.api_model = args.api_model.clone();
+    o.api_key = args
+        .api_key_env
+        .as_deref()
+        .map(super::serve::key_from_env)
+        .transpose()?;
+    o.concurrency = args.concurrency.max(1);
+    o.timeout = std::time::Duration::from_secs_f64(args.timeout);
+    o.retries = args.retries;
+    if !(args.backoff.is_finite() && args.backoff >= 0.0) {
+        bail!("--backoff must be a non-negative number of seconds");
+    }
+    o.backoff = std::time::Duration::from_secs_f64(args.backoff);
+    o.max_tokens = args.max_tokens.max(1);
+    OpenAiResponder::new(o)
+}
+
+fn responder(model: &str, args: &EvalArgs, has_data: bool) -> anyhow::Result<Box<dyn Responder>> {
+    let (no_prefix_cache, dtype) = (args.no_prefix_cache, args.dtype);
+    if let Some(url) = model.strip_prefix("openai:") {
+        return Ok(Box::new(served(url, args)?));
+    }
     if let Some(files) = predictions_files(model) {
         if !has_data {
             bail!(
@@ -168,7 +217,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         bail!("--model is required: a preset name, a model directory or a predictions file");
     };
     let spec = task(task_name)?;
-    let mut resp = responder(model, args.no_prefix_cache, args.dtype, args.data.is_some())?;
+    let mut resp = responder(model, args, args.data.is_some())?;
     let data = match &args.data {
         Some(d) => d.clone(),
         None => default_data(spec.media == mmlab_eval::tasks::MediaKind::Audio)?,

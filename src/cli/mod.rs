@@ -7,6 +7,7 @@ pub mod data;
 pub mod eval;
 pub mod models;
 pub mod pretrain;
+pub mod serve;
 pub mod tokenize;
 pub mod train;
 pub mod tui;
@@ -56,6 +57,9 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Train a model.
     Train(train::TrainArgs),
+    /// Serve a model behind an OpenAI-compatible `/v1/chat/completions` (for lmms-eval,
+    /// VLMEvalKit or any OpenAI client).
+    Serve(serve::ServeArgs),
     /// Ask a model a question about an image and/or audio clip.
     Ask(ask::AskArgs),
     /// Contrastive (CLIP / SigLIP) pre-training of a bolted-on preset's vision encoder.
@@ -106,6 +110,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Data(a) => data::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Train(a) => train::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Ask(a) => ask::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Tui(a) => crate::tui::run(&crate::tui::TuiOptions { root, ..a.into() }),
