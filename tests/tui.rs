@@ -159,6 +159,9 @@ fn dashboard_keys_switch_tabs_move_and_open_the_inspector() {
     assert_eq!(d.overlay.contains(&0), !had);
     d.key(key(KeyCode::Char('m')));
     assert_eq!(d.curve_kind, 1);
+    let held_out = draw(80, 24, |f| d.render(f, f.area())).0;
+    assert!(held_out.contains("held-out loss"), "{held_out}");
+    d.key(key(KeyCode::Char('m')));
     let presence = draw(80, 24, |f| d.render(f, f.area())).0;
     assert!(presence.contains("held-out presence"), "{presence}");
     // Models: down moves, Enter asks to inspect the selected model by its directory.
@@ -182,6 +185,7 @@ fn ctrl_c_and_q_quit_and_esc_returns_from_the_inspector() {
     let mut app = App {
         screen: Screen::Dashboard(Box::new(Dashboard::new(workspace())), None),
         root: root(),
+        last_refresh: std::time::Instant::now(),
     };
     assert!(!app.key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)));
     // Open the inspector from the Models tab; the model runs on its own thread.
@@ -767,4 +771,63 @@ fn next_token_guesses_are_marked_untrained_away_from_the_answer() {
     ins.key(key(KeyCode::Left));
     let before = draw(80, 24, |f| ins.render(f, f.area())).0;
     assert!(before.contains("never trained here"), "{before}");
+}
+
+#[test]
+fn a_growing_training_log_updates_in_place_with_its_rate_eta_and_a_nan_alarm() {
+    let root = tempfile::tempdir().unwrap();
+    let run = root.path().join("runs/live-run");
+    std::fs::create_dir_all(&run).unwrap();
+    let model = mmlab::model::io::read_config(&root_fixture_model()).unwrap();
+    let cfg = mmlab::train::TrainConfig::new(model, 1000, 8, 1e-3, 0);
+    std::fs::write(run.join("run.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let line = |step: u64, loss: &str| {
+        format!(
+            "{{\"step\":{step},\"loss\":{loss},\"lr\":0.001,\"grad_norm\":1.0,\"tokens\":{},\"seconds\":{}}}\n",
+            step * 100,
+            step as f64 / 10.0
+        )
+    };
+    let log = run.join("train.jsonl");
+    std::fs::write(
+        &log,
+        [line(10, "2.5"), line(20, "2.0"), line(30, "1.5")].concat(),
+    )
+    .unwrap();
+    let mut d = Dashboard::new(Workspace::scan_with(root.path(), false));
+    d.tab = 2;
+    let before = draw(80, 24, |f| d.render(f, f.area())).0;
+    // 10 steps a second, 970 steps to go.
+    assert!(before.contains("live 30/1000 · 10.0/s"), "{before}");
+    assert!(before.contains("ETA 1m37s"), "{before}");
+    assert!(!before.contains('⚠'), "{before}");
+
+    // The run goes on, then its loss turns NaN (JSON writes it as null): no rescan, no restart.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    use std::io::Write;
+    f.write_all([line(40, "1.2"), line(50, "null")].concat().as_bytes())
+        .unwrap();
+    drop(f);
+    d.refresh();
+    let after = draw(80, 24, |f| d.render(f, f.area())).0;
+    assert!(after.contains("live 50/1000"), "{after}");
+    assert!(after.contains("loss not finite at step 50"), "{after}");
+    insta::assert_snapshot!("dashboard_training_live_alarm_80x24", after);
+
+    // The run finishes: no longer live.
+    std::fs::copy(
+        root_fixture_model().join("config.json"),
+        run.join("config.json"),
+    )
+    .unwrap();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(line(1000, "0.5").as_bytes()).unwrap();
+    drop(f);
+    d.refresh();
+    let done = draw(80, 24, |f| d.render(f, f.area())).0;
+    assert!(!done.contains("live "), "{done}");
+}
+
+fn root_fixture_model() -> PathBuf {
+    root().join("models/fuyu-tiny-a")
 }

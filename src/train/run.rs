@@ -42,8 +42,9 @@ pub struct RunControl<'a> {
 
 /// The files a training run writes into its directory, other than `tokenizer.json` (which the
 /// caller may have written for this run).
-pub const RUN_FILES: [&str; 6] = [
+pub const RUN_FILES: [&str; 7] = [
     "train.jsonl",
+    "run.json",
     "checkpoint",
     "checkpoint.old",
     "checkpoint.tmp",
@@ -76,6 +77,10 @@ pub fn train(
         refuse_own_output(cfg, out)?;
         std::fs::create_dir_all(out).map_err(io_err(out))?;
         clear_run(out)?;
+        // The run's settings from its first step, for whoever watches it (the dashboard's live
+        // view: total steps for the ETA, the model for its size).
+        let settings = serde_json::to_vec_pretty(cfg).unwrap_or_default();
+        crate::io::atomic_write(&out.join("run.json"), &settings)?;
     }
     let (model, vm) = init_model(&cfg.model, cfg.seed, &device)?;
     for f in cfg.freeze.iter().chain(&cfg.init_parts) {

@@ -22,7 +22,36 @@ use crate::ablate::METRICS;
 pub const TABS: [&str; 4] = ["Models", "Results", "Training", "Ablations"];
 
 /// What the training chart plots.
-const CURVES: [&str; 3] = ["training loss", "held-out presence", "held-out counting"];
+const CURVES: [&str; 4] = [
+    "training loss",
+    "held-out loss",
+    "held-out presence",
+    "held-out counting",
+];
+
+/// One marker per overlaid model (with its colour), drawn at a few points along its line, so
+/// curves stay apart in print and for colour-blind readers; the list beside the chart is the
+/// legend, so none covers the data.
+const MARKERS: [(symbols::Marker, &str); 3] = [
+    (symbols::Marker::Dot, "•"),
+    (symbols::Marker::Bar, "▄"),
+    (symbols::Marker::Block, "█"),
+];
+
+/// Markers drawn along each curve.
+const MARKS_PER_CURVE: usize = 6;
+
+/// `12.3 s`, `4m05s`, `2h13m`.
+fn fmt_duration(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    }
+}
 
 /// Most points drawn per curve (longer logs are thinned evenly).
 const MAX_POINTS: usize = 400;
@@ -128,6 +157,32 @@ impl Dashboard {
                 .then_with(|| a.model.cmp(&b.model))
         });
         self.rows = rows;
+    }
+
+    /// Picks up training logs that grew since the last look (runs in progress); keeps the
+    /// overlay and the cursor on the same models.
+    pub fn refresh(&mut self) {
+        if self.ws.refresh_curves().is_empty() {
+            return;
+        }
+        let old: Vec<usize> = self.curves.clone();
+        let curves: Vec<usize> = (0..self.ws.models.len())
+            .filter(|&i| !self.ws.models[i].curve.is_empty())
+            .collect();
+        let pos = |m: usize| curves.iter().position(|&c| c == m);
+        self.overlay = self
+            .overlay
+            .iter()
+            .filter_map(|&k| old.get(k).and_then(|&m| pos(m)))
+            .collect();
+        // A run that just wrote its first lines joins the overlay while there is room.
+        for (k, &m) in curves.iter().enumerate() {
+            if !old.contains(&m) && self.overlay.len() < 3 {
+                self.overlay.insert(k);
+            }
+        }
+        self.curve_sel = old.get(self.curve_sel).and_then(|&m| pos(m)).unwrap_or(0);
+        self.curves = curves;
     }
 
     fn move_sel(state: &mut TableState, n: usize, down: bool) {
@@ -253,7 +308,7 @@ impl Dashboard {
         let keys = match self.tab {
             0 => " Tab/1-4 tabs  ↑↓ model  Enter inspect  q quit",
             1 => " Tab/1-4 tabs  ↑↓ model  ←→ sort column / chart  Enter inspect  q quit",
-            2 => " Tab/1-4 tabs  ↑↓ model  Space overlay  m loss/presence/count  q quit",
+            2 => " Tab/1-4 tabs  ↑↓ model  Space overlay  m quantity  q quit",
             _ => " Tab/1-4 tabs  ↑↓ ablation  q quit",
         };
         f.render_widget(
@@ -529,24 +584,56 @@ impl Dashboard {
 
     fn render_training(&mut self, f: &mut Frame, area: Rect) {
         let [list, chart] =
-            Layout::horizontal([Constraint::Length(26), Constraint::Fill(1)]).areas(area);
+            Layout::horizontal([Constraint::Length(28), Constraint::Fill(1)]).areas(area);
         let items: Vec<ListItem> = self
             .curves
             .iter()
             .enumerate()
-            .map(|(i, m)| {
+            .map(|(i, &m)| {
+                let model = &self.ws.models[m];
                 let on = self.overlay.contains(&i);
                 let colour = if on {
                     PALETTE[i % PALETTE.len()]
                 } else {
                     Color::Gray
                 };
-                let mark = if on { "[x]" } else { "[ ]" };
+                let mark = if on {
+                    MARKERS[i % MARKERS.len()].1
+                } else {
+                    " "
+                };
                 let mut style = Style::new().fg(colour);
                 if i == self.curve_sel {
                     style = style.add_modifier(Modifier::REVERSED);
                 }
-                ListItem::new(format!("{mark} {}", self.ws.models[*m].name)).style(style)
+                let mut lines = vec![Line::from(format!(
+                    "[{}] {mark} {}",
+                    if on { "x" } else { " " },
+                    model.name
+                ))
+                .style(style)];
+                if let Some(p) = model.diverged_at() {
+                    lines.push(
+                        Line::from(format!("  ⚠ not finite at step {}", p.step))
+                            .style(Style::new().fg(Color::White).bg(Color::Red)),
+                    );
+                }
+                if model.planned_steps.is_some() {
+                    let step = model.curve.last().map_or(0, |p| p.step);
+                    let plan = model.planned_steps.unwrap_or(0);
+                    let rate = model
+                        .step_rate()
+                        .map_or("…".to_string(), |r| format!("{r:.1}/s"));
+                    let eta = model
+                        .eta_seconds()
+                        .map_or(String::new(), |e| format!("ETA {}", fmt_duration(e)));
+                    let live = Style::new().fg(Color::Green);
+                    lines.push(Line::from(format!("  live {step}/{plan} · {rate}")).style(live));
+                    if !eta.is_empty() {
+                        lines.push(Line::from(format!("  {eta}")).style(live));
+                    }
+                }
+                ListItem::new(lines)
             })
             .collect();
         f.render_widget(
@@ -557,51 +644,74 @@ impl Dashboard {
             .overlay
             .iter()
             .filter_map(|&i| {
-                let m = self.curves.get(i)?;
-                let pts: Vec<(f64, f64)> = self.ws.models[*m]
+                let model = &self.ws.models[*self.curves.get(i)?];
+                let pts: Vec<(f64, f64)> = model
                     .curve
                     .iter()
                     .filter_map(|p| {
                         let y = match self.curve_kind {
                             0 => p.loss,
-                            1 => p.presence,
+                            1 => p.eval_loss,
+                            2 => p.presence,
                             _ => p.count,
                         }?;
-                        Some((p.tokens / 1e6, y))
+                        let x = model.flops_at(p.tokens);
+                        (x > 0.0).then_some((x, y))
                     })
                     .collect();
                 Some((i, thin(pts)))
             })
             .collect();
-        let xmax = series
-            .iter()
-            .flat_map(|(_, s)| s.iter().map(|p| p.0))
-            .fold(0f64, f64::max)
-            .max(1e-9);
+        let losses = self.curve_kind <= 1;
+        // Logs that differ more than tenfold in length (or losses that span a decade) are
+        // drawn on log axes, so the short runs are not squeezed into one column.
+        let range = |v: &mut dyn Iterator<Item = f64>| {
+            v.filter(|x| x.is_finite() && *x > 0.0)
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+                    (a.min(x), b.max(x))
+                })
+        };
+        let (xlo, xhi) = range(&mut series.iter().flat_map(|(_, s)| s.iter().map(|p| p.0)));
         // The loss starts near ln(vocab); its first steps would flatten the rest of the curve.
-        let (ymin, ymax) = series
-            .iter()
-            .flat_map(|(_, s)| {
-                let skip = if self.curve_kind == 0 {
-                    s.len() / 20
-                } else {
-                    0
-                };
-                s.iter().skip(skip).map(|p| p.1)
-            })
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
-                (a.min(y), b.max(y))
-            });
-        let (ymin, ymax) = if ymin.is_finite() {
-            if self.curve_kind == 0 {
-                (0.0, ymax.max(1e-9))
+        let (ylo, yhi) = range(&mut series.iter().flat_map(|(_, s)| {
+            let skip = if losses { s.len() / 20 } else { 0 };
+            s.iter().skip(skip).map(|p| p.1)
+        }));
+        let log_x = xlo.is_finite() && xhi / xlo > 10.0;
+        let log_y = losses && ylo.is_finite() && yhi / ylo > 10.0;
+        let tx = |x: f64| if log_x { x.log10() } else { x };
+        let ty = |y: f64| if log_y { y.max(1e-12).log10() } else { y };
+        let series: Vec<(usize, Vec<(f64, f64)>)> = series
+            .into_iter()
+            .map(|(i, s)| (i, s.into_iter().map(|(x, y)| (tx(x), ty(y))).collect()))
+            .collect();
+        let (x0, x1) = if xlo.is_finite() {
+            if log_x {
+                (xlo.log10().floor(), xhi.log10().ceil())
             } else {
-                (0.0, 1.0)
+                (0.0, xhi)
             }
         } else {
             (0.0, 1.0)
         };
-        let datasets: Vec<Dataset> = series
+        let (y0, y1) = match (losses, ylo.is_finite()) {
+            (true, true) if log_y => (ylo.log10().floor(), yhi.log10().ceil()),
+            (true, true) => (0.0, yhi.max(1e-9)),
+            _ => (0.0, 1.0),
+        };
+        // Each curve's marks: a few of its points, evenly spaced along it.
+        let marks: Vec<(usize, Vec<(f64, f64)>)> = series
+            .iter()
+            .map(|(i, s)| {
+                let n = s.len();
+                let picked = (1..=MARKS_PER_CURVE)
+                    .filter_map(|k| s.get((k * n / (MARKS_PER_CURVE + 1)).min(n.saturating_sub(1))))
+                    .copied()
+                    .collect();
+                (*i, picked)
+            })
+            .collect();
+        let mut datasets: Vec<Dataset> = series
             .iter()
             .map(|(i, s)| {
                 Dataset::default()
@@ -612,29 +722,66 @@ impl Dashboard {
                     .data(s)
             })
             .collect();
-        let axis_labels = |lo: f64, hi: f64, fmt: &dyn Fn(f64) -> String| {
+        datasets.extend(marks.iter().map(|(i, s)| {
+            Dataset::default()
+                .marker(MARKERS[i % MARKERS.len()].0)
+                .graph_type(GraphType::Scatter)
+                .style(Style::new().fg(PALETTE[i % PALETTE.len()]))
+                .data(s)
+        }));
+        let fmt_x = |v: f64| {
+            let f = if log_x { 10f64.powf(v) } else { v };
+            format!("{f:.0e}")
+        };
+        let fmt_y = |v: f64| {
+            let f = if log_y { 10f64.powf(v) } else { v };
+            if log_y {
+                format!("{f:.0e}")
+            } else {
+                format!("{f:.2}")
+            }
+        };
+        let labels = |lo: f64, hi: f64, fmt: &dyn Fn(f64) -> String| {
             vec![
                 Span::raw(fmt(lo)),
                 Span::raw(fmt((lo + hi) / 2.0)),
                 Span::raw(fmt(hi)),
             ]
         };
+        let alarm = self
+            .overlay
+            .iter()
+            .filter_map(|&i| self.curves.get(i))
+            .find_map(|&m| {
+                let model = &self.ws.models[m];
+                model.diverged_at().map(|p| (model.name.clone(), p.step))
+            });
+        let mut block = Block::default().borders(Borders::ALL).title(format!(
+            " {} vs FLOPs (6·N·tok){}{} ",
+            CURVES[self.curve_kind],
+            if log_x { ", log x" } else { "" },
+            if log_y { ", log y" } else { "" },
+        ));
+        if let Some((name, step)) = alarm {
+            block = block.title_bottom(
+                Line::from(format!(" ⚠ {name}: loss not finite at step {step} "))
+                    .style(Style::new().fg(Color::White).bg(Color::Red)),
+            );
+        }
         f.render_widget(
             Chart::new(datasets)
-                .block(Block::default().borders(Borders::ALL).title(format!(
-                    " {} vs training tokens (M), all stages ",
-                    CURVES[self.curve_kind]
-                )))
+                .block(block)
+                .hidden_legend_constraints((Constraint::Length(0), Constraint::Length(0)))
                 .x_axis(
                     Axis::default()
-                        .bounds([0.0, xmax])
-                        .labels(axis_labels(0.0, xmax, &|v| format!("{v:.1}"))),
+                        .bounds([x0, x1])
+                        .labels(labels(x0, x1, &fmt_x)),
                 )
-                .y_axis(Axis::default().bounds([ymin, ymax]).labels(axis_labels(
-                    ymin,
-                    ymax,
-                    &|v| format!("{v:.2}"),
-                ))),
+                .y_axis(
+                    Axis::default()
+                        .bounds([y0, y1])
+                        .labels(labels(y0, y1, &fmt_y)),
+                ),
             chart,
         );
     }

@@ -107,6 +107,8 @@ pub struct App {
     pub screen: Screen,
     /// Workspace folder (for the inspector's sample browser).
     pub root: PathBuf,
+    /// When the dashboard last looked for grown training logs.
+    pub last_refresh: std::time::Instant,
 }
 
 fn is_quit_chord(k: &KeyEvent) -> bool {
@@ -180,6 +182,13 @@ impl App {
         if let Screen::Dashboard(_, Some(i)) | Screen::Inspector(i) = &mut self.screen {
             i.poll();
         }
+        // Runs in progress: their logs are looked at twice a second.
+        if let Screen::Dashboard(d, _) = &mut self.screen {
+            if self.last_refresh.elapsed() >= std::time::Duration::from_millis(500) {
+                self.last_refresh = std::time::Instant::now();
+                d.refresh();
+            }
+        }
     }
 
     /// Draws the current screen.
@@ -237,6 +246,7 @@ pub fn run(args: &TuiOptions) -> anyhow::Result<()> {
     let mut app = App {
         screen,
         root: args.root.clone(),
+        last_refresh: std::time::Instant::now(),
     };
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

@@ -29,8 +29,16 @@ pub struct ModelEntry {
     pub weights: Option<PathBuf>,
     /// What to pass as `--model` to load it (preset name, or the directory).
     pub spec: String,
-    /// The training curve over every stage's log, read once at scan (empty: no log).
+    /// The training curve over every stage's log (empty: no log), re-read by
+    /// [`Workspace::refresh_curves`] when a log grows.
     pub curve: Vec<CurvePoint>,
+    /// The model directory the logs were read from, when there is one.
+    pub dir: Option<PathBuf>,
+    /// Size and modification time of each log, as last read.
+    pub logs_seen: Vec<(PathBuf, u64, Option<std::time::SystemTime>)>,
+    /// Steps the run in progress will take, from its checkpoint's settings (`None`: finished,
+    /// or no checkpoint).
+    pub planned_steps: Option<u64>,
 }
 
 impl ModelEntry {
@@ -41,7 +49,37 @@ impl ModelEntry {
 
     /// Training FLOPs estimated as `6 · parameters · tokens`.
     pub fn flops(&self) -> Option<f64> {
-        self.tokens().map(|t| 6.0 * self.params as f64 * t as f64)
+        self.tokens().map(|t| self.flops_at(t as f64))
+    }
+
+    /// FLOPs after `tokens` training tokens, by the same estimate as [`ModelEntry::flops`]
+    /// (one estimate for the whole dashboard).
+    pub fn flops_at(&self, tokens: f64) -> f64 {
+        6.0 * self.params as f64 * tokens
+    }
+
+    /// The first point whose training loss (or gradient norm) is not a finite number.
+    pub fn diverged_at(&self) -> Option<&CurvePoint> {
+        self.curve.iter().find(|p| p.diverged)
+    }
+
+    /// Steps per second over the last logged stretch (the last two loss lines of one stage).
+    pub fn step_rate(&self) -> Option<f64> {
+        let mut it = self
+            .curve
+            .iter()
+            .rev()
+            .filter(|p| p.loss.is_some() || p.diverged);
+        let (b, a) = (it.next()?, it.next()?);
+        let (ds, dt) = (b.step as f64 - a.step as f64, b.seconds - a.seconds);
+        (ds > 0.0 && dt > 0.0).then(|| ds / dt)
+    }
+
+    /// Seconds left in the run in progress, at the current step rate.
+    pub fn eta_seconds(&self) -> Option<f64> {
+        let plan = self.planned_steps?;
+        let step = self.curve.last()?.step;
+        Some(plan.saturating_sub(step) as f64 / self.step_rate()?)
     }
 
     /// Whether the design is the native (early-fusion) one.
@@ -286,6 +324,15 @@ pub struct CurvePoint {
     pub presence: Option<f64>,
     /// Held-out counting accuracy, on eval lines.
     pub count: Option<f64>,
+    /// Held-out answer loss (teacher-forced NLL), on eval lines that log it.
+    pub eval_loss: Option<f64>,
+    /// The stage's step.
+    pub step: u64,
+    /// The stage's wall seconds so far.
+    pub seconds: f64,
+    /// A training line whose loss or gradient norm is not a finite number (JSON writes NaN
+    /// and infinities as `null`), or an eval line whose held-out loss is not.
+    pub diverged: bool,
 }
 
 /// One ablation's results.
@@ -385,16 +432,52 @@ pub fn read_curve(logs: &[PathBuf]) -> Result<Vec<CurvePoint>, String> {
             stage_max = stage_max.max(tokens);
             let eval = v.get("eval");
             let get = |k: &str| eval.and_then(|e| e.get(k)).and_then(|x| x.as_f64());
+            let num = |k: &str| v.get(k).and_then(|x| x.as_f64());
+            // A key that is there but holds no number: NaN or an infinity, written as null.
+            let not_finite = |k: &str| {
+                v.get(k)
+                    .is_some_and(|x| x.as_f64().is_none_or(|f| !f.is_finite()))
+            };
+            let training = v.get("lr").is_some();
             out.push(CurvePoint {
                 tokens: offset + tokens,
-                loss: v.get("loss").and_then(|x| x.as_f64()),
+                loss: num("loss").filter(|l| l.is_finite()),
                 presence: get("presence"),
                 count: get("count"),
+                eval_loss: num("eval_loss").filter(|l| l.is_finite()),
+                step: v.get("step").and_then(|x| x.as_u64()).unwrap_or(0),
+                seconds: num("seconds").unwrap_or(0.0),
+                diverged: (training && (not_finite("loss") || not_finite("grad_norm")))
+                    || not_finite("eval_loss"),
             });
         }
         offset += stage_max;
     }
     Ok(out)
+}
+
+/// The settings a training run wrote when it started (`run.json`).
+fn read_run(dir: &Path) -> Result<crate::train::TrainConfig, String> {
+    let p = dir.join("run.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// Size and modification time of each log.
+fn log_signatures(logs: &[PathBuf]) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    logs.iter()
+        .map(|p| {
+            let m = std::fs::metadata(p).ok();
+            let len = m.as_ref().map_or(0, |m| m.len());
+            (p.clone(), len, m.and_then(|m| m.modified().ok()))
+        })
+        .collect()
+}
+
+/// Whether `dir` holds a model, finished (`config.json`) or in training (`run.json` and a log).
+fn is_model_dir(dir: &Path) -> bool {
+    dir.join("config.json").is_file()
+        || (dir.join("run.json").is_file() && dir.join("train.jsonl").is_file())
 }
 
 fn model_entry(
@@ -403,18 +486,33 @@ fn model_entry(
     dir: &Path,
     problems: &mut Vec<String>,
 ) -> Option<ModelEntry> {
-    let cfg = match read_config(dir) {
+    let finished = dir.join("config.json").is_file();
+    let run = read_run(dir);
+    let cfg = if finished {
+        read_config(dir).map_err(|e| mmlab_eval::error::error_chain(&e))
+    } else {
+        run.clone().map(|r| r.model)
+    };
+    let cfg = match cfg {
         Ok(c) => c,
         Err(e) => {
-            problems.push(mmlab_eval::error::error_chain(&e));
+            problems.push(e);
             return None;
         }
     };
-    let curve = read_curve(&train_logs(dir)).unwrap_or_else(|e| {
+    let logs = train_logs(dir);
+    let curve = read_curve(&logs).unwrap_or_else(|e| {
         problems.push(e);
         Vec::new()
     });
     Some(ModelEntry {
+        dir: Some(dir.to_path_buf()),
+        logs_seen: log_signatures(&logs),
+        planned_steps: if finished {
+            None
+        } else {
+            run.ok().map(|r| r.steps)
+        },
         name,
         design: cfg.design,
         params: parameter_count(&cfg.model),
@@ -428,6 +526,35 @@ fn model_entry(
 }
 
 impl Workspace {
+    /// Re-reads the training logs of every model whose logs changed (grew, appeared, or were
+    /// touched) since they were last read, and whether its run finished; returns the indices
+    /// of the models whose curves changed. Cheap when nothing changed: one `stat` per log.
+    pub fn refresh_curves(&mut self) -> Vec<usize> {
+        let mut changed = Vec::new();
+        for (i, m) in self.models.iter_mut().enumerate() {
+            let Some(dir) = m.dir.clone() else { continue };
+            let logs = train_logs(&dir);
+            let sig = log_signatures(&logs);
+            if sig == m.logs_seen {
+                continue;
+            }
+            match read_curve(&logs) {
+                Ok(c) => m.curve = c,
+                // Half a line being written: read again at the next change.
+                Err(_) => continue,
+            }
+            m.logs_seen = sig;
+            if dir.join("config.json").is_file() {
+                m.planned_steps = None;
+                if dir.join("model.safetensors").is_file() {
+                    m.weights = Some(dir.clone());
+                }
+            }
+            changed.push(i);
+        }
+        changed
+    }
+
     /// Scans `root` (paths shown are relative to it): presets (with their shipped weights), model directories under
     /// `root/models` and `root/runs`, results under `root/results`, and ablations under
     /// `root/results/ablations` and `root/ablations/results`.
@@ -465,12 +592,15 @@ impl Workspace {
                     weights: shipped.map(|_| PathBuf::from(EMBEDDED_WEIGHTS)),
                     spec: name,
                     curve: Vec::new(),
+                    dir: None,
+                    logs_seen: Vec::new(),
+                    planned_steps: None,
                 });
             }
         }
         for folder in ["models", "runs"] {
             for dir in subdirs(&root.join(folder)) {
-                if !dir.join("config.json").is_file() || seen.contains(&canon(&dir)) {
+                if !is_model_dir(&dir) || seen.contains(&canon(&dir)) {
                     continue;
                 }
                 let name = dir
