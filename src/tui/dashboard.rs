@@ -122,6 +122,15 @@ impl Dashboard {
         let curves: Vec<usize> = (0..ws.models.len())
             .filter(|&i| !ws.models[i].curve.is_empty())
             .collect();
+        // Runs in progress first (they are what one watches), then the first logs.
+        let mut overlay = BTreeSet::new();
+        let live = (0..curves.len()).filter(|&k| ws.models[curves[k]].planned_steps.is_some());
+        for k in live.chain(0..curves.len()) {
+            if overlay.len() == 3 {
+                break;
+            }
+            overlay.insert(k);
+        }
         let mut d = Dashboard {
             ws,
             tab: 1,
@@ -129,7 +138,7 @@ impl Dashboard {
             rows: Vec::new(),
             results: TableState::default().with_selected(Some(0)),
             column: 0,
-            overlay: (0..curves.len().min(3)).collect(),
+            overlay,
             curves,
             curve_sel: 0,
             curve_kind: 0,
@@ -157,6 +166,12 @@ impl Dashboard {
                 .then_with(|| a.model.cmp(&b.model))
         });
         self.rows = rows;
+    }
+
+    /// The marker of an overlaid curve: by its place among the overlaid ones, so the curves on
+    /// the chart never share one while there are no more than [`MARKERS`].
+    fn marker_of(&self, curve: usize) -> usize {
+        self.overlay.iter().position(|&k| k == curve).unwrap_or(0) % MARKERS.len()
     }
 
     /// Picks up training logs that grew since the last look (runs in progress); keeps the
@@ -598,7 +613,7 @@ impl Dashboard {
                     Color::Gray
                 };
                 let mark = if on {
-                    MARKERS[i % MARKERS.len()].1
+                    MARKERS[self.marker_of(i)].1
                 } else {
                     " "
                 };
@@ -724,7 +739,7 @@ impl Dashboard {
             .collect();
         datasets.extend(marks.iter().map(|(i, s)| {
             Dataset::default()
-                .marker(MARKERS[i % MARKERS.len()].0)
+                .marker(MARKERS[self.marker_of(*i)].0)
                 .graph_type(GraphType::Scatter)
                 .style(Style::new().fg(PALETTE[i % PALETTE.len()]))
                 .data(s)
