@@ -19,7 +19,8 @@ use crate::metrics::{
     chair_report, count_report, pope_report, Bootstrap, ChairReport, Confusion, CountReport,
     PopeCounts, PopeReport,
 };
-use crate::parse::{parse_count, parse_yes_no};
+use crate::parse::{parse_count, parse_yes_no, Reading};
+use crate::readings::{harness_readings, Harness, ReadingCounts};
 use crate::responder::{argmax, Request, Responder, Response};
 use crate::tasks::{
     load_task_with, render_prompt, task, DataOptions, Label, LoadedSplit, MetricKind, ParserKind,
@@ -352,6 +353,12 @@ pub struct Sample {
     /// POPE: whether the answer was clearly yes or no.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clear: Option<bool>,
+    /// POPE: how lmms-eval's exact match reads the answer (`yes`, `no` or `other`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lmms_eval: Option<Reading>,
+    /// POPE: how VLMEvalKit's word rule reads it (`yes`, `no` or `other` for its "Unknown").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlmevalkit: Option<Reading>,
     /// CHAIR: the hallucinated mentions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hallucinated: Option<Vec<String>>,
@@ -451,6 +458,8 @@ fn sample(splits: &[SplitInfo], a: Answered, parsed: Value, correct: bool) -> Sa
         unanswered: a.unanswered,
         parsed,
         clear: None,
+        lmms_eval: None,
+        vlmevalkit: None,
         hallucinated: None,
         label: a.label.to_json(),
         correct,
@@ -479,15 +488,26 @@ fn score_yes_no(splits: &[SplitInfo], items: Vec<Answered>, boot: &Bootstrap) ->
             unclear: 0,
         })
         .collect();
+    let mut other: Vec<[ReadingCounts; 2]> = vec![Default::default(); splits.len()];
     for a in items {
         let Label::YesNo(label) = a.label.clone() else {
             return Err(wrong_label(splits, &a, "a non-yes/no label"));
         };
         let slot = a.split;
+        let text = if a.unanswered {
+            ""
+        } else {
+            a.scored_answer.as_deref().unwrap_or(&a.answer)
+        };
+        // The other harnesses read the same text; no answer is neither yes nor no to them.
+        let read: [Reading; 2] = Harness::ALL.map(|h| h.read(text));
+        for (c, r) in other[slot].iter_mut().zip(read) {
+            c.add(label, r);
+        }
         let (pred, clear) = if a.unanswered {
             (None, false)
         } else {
-            let p = parse_yes_no(a.scored_answer.as_deref().unwrap_or(&a.answer));
+            let p = parse_yes_no(text);
             (Some(p.yes), p.clear)
         };
         per[slot].confusion.add(label, pred);
@@ -502,9 +522,24 @@ fn score_yes_no(splits: &[SplitInfo], items: Vec<Answered>, boot: &Bootstrap) ->
         };
         let mut s = sample(splits, a, parsed, pred == Some(label));
         s.clear = Some(clear);
+        s.lmms_eval = Some(read[0]);
+        s.vlmevalkit = Some(read[1]);
         samples.push(s);
     }
-    Ok((Metrics::Pope(pope_report(&per, boot)), samples, unclear))
+    let mut report = pope_report(&per, boot);
+    let named: Vec<(String, [ReadingCounts; 2])> = splits
+        .iter()
+        .zip(other)
+        .map(|(s, c)| (s.task.clone(), c))
+        .collect();
+    let (rows, mean) = harness_readings(&named, boot);
+    for (s, r) in report.splits.iter_mut().zip(rows) {
+        s.readings = Some(r);
+    }
+    if let Some(m) = report.mean.as_mut() {
+        m.readings = mean;
+    }
+    Ok((Metrics::Pope(report), samples, unclear))
 }
 
 /// Counting: the first number of each answer against the true count.

@@ -15,6 +15,7 @@ pub mod harness;
 pub mod identity;
 pub mod metrics;
 pub mod parse;
+pub mod readings;
 pub mod report;
 pub mod responder;
 pub mod tasks;
@@ -26,7 +27,8 @@ pub use harness::{
     Metrics, Progress, RunConfig, RunOptions, Sample, SplitInfo, TaskResult, Timing, Versions,
 };
 pub use metrics::{Bootstrap, ChairReport, Confusion, CountReport, Estimate, PopeReport};
-pub use parse::{parse_count, parse_yes_no, YesNo};
+pub use parse::{parse_count, parse_yes_no, read_lmms_eval, read_vlmevalkit, Reading, YesNo};
+pub use readings::{Harness, HarnessReading, HarnessReadings, ReadingCounts};
 pub use report::{compare, compare_results, format_table};
 pub use responder::{
     Constant, MissingPolicy, Oracle, PredictionsFile, RandomResponder, Request, Responder, Response,

@@ -131,6 +131,76 @@ fn pope_rows(p: &PopeReport) -> Vec<PopeRow<'_>> {
     splits.chain(mean).collect()
 }
 
+/// The names of the three readings of a POPE answer, as tables print them.
+pub const READING_NAMES: [&str; 3] = [
+    "POPE authors (headline)",
+    "lmms-eval exact match",
+    "VLMEvalKit words, no judge",
+];
+
+/// The three readings of the same answers side by side (empty for results written before the
+/// other harnesses' readings were computed).
+pub fn readings_table(p: &PopeReport) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let named = p
+        .splits
+        .iter()
+        .map(|s| (s.split.as_str(), s.n, s, s.readings.as_ref()))
+        .map(|(name, n, s, r)| (name, n, [&s.accuracy, &s.f1, &s.yes_ratio], s.unclear, r));
+    let mean = p.mean.iter().map(|m| {
+        (
+            "mean",
+            m.n,
+            [&m.accuracy, &m.f1, &m.yes_ratio],
+            m.unclear,
+            m.readings.as_ref(),
+        )
+    });
+    for (name, n, [a, f, y], _unclear, r) in named.chain(mean) {
+        let Some(r) = r else { return String::new() };
+        rows.push(vec![
+            name.to_string(),
+            READING_NAMES[0].to_string(),
+            val(a),
+            est(f),
+            val(y),
+            "predictions".to_string(),
+            "-".to_string(),
+            n.to_string(),
+        ]);
+        for (k, h) in crate::readings::Harness::ALL.iter().enumerate() {
+            let hr = r.get(*h);
+            rows.push(vec![
+                name.to_string(),
+                READING_NAMES[k + 1].to_string(),
+                val(&hr.accuracy),
+                est(&hr.f1),
+                val(&hr.yes_ratio),
+                hr.yes_ratio_of.clone(),
+                hr.unknown.to_string(),
+                n.to_string(),
+            ]);
+        }
+    }
+    let mut out = String::from(
+        "\nthe same answers read by each harness's rule (unknown: neither yes nor no to it, counted wrong)\n",
+    );
+    out.push_str(&table(
+        &[
+            "split",
+            "reading",
+            "accuracy",
+            "F1",
+            "yes-ratio",
+            "yes-ratio of",
+            "unknown",
+            "n",
+        ],
+        &rows,
+    ));
+    out
+}
+
 /// How much of the data a run asked: `all`, `limit 100 (partial)`, `shard 0/4`.
 pub fn run_scope(r: &TaskResult) -> String {
     let mut parts = Vec::new();
@@ -198,6 +268,7 @@ pub fn format_table(r: &TaskResult) -> String {
         Metrics::Pope(p) => {
             let rows: Vec<Vec<String>> = pope_rows(p).iter().map(|r| r.cells(est)).collect();
             out.push_str(&table(&POPE_HEADER, &rows));
+            out.push_str(&readings_table(p));
         }
         Metrics::Count(c) => {
             out.push_str(&table(
