@@ -13,6 +13,10 @@ use crate::atomic::write_parts_atomic;
 pub use crate::atomic::{ensure_writable, temp_name, write_atomic};
 use crate::cache::{sanitize, Key, ResponseCache};
 use crate::chair::{check_caption, default_synonyms, ObjectMatcher, SynonymTable};
+use crate::compositional::{
+    compositional_report, parse_short_answer, CompositionalCounts, CompositionalReport,
+    QuestionKind,
+};
 use crate::error::{EvalError, Result};
 use crate::identity::{hash_data, sha256_hex, DataIdentity, Hashed};
 use crate::metrics::{
@@ -202,6 +206,8 @@ pub enum Metrics {
     Count(CountReport),
     /// CHAIR.
     Chair(ChairReport),
+    /// Seen vs held-out colour–shape pairs.
+    Compositional(CompositionalReport),
 }
 
 /// How many answers came from where.
@@ -436,6 +442,7 @@ fn score(
     match spec.parser {
         ParserKind::YesNo => score_yes_no(splits, items, boot),
         ParserKind::Count => score_counts(spec.name, splits, items, boot),
+        ParserKind::ShortAnswer => score_short_answers(splits, items, boot),
         ParserKind::Caption => {
             let matcher = matcher
                 .ok_or_else(|| EvalError::Option("CHAIR needs a synonym table".to_string()))?;
@@ -540,6 +547,59 @@ fn score_yes_no(splits: &[SplitInfo], items: Vec<Answered>, boot: &Bootstrap) ->
         m.readings = mean;
     }
     Ok((Metrics::Pope(report), samples, unclear))
+}
+
+/// Compositional: yes/no or a colour word against the label, per split and kind.
+fn score_short_answers(
+    splits: &[SplitInfo],
+    items: Vec<Answered>,
+    boot: &Bootstrap,
+) -> Result<Scored> {
+    let mut samples = Vec::with_capacity(items.len());
+    let mut unclear = 0usize;
+    let mut per: Vec<CompositionalCounts> = splits
+        .iter()
+        .map(|s| CompositionalCounts {
+            task: s.task.clone(),
+            split: s.split.clone(),
+            yes_no: Default::default(),
+            colour: Default::default(),
+            unparsed: 0,
+        })
+        .collect();
+    for a in items {
+        let Label::Word(label) = a.label.clone() else {
+            return Err(wrong_label(
+                splits,
+                &a,
+                "a label that is not a short answer",
+            ));
+        };
+        let pred = if a.unanswered {
+            None
+        } else {
+            parse_short_answer(&label, a.scored_answer.as_deref().unwrap_or(&a.answer))
+        };
+        let correct = pred.as_deref() == Some(label.as_str());
+        let slot = &mut per[a.split];
+        let kind = match QuestionKind::of_label(&label) {
+            QuestionKind::YesNo => &mut slot.yes_no,
+            QuestionKind::Colour => &mut slot.colour,
+        };
+        kind.n += 1;
+        kind.correct += u64::from(correct);
+        if pred.is_none() && !a.unanswered {
+            slot.unparsed += 1;
+            unclear += 1;
+        }
+        let parsed = pred.map_or(Value::Null, Value::from);
+        samples.push(sample(splits, a, parsed, correct));
+    }
+    Ok((
+        Metrics::Compositional(compositional_report(&per, boot)),
+        samples,
+        unclear,
+    ))
 }
 
 /// Counting: the first number of each answer against the true count.

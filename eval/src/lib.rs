@@ -9,6 +9,7 @@
 mod atomic;
 pub mod cache;
 pub mod chair;
+pub mod compositional;
 pub mod error;
 mod fxhash;
 pub mod harness;
@@ -21,6 +22,7 @@ pub mod responder;
 pub mod tasks;
 
 pub use chair::{default_synonyms, ObjectMatcher, SynonymTable};
+pub use compositional::CompositionalReport;
 pub use error::{EvalError, Result};
 pub use harness::{
     load_result, merge, merge_into, parse_shard, read_samples, run_task, AnswerMode, Counts,

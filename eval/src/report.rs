@@ -131,6 +131,45 @@ fn pope_rows(p: &PopeReport) -> Vec<PopeRow<'_>> {
     splits.chain(mean).collect()
 }
 
+/// Seen and held-out pairs: one row per split, then the gap.
+fn compositional_table(c: &crate::compositional::CompositionalReport) -> String {
+    let mut rows: Vec<Vec<String>> = c
+        .splits
+        .iter()
+        .map(|s| {
+            vec![
+                s.split.clone(),
+                est(&s.accuracy),
+                est(&s.yes_no_accuracy),
+                est(&s.colour_accuracy),
+                s.unparsed.to_string(),
+                s.n.to_string(),
+            ]
+        })
+        .collect();
+    if let Some(g) = &c.gap {
+        rows.push(vec![
+            "gap (seen - held-out)".to_string(),
+            est(&g.accuracy),
+            est(&g.yes_no),
+            est(&g.colour),
+            String::new(),
+            String::new(),
+        ]);
+    }
+    table(
+        &[
+            "pairs",
+            "accuracy",
+            "is there a <colour> <shape>",
+            "what colour is the <shape>",
+            "unparsed",
+            "n",
+        ],
+        &rows,
+    )
+}
+
 /// The names of the three readings of a POPE answer, as tables print them.
 pub const READING_NAMES: [&str; 3] = [
     "POPE authors (headline)",
@@ -295,6 +334,9 @@ pub fn format_table(r: &TaskResult) -> String {
                 })
                 .collect();
             out.push_str(&table(&["true count", "accuracy", "correct", "n"], &rows));
+        }
+        Metrics::Compositional(c) => {
+            out.push_str(&compositional_table(c));
         }
         Metrics::Chair(c) => {
             out.push_str(&table(
@@ -461,6 +503,7 @@ pub fn compare_results(results: &[TaskResult]) -> String {
     let mut pope = Vec::new();
     let mut count = Vec::new();
     let mut chair = Vec::new();
+    let mut comp = Vec::new();
     let apart = distinguishing(results);
     // The task, the tier and how much of the data the run asked: a partial run never reads as
     // the full one, and runs on other data or settings say how they differ.
@@ -496,6 +539,24 @@ pub fn compare_results(results: &[TaskResult]) -> String {
                     c.n.to_string(),
                 ],
             )),
+            Metrics::Compositional(c) => {
+                let acc = |split: &str| {
+                    c.splits
+                        .iter()
+                        .find(|s| s.split == split)
+                        .map_or("-".to_string(), |s| est(&s.accuracy))
+                };
+                comp.push(row(
+                    &r.model,
+                    shard(i),
+                    vec![
+                        acc("seen"),
+                        acc("held-out"),
+                        c.gap.as_ref().map_or("-".to_string(), |g| est(&g.accuracy)),
+                        c.splits.iter().map(|s| s.n).sum::<u64>().to_string(),
+                    ],
+                ))
+            }
             Metrics::Chair(c) => chair.push(row(
                 &r.model,
                 shard(i),
@@ -531,6 +592,12 @@ pub fn compare_results(results: &[TaskResult]) -> String {
         "CHAIR (lower is better)",
         &[&run[..], &["CHAIR_i", "CHAIR_s", "recall", "captions"]].concat(),
         &chair,
+    );
+    section(
+        &mut out,
+        "Held-out colour-shape pairs (accuracy with 95% CI; gap = seen - held-out)",
+        &[&run[..], &["seen", "held-out", "gap", "n"]].concat(),
+        &comp,
     );
     out
 }

@@ -200,6 +200,7 @@ pub fn label_answer(label: &Label) -> String {
         Label::YesNo(true) => "Yes".to_string(),
         Label::YesNo(false) => "No".to_string(),
         Label::Count(n) => n.to_string(),
+        Label::Word(w) => w.clone(),
         Label::Objects(objs) if objs.is_empty() => "An empty image.".to_string(),
         Label::Objects(objs) => {
             let parts: Vec<String> = objs.iter().map(|o| format!("a {o}")).collect();
