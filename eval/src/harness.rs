@@ -31,6 +31,9 @@ use crate::tasks::{
     TaskSpec,
 };
 
+/// The extension (after the result file's stem) of the lmms-eval style results file.
+pub const LMMS_EVAL_SUFFIX: &str = "lmms-eval.json";
+
 /// Version of the result-file layout.
 pub const RESULT_FORMAT: u32 = 2;
 
@@ -296,6 +299,10 @@ pub struct TaskResult {
     /// The samples file, relative to the result file's folder.
     #[serde(default)]
     pub samples_file: Option<String>,
+    /// POPE: the same result in lmms-eval's `results.json` layout, relative to the result
+    /// file's folder (`<result>.lmms-eval.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lmms_eval_results: Option<String>,
 }
 
 impl TaskResult {
@@ -712,6 +719,19 @@ fn write_result(result: &mut TaskResult, samples: &[Sample], dir: &Path, base: &
     write_parts_atomic(&spath, &parts, false)?;
     result.result_file = Some(rpath.display().to_string());
     result.samples_file = spath.file_name().map(|n| n.to_string_lossy().to_string());
+    // POPE: lmms-eval's results.json layout beside ours, with its reading of the answers.
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let lpath = rpath.with_extension(LMMS_EVAL_SUFFIX);
+    result.lmms_eval_results = None;
+    if let Some(v) = crate::interop::lmms_eval_results(result, unix) {
+        let json = serde_json::to_vec_pretty(&v)
+            .map_err(|e| EvalError::Option(format!("cannot serialise the result: {e}")))?;
+        write_atomic(&lpath, &json)?;
+        result.lmms_eval_results = lpath.file_name().map(|n| n.to_string_lossy().to_string());
+    }
     let json = serde_json::to_vec_pretty(result)
         .map_err(|e| EvalError::Option(format!("cannot serialise the result: {e}")))?;
     write_atomic(&rpath, &json)
@@ -1123,6 +1143,7 @@ pub fn run_task(
         warnings,
         result_file: None,
         samples_file: None,
+        lmms_eval_results: None,
     };
     let base = match opts.shard {
         Some((i, n)) => format!("{}-{stamp}-shard{i}of{n}", spec.name),
@@ -1406,6 +1427,7 @@ pub fn merge_into(shard_result_paths: &[PathBuf], out_dir: &Path) -> Result<Task
         warnings: first.warnings.clone(),
         result_file: None,
         samples_file: None,
+        lmms_eval_results: None,
     };
     write_result(
         &mut result,

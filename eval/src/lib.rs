@@ -14,6 +14,7 @@ pub mod error;
 mod fxhash;
 pub mod harness;
 pub mod identity;
+pub mod interop;
 pub mod metrics;
 pub mod parse;
 pub mod readings;

@@ -388,7 +388,8 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        if name.starts_with('.') {
+        // Hidden folders, and the lmms-eval layout written beside POPE results.
+        if name.starts_with('.') || name.ends_with(crate::harness::LMMS_EVAL_SUFFIX) {
             continue;
         }
         if p.is_dir() {
