@@ -32,7 +32,9 @@ pub use harness::{
 pub use metrics::{Bootstrap, ChairReport, Confusion, CountReport, Estimate, PopeReport};
 pub use parse::{parse_count, parse_yes_no, read_lmms_eval, read_vlmevalkit, Reading, YesNo};
 pub use readings::{Harness, HarnessReading, HarnessReadings, ReadingCounts};
-pub use report::{compare, compare_results, format_table};
+pub use report::{
+    compare, compare_as, compare_results, compare_results_as, format_table, CompareFormat,
+};
 pub use responder::{
     Constant, MissingPolicy, Oracle, PredictionsFile, RandomResponder, Request, Responder, Response,
 };

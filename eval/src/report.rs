@@ -491,6 +491,18 @@ pub fn compare(result_paths: &[PathBuf]) -> Result<String> {
     Ok(compare_results(&results))
 }
 
+/// [`compare`] in the given format.
+pub fn compare_as(result_paths: &[PathBuf], format: CompareFormat) -> Result<String> {
+    let results = collect_results(result_paths)?;
+    if results.is_empty() {
+        return Err(EvalError::Data {
+            path: result_paths.first().cloned().unwrap_or_default(),
+            message: "no result files found".to_string(),
+        });
+    }
+    Ok(compare_results_as(&results, format))
+}
+
 /// A comparison row: model, the task/tier/run cells, then the metric cells.
 fn row(model: &str, task: Vec<String>, metrics: Vec<String>) -> Vec<String> {
     let mut r = vec![model.to_string()];
@@ -501,6 +513,133 @@ fn row(model: &str, task: Vec<String>, metrics: Vec<String>) -> Vec<String> {
 
 /// [`compare`] on results already loaded.
 pub fn compare_results(results: &[TaskResult]) -> String {
+    compare_results_as(results, CompareFormat::Text)
+}
+
+/// How `eval compare` writes its tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareFormat {
+    /// Aligned columns (the default).
+    Text,
+    /// Markdown pipe tables, one per section under a `###` heading.
+    Markdown,
+    /// CSV: one block per section (a header row starting with `section`), blocks separated by
+    /// a blank line.
+    Csv,
+    /// JSON: one object per result (model, task, tier, run, result file and the full metrics).
+    Json,
+}
+
+impl std::str::FromStr for CompareFormat {
+    type Err = EvalError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" | "txt" => Ok(CompareFormat::Text),
+            "md" | "markdown" => Ok(CompareFormat::Markdown),
+            "csv" => Ok(CompareFormat::Csv),
+            "json" => Ok(CompareFormat::Json),
+            _ => Err(EvalError::Option(format!(
+                "format `{s}`: expected text, md, csv or json"
+            ))),
+        }
+    }
+}
+
+/// One titled table of a comparison.
+struct Section {
+    title: &'static str,
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+/// A Markdown cell: pipes escaped, line breaks as spaces.
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// [`compare_results`] in the given format.
+pub fn compare_results_as(results: &[TaskResult], format: CompareFormat) -> String {
+    if format == CompareFormat::Json {
+        let apart = distinguishing(results);
+        let rows: Vec<serde_json::Value> = results
+            .iter()
+            .zip(&apart)
+            .map(|(r, a)| {
+                serde_json::json!({
+                    "model": r.model,
+                    "task": r.task,
+                    "tier": r.config.tier_label(),
+                    "run": run_scope(r),
+                    "differs": a,
+                    "mode": format!("{:?}", r.config.mode).to_lowercase(),
+                    "model_identity": r.model_identity,
+                    "created": r.created,
+                    "result_file": r.result_file,
+                    "metrics": r.metrics,
+                })
+            })
+            .collect();
+        return serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n";
+    }
+    let sections = compare_sections(results);
+    let mut out = String::new();
+    for sec in &sections {
+        let header: Vec<&str> = sec.header.iter().map(String::as_str).collect();
+        match format {
+            CompareFormat::Text | CompareFormat::Json => {
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(sec.title);
+                out.push('\n');
+                out.push_str(&table(&header, &sec.rows));
+            }
+            CompareFormat::Markdown => {
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(&format!("### {}\n\n", sec.title));
+                let line = |cells: Vec<String>| format!("| {} |\n", cells.join(" | "));
+                out.push_str(&line(header.iter().map(|h| md_cell(h)).collect()));
+                out.push_str(&line(header.iter().map(|_| "---".to_string()).collect()));
+                for r in &sec.rows {
+                    out.push_str(&line(r.iter().map(|c| md_cell(c)).collect()));
+                }
+            }
+            CompareFormat::Csv => {
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                let line = |cells: Vec<String>| format!("{}\n", cells.join(","));
+                out.push_str(&line(
+                    std::iter::once("section".to_string())
+                        .chain(header.iter().map(|h| csv_field(h)))
+                        .collect(),
+                ));
+                for r in &sec.rows {
+                    out.push_str(&line(
+                        std::iter::once(csv_field(sec.title))
+                            .chain(r.iter().map(|c| csv_field(c)))
+                            .collect(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The comparison's sections, each with rows.
+fn compare_sections(results: &[TaskResult]) -> Vec<Section> {
     let mut pope = Vec::new();
     let mut count = Vec::new();
     let mut chair = Vec::new();
@@ -525,8 +664,17 @@ pub fn compare_results(results: &[TaskResult]) -> String {
     for (i, r) in results.iter().enumerate() {
         match &r.metrics {
             Metrics::Pope(p) => {
-                for pr in pope_rows(p) {
-                    pope.push(row(&r.model, shard(i), pr.cells(val)));
+                let readings = p
+                    .splits
+                    .iter()
+                    .map(|s| s.readings.as_ref())
+                    .chain(p.mean.iter().map(|m| m.readings.as_ref()));
+                for (pr, rd) in pope_rows(p).iter().zip(readings) {
+                    let mut cells = pr.cells(val);
+                    for h in crate::readings::Harness::ALL {
+                        cells.push(rd.map_or("-".to_string(), |r| val(&r.get(h).f1)));
+                    }
+                    pope.push(row(&r.model, shard(i), cells));
                 }
             }
             Metrics::Count(c) => count.push(row(
@@ -570,12 +718,12 @@ pub fn compare_results(results: &[TaskResult]) -> String {
             )),
         }
     }
-    let mut out = String::new();
+    let mut out = Vec::new();
     let run = ["model", "task", "tier", "run"];
     section(
         &mut out,
-        "POPE (F1 with 95% CI)",
-        &[&run[..], &POPE_HEADER].concat(),
+        "POPE (F1 with 95% CI; the same answers' F1 by lmms-eval's and VLMEvalKit's rules)",
+        &[&run[..], &POPE_HEADER, &["F1 lmms-eval", "F1 VLMEvalKit"]].concat(),
         &pope,
     );
     section(
@@ -603,16 +751,14 @@ pub fn compare_results(results: &[TaskResult]) -> String {
     out
 }
 
-/// Append a titled table of `rows` to `out`, a blank line after any table before it; nothing
-/// without rows.
-fn section(out: &mut String, title: &str, header: &[&str], rows: &[Vec<String>]) {
+/// Add a titled table of `rows` to `out`; nothing without rows.
+fn section(out: &mut Vec<Section>, title: &'static str, header: &[&str], rows: &[Vec<String>]) {
     if rows.is_empty() {
         return;
     }
-    if !out.is_empty() {
-        out.push('\n');
-    }
-    out.push_str(title);
-    out.push('\n');
-    out.push_str(&table(header, rows));
+    out.push(Section {
+        title,
+        header: header.iter().map(|h| h.to_string()).collect(),
+        rows: rows.to_vec(),
+    });
 }

@@ -704,6 +704,47 @@ fn tables_and_comparison() {
     insta::assert_snapshot!("chair_random", format_table(&ch));
     let table = compare(std::slice::from_ref(&o.results_dir)).unwrap();
     insta::assert_snapshot!("compare", table);
+
+    // The same comparison as Markdown, CSV and JSON.
+    let dirs = std::slice::from_ref(&o.results_dir);
+    let md = mmlab_eval::compare_as(dirs, mmlab_eval::CompareFormat::Markdown).unwrap();
+    insta::assert_snapshot!("compare_md", md);
+    let csv = mmlab_eval::compare_as(dirs, mmlab_eval::CompareFormat::Csv).unwrap();
+    let blocks: Vec<&str> = csv.split("\n\n").collect();
+    // POPE (2 results x 4 rows), counting (1), CHAIR (1): a header and its rows each.
+    assert_eq!(blocks.len(), 3, "{csv}");
+    assert_eq!(blocks[0].trim_end().lines().count(), 1 + 8, "{csv}");
+    assert!(
+        blocks[0].starts_with("section,model,task,tier,run,split,accuracy"),
+        "{csv}"
+    );
+    let header_cols = blocks[0].lines().next().unwrap().split(',').count();
+    for b in &blocks {
+        let mut lines = b.trim_end().lines();
+        let n = lines.next().unwrap().split(',').count();
+        for l in lines {
+            // Fields with commas (intervals like "0.5 [0.4, 0.6]") are quoted.
+            let mut fields = 0;
+            let mut quoted = false;
+            for c in l.chars() {
+                match c {
+                    '"' => quoted = !quoted,
+                    ',' if !quoted => fields += 1,
+                    _ => {}
+                }
+            }
+            assert_eq!(fields + 1, n, "{l}");
+        }
+    }
+    assert_eq!(header_cols, 4 + 1 + 8 + 2);
+    let json = mmlab_eval::compare_as(dirs, mmlab_eval::CompareFormat::Json).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    let tasks: Vec<&str> = rows.iter().map(|r| r["task"].as_str().unwrap()).collect();
+    assert_eq!(tasks.iter().filter(|t| **t == "pope").count(), 2);
+    assert!(rows.iter().any(|r| r["metrics"]["kind"] == "count"));
+    assert!("yaml".parse::<mmlab_eval::CompareFormat>().is_err());
 }
 
 #[test]
