@@ -551,7 +551,7 @@ fn score_yes_no(splits: &[SplitInfo], items: Vec<Answered>, boot: &Bootstrap) ->
         s.readings = Some(r);
     }
     if let Some(m) = report.mean.as_mut() {
-        m.readings = mean;
+        m.readings = mean.map(Box::new);
     }
     Ok((Metrics::Pope(report), samples, unclear))
 }

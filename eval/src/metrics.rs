@@ -302,7 +302,7 @@ pub struct PopeMean {
     pub yes_ratio: Estimate,
     /// The other harnesses' readings, averaged over splits like the rest of the row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub readings: Option<crate::readings::HarnessReadings>,
+    pub readings: Option<Box<crate::readings::HarnessReadings>>,
 }
 
 /// POPE metrics for a task: one row per split and, with several splits, their mean.

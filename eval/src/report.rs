@@ -181,21 +181,23 @@ pub const READING_NAMES: [&str; 3] = [
 /// other harnesses' readings were computed).
 pub fn readings_table(p: &PopeReport) -> String {
     let mut rows: Vec<Vec<String>> = Vec::new();
-    let named = p
-        .splits
-        .iter()
-        .map(|s| (s.split.as_str(), s.n, s, s.readings.as_ref()))
-        .map(|(name, n, s, r)| (name, n, [&s.accuracy, &s.f1, &s.yes_ratio], s.unclear, r));
+    let named = p.splits.iter().map(|s| {
+        (
+            s.split.as_str(),
+            s.n,
+            [&s.accuracy, &s.f1, &s.yes_ratio],
+            s.readings.as_ref(),
+        )
+    });
     let mean = p.mean.iter().map(|m| {
         (
             "mean",
             m.n,
             [&m.accuracy, &m.f1, &m.yes_ratio],
-            m.unclear,
-            m.readings.as_ref(),
+            m.readings.as_deref(),
         )
     });
-    for (name, n, [a, f, y], _unclear, r) in named.chain(mean) {
+    for (name, n, [a, f, y], r) in named.chain(mean) {
         let Some(r) = r else { return String::new() };
         rows.push(vec![
             name.to_string(),
@@ -668,7 +670,7 @@ fn compare_sections(results: &[TaskResult]) -> Vec<Section> {
                     .splits
                     .iter()
                     .map(|s| s.readings.as_ref())
-                    .chain(p.mean.iter().map(|m| m.readings.as_ref()));
+                    .chain(p.mean.iter().map(|m| m.readings.as_deref()));
                 for (pr, rd) in pope_rows(p).iter().zip(readings) {
                     let mut cells = pr.cells(val);
                     for h in crate::readings::Harness::ALL {
