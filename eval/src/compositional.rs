@@ -8,6 +8,12 @@
 //! not there) and "What colour is the {shape}?" (a colour word). A model that learned colour and
 //! shape as separate attributes answers both files alike; one that memorised pairs drops on the
 //! held-out file. The gap is seen minus held-out accuracy.
+//!
+//! The "no" questions are not built alike: the seen control keeps a shape that is in the image
+//! and changes its colour (only the colour says no), while the held-out file names an absent
+//! held-out pair (its shape is often absent too). So the report splits presence questions into
+//! present pairs (label yes) and absent pairs (label no); the present-pair gap compares like
+//! with like.
 
 use serde::{Deserialize, Serialize};
 
@@ -71,8 +77,10 @@ pub struct CompositionalCounts {
     pub task: String,
     /// The short split name (`seen`, `held-out`).
     pub split: String,
-    /// Presence questions.
-    pub yes_no: KindCounts,
+    /// Presence questions whose pair is in the image (label yes).
+    pub present: KindCounts,
+    /// Presence questions whose pair is not (label no).
+    pub absent: KindCounts,
     /// Colour questions.
     pub colour: KindCounts,
     /// Answers that named no colour (colour questions) — counted wrong.
@@ -94,12 +102,21 @@ pub struct CompositionalSplit {
     pub unparsed: u64,
     /// Presence questions: counts.
     pub yes_no: KindCounts,
+    /// Presence questions whose pair is in the image: counts.
+    pub present: KindCounts,
+    /// Presence questions whose pair is not: counts.
+    pub absent: KindCounts,
     /// Colour questions: counts.
     pub colour: KindCounts,
     /// All questions.
     pub accuracy: Estimate,
     /// Presence questions ("Is there a {colour} {shape}?").
     pub yes_no_accuracy: Estimate,
+    /// Presence questions whose pair is in the image (answered yes).
+    pub present_accuracy: Estimate,
+    /// Presence questions whose pair is not (answered no); see the module note on how the two
+    /// files build these differently.
+    pub absent_accuracy: Estimate,
     /// Colour questions ("What colour is the {shape}?").
     pub colour_accuracy: Estimate,
 }
@@ -111,6 +128,10 @@ pub struct CompositionalGap {
     pub accuracy: Estimate,
     /// Presence questions.
     pub yes_no: Estimate,
+    /// Presence questions whose pair is in the image.
+    pub present: Estimate,
+    /// Presence questions whose pair is not.
+    pub absent: Estimate,
     /// Colour questions.
     pub colour: Estimate,
 }
@@ -124,13 +145,16 @@ pub struct CompositionalReport {
     pub gap: Option<CompositionalGap>,
 }
 
-/// Accuracy overall, of presence and of colour questions, from the four atoms
-/// (yes/no right, yes/no wrong, colour right, colour wrong).
-fn stats(w: &[u64]) -> [f64; 3] {
+/// Accuracy overall, of presence questions, of present and absent pairs, and of colour
+/// questions, from the six atoms (present right, present wrong, absent right, absent wrong,
+/// colour right, colour wrong).
+fn stats(w: &[u64]) -> [f64; 5] {
     [
-        ratio(w[0] + w[2], w.iter().sum()),
+        ratio(w[0] + w[2] + w[4], w.iter().sum()),
+        ratio(w[0] + w[2], w[0] + w[1] + w[2] + w[3]),
         ratio(w[0], w[0] + w[1]),
         ratio(w[2], w[2] + w[3]),
+        ratio(w[4], w[4] + w[5]),
     ]
 }
 
@@ -142,18 +166,20 @@ pub fn compositional_report(
 ) -> CompositionalReport {
     let b = boot.resamples;
     let mut rows = Vec::with_capacity(splits.len());
-    let mut all_draws: Vec<[Vec<f64>; 3]> = Vec::with_capacity(splits.len());
+    let mut all_draws: Vec<[Vec<f64>; 5]> = Vec::with_capacity(splits.len());
     for s in splits {
         let w = [
-            s.yes_no.correct,
-            s.yes_no.n - s.yes_no.correct,
+            s.present.correct,
+            s.present.n - s.present.correct,
+            s.absent.correct,
+            s.absent.n - s.absent.correct,
             s.colour.correct,
             s.colour.n - s.colour.correct,
         ];
-        let mut draws: [Vec<f64>; 3] = std::array::from_fn(|_| Vec::with_capacity(b));
+        let mut draws: [Vec<f64>; 5] = std::array::from_fn(|_| Vec::with_capacity(b));
         if w.iter().sum::<u64>() > 0 {
             let mut rng = stream(boot.seed, &s.task);
-            let mut out = [0u64; 4];
+            let mut out = [0u64; 6];
             for _ in 0..b {
                 multinomial(&mut rng, &w, &mut out);
                 for (d, v) in draws.iter_mut().zip(stats(&out)) {
@@ -166,18 +192,26 @@ pub fn compositional_report(
             }
         }
         let point = stats(&w);
-        let [a, y, c] = draws.clone();
+        let [a, y, pr, ab, c] = draws.clone();
+        let yes_no = KindCounts {
+            n: s.present.n + s.absent.n,
+            correct: s.present.correct + s.absent.correct,
+        };
         rows.push(CompositionalSplit {
             task: s.task.clone(),
             split: s.split.clone(),
-            n: s.yes_no.n + s.colour.n,
-            correct: s.yes_no.correct + s.colour.correct,
+            n: yes_no.n + s.colour.n,
+            correct: yes_no.correct + s.colour.correct,
             unparsed: s.unparsed,
-            yes_no: s.yes_no,
+            yes_no,
+            present: s.present,
+            absent: s.absent,
             colour: s.colour,
             accuracy: interval(point[0], a, boot.confidence),
             yes_no_accuracy: interval(point[1], y, boot.confidence),
-            colour_accuracy: interval(point[2], c, boot.confidence),
+            present_accuracy: interval(point[2], pr, boot.confidence),
+            absent_accuracy: interval(point[3], ab, boot.confidence),
+            colour_accuracy: interval(point[4], c, boot.confidence),
         });
         all_draws.push(draws);
     }
@@ -196,8 +230,16 @@ pub fn compositional_report(
                 1,
                 rows[0].yes_no_accuracy.value - rows[1].yes_no_accuracy.value,
             ),
-            colour: diff(
+            present: diff(
                 2,
+                rows[0].present_accuracy.value - rows[1].present_accuracy.value,
+            ),
+            absent: diff(
+                3,
+                rows[0].absent_accuracy.value - rows[1].absent_accuracy.value,
+            ),
+            colour: diff(
+                4,
                 rows[0].colour_accuracy.value - rows[1].colour_accuracy.value,
             ),
         }
@@ -227,9 +269,13 @@ mod tests {
         let c = |task: &str, yn: (u64, u64), col: (u64, u64)| CompositionalCounts {
             task: task.into(),
             split: task.into(),
-            yes_no: KindCounts {
-                n: yn.0,
-                correct: yn.1,
+            present: KindCounts {
+                n: yn.0 / 2,
+                correct: yn.1 / 2,
+            },
+            absent: KindCounts {
+                n: yn.0 / 2,
+                correct: yn.1 / 2,
             },
             colour: KindCounts {
                 n: col.0,
@@ -249,6 +295,7 @@ mod tests {
         let g = r.gap.unwrap();
         assert_eq!(g.accuracy.value, 270.0 / 300.0 - 80.0 / 150.0);
         assert_eq!(g.yes_no.value, 0.9 - 0.6);
+        assert_eq!(g.present.value, 0.9 - 0.6);
         assert_eq!(g.colour.value, 0.9 - 0.4);
         assert!(g.accuracy.low < g.accuracy.value && g.accuracy.value < g.accuracy.high);
         assert!(g.accuracy.low > 0.2, "{:?}", g.accuracy);

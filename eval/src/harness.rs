@@ -569,7 +569,8 @@ fn score_short_answers(
         .map(|s| CompositionalCounts {
             task: s.task.clone(),
             split: s.split.clone(),
-            yes_no: Default::default(),
+            present: Default::default(),
+            absent: Default::default(),
             colour: Default::default(),
             unparsed: 0,
         })
@@ -590,7 +591,8 @@ fn score_short_answers(
         let correct = pred.as_deref() == Some(label.as_str());
         let slot = &mut per[a.split];
         let kind = match QuestionKind::of_label(&label) {
-            QuestionKind::YesNo => &mut slot.yes_no,
+            QuestionKind::YesNo if label == "yes" => &mut slot.present,
+            QuestionKind::YesNo => &mut slot.absent,
             QuestionKind::Colour => &mut slot.colour,
         };
         kind.n += 1;

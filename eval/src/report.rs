@@ -140,7 +140,8 @@ fn compositional_table(c: &crate::compositional::CompositionalReport) -> String 
             vec![
                 s.split.clone(),
                 est(&s.accuracy),
-                est(&s.yes_no_accuracy),
+                est(&s.present_accuracy),
+                est(&s.absent_accuracy),
                 est(&s.colour_accuracy),
                 s.unparsed.to_string(),
                 s.n.to_string(),
@@ -151,7 +152,8 @@ fn compositional_table(c: &crate::compositional::CompositionalReport) -> String 
         rows.push(vec![
             "gap (seen - held-out)".to_string(),
             est(&g.accuracy),
-            est(&g.yes_no),
+            est(&g.present),
+            est(&g.absent),
             est(&g.colour),
             String::new(),
             String::new(),
@@ -161,7 +163,8 @@ fn compositional_table(c: &crate::compositional::CompositionalReport) -> String 
         &[
             "pairs",
             "accuracy",
-            "is there a <colour> <shape>",
+            "is there (pair present)",
+            "is there (pair absent)",
             "what colour is the <shape>",
             "unparsed",
             "n",

@@ -812,11 +812,18 @@ fn compositional_accuracy_on_seen_and_held_out_pairs_and_the_gap() {
     assert_eq!(s.accuracy.value, 1.0);
     assert_eq!(h.accuracy.value, 3.0 / 7.0);
     assert_eq!(h.yes_no_accuracy.value, 0.5);
+    // Present pairs: ids 1 (right) and 4 (wrong); absent: 3 (right) and 6 (wrong).
+    assert_eq!(h.present_accuracy.value, 0.5);
+    assert_eq!(h.absent_accuracy.value, 0.5);
+    assert_eq!((h.present.n, h.present.correct), (2, 1));
+    assert_eq!((s.absent.n, s.absent.correct), (2, 2));
     assert_eq!(h.colour_accuracy.value, 1.0 / 3.0);
     assert_eq!(h.unparsed, 1);
     let g = c.gap.as_ref().unwrap();
     assert_eq!(g.accuracy.value, 1.0 - 3.0 / 7.0);
     assert_eq!(g.yes_no.value, 0.5);
+    assert_eq!(g.present.value, 0.5);
+    assert_eq!(g.absent.value, 0.5);
     assert_eq!(g.colour.value, 1.0 - 1.0 / 3.0);
     assert!(g.accuracy.low <= g.accuracy.value && g.accuracy.value <= g.accuracy.high);
     let table = format_table(&r);
