@@ -255,6 +255,12 @@ pub struct Versions {
     pub count_rule: String,
     /// The CHAIR rule.
     pub chair_rule: String,
+    /// The other harnesses' POPE readings (empty in results written before they were computed).
+    #[serde(default)]
+    pub readings_rule: String,
+    /// The compositional tasks' rule (empty in results written before those tasks).
+    #[serde(default)]
+    pub compositional_rule: String,
 }
 
 impl Default for Versions {
@@ -265,6 +271,12 @@ impl Default for Versions {
             pope_rule: "pope-evaluate.py: first sentence, commas removed, No/not/no => no".into(),
             count_rule: "first integer or number word zero..twenty; none/no => 0".into(),
             chair_rule: "longest synonym phrase, regular plurals, mentions with repeats".into(),
+            readings_rule: "lmms-eval pope utils.py exact match (yes-ratio of ground truth); \
+                            VLMEvalKit YOrN_Extraction + process_punctuation, no judge"
+                .into(),
+            compositional_rule: "yes/no by the POPE authors' rule, colours by the first colour \
+                                 word; gap = seen - held-out"
+                .into(),
         }
     }
 }
