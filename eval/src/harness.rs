@@ -13,18 +13,26 @@ use crate::atomic::write_parts_atomic;
 pub use crate::atomic::{ensure_writable, temp_name, write_atomic};
 use crate::cache::{sanitize, Key, ResponseCache};
 use crate::chair::{check_caption, default_synonyms, ObjectMatcher, SynonymTable};
+use crate::compositional::{
+    compositional_report, parse_short_answer, CompositionalCounts, CompositionalReport,
+    QuestionKind,
+};
 use crate::error::{EvalError, Result};
 use crate::identity::{hash_data, sha256_hex, DataIdentity, Hashed};
 use crate::metrics::{
     chair_report, count_report, pope_report, Bootstrap, ChairReport, Confusion, CountReport,
     PopeCounts, PopeReport,
 };
-use crate::parse::{parse_count, parse_yes_no};
+use crate::parse::{parse_count, parse_yes_no, Reading};
+use crate::readings::{harness_readings, Harness, ReadingCounts};
 use crate::responder::{argmax, Request, Responder, Response};
 use crate::tasks::{
     load_task_with, render_prompt, task, DataOptions, Label, LoadedSplit, MetricKind, ParserKind,
     TaskSpec,
 };
+
+/// The extension (after the result file's stem) of the lmms-eval style results file.
+pub const LMMS_EVAL_SUFFIX: &str = "lmms-eval.json";
 
 /// Version of the result-file layout.
 pub const RESULT_FORMAT: u32 = 2;
@@ -201,6 +209,8 @@ pub enum Metrics {
     Count(CountReport),
     /// CHAIR.
     Chair(ChairReport),
+    /// Seen vs held-out colour–shape pairs.
+    Compositional(CompositionalReport),
 }
 
 /// How many answers came from where.
@@ -245,6 +255,12 @@ pub struct Versions {
     pub count_rule: String,
     /// The CHAIR rule.
     pub chair_rule: String,
+    /// The other harnesses' POPE readings (empty in results written before they were computed).
+    #[serde(default)]
+    pub readings_rule: String,
+    /// The compositional tasks' rule (empty in results written before those tasks).
+    #[serde(default)]
+    pub compositional_rule: String,
 }
 
 impl Default for Versions {
@@ -255,6 +271,12 @@ impl Default for Versions {
             pope_rule: "pope-evaluate.py: first sentence, commas removed, No/not/no => no".into(),
             count_rule: "first integer or number word zero..twenty; none/no => 0".into(),
             chair_rule: "longest synonym phrase, regular plurals, mentions with repeats".into(),
+            readings_rule: "lmms-eval pope utils.py exact match (yes-ratio of ground truth); \
+                            VLMEvalKit YOrN_Extraction + process_punctuation, no judge"
+                .into(),
+            compositional_rule: "yes/no by the POPE authors' rule, colours by the first colour \
+                                 word; gap = seen - held-out"
+                .into(),
         }
     }
 }
@@ -289,6 +311,10 @@ pub struct TaskResult {
     /// The samples file, relative to the result file's folder.
     #[serde(default)]
     pub samples_file: Option<String>,
+    /// POPE: the same result in lmms-eval's `results.json` layout, relative to the result
+    /// file's folder (`<result>.lmms-eval.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lmms_eval_results: Option<String>,
 }
 
 impl TaskResult {
@@ -352,6 +378,12 @@ pub struct Sample {
     /// POPE: whether the answer was clearly yes or no.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clear: Option<bool>,
+    /// POPE: how lmms-eval's exact match reads the answer (`yes`, `no` or `other`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lmms_eval: Option<Reading>,
+    /// POPE: how VLMEvalKit's word rule reads it (`yes`, `no` or `other` for its "Unknown").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlmevalkit: Option<Reading>,
     /// CHAIR: the hallucinated mentions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hallucinated: Option<Vec<String>>,
@@ -429,6 +461,7 @@ fn score(
     match spec.parser {
         ParserKind::YesNo => score_yes_no(splits, items, boot),
         ParserKind::Count => score_counts(spec.name, splits, items, boot),
+        ParserKind::ShortAnswer => score_short_answers(splits, items, boot),
         ParserKind::Caption => {
             let matcher = matcher
                 .ok_or_else(|| EvalError::Option("CHAIR needs a synonym table".to_string()))?;
@@ -451,6 +484,8 @@ fn sample(splits: &[SplitInfo], a: Answered, parsed: Value, correct: bool) -> Sa
         unanswered: a.unanswered,
         parsed,
         clear: None,
+        lmms_eval: None,
+        vlmevalkit: None,
         hallucinated: None,
         label: a.label.to_json(),
         correct,
@@ -479,15 +514,26 @@ fn score_yes_no(splits: &[SplitInfo], items: Vec<Answered>, boot: &Bootstrap) ->
             unclear: 0,
         })
         .collect();
+    let mut other: Vec<[ReadingCounts; 2]> = vec![Default::default(); splits.len()];
     for a in items {
         let Label::YesNo(label) = a.label.clone() else {
             return Err(wrong_label(splits, &a, "a non-yes/no label"));
         };
         let slot = a.split;
+        let text = if a.unanswered {
+            ""
+        } else {
+            a.scored_answer.as_deref().unwrap_or(&a.answer)
+        };
+        // The other harnesses read the same text; no answer is neither yes nor no to them.
+        let read: [Reading; 2] = Harness::ALL.map(|h| h.read(text));
+        for (c, r) in other[slot].iter_mut().zip(read) {
+            c.add(label, r);
+        }
         let (pred, clear) = if a.unanswered {
             (None, false)
         } else {
-            let p = parse_yes_no(a.scored_answer.as_deref().unwrap_or(&a.answer));
+            let p = parse_yes_no(text);
             (Some(p.yes), p.clear)
         };
         per[slot].confusion.add(label, pred);
@@ -502,9 +548,79 @@ fn score_yes_no(splits: &[SplitInfo], items: Vec<Answered>, boot: &Bootstrap) ->
         };
         let mut s = sample(splits, a, parsed, pred == Some(label));
         s.clear = Some(clear);
+        s.lmms_eval = Some(read[0]);
+        s.vlmevalkit = Some(read[1]);
         samples.push(s);
     }
-    Ok((Metrics::Pope(pope_report(&per, boot)), samples, unclear))
+    let mut report = pope_report(&per, boot);
+    let named: Vec<(String, [ReadingCounts; 2])> = splits
+        .iter()
+        .zip(other)
+        .map(|(s, c)| (s.task.clone(), c))
+        .collect();
+    let (rows, mean) = harness_readings(&named, boot);
+    for (s, r) in report.splits.iter_mut().zip(rows) {
+        s.readings = Some(r);
+    }
+    if let Some(m) = report.mean.as_mut() {
+        m.readings = mean.map(Box::new);
+    }
+    Ok((Metrics::Pope(report), samples, unclear))
+}
+
+/// Compositional: yes/no or a colour word against the label, per split and kind.
+fn score_short_answers(
+    splits: &[SplitInfo],
+    items: Vec<Answered>,
+    boot: &Bootstrap,
+) -> Result<Scored> {
+    let mut samples = Vec::with_capacity(items.len());
+    let mut unclear = 0usize;
+    let mut per: Vec<CompositionalCounts> = splits
+        .iter()
+        .map(|s| CompositionalCounts {
+            task: s.task.clone(),
+            split: s.split.clone(),
+            present: Default::default(),
+            absent: Default::default(),
+            colour: Default::default(),
+            unparsed: 0,
+        })
+        .collect();
+    for a in items {
+        let Label::Word(label) = a.label.clone() else {
+            return Err(wrong_label(
+                splits,
+                &a,
+                "a label that is not a short answer",
+            ));
+        };
+        let pred = if a.unanswered {
+            None
+        } else {
+            parse_short_answer(&label, a.scored_answer.as_deref().unwrap_or(&a.answer))
+        };
+        let correct = pred.as_deref() == Some(label.as_str());
+        let slot = &mut per[a.split];
+        let kind = match QuestionKind::of_label(&label) {
+            QuestionKind::YesNo if label == "yes" => &mut slot.present,
+            QuestionKind::YesNo => &mut slot.absent,
+            QuestionKind::Colour => &mut slot.colour,
+        };
+        kind.n += 1;
+        kind.correct += u64::from(correct);
+        if pred.is_none() && !a.unanswered {
+            slot.unparsed += 1;
+            unclear += 1;
+        }
+        let parsed = pred.map_or(Value::Null, Value::from);
+        samples.push(sample(splits, a, parsed, correct));
+    }
+    Ok((
+        Metrics::Compositional(compositional_report(&per, boot)),
+        samples,
+        unclear,
+    ))
 }
 
 /// Counting: the first number of each answer against the true count.
@@ -617,6 +733,19 @@ fn write_result(result: &mut TaskResult, samples: &[Sample], dir: &Path, base: &
     write_parts_atomic(&spath, &parts, false)?;
     result.result_file = Some(rpath.display().to_string());
     result.samples_file = spath.file_name().map(|n| n.to_string_lossy().to_string());
+    // POPE: lmms-eval's results.json layout beside ours, with its reading of the answers.
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let lpath = rpath.with_extension(LMMS_EVAL_SUFFIX);
+    result.lmms_eval_results = None;
+    if let Some(v) = crate::interop::lmms_eval_results(result, unix) {
+        let json = serde_json::to_vec_pretty(&v)
+            .map_err(|e| EvalError::Option(format!("cannot serialise the result: {e}")))?;
+        write_atomic(&lpath, &json)?;
+        result.lmms_eval_results = lpath.file_name().map(|n| n.to_string_lossy().to_string());
+    }
     let json = serde_json::to_vec_pretty(result)
         .map_err(|e| EvalError::Option(format!("cannot serialise the result: {e}")))?;
     write_atomic(&rpath, &json)
@@ -1066,6 +1195,7 @@ pub fn run_task(
         warnings,
         result_file: None,
         samples_file: None,
+        lmms_eval_results: None,
     };
     let base = match opts.shard {
         Some((i, n)) => format!("{}-{stamp}-shard{i}of{n}", spec.name),
@@ -1349,6 +1479,7 @@ pub fn merge_into(shard_result_paths: &[PathBuf], out_dir: &Path) -> Result<Task
         warnings: first.warnings.clone(),
         result_file: None,
         samples_file: None,
+        lmms_eval_results: None,
     };
     write_result(
         &mut result,

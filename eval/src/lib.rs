@@ -9,25 +9,32 @@
 mod atomic;
 pub mod cache;
 pub mod chair;
+pub mod compositional;
 pub mod error;
 mod fxhash;
 pub mod harness;
 pub mod identity;
+pub mod interop;
 pub mod metrics;
 pub mod parse;
+pub mod readings;
 pub mod report;
 pub mod responder;
 pub mod tasks;
 
 pub use chair::{default_synonyms, ObjectMatcher, SynonymTable};
+pub use compositional::CompositionalReport;
 pub use error::{EvalError, Result};
 pub use harness::{
     load_result, merge, merge_into, parse_shard, read_samples, run_task, AnswerMode, Counts,
     Metrics, Progress, RunConfig, RunOptions, Sample, SplitInfo, TaskResult, Timing, Versions,
 };
 pub use metrics::{Bootstrap, ChairReport, Confusion, CountReport, Estimate, PopeReport};
-pub use parse::{parse_count, parse_yes_no, YesNo};
-pub use report::{compare, compare_results, format_table};
+pub use parse::{parse_count, parse_yes_no, read_lmms_eval, read_vlmevalkit, Reading, YesNo};
+pub use readings::{Harness, HarnessReading, HarnessReadings, ReadingCounts};
+pub use report::{
+    compare, compare_as, compare_results, compare_results_as, format_table, CompareFormat,
+};
 pub use responder::{
     Constant, MissingPolicy, Oracle, PredictionsFile, RandomResponder, Request, Responder, Response,
 };

@@ -66,7 +66,7 @@ pub fn ratio(num: u64, den: u64) -> f64 {
 }
 
 /// A random stream for one named group of samples, independent of the other groups.
-fn stream(seed: u64, name: &str) -> ChaCha8Rng {
+pub(crate) fn stream(seed: u64, name: &str) -> ChaCha8Rng {
     let mut h = Sha256::new();
     h.update(seed.to_le_bytes());
     h.update(name.as_bytes());
@@ -80,7 +80,7 @@ fn stream(seed: u64, name: &str) -> ChaCha8Rng {
 ///
 /// Equivalent in distribution to drawing `n` indices uniformly and counting their categories,
 /// done with one binomial draw per category (sequential conditional binomials).
-fn multinomial<R: Rng>(rng: &mut R, weights: &[u64], out: &mut [u64]) {
+pub(crate) fn multinomial<R: Rng>(rng: &mut R, weights: &[u64], out: &mut [u64]) {
     let total: u64 = weights.iter().sum();
     let mut n_left = total;
     let mut w_left = total;
@@ -114,7 +114,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Turn a point value and its resampled values into an [`Estimate`].
-fn interval(value: f64, mut draws: Vec<f64>, confidence: f64) -> Estimate {
+pub(crate) fn interval(value: f64, mut draws: Vec<f64>, confidence: f64) -> Estimate {
     if draws.is_empty() {
         return Estimate::point(value);
     }
@@ -275,6 +275,10 @@ pub struct PopeSplit {
     pub f1: Estimate,
     /// Fraction answered yes.
     pub yes_ratio: Estimate,
+    /// The same answers read by lmms-eval's and VLMEvalKit's rules (absent in results written
+    /// before they were computed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readings: Option<crate::readings::HarnessReadings>,
 }
 
 /// The unweighted mean of POPE metrics over splits.
@@ -296,6 +300,9 @@ pub struct PopeMean {
     pub f1: Estimate,
     /// Mean yes-ratio.
     pub yes_ratio: Estimate,
+    /// The other harnesses' readings, averaged over splits like the rest of the row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readings: Option<Box<crate::readings::HarnessReadings>>,
 }
 
 /// POPE metrics for a task: one row per split and, with several splits, their mean.
@@ -371,6 +378,7 @@ pub fn pope_report(splits: &[PopeCounts], boot: &Bootstrap) -> PopeReport {
                 recall: interval(st[2], r, boot.confidence),
                 f1: interval(st[3], f, boot.confidence),
                 yes_ratio: interval(st[4], y, boot.confidence),
+                readings: None,
             }
         })
         .collect();
@@ -386,6 +394,7 @@ pub fn pope_report(splits: &[PopeCounts], boot: &Bootstrap) -> PopeReport {
             recall: interval(m(|r| r.recall.value), r, boot.confidence),
             f1: interval(m(|r| r.f1.value), f, boot.confidence),
             yes_ratio: interval(m(|r| r.yes_ratio.value), y, boot.confidence),
+            readings: None,
         }
     });
     PopeReport { splits: rows, mean }

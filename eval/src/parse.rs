@@ -75,6 +75,110 @@ fn eq_without_commas(word: &str, target: &str) -> bool {
     }
 }
 
+/// How another harness reads a yes/no answer: yes, no, or neither (not a yes/no answer to it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reading {
+    /// Read as "yes".
+    Yes,
+    /// Read as "no".
+    No,
+    /// Neither: lmms-eval's answers that are not exactly `yes`/`no`, VLMEvalKit's "Unknown".
+    Other,
+}
+
+impl Reading {
+    /// The reading as written in `samples.jsonl`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reading::Yes => "yes",
+            Reading::No => "no",
+            Reading::Other => "other",
+        }
+    }
+}
+
+/// Read a yes/no answer as lmms-eval's POPE task does: exact match after lowercasing and
+/// stripping white space, so `"Yes."` or `"yes, there is"` is neither yes nor no.
+///
+/// Reproduces `pope_process_results` in lmms-eval's `lmms_eval/tasks/pope/utils.py`
+/// (EvolvingLMMs-Lab/lmms-eval): `pred = results[0].lower().strip()` compared with the
+/// ground truth `"yes"`/`"no"`; its aggregations count `pred == "yes"` as a yes prediction and
+/// only `pred == "no"` as a no (see [`crate::readings`]).
+pub fn read_lmms_eval(text: &str) -> Reading {
+    match text.to_lowercase().trim() {
+        "yes" => Reading::Yes,
+        "no" => Reading::No,
+        _ => Reading::Other,
+    }
+}
+
+/// The characters VLMEvalKit's `process_punctuation` treats (`vlmeval/smp/misc.py`).
+const VLMEVAL_PUNCT: [char; 21] = [
+    ';', '/', '[', ']', '"', '{', '}', '(', ')', '=', '+', '\\', '_', '-', '>', '<', '@', '`', ',',
+    '?', '!',
+];
+
+/// VLMEvalKit's `process_punctuation` (`vlmeval/smp/misc.py`, the VQA evaluation's rule), quirks
+/// included: each of [`VLMEVAL_PUNCT`] is deleted when the *original* text has it next to a space
+/// (or has a digit-comma-digit anywhere), else replaced by a space; then a `.` not followed by a
+/// digit is deleted, at most 32 times (the code passes `re.UNICODE`, 32, as `re.sub`'s `count`).
+/// Other characters (`:`, `'`, `*`, …) stay. Digits are ASCII here (Python's `\d` also takes other
+/// scripts' decimal digits).
+fn vlmeval_process_punctuation(input: &str) -> String {
+    let chars: Vec<char> = input.chars().collect();
+    let comma_strip = chars
+        .windows(3)
+        .any(|w| w[0].is_ascii_digit() && w[1] == ',' && w[2].is_ascii_digit());
+    let mut out: Vec<char> = chars.clone();
+    for p in VLMEVAL_PUNCT {
+        let spaced = chars
+            .windows(2)
+            .any(|w| (w[0] == p && w[1] == ' ') || (w[0] == ' ' && w[1] == p));
+        if spaced || comma_strip {
+            out.retain(|&c| c != p);
+        } else {
+            for c in out.iter_mut().filter(|c| **c == p) {
+                *c = ' ';
+            }
+        }
+    }
+    let mut result = String::with_capacity(out.len());
+    let mut removed = 0;
+    for (i, &c) in out.iter().enumerate() {
+        let next_is_digit = out.get(i + 1).is_some_and(|d| d.is_ascii_digit());
+        if c == '.' && !next_is_digit && removed < 32 {
+            removed += 1;
+            continue;
+        }
+        result.push(c);
+    }
+    result
+}
+
+/// Read a yes/no answer with VLMEvalKit's `YOrN_Extraction` (no LLM judge): lowercase, apply its
+/// `process_punctuation`, split on white space; "yes" when the words hold `yes` and not `no`,
+/// "no" when they hold `no` and not `yes`, otherwise "Unknown" ([`Reading::Other`]), which
+/// VLMEvalKit scores as wrong.
+///
+/// Reproduces `YOrN_Extraction` in VLMEvalKit's `vlmeval/dataset/utils/yorn.py`
+/// (open-compass/VLMEvalKit) with `process_punctuation` from `vlmeval/smp/misc.py`. So `"Yes."`
+/// is yes, `"No, there is not."` is no, `"Yes: a dog"` is Unknown (the word is `yes:`), and
+/// `"yes and no"` is Unknown.
+pub fn read_vlmevalkit(text: &str) -> Reading {
+    let processed = vlmeval_process_punctuation(&text.to_lowercase());
+    let (mut yes, mut no) = (false, false);
+    for w in processed.split_whitespace() {
+        yes |= w == "yes";
+        no |= w == "no";
+    }
+    match (yes, no) {
+        (true, false) => Reading::Yes,
+        (false, true) => Reading::No,
+        _ => Reading::Other,
+    }
+}
+
 /// Number words read by [`parse_count`], indexed by their value.
 pub const NUMBER_WORDS: [&str; 21] = [
     "zero",
@@ -214,5 +318,38 @@ mod tests {
         assert_eq!(parse_count("Ünïcode 7"), Some(7));
         // An integer too large for u32 is skipped.
         assert_eq!(parse_count("99999999999 or 5"), Some(5));
+    }
+
+    #[test]
+    fn lmms_eval_reading_is_exact_match() {
+        assert_eq!(read_lmms_eval("yes"), Reading::Yes);
+        assert_eq!(read_lmms_eval("  YES \n"), Reading::Yes);
+        assert_eq!(read_lmms_eval("No"), Reading::No);
+        assert_eq!(read_lmms_eval("Yes."), Reading::Other);
+        assert_eq!(read_lmms_eval("no, there is not"), Reading::Other);
+        assert_eq!(read_lmms_eval(""), Reading::Other);
+    }
+
+    #[test]
+    fn vlmevalkit_reading_follows_its_punctuation_rule() {
+        assert_eq!(read_vlmevalkit("Yes."), Reading::Yes);
+        assert_eq!(read_vlmevalkit("YES"), Reading::Yes);
+        assert_eq!(read_vlmevalkit("No, there is not."), Reading::No);
+        assert_eq!(read_vlmevalkit("There is no dog."), Reading::No);
+        assert_eq!(read_vlmevalkit("I cannot tell"), Reading::Other);
+        assert_eq!(read_vlmevalkit("Yes, but no."), Reading::Other);
+        assert_eq!(read_vlmevalkit(""), Reading::Other);
+        // ':' and '\'' are not in its punctuation list: the words are `yes:` and `no's`.
+        assert_eq!(read_vlmevalkit("Yes: a dog"), Reading::Other);
+        assert_eq!(read_vlmevalkit("no's"), Reading::Other);
+        // A '-' with no space beside it becomes a space.
+        assert_eq!(read_vlmevalkit("yes-there is"), Reading::Yes);
+        // With a space beside it, it is deleted instead, gluing the words.
+        assert_eq!(read_vlmevalkit("yes-there is -"), Reading::Other);
+        // A period before a digit stays, and "yes.5" is one word.
+        assert_eq!(read_vlmevalkit("yes.5"), Reading::Other);
+        assert_eq!(vlmeval_process_punctuation("a.b.3"), "ab.3");
+        assert_eq!(vlmeval_process_punctuation("1,000 (yes)"), "1000 yes");
+        assert_eq!(vlmeval_process_punctuation("(yes)"), " yes ");
     }
 }

@@ -131,6 +131,120 @@ fn pope_rows(p: &PopeReport) -> Vec<PopeRow<'_>> {
     splits.chain(mean).collect()
 }
 
+/// Seen and held-out pairs: one row per split, then the gap.
+fn compositional_table(c: &crate::compositional::CompositionalReport) -> String {
+    let mut rows: Vec<Vec<String>> = c
+        .splits
+        .iter()
+        .map(|s| {
+            vec![
+                s.split.clone(),
+                est(&s.accuracy),
+                est(&s.present_accuracy),
+                est(&s.absent_accuracy),
+                est(&s.colour_accuracy),
+                s.unparsed.to_string(),
+                s.n.to_string(),
+            ]
+        })
+        .collect();
+    if let Some(g) = &c.gap {
+        rows.push(vec![
+            "gap (seen - held-out)".to_string(),
+            est(&g.accuracy),
+            est(&g.present),
+            est(&g.absent),
+            est(&g.colour),
+            String::new(),
+            String::new(),
+        ]);
+    }
+    table(
+        &[
+            "pairs",
+            "accuracy",
+            "is there (pair present)",
+            "is there (pair absent)",
+            "what colour is the <shape>",
+            "unparsed",
+            "n",
+        ],
+        &rows,
+    )
+}
+
+/// The names of the three readings of a POPE answer, as tables print them.
+pub const READING_NAMES: [&str; 3] = [
+    "POPE authors (headline)",
+    "lmms-eval exact match",
+    "VLMEvalKit words, no judge",
+];
+
+/// The three readings of the same answers side by side (empty for results written before the
+/// other harnesses' readings were computed).
+pub fn readings_table(p: &PopeReport) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let named = p.splits.iter().map(|s| {
+        (
+            s.split.as_str(),
+            s.n,
+            [&s.accuracy, &s.f1, &s.yes_ratio],
+            s.readings.as_ref(),
+        )
+    });
+    let mean = p.mean.iter().map(|m| {
+        (
+            "mean",
+            m.n,
+            [&m.accuracy, &m.f1, &m.yes_ratio],
+            m.readings.as_deref(),
+        )
+    });
+    for (name, n, [a, f, y], r) in named.chain(mean) {
+        let Some(r) = r else { return String::new() };
+        rows.push(vec![
+            name.to_string(),
+            READING_NAMES[0].to_string(),
+            val(a),
+            est(f),
+            val(y),
+            "predictions".to_string(),
+            "-".to_string(),
+            n.to_string(),
+        ]);
+        for (k, h) in crate::readings::Harness::ALL.iter().enumerate() {
+            let hr = r.get(*h);
+            rows.push(vec![
+                name.to_string(),
+                READING_NAMES[k + 1].to_string(),
+                val(&hr.accuracy),
+                est(&hr.f1),
+                val(&hr.yes_ratio),
+                hr.yes_ratio_of.clone(),
+                hr.unknown.to_string(),
+                n.to_string(),
+            ]);
+        }
+    }
+    let mut out = String::from(
+        "\nthe same answers read by each harness's rule (unknown: neither yes nor no to it, counted wrong)\n",
+    );
+    out.push_str(&table(
+        &[
+            "split",
+            "reading",
+            "accuracy",
+            "F1",
+            "yes-ratio",
+            "yes-ratio of",
+            "unknown",
+            "n",
+        ],
+        &rows,
+    ));
+    out
+}
+
 /// How much of the data a run asked: `all`, `limit 100 (partial)`, `shard 0/4`.
 pub fn run_scope(r: &TaskResult) -> String {
     let mut parts = Vec::new();
@@ -198,6 +312,7 @@ pub fn format_table(r: &TaskResult) -> String {
         Metrics::Pope(p) => {
             let rows: Vec<Vec<String>> = pope_rows(p).iter().map(|r| r.cells(est)).collect();
             out.push_str(&table(&POPE_HEADER, &rows));
+            out.push_str(&readings_table(p));
         }
         Metrics::Count(c) => {
             out.push_str(&table(
@@ -224,6 +339,9 @@ pub fn format_table(r: &TaskResult) -> String {
                 })
                 .collect();
             out.push_str(&table(&["true count", "accuracy", "correct", "n"], &rows));
+        }
+        Metrics::Compositional(c) => {
+            out.push_str(&compositional_table(c));
         }
         Metrics::Chair(c) => {
             out.push_str(&table(
@@ -275,7 +393,8 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        if name.starts_with('.') {
+        // Hidden folders, and the lmms-eval layout written beside POPE results.
+        if name.starts_with('.') || name.ends_with(crate::harness::LMMS_EVAL_SUFFIX) {
             continue;
         }
         if p.is_dir() {
@@ -377,6 +496,18 @@ pub fn compare(result_paths: &[PathBuf]) -> Result<String> {
     Ok(compare_results(&results))
 }
 
+/// [`compare`] in the given format.
+pub fn compare_as(result_paths: &[PathBuf], format: CompareFormat) -> Result<String> {
+    let results = collect_results(result_paths)?;
+    if results.is_empty() {
+        return Err(EvalError::Data {
+            path: result_paths.first().cloned().unwrap_or_default(),
+            message: "no result files found".to_string(),
+        });
+    }
+    Ok(compare_results_as(&results, format))
+}
+
 /// A comparison row: model, the task/tier/run cells, then the metric cells.
 fn row(model: &str, task: Vec<String>, metrics: Vec<String>) -> Vec<String> {
     let mut r = vec![model.to_string()];
@@ -387,9 +518,137 @@ fn row(model: &str, task: Vec<String>, metrics: Vec<String>) -> Vec<String> {
 
 /// [`compare`] on results already loaded.
 pub fn compare_results(results: &[TaskResult]) -> String {
+    compare_results_as(results, CompareFormat::Text)
+}
+
+/// How `eval compare` writes its tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareFormat {
+    /// Aligned columns (the default).
+    Text,
+    /// Markdown pipe tables, one per section under a `###` heading.
+    Markdown,
+    /// CSV: one block per section (a header row starting with `section`), blocks separated by
+    /// a blank line.
+    Csv,
+    /// JSON: one object per result (model, task, tier, run, result file and the full metrics).
+    Json,
+}
+
+impl std::str::FromStr for CompareFormat {
+    type Err = EvalError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" | "txt" => Ok(CompareFormat::Text),
+            "md" | "markdown" => Ok(CompareFormat::Markdown),
+            "csv" => Ok(CompareFormat::Csv),
+            "json" => Ok(CompareFormat::Json),
+            _ => Err(EvalError::Option(format!(
+                "format `{s}`: expected text, md, csv or json"
+            ))),
+        }
+    }
+}
+
+/// One titled table of a comparison.
+struct Section {
+    title: &'static str,
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+/// A Markdown cell: pipes escaped, line breaks as spaces.
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// [`compare_results`] in the given format.
+pub fn compare_results_as(results: &[TaskResult], format: CompareFormat) -> String {
+    if format == CompareFormat::Json {
+        let apart = distinguishing(results);
+        let rows: Vec<serde_json::Value> = results
+            .iter()
+            .zip(&apart)
+            .map(|(r, a)| {
+                serde_json::json!({
+                    "model": r.model,
+                    "task": r.task,
+                    "tier": r.config.tier_label(),
+                    "run": run_scope(r),
+                    "differs": a,
+                    "mode": format!("{:?}", r.config.mode).to_lowercase(),
+                    "model_identity": r.model_identity,
+                    "created": r.created,
+                    "result_file": r.result_file,
+                    "metrics": r.metrics,
+                })
+            })
+            .collect();
+        return serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n";
+    }
+    let sections = compare_sections(results);
+    let mut out = String::new();
+    for sec in &sections {
+        let header: Vec<&str> = sec.header.iter().map(String::as_str).collect();
+        match format {
+            CompareFormat::Text | CompareFormat::Json => {
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(sec.title);
+                out.push('\n');
+                out.push_str(&table(&header, &sec.rows));
+            }
+            CompareFormat::Markdown => {
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(&format!("### {}\n\n", sec.title));
+                let line = |cells: Vec<String>| format!("| {} |\n", cells.join(" | "));
+                out.push_str(&line(header.iter().map(|h| md_cell(h)).collect()));
+                out.push_str(&line(header.iter().map(|_| "---".to_string()).collect()));
+                for r in &sec.rows {
+                    out.push_str(&line(r.iter().map(|c| md_cell(c)).collect()));
+                }
+            }
+            CompareFormat::Csv => {
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                let line = |cells: Vec<String>| format!("{}\n", cells.join(","));
+                out.push_str(&line(
+                    std::iter::once("section".to_string())
+                        .chain(header.iter().map(|h| csv_field(h)))
+                        .collect(),
+                ));
+                for r in &sec.rows {
+                    out.push_str(&line(
+                        std::iter::once(csv_field(sec.title))
+                            .chain(r.iter().map(|c| csv_field(c)))
+                            .collect(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The comparison's sections, each with rows.
+fn compare_sections(results: &[TaskResult]) -> Vec<Section> {
     let mut pope = Vec::new();
     let mut count = Vec::new();
     let mut chair = Vec::new();
+    let mut comp = Vec::new();
     let apart = distinguishing(results);
     // The task, the tier and how much of the data the run asked: a partial run never reads as
     // the full one, and runs on other data or settings say how they differ.
@@ -410,8 +669,17 @@ pub fn compare_results(results: &[TaskResult]) -> String {
     for (i, r) in results.iter().enumerate() {
         match &r.metrics {
             Metrics::Pope(p) => {
-                for pr in pope_rows(p) {
-                    pope.push(row(&r.model, shard(i), pr.cells(val)));
+                let readings = p
+                    .splits
+                    .iter()
+                    .map(|s| s.readings.as_ref())
+                    .chain(p.mean.iter().map(|m| m.readings.as_deref()));
+                for (pr, rd) in pope_rows(p).iter().zip(readings) {
+                    let mut cells = pr.cells(val);
+                    for h in crate::readings::Harness::ALL {
+                        cells.push(rd.map_or("-".to_string(), |r| val(&r.get(h).f1)));
+                    }
+                    pope.push(row(&r.model, shard(i), cells));
                 }
             }
             Metrics::Count(c) => count.push(row(
@@ -425,6 +693,24 @@ pub fn compare_results(results: &[TaskResult]) -> String {
                     c.n.to_string(),
                 ],
             )),
+            Metrics::Compositional(c) => {
+                let acc = |split: &str| {
+                    c.splits
+                        .iter()
+                        .find(|s| s.split == split)
+                        .map_or("-".to_string(), |s| est(&s.accuracy))
+                };
+                comp.push(row(
+                    &r.model,
+                    shard(i),
+                    vec![
+                        acc("seen"),
+                        acc("held-out"),
+                        c.gap.as_ref().map_or("-".to_string(), |g| est(&g.accuracy)),
+                        c.splits.iter().map(|s| s.n).sum::<u64>().to_string(),
+                    ],
+                ))
+            }
             Metrics::Chair(c) => chair.push(row(
                 &r.model,
                 shard(i),
@@ -437,12 +723,12 @@ pub fn compare_results(results: &[TaskResult]) -> String {
             )),
         }
     }
-    let mut out = String::new();
+    let mut out = Vec::new();
     let run = ["model", "task", "tier", "run"];
     section(
         &mut out,
-        "POPE (F1 with 95% CI)",
-        &[&run[..], &POPE_HEADER].concat(),
+        "POPE (F1 with 95% CI; the same answers' F1 by lmms-eval's and VLMEvalKit's rules)",
+        &[&run[..], &POPE_HEADER, &["F1 lmms-eval", "F1 VLMEvalKit"]].concat(),
         &pope,
     );
     section(
@@ -461,19 +747,23 @@ pub fn compare_results(results: &[TaskResult]) -> String {
         &[&run[..], &["CHAIR_i", "CHAIR_s", "recall", "captions"]].concat(),
         &chair,
     );
+    section(
+        &mut out,
+        "Held-out colour-shape pairs (accuracy with 95% CI; gap = seen - held-out)",
+        &[&run[..], &["seen", "held-out", "gap", "n"]].concat(),
+        &comp,
+    );
     out
 }
 
-/// Append a titled table of `rows` to `out`, a blank line after any table before it; nothing
-/// without rows.
-fn section(out: &mut String, title: &str, header: &[&str], rows: &[Vec<String>]) {
+/// Add a titled table of `rows` to `out`; nothing without rows.
+fn section(out: &mut Vec<Section>, title: &'static str, header: &[&str], rows: &[Vec<String>]) {
     if rows.is_empty() {
         return;
     }
-    if !out.is_empty() {
-        out.push('\n');
-    }
-    out.push_str(title);
-    out.push('\n');
-    out.push_str(&table(header, rows));
+    out.push(Section {
+        title,
+        header: header.iter().map(|h| h.to_string()).collect(),
+        rows: rows.to_vec(),
+    });
 }

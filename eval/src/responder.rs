@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{EvalError, Result};
 use crate::fxhash::FxHashMap;
+use crate::interop::{PredictionFormat, Record};
 use crate::tasks::{Label, LoadedSplit};
 
 /// One question put to a model.
@@ -200,6 +201,7 @@ pub fn label_answer(label: &Label) -> String {
         Label::YesNo(true) => "Yes".to_string(),
         Label::YesNo(false) => "No".to_string(),
         Label::Count(n) => n.to_string(),
+        Label::Word(w) => w.clone(),
         Label::Objects(objs) if objs.is_empty() => "An empty image.".to_string(),
         Label::Objects(objs) => {
             let parts: Vec<String> = objs.iter().map(|o| format!("a {o}")).collect();
@@ -441,6 +443,18 @@ fn parse_prediction(path: &Path, line: usize, raw: &str) -> Result<ParsedPredict
     })
 }
 
+/// A label as the other harnesses write their ground truth (`yes`, `3`, `red`), compared
+/// without case; `None` for labels they have no single answer for (CHAIR).
+fn truth_text(label: &Label) -> Option<String> {
+    match label {
+        Label::YesNo(true) => Some("yes".to_string()),
+        Label::YesNo(false) => Some("no".to_string()),
+        Label::Count(n) => Some(n.to_string()),
+        Label::Word(w) => Some(w.clone()),
+        Label::Objects(_) => None,
+    }
+}
+
 /// Lower case with runs of white space made one space, for comparing question texts.
 fn normalise(s: &str) -> String {
     s.split_whitespace()
@@ -473,6 +487,8 @@ struct Prediction {
     answer: String,
     /// The question text the file gives with the answer, if any.
     question: Option<String>,
+    /// The ground truth the file gives with the answer, if any (other harnesses' files).
+    truth: Option<String>,
     /// Index into the files read.
     file: u32,
     /// The question id.
@@ -499,6 +515,8 @@ pub struct PredictionsFile {
     by_id: FxHashMap<String, u32>,
     preds: Vec<Prediction>,
     tags: Vec<String>,
+    /// The format of each file read.
+    formats: Vec<PredictionFormat>,
     missing: MissingPolicy,
 }
 
@@ -539,19 +557,47 @@ impl PredictionsFile {
         let mut by_id: FxHashMap<String, u32> = FxHashMap::default();
         let mut preds: Vec<Prediction> = Vec::new();
         let mut tags: Vec<String> = Vec::new();
+        let mut formats: Vec<PredictionFormat> = Vec::with_capacity(paths.len());
         let mut digest = Sha256::new();
         for (fi, path) in paths.iter().enumerate() {
             let bytes = std::fs::read(path).map_err(|e| EvalError::io(path, e))?;
             digest.update(Sha256::digest(&bytes));
-            let text = std::str::from_utf8(&bytes).map_err(|e| EvalError::Data {
-                path: path.clone(),
-                message: format!("not UTF-8 text: {e}"),
-            })?;
-            let lines = crate::tasks::numbered_lines(text);
-            by_id.reserve(lines.len());
-            preds.reserve(lines.len());
-            for &(line, raw) in &lines {
-                let p = parse_prediction(path, line, raw)?;
+            let format = crate::interop::detect(path, &bytes);
+            formats.push(format);
+            let text = || {
+                std::str::from_utf8(&bytes).map_err(|e| EvalError::Data {
+                    path: path.clone(),
+                    message: format!("not UTF-8 text: {e}"),
+                })
+            };
+            let records: Vec<Record> = match format {
+                PredictionFormat::Jsonl => crate::tasks::numbered_lines(text()?)
+                    .into_iter()
+                    .map(|(line, raw)| {
+                        parse_prediction(path, line, raw).map(|p| Record {
+                            qid: p.qid,
+                            tag: p.tag,
+                            answer: p.answer,
+                            question: p.question,
+                            truth: None,
+                            line,
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+                PredictionFormat::LmmsEvalSamples => {
+                    crate::interop::read_lmms_eval_samples(path, text()?)?
+                }
+                PredictionFormat::VlmEvalKitTsv => {
+                    crate::interop::read_vlmevalkit_tsv(path, text()?)?
+                }
+                PredictionFormat::VlmEvalKitXlsx => {
+                    crate::interop::read_vlmevalkit_xlsx(path, &bytes)?
+                }
+            };
+            by_id.reserve(records.len());
+            preds.reserve(records.len());
+            for p in records {
+                let line = p.line;
                 let tag = p.tag.or_else(|| file_tags[fi].map(str::to_string));
                 let tag = tag.map(|t| match tags.iter().position(|x| *x == t) {
                     Some(i) => i as u32,
@@ -571,10 +617,12 @@ impl PredictionsFile {
                                     return Err(EvalError::Data {
                                         path: path.clone(),
                                         message: format!(
-                                            "line {line}: question id {} is also answered in {} \
-                                             line {}",
+                                            "{} {line}: question id {} is also answered in {} \
+                                             {} {}",
+                                            format.unit(),
                                             p.qid,
                                             paths[q.file as usize].display(),
+                                            formats[q.file as usize].unit(),
                                             q.line
                                         ),
                                     });
@@ -602,6 +650,7 @@ impl PredictionsFile {
                     tag,
                     answer: p.answer,
                     question: p.question,
+                    truth: p.truth,
                     file: fi as u32,
                     line,
                     next: None,
@@ -621,6 +670,7 @@ impl PredictionsFile {
             by_id,
             preds,
             tags,
+            formats,
             missing: MissingPolicy::Error,
         })
     }
@@ -644,6 +694,20 @@ impl PredictionsFile {
     /// The file a prediction came from.
     fn path_of(&self, p: &Prediction) -> &Path {
         &self.paths[p.file as usize]
+    }
+
+    /// Where a prediction is: `file:line` for JSON lines, `file row N` for sheets.
+    fn location(&self, p: &Prediction) -> String {
+        let f = self.formats[p.file as usize];
+        match f.unit() {
+            "line" => format!("{}:{}", self.path_of(p).display(), p.line),
+            unit => format!("{} {unit} {}", self.path_of(p).display(), p.line),
+        }
+    }
+
+    /// The format of each file read, in order.
+    pub fn formats(&self) -> &[PredictionFormat] {
+        &self.formats
     }
 
     /// Whether a prediction's tag names this split's task (`random` or `pope-random` for
@@ -767,14 +831,32 @@ impl Responder for PredictionsFile {
                 };
                 used[idx] = true;
                 let p = &self.preds[idx];
+                if let Some(truth) = &p.truth {
+                    if let Some(want) = truth_text(&q.label) {
+                        if !truth.trim().eq_ignore_ascii_case(&want) {
+                            return Err(EvalError::Data {
+                                path: self.path_of(p).to_path_buf(),
+                                message: format!(
+                                    "{}: question id {} of {} has ground truth {truth:?} there, \
+                                     but {} line {} says {want:?}; the file answers another \
+                                     question file",
+                                    self.location(p),
+                                    q.question_id,
+                                    s.task,
+                                    s.source.display(),
+                                    q.line
+                                ),
+                            });
+                        }
+                    }
+                }
                 if let Some(text) = &p.question {
                     if !same_question(text, &q.text) {
                         mismatched.push(q.question_id.clone());
                         if first_mismatch.is_none() {
                             first_mismatch = Some(format!(
-                                "{}:{}: question id {} of {} answers {:?}, but {} asks {:?}",
-                                self.path_of(p).display(),
-                                p.line,
+                                "{}: question id {} of {} answers {:?}, but {} asks {:?}",
+                                self.location(p),
                                 q.question_id,
                                 s.task,
                                 text,
@@ -801,6 +883,40 @@ impl Responder for PredictionsFile {
         let other_split = |p: &Prediction| {
             p.tag.is_some() && !splits.iter().any(|s| self.tag_matches(p, &s.task))
         };
+        if let Some(p) = self
+            .preds
+            .iter()
+            .zip(&used)
+            .find(|(p, u)| !**u && !other_split(p) && self.formats[p.file as usize].strict())
+            .map(|(p, _)| p)
+        {
+            let n = self
+                .preds
+                .iter()
+                .zip(&used)
+                .filter(|(p, u)| !**u && !other_split(p))
+                .count();
+            return Err(EvalError::Data {
+                path: self.path_of(p).to_path_buf(),
+                message: format!(
+                    "{}: question id {}{} matches no question of the task ({} of the file's \
+                     answers match none; this is the first): the {} answers another question \
+                     file than {}",
+                    self.location(p),
+                    p.qid,
+                    p.tag
+                        .map(|t| format!(" ({})", self.tags[t as usize]))
+                        .unwrap_or_default(),
+                    n,
+                    self.formats[p.file as usize].name(),
+                    splits
+                        .iter()
+                        .map(|s| s.source.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
         let strays: Vec<String> = self
             .preds
             .iter()

@@ -29,6 +29,9 @@ pub enum ParserKind {
     Count,
     /// Object mentions in a caption ([`crate::chair::ObjectMatcher`]).
     Caption,
+    /// Yes/no by the POPE authors' rule for yes/no labels, else the first colour word
+    /// ([`crate::compositional::parse_short_answer`]).
+    ShortAnswer,
 }
 
 /// Which metrics a task reports.
@@ -41,6 +44,8 @@ pub enum MetricKind {
     Count,
     /// CHAIR_i, CHAIR_s and object recall.
     Chair,
+    /// Accuracy on seen and on held-out colour–shape pairs, and the gap.
+    Compositional,
 }
 
 /// One question file of a task.
@@ -125,6 +130,17 @@ const AUDIO_POPE_ADVERSARIAL: SplitSpec = SplitSpec {
     files: &["audio-pope-adversarial.jsonl"],
 };
 
+const ATTRIBUTE_SEEN: SplitSpec = SplitSpec {
+    task: "attribute",
+    split: "seen",
+    files: &["attribute.jsonl"],
+};
+const COMPOSITIONAL_HELD_OUT: SplitSpec = SplitSpec {
+    task: "compositional-held-out",
+    split: "held-out",
+    files: &["compositional.jsonl"],
+};
+
 const fn pope_task(
     name: &'static str,
     description: &'static str,
@@ -196,6 +212,37 @@ static TASKS: &[TaskSpec] = &[
         metric: MetricKind::Chair,
         candidates: None,
     },
+    TaskSpec {
+        name: "compositional",
+        description: "Colour-shape pairs seen in training (attribute.jsonl) vs held out \
+                      (compositional.jsonl): accuracy of each and the gap",
+        media: MediaKind::Image,
+        splits: &[ATTRIBUTE_SEEN, COMPOSITIONAL_HELD_OUT],
+        prompt_template: "{question}",
+        parser: ParserKind::ShortAnswer,
+        metric: MetricKind::Compositional,
+        candidates: None,
+    },
+    TaskSpec {
+        name: "compositional-held-out",
+        description: "Questions about colour-shape pairs never seen in training",
+        media: MediaKind::Image,
+        splits: &[COMPOSITIONAL_HELD_OUT],
+        prompt_template: "{question}",
+        parser: ParserKind::ShortAnswer,
+        metric: MetricKind::Compositional,
+        candidates: None,
+    },
+    TaskSpec {
+        name: "attribute",
+        description: "The same questions about colour-shape pairs seen in training (the control)",
+        media: MediaKind::Image,
+        splits: &[ATTRIBUTE_SEEN],
+        prompt_template: "{question}",
+        parser: ParserKind::ShortAnswer,
+        metric: MetricKind::Compositional,
+        candidates: None,
+    },
     pope_task(
         "audio-pope",
         "POPE for sounds, all three splits (random, popular, adversarial)",
@@ -265,6 +312,8 @@ pub enum Label {
     Count(u32),
     /// CHAIR: the objects truly present.
     Objects(Vec<String>),
+    /// A short answer (compositional tasks): `yes`, `no` or a colour word, lower case.
+    Word(String),
 }
 
 impl Label {
@@ -275,6 +324,7 @@ impl Label {
             Label::YesNo(false) => Value::from("no"),
             Label::Count(n) => Value::from(*n),
             Label::Objects(o) => Value::from(o.clone()),
+            Label::Word(w) => Value::from(w.clone()),
         }
     }
 
@@ -295,6 +345,12 @@ impl Label {
                 n.map(Label::Count)
                     .ok_or_else(|| format!("expected a non-negative integer count, found {v}"))
             }
+            MetricKind::Compositional => match v.as_str().map(|s| s.trim().to_lowercase()) {
+                Some(s) if !s.is_empty() => Ok(Label::Word(s)),
+                _ => Err(format!(
+                    "expected a short answer (\"yes\", \"no\" or a colour), found {v}"
+                )),
+            },
             MetricKind::Chair => match v.as_array() {
                 Some(items) => items
                     .iter()

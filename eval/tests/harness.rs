@@ -82,6 +82,7 @@ fn oracle_scores_perfectly_on_every_task() {
                 assert_eq!(c.recall.value, 1.0);
                 assert!(c.mentions > 0);
             }
+            Metrics::Compositional(_) => unreachable!("not among the tasks run here"),
         }
         assert_eq!(r.counts.fresh + r.counts.from_cache, r.counts.questions);
         // `pope-adversarial` reuses the oracle's cached answers from the `pope` run.
@@ -703,4 +704,138 @@ fn tables_and_comparison() {
     insta::assert_snapshot!("chair_random", format_table(&ch));
     let table = compare(std::slice::from_ref(&o.results_dir)).unwrap();
     insta::assert_snapshot!("compare", table);
+
+    // The same comparison as Markdown, CSV and JSON.
+    let dirs = std::slice::from_ref(&o.results_dir);
+    let md = mmlab_eval::compare_as(dirs, mmlab_eval::CompareFormat::Markdown).unwrap();
+    insta::assert_snapshot!("compare_md", md);
+    let csv = mmlab_eval::compare_as(dirs, mmlab_eval::CompareFormat::Csv).unwrap();
+    let blocks: Vec<&str> = csv.split("\n\n").collect();
+    // POPE (2 results x 4 rows), counting (1), CHAIR (1): a header and its rows each.
+    assert_eq!(blocks.len(), 3, "{csv}");
+    assert_eq!(blocks[0].trim_end().lines().count(), 1 + 8, "{csv}");
+    assert!(
+        blocks[0].starts_with("section,model,task,tier,run,split,accuracy"),
+        "{csv}"
+    );
+    let header_cols = blocks[0].lines().next().unwrap().split(',').count();
+    for b in &blocks {
+        let mut lines = b.trim_end().lines();
+        let n = lines.next().unwrap().split(',').count();
+        for l in lines {
+            // Fields with commas (intervals like "0.5 [0.4, 0.6]") are quoted.
+            let mut fields = 0;
+            let mut quoted = false;
+            for c in l.chars() {
+                match c {
+                    '"' => quoted = !quoted,
+                    ',' if !quoted => fields += 1,
+                    _ => {}
+                }
+            }
+            assert_eq!(fields + 1, n, "{l}");
+        }
+    }
+    assert_eq!(header_cols, 4 + 1 + 8 + 2);
+    let json = mmlab_eval::compare_as(dirs, mmlab_eval::CompareFormat::Json).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    let tasks: Vec<&str> = rows.iter().map(|r| r["task"].as_str().unwrap()).collect();
+    assert_eq!(tasks.iter().filter(|t| **t == "pope").count(), 2);
+    assert!(rows.iter().any(|r| r["metrics"]["kind"] == "count"));
+    assert!("yaml".parse::<mmlab_eval::CompareFormat>().is_err());
+}
+
+#[test]
+fn compositional_accuracy_on_seen_and_held_out_pairs_and_the_gap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("questions")).unwrap();
+    let q = |id: u32, img: &str, text: &str, label: &str| {
+        format!(
+            "{{\"question_id\": {id}, \"image\": \"{img}\", \"text\": \"{text}\", \"label\": \"{label}\"}}\n"
+        )
+    };
+    let seen = [
+        q(1, "0.png", "Is there a red circle in the image?", "yes"),
+        q(2, "0.png", "What colour is the circle?", "red"),
+        q(3, "0.png", "Is there an orange star in the image?", "no"),
+        q(4, "1.png", "Is there a blue heart in the image?", "yes"),
+        q(5, "1.png", "What colour is the heart?", "blue"),
+        q(6, "1.png", "Is there a pink ring in the image?", "no"),
+    ]
+    .concat();
+    let held = [
+        q(1, "7.png", "Is there a red ring in the image?", "yes"),
+        q(2, "7.png", "What colour is the ring?", "red"),
+        q(3, "7.png", "Is there a purple plus in the image?", "no"),
+        q(4, "8.png", "Is there a yellow square in the image?", "yes"),
+        q(5, "8.png", "What colour is the square?", "blue"),
+        q(6, "8.png", "Is there a green star in the image?", "no"),
+        q(7, "9.png", "What colour is the diamond?", "pink"),
+    ]
+    .concat();
+    std::fs::write(data.join("questions/attribute.jsonl"), seen).unwrap();
+    std::fs::write(data.join("questions/compositional.jsonl"), held).unwrap();
+    // Seen: all six right. Held-out: yes/no 2 of 4 (ids 1, 3 right; 4, 6 wrong), colour 1 of 3
+    // (red right, "cyan" for blue wrong, no colour named for pink: unparsed, wrong).
+    let a = |task: &str, id: u32, answer: &str| {
+        format!("{{\"question_id\": {id}, \"task\": \"{task}\", \"answer\": \"{answer}\"}}\n")
+    };
+    let preds = [
+        a("attribute", 1, "Yes."),
+        a("attribute", 2, "Red."),
+        a("attribute", 3, "No"),
+        a("attribute", 4, "yes"),
+        a("attribute", 5, "It is blue."),
+        a("attribute", 6, "No, there is not."),
+        a("compositional-held-out", 1, "Yes"),
+        a("compositional-held-out", 2, "It is red."),
+        a("compositional-held-out", 3, "No"),
+        a("compositional-held-out", 4, "No"),
+        a("compositional-held-out", 5, "cyan"),
+        a("compositional-held-out", 6, "Yes"),
+        a("compositional-held-out", 7, "I cannot tell"),
+    ]
+    .concat();
+    let pf_path = tmp.path().join("preds.jsonl");
+    std::fs::write(&pf_path, preds).unwrap();
+    let mut pf = mmlab_eval::PredictionsFile::open(&pf_path).unwrap();
+    let r = run_task("compositional", &data, &mut pf, &opts(tmp.path())).unwrap();
+    let Metrics::Compositional(c) = &r.metrics else {
+        panic!("{:?}", r.metrics)
+    };
+    let (s, h) = (&c.splits[0], &c.splits[1]);
+    assert_eq!((s.split.as_str(), h.split.as_str()), ("seen", "held-out"));
+    assert_eq!((s.n, s.correct, h.n, h.correct), (6, 6, 7, 3));
+    assert_eq!(s.accuracy.value, 1.0);
+    assert_eq!(h.accuracy.value, 3.0 / 7.0);
+    assert_eq!(h.yes_no_accuracy.value, 0.5);
+    // Present pairs: ids 1 (right) and 4 (wrong); absent: 3 (right) and 6 (wrong).
+    assert_eq!(h.present_accuracy.value, 0.5);
+    assert_eq!(h.absent_accuracy.value, 0.5);
+    assert_eq!((h.present.n, h.present.correct), (2, 1));
+    assert_eq!((s.absent.n, s.absent.correct), (2, 2));
+    assert_eq!(h.colour_accuracy.value, 1.0 / 3.0);
+    assert_eq!(h.unparsed, 1);
+    let g = c.gap.as_ref().unwrap();
+    assert_eq!(g.accuracy.value, 1.0 - 3.0 / 7.0);
+    assert_eq!(g.yes_no.value, 0.5);
+    assert_eq!(g.present.value, 0.5);
+    assert_eq!(g.absent.value, 0.5);
+    assert_eq!(g.colour.value, 1.0 - 1.0 / 3.0);
+    assert!(g.accuracy.low <= g.accuracy.value && g.accuracy.value <= g.accuracy.high);
+    let table = format_table(&r);
+    assert!(table.contains("gap (seen - held-out)"), "{table}");
+    // Each split alone is its own task; the held-out one reuses the cached answers.
+    let alone = run_task("compositional-held-out", &data, &mut pf, &opts(tmp.path())).unwrap();
+    let Metrics::Compositional(c1) = &alone.metrics else {
+        panic!()
+    };
+    assert_eq!(c1.splits.len(), 1);
+    assert!(c1.gap.is_none());
+    assert_eq!(c1.splits[0].accuracy.value, 3.0 / 7.0);
+    let seen_only = run_task("attribute", &data, &mut pf, &opts(tmp.path())).unwrap();
+    assert_eq!(seen_only.counts.from_cache, 6);
 }

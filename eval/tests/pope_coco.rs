@@ -222,3 +222,128 @@ fn untagged_predictions_for_three_splits_are_refused() {
         "{err}"
     );
 }
+
+/// The committed sample of the official random split (`docs/pope-coco`, 300 questions).
+fn committed_random() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/pope-coco/coco_pope_random.json")
+}
+
+/// Answer styles, question id `q` gets style `(q - 1) % 13`, with each harness's reading
+/// decided by hand from its rule (y = yes, n = no, o = neither / Unknown):
+/// (answer, POPE authors, lmms-eval, VLMEvalKit).
+const STYLES: [(&str, char, char, char); 13] = [
+    ("Yes.", 'y', 'o', 'y'), // lmms-eval: "yes." is not "yes"
+    ("yes", 'y', 'y', 'y'),
+    ("No, there is not.", 'n', 'o', 'n'),
+    ("There is a dog.", 'y', 'o', 'o'), // authors: no No/not/no word, so yes
+    ("I cannot tell", 'y', 'o', 'o'),   // "cannot" is not "not"
+    ("YES", 'y', 'y', 'y'),
+    ("no.", 'n', 'o', 'n'),  // VLMEvalKit deletes the period
+    ("", 'y', 'o', 'o'),     // authors: the empty answer is a yes
+    (" No ", 'n', 'n', 'n'), // lmms-eval strips the spaces
+    ("Yes, there is no doubt.", 'n', 'o', 'o'), // a `no` word beats the `yes`; both words
+    ("No", 'n', 'n', 'n'),
+    ("Yes: a snowboard", 'y', 'o', 'o'), // VLMEvalKit keeps ':', so the word is `yes:`
+    ("Nope.", 'y', 'o', 'o'),
+];
+
+#[test]
+fn three_readings_match_each_harness_rule_by_hand() {
+    let questions = committed_random();
+    let tmp = tempfile::tempdir().unwrap();
+    let preds = tmp.path().join("styles.jsonl");
+    let mut s = String::new();
+    for line in std::fs::read_to_string(&questions).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let q = v["question_id"].as_u64().unwrap();
+        let a = STYLES[((q - 1) % 13) as usize].0;
+        writeln!(s, "{}", serde_json::json!({"question_id": q, "answer": a})).unwrap();
+    }
+    std::fs::write(&preds, s).unwrap();
+    let o = RunOptions {
+        results_dir: tmp.path().join("results"),
+        cache_dir: tmp.path().join("cache"),
+        ..RunOptions::default()
+    };
+    let mut pf = PredictionsFile::open(&preds).unwrap();
+    let r = run_task("pope-random", &questions, &mut pf, &o).unwrap();
+    let split = &pope(&r).splits[0];
+    assert_eq!(split.n, 300);
+
+    // The labels alternate (odd ids yes), so over the 300 ids style k gets 12 yes and 12 no
+    // questions for k = 0, 11 yes and 12 no for odd k, 12 yes and 11 no for even k >= 2.
+    // Counting each style's questions into (label, reading) by the table above gives, for the
+    // POPE authors: TP 91 (styles 0,1,3,4,5,7,11,12 on yes), FN 59, FP 94, TN 56.
+    let c = &split.confusion;
+    assert_eq!((c.tp, c.fn_, c.fp, c.tn), (91, 59, 94, 56));
+    assert_eq!(split.accuracy.value, 147.0 / 300.0);
+    assert_eq!(split.yes_ratio.value, 185.0 / 300.0);
+
+    let readings = split
+        .readings
+        .as_ref()
+        .expect("POPE results carry the readings");
+    // lmms-eval: only "yes" (style 1) and "YES" (5) read yes, " No " (8) and "No" (10) read no:
+    // TP 11 + 11, FP 12 + 12, TN 11 + 11, FN 12 + 12; the other 208 answers are neither.
+    let l = &readings.lmms_eval;
+    let lc = &l.counts;
+    assert_eq!(
+        (lc.tp, lc.fn_, lc.other_yes, lc.fp, lc.tn, lc.other_no),
+        (22, 24, 104, 24, 22, 104)
+    );
+    assert_eq!(l.unknown, 208);
+    assert_eq!(l.accuracy.value, 44.0 / 300.0);
+    assert_eq!(l.precision.value, 22.0 / 46.0);
+    // Recall counts only exact "no" answers as misses: 22 / (22 + 24).
+    assert_eq!(l.recall.value, 22.0 / 46.0);
+    let (p, rc) = (22.0 / 46.0, 22.0 / 46.0);
+    assert_eq!(l.f1.value, 2.0 * (p * rc) / (p + rc));
+    // Its yes-ratio is the ground truth's: 150 of 300, whatever was answered.
+    assert_eq!(l.yes_ratio.value, 0.5);
+    assert_eq!(l.yes_ratio_of, "ground truth (lmms-eval)");
+
+    // VLMEvalKit: yes for styles 0, 1, 5; no for 2, 6, 8, 10; Unknown for the other six.
+    let v = &readings.vlmevalkit;
+    let vc = &v.counts;
+    assert_eq!(
+        (vc.tp, vc.fn_, vc.other_yes, vc.fp, vc.tn, vc.other_no),
+        (34, 48, 68, 36, 44, 70)
+    );
+    assert_eq!(v.unknown, 138);
+    assert_eq!(v.accuracy.value, 78.0 / 300.0);
+    assert_eq!(v.precision.value, 34.0 / 70.0);
+    // An Unknown on a yes question is a miss: recall over all 150 yes questions.
+    assert_eq!(v.recall.value, 34.0 / 150.0);
+    let (p, rc) = (34.0 / 70.0, 34.0 / 150.0);
+    assert_eq!(v.f1.value, 2.0 * (p * rc) / (p + rc));
+    assert_eq!(v.yes_ratio.value, 70.0 / 300.0);
+    assert_eq!(v.yes_ratio_of, "predictions");
+
+    // Every sample records each reading, as the table above says.
+    let samples = mmlab_eval::read_samples(
+        &Path::new(r.result_file.as_ref().unwrap())
+            .parent()
+            .unwrap()
+            .join(r.samples_file.as_ref().unwrap()),
+    )
+    .unwrap();
+    let code = |r: Option<mmlab_eval::Reading>| match r.unwrap() {
+        mmlab_eval::Reading::Yes => 'y',
+        mmlab_eval::Reading::No => 'n',
+        mmlab_eval::Reading::Other => 'o',
+    };
+    for smp in &samples {
+        let q: usize = smp.question_id.parse().unwrap();
+        let (answer, authors, lmms, vlm) = STYLES[(q - 1) % 13];
+        assert_eq!(smp.answer, answer);
+        assert_eq!(smp.parsed, if authors == 'y' { "yes" } else { "no" }, "{q}");
+        assert_eq!(code(smp.lmms_eval), lmms, "{q} {answer:?}");
+        assert_eq!(code(smp.vlmevalkit), vlm, "{q} {answer:?}");
+    }
+
+    // The table shows all three, naming what lmms-eval's yes-ratio is of.
+    let table = mmlab_eval::format_table(&r);
+    assert!(table.contains("lmms-eval exact match"), "{table}");
+    assert!(table.contains("ground truth (lmms-eval)"), "{table}");
+    assert!(table.contains("VLMEvalKit words, no judge"), "{table}");
+}

@@ -3,10 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::bail;
+use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mmlab_eval::{
-    compare, format_table, merge, parse_shard, task, tasks, AnswerMode, PredictionsFile, Responder,
-    RunOptions,
+    compare_as, compare_results, format_table, merge, parse_shard, task, tasks, AnswerMode,
+    CompareFormat, PredictionsFile, Responder, RunOptions, TaskResult,
 };
 
 use crate::eval_data::DefaultDataEvent;
@@ -14,19 +15,40 @@ use crate::model::resolve::{load_model_as, parse_dtype};
 use crate::model::responder::ModelResponder;
 use crate::openai::{ClientOptions, OpenAiResponder};
 
+/// What `mmlab eval --help` says after the options: the three readings of a POPE answer.
+const READINGS_HELP: &str = "\
+Every POPE run reads each raw answer three ways, side by side in the table and the result file:
+  POPE authors (headline)     the POPE authors' evaluate.py: first sentence, commas removed,
+                              any word No/not/no => no, else yes (\"I cannot tell\" is a yes)
+  lmms-eval exact match       lmms-eval's lmms_eval/tasks/pope/utils.py: answer.lower().strip()
+                              must be exactly yes or no (\"Yes.\" is neither, counted wrong);
+                              its yes-ratio is of the ground truth (always ~0.5 on POPE)
+  VLMEvalKit words, no judge  VLMEvalKit's YOrN_Extraction (vlmeval/dataset/utils/yorn.py)
+                              without its LLM judge: yes xor no among the words, else Unknown
+                              (counted wrong); its yes-ratio is ours, of the predictions
+A POPE run also writes <result>.lmms-eval.json beside its result: lmms-eval's results.json
+layout with lmms-eval's reading.
+
+Several tasks and models in one call run the grid, one result per pair, and print one table:
+  mmlab eval pope,count,chair --model fuyu-small,llava-small";
+
 /// Arguments of `mmlab eval`.
 #[derive(Clone, Debug, clap::Args)]
-#[command(args_conflicts_with_subcommands = true)]
+#[command(args_conflicts_with_subcommands = true, after_long_help = READINGS_HELP)]
 pub struct EvalArgs {
     /// `tasks`, `compare` or `merge` instead of a task.
     #[command(subcommand)]
     pub action: Option<EvalAction>,
-    /// Task to run: pope, pope-random, pope-popular, pope-adversarial, count, chair, audio-pope, audio-count.
+    /// Task to run: pope, pope-random, pope-popular, pope-adversarial, count, chair,
+    /// compositional (seen vs held-out colour-shape pairs, and the gap), compositional-held-out,
+    /// attribute, audio-pope, audio-count; several joined by commas run each.
     pub task: Option<String>,
     /// Preset name, model directory, a served model (`openai:URL`, e.g.
     /// `openai:http://127.0.0.1:8000/v1`, any OpenAI-compatible chat completions server), or a
-    /// predictions file (JSON lines keyed by question_id; needs --data; several files joined by
-    /// commas, one per split, each named after its split).
+    /// predictions file (needs --data): JSON lines keyed by question_id, lmms-eval's
+    /// samples_<task>.jsonl, or a VLMEvalKit sheet (.xlsx, .tsv; its `index` must be the
+    /// question id). Several predictions files joined by commas are one per split, each named
+    /// after its split; several models joined by commas run each.
     #[arg(long)]
     pub model: Option<String>,
     /// Dataset folder or question file (default: the synthetic test set, generated once from a fixed seed).
@@ -94,6 +116,10 @@ pub enum EvalAction {
     Compare {
         /// Result files or folders (default: results/).
         paths: Vec<PathBuf>,
+        /// text (aligned columns), md (Markdown tables), csv (one block per section) or json
+        /// (one object per result with its full metrics).
+        #[arg(long, default_value = "text")]
+        format: CompareFormat,
     },
     /// Combine shard result files into one result.
     Merge {
@@ -190,17 +216,17 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     match &args.action {
         Some(EvalAction::Tasks) => {
             for t in tasks() {
-                println!("{:<18} {}", t.name, t.description);
+                println!("{:<24} {}", t.name, t.description);
             }
             return Ok(());
         }
-        Some(EvalAction::Compare { paths }) => {
+        Some(EvalAction::Compare { paths, format }) => {
             let paths = if paths.is_empty() {
                 vec![args.results.clone()]
             } else {
                 paths.clone()
             };
-            print!("{}", compare(&paths)?);
+            print!("{}", compare_as(&paths, *format)?);
             return Ok(());
         }
         Some(EvalAction::Merge { paths }) => {
@@ -210,14 +236,75 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         }
         None => {}
     }
-    let Some(task_name) = &args.task else {
+    let Some(task_arg) = &args.task else {
         bail!("name a task (`mmlab eval tasks` lists them), e.g. `mmlab eval pope --model fuyu-small`");
     };
-    let Some(model) = &args.model else {
+    let Some(model_arg) = &args.model else {
         bail!("--model is required: a preset name, a model directory or a predictions file");
     };
-    let spec = task(task_name)?;
+    let task_names: Vec<&str> = task_arg.split(',').map(str::trim).collect();
+    if task_names.iter().any(|t| t.is_empty()) {
+        bail!("task list `{task_arg}` has an empty name; join task names with commas, e.g. pope,count");
+    }
+    for t in &task_names {
+        task(t)?;
+    }
+    // Several predictions files joined by commas are one responder (one file per split);
+    // otherwise commas join models.
+    let models: Vec<String> = if predictions_files(model_arg).is_some() {
+        vec![model_arg.clone()]
+    } else {
+        model_arg.split(',').map(|m| m.trim().to_string()).collect()
+    };
+    if models.iter().any(String::is_empty) {
+        bail!("model list `{model_arg}` has an empty name");
+    }
+    if task_names.len() == 1 && models.len() == 1 {
+        let result = run_one(args, task_names[0], &models[0])?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&result)?);
+        } else {
+            print!("{}", format_table(&result));
+            println!("data: {}", result.config.data);
+        }
+        return Ok(());
+    }
+    // The grid: each model loaded once, each task run on it, one result per pair.
+    let mut results: Vec<TaskResult> = Vec::new();
+    for model in &models {
+        let mut resp = responder(model, args, args.data.is_some())
+            .with_context(|| format!("loading model {model}"))?;
+        for t in &task_names {
+            eprintln!("{t} · {model}");
+            let r = run_with(args, t, resp.as_mut())
+                .with_context(|| format!("task {t} with model {model}"))?;
+            if let Some(f) = &r.result_file {
+                eprintln!("  wrote {f}");
+            }
+            results.push(r);
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        print!("{}", compare_results(&results));
+    }
+    Ok(())
+}
+
+/// Run one task on one model and return its result (written as usual).
+fn run_one(args: &EvalArgs, task_name: &str, model: &str) -> anyhow::Result<TaskResult> {
     let mut resp = responder(model, args, args.data.is_some())?;
+    run_with(args, task_name, resp.as_mut())
+}
+
+/// Run one task on a responder with the command's settings; warnings go to stderr.
+fn run_with(
+    args: &EvalArgs,
+    task_name: &str,
+    resp: &mut dyn Responder,
+) -> anyhow::Result<TaskResult> {
+    let spec = task(task_name)?;
     let data = match &args.data {
         Some(d) => d.clone(),
         None => default_data(spec.media == mmlab_eval::tasks::MediaKind::Audio)?,
@@ -249,16 +336,10 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         use_cache: !args.no_cache,
         ..RunOptions::default()
     };
-    let result = mmlab_eval::run_task(task_name, &data, resp.as_mut(), &opts)?;
+    let result = mmlab_eval::run_task(task_name, &data, resp, &opts)?;
     bar.finish_and_clear();
     for w in &result.warnings {
         eprintln!("warning: {w}");
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
-    } else {
-        print!("{}", format_table(&result));
-        println!("data: {}", data.display());
-    }
-    Ok(())
+    Ok(result)
 }

@@ -210,6 +210,11 @@ pub fn metric_values(r: &TaskResult) -> BTreeMap<String, f64> {
             m.insert(format!("{}:mae", c.task), c.mae.value);
         }
         Metrics::Chair(_) => {}
+        Metrics::Compositional(c) => {
+            for s in &c.splits {
+                m.insert(format!("{}:acc", s.task), s.accuracy.value);
+            }
+        }
     }
     m
 }
