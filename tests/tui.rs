@@ -831,3 +831,58 @@ fn a_growing_training_log_updates_in_place_with_its_rate_eta_and_a_nan_alarm() {
 fn root_fixture_model() -> PathBuf {
     root().join("models/fuyu-tiny-a")
 }
+
+#[test]
+fn a_studys_runs_table_puts_settings_beside_results_sorted_by_the_chosen_column() {
+    let ws = workspace();
+    let runs = &ws.studies[0].runs;
+    assert!(runs.len() >= 8, "{} runs in the fixture", runs.len());
+    let mut d = Dashboard::new(workspace());
+    d.tab = 3;
+    d.key(key(KeyCode::Down));
+    d.key(key(KeyCode::Char('r')));
+    insta::assert_snapshot!(
+        "dashboard_study_runs_80x24",
+        draw(80, 24, |f| d.render(f, f.area())).0
+    );
+    // Tall enough for every run.
+    let screen = draw(100, 40, |f| d.render(f, f.area())).0;
+    assert!(screen.contains("toy-scaling · 18 runs"), "{screen}");
+    assert!(screen.contains("loss▼"), "{screen}");
+    // Data rows start under the header; the first has the lowest held-out loss, the last the
+    // highest.
+    let rows: Vec<&str> = screen
+        .lines()
+        .skip(5)
+        .filter(|l| l.contains(" d32 ") || l.contains(" d48 "))
+        .collect();
+    assert_eq!(rows.len(), runs.len(), "{screen}");
+    let best = runs
+        .iter()
+        .map(|r| r.val.image_loss)
+        .fold(f64::INFINITY, f64::min);
+    assert!(rows[0].contains(&format!("{best:.3}")), "{screen}");
+    let worst = runs.iter().map(|r| r.val.image_loss).fold(0.0, f64::max);
+    assert!(
+        rows[rows.len() - 1].contains(&format!("{worst:.3}")),
+        "{screen}"
+    );
+    // → sorts by POPE accuracy, highest first.
+    d.key(key(KeyCode::Right));
+    let screen = draw(100, 40, |f| d.render(f, f.area())).0;
+    assert!(screen.contains("POPE▼"), "{screen}");
+    let top = runs
+        .iter()
+        .filter_map(|r| r.test("pope_accuracy"))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let first = screen
+        .lines()
+        .skip(5)
+        .find(|l| l.contains(" d32 ") || l.contains(" d48 "))
+        .unwrap();
+    assert!(first.contains(&format!("{top:.3}")), "{screen}");
+    // r goes back to the frontier.
+    d.key(key(KeyCode::Char('r')));
+    let screen = draw(80, 24, |f| d.render(f, f.area())).0;
+    assert!(screen.contains("held-out loss vs FLOPs"), "{screen}");
+}

@@ -80,7 +80,26 @@ pub struct Dashboard {
     pub curve_kind: usize,
     /// Ablations tab selection.
     pub ablation: usize,
+    /// On a study: its runs table (settings beside results) instead of the frontier.
+    pub study_runs: bool,
+    /// Column the runs table is sorted by (index into `RUN_COLUMNS`).
+    pub run_sort: usize,
+    /// Runs table selection.
+    pub runs_table: TableState,
 }
+
+/// The study runs table: (header, value of a run, best first when sorted: lowest or highest).
+type RunValue = fn(&super::workspace::StudyRun) -> Option<f64>;
+const RUN_COLUMNS: [(&str, RunValue, bool); 8] = [
+    ("params", |r| Some(r.parameters as f64), false),
+    ("budget", |r| Some(r.settings.key.budget), false),
+    ("LR", |r| Some(r.settings.key.lr), false),
+    ("loss", |r| Some(r.val.image_loss), false),
+    ("POPE", |r| r.test("pope_accuracy"), true),
+    ("F1", |r| r.test("pope_f1"), true),
+    ("count", |r| r.test("count_accuracy"), true),
+    ("secs", |r| Some(r.train_seconds), false),
+];
 
 fn fmt_count(v: f64) -> String {
     match v.abs() {
@@ -143,6 +162,9 @@ impl Dashboard {
             curve_sel: 0,
             curve_kind: 0,
             ablation: 0,
+            study_runs: false,
+            run_sort: 3,
+            runs_table: TableState::default().with_selected(Some(0)),
         };
         d.sort();
         d
@@ -276,6 +298,24 @@ impl Dashboard {
                 KeyCode::Char('m') => self.curve_kind = (self.curve_kind + 1) % CURVES.len(),
                 _ => {}
             },
+            _ if self.on_study() && k.code == KeyCode::Char('r') => {
+                self.study_runs = !self.study_runs;
+            }
+            _ if self.on_study() && self.study_runs => {
+                let n = self.study_run_order().len();
+                match k.code {
+                    _ if up || down => Self::move_sel(&mut self.runs_table, n, down),
+                    KeyCode::Left | KeyCode::Char('h') => {
+                        self.run_sort =
+                            (self.run_sort + RUN_COLUMNS.len()) % (RUN_COLUMNS.len() + 1);
+                    }
+                    KeyCode::Right | KeyCode::Char('l') | KeyCode::Char('s') => {
+                        self.run_sort = (self.run_sort + 1) % (RUN_COLUMNS.len() + 1);
+                    }
+                    KeyCode::Enter => self.study_runs = false,
+                    _ => {}
+                }
+            }
             _ => {
                 if up {
                     self.ablation = self.ablation.saturating_sub(1);
@@ -324,6 +364,10 @@ impl Dashboard {
             0 => " Tab/1-4 tabs  ↑↓ model  Enter inspect  q quit",
             1 => " Tab/1-4 tabs  ↑↓ model  ←→ sort column / chart  Enter inspect  q quit",
             2 => " Tab/1-4 tabs  ↑↓ model  Space overlay  m quantity  q quit",
+            _ if self.on_study() && self.study_runs => {
+                " Tab/1-4 tabs  ↑↓ run  ←→ sort column  r frontier  q quit"
+            }
+            _ if self.on_study() => " Tab/1-4 tabs  ↑↓ ablation  r runs table  q quit",
             _ => " Tab/1-4 tabs  ↑↓ ablation  q quit",
         };
         f.render_widget(
@@ -801,11 +845,127 @@ impl Dashboard {
         );
     }
 
-    fn render_ablations(&mut self, f: &mut Frame, area: Rect) {
-        if let Some(k) = self.ablation.checked_sub(self.ws.ablations.len()) {
-            if k < self.ws.studies.len() {
-                return self.render_study(f, area, k);
+    /// The study shown on the Ablations tab, if the selection is one.
+    fn study_index(&self) -> Option<usize> {
+        self.ablation
+            .checked_sub(self.ws.ablations.len())
+            .filter(|&k| k < self.ws.studies.len())
+    }
+
+    fn on_study(&self) -> bool {
+        self.study_index().is_some()
+    }
+
+    /// The shown study's runs in table order: by the sort column, best first, runs without
+    /// the value last; column `RUN_COLUMNS.len()` sorts by run id.
+    fn study_run_order(&self) -> Vec<usize> {
+        let Some(st) = self.study_index().map(|k| &self.ws.studies[k]) else {
+            return Vec::new();
+        };
+        let key = |r: &super::workspace::StudyRun| r.settings.key.id();
+        let mut order: Vec<usize> = (0..st.runs.len()).collect();
+        match RUN_COLUMNS.get(self.run_sort) {
+            None => order.sort_by_key(|&i| key(&st.runs[i])),
+            Some(&(_, value, higher_better)) => order.sort_by(|&a, &b| {
+                let (x, y) = (value(&st.runs[a]), value(&st.runs[b]));
+                match (x, y) {
+                    (Some(x), Some(y)) if higher_better => y.total_cmp(&x),
+                    (Some(x), Some(y)) => x.total_cmp(&y),
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (None, None) => std::cmp::Ordering::Equal,
+                }
+                .then_with(|| key(&st.runs[a]).cmp(&key(&st.runs[b])))
+            }),
+        }
+        order
+    }
+
+    /// The hparams view of a study: every finished run, its settings beside its results.
+    fn render_study_runs(&mut self, f: &mut Frame, area: Rect, k: usize) {
+        let order = self.study_run_order();
+        let st = &self.ws.studies[k];
+        let mark = |c: usize, name: &str| {
+            if c == self.run_sort {
+                format!("{name}▼")
+            } else {
+                name.to_string()
             }
+        };
+        let mut header = vec![Cell::from(mark(RUN_COLUMNS.len(), "run"))];
+        header.extend(
+            RUN_COLUMNS
+                .iter()
+                .enumerate()
+                .map(|(c, (n, _, _))| Cell::from(mark(c, n))),
+        );
+        let rows: Vec<Row> = order
+            .iter()
+            .map(|&i| {
+                let r = &st.runs[i];
+                let k = &r.settings.key;
+                // Budget and LR have their own columns.
+                // Short enough for 80 columns: `al.` aligned tier, `free`, `swp` the LR sweep.
+                let place = match k.phase {
+                    crate::ablate::study::Phase::Sweep => "swp",
+                    crate::ablate::study::Phase::Grid if st.spec.tiers.first() == Some(&k.tier) => {
+                        "al."
+                    }
+                    crate::ablate::study::Phase::Grid => "free",
+                };
+                let mut cells = vec![Cell::from(format!("{place} {} d{}", k.design, k.width))];
+                for (c, (_, value, _)) in RUN_COLUMNS.iter().enumerate() {
+                    cells.push(Cell::from(match value(r) {
+                        None => "-".to_string(),
+                        Some(v) => match c {
+                            0 => fmt_count(v),
+                            1 | 2 => format!("{v:.1e}"),
+                            7 => format!("{v:.0}"),
+                            _ => format!("{v:.3}"),
+                        },
+                    }));
+                }
+                let style = if r.settings.key.design == "native" {
+                    Style::new().fg(Color::Cyan)
+                } else {
+                    Style::new().fg(Color::Magenta)
+                };
+                Row::new(cells).style(style)
+            })
+            .collect();
+        let widths = [
+            Constraint::Fill(1),
+            Constraint::Length(7),
+            Constraint::Length(6),
+            Constraint::Length(6),
+            Constraint::Length(6),
+            Constraint::Length(6),
+            Constraint::Length(6),
+            Constraint::Length(6),
+            Constraint::Length(6),
+        ];
+        f.render_stateful_widget(
+            Table::new(rows, widths)
+                .header(Row::new(header).style(Style::new().add_modifier(Modifier::BOLD)))
+                .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+                .block(Block::default().borders(Borders::ALL).title(format!(
+                    " {} · {} runs · loss: held-out, validation seed · POPE acc., F1, count: \
+                     test seed · al. aligned, swp LR sweep ",
+                    st.spec.name,
+                    st.runs.len()
+                ))),
+            area,
+            &mut self.runs_table,
+        );
+    }
+
+    fn render_ablations(&mut self, f: &mut Frame, area: Rect) {
+        if let Some(k) = self.study_index() {
+            return if self.study_runs {
+                self.render_study_runs(f, area, k)
+            } else {
+                self.render_study(f, area, k)
+            };
         }
         let Some(ab) = self.ws.ablations.get(self.ablation) else {
             f.render_widget(

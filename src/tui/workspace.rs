@@ -358,6 +358,54 @@ pub struct StudyEntry {
     pub spec: crate::ablate::study::StudySpec,
     /// Its analysis.
     pub analysis: crate::ablate::study::report::Analysis,
+    /// Its finished runs, settings beside results (`runs/*/result.json`), in id order.
+    pub runs: Vec<StudyRun>,
+}
+
+/// One finished run of a study: what it was (design, size, budget, LR, tier) and what it
+/// measured; the rows of the dashboard's hparams table.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+pub struct StudyRun {
+    /// What the run was.
+    pub settings: StudyRunSettings,
+    /// Parameters of the model.
+    pub parameters: usize,
+    /// Training FLOPs spent.
+    pub flops: f64,
+    /// Wall seconds of training.
+    pub train_seconds: f64,
+    /// The final held-out measurement (validation seed).
+    pub val: StudyRunVal,
+    /// Test-seed metrics by name (`pope_accuracy`, `count_accuracy`, ...).
+    pub test: BTreeMap<String, StudyMeasured>,
+}
+
+/// The part of a run's settings the table shows.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+pub struct StudyRunSettings {
+    /// Its place in the study.
+    pub key: crate::ablate::study::RunKey,
+}
+
+/// The held-out loss of a run.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+pub struct StudyRunVal {
+    /// Held-out answer loss on the image tasks.
+    pub image_loss: f64,
+}
+
+/// A test metric's value.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+pub struct StudyMeasured {
+    /// The value.
+    pub value: f64,
+}
+
+impl StudyRun {
+    /// A test metric, when measured.
+    pub fn test(&self, name: &str) -> Option<f64> {
+        self.test.get(name).map(|m| m.value)
+    }
 }
 
 /// Everything found in a workspace.
@@ -680,10 +728,22 @@ impl Workspace {
             (Ok(spec), Ok(analysis)) => {
                 let spec: crate::ablate::study::StudySpec = spec;
                 if !self.studies.iter().any(|s| s.spec.name == spec.name) {
+                    let mut runs = Vec::new();
+                    for r in subdirs(&d.join("runs")) {
+                        let p = r.join("result.json");
+                        if !p.is_file() {
+                            continue;
+                        }
+                        match read::<StudyRun>(&p) {
+                            Ok(run) => runs.push(run),
+                            Err(e) => self.problems.push(e),
+                        }
+                    }
                     self.studies.push(StudyEntry {
                         path,
                         spec,
                         analysis,
+                        runs,
                     });
                 }
             }
