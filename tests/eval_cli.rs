@@ -2,6 +2,8 @@
 //! harnesses' prediction files, the three POPE readings in the table, and `eval compare
 //! --format`.
 
+mod common;
+use common::stdout_ok;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -13,17 +15,6 @@ fn mmlab(cwd: &Path, args: &[&str]) -> Output {
         .env("MMLAB_HOME", cwd)
         .output()
         .expect("running mmlab")
-}
-
-fn stdout_ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn repo(path: &str) -> PathBuf {

@@ -2,6 +2,8 @@
 //! are kept apart, bad requests are refused in the OpenAI error shape, and the client retries,
 //! stops with a clear error and resumes from its cache against a misbehaving server.
 
+mod common;
+use common::stdout_ok;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -21,17 +23,6 @@ fn mmlab(cwd: &Path, args: &[&str]) -> Output {
         .env_remove("MMLAB_HOME")
         .output()
         .expect("running mmlab")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A running `mmlab serve`, killed when dropped.
@@ -161,7 +152,7 @@ fn eval_through_serve_answers_exactly_as_the_model_does_directly() {
         "--results",
         "served",
     ];
-    ok(&mmlab(dir.path(), &via));
+    stdout_ok(&mmlab(dir.path(), &via));
     let direct = [
         "eval",
         "pope",
@@ -172,7 +163,7 @@ fn eval_through_serve_answers_exactly_as_the_model_does_directly() {
         "--results",
         "direct",
     ];
-    ok(&mmlab(dir.path(), &direct));
+    stdout_ok(&mmlab(dir.path(), &direct));
     let (a, b) = (
         answers(&dir.path().join("served")),
         answers(&dir.path().join("direct")),
@@ -185,7 +176,7 @@ fn eval_through_serve_answers_exactly_as_the_model_does_directly() {
 fn serve_keeps_eight_concurrent_clients_apart_and_refuses_bad_requests_alone() {
     let dir = tempfile::tempdir().unwrap();
     // The direct answers, and the default test set they come from.
-    ok(&mmlab(
+    stdout_ok(&mmlab(
         dir.path(),
         &[
             "eval",
@@ -491,7 +482,7 @@ fn the_client_retries_a_flaky_server_stops_clearly_on_a_dead_one_and_resumes_fro
         ]
     };
     // Flaky: every question fails once in one of four ways, then is answered.
-    let out = ok(&mmlab(dir.path(), &args("flaky")));
+    let out = stdout_ok(&mmlab(dir.path(), &args("flaky")));
     assert!(out.contains("12 fresh"), "{out}");
     {
         let s = seen.lock().unwrap();
@@ -517,7 +508,7 @@ fn the_client_retries_a_flaky_server_stops_clearly_on_a_dead_one_and_resumes_fro
     // Back up: the rerun asks only what was not answered, and nothing twice.
     *seen.lock().unwrap() = Seen::default();
     *mood.lock().unwrap() = Mood::Fine;
-    let out = ok(&mmlab(dir.path(), &args("dead")));
+    let out = stdout_ok(&mmlab(dir.path(), &args("dead")));
     assert!(out.contains("5 cached, 7 fresh"), "{out}");
     let s = seen.lock().unwrap();
     assert_eq!(s.attempts.len(), 7);

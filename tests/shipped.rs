@@ -3,6 +3,8 @@
 //! directory, the TUI lists each shipped model once, and the README points only inside the
 //! repository.
 
+mod common;
+use common::stdout_ok;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -25,17 +27,6 @@ fn mmlab(cwd: &Path, home: Option<&Path>, args: &[&str]) -> Output {
         None => c.env_remove("MMLAB_HOME"),
     };
     c.output().expect("running mmlab")
-}
-
-fn stdout_ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The `mmlab models` row of `name`, split on whitespace.

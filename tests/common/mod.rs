@@ -1,5 +1,6 @@
-//! Helpers shared by the test crates that check attention kernels against the CPU op
-//! (`tests/kernels.rs`, `tests/cuda.rs`, `tests/cuda_emulated.rs`).
+//! Helpers shared by the test crates: attention kernels against the CPU op
+//! (`tests/kernels.rs`, `tests/cuda.rs`, `tests/cuda_emulated.rs`), and the CLI's output
+//! (`tests/shipped.rs`, `tests/eval_cli.rs`, `tests/serve.rs`).
 #![allow(dead_code)] // each test crate uses its own subset
 
 use candle_core::{Device, Tensor, Var};
@@ -91,4 +92,17 @@ pub fn attention_reference(
         dv: grad(&vc),
         y,
     }
+}
+
+/// The stdout of a command that must have succeeded; on failure, the exit status, stdout and
+/// stderr.
+pub fn stdout_ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
