@@ -170,6 +170,35 @@ fn eval_through_serve_answers_exactly_as_the_model_does_directly() {
     );
     assert_eq!(a.len(), 900, "three splits of 300");
     assert_eq!(a, b, "served answers differ from the direct ones");
+    // Audio travels as `input_audio` parts.
+    let via = [
+        "eval",
+        "audio-pope",
+        "--model",
+        &url,
+        "--limit",
+        "40",
+        "--results",
+        "served-a",
+    ];
+    stdout_ok(&mmlab(dir.path(), &via));
+    let direct = [
+        "eval",
+        "audio-pope",
+        "--model",
+        "fuyu-small",
+        "--limit",
+        "40",
+        "--results",
+        "direct-a",
+    ];
+    stdout_ok(&mmlab(dir.path(), &direct));
+    let (a, b) = (
+        answers(&dir.path().join("served-a")),
+        answers(&dir.path().join("direct-a")),
+    );
+    assert_eq!(a.len(), 120, "three splits of 40");
+    assert_eq!(a, b, "served audio answers differ from the direct ones");
 }
 
 #[test]
