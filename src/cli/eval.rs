@@ -182,13 +182,13 @@ fn served(url: &str, args: &EvalArgs) -> anyhow::Result<OpenAiResponder> {
     OpenAiResponder::new(o)
 }
 
-fn responder(model: &str, args: &EvalArgs, has_data: bool) -> anyhow::Result<Box<dyn Responder>> {
+fn responder(model: &str, args: &EvalArgs) -> anyhow::Result<Box<dyn Responder>> {
     let (no_prefix_cache, dtype) = (args.no_prefix_cache, args.dtype);
     if let Some(url) = model.strip_prefix("openai:") {
         return Ok(Box::new(served(url, args)?));
     }
     if let Some(files) = predictions_files(model) {
-        if !has_data {
+        if args.data.is_none() {
             bail!(
                 "{model} is a predictions file: give the questions it answers with --data (a \
                  question file or data set folder); without it they would be scored against the \
@@ -272,8 +272,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     // The grid: each model loaded once, each task run on it, one result per pair.
     let mut results: Vec<TaskResult> = Vec::new();
     for model in &models {
-        let mut resp = responder(model, args, args.data.is_some())
-            .with_context(|| format!("loading model {model}"))?;
+        let mut resp = responder(model, args).with_context(|| format!("loading model {model}"))?;
         for t in &task_names {
             eprintln!("{t} · {model}");
             let r = run_with(args, t, resp.as_mut())
@@ -294,7 +293,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
 
 /// Run one task on one model and return its result (written as usual).
 fn run_one(args: &EvalArgs, task_name: &str, model: &str) -> anyhow::Result<TaskResult> {
-    let mut resp = responder(model, args, args.data.is_some())?;
+    let mut resp = responder(model, args)?;
     run_with(args, task_name, resp.as_mut())
 }
 

@@ -154,11 +154,6 @@ impl OpenAiResponder {
         }
     }
 
-    /// The served model's name.
-    pub fn model(&self) -> &str {
-        &self.model
-    }
-
     /// The chat completion body for one question.
     fn body(&self, r: &Request) -> Result<Value, EvalError> {
         let read = |p: &Path| {
