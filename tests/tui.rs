@@ -537,6 +537,7 @@ fn inspect_writes_the_overlay_png() {
         layer: Some(1),
         head: None,
         token: None,
+        slot: None,
         out: out.clone(),
         size: 240,
     };
@@ -885,4 +886,241 @@ fn a_studys_runs_table_puts_settings_beside_results_sorted_by_the_chosen_column(
     d.key(key(KeyCode::Char('r')));
     let screen = draw(80, 24, |f| d.render(f, f.area())).0;
     assert!(screen.contains("held-out loss vs FLOPs"), "{screen}");
+}
+
+/// A seeded `preset` model (Flamingo's gates opened to tanh(0.5)) saved in `dir` and loaded
+/// back, as the inspector loads any model directory.
+fn seeded_model(preset: &str, dir: &Path) -> LoadedModel {
+    let tok = mmlab::fusion::TextTokenizer::builtin().expect("builtin tokenizer");
+    let mut cfg = mmlab::model::presets::preset(preset).unwrap().config;
+    cfg.model.vocab_size = cfg.model.vocab_size.max(tok.vocab_size());
+    let (_, vm) = mmlab::train::init_model(&cfg, 3, &candle_core::Device::Cpu).unwrap();
+    for (name, var) in mmlab::train::named_vars(&vm) {
+        if name.ends_with("_gate") {
+            var.set(&candle_core::Tensor::new(&[0.5f32], &candle_core::Device::Cpu).unwrap())
+                .unwrap();
+        }
+    }
+    mmlab::model::io::save_dir(dir, &cfg, &vm, candle_core::DType::F32, &tok).unwrap();
+    load_dir(dir, &candle_core::Device::Cpu).expect("seeded model")
+}
+
+/// The tensors of a model directory's weights file, as f32.
+fn weights(dir: &Path) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            let f: Vec<f32> = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (name, (v.shape().to_vec(), f))
+        })
+        .collect()
+}
+
+fn softmax(s: &[f32]) -> Vec<f32> {
+    let mx = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = s.iter().map(|v| (v - mx).exp()).collect();
+    let z: f32 = e.iter().sum();
+    e.iter().map(|v| v / z).collect()
+}
+
+/// Per-head attention probabilities of queries `q` over keys `k` (rows of width `heads * hd`).
+fn head_probs(q: &[Vec<f32>], k: &[Vec<f32>], heads: usize, h: usize) -> Vec<Vec<f32>> {
+    let hd = q[0].len() / heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    q.iter()
+        .map(|qi| {
+            let s: Vec<f32> = k
+                .iter()
+                .map(|kj| scale * (h * hd..(h + 1) * hd).map(|c| qi[c] * kj[c]).sum::<f32>())
+                .collect();
+            softmax(&s)
+        })
+        .collect()
+}
+
+#[test]
+fn flamingo_cross_attention_and_the_latents_view_are_the_models_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = seeded_model("flamingo-tiny", dir.path());
+    let input = image_input();
+    let a = analyze(&m, &input).expect("analysis");
+    let w = weights(dir.path());
+    let g = |k: &str| -> &[f32] {
+        &w.get(k)
+            .unwrap_or_else(|| panic!("no tensor {k}; have {:?}", w.keys().collect::<Vec<_>>()))
+            .1
+    };
+    let (slots, cross) = (
+        a.slots.as_ref().expect("slot view"),
+        a.cross.as_ref().expect("cross view"),
+    );
+    assert_eq!(slots.what, "latents");
+    for gate in &cross.gates {
+        assert!((gate - 0.5f32.tanh()).abs() < 1e-6, "gate {gate}");
+    }
+    // The batch the analysis ran on, and what the model makes of it before the decoder.
+    let seq = build_sequence(&m, &input).expect("sequence");
+    let batch = mmlab::fusion::collate(
+        std::slice::from_ref(&seq),
+        m.tokenizer.specials.pad,
+        mmlab::fusion::PadSide::Right,
+    )
+    .unwrap();
+    let mmlab::model::Model::Bolted(bolted) = &m.model else {
+        panic!("flamingo is bolted-on")
+    };
+    let patches = candle_core::Tensor::from_slice(
+        &batch.patches,
+        (batch.patches.len() / batch.patch_dim, batch.patch_dim),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let enc = bolted
+        .vision_encoder()
+        .forward(&patches, &batch.images)
+        .unwrap();
+    let feats = enc.feats.get(0).unwrap().to_vec2::<f32>().unwrap();
+    let p = slots.patches;
+    // Perceiver layer 0, by hand: latents (layer-normed) attend to [normed features, latents].
+    let pre = "connector.layers.0.";
+    let ln = |x: &[f32], name: &str| {
+        let mut v = x.to_vec();
+        layer_norm(
+            &mut v,
+            g(&format!("{name}.weight")),
+            g(&format!("{name}.bias")),
+        );
+        v
+    };
+    let d = feats[0].len();
+    let lat: Vec<Vec<f32>> = g("connector.latents")
+        .chunks(d)
+        .map(|r| ln(r, &format!("{pre}latent_layernorm")))
+        .collect();
+    let mut kv: Vec<Vec<f32>> = feats[..p]
+        .iter()
+        .map(|f| ln(f, &format!("{pre}feat_layernorm")))
+        .collect();
+    kv.extend(lat.iter().cloned());
+    let proj = |x: &[Vec<f32>], name: &str| -> Vec<Vec<f32>> {
+        x.iter()
+            .map(|r| linear(r, g(&format!("{name}.weight")), g(&format!("{name}.bias"))))
+            .collect()
+    };
+    let q = proj(&lat, &format!("{pre}attn.q_proj"));
+    let k = proj(&kv, &format!("{pre}attn.k_proj"));
+    let mut worst = 0f32;
+    for h in 0..slots.heads {
+        let probs = head_probs(&q, &k, slots.heads, h);
+        for (s, row) in probs.iter().enumerate() {
+            let o = (h * slots.n + s) * p;
+            for (x, y) in slots.attn[o..o + p].iter().zip(&row[..p]) {
+                worst = worst.max((x - y).abs());
+            }
+        }
+    }
+    assert!(
+        worst <= 1e-5,
+        "perceiver layer 0: max abs difference {worst}"
+    );
+    // The first gated cross-attention layer, by hand: the embeddings (layer-normed) attend to
+    // the latents of the image before them; tokens before the image see nothing.
+    let (x, ctx) = m.model.embed_with_context(&batch).unwrap();
+    let ctx = ctx.expect("flamingo's latents");
+    let x = x.get(0).unwrap().to_vec2::<f32>().unwrap();
+    let latents = ctx.latents.get(0).unwrap().to_vec2::<f32>().unwrap();
+    let xl = cross.blocks[0];
+    let xpre = format!("xattn.{xl}.");
+    let qx: Vec<Vec<f32>> = a
+        .rows
+        .iter()
+        .map(|&r| ln(&x[r], &format!("{xpre}attn_layernorm")))
+        .collect();
+    let q = proj(&qx, &format!("{xpre}attn.q_proj"));
+    let k = proj(&latents[..cross.m], &format!("{xpre}attn.k_proj"));
+    let image_pos = seq.patch_positions[0];
+    let mut worst = 0f32;
+    let n = a.rows.len();
+    for h in 0..cross.heads {
+        let probs = head_probs(&q, &k, cross.heads, h);
+        for (ri, row) in probs.iter().enumerate() {
+            let sees = a.rows[ri] >= image_pos;
+            let o = (h * n + ri) * cross.m;
+            for (x, y) in cross.attn[o..o + cross.m].iter().zip(row) {
+                let want = if sees { *y } else { 0.0 };
+                worst = worst.max((x - want).abs());
+            }
+        }
+    }
+    assert!(
+        worst <= 1e-5,
+        "cross-attention layer 0: max abs difference {worst}"
+    );
+    // The map through the latents: the row's weights on the latents carried onto the patches.
+    let r = a.last_row();
+    let wts = a
+        .slot_weights(r, None, None)
+        .expect("weights on the latents");
+    assert!((wts.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    let heat = a.patch_heat(r, None, None, None).expect("heat");
+    for (pi, v) in heat.iter().enumerate() {
+        let want: f32 = (0..slots.n)
+            .map(|s| wts[s] * slots.slot_over_patches(s)[pi])
+            .sum();
+        assert!((v - want).abs() < 1e-6);
+    }
+    assert_eq!(
+        a.patch_heat(r, None, None, Some(2)).unwrap(),
+        slots.slot_over_patches(2)
+    );
+    // A decoder layer with no cross-attention layer before it has no map.
+    let bare = (0..a.layers).find(|l| !cross.blocks.contains(l));
+    if let Some(l) = bare {
+        assert!(a.patch_heat(r, Some(l), None, None).is_none());
+    }
+    // The inspector shows it: the map, the strip over the latents and the gates; `s` picks a
+    // latent and its own map.
+    let mut ins = Inspector::offline("flamingo-tiny".into(), input, Vec::new());
+    ins.set_analysis(a.clone());
+    let (text, _) = draw(80, 24, |f| ins.render(f, f.area()));
+    insta::assert_snapshot!("inspector_flamingo_80x24", text);
+    assert!(text.contains("via 4 latents · gate 0.46"), "{text}");
+    let before = ins.heat().expect("heat");
+    ins.key(key(KeyCode::Char('s')));
+    assert_eq!(ins.slot, Some(0));
+    assert_ne!(ins.heat().expect("latent 1's map"), before);
+    let (text, _) = draw(160, 40, |f| ins.render(f, f.area()));
+    insta::assert_snapshot!("inspector_flamingo_latent_160x40", text);
+    assert!(text.contains("latent 1/4"), "{text}");
+}
+
+#[test]
+fn a_q_former_tokens_map_runs_through_its_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = seeded_model("qformer-tiny", dir.path());
+    let a = analyze(&m, &image_input()).expect("analysis");
+    let slots = a.slots.as_ref().expect("slot view");
+    assert_eq!(slots.what, "queries");
+    assert!(a.cross.is_none());
+    let img = a.image.as_ref().unwrap();
+    assert!(!img.per_patch);
+    assert_eq!(slots.n, img.slots.len());
+    // Each query's attention over the patches is a distribution (no padding in one image).
+    for s in 0..slots.n {
+        let total: f32 = slots.slot_over_patches(s).iter().sum();
+        assert!((total - 1.0).abs() < 1e-5, "query {s}: {total}");
+    }
+    // The token's decoder attention on the query slots, carried onto the patches.
+    let r = a.last_row();
+    let on_slots = a.image_attention(r, Some(0), Some(1)).unwrap();
+    assert_eq!(a.slot_weights(r, Some(0), Some(1)).unwrap(), on_slots);
+    let heat = a.patch_heat(r, Some(0), Some(1), None).unwrap();
+    let total: f32 = heat.iter().sum();
+    assert!((total - on_slots.iter().sum::<f32>()).abs() < 1e-5);
 }

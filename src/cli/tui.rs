@@ -57,6 +57,10 @@ pub struct InspectArgs {
     /// the answer).
     #[arg(long)]
     pub token: Option<usize>,
+    /// Q-Former / Flamingo: draw this query's or latent's own attention over the patches
+    /// (1-based; default: the token's attention carried through all of them).
+    #[arg(long)]
+    pub slot: Option<usize>,
     /// Where to write the PNG (the overlay, a colour bar with its scale, and a caption).
     #[arg(long)]
     pub out: PathBuf,
@@ -89,6 +93,7 @@ impl From<&InspectArgs> for InspectOptions {
             layer: a.layer,
             head: a.head,
             token: a.token,
+            slot: a.slot,
             out: a.out.clone(),
             size: a.size,
         }

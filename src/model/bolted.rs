@@ -165,6 +165,23 @@ impl Bolted {
         )
     }
 
+    /// The image connector's slots' attention over each image's patches, per connector layer
+    /// `(n_images, heads, slots, patches)`; `None` for projectors or a batch without images.
+    pub fn image_slot_attention(&self, batch: &Batch) -> Result<Option<Vec<Tensor>>> {
+        if batch.images.is_empty() {
+            return Ok(None);
+        }
+        let patches = matrix(
+            &batch.patches,
+            batch.patch_dim,
+            batch.images.len(),
+            "image",
+            self.decoder.device(),
+        )?;
+        let enc = self.encoder.forward(&patches, &batch.images)?;
+        self.connector.slot_attention(&enc)
+    }
+
     /// Encodes the audio clips of `batch` (which has at least one) and runs the audio connector.
     pub fn audio_input(&self, batch: &Batch) -> Result<Connected> {
         let Some((encoder, connector)) = &self.audio else {

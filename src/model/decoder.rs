@@ -91,6 +91,9 @@ pub struct ForwardOutput {
     pub hidden: Tensor,
     /// Attention probabilities per layer `(b, h, t, keys)`, when asked for.
     pub attentions: Vec<Tensor>,
+    /// Flamingo's gated cross-attention, when asked for: `(block it runs before, (b, h, t,
+    /// latents) probabilities)`, zero for tokens that see no image.
+    pub cross_attentions: Vec<(usize, Tensor)>,
 }
 
 /// Flamingo's hook: `(block index, layer)` pairs, each layer run before that block, and the
@@ -200,11 +203,16 @@ impl Decoder {
         // Half-precision weights (HF checkpoints loaded as bf16/f16) compute in their dtype.
         let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
         let mut attentions = Vec::new();
+        let mut cross_attentions = Vec::new();
         let mut x = x.clone();
-        let cross_attend = |i: usize, x: &Tensor, ctx: Option<&XCtx>| -> Result<Tensor> {
+        let mut cross_attend = |i: usize, x: &Tensor, ctx: Option<&XCtx>| -> Result<Tensor> {
             let layer = cross.layers.iter().find(|(at, _)| *at == i);
             match (layer, ctx) {
-                (Some((_, layer)), Some(ctx)) => layer.forward(x, ctx, positions),
+                (Some((_, layer)), Some(ctx)) => {
+                    let (y, p) = layer.forward_traced(x, ctx, positions, want_attn)?;
+                    cross_attentions.extend(p.map(|p| (i, p)));
+                    Ok(y)
+                }
                 _ => Ok(x.clone()),
             }
         };
@@ -269,6 +277,7 @@ impl Decoder {
         Ok(ForwardOutput {
             hidden: self.final_norm.forward(&x)?,
             attentions,
+            cross_attentions,
         })
     }
 

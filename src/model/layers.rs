@@ -383,6 +383,17 @@ impl CrossAttention {
 
     /// Attends `x` to `ctx`; `mask` is additive and broadcasts to `(b, h, tq, tk)`.
     pub fn forward(&self, x: &Tensor, ctx: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        Ok(self.forward_probs(x, ctx, mask)?.0)
+    }
+
+    /// [`CrossAttention::forward`], and the attention probabilities `(b, h, tq, tk)` it used
+    /// (for the inspector; computing them costs nothing extra).
+    pub fn forward_probs(
+        &self,
+        x: &Tensor,
+        ctx: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, tq, _) = x.dims3()?;
         let tk = ctx.dim(1)?;
         let (h, hd) = (self.n_heads, self.head_dim);
@@ -408,7 +419,7 @@ impl CrossAttention {
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((b, tq, h * hd))?;
-        self.dense.forward(&out)
+        Ok((self.dense.forward(&out)?, probs))
     }
 }
 

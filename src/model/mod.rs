@@ -113,6 +113,33 @@ impl Model {
             .forward(x, positions, valid, cache, want_attn, cross, xctx)
     }
 
+    /// The image connector's slots' attention over patches per connector layer (Q-Former
+    /// queries, perceiver latents; see [`bolted::Bolted::image_slot_attention`]); `None`
+    /// for Fuyu and projectors.
+    pub fn image_slot_attention(&self, batch: &Batch) -> Result<Option<Vec<Tensor>>> {
+        match self {
+            Model::Fuyu(_) => Ok(None),
+            Model::Bolted(m) => m.image_slot_attention(batch),
+        }
+    }
+
+    /// Flamingo's gated cross-attention layers: `(block each runs before, tanh(attention
+    /// gate), tanh(MLP gate))`; empty for other designs.
+    pub fn cross_gates(&self) -> Result<Vec<(usize, f32, f32)>> {
+        let cross = match self {
+            Model::Bolted(m) => m.cross_attend(),
+            Model::Fuyu(_) => CrossAttend::default(),
+        };
+        cross
+            .layers
+            .iter()
+            .map(|(i, l)| {
+                let (a, f) = l.gates()?;
+                Ok((*i, a, f))
+            })
+            .collect()
+    }
+
     /// Full forward over a collated batch.
     pub fn forward(
         &self,

@@ -62,6 +62,83 @@ pub struct ImageView {
     pub per_patch: bool,
 }
 
+/// A resampling connector's slots (Q-Former queries, perceiver latents) and where on the
+/// image each one looks: the only route from patches to decoder for these designs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlotView {
+    /// What the slots are called (`queries`, `latents`).
+    pub what: &'static str,
+    /// Slots per image.
+    pub n: usize,
+    /// Connector layers.
+    pub layers: usize,
+    /// Connector heads.
+    pub heads: usize,
+    /// Patches of the first image.
+    pub patches: usize,
+    /// The slots' attention over the first image's patches, `(layers, heads, n, patches)`,
+    /// row-major (for perceiver latents, the share left after their attention to each other).
+    pub attn: Vec<f32>,
+}
+
+impl SlotView {
+    /// Slot `s`'s attention over the patches, averaged over connector layers and heads.
+    pub fn slot_over_patches(&self, s: usize) -> Vec<f32> {
+        let mut out = vec![0f32; self.patches];
+        for l in 0..self.layers {
+            for h in 0..self.heads {
+                let o = ((l * self.heads + h) * self.n + s) * self.patches;
+                for (v, a) in out.iter_mut().zip(&self.attn[o..o + self.patches]) {
+                    *v += a;
+                }
+            }
+        }
+        let k = (self.layers * self.heads).max(1) as f32;
+        out.iter_mut().for_each(|v| *v /= k);
+        out
+    }
+
+    /// Weights over the slots carried onto the patches: `sum_s w[s] * slot_over_patches(s)`,
+    /// the attention a token pays the image through the slots (one step of attention rollout).
+    pub fn through(&self, w: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; self.patches];
+        for (s, &ws) in w.iter().enumerate().take(self.n) {
+            for (v, a) in out.iter_mut().zip(self.slot_over_patches(s)) {
+                *v += ws * a;
+            }
+        }
+        out
+    }
+}
+
+/// `latents` -> `latent`, `queries` -> `query`.
+pub fn singular(what: &str) -> &str {
+    match what {
+        "queries" => "query",
+        "latents" => "latent",
+        w => w,
+    }
+}
+
+/// Flamingo's gated cross-attention: how each text token attends to the perceiver latents,
+/// layer by layer, and how open each layer's gate is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CrossView {
+    /// The decoder block each cross-attention layer runs before.
+    pub blocks: Vec<usize>,
+    /// `tanh` of each layer's attention gate (0: the image does not reach the decoder).
+    pub gates: Vec<f32>,
+    /// `tanh` of each layer's MLP gate.
+    pub ff_gates: Vec<f32>,
+    /// Heads per layer.
+    pub heads: usize,
+    /// Latents of the first image (the first `m` keys).
+    pub m: usize,
+    /// Attention of the kept rows over the first image's latents, `(layers, heads, rows, m)`;
+    /// zero for tokens before the image.
+    pub attn: Vec<f32>,
+}
+
 /// Everything the inspector shows about one input.
 #[derive(Clone, Debug)]
 pub struct Analysis {
@@ -85,6 +162,10 @@ pub struct Analysis {
     pub topk: Vec<Vec<(String, f32)>>,
     /// The model's greedy answer.
     pub answer: String,
+    /// Q-Former or perceiver: where its slots look on the image.
+    pub slots: Option<SlotView>,
+    /// Flamingo: the gated cross-attention over the latents.
+    pub cross: Option<CrossView>,
 }
 
 impl Analysis {
@@ -123,6 +204,61 @@ impl Analysis {
         let img = self.image.as_ref()?;
         let a = self.attention(r, layer, head);
         Some(img.slots.iter().map(|&p| a[p]).collect())
+    }
+
+    /// How kept row `r` weighs the image's slots (Q-Former queries, perceiver latents) at
+    /// decoder `layer` and `head` (`None`: mean). For Flamingo this is the gated
+    /// cross-attention: at a decoder layer with no cross-attention layer before it, `None`.
+    pub fn slot_weights(
+        &self,
+        r: usize,
+        layer: Option<usize>,
+        head: Option<usize>,
+    ) -> Option<Vec<f32>> {
+        let slots = self.slots.as_ref()?;
+        let Some(x) = &self.cross else {
+            return self.image_attention(r, layer, head);
+        };
+        let n = self.rows.len();
+        let ls: Vec<usize> = match layer {
+            None => (0..x.blocks.len()).collect(),
+            Some(l) => vec![x.blocks.iter().position(|&b| b == l)?],
+        };
+        let hs: Vec<usize> = head.map_or((0..x.heads).collect(), |h| vec![h]);
+        let mut out = vec![0f32; slots.n.min(x.m)];
+        for &l in &ls {
+            for &h in &hs {
+                let o = ((l * x.heads + h) * n + r) * x.m;
+                for (v, a) in out.iter_mut().zip(&x.attn[o..o + x.m]) {
+                    *v += a;
+                }
+            }
+        }
+        let k = (ls.len() * hs.len()).max(1) as f32;
+        out.iter_mut().for_each(|v| *v /= k);
+        Some(out)
+    }
+
+    /// The heat map over the first image's patches for kept row `r`: its attention over the
+    /// patches (Fuyu, projectors); through the slots (resampling connectors, `slot` `None`);
+    /// or slot `slot`'s own attention over the patches.
+    pub fn patch_heat(
+        &self,
+        r: usize,
+        layer: Option<usize>,
+        head: Option<usize>,
+        slot: Option<usize>,
+    ) -> Option<Vec<f32>> {
+        let img = self.image.as_ref()?;
+        if img.per_patch {
+            return self.image_attention(r, layer, head);
+        }
+        let slots = self.slots.as_ref()?;
+        match slot {
+            Some(s) if s < slots.n => Some(slots.slot_over_patches(s)),
+            Some(_) => None,
+            None => Some(slots.through(&self.slot_weights(r, layer, head)?)),
+        }
     }
 
     /// Attention of kept row `r` over the audio slots.
@@ -242,6 +378,8 @@ pub fn analyze(m: &LoadedModel, input: &InspectInput) -> anyhow::Result<Analysis
         let a = a.i(0)?.index_select(&idx, 1)?.to_dtype(DType::F32)?;
         attn.extend(a.flatten_all()?.to_vec1::<f32>()?);
     }
+    let slots = slot_view(m, &batch, &seq)?;
+    let cross = cross_view(m, &out.cross_attentions, &idx, slots.as_ref())?;
     let hidden = out.hidden.i(0)?.index_select(&idx, 0)?;
     let probs = candle_nn::ops::softmax(&model.logits(&hidden)?, D::Minus1)?.to_vec2::<f32>()?;
     let topk = probs
@@ -293,5 +431,85 @@ pub fn analyze(m: &LoadedModel, input: &InspectInput) -> anyhow::Result<Analysis
         attn,
         topk,
         answer,
+        slots,
+        cross,
     })
+}
+
+/// The resampling connector's slots' attention over the first image's patches.
+fn slot_view(
+    m: &LoadedModel,
+    batch: &crate::fusion::Batch,
+    seq: &MultimodalSequence,
+) -> anyhow::Result<Option<SlotView>> {
+    let Some(per_layer) = m.model.image_slot_attention(batch)? else {
+        return Ok(None);
+    };
+    let Some(span) = seq.images.first() else {
+        return Ok(None);
+    };
+    let patches = span.rows * span.cols;
+    let mut attn = Vec::new();
+    let (mut heads, mut n) = (0, 0);
+    for a in &per_layer {
+        // (n_images, h, slots, p) -> the first image's (h, slots, patches)
+        let a = a.i(0)?.to_dtype(DType::F32)?;
+        let (h, s, p) = a.dims3()?;
+        anyhow::ensure!(
+            p >= patches,
+            "the connector saw {p} positions for an image of {patches} patches"
+        );
+        (heads, n) = (h, s);
+        attn.extend(a.narrow(2, 0, patches)?.flatten_all()?.to_vec1::<f32>()?);
+    }
+    let what = if m.model.cross_gates()?.is_empty() {
+        "queries"
+    } else {
+        "latents"
+    };
+    Ok(Some(SlotView {
+        what,
+        n,
+        layers: per_layer.len(),
+        heads,
+        patches,
+        attn,
+    }))
+}
+
+/// Flamingo's cross-attention of the kept rows over the first image's latents, and its gates.
+fn cross_view(
+    m: &LoadedModel,
+    cross: &[(usize, candle_core::Tensor)],
+    rows: &candle_core::Tensor,
+    slots: Option<&SlotView>,
+) -> anyhow::Result<Option<CrossView>> {
+    let gates = m.model.cross_gates()?;
+    let (Some(slots), false) = (slots, gates.is_empty()) else {
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        cross.len() == gates.len(),
+        "{} cross-attention maps for {} layers",
+        cross.len(),
+        gates.len()
+    );
+    let mut attn = Vec::new();
+    let (mut heads, mut mm) = (0, slots.n);
+    for (_, a) in cross {
+        // (1, h, t, keys) -> (h, rows, the first image's latents)
+        let a = a.i(0)?.index_select(rows, 1)?.to_dtype(DType::F32)?;
+        let (h, _, keys) = a.dims3()?;
+        heads = h;
+        mm = slots.n.min(keys);
+        attn.extend(a.narrow(2, 0, mm)?.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(Some(CrossView {
+        blocks: gates.iter().map(|g| g.0).collect(),
+        gates: gates.iter().map(|g| g.1).collect(),
+        ff_gates: gates.iter().map(|g| g.2).collect(),
+        heads,
+        m: mm,
+        attn,
+    }))
 }

@@ -219,13 +219,14 @@ pub struct FigureLayout {
 
 /// The overlay as a figure for papers: the image at least `min_side` pixels on its longer
 /// side, under it a colour bar from weight 0 to `max` (the largest raw weight, labelled in
-/// percent) and the caption's lines, in the bundled DejaVu Sans at about 1/26 of the width
+/// percent, `scale` naming whose attention it is) and the caption's lines, in the bundled DejaVu Sans at about 1/26 of the width
 /// (18 px at 480: about 9 pt when the figure is printed one column, 3.3 in, wide). An overlay
 /// without a heat map gets the caption and no bar.
 pub fn figure_png(
     o: &Overlay,
     min_side: u32,
     max: f32,
+    scale: &str,
     caption: &[String],
 ) -> anyhow::Result<(RgbImage, FigureLayout)> {
     let img = overlay_png(o, min_side);
@@ -276,7 +277,7 @@ pub fn figure_png(
             let right = style.pos(Pos::new(HPos::Right, VPos::Top));
             root.draw_text(&hi, &right, ((bar.0 + bar.2) as i32, ty))
                 .map_err(plot_err)?;
-            let mid = "share of the token's attention";
+            let mid = scale;
             let (mw, _) = root.estimate_text_size(mid, &style).map_err(plot_err)?;
             let (lw, _) = root.estimate_text_size(&lo, &style).map_err(plot_err)?;
             let (hw, _) = root.estimate_text_size(&hi, &style).map_err(plot_err)?;
@@ -375,7 +376,8 @@ mod tests {
             "token 20 \"<boa>\"".to_string(),
             "prompt: Is there a red circle? ".repeat(10),
         ];
-        let (png, l) = figure_png(&o, 480, 0.123, &caption).expect("figure");
+        let (png, l) =
+            figure_png(&o, 480, 0.123, "share of the token's attention", &caption).expect("figure");
         let plain = overlay_png(&o, 480);
         assert_eq!((l.image.2, l.image.3), plain.dimensions());
         let (x0, y0, w, h) = l.bar;
@@ -411,7 +413,7 @@ mod tests {
         assert!((y0 + h + 1..png.height()).all(|y| png.get_pixel(right, y).0 == [255; 3]));
         // No heat map (image slots, not patches): no bar, the caption right under the image.
         let bare = Overlay { heat: None, ..o };
-        let (png2, l2) = figure_png(&bare, 480, 0.0, &caption).expect("figure");
+        let (png2, l2) = figure_png(&bare, 480, 0.0, "", &caption).expect("figure");
         assert_eq!((l2.bar.2, l2.bar.3), (0, 0));
         assert!(png2.height() < png.height());
         let framed = |p: &RgbImage| {

@@ -17,7 +17,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, List, ListItem, ListState, Paragraph, Wrap};
 use ratatui::Frame;
 
-use super::analysis::{analyze, Analysis, InspectInput};
+use super::analysis::{analyze, singular, Analysis, InspectInput};
 use super::heat::{normalised, ColourBar, Overlay, Strip, VEIL};
 use super::workspace::ResultEntry;
 use super::Action;
@@ -178,6 +178,9 @@ pub struct Inspector {
     pub layer: Option<usize>,
     /// Head shown (`None`: mean over heads).
     pub head: Option<usize>,
+    /// For a resampling connector: the slot (query, latent) whose own attention over the
+    /// patches is shown (`None`: the token's attention carried through all slots).
+    pub slot: Option<usize>,
     /// Samples the model got wrong.
     pub wrong: Vec<WrongSample>,
     /// The browser's selection.
@@ -221,6 +224,7 @@ impl Inspector {
             sel: 0,
             layer: None,
             head: None,
+            slot: None,
             wrong,
             wrong_sel,
             browsing: false,
@@ -257,23 +261,31 @@ impl Inspector {
         self.sel = a.last_row();
         self.layer = self.layer.filter(|&l| l < a.layers);
         self.head = self.head.filter(|&h| h < a.heads);
+        self.slot = self
+            .slot
+            .filter(|&s| a.slots.as_ref().is_some_and(|v| s < v.n));
         self.status.clear();
         self.analysis = Some(a);
     }
 
-    /// The normalised heat map over image patches (or slots) of the current selection.
+    /// The raw heat map over the image's patches of the current selection: the token's
+    /// attention over them, directly or through a resampler's slots (see
+    /// [`Analysis::patch_heat`]).
+    pub fn heat_raw(&self) -> Option<Vec<f32>> {
+        self.analysis
+            .as_ref()?
+            .patch_heat(self.sel, self.layer, self.head, self.slot)
+    }
+
+    /// The normalised heat map over image patches of the current selection.
     pub fn heat(&self) -> Option<Vec<f32>> {
-        let a = self.analysis.as_ref()?;
-        a.image_attention(self.sel, self.layer, self.head)
-            .map(|w| normalised(&w))
+        self.heat_raw().map(|w| normalised(&w))
     }
 
     /// The largest raw weight of the heat map (a share of the token's attention), drawn as the
     /// map's top colour; 0 without an image.
     pub fn heat_max(&self) -> f32 {
-        self.analysis
-            .as_ref()
-            .and_then(|a| a.image_attention(self.sel, self.layer, self.head))
+        self.heat_raw()
             .map_or(0.0, |w| w.iter().copied().fold(0f32, f32::max))
     }
 
@@ -284,6 +296,11 @@ impl Inspector {
             .analysis
             .as_ref()
             .map_or((0, 0), |a| (a.layers, a.heads));
+        let slots = self
+            .analysis
+            .as_ref()
+            .and_then(|a| a.slots.as_ref())
+            .map_or(0, |v| v.n);
         match k.code {
             KeyCode::Char('q') => return Action::Quit,
             KeyCode::Esc if self.browsing => self.browsing = false,
@@ -316,6 +333,8 @@ impl Inspector {
             KeyCode::Char('L') => self.layer = cycle(self.layer, layers, false),
             KeyCode::Char('h') => self.head = cycle(self.head, heads, true),
             KeyCode::Char('H') => self.head = cycle(self.head, heads, false),
+            KeyCode::Char('s') => self.slot = cycle(self.slot, slots, true),
+            KeyCode::Char('S') => self.slot = cycle(self.slot, slots, false),
             _ => {}
         }
         Action::None
@@ -339,12 +358,22 @@ impl Inspector {
     pub fn render(&mut self, f: &mut Frame, area: Rect) {
         let [main, help] =
             Layout::vertical([Constraint::Min(3), Constraint::Length(1)]).areas(area);
-        let keys = if self.browsing {
-            " ↑↓ sample  Enter inspect  w/Tab/Esc back  q quit"
-        } else if self.from_dashboard {
-            " ←→ token  l/L layer  h/H head  w wrong answers  Esc dashboard  q quit"
-        } else {
-            " ←→ token  l/L layer  h/H head  w wrong answers  q quit"
+        let has_slots = self
+            .analysis
+            .as_ref()
+            .is_some_and(|a| a.slots.is_some() && a.image.is_some());
+        let keys = match (self.browsing, self.from_dashboard, has_slots) {
+            (true, _, _) => " ↑↓ sample  Enter inspect  w/Tab/Esc back  q quit",
+            (false, true, false) => {
+                " ←→ token  l/L layer  h/H head  w wrong answers  Esc dashboard  q quit"
+            }
+            (false, false, false) => " ←→ token  l/L layer  h/H head  w wrong answers  q quit",
+            (false, true, true) => {
+                " ←→ token  l/L layer  h/H head  s/S slot  w wrong  Esc back  q quit"
+            }
+            (false, false, true) => {
+                " ←→ token  l/L layer  h/H head  s/S slot  w wrong answers  q quit"
+            }
         };
         f.render_widget(
             Paragraph::new(keys).style(Style::new().fg(Color::Black).bg(Color::Gray)),
@@ -374,7 +403,7 @@ impl Inspector {
         let grid_rows = a
             .image
             .as_ref()
-            .filter(|i| i.per_patch && wide)
+            .filter(|i| (i.per_patch || a.slots.is_some()) && wide)
             .map_or(0, |i| i.rows as u16 + 2);
         let [stream, grid, cands, answer] = Layout::vertical([
             Constraint::Fill(1),
@@ -409,7 +438,11 @@ impl Inspector {
             spans.push(Span::styled(t.text.clone(), style));
             spans.push(Span::raw(sep));
         }
-        let title = format!(" {} tokens · {} ", a.tokens.len(), self.which());
+        let gates = a.cross.as_ref().map_or(String::new(), |x| {
+            let g: Vec<String> = x.gates.iter().map(|g| format!("{g:.2}")).collect();
+            format!("· x-attn gates {} ", g.join(" "))
+        });
+        let title = format!(" {} tokens · {} {gates}", a.tokens.len(), self.which());
         f.render_widget(
             Paragraph::new(Line::from(spans))
                 .wrap(Wrap { trim: false })
@@ -483,11 +516,11 @@ impl Inspector {
         );
     }
 
-    /// The selected token's attention per patch, in percent of its whole attention row.
+    /// The selected token's attention per patch (directly or through the slots), in percent
+    /// of its whole attention row.
     fn render_grid(&self, f: &mut Frame, area: Rect) {
         let Some(a) = &self.analysis else { return };
-        let (Some(img), Some(w)) = (&a.image, a.image_attention(self.sel, self.layer, self.head))
-        else {
+        let (Some(img), Some(w)) = (&a.image, self.heat_raw()) else {
             return;
         };
         let max = w
@@ -512,11 +545,27 @@ impl Inspector {
             })
             .collect();
         let total: f32 = w.iter().sum();
-        f.render_widget(
-            Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(format!(
+        let title = match (&a.slots, self.slot) {
+            (Some(v), Some(s)) => format!(
+                " {} {}/{}'s attention per patch, % (total {:.1}%) ",
+                singular(v.what),
+                s + 1,
+                v.n,
+                total * 100.0
+            ),
+            (Some(v), None) => format!(
+                " attention per patch through the {} {}, % (total {:.1}%) ",
+                v.n,
+                v.what,
+                total * 100.0
+            ),
+            (None, _) => format!(
                 " attention per patch, % (image total {:.1}%) ",
                 total * 100.0
-            ))),
+            ),
+        };
+        f.render_widget(
+            Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(title)),
             area,
         );
     }
@@ -566,25 +615,30 @@ impl Inspector {
                     caption,
                 );
             } else {
-                // Resampling connectors: the image has a fixed number of slots, not patches.
-                let [pic, slots] =
+                // Resampling connectors: the image reaches the decoder through a fixed number
+                // of slots. The map carries the token's weights on the slots onto the patches
+                // each slot looks at; the strip under it is the weights on the slots.
+                let [pic, strip_area] =
                     Layout::vertical([Constraint::Fill(1), Constraint::Length(1)]).areas(img_area);
                 f.render_widget(
                     Overlay {
                         pixels: &img.pixels,
                         patch: img.patch,
-                        heat: None,
-                        alpha: 0.0,
+                        heat: heat.as_deref(),
+                        alpha: if heat.is_some() { VEIL } else { 0.0 },
                     },
                     pic,
                 );
-                if let Some(h) = &heat {
-                    f.render_widget(Strip { weights: h }, slots);
+                let weights = a.slot_weights(self.sel, self.layer, self.head);
+                if let Some(w) = &weights {
+                    f.render_widget(
+                        Strip {
+                            weights: &normalised(w),
+                        },
+                        strip_area,
+                    );
                 }
-                f.render_widget(
-                    Paragraph::new(format!(" attention over {} image slots", img.slots.len())),
-                    caption,
-                );
+                f.render_widget(Paragraph::new(self.slot_caption(a)), caption);
             }
             if heat.is_some() {
                 f.render_widget(
@@ -606,6 +660,33 @@ impl Inspector {
             );
             f.render_widget(Strip { weights: &w }, line);
             f.render_widget(ColourBar { max }, scale);
+        }
+    }
+
+    /// One line under a resampling design's image: what the map and the strip show.
+    fn slot_caption(&self, a: &Analysis) -> String {
+        let Some(v) = &a.slots else {
+            return format!(
+                " image as {} slots",
+                a.image.as_ref().map_or(0, |i| i.slots.len())
+            );
+        };
+        let gate = a
+            .cross
+            .as_ref()
+            .map(|x| {
+                let open = match self.layer {
+                    Some(l) => x.blocks.iter().position(|&b| b == l).map(|i| x.gates[i]),
+                    None => Some(
+                        x.gates.iter().map(|g| g.abs()).sum::<f32>() / x.gates.len().max(1) as f32,
+                    ),
+                };
+                open.map_or(" · no x-attn here".into(), |g| format!(" · gate {g:.2}"))
+            })
+            .unwrap_or_default();
+        match self.slot {
+            Some(s) => format!(" {} {}/{} over patches", singular(v.what), s + 1, v.n),
+            None => format!(" via {} {}{gate}", v.n, v.what),
         }
     }
 

@@ -24,7 +24,7 @@ use crossterm::ExecutableCommand;
 use ratatui::backend::CrosstermBackend;
 use ratatui::{Frame, Terminal};
 
-use analysis::{analyze, InspectInput};
+use analysis::{analyze, singular, InspectInput};
 use dashboard::Dashboard;
 use heat::{figure_png, normalised, Overlay, VEIL};
 use inspect::{wrong_samples, Inspector, WrongSample};
@@ -87,6 +87,9 @@ pub struct InspectOptions {
     /// Sequence position of the query token (default: the last prompt token, which predicts
     /// the answer).
     pub token: Option<usize>,
+    /// Q-Former / Flamingo: the query or latent (1-based) whose own attention over the patches
+    /// is drawn (default: the token's attention carried through all of them).
+    pub slot: Option<usize>,
     /// Where to write the PNG.
     pub out: PathBuf,
     /// Longer side of the PNG in pixels (at least).
@@ -272,6 +275,11 @@ fn model_label(model: &str) -> String {
     }
 }
 
+/// `1 layer`, `2 layers`.
+fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
 /// Runs `mmlab inspect`: writes the attention overlay of one query token as a PNG, with a
 /// colour bar and its scale and a caption naming the model, layer, head, token and prompt,
 /// and prints what it shows.
@@ -293,6 +301,14 @@ pub fn run_inspect(args: &InspectOptions) -> anyhow::Result<()> {
     };
     let layer = pick(args.layer, a.layers, "layer")?;
     let head = pick(args.head, a.heads, "head")?;
+    let slot = match (&a.slots, args.slot) {
+        (_, None) => None,
+        (Some(v), Some(s)) => pick(Some(s), v.n, singular(v.what))?,
+        (None, Some(_)) => anyhow::bail!(
+            "--slot: {} gives the decoder one token per patch; it has no queries or latents",
+            args.model
+        ),
+    };
     let row = match args.token {
         None => a.last_row(),
         Some(p) => a.rows.iter().position(|&r| r == p).with_context(|| {
@@ -306,45 +322,84 @@ pub fn run_inspect(args: &InspectOptions) -> anyhow::Result<()> {
         .image
         .as_ref()
         .with_context(|| format!("{}: no image in the sequence", args.image.display()))?;
-    let raw = a
-        .image_attention(row, layer, head)
-        .filter(|_| img.per_patch);
+    let raw = a.patch_heat(row, layer, head, slot);
     let heat = raw.as_deref().map(normalised);
     let max = raw
         .as_deref()
         .map_or(0.0, |w| w.iter().copied().fold(0f32, f32::max));
-    if !img.per_patch {
-        eprintln!(
-            "this design gives the image {} slots, not one per patch; the PNG shows the image and grid only",
-            img.slots.len()
-        );
+    if raw.is_none() {
+        match (&a.cross, layer) {
+            (Some(_), Some(l)) => eprintln!(
+                "no cross-attention layer runs before decoder layer {}: the PNG shows the image and grid only",
+                l + 1
+            ),
+            _ => eprintln!(
+                "this design gives the image {} slots and no map from them to patches; the PNG shows the image and grid only",
+                img.slots.len()
+            ),
+        }
     }
     let pos = a.rows[row];
     let which = |v: Option<usize>, n: usize, what: &str| match v {
         Some(i) => format!("{what} {} of {n}", i + 1),
         None => format!("{what}: mean of {n}"),
     };
-    let caption = vec![
+    // Flamingo's text reaches the latents through its cross-attention layers, which run
+    // before some decoder layers: the layer picked names the one before it.
+    let layer_words = match &a.cross {
+        Some(x) => match layer {
+            Some(l) => format!("x-attn before layer {}", l + 1),
+            None => format!("x-attn: mean of {}", plural(x.blocks.len(), "layer")),
+        },
+        None => which(layer, a.layers, "layer"),
+    };
+    let mut caption = vec![
         format!(
             "{} · {} · {}",
             model_label(&args.model),
-            which(layer, a.layers, "layer"),
+            layer_words,
             which(head, a.heads, "head")
         ),
-        if img.per_patch {
-            format!(
+        match (&a.slots, slot) {
+            _ if img.per_patch => format!(
                 "token {pos} {:?} attending over {}x{} patches of {} px",
                 a.tokens[pos].text, img.rows, img.cols, img.patch
-            )
-        } else {
-            format!(
+            ),
+            (Some(v), Some(s)) => format!(
+                "{} {} of {} over {}x{} patches (mean of {}, {})",
+                singular(v.what),
+                s + 1,
+                v.n,
+                img.rows,
+                img.cols,
+                plural(v.heads, "head"),
+                plural(v.layers, "layer")
+            ),
+            (Some(v), None) => format!(
+                "token {pos} {:?} through {} {} onto {}x{} patches",
+                a.tokens[pos].text, v.n, v.what, img.rows, img.cols
+            ),
+            (None, _) => format!(
                 "token {pos} {:?} · image as {} slots: no heat map",
                 a.tokens[pos].text,
                 img.slots.len()
-            )
+            ),
         },
         format!("prompt: {}", args.prompt),
     ];
+    if let Some(x) = &a.cross {
+        let g: Vec<String> = x
+            .blocks
+            .iter()
+            .zip(&x.gates)
+            .map(|(b, g)| format!("before layer {}: {g:.3}", b + 1))
+            .collect();
+        caption.push(format!("cross-attention gates tanh(a): {}", g.join(", ")));
+    }
+    let scale = match (&a.slots, slot) {
+        (Some(v), Some(_)) => format!("share of the {}'s attention", singular(v.what)),
+        _ => "share of the token's attention".to_string(),
+    };
     let (png, _) = figure_png(
         &Overlay {
             pixels: &img.pixels,
@@ -354,14 +409,22 @@ pub fn run_inspect(args: &InspectOptions) -> anyhow::Result<()> {
         },
         args.size,
         max,
+        &scale,
         &caption,
     )?;
     png.save(&args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
+    let route = match (&a.slots, slot) {
+        (Some(v), Some(s)) => format!("{} {}'s attention", singular(v.what), s + 1),
+        (Some(v), None) => format!(
+            "attention of token {pos} {:?} through {} {}",
+            a.tokens[pos].text, v.n, v.what
+        ),
+        (None, _) => format!("attention of token {pos} {:?}", a.tokens[pos].text),
+    };
     println!(
-        "{}: attention of token {pos} {:?} over {}x{} patches, layer {}, head {} -> {}",
+        "{}: {route} over {}x{} patches, layer {}, head {} -> {}",
         args.model,
-        a.tokens[pos].text,
         img.rows,
         img.cols,
         layer.map_or("mean".into(), |l| (l + 1).to_string()),

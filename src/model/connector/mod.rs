@@ -192,6 +192,17 @@ impl Connector {
         })
     }
 
+    /// Each layer's attention of a resampling connector's slots (Q-Former queries, perceiver
+    /// latents) over the encoder positions, `(n_items, heads, slots, p)`; `None` for the
+    /// projectors, whose slots are the positions themselves.
+    pub fn slot_attention(&self, enc: &Encoded) -> Result<Option<Vec<Tensor>>> {
+        Ok(match self {
+            Connector::Linear(_) | Connector::Mlp(_) => None,
+            Connector::QFormer(c) => Some(c.forward_traced(enc, true)?.1),
+            Connector::Perceiver(c) => Some(c.forward_traced(enc, true)?.1),
+        })
+    }
+
     /// Runs the connector on encoded items.
     pub fn forward(&self, enc: &Encoded) -> Result<ConnectorOutput> {
         Ok(match self {

@@ -60,6 +60,13 @@ impl Perceiver {
 
     /// `(n_images, n_latents, d)`: latents attend to the features and to themselves.
     pub fn forward(&self, enc: &Encoded) -> Result<Tensor> {
+        Ok(self.forward_traced(enc, false)?.0)
+    }
+
+    /// [`Perceiver::forward`]; with `trace`, also each layer's attention of the latents over
+    /// the features, `(n_images, heads, n_latents, p)` (the share each latent gives the
+    /// encoder positions; the rest of its attention goes to the latents themselves).
+    pub fn forward_traced(&self, enc: &Encoded, trace: bool) -> Result<(Tensor, Vec<Tensor>)> {
         let n = enc.feats.dim(0)?;
         let (nl, d) = self.latents.dims2()?;
         let mut lat = self
@@ -69,13 +76,19 @@ impl Perceiver {
             .contiguous()?;
         let open = Tensor::zeros((n, 1, 1, nl), enc.key_mask.dtype(), enc.key_mask.device())?;
         let mask = Tensor::cat(&[&enc.key_mask, &open], 3)?;
+        let p = enc.feats.dim(1)?;
+        let mut traced = Vec::new();
         for l in &self.layers {
             let h = l.latent_norm.forward(&lat)?;
             let kv = Tensor::cat(&[&l.feat_norm.forward(&enc.feats)?, &h], 1)?;
-            lat = (&lat + l.attn.forward(&h, &kv, Some(&mask))?)?;
+            let (a, probs) = l.attn.forward_probs(&h, &kv, Some(&mask))?;
+            if trace {
+                traced.push(probs.narrow(3, 0, p)?);
+            }
+            lat = (&lat + a)?;
             lat = (&lat + l.mlp.forward(&l.mlp_norm.forward(&lat)?)?)?;
         }
-        self.out_norm.forward(&lat)
+        Ok((self.out_norm.forward(&lat)?, traced))
     }
 }
 
@@ -198,17 +211,46 @@ impl GatedXAttn {
 
     /// Applies the layer to `x` (`b, t, d_model`) at position ids `positions`.
     pub fn forward(&self, x: &Tensor, ctx: &XCtx, positions: &[u32]) -> Result<Tensor> {
+        Ok(self.forward_traced(x, ctx, positions, false)?.0)
+    }
+
+    /// `(tanh(attention gate), tanh(MLP gate))`: how far the layer is open (0: closed).
+    pub fn gates(&self) -> Result<(f32, f32)> {
+        let g = |t: &Tensor| -> Result<f32> {
+            t.tanh()?
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .get(0)?
+                .to_scalar()
+        };
+        Ok((g(&self.attn_gate)?, g(&self.ff_gate)?))
+    }
+
+    /// [`GatedXAttn::forward`]; with `trace`, also the attention of every token over the
+    /// latents, `(b, heads, t, m)`, zero for tokens that see no image yet.
+    pub fn forward_traced(
+        &self,
+        x: &Tensor,
+        ctx: &XCtx,
+        positions: &[u32],
+        trace: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let t = x.dim(1)?;
         let (mask, any) = ctx.mask(positions, t, x.device())?;
-        let a = self
-            .attn
-            .forward(&self.attn_norm.forward(x)?, &ctx.latents, Some(&mask))?
-            .broadcast_mul(&any)?;
+        let (a, probs) =
+            self.attn
+                .forward_probs(&self.attn_norm.forward(x)?, &ctx.latents, Some(&mask))?;
+        let a = a.broadcast_mul(&any)?;
+        let probs = if trace {
+            Some(probs.broadcast_mul(&any.unsqueeze(1)?.to_dtype(probs.dtype())?)?)
+        } else {
+            None
+        };
         let x = (x + a.broadcast_mul(&self.attn_gate.tanh()?)?)?;
         let f = self
             .ff
             .forward(&self.ff_norm.forward(&x)?)?
             .broadcast_mul(&any)?;
-        &x + f.broadcast_mul(&self.ff_gate.tanh()?)?
+        Ok(((&x + f.broadcast_mul(&self.ff_gate.tanh()?)?)?, probs))
     }
 }

@@ -66,6 +66,12 @@ impl QFormer {
 
     /// `(n_images, n_queries, d_model)` token embeddings from the encoded images.
     pub fn forward(&self, enc: &Encoded) -> Result<Tensor> {
+        Ok(self.forward_traced(enc, false)?.0)
+    }
+
+    /// [`QFormer::forward`]; with `trace`, also each layer's cross-attention of the queries
+    /// over the features, `(n_images, heads, n_queries, p)`.
+    pub fn forward_traced(&self, enc: &Encoded, trace: bool) -> Result<(Tensor, Vec<Tensor>)> {
         let n = enc.feats.dim(0)?;
         let (nq, d) = self.queries.dims2()?;
         let mut q = self
@@ -73,13 +79,20 @@ impl QFormer {
             .unsqueeze(0)?
             .broadcast_as((n, nq, d))?
             .contiguous()?;
+        let mut traced = Vec::new();
         for l in &self.layers {
             let h = l.self_norm.forward(&q)?;
             q = (&q + l.self_attn.forward(&h, &h, None)?)?;
             let h = l.cross_norm.forward(&q)?;
-            q = (&q + l.cross_attn.forward(&h, &enc.feats, Some(&enc.key_mask))?)?;
+            let (a, probs) = l
+                .cross_attn
+                .forward_probs(&h, &enc.feats, Some(&enc.key_mask))?;
+            if trace {
+                traced.push(probs);
+            }
+            q = (&q + a)?;
             q = (&q + l.mlp.forward(&l.mlp_norm.forward(&q)?)?)?;
         }
-        self.proj.forward(&self.out_norm.forward(&q)?)
+        Ok((self.proj.forward(&self.out_norm.forward(&q)?)?, traced))
     }
 }
