@@ -325,3 +325,54 @@ fn resuming_a_missing_directory_is_an_error_and_creates_nothing() {
     );
     assert!(!missing.exists(), "resuming created {}", missing.display());
 }
+
+#[test]
+fn the_log_counts_training_flops_by_component_and_freezing() {
+    // Freezing the decoder (gradients still flow through it to the patch embedding) changes its
+    // factor from 6 to 4: the totals differ by exactly 2 · N_decoder · tokens.
+    let quiet = |_: u64, _: u64, _: f64, _: f64| {};
+    let run = |freeze: Vec<String>| {
+        let mut cfg = config(3);
+        cfg.freeze = freeze;
+        let dir = tempfile::tempdir().unwrap();
+        train(
+            &cfg,
+            TextTokenizer::builtin().unwrap(),
+            dir.path(),
+            &RunControl {
+                resume: false,
+                progress: &quiet,
+                stop_after: None,
+            },
+        )
+        .unwrap();
+        let lines = log_lines(dir.path());
+        let (vm_model, vm) = mmlab::train::init_model(&cfg.model, 0, &Device::Cpu).unwrap();
+        drop(vm_model);
+        let (per, _) = mmlab::train::flops::component_params_of(&vm);
+        (lines, per)
+    };
+    let (all, per) = run(Vec::new());
+    let (frozen, _) = run(vec!["decoder".into()]);
+    let last = |l: &[LogLine]| {
+        let x = l.last().unwrap();
+        (x.flops.expect("flops logged"), x.tokens)
+    };
+    let ((fa, ta), (ff, tf)) = (last(&all), last(&frozen));
+    assert_eq!(ta, tf, "same data, same tokens");
+    let n_dec = per["decoder"] as f64;
+    assert!(fa >= 6.0 * n_dec * ta as f64, "{fa} < 6 N_dec tokens");
+    assert!(
+        ((fa - ff) - 2.0 * n_dec * ta as f64).abs() <= 1e-9 * fa,
+        "all {fa}, decoder frozen {ff}, N_dec {n_dec}, tokens {ta}"
+    );
+    // Every line carries the running total; it grows from one loss line (every step) to the next.
+    assert!(all.iter().all(|l| l.flops.is_some()), "{all:?}");
+    let f: Vec<f64> = all
+        .iter()
+        .filter(|l| l.loss.is_some())
+        .filter_map(|l| l.flops)
+        .collect();
+    assert_eq!(f.len(), 3);
+    assert!(f.windows(2).all(|w| w[1] > w[0]), "{f:?}");
+}

@@ -32,8 +32,9 @@ use crate::model::presets::preset;
 use crate::model::ModelDirConfig;
 use crate::train::contrastive::{pretrain, ContrastiveLoss, PretrainConfig};
 use crate::train::data::{Factory, Source, SyntheticData};
+pub use crate::train::flops::{train_step_flops, StepShape};
 use crate::train::tokenizer::synthetic_tokenizer;
-use crate::train::{component, init_model, named_vars, train, RunControl, TrainConfig};
+use crate::train::{init_model, train, RunControl, TrainConfig};
 
 /// An ablation file.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -220,40 +221,13 @@ impl AblationSpec {
     }
 }
 
-/// Matmul parameters per component (`encoder`, `connector`, `decoder`, and `audio_adapter`,
-/// the audio frame embedding, which freezes with the connector; the token embedding excluded)
-/// and the total parameter count.
+/// Matmul parameters per component of a fresh `cfg` model and its total parameter count
+/// (see [`crate::train::flops::component_params_of`]).
 pub fn component_params(
     cfg: &ModelDirConfig,
 ) -> anyhow::Result<(BTreeMap<&'static str, usize>, usize)> {
     let (_m, vm) = init_model(cfg, 0, &Device::Cpu)?;
-    let mut per = BTreeMap::new();
-    let mut total = 0;
-    for (name, var) in named_vars(&vm) {
-        total += var.elem_count();
-        if name.ends_with("embed_tokens.weight") {
-            continue;
-        }
-        let key = if name.starts_with("audio_embed.") {
-            "audio_adapter"
-        } else {
-            component(&name)
-        };
-        *per.entry(key).or_insert(0) += var.elem_count();
-    }
-    Ok((per, total))
-}
-
-/// Mean patches, real tokens and caption tokens per step of an arm's data.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
-pub struct StepShape {
-    /// Image patches per step.
-    pub patches: f64,
-    /// Real (unpadded) sequence tokens per step.
-    pub tokens: f64,
-    /// Audio frames per step.
-    #[serde(default)]
-    pub frames: f64,
+    Ok(crate::train::flops::component_params_of(&vm))
 }
 
 pub(crate) fn step_shape(
@@ -282,34 +256,6 @@ pub(crate) fn step_shape(
         tokens: t as f64 / steps as f64,
         frames: fr as f64 / steps as f64,
     })
-}
-
-/// Training FLOPs of one step (see the module docs).
-pub fn train_step_flops(
-    per: &BTreeMap<&'static str, usize>,
-    shape: &StepShape,
-    freeze: &[String],
-) -> f64 {
-    let frozen = |c: &str| freeze.iter().any(|f| f == c);
-    let k = |trains: bool, upstream: bool| {
-        if trains {
-            6.0
-        } else if upstream {
-            4.0
-        } else {
-            2.0
-        }
-    };
-    let n = |c: &str| *per.get(c).unwrap_or(&0) as f64;
-    // Image path: encoder -> connector -> decoder; audio path: frame embedding -> decoder.
-    let enc_trains = !frozen("encoder") && n("encoder") > 0.0;
-    let conn_trains = !frozen("connector");
-    let mut flops = k(enc_trains, false) * n("encoder") * shape.patches;
-    flops += k(conn_trains, enc_trains) * n("connector") * shape.patches;
-    flops += k(conn_trains, false) * n("audio_adapter") * shape.frames;
-    let upstream = enc_trains || (conn_trains && n("connector") + n("audio_adapter") > 0.0);
-    flops += k(!frozen("decoder"), upstream) * n("decoder") * shape.tokens;
-    flops
 }
 
 /// Metrics of one trained model.

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod contrastive;
 pub mod data;
+pub mod flops;
 pub mod optim;
 pub mod recipe;
 mod run;
@@ -364,6 +365,10 @@ pub struct TrainState {
     /// log after a resume equals the uninterrupted run's).
     #[serde(default)]
     pub window: LossWindow,
+    /// Training FLOPs so far, as counted by [`flops::train_step_flops`] on each step's batch
+    /// (`None`: the run began before mmlab counted them, so its total is unknown).
+    #[serde(default)]
+    pub flops: Option<f64>,
 }
 
 /// Sums over the steps since the last `train.jsonl` loss line.
@@ -391,6 +396,10 @@ pub struct LogLine {
     pub grad_norm: Option<f64>,
     /// Tokens processed so far.
     pub tokens: u64,
+    /// Training FLOPs so far, as counted (see [`flops`]); absent in logs of runs that began
+    /// before mmlab counted them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flops: Option<f64>,
     /// Throughput since the last line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_s: Option<f64>,
@@ -416,6 +425,7 @@ impl LogLine {
             lr: None,
             grad_norm: None,
             tokens: state.tokens,
+            flops: state.flops,
             tokens_per_s: None,
             seconds: state.seconds,
             eval: None,

@@ -96,8 +96,12 @@ pub fn train(
     let state = if ctl.resume {
         checkpoint::resume(out, cfg, &vm, &mut opt)?
     } else {
-        TrainState::default()
+        TrainState {
+            flops: Some(0.0),
+            ..TrainState::default()
+        }
     };
+    let (components, _) = super::flops::component_params_of(&vm);
     let tok = Arc::new(tokenizer);
     let (factory, eval_sets) = data_streams(cfg, tok.clone())?;
     let run = Run {
@@ -114,6 +118,7 @@ pub fn train(
         threads,
         log: RunLog::open(out.join("train.jsonl"))?,
         state,
+        components,
     };
     let (state, vm, last_eval) = run.run()?;
     if state.step == cfg.steps {
@@ -266,6 +271,8 @@ struct Run<'a> {
     threads: usize,
     log: RunLog,
     state: TrainState,
+    /// Matmul parameters per component, for counting FLOPs.
+    components: std::collections::BTreeMap<&'static str, usize>,
 }
 
 /// What one optimiser step did.
@@ -277,6 +284,8 @@ struct StepDone {
     tokens: u64,
     /// Tokens the loss saw.
     targets: u64,
+    /// Training FLOPs of the step, as counted (see [`super::flops`]).
+    flops: f64,
 }
 
 impl Run<'_> {
@@ -296,6 +305,7 @@ impl Run<'_> {
             state.step += 1;
             state.tokens += d.tokens;
             state.target_tokens += d.targets;
+            state.flops = state.flops.map(|f| f + d.flops);
             state.adam_t = self.opt.t;
             state.seconds = secs0 + t0.elapsed().as_secs_f64();
             state.window.loss_sum += d.loss as f64;
@@ -343,6 +353,15 @@ impl Run<'_> {
         self.opt.lr = lr;
         let examples = self.factory.batch(step)?;
         let seqs: Vec<_> = examples.into_iter().map(|e| e.seq).collect();
+        let shape = super::flops::StepShape {
+            patches: seqs
+                .iter()
+                .map(|s| s.patches.len() / s.patch_dim.max(1))
+                .sum::<usize>() as f64,
+            tokens: seqs.iter().map(|s| s.len()).sum::<usize>() as f64,
+            frames: seqs.iter().map(|s| s.n_frames()).sum::<usize>() as f64,
+        };
+        let flops = super::flops::train_step_flops(&self.components, &shape, &cfg.freeze);
         let shards =
             step::collate_shards(&seqs, step::shard_count(seqs.len(), self.threads), self.pad)?;
         let step::StepGrads {
@@ -381,6 +400,7 @@ impl Run<'_> {
             grad_norm,
             tokens,
             targets: n_targets as u64,
+            flops,
         })
     }
 
