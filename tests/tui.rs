@@ -1124,3 +1124,136 @@ fn a_q_former_tokens_map_runs_through_its_queries() {
     let total: f32 = heat.iter().sum();
     assert!((total - on_slots.iter().sum::<f32>()).abs() < 1e-5);
 }
+
+#[test]
+fn the_models_table_puts_settings_beside_results_with_counted_flops_and_sorts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    // A run made now: `mmlab train` logs the FLOPs it counts and writes its settings.
+    let tok = mmlab::fusion::TextTokenizer::builtin().unwrap();
+    let mut model = mmlab::model::presets::preset("fuyu-tiny").unwrap().config;
+    model.model.vocab_size = model.model.vocab_size.max(tok.vocab_size());
+    let cfg = mmlab::train::TrainConfig {
+        model,
+        data: Some(mmlab::train::data::SyntheticData::small()),
+        data_dir: None,
+        steps: 3,
+        batch_size: 4,
+        warmup: 1,
+        min_lr_ratio: 0.1,
+        optim: mmlab::train::optim::AdamWConfig {
+            lr: 2e-3,
+            ..Default::default()
+        },
+        grad_clip: 1.0,
+        seed: 1,
+        log_every: 1,
+        eval_every: 0,
+        ckpt_every: 0,
+        eval_batches: 1,
+        eval_seed: None,
+        init_from: None,
+        init_parts: Vec::new(),
+        init_encoder: None,
+        init_audio_encoder: None,
+        freeze: Vec::new(),
+    };
+    let quiet = |_: u64, _: u64, _: f64, _: f64| {};
+    mmlab::train::train(
+        &cfg,
+        tok,
+        &models.join("counted"),
+        &mmlab::train::RunControl {
+            resume: false,
+            progress: &quiet,
+            stop_after: None,
+        },
+    )
+    .unwrap();
+    // A model whose log predates the count (the fixture's).
+    let old = models.join("estimated");
+    std::fs::create_dir_all(&old).unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "train.jsonl",
+    ] {
+        std::fs::copy(root().join("models/fuyu-tiny-a").join(f), old.join(f)).unwrap();
+    }
+    let ws = Workspace::scan_with(tmp.path(), false);
+    assert!(ws.problems.is_empty(), "{:?}", ws.problems);
+    let m = |n: &str| ws.models.iter().find(|m| m.name == n).unwrap().clone();
+    let (counted, estimated) = (m("counted"), m("estimated"));
+    assert!(counted.counted() && !estimated.counted());
+    let last: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(models.join("counted/train.jsonl"))
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(counted.flops(), last["flops"].as_f64());
+    assert_ne!(
+        counted.flops(),
+        Some(counted.flops_at(last["tokens"].as_f64().unwrap()))
+    );
+    assert_eq!(
+        estimated.flops(),
+        Some(estimated.flops_at(estimated.tokens().unwrap() as f64))
+    );
+    assert_eq!(counted.peak_lr(), Some(2e-3));
+    assert_eq!(
+        counted.trained_on.as_deref(),
+        Some("aligned 48x48 cell 12px")
+    );
+    let mut d = Dashboard::new(ws);
+    d.tab = 0;
+    let screen = draw(80, 24, |f| d.render(f, f.area())).0;
+    let row = |name: &str| {
+        screen
+            .lines()
+            .find(|l| l.contains(&format!("│{name} ")))
+            .unwrap_or_else(|| panic!("no row {name}: {screen}"))
+            .to_string()
+    };
+    assert!(
+        !row("counted").contains('≈') && row("counted").contains("aligned 48x48"),
+        "{screen}"
+    );
+    assert!(row("counted").contains("2.0e-3"), "{screen}");
+    assert!(row("estimated").contains('≈') && row("estimated").contains("3.0e-3"));
+    // ←→ sort: by params (ascending), then FLOPs, then peak LR; the header marks the column.
+    let order = |d: &mut Dashboard| {
+        let s = draw(80, 24, |f| d.render(f, f.area())).0;
+        let rows: Vec<String> = s
+            .lines()
+            .filter_map(|l| {
+                ["counted", "estimated"]
+                    .into_iter()
+                    .find(|n| l.contains(&format!("│{n} ")))
+                    .map(String::from)
+            })
+            .collect();
+        (s, rows)
+    };
+    d.key(key(KeyCode::Right));
+    d.key(key(KeyCode::Right));
+    d.key(key(KeyCode::Right));
+    let (s, rows) = order(&mut d);
+    assert!(s.contains("peak LR▲"), "{s}");
+    assert_eq!(rows, ["counted", "estimated"], "2e-3 before 3e-3: {s}");
+    d.key(key(KeyCode::Right));
+    d.key(key(KeyCode::Right));
+    let (s, _) = order(&mut d);
+    assert!(s.contains("count▼"), "{s}");
+    // Enter opens the model under the cursor in display order.
+    d.key(key(KeyCode::Left));
+    d.key(key(KeyCode::Left));
+    d.key(key(KeyCode::Down));
+    match d.key(key(KeyCode::Enter)) {
+        Action::Inspect { name, .. } => assert_eq!(name, "estimated"),
+        _ => panic!("Enter should open the inspector"),
+    }
+}

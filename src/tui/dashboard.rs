@@ -86,7 +86,28 @@ pub struct Dashboard {
     pub run_sort: usize,
     /// Runs table selection.
     pub runs_table: TableState,
+    /// Column the models table is sorted by (index into `MODEL_COLUMNS`; past its end: the
+    /// order found on disk).
+    pub model_sort: usize,
+    /// The models table's rows in display order (indices into `ws.models`).
+    pub model_order: Vec<usize>,
+    /// Each model's POPE random F1 and counting accuracy on [`Dashboard::headline_tier`]
+    /// (its newest result there, or the one it ships with), indexed as `ws.models`.
+    pub model_results: Vec<(Option<f64>, Option<f64>)>,
+    /// The tier most result rows were measured on: the one the models table quotes.
+    pub headline_tier: Option<String>,
 }
+
+/// What the models table shows of a model for sorting: its index in `ws.models`.
+type ModelValue = fn(&Dashboard, usize) -> Option<f64>;
+/// The models table's sortable columns: (header, value, ascending).
+const MODEL_COLUMNS: [(&str, ModelValue, bool); 5] = [
+    ("params", |d, i| Some(d.ws.models[i].params as f64), true),
+    ("FLOPs", |d, i| d.ws.models[i].flops(), true),
+    ("peak LR", |d, i| d.ws.models[i].peak_lr(), true),
+    ("F1 rnd", |d, i| d.model_results[i].0, false),
+    ("count", |d, i| d.model_results[i].1, false),
+];
 
 /// The study runs table: (header, value of a run, best first when sorted: lowest or highest).
 type RunValue = fn(&super::workspace::StudyRun) -> Option<f64>;
@@ -165,9 +186,72 @@ impl Dashboard {
             study_runs: false,
             run_sort: 3,
             runs_table: TableState::default().with_selected(Some(0)),
+            model_sort: MODEL_COLUMNS.len(),
+            model_order: Vec::new(),
+            model_results: Vec::new(),
+            headline_tier: None,
         };
         d.sort();
         d
+    }
+
+    /// Orders the models table by its sort column (ascending for settings, best first for
+    /// results; models without the value last), keeping the selection on the same model.
+    pub fn sort_models(&mut self) {
+        let selected = self
+            .models
+            .selected()
+            .and_then(|k| self.model_order.get(k).copied());
+        let mut order: Vec<usize> = (0..self.ws.models.len()).collect();
+        if let Some(&(_, value, ascending)) = MODEL_COLUMNS.get(self.model_sort) {
+            order.sort_by(|&a, &b| match (value(self, a), value(self, b)) {
+                (Some(x), Some(y)) if ascending => x.total_cmp(&y),
+                (Some(x), Some(y)) => y.total_cmp(&x),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            });
+        }
+        if let Some(m) = selected {
+            self.models
+                .select(order.iter().position(|&i| i == m).or(Some(0)));
+        }
+        self.model_order = order;
+    }
+
+    /// Each model's headline results for the models table (see [`Dashboard::model_results`]).
+    fn collect_model_results(&mut self) {
+        let mut tiers: std::collections::BTreeMap<&str, usize> = Default::default();
+        for r in &self.rows {
+            *tiers.entry(r.tier.as_str()).or_default() += 1;
+        }
+        let tier = tiers
+            .iter()
+            .max_by_key(|(t, n)| (**n, std::cmp::Reverse(**t)))
+            .map(|(t, _)| t.to_string());
+        let f1 = COLUMNS[0];
+        let count = COLUMNS
+            .iter()
+            .find(|c| c.keys == ["count:acc"])
+            .copied()
+            .unwrap_or(COLUMNS[0]);
+        self.model_results = self
+            .ws
+            .models
+            .iter()
+            .map(|m| {
+                // The user's own results first, then what the model ships with.
+                let mut rows: Vec<&ResultRow> = self
+                    .rows
+                    .iter()
+                    .filter(|r| r.model == m.name && Some(&r.tier) == tier.as_ref())
+                    .collect();
+                rows.sort_by_key(|r| r.shipped);
+                let pick = |c: &super::workspace::Column| rows.iter().find_map(|r| r.value(c));
+                (pick(&f1), pick(&count))
+            })
+            .collect();
+        self.headline_tier = tier;
     }
 
     /// Orders the results rows: native first, then bolted-on, then others; within a group
@@ -188,6 +272,8 @@ impl Dashboard {
                 .then_with(|| a.model.cmp(&b.model))
         });
         self.rows = rows;
+        self.collect_model_results();
+        self.sort_models();
     }
 
     /// The marker of an overlaid curve: by its place among the overlaid ones, so the curves on
@@ -251,8 +337,19 @@ impl Dashboard {
             0 => {
                 if up || down {
                     Self::move_sel(&mut self.models, self.ws.models.len(), down);
+                } else if matches!(k.code, KeyCode::Left | KeyCode::Char('h')) {
+                    self.model_sort =
+                        (self.model_sort + MODEL_COLUMNS.len()) % (MODEL_COLUMNS.len() + 1);
+                    self.sort_models();
+                } else if matches!(
+                    k.code,
+                    KeyCode::Right | KeyCode::Char('l') | KeyCode::Char('s')
+                ) {
+                    self.model_sort = (self.model_sort + 1) % (MODEL_COLUMNS.len() + 1);
+                    self.sort_models();
                 } else if matches!(k.code, KeyCode::Enter | KeyCode::Char('i')) {
-                    if let Some(m) = self.models.selected().and_then(|i| self.ws.models.get(i)) {
+                    let picked = self.models.selected().and_then(|k| self.model_order.get(k));
+                    if let Some(m) = picked.and_then(|&i| self.ws.models.get(i)) {
                         if m.weights.is_some() {
                             return Action::Inspect {
                                 name: m.name.clone(),
@@ -361,7 +458,7 @@ impl Dashboard {
             top,
         );
         let keys = match self.tab {
-            0 => " Tab/1-4 tabs  ↑↓ model  Enter inspect  q quit",
+            0 => " Tab/1-4 tabs  ↑↓ model  ←→ sort column  Enter inspect  q quit",
             1 => " Tab/1-4 tabs  ↑↓ model  ←→ sort column / chart  Enter inspect  q quit",
             2 => " Tab/1-4 tabs  ↑↓ model  Space overlay  m quantity  q quit",
             _ if self.on_study() && self.study_runs => {
@@ -384,48 +481,93 @@ impl Dashboard {
 
     fn render_models(&mut self, f: &mut Frame, area: Rect) {
         let wide = area.width >= 120;
-        let header = Row::new([
-            "model",
-            "design",
-            "params",
-            "tokens",
-            "FLOPs≈6ND",
-            "weights",
-        ])
-        .style(Style::new().add_modifier(Modifier::BOLD));
+        let sorted = |h: &'static str| -> String {
+            match MODEL_COLUMNS.get(self.model_sort) {
+                Some(&(c, _, asc)) if c == h => format!("{h}{}", if asc { "▲" } else { "▼" }),
+                _ => h.to_string(),
+            }
+        };
+        let mut head: Vec<String> = vec!["model".into(), "design".into(), sorted("params")];
+        if wide {
+            head.push("tokens".into());
+        }
+        head.extend([
+            sorted("FLOPs"),
+            sorted("peak LR"),
+            "trained on".into(),
+            sorted("F1 rnd"),
+            sorted("count"),
+        ]);
+        if wide {
+            head.push("weights".into());
+        }
+        let header = Row::new(head).style(Style::new().add_modifier(Modifier::BOLD));
         let rows: Vec<Row> = self
-            .ws
-            .models
+            .model_order
             .iter()
-            .map(|m| {
+            .map(|&i| {
+                let m = &self.ws.models[i];
                 let colour = if m.native() {
                     Color::Cyan
                 } else {
                     Color::Magenta
                 };
-                let weights = match (&m.weights, wide) {
-                    (Some(p), true) => self.ws.rel(p),
-                    (Some(_), false) => "yes".into(),
-                    (None, _) => "-".into(),
-                };
-                Row::new(vec![
+                let (f1, count) = self.model_results.get(i).copied().unwrap_or_default();
+                let num = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
+                // Short at 80 columns: the tier and size, without the cell.
+                let trained = m.trained_on.as_deref().map_or("-".to_string(), |t| {
+                    if wide {
+                        t.to_string()
+                    } else {
+                        t.split(" cell").next().unwrap_or(t).to_string()
+                    }
+                });
+                let mut cells = vec![
                     Cell::from(m.name.clone()).style(Style::new().fg(colour)),
                     Cell::from(m.design.to_string()),
-                    Cell::from(format!("{:>8}", m.params)),
-                    Cell::from(m.tokens().map_or("-".into(), |t| fmt_count(t as f64))),
-                    Cell::from(m.flops().map_or("-".into(), fmt_count)),
-                    Cell::from(weights),
-                ])
+                    Cell::from(format!("{:>7}", m.params)),
+                ];
+                if wide {
+                    cells.push(Cell::from(
+                        m.tokens().map_or("-".into(), |t| fmt_count(t as f64)),
+                    ));
+                }
+                cells.extend([
+                    Cell::from(m.flops().map_or("-".into(), |f| {
+                        format!("{}{}", if m.counted() { "" } else { "≈" }, fmt_count(f))
+                    })),
+                    Cell::from(m.peak_lr().map_or("-".into(), |l| format!("{l:.1e}"))),
+                    Cell::from(trained),
+                    Cell::from(num(f1)),
+                    Cell::from(num(count)),
+                ]);
+                if wide {
+                    cells.push(Cell::from(
+                        m.weights.as_ref().map_or("-".into(), |p| self.ws.rel(p)),
+                    ));
+                }
+                Row::new(cells)
             })
             .collect();
-        let widths = [
-            Constraint::Length(20),
-            Constraint::Length(9),
-            Constraint::Length(9),
+        // 78 columns inside the border at 80: every header fits with its sort mark.
+        let mut widths = vec![
+            Constraint::Length(if wide { 20 } else { 14 }),
             Constraint::Length(8),
-            Constraint::Length(10),
-            Constraint::Fill(1),
+            Constraint::Length(7),
         ];
+        if wide {
+            widths.push(Constraint::Length(8));
+        }
+        widths.extend([
+            Constraint::Length(if wide { 10 } else { 8 }),
+            Constraint::Length(8),
+            Constraint::Length(if wide { 24 } else { 13 }),
+            Constraint::Length(7),
+            Constraint::Length(6),
+        ]);
+        if wide {
+            widths.push(Constraint::Fill(1));
+        }
         let [table, problems] = Layout::vertical([
             Constraint::Fill(1),
             Constraint::Length(if self.ws.problems.is_empty() {
@@ -439,10 +581,18 @@ impl Dashboard {
             Table::new(rows, widths)
                 .header(header)
                 .row_highlight_style(Style::new().bg(Color::Blue))
-                .block(Block::default().borders(Borders::ALL).title(format!(
-                    " {} models (cyan native, magenta bolted-on) ",
-                    self.ws.models.len()
-                ))),
+                .block(
+                    Block::default()
+                        .borders(Borders::ALL)
+                        .title(format!(
+                            " {} models (cyan native, magenta bolted-on; ≈ FLOPs: 6·N·tokens, not logged) ",
+                            self.ws.models.len()
+                        ))
+                        .title_bottom(format!(
+                            " results: {} ",
+                            self.headline_tier.as_deref().unwrap_or("none yet")
+                        )),
+                ),
             table,
             &mut self.models,
         );
@@ -665,9 +815,11 @@ impl Dashboard {
                 if i == self.curve_sel {
                     style = style.add_modifier(Modifier::REVERSED);
                 }
+                // ≈: FLOPs estimated as 6·N·tokens (the log does not count them).
                 let mut lines = vec![Line::from(format!(
-                    "[{}] {mark} {}",
+                    "[{}] {mark} {}{}",
                     if on { "x" } else { " " },
+                    if model.counted() { "" } else { "≈" },
                     model.name
                 ))
                 .style(style)];
@@ -714,7 +866,7 @@ impl Dashboard {
                             2 => p.presence,
                             _ => p.count,
                         }?;
-                        let x = model.flops_at(p.tokens);
+                        let x = model.flops_of(p);
                         (x > 0.0).then_some((x, y))
                     })
                     .collect();
@@ -815,9 +967,17 @@ impl Dashboard {
                 let model = &self.ws.models[m];
                 model.diverged_at().map(|p| (model.name.clone(), p.step))
             });
+        // One rule for FLOPs: what the training counted where its log says, else 6·N·tokens
+        // (marked ≈ in the list).
+        let estimated = self
+            .overlay
+            .iter()
+            .filter_map(|&i| self.curves.get(i))
+            .any(|&m| !self.ws.models[m].counted());
         let mut block = Block::default().borders(Borders::ALL).title(format!(
-            " {} vs FLOPs (6·N·tok){}{} ",
+            " {} vs FLOPs ({}){}{} ",
             CURVES[self.curve_kind],
+            if estimated { "≈ 6ND" } else { "counted" },
             if log_x { ", log x" } else { "" },
             if log_y { ", log y" } else { "" },
         ));

@@ -39,6 +39,9 @@ pub struct ModelEntry {
     /// Steps the run in progress will take, from its checkpoint's settings (`None`: finished,
     /// or no checkpoint).
     pub planned_steps: Option<u64>,
+    /// The scenes it was trained on (`aligned 48x48 cell 12px`), from the settings `mmlab
+    /// train` writes at a run's start (`run.json`); `None` when the directory has none.
+    pub trained_on: Option<String>,
 }
 
 impl ModelEntry {
@@ -47,13 +50,38 @@ impl ModelEntry {
         self.curve.last().map(|p| p.tokens as u64)
     }
 
-    /// Training FLOPs estimated as `6 · parameters · tokens`.
-    pub fn flops(&self) -> Option<f64> {
-        self.tokens().map(|t| self.flops_at(t as f64))
+    /// Whether every line of every training log carries the FLOPs the training counted
+    /// (`mmlab train` logs them; logs made before it did, or stages of such runs, do not).
+    pub fn counted(&self) -> bool {
+        !self.curve.is_empty() && self.curve.iter().all(|p| p.flops.is_some())
     }
 
-    /// FLOPs after `tokens` training tokens, by the same estimate as [`ModelEntry::flops`]
-    /// (one estimate for the whole dashboard).
+    /// Training FLOPs: what the training counted, when its logs say (see
+    /// [`ModelEntry::counted`]); otherwise estimated as `6 · parameters · tokens`.
+    pub fn flops(&self) -> Option<f64> {
+        let last = self.curve.last()?;
+        Some(self.flops_of(last))
+    }
+
+    /// FLOPs at a point of the curve, by the same rule as [`ModelEntry::flops`] (one rule for
+    /// the whole dashboard, and one for all of a model's points).
+    pub fn flops_of(&self, p: &CurvePoint) -> f64 {
+        match p.flops.filter(|_| self.counted()) {
+            Some(f) => f,
+            None => self.flops_at(p.tokens),
+        }
+    }
+
+    /// The largest learning rate its logs record (the peak of the schedule, over all stages).
+    pub fn peak_lr(&self) -> Option<f64> {
+        self.curve
+            .iter()
+            .filter_map(|p| p.lr)
+            .filter(|l| l.is_finite())
+            .reduce(f64::max)
+    }
+
+    /// The estimate `6 · parameters · tokens`, for logs that do not count FLOPs.
     pub fn flops_at(&self, tokens: f64) -> f64 {
         6.0 * self.params as f64 * tokens
     }
@@ -323,6 +351,11 @@ pub fn read_shipped(model: &str, path: &Path) -> Result<ShippedResult, String> {
 pub struct CurvePoint {
     /// Training tokens so far (over every stage).
     pub tokens: f64,
+    /// Training FLOPs so far as the training counted them (over every stage), on logs that
+    /// carry them.
+    pub flops: Option<f64>,
+    /// The learning rate, on training lines.
+    pub lr: Option<f64>,
     /// Training loss, on loss lines.
     pub loss: Option<f64>,
     /// Held-out presence accuracy, on eval lines.
@@ -469,10 +502,10 @@ pub fn train_logs(dir: &Path) -> Vec<PathBuf> {
 /// Reads training logs into one curve; tokens continue across stages.
 pub fn read_curve(logs: &[PathBuf]) -> Result<Vec<CurvePoint>, String> {
     let mut out = Vec::new();
-    let mut offset = 0.0;
+    let (mut offset, mut flops_offset) = (0.0, 0.0);
     for log in logs {
         let text = std::fs::read_to_string(log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let mut stage_max: f64 = 0.0;
+        let (mut stage_max, mut stage_flops): (f64, f64) = (0.0, 0.0);
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
@@ -492,8 +525,12 @@ pub fn read_curve(logs: &[PathBuf]) -> Result<Vec<CurvePoint>, String> {
                     .is_some_and(|x| x.as_f64().is_none_or(|f| !f.is_finite()))
             };
             let training = v.get("lr").is_some();
+            let flops = num("flops").filter(|f| f.is_finite());
+            stage_flops = stage_flops.max(flops.unwrap_or(0.0));
             out.push(CurvePoint {
                 tokens: offset + tokens,
+                flops: flops.map(|f| flops_offset + f),
+                lr: num("lr"),
                 loss: num("loss").filter(|l| l.is_finite()),
                 presence: get("presence"),
                 count: get("count"),
@@ -505,6 +542,7 @@ pub fn read_curve(logs: &[PathBuf]) -> Result<Vec<CurvePoint>, String> {
             });
         }
         offset += stage_max;
+        flops_offset += stage_flops;
     }
     Ok(out)
 }
@@ -553,6 +591,17 @@ fn model_entry(
             return None;
         }
     };
+    let trained_on = run.as_ref().ok().and_then(|r| r.data.as_ref()).map(|d| {
+        let sc = &d.scene;
+        let cell = (sc.tier == mmlab_datasets::scene::Tier::Aligned).then_some(sc.cell);
+        mmlab_eval::identity::SceneInfo {
+            tier: sc.tier.name().to_string(),
+            width: Some(sc.width),
+            height: Some(sc.height),
+            cell,
+        }
+        .to_string()
+    });
     let logs = train_logs(dir);
     let curve = read_curve(&logs).unwrap_or_else(|e| {
         problems.push(e);
@@ -575,6 +624,7 @@ fn model_entry(
             .then(|| dir.to_path_buf()),
         spec,
         curve,
+        trained_on,
     })
 }
 
@@ -648,6 +698,7 @@ impl Workspace {
                     dir: None,
                     logs_seen: Vec::new(),
                     planned_steps: None,
+                    trained_on: None,
                 });
             }
         }
