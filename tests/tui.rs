@@ -1256,4 +1256,14 @@ fn the_models_table_puts_settings_beside_results_with_counted_flops_and_sorts() 
         Action::Inspect { name, .. } => assert_eq!(name, "estimated"),
         _ => panic!("Enter should open the inspector"),
     }
+    // A run started after the dashboard opened joins the table at the next look.
+    let late = tmp.path().join("runs/late");
+    std::fs::create_dir_all(&late).unwrap();
+    for f in ["run.json", "train.jsonl"] {
+        std::fs::copy(models.join("counted").join(f), late.join(f)).unwrap();
+    }
+    d.refresh();
+    let s = draw(80, 24, |f| d.render(f, f.area())).0;
+    assert!(s.contains("│late "), "{s}");
+    assert!(s.contains(" 3 models "), "{s}");
 }

@@ -306,6 +306,8 @@ impl Dashboard {
         }
         self.curve_sel = old.get(self.curve_sel).and_then(|&m| pos(m)).unwrap_or(0);
         self.curves = curves;
+        // New models and grown FLOPs: the models table's rows and order.
+        self.sort();
     }
 
     fn move_sel(state: &mut TableState, n: usize, down: bool) {
@@ -551,7 +553,11 @@ impl Dashboard {
             .collect();
         // 78 columns inside the border at 80: every header fits with its sort mark.
         let mut widths = vec![
-            Constraint::Length(if wide { 20 } else { 14 }),
+            if wide {
+                Constraint::Length(20)
+            } else {
+                Constraint::Fill(1)
+            },
             Constraint::Length(8),
             Constraint::Length(7),
         ];

@@ -630,8 +630,10 @@ fn model_entry(
 
 impl Workspace {
     /// Re-reads the training logs of every model whose logs changed (grew, appeared, or were
-    /// touched) since they were last read, and whether its run finished; returns the indices
-    /// of the models whose curves changed. Cheap when nothing changed: one `stat` per log.
+    /// touched) since they were last read, and whether its run finished, and adds the model
+    /// directories that appeared under `models/` and `runs/` (runs started since); returns the
+    /// indices of the models that changed or are new. Cheap when nothing changed: one `stat`
+    /// per log and one listing of each folder.
     pub fn refresh_curves(&mut self) -> Vec<usize> {
         let mut changed = Vec::new();
         for (i, m) in self.models.iter_mut().enumerate() {
@@ -654,6 +656,46 @@ impl Workspace {
                 }
             }
             changed.push(i);
+        }
+        // Runs started since the scan: a new model directory under `models/` or `runs/`.
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let known: Vec<PathBuf> = self
+            .models
+            .iter()
+            .filter_map(|m| m.dir.as_deref())
+            .map(canon)
+            .collect();
+        for folder in ["models", "runs"] {
+            for dir in subdirs(&self.root.join(folder)) {
+                if !is_model_dir(&dir) || known.contains(&canon(&dir)) {
+                    continue;
+                }
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let spec = dir.display().to_string();
+                let mut problems = Vec::new();
+                // Half-written settings: try again at the next look.
+                let Some(e) = model_entry(name, spec, &dir, &mut problems) else {
+                    continue;
+                };
+                // An untrained preset row of that name is replaced in place (indices stay).
+                match self
+                    .models
+                    .iter()
+                    .position(|m| m.name == e.name && m.dir.is_none() && m.weights.is_none())
+                {
+                    Some(i) => {
+                        self.models[i] = e;
+                        changed.push(i);
+                    }
+                    None => {
+                        self.models.push(e);
+                        changed.push(self.models.len() - 1);
+                    }
+                }
+            }
         }
         changed
     }
