@@ -1,39 +1,16 @@
 //! Training runs: a resumed run matches an uninterrupted one; bad model directories get clear errors.
 
+mod common;
+
 use candle_core::Device;
 use mmlab::fusion::TextTokenizer;
 use mmlab::model::io::load_dir;
 use mmlab::model::presets::preset;
 use mmlab::train::data::SyntheticData;
-use mmlab::train::optim::AdamWConfig;
 use mmlab::train::{train, LogLine, RunControl, TrainConfig};
 
 fn config(steps: u64) -> TrainConfig {
-    let tok = TextTokenizer::builtin().unwrap();
-    let mut model = preset("fuyu-tiny").unwrap().config;
-    model.model.vocab_size = model.model.vocab_size.max(tok.vocab_size());
-    TrainConfig {
-        model,
-        data: Some(SyntheticData::small()),
-        data_dir: None,
-        steps,
-        batch_size: 8,
-        warmup: 2,
-        min_lr_ratio: 0.1,
-        optim: AdamWConfig::default(),
-        grad_clip: 1.0,
-        seed: 4,
-        log_every: 1,
-        eval_every: 0,
-        ckpt_every: 0,
-        eval_batches: 1,
-        eval_seed: None,
-        init_from: None,
-        init_parts: Vec::new(),
-        init_encoder: None,
-        init_audio_encoder: None,
-        freeze: Vec::new(),
-    }
+    common::tiny_train_config(steps)
 }
 
 fn losses(dir: &std::path::Path) -> Vec<(u64, f64)> {

@@ -2,6 +2,8 @@
 //! `tests/fixtures/tui` (made by its `make.sh`), key handling, the model thread, and the
 //! attention the inspector shows checked against attention computed here from the weights.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -393,23 +395,11 @@ fn inspector_attention_is_the_models_own_attention() {
         "fuyu-tiny has one layer; this test recomputes layer 0"
     );
     // The weights, read straight from the file.
-    let bytes = std::fs::read(root().join("models/fuyu-tiny-a/model.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let w: HashMap<String, Vec<f32>> = st
-        .tensors()
-        .into_iter()
-        .map(|(name, v)| {
-            let f: Vec<f32> = v
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            (name, f)
-        })
-        .collect();
+    let w = weights(&root().join("models/fuyu-tiny-a"));
     let g = |k: &str| {
         w.get(k)
             .unwrap_or_else(|| panic!("no tensor {k}"))
+            .1
             .as_slice()
     };
     let (d, nh) = (cfg.d_model, cfg.n_heads);
@@ -1131,33 +1121,8 @@ fn the_models_table_puts_settings_beside_results_with_counted_flops_and_sorts() 
     let models = tmp.path().join("models");
     // A run made now: `mmlab train` logs the FLOPs it counts and writes its settings.
     let tok = mmlab::fusion::TextTokenizer::builtin().unwrap();
-    let mut model = mmlab::model::presets::preset("fuyu-tiny").unwrap().config;
-    model.model.vocab_size = model.model.vocab_size.max(tok.vocab_size());
-    let cfg = mmlab::train::TrainConfig {
-        model,
-        data: Some(mmlab::train::data::SyntheticData::small()),
-        data_dir: None,
-        steps: 3,
-        batch_size: 4,
-        warmup: 1,
-        min_lr_ratio: 0.1,
-        optim: mmlab::train::optim::AdamWConfig {
-            lr: 2e-3,
-            ..Default::default()
-        },
-        grad_clip: 1.0,
-        seed: 1,
-        log_every: 1,
-        eval_every: 0,
-        ckpt_every: 0,
-        eval_batches: 1,
-        eval_seed: None,
-        init_from: None,
-        init_parts: Vec::new(),
-        init_encoder: None,
-        init_audio_encoder: None,
-        freeze: Vec::new(),
-    };
+    let mut cfg = common::tiny_train_config(3);
+    cfg.optim.lr = 2e-3;
     let quiet = |_: u64, _: u64, _: f64, _: f64| {};
     mmlab::train::train(
         &cfg,

@@ -146,14 +146,7 @@ impl Bolted {
 
     /// Encodes the images of `batch` (which has at least one) and runs the connector.
     pub fn image_input(&self, batch: &Batch) -> Result<Connected> {
-        let patches = matrix(
-            &batch.patches,
-            batch.patch_dim,
-            batch.images.len(),
-            "image",
-            self.decoder.device(),
-        )?;
-        let enc = self.encoder.forward(&patches, &batch.images)?;
+        let enc = self.encode_images(batch)?;
         let items = batch.images.iter().map(|s| (s.slot_start, s.n_slots));
         self.connect(
             &self.connector,
@@ -171,6 +164,11 @@ impl Bolted {
         if batch.images.is_empty() {
             return Ok(None);
         }
+        self.connector.slot_attention(&self.encode_images(batch)?)
+    }
+
+    /// The vision encoder's features of the images of `batch`.
+    fn encode_images(&self, batch: &Batch) -> Result<Encoded> {
         let patches = matrix(
             &batch.patches,
             batch.patch_dim,
@@ -178,8 +176,7 @@ impl Bolted {
             "image",
             self.decoder.device(),
         )?;
-        let enc = self.encoder.forward(&patches, &batch.images)?;
-        self.connector.slot_attention(&enc)
+        self.encoder.forward(&patches, &batch.images)
     }
 
     /// Encodes the audio clips of `batch` (which has at least one) and runs the audio connector.

@@ -571,6 +571,24 @@ fn is_model_dir(dir: &Path) -> bool {
         || (dir.join("run.json").is_file() && dir.join("train.jsonl").is_file())
 }
 
+/// The model directories under `root/models` and `root/runs`, finished or in training.
+fn run_dirs(root: &Path) -> Vec<PathBuf> {
+    ["models", "runs"]
+        .iter()
+        .flat_map(|f| subdirs(&root.join(f)))
+        .filter(|d| is_model_dir(d))
+        .collect()
+}
+
+/// The entry of a model directory, named after it and loaded by its path.
+fn dir_entry(dir: &Path, problems: &mut Vec<String>) -> Option<ModelEntry> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    model_entry(name, dir.display().to_string(), dir, problems)
+}
+
 fn model_entry(
     name: String,
     spec: String,
@@ -665,35 +683,27 @@ impl Workspace {
             .filter_map(|m| m.dir.as_deref())
             .map(canon)
             .collect();
-        for folder in ["models", "runs"] {
-            for dir in subdirs(&self.root.join(folder)) {
-                if !is_model_dir(&dir) || known.contains(&canon(&dir)) {
-                    continue;
+        for dir in run_dirs(&self.root) {
+            if known.contains(&canon(&dir)) {
+                continue;
+            }
+            // Half-written settings: try again at the next look.
+            let Some(e) = dir_entry(&dir, &mut Vec::new()) else {
+                continue;
+            };
+            // An untrained preset row of that name is replaced in place (indices stay).
+            match self
+                .models
+                .iter()
+                .position(|m| m.name == e.name && m.dir.is_none() && m.weights.is_none())
+            {
+                Some(i) => {
+                    self.models[i] = e;
+                    changed.push(i);
                 }
-                let name = dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let spec = dir.display().to_string();
-                let mut problems = Vec::new();
-                // Half-written settings: try again at the next look.
-                let Some(e) = model_entry(name, spec, &dir, &mut problems) else {
-                    continue;
-                };
-                // An untrained preset row of that name is replaced in place (indices stay).
-                match self
-                    .models
-                    .iter()
-                    .position(|m| m.name == e.name && m.dir.is_none() && m.weights.is_none())
-                {
-                    Some(i) => {
-                        self.models[i] = e;
-                        changed.push(i);
-                    }
-                    None => {
-                        self.models.push(e);
-                        changed.push(self.models.len() - 1);
-                    }
+                None => {
+                    self.models.push(e);
+                    changed.push(self.models.len() - 1);
                 }
             }
         }
@@ -744,21 +754,14 @@ impl Workspace {
                 });
             }
         }
-        for folder in ["models", "runs"] {
-            for dir in subdirs(&root.join(folder)) {
-                if !is_model_dir(&dir) || seen.contains(&canon(&dir)) {
-                    continue;
-                }
-                let name = dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let spec = dir.display().to_string();
-                if let Some(e) = model_entry(name, spec, &dir, &mut ws.problems) {
-                    ws.models
-                        .retain(|m| m.name != e.name || m.weights.is_some());
-                    ws.models.push(e);
-                }
+        for dir in run_dirs(root) {
+            if seen.contains(&canon(&dir)) {
+                continue;
+            }
+            if let Some(e) = dir_entry(&dir, &mut ws.problems) {
+                ws.models
+                    .retain(|m| m.name != e.name || m.weights.is_some());
+                ws.models.push(e);
             }
         }
         ws.scan_results(&root.join("results"));

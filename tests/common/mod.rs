@@ -1,6 +1,7 @@
 //! Helpers shared by the test crates: attention kernels against the CPU op
 //! (`tests/kernels.rs`, `tests/cuda.rs`, `tests/cuda_emulated.rs`), and the CLI's output
-//! (`tests/shipped.rs`, `tests/eval_cli.rs`, `tests/serve.rs`).
+//! (`tests/shipped.rs`, `tests/eval_cli.rs`, `tests/serve.rs`), and a tiny training run's
+//! settings (`tests/train.rs`, `tests/tui.rs`).
 #![allow(dead_code)] // each test crate uses its own subset
 
 use candle_core::{Device, Tensor, Var};
@@ -105,4 +106,33 @@ pub fn stdout_ok(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A `steps`-step `fuyu-tiny` run on the small aligned scenes, logging every step.
+pub fn tiny_train_config(steps: u64) -> mmlab::train::TrainConfig {
+    let tok = mmlab::fusion::TextTokenizer::builtin().unwrap();
+    let mut model = mmlab::model::presets::preset("fuyu-tiny").unwrap().config;
+    model.model.vocab_size = model.model.vocab_size.max(tok.vocab_size());
+    mmlab::train::TrainConfig {
+        model,
+        data: Some(mmlab::train::data::SyntheticData::small()),
+        data_dir: None,
+        steps,
+        batch_size: 8,
+        warmup: 2,
+        min_lr_ratio: 0.1,
+        optim: mmlab::train::optim::AdamWConfig::default(),
+        grad_clip: 1.0,
+        seed: 4,
+        log_every: 1,
+        eval_every: 0,
+        ckpt_every: 0,
+        eval_batches: 1,
+        eval_seed: None,
+        init_from: None,
+        init_parts: Vec::new(),
+        init_encoder: None,
+        init_audio_encoder: None,
+        freeze: Vec::new(),
+    }
 }
