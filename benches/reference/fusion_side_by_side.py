@@ -2,6 +2,10 @@
 """Side by side: our fusion tokenizer (criterion, `cargo bench --bench fusion`) and transformers' processors.
 
     /work/venv/bin/python benches/reference/fusion_side_by_side.py [--skip-rust]
+    /work/venv/bin/python benches/reference/fusion_side_by_side.py --logmel-rounds N
+
+`--logmel-rounds N` times only log-mel 30 s (80 mels): N alternating rounds of the torch
+path (median of 20 calls) and the criterion bench, then the median ratio and its range.
 
 Both sides get the same inputs: the procedural 1080x1920 image of
 `fuyu_reference.py::pattern(1080, 1920, 0)` and 30 s at 16 kHz of a 440 Hz tone plus
@@ -30,11 +34,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fuyu_reference import pattern  # noqa: E402
 
 from transformers import WhisperFeatureExtractor  # noqa: E402
-from transformers.models.fuyu.image_processing_fuyu import FuyuImageProcessor  # noqa: E402
-from transformers.models.fuyu.image_processing_pil_fuyu import FuyuImageProcessorPil  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -61,6 +62,8 @@ def median_time(fn, repeats):
 
 
 def fuyu_patches(proc, img):
+    from transformers.models.fuyu.image_processing_pil_fuyu import FuyuImageProcessorPil
+
     out = proc(images=[img])
     images = out["images"]
     im = images[0][0] if isinstance(images, list) else images[0, 0]
@@ -72,8 +75,10 @@ def fuyu_patches(proc, img):
     return proc.patchify_image(im[None, :, :nh, :nw])
 
 
-def rust_bench():
+def rust_bench(filter=None):
     cmd = ["cargo", "bench", "--bench", "fusion", "--", "--output-format", "bencher"]
+    if filter:
+        cmd.append(filter)
     print("running:", " ".join(cmd), file=sys.stderr)
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
     got = {}
@@ -84,7 +89,31 @@ def rust_bench():
     return got
 
 
+def logmel_rounds(n):
+    audio = thirty_seconds()
+    fe = WhisperFeatureExtractor(feature_size=80)
+    ratios = []
+    for r in range(n):
+        py = median_time(
+            lambda: fe(audio, sampling_rate=16000, padding="longest", return_tensors="np"), 20
+        )
+        rs = rust_bench("log-mel 30 s \\(80 mels\\)")["log-mel 30 s (80 mels)"]
+        ratios.append(py / rs)
+        print(f"round {r + 1}: torch path {py * 1e3:.2f} ms, mmlab {rs * 1e3:.3f} ms, {py / rs:.1f}x")
+    ratios.sort()
+    print(f"median {ratios[len(ratios) // 2]:.1f}x (range {ratios[0]:.1f}-{ratios[-1]:.1f}x), "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+
+
 def main():
+    if "--logmel-rounds" in sys.argv:
+        logmel_rounds(int(sys.argv[sys.argv.index("--logmel-rounds") + 1]))
+        return
+    # The image side needs torchvision (transformers' Fuyu processor); the log-mel rounds do not.
+    from fuyu_reference import pattern
+    from transformers.models.fuyu.image_processing_fuyu import FuyuImageProcessor
+    from transformers.models.fuyu.image_processing_pil_fuyu import FuyuImageProcessorPil
+
     skip_rust = "--skip-rust" in sys.argv
     img = Image.fromarray(pattern(1080, 1920, 0), "RGB")
     audio = thirty_seconds()
