@@ -1,6 +1,8 @@
 //! Bolted-on designs: connector output shapes and token counts, Flamingo's closed gates,
 //! frozen components left bit-identical by training, and clear errors for mismatched inputs.
 
+mod common;
+
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
@@ -11,7 +13,6 @@ use mmlab::model::io::{load_dir, read_config};
 use mmlab::model::presets::preset;
 use mmlab::model::{Design, ModelDirConfig};
 use mmlab::train::data::SyntheticData;
-use mmlab::train::optim::AdamWConfig;
 use mmlab::train::{component, init_model, named_vars, train, RunControl, TrainConfig};
 
 fn tokenizer() -> Arc<TextTokenizer> {
@@ -130,51 +131,23 @@ fn flamingo_with_closed_gates_ignores_the_image_and_with_open_gates_does_not() {
 }
 
 fn train_config(name: &str, freeze: &[&str]) -> TrainConfig {
-    let tok = TextTokenizer::builtin().unwrap();
-    TrainConfig {
-        model: config(name, &tok),
-        data: Some(SyntheticData::small()),
-        data_dir: None,
-        steps: 3,
-        batch_size: 6,
-        warmup: 1,
-        min_lr_ratio: 0.1,
-        optim: AdamWConfig::default(),
-        grad_clip: 1.0,
-        seed: 8,
-        log_every: 1,
-        eval_every: 0,
-        ckpt_every: 0,
-        eval_batches: 1,
-        eval_seed: None,
-        init_from: None,
-        init_parts: Vec::new(),
-        init_encoder: None,
-        init_audio_encoder: None,
-        freeze: freeze.iter().map(|s| s.to_string()).collect(),
-    }
+    let mut cfg = common::train_config_for(name, 3);
+    cfg.batch_size = 6;
+    cfg.warmup = 1;
+    cfg.seed = 8;
+    cfg.freeze = freeze.iter().map(|s| s.to_string()).collect();
+    cfg
 }
 
 #[test]
 fn frozen_components_are_bit_identical_after_training() {
-    let quiet = |_: u64, _: u64, _: f64, _: f64| {};
     for (name, freeze) in [
         ("llava-tiny", vec!["encoder", "decoder"]),
         ("flamingo-tiny", vec!["encoder"]),
     ] {
         let cfg = train_config(name, &freeze);
         let dir = tempfile::tempdir().unwrap();
-        train(
-            &cfg,
-            TextTokenizer::builtin().unwrap(),
-            dir.path(),
-            &RunControl {
-                resume: false,
-                progress: &quiet,
-                stop_after: None,
-            },
-        )
-        .unwrap();
+        common::train_quietly(&cfg, dir.path());
         let (_m, init) = init_model(&cfg.model, cfg.seed, &Device::Cpu).unwrap();
         let trained =
             candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu)

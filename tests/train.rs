@@ -307,22 +307,11 @@ fn resuming_a_missing_directory_is_an_error_and_creates_nothing() {
 fn the_log_counts_training_flops_by_component_and_freezing() {
     // Freezing the decoder (gradients still flow through it to the patch embedding) changes its
     // factor from 6 to 4: the totals differ by exactly 2 · N_decoder · tokens.
-    let quiet = |_: u64, _: u64, _: f64, _: f64| {};
     let run = |freeze: Vec<String>| {
         let mut cfg = config(3);
         cfg.freeze = freeze;
         let dir = tempfile::tempdir().unwrap();
-        train(
-            &cfg,
-            TextTokenizer::builtin().unwrap(),
-            dir.path(),
-            &RunControl {
-                resume: false,
-                progress: &quiet,
-                stop_after: None,
-            },
-        )
-        .unwrap();
+        common::train_quietly(&cfg, dir.path());
         let lines = log_lines(dir.path());
         let (vm_model, vm) = mmlab::train::init_model(&cfg.model, 0, &Device::Cpu).unwrap();
         drop(vm_model);

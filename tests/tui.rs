@@ -1120,21 +1120,9 @@ fn the_models_table_puts_settings_beside_results_with_counted_flops_and_sorts() 
     let tmp = tempfile::tempdir().unwrap();
     let models = tmp.path().join("models");
     // A run made now: `mmlab train` logs the FLOPs it counts and writes its settings.
-    let tok = mmlab::fusion::TextTokenizer::builtin().unwrap();
     let mut cfg = common::tiny_train_config(3);
     cfg.optim.lr = 2e-3;
-    let quiet = |_: u64, _: u64, _: f64, _: f64| {};
-    mmlab::train::train(
-        &cfg,
-        tok,
-        &models.join("counted"),
-        &mmlab::train::RunControl {
-            resume: false,
-            progress: &quiet,
-            stop_after: None,
-        },
-    )
-    .unwrap();
+    common::train_quietly(&cfg, &models.join("counted"));
     // A model whose log predates the count (the fixture's).
     let old = models.join("estimated");
     std::fs::create_dir_all(&old).unwrap();

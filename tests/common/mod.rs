@@ -1,7 +1,7 @@
 //! Helpers shared by the test crates: attention kernels against the CPU op
 //! (`tests/kernels.rs`, `tests/cuda.rs`, `tests/cuda_emulated.rs`), and the CLI's output
-//! (`tests/shipped.rs`, `tests/eval_cli.rs`, `tests/serve.rs`), and a tiny training run's
-//! settings (`tests/train.rs`, `tests/tui.rs`).
+//! (`tests/shipped.rs`, `tests/eval_cli.rs`, `tests/serve.rs`), and a tiny training run
+//! (`tests/train.rs`, `tests/tui.rs`, `tests/bolted.rs`).
 #![allow(dead_code)] // each test crate uses its own subset
 
 use candle_core::{Device, Tensor, Var};
@@ -110,8 +110,32 @@ pub fn stdout_ok(out: &std::process::Output) -> String {
 
 /// A `steps`-step `fuyu-tiny` run on the small aligned scenes, logging every step.
 pub fn tiny_train_config(steps: u64) -> mmlab::train::TrainConfig {
+    train_config_for("fuyu-tiny", steps)
+}
+
+/// Trains `cfg` into `dir` from scratch with the builtin tokenizer, printing nothing.
+pub fn train_quietly(
+    cfg: &mmlab::train::TrainConfig,
+    dir: &std::path::Path,
+) -> mmlab::train::TrainSummary {
+    let quiet = |_: u64, _: u64, _: f64, _: f64| {};
+    mmlab::train::train(
+        cfg,
+        mmlab::fusion::TextTokenizer::builtin().unwrap(),
+        dir,
+        &mmlab::train::RunControl {
+            resume: false,
+            progress: &quiet,
+            stop_after: None,
+        },
+    )
+    .unwrap()
+}
+
+/// [`tiny_train_config`] for any preset (its vocabulary grown to the builtin tokenizer's).
+pub fn train_config_for(preset: &str, steps: u64) -> mmlab::train::TrainConfig {
     let tok = mmlab::fusion::TextTokenizer::builtin().unwrap();
-    let mut model = mmlab::model::presets::preset("fuyu-tiny").unwrap().config;
+    let mut model = mmlab::model::presets::preset(preset).unwrap().config;
     model.model.vocab_size = model.model.vocab_size.max(tok.vocab_size());
     mmlab::train::TrainConfig {
         model,
