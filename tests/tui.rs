@@ -1081,6 +1081,35 @@ fn flamingo_cross_attention_and_the_latents_view_are_the_models_own() {
     let (text, _) = draw(80, 24, |f| ins.render(f, f.area()));
     insta::assert_snapshot!("inspector_flamingo_80x24", text);
     assert!(text.contains("via 4 latents · gate 0.46"), "{text}");
+    // `mmlab inspect --slot`: a latent's own map, and clear errors for a slot out of range or
+    // a design without slots.
+    let png = dir.path().join("latent.png");
+    let opts = |model: String, slot: usize| mmlab::tui::InspectOptions {
+        model,
+        image: root().join("data/shapes/images/000000.png"),
+        audio: None,
+        prompt: "Is there a ring in the image?".into(),
+        layer: None,
+        head: None,
+        token: None,
+        slot: Some(slot),
+        out: png.clone(),
+        size: 120,
+    };
+    let here = dir.path().display().to_string();
+    mmlab::tui::run_inspect(&opts(here.clone(), 2)).expect("latent 2's map");
+    assert!(png.is_file());
+    let err = format!("{:#}", mmlab::tui::run_inspect(&opts(here, 9)).unwrap_err());
+    assert!(
+        err.contains("--slot 9: the model has 4 latents per image, 1..=4"),
+        "{err}"
+    );
+    let fuyu = root().join("models/fuyu-tiny-a").display().to_string();
+    let err = format!("{:#}", mmlab::tui::run_inspect(&opts(fuyu, 1)).unwrap_err());
+    assert!(
+        err.contains("one token per patch; it has no queries or latents"),
+        "{err}"
+    );
     let before = ins.heat().expect("heat");
     ins.key(key(KeyCode::Char('s')));
     assert_eq!(ins.slot, Some(0));

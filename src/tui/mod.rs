@@ -303,7 +303,13 @@ pub fn run_inspect(args: &InspectOptions) -> anyhow::Result<()> {
     let head = pick(args.head, a.heads, "head")?;
     let slot = match (&a.slots, args.slot) {
         (_, None) => None,
-        (Some(v), Some(s)) => pick(Some(s), v.n, singular(v.what))?,
+        (Some(v), Some(s)) if (1..=v.n).contains(&s) => Some(s - 1),
+        (Some(v), Some(s)) => anyhow::bail!(
+            "--slot {s}: the model has {} {} per image, 1..={}",
+            v.n,
+            v.what,
+            v.n
+        ),
         (None, Some(_)) => anyhow::bail!(
             "--slot: {} gives the decoder one token per patch; it has no queries or latents",
             args.model
