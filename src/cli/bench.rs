@@ -9,15 +9,19 @@ use anyhow::{bail, Context};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
+use crate::fusion::TextTokenizer;
 use crate::fusion::{collate, Batch, MultimodalSequence, PadSide};
 use crate::model::io::tensors_to_bytes;
-use crate::model::presets::parameter_count;
+use crate::model::presets::{parameter_count, sized};
+use crate::model::Design;
 use crate::model::ModelConfig;
+use crate::train::data::SyntheticData;
 use crate::train::data::{Factory, Source};
 use crate::train::optim::AdamW;
 use crate::train::recipe::{preset_config, RecipeOverrides};
 use crate::train::step::{collate_shards, gradients, shard_count, StepGrads};
 use crate::train::tokenizer::data_tokenizer;
+use crate::train::TrainConfig;
 use crate::train::{init_model, named_vars};
 
 /// Arguments of `mmlab bench`.
@@ -38,7 +42,8 @@ pub enum BenchWhat {
 /// Arguments of `mmlab bench train`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct TrainBenchArgs {
-    /// Preset.
+    /// Preset, or `fuyu-d<W>`: the scaling study's native model of width W (2 layers, heads
+    /// of 16, MLP 4·W; `ablations/scaling.toml`), with the study's batch of 64 on aligned scenes.
     #[arg(long, default_value = "fuyu-small")]
     pub model: String,
     /// Timed steps.
@@ -197,6 +202,46 @@ fn batch_tensors(i: usize, b: &Batch) -> anyhow::Result<Vec<(String, Tensor)>> {
         .collect())
 }
 
+/// Batch size of the scaling study's runs (`ablations/scaling.toml`).
+const STUDY_BATCH: usize = 64;
+
+/// The training config and tokenizer of `--model`: a preset's recipe, or for `fuyu-d<W>` the
+/// scaling study's native model of width W (the study's batch size; the recipe's warm-up and
+/// schedule do not matter here, the benchmark's rate is constant).
+fn bench_config(
+    name: &str,
+    over: RecipeOverrides,
+    seed: u64,
+) -> anyhow::Result<(TrainConfig, TextTokenizer)> {
+    let width = name
+        .strip_prefix("fuyu-d")
+        .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()));
+    let Some(width) = width else {
+        let cfg = preset_config(name, None, false, over, seed)?;
+        let tok = data_tokenizer(&cfg)?;
+        return Ok((cfg, tok));
+    };
+    let w: usize = width
+        .parse()
+        .with_context(|| format!("--model {name}: width {width} is too large"))?;
+    let model =
+        sized(Design::Native, w, false).map_err(|e| anyhow::anyhow!("--model {name}: {e}"))?;
+    let data = SyntheticData::sized_for(&model.image);
+    let mut cfg = TrainConfig {
+        data: Some(data),
+        ..TrainConfig::new(
+            model,
+            over.steps.unwrap_or(1),
+            over.batch_size.unwrap_or(STUDY_BATCH),
+            over.lr.unwrap_or(1e-3),
+            seed,
+        )
+    };
+    let tok = data_tokenizer(&cfg)?;
+    cfg.model.model.vocab_size = cfg.model.model.vocab_size.max(tok.vocab_size());
+    Ok((cfg, tok))
+}
+
 /// Runs `mmlab bench train`.
 pub fn train_bench(a: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
     if a.steps == 0 {
@@ -207,8 +252,8 @@ pub fn train_bench(a: &TrainBenchArgs) -> anyhow::Result<TrainBenchReport> {
         batch_size: a.batch_size,
         lr: Some(a.lr),
     };
-    let cfg = preset_config(&a.model, None, false, over, a.seed)?;
-    let tok = std::sync::Arc::new(data_tokenizer(&cfg)?);
+    let (cfg, tok) = bench_config(&a.model, over, a.seed)?;
+    let tok = std::sync::Arc::new(tok);
     let pad = tok.specials.pad;
     let Some(data) = cfg.data.clone() else {
         bail!("the benchmark uses synthetic data");
@@ -344,5 +389,69 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::presets::preset;
+
+    fn over() -> RecipeOverrides {
+        RecipeOverrides {
+            steps: Some(2),
+            batch_size: None,
+            lr: None,
+        }
+    }
+
+    #[test]
+    fn study_widths_build_the_study_model_and_batch() {
+        let (cfg, tok) = bench_config("fuyu-d32", over(), 0).unwrap();
+        let m = &cfg.model.model;
+        assert_eq!((m.d_model, m.n_layers, m.n_heads, m.d_ff), (32, 2, 2, 128));
+        assert_eq!(cfg.batch_size, STUDY_BATCH);
+        assert!(m.vocab_size >= tok.vocab_size());
+        // A preset keeps its recipe.
+        let (p, _) = bench_config("fuyu-tiny", over(), 0).unwrap();
+        assert_eq!(
+            p.model.model.d_model,
+            preset("fuyu-tiny").unwrap().config.model.d_model
+        );
+    }
+
+    #[test]
+    fn bad_widths_name_the_flag() {
+        let e = bench_config("fuyu-d40", over(), 0).unwrap_err().to_string();
+        assert!(
+            e.contains("--model fuyu-d40") && e.contains("multiple of 16"),
+            "{e}"
+        );
+        let e = bench_config("fuyu-d99999999999999999999999", over(), 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("too large"), "{e}");
+        assert!(bench_config("fuyu-dx", over(), 0).is_err());
+    }
+
+    #[test]
+    fn a_study_width_trains_and_dumps_its_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let dump = dir.path().join("b.safetensors");
+        let r = train_bench(&TrainBenchArgs {
+            model: "fuyu-d32".into(),
+            steps: 2,
+            warmup: 1,
+            batch_size: Some(4),
+            lr: 1e-3,
+            seed: 0,
+            dump: Some(dump.clone()),
+            shards: None,
+            json: true,
+        })
+        .unwrap();
+        assert_eq!(r.losses.len(), 3);
+        assert!(r.losses.iter().all(|l| l.is_finite()) && r.tokens > 0);
+        assert!(dump.is_file() && dump.with_extension("json").is_file());
     }
 }
