@@ -264,7 +264,7 @@ def main():
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     print(f"{args.steps} timed steps after {args.warmup} warm-up, {args.rounds} alternating rounds; "
-          f"torch {torch.__version__}; ratio = mmlab tokens/s over PyTorch's, median [min, max] of the rounds")
+          f"torch {torch.__version__}; ratio = mmlab tokens/s over PyTorch's, median [min, max] of the rounds\n")
     cols = ["eager"] + (["compile"] if not args.no_compile else []) + (["reference"] if args.reference else [])
     head = f"| model | params | threads | mmlab tok/s | mmlab MFU |"
     for cname in cols:
