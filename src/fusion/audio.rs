@@ -1076,6 +1076,28 @@ mod tests {
     }
 
     #[test]
+    fn logmel_baseline_and_avx2_paths_agree() {
+        // The run-time dispatch takes the AVX2 build on this kind of machine; the baseline
+        // build (any other CPU) must give the same energies.
+        let s: Vec<f32> = (0..21 * HOP + 5)
+            .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.3)
+            .collect();
+        let mel = LogMel::new(80);
+        let (mut a, mut b) = (vec![0f32; 21 * 80], vec![0f32; 21 * 80]);
+        let ma = mel.log_mel_energies(&s, 0, &mut a);
+        let mb = mel.log_mel_energies_in(&s, 0, &mut b);
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= 1e-5 && (ma - mb).abs() <= 1e-5,
+            "max |diff| {worst}"
+        );
+    }
+
+    #[test]
     fn resample_keeps_length_tone_and_alignment() {
         for from in [44_100u32, 22_050, 48_000, 8_000, 11_025] {
             let s: Vec<f32> = (0..from as usize)
