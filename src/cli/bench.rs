@@ -202,9 +202,6 @@ fn batch_tensors(i: usize, b: &Batch) -> anyhow::Result<Vec<(String, Tensor)>> {
         .collect())
 }
 
-/// Batch size of the scaling study's runs (`ablations/scaling.toml`).
-const STUDY_BATCH: usize = 64;
-
 /// The training config and tokenizer of `--model`: a preset's recipe, or for `fuyu-d<W>` the
 /// scaling study's native model of width W (the study's batch size; the recipe's warm-up and
 /// schedule do not matter here, the benchmark's rate is constant).
@@ -232,7 +229,8 @@ fn bench_config(
         ..TrainConfig::new(
             model,
             over.steps.unwrap_or(1),
-            over.batch_size.unwrap_or(STUDY_BATCH),
+            over.batch_size
+                .unwrap_or(crate::ablate::study::DEFAULT_BATCH),
             over.lr.unwrap_or(1e-3),
             seed,
         )
@@ -410,7 +408,7 @@ mod tests {
         let (cfg, tok) = bench_config("fuyu-d32", over(), 0).unwrap();
         let m = &cfg.model.model;
         assert_eq!((m.d_model, m.n_layers, m.n_heads, m.d_ff), (32, 2, 2, 128));
-        assert_eq!(cfg.batch_size, STUDY_BATCH);
+        assert_eq!(cfg.batch_size, crate::ablate::study::DEFAULT_BATCH);
         assert!(m.vocab_size >= tok.vocab_size());
         // A preset keeps its recipe.
         let (p, _) = bench_config("fuyu-tiny", over(), 0).unwrap();

@@ -80,8 +80,11 @@ pub struct StudySpec {
     pub designs: Vec<DesignSpec>,
 }
 
+/// Sequences per step of a study run unless its file sets `batch_size`.
+pub const DEFAULT_BATCH: usize = 64;
+
 fn default_batch() -> usize {
-    64
+    DEFAULT_BATCH
 }
 fn default_val_seed() -> u64 {
     1_000_000_009
