@@ -884,21 +884,30 @@ fn test_metrics(
     Ok(m)
 }
 
-/// Each design's learning rate: fixed in the file, or the sweep's choice (`None` until the
-/// design's sweep runs are all finished in `out`).
+/// Each design's learning rate: fixed in the file, the sweep's choice (`None` until the
+/// design's sweep runs are all finished in `out`), or, for a design with `lr_from`, the rate of
+/// the design it names.
 pub fn chosen_lrs(spec: &StudySpec, out: &Path) -> BTreeMap<String, Option<f64>> {
-    let mut m = BTreeMap::new();
-    for d in &spec.designs {
-        if let Some(l) = d.lr {
-            m.insert(d.name.clone(), Some(l));
-            continue;
-        }
-        m.insert(
-            d.name.clone(),
-            sweep_choice(spec, out, &d.name).map(|c| c.0),
-        );
-    }
-    m
+    resolve_lrs(spec, &|d| sweep_choice(spec, out, d).map(|c| c.0))
+}
+
+/// [`chosen_lrs`] with the sweep's choice per design given by `swept`.
+fn resolve_lrs(
+    spec: &StudySpec,
+    swept: &dyn Fn(&str) -> Option<f64>,
+) -> BTreeMap<String, Option<f64>> {
+    let own = |d: &DesignSpec| d.lr.or_else(|| swept(&d.name));
+    spec.designs
+        .iter()
+        .map(|d| {
+            let lr = match &d.lr_from {
+                // `validate` checked that `from` names a design with a rate of its own.
+                Some(from) => spec.designs.iter().find(|o| o.name == *from).and_then(own),
+                None => own(d),
+            };
+            (d.name.clone(), lr)
+        })
+        .collect()
 }
 
 /// The sweep's choice for `design` and every rate's held-out image loss (`None` until all its
@@ -1003,6 +1012,14 @@ pub fn run_study(
         .filter(|k| k.lr.is_finite())
         .cloned()
         .collect();
+    if !waiting.is_empty() && shard.is_none() {
+        // Every sweep run of these designs ran here: none gave a finite held-out loss.
+        bail!(
+            "the learning-rate sweep of {} gave no rate with a finite held-out loss: widen sweep.lrs (see their runs under {})",
+            waiting.join(", "),
+            out.join("runs").display()
+        );
+    }
     if !waiting.is_empty() {
         say(&format!(
             "the learning-rate sweep of {} is not finished (other shards run it): their grid runs wait; run this shard again once `mmlab ablate merge` has gathered the sweep",
@@ -1124,4 +1141,50 @@ pub fn merge(out: &Path, from: &[PathBuf]) -> anyhow::Result<usize> {
         }
     }
     Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_design_with_lr_from_takes_the_rate_of_the_design_it_names() {
+        let spec = StudySpec::parse(
+            r#"
+name = "t"
+budgets = [1e9, 2e9]
+widths = [32]
+tiers = ["small"]
+audio_budgets = [1e9]
+[sweep]
+lrs = [1e-3, 2e-3]
+[[designs]]
+name = "llava"
+design = "llava"
+[[designs]]
+name = "llava-audio"
+design = "llava"
+audio_encoder = true
+lr_from = "llava"
+[[designs]]
+name = "native"
+design = "native"
+lr = 5e-4
+"#,
+        )
+        .unwrap();
+        // Before llava's sweep is finished, its audio twin waits with it.
+        let none = resolve_lrs(&spec, &|_| None);
+        assert_eq!(none["llava"], None);
+        assert_eq!(none["llava-audio"], None);
+        assert_eq!(none["native"], Some(5e-4));
+        // Once it is, both run at the chosen rate and the grid holds the audio runs.
+        let swept = resolve_lrs(&spec, &|d| (d == "llava").then_some(2e-3));
+        assert_eq!(swept["llava-audio"], Some(2e-3));
+        let grid = spec.grid_runs(&|d| swept[&d.name].unwrap_or(f64::NAN));
+        let audio: Vec<&RunKey> = grid.iter().filter(|k| k.design == "llava-audio").collect();
+        assert_eq!(audio.len(), 1);
+        assert_eq!(audio[0].lr, 2e-3);
+        assert!(grid.iter().all(|k| k.lr.is_finite()), "{grid:?}");
+    }
 }
