@@ -508,3 +508,35 @@ fn a_toy_study_runs_end_to_end_resumes_shards_and_merges() {
         assert_eq!(r.val.image_loss, runs[id].val.image_loss, "{id}");
     }
 }
+
+#[test]
+fn only_runs_the_runs_its_patterns_match() {
+    let spec = StudySpec::parse(TOY_STUDY).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("toy");
+    let only = |p: &str| study::Slice {
+        shard: None,
+        only: Some(p.parse().unwrap()),
+    };
+    // The native sweep run and native's grid; llava's runs are left for later.
+    let r = study::run_study(&spec, &out, 2, only("*native*"), &quiet).unwrap();
+    assert_eq!((r.finished, r.asked), (1 + 4, 1 + 4));
+    let done: Vec<String> = study::finished_runs(&spec, &out)
+        .unwrap()
+        .into_keys()
+        .collect();
+    assert_eq!(done.len(), 5, "{done:?}");
+    assert!(done.iter().all(|id| id.contains("native")), "{done:?}");
+    // A pattern for the grid alone: llava's sweep is not finished, so its grid runs wait.
+    let r = study::run_study(&spec, &out, 2, only("small-llava-*"), &quiet).unwrap();
+    assert_eq!(r.waiting, vec!["llava".to_string()]);
+    // A pattern that matches nothing is refused, showing what ids look like.
+    let e = study::run_study(&spec, &out, 2, only("free-*"), &quiet).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("matches none")
+            && format!("{e:#}").contains("small-native-d32-5e8"),
+        "{e:#}"
+    );
+    assert!("".parse::<study::RunFilter>().is_err());
+    assert!("[".parse::<study::RunFilter>().is_err());
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::ablate::study::{self, Shard, StudySpec};
+use crate::ablate::study::{self, RunFilter, Shard, Slice, StudySpec};
 use crate::ablate::{report, run, AblationSpec};
 
 /// How training FLOPs are counted, shown under `mmlab ablate --help` (reports point here).
@@ -37,6 +37,11 @@ pub struct AblateArgs {
     /// Study: run only slice I of N of the runs (0-based; `mmlab ablate merge` gathers them).
     #[arg(long, value_name = "I/N")]
     pub shard: Option<Shard>,
+    /// Study: run only the runs whose id matches one of these comma-separated glob patterns
+    /// (e.g. `free-small-*`, `*-3e13`; ids are `<tier>-<design>-d<width>-<budget>` and
+    /// `sweep-...`), to put some first; the report still covers every finished run.
+    #[arg(long, value_name = "PATTERNS")]
+    pub only: Option<RunFilter>,
     /// Study: write the report from the finished runs without training anything.
     #[arg(long)]
     pub report_only: bool,
@@ -97,7 +102,11 @@ pub fn run_cli(a: &AblateArgs) -> anyhow::Result<()> {
         let spec = StudySpec::load(file)?;
         let out = study_out(&spec, a.out.as_ref());
         if !a.report_only {
-            let r = study::run_study(&spec, &out, jobs, a.shard, &say)?;
+            let slice = Slice {
+                shard: a.shard,
+                only: a.only.clone(),
+            };
+            let r = study::run_study(&spec, &out, jobs, slice, &say)?;
             say(&format!(
                 "{} of the {} runs asked for are finished",
                 r.finished, r.asked
@@ -108,9 +117,9 @@ pub fn run_cli(a: &AblateArgs) -> anyhow::Result<()> {
         eprintln!("results: {}", out.display());
         return Ok(());
     }
-    if a.shard.is_some() || a.report_only {
+    if a.shard.is_some() || a.only.is_some() || a.report_only {
         anyhow::bail!(
-            "{}: --shard and --report-only are for scaling studies (files with `budgets`)",
+            "{}: --shard, --only and --report-only are for scaling studies (files with `budgets`)",
             file.display()
         );
     }

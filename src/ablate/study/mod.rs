@@ -960,7 +960,58 @@ impl std::str::FromStr for Shard {
     }
 }
 
+/// `--only`: run ids matching any of a comma-separated list of glob patterns
+/// (`free-small-*`, `*-3e13`, `small-native-d32-1e13`).
+#[derive(Clone, Debug)]
+pub struct RunFilter {
+    text: String,
+    patterns: Vec<glob::Pattern>,
+}
+
+impl RunFilter {
+    /// Whether run `id` is one the filter asks for.
+    pub fn matches(&self, id: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(id))
+    }
+}
+
+impl std::str::FromStr for RunFilter {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let patterns = s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| glob::Pattern::new(p).map_err(|e| format!("--only {p:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if patterns.is_empty() {
+            return Err("--only: give at least one pattern of run ids, e.g. 'free-small-*'".into());
+        }
+        Ok(RunFilter {
+            text: s.to_string(),
+            patterns,
+        })
+    }
+}
+
+/// Which of the study's runs a process runs: a shard of the list, and of those the ones an
+/// `--only` filter matches (default: all).
+#[derive(Clone, Debug, Default)]
+pub struct Slice {
+    /// `--shard I/N`.
+    pub shard: Option<Shard>,
+    /// `--only PATTERNS`.
+    pub only: Option<RunFilter>,
+}
+
+impl From<Option<Shard>> for Slice {
+    fn from(shard: Option<Shard>) -> Self {
+        Slice { shard, only: None }
+    }
+}
+
 /// What [`run_study`] did.
+#[derive(Debug)]
 pub struct StudyRun {
     /// Runs finished (now or before) of those this process was asked for.
     pub finished: usize,
@@ -970,26 +1021,40 @@ pub struct StudyRun {
     pub waiting: Vec<String>,
 }
 
-/// Runs (or resumes) the study's runs of `shard` into `out`, `jobs` at a time (one thread each):
+/// Runs (or resumes) the study's runs of `slice` into `out`, `jobs` at a time (one thread each):
 /// first the learning-rate sweep, then the grid, cheapest budgets first.
 pub fn run_study(
     spec: &StudySpec,
     out: &Path,
     jobs: usize,
-    shard: Option<Shard>,
+    slice: impl Into<Slice>,
     say: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<StudyRun> {
+    let Slice { shard, only } = slice.into();
     spec.validate()?;
     std::fs::create_dir_all(out.join("runs"))
         .with_context(|| format!("creating {}", out.join("runs").display()))?;
     write_json(&out.join("study.json"), spec)?;
     let tok = Arc::new(study_tokenizer(out)?);
-    let mine = |i: usize| shard.is_none_or(|s| i % s.count == s.index);
+    let in_shard = |i: usize| shard.is_none_or(|s| i % s.count == s.index);
+    let wanted = |k: &RunKey| only.as_ref().is_none_or(|f| f.matches(&k.id()));
     let sweep = spec.sweep_runs();
+    if let Some(f) = &only {
+        let lrs = chosen_lrs(spec, out);
+        let all = spec.grid_runs(&|d| lrs.get(&d.name).copied().flatten().unwrap_or(f64::NAN));
+        if !sweep.iter().chain(&all).any(|k| f.matches(&k.id())) {
+            bail!(
+                "--only {:?} matches none of the study's runs (ids look like {} and {})",
+                f.text,
+                all.first().map(|k| k.id()).unwrap_or_default(),
+                sweep.first().map(|k| k.id()).unwrap_or_default()
+            );
+        }
+    }
     let sweep_mine: Vec<RunKey> = sweep
         .iter()
         .enumerate()
-        .filter(|(i, _)| mine(*i))
+        .filter(|(i, k)| in_shard(*i) && wanted(k))
         .map(|(_, k)| k.clone())
         .collect();
     let mut finished = 0;
@@ -1004,7 +1069,7 @@ pub fn run_study(
     let grid_mine: Vec<RunKey> = all
         .iter()
         .enumerate()
-        .filter(|(i, _)| mine(sweep.len() + *i))
+        .filter(|(i, k)| in_shard(sweep.len() + *i) && wanted(k))
         .map(|(_, k)| k.clone())
         .collect();
     let ready: Vec<RunKey> = grid_mine
@@ -1012,7 +1077,7 @@ pub fn run_study(
         .filter(|k| k.lr.is_finite())
         .cloned()
         .collect();
-    if !waiting.is_empty() && shard.is_none() {
+    if !waiting.is_empty() && shard.is_none() && only.is_none() {
         // Every sweep run of these designs ran here: none gave a finite held-out loss.
         bail!(
             "the learning-rate sweep of {} gave no rate with a finite held-out loss: widen sweep.lrs (see their runs under {})",
@@ -1022,7 +1087,7 @@ pub fn run_study(
     }
     if !waiting.is_empty() {
         say(&format!(
-            "the learning-rate sweep of {} is not finished (other shards run it): their grid runs wait; run this shard again once `mmlab ablate merge` has gathered the sweep",
+            "the learning-rate sweep of {} is not finished (other shards run it, or --only left it out): their grid runs wait; run this again once the sweep is finished (a shard: once `mmlab ablate merge` has gathered it)",
             waiting.join(", ")
         ));
     }
