@@ -149,6 +149,46 @@ pub struct Analysis {
     pub ratios: Vec<RatioFit>,
     /// Bootstrap resamples.
     pub resamples: usize,
+    /// What the finished runs cost (set by [`write_report`], which reads their logs).
+    #[serde(default)]
+    pub cost: Option<StudyCost>,
+}
+
+/// The compute time the finished runs took, one thread each.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StudyCost {
+    /// Wall seconds of training and evaluation, summed over runs: inflated by whatever else
+    /// ran on the machine at the time.
+    pub wall_core_hours: f64,
+    /// Each run's training tokens at the median of the rates its log recorded (robust to the
+    /// stretches other work took the core), plus its evaluation: the cost on a quiet machine.
+    pub steady_core_hours: f64,
+}
+
+/// Training seconds of a run at the median rate its `train.jsonl` recorded (`None` without a
+/// readable log or rates).
+pub fn steady_train_seconds(run_dir: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(run_dir.join("train.jsonl")).ok()?;
+    let mut rates = Vec::new();
+    let mut tokens = 0u64;
+    for l in text.lines() {
+        let v: crate::train::LogLine = serde_json::from_str(l).ok()?;
+        tokens = tokens.max(v.tokens);
+        if let Some(r) = v.tokens_per_s.filter(|r| r.is_finite() && *r > 0.0) {
+            rates.push(r);
+        }
+    }
+    if rates.is_empty() {
+        return None;
+    }
+    rates.sort_by(f64::total_cmp);
+    let n = rates.len();
+    let median = if n % 2 == 1 {
+        rates[n / 2]
+    } else {
+        0.5 * (rates[n / 2 - 1] + rates[n / 2])
+    };
+    Some(tokens as f64 / median)
 }
 
 /// Per-run resampled quantities of one bootstrap draw (or the data as measured).
@@ -404,6 +444,7 @@ pub fn analyse(spec: &StudySpec, runs: &[&RunResult], resamples: usize, seed: u6
         designs,
         ratios,
         resamples,
+        cost: None,
     }
 }
 
@@ -613,8 +654,15 @@ pub fn report(
     );
     let _ = writeln!(
         s,
-        "**Progress:** {grid_done} of {grid_total} grid runs and {sweep_done} of {sweep_total} sweep runs finished; they took {:.2} core-hours (training and evaluation, one thread each; `mmlab ablate` runs two at a time on this 2-core machine). Sections below use what is finished; a budget with missing sizes is marked.\n",
-        core_s / 3600.0
+        "**Progress:** {grid_done} of {grid_total} grid runs and {sweep_done} of {sweep_total} sweep runs finished; they took {:.2} core-hours of wall time (training and evaluation, one thread each; `mmlab ablate` runs two at a time on this 2-core machine){}. Sections below use what is finished; a budget with missing sizes is marked.\n",
+        core_s / 3600.0,
+        match &a.cost {
+            Some(c) => format!(
+                ", {:.2} core-hours at each run's median logged training rate (what they cost on a quiet machine; wall time also counts the stretches other work took the core)",
+                c.steady_core_hours
+            ),
+            None => String::new(),
+        }
     );
     let _ = writeln!(
         s,
@@ -994,7 +1042,17 @@ pub fn write_report(
     let found = super::finished_runs(spec, out)?;
     let runs: Vec<&RunResult> = found.values().collect();
     say(&format!("{} finished runs; fitting", runs.len()));
-    let a = analyse(spec, &runs, RESAMPLES, 0x5EED);
+    let mut a = analyse(spec, &runs, RESAMPLES, 0x5EED);
+    let (mut wall, mut steady) = (0.0, 0.0);
+    for (id, r) in &found {
+        wall += r.train_seconds + r.eval_seconds;
+        steady += steady_train_seconds(&out.join("runs").join(id)).unwrap_or(r.train_seconds)
+            + r.eval_seconds;
+    }
+    a.cost = Some(StudyCost {
+        wall_core_hours: wall / 3600.0,
+        steady_core_hours: steady / 3600.0,
+    });
     let shipped = shipped_probes(&spec.tiers[0], spec.val_seed);
     let text = report(spec, &runs, &a, &shipped);
     super::write_json(&out.join("analysis.json"), &a)?;
@@ -1011,6 +1069,25 @@ mod tests {
 
     use super::*;
     use crate::ablate::study::{run_settings, RunKey, ValResult};
+
+    #[test]
+    fn steady_seconds_use_the_median_rate_so_a_starved_stretch_does_not_count() {
+        let dir = tempfile::tempdir().unwrap();
+        // 4000 tokens; three lines at 100 tokens/s and one at 2 (another job took the core).
+        let lines = [(1000, 100.0), (2000, 2.0), (3000, 100.0), (4000, 100.0)]
+            .iter()
+            .map(|(t, r)| {
+                format!(
+                    "{{\"step\":{t},\"loss\":1.0,\"tokens\":{t},\"tokens_per_s\":{r},\"seconds\":1.0}}"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(dir.path().join("train.jsonl"), lines).unwrap();
+        assert_eq!(steady_train_seconds(dir.path()), Some(40.0));
+        std::fs::write(dir.path().join("train.jsonl"), "{ not json").unwrap();
+        assert_eq!(steady_train_seconds(dir.path()), None);
+    }
 
     const SPEC: &str = r#"
 name = "synthetic"
