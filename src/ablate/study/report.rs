@@ -484,9 +484,61 @@ fn metric(m: &BTreeMap<String, Measured>, k: &str) -> String {
         .unwrap_or_else(|| "—".into())
 }
 
+/// The audio designs against native's raw frames at the top audio budget (aligned tier, each
+/// design's frontier run): test accuracies and their differences from native, with normal
+/// 95% intervals from the test questions alone (one training seed).
+fn audio_finding(spec: &StudySpec, a: &Analysis, native: Option<&str>) -> Option<String> {
+    let native = native?;
+    let budget = *spec.audio_budgets.last()?;
+    let tier = spec.tiers.first()?;
+    let at = |name: &str| {
+        a.designs
+            .iter()
+            .find(|d| d.tier == *tier && d.design == name)
+            .and_then(|d| d.frontier.iter().find(|p| p.budget == budget))
+    };
+    let np = at(native)?;
+    let mut parts = Vec::new();
+    for (key, label) in [
+        ("audio_pope_accuracy", "audio-POPE accuracy"),
+        ("audio_count_accuracy", "audio counting"),
+    ] {
+        let Some(y) = np.test.get(key) else { continue };
+        let mut cells = vec![format!("{native} {:.3}", y.value)];
+        for d in spec.designs.iter().filter(|d| d.audio_encoder) {
+            let Some(x) = at(&d.name).and_then(|p| p.test.get(key)) else {
+                continue;
+            };
+            let diff = x.value - y.value;
+            let var = |m: &Measured| m.value * (1.0 - m.value) / (m.n.max(1) as f64);
+            let half = 1.96 * (var(x) + var(y)).sqrt();
+            let cell = format!("{diff:+.3} [{:+.3}, {:+.3}]", diff - half, diff + half);
+            let cell = if (diff - half) * (diff + half) > 0.0 {
+                format!("**{cell}**")
+            } else {
+                cell
+            };
+            cells.push(format!("{} {:.3} ({cell})", d.name, x.value));
+        }
+        if cells.len() > 1 {
+            parts.push(format!("{label} {}", cells.join(", ")));
+        }
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "Audio at {} FLOPs ({}, each design's frontier run; in brackets the difference from {native}'s raw frames with a 95% interval from the test questions, one training seed): {}.",
+        sci(budget),
+        tier_label(tier),
+        parts.join("; ")
+    ))
+}
+
 /// Plain sentences: per tier and target, which design gets there with less compute and by
 /// what factor (a difference only when the interval excludes 1); the exponents beside Shukor
-/// et al.'s; free placement against aligned at the top budget both reached.
+/// et al.'s; the audio designs against raw frames; free placement against aligned at the top budget both
+/// reached.
 pub fn findings(spec: &StudySpec, a: &Analysis) -> Vec<String> {
     let mut out = Vec::new();
     let native = spec
@@ -497,7 +549,13 @@ pub fn findings(spec: &StudySpec, a: &Analysis) -> Vec<String> {
     for tier in &spec.tiers {
         for (metric, t, label) in TARGETS {
             let mut parts = Vec::new();
-            for d in a.designs.iter().filter(|d| d.tier == *tier) {
+            // The audio designs' image path is their image twin's: their line is the audio one.
+            let audio = |name: &str| spec.design(name).is_some_and(|x| x.audio_encoder);
+            for d in a
+                .designs
+                .iter()
+                .filter(|d| d.tier == *tier && !audio(&d.design))
+            {
                 let tf = d
                     .targets
                     .iter()
@@ -536,6 +594,9 @@ pub fn findings(spec: &StudySpec, a: &Analysis) -> Vec<String> {
             }
             out.push(line);
         }
+    }
+    if let Some(line) = audio_finding(spec, a, native.as_deref()) {
+        out.push(line);
     }
     let alphas: Vec<String> = a
         .designs
@@ -1069,6 +1130,94 @@ mod tests {
 
     use super::*;
     use crate::ablate::study::{run_settings, RunKey, ValResult};
+
+    #[test]
+    fn the_audio_finding_gives_differences_from_raw_frames_with_intervals() {
+        let spec = StudySpec::parse(
+            r#"
+name = "a"
+budgets = [1e12, 3e12]
+widths = [32]
+tiers = ["small"]
+audio_budgets = [1e12, 3e12]
+[sweep]
+lrs = [1e-3]
+[[designs]]
+name = "native"
+design = "native"
+[[designs]]
+name = "qformer"
+design = "qformer"
+[[designs]]
+name = "qformer-audio"
+design = "qformer"
+audio_encoder = true
+lr_from = "qformer"
+"#,
+        )
+        .unwrap();
+        let fit = |design: &str, acc: f64, count: f64| DesignFit {
+            tier: "small".into(),
+            design: design.into(),
+            frontier: vec![FrontierPoint {
+                budget: 3e12,
+                run: format!("small-{design}-d32-3e12"),
+                width: 32,
+                parameters: 1,
+                loss: 0.5,
+                test: BTreeMap::from([
+                    (
+                        "audio_pope_accuracy".to_string(),
+                        Measured {
+                            value: acc,
+                            n: 3000,
+                        },
+                    ),
+                    (
+                        "audio_count_accuracy".to_string(),
+                        Measured {
+                            value: count,
+                            n: 500,
+                        },
+                    ),
+                ]),
+            }],
+            alpha_pure: None,
+            a_pure: None,
+            alpha: None,
+            e: None,
+            a: None,
+            iso: vec![],
+            beta: None,
+            targets: vec![],
+        };
+        let a = Analysis {
+            designs: vec![
+                fit("native", 0.814, 0.626),
+                fit("qformer", 0.6, 0.3),
+                fit("qformer-audio", 0.883, 0.640),
+            ],
+            ratios: vec![],
+            resamples: 0,
+            cost: None,
+        };
+        let line = audio_finding(&spec, &a, Some("native")).unwrap();
+        assert!(line.starts_with("Audio at 3.00e12 FLOPs"), "{line}");
+        // 0.883 - 0.814 over 3000 questions each: outside the interval, in bold.
+        assert!(
+            line.contains("qformer-audio 0.883 (**+0.069 [+0.051, +0.087]**)"),
+            "{line}"
+        );
+        // 0.640 - 0.626 over 500 each: inside it, plain.
+        assert!(
+            line.contains("qformer-audio 0.640 (+0.014 [-0.046, +0.074])"),
+            "{line}"
+        );
+        // Only audio designs are compared; image-only bolted designs stay out of this line.
+        assert!(!line.contains("qformer 0.6"), "{line}");
+        // Without a native design or audio budgets there is no line.
+        assert!(audio_finding(&spec, &a, None).is_none());
+    }
 
     #[test]
     fn steady_seconds_use_the_median_rate_so_a_starved_stretch_does_not_count() {
