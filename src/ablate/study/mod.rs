@@ -1208,48 +1208,52 @@ pub fn merge(out: &Path, from: &[PathBuf]) -> anyhow::Result<usize> {
     Ok(copied)
 }
 
+/// A small study with an audio design that takes its image twin's rate (unit tests).
+#[cfg(test)]
+pub(crate) const TEST_AUDIO_SPEC: &str = r#"
+name = "t"
+budgets = [1e12, 3e12]
+widths = [32]
+tiers = ["small"]
+audio_budgets = [1e12, 3e12]
+[sweep]
+lrs = [1e-3, 2e-3]
+[[designs]]
+name = "native"
+design = "native"
+lr = 5e-4
+[[designs]]
+name = "qformer"
+design = "qformer"
+[[designs]]
+name = "qformer-audio"
+design = "qformer"
+audio_encoder = true
+lr_from = "qformer"
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_design_with_lr_from_takes_the_rate_of_the_design_it_names() {
-        let spec = StudySpec::parse(
-            r#"
-name = "t"
-budgets = [1e9, 2e9]
-widths = [32]
-tiers = ["small"]
-audio_budgets = [1e9]
-[sweep]
-lrs = [1e-3, 2e-3]
-[[designs]]
-name = "llava"
-design = "llava"
-[[designs]]
-name = "llava-audio"
-design = "llava"
-audio_encoder = true
-lr_from = "llava"
-[[designs]]
-name = "native"
-design = "native"
-lr = 5e-4
-"#,
-        )
-        .unwrap();
-        // Before llava's sweep is finished, its audio twin waits with it.
+        let spec = StudySpec::parse(TEST_AUDIO_SPEC).unwrap();
+        // Before qformer's sweep is finished, its audio twin waits with it.
         let none = resolve_lrs(&spec, &|_| None);
-        assert_eq!(none["llava"], None);
-        assert_eq!(none["llava-audio"], None);
+        assert_eq!(none["qformer"], None);
+        assert_eq!(none["qformer-audio"], None);
         assert_eq!(none["native"], Some(5e-4));
         // Once it is, both run at the chosen rate and the grid holds the audio runs.
-        let swept = resolve_lrs(&spec, &|d| (d == "llava").then_some(2e-3));
-        assert_eq!(swept["llava-audio"], Some(2e-3));
+        let swept = resolve_lrs(&spec, &|d| (d == "qformer").then_some(2e-3));
+        assert_eq!(swept["qformer-audio"], Some(2e-3));
         let grid = spec.grid_runs(&|d| swept[&d.name].unwrap_or(f64::NAN));
-        let audio: Vec<&RunKey> = grid.iter().filter(|k| k.design == "llava-audio").collect();
-        assert_eq!(audio.len(), 1);
-        assert_eq!(audio[0].lr, 2e-3);
+        let audio: Vec<&RunKey> = grid
+            .iter()
+            .filter(|k| k.design == "qformer-audio")
+            .collect();
+        assert_eq!(audio.len(), 2);
+        assert!(audio.iter().all(|k| k.lr == 2e-3));
         assert!(grid.iter().all(|k| k.lr.is_finite()), "{grid:?}");
     }
 }

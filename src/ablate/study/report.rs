@@ -1133,29 +1133,7 @@ mod tests {
 
     #[test]
     fn the_audio_finding_gives_differences_from_raw_frames_with_intervals() {
-        let spec = StudySpec::parse(
-            r#"
-name = "a"
-budgets = [1e12, 3e12]
-widths = [32]
-tiers = ["small"]
-audio_budgets = [1e12, 3e12]
-[sweep]
-lrs = [1e-3]
-[[designs]]
-name = "native"
-design = "native"
-[[designs]]
-name = "qformer"
-design = "qformer"
-[[designs]]
-name = "qformer-audio"
-design = "qformer"
-audio_encoder = true
-lr_from = "qformer"
-"#,
-        )
-        .unwrap();
+        let spec = StudySpec::parse(crate::ablate::study::TEST_AUDIO_SPEC).unwrap();
         let fit = |design: &str, acc: f64, count: f64| DesignFit {
             tier: "small".into(),
             design: design.into(),
