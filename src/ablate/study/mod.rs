@@ -1040,8 +1040,8 @@ pub fn run_study(
     let wanted = |k: &RunKey| only.as_ref().is_none_or(|f| f.matches(&k.id()));
     let sweep = spec.sweep_runs();
     if let Some(f) = &only {
-        let lrs = chosen_lrs(spec, out);
-        let all = spec.grid_runs(&|d| lrs.get(&d.name).copied().flatten().unwrap_or(f64::NAN));
+        // Grid ids do not carry the rate: no need to read the sweep's results here.
+        let all = spec.grid_runs(&|_| f64::NAN);
         if !sweep.iter().chain(&all).any(|k| f.matches(&k.id())) {
             bail!(
                 "--only {:?} matches none of the study's runs (ids look like {} and {})",
