@@ -540,3 +540,130 @@ fn only_runs_the_runs_its_patterns_match() {
     assert!("".parse::<study::RunFilter>().is_err());
     assert!("[".parse::<study::RunFilter>().is_err());
 }
+
+#[test]
+fn ship_puts_each_designs_frontier_model_under_models_and_refuses_one_that_does_not_repeat_its_run()
+{
+    use study::ship::{ship, ShipOptions};
+    let spec = StudySpec::parse(TOY_STUDY).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("toy");
+    let models = dir.path().join("models");
+    let opts = ShipOptions {
+        tier: "small".into(),
+        budget: None,
+        designs: None,
+        models: models.clone(),
+        jobs: 2,
+    };
+    // Nothing finished yet: the frontier is not known, nothing ships.
+    let e = ship(&spec, &out, &opts, &quiet).unwrap_err();
+    assert!(format!("{e:#}").contains("not finished"), "{e:#}");
+    study::run_study(&spec, &out, 2, None, &quiet).unwrap();
+    let runs = study::finished_runs(&spec, &out).unwrap();
+
+    let shipped = ship(&spec, &out, &opts, &quiet).unwrap();
+    assert_eq!(shipped.len(), 2);
+    for s in &shipped {
+        // The frontier: the lowest held-out loss of the top budget's sizes.
+        let best = ["d32", "d48"]
+            .iter()
+            .map(|w| &runs[&format!("small-{}-{w}-1e9", s.design)])
+            .min_by(|a, b| a.val.image_loss.total_cmp(&b.val.image_loss))
+            .unwrap();
+        assert_eq!(s.run.settings.key.id(), best.settings.key.id());
+        assert_eq!(s.name, format!("{}-small", s.design));
+        assert!(!s.retrained, "the toy's weights are in its folder");
+        let d = models.join(&s.name);
+        for f in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "train.jsonl",
+            "study-run.json",
+            "eval-metrics.json",
+            "README.md",
+            "COMMAND",
+        ] {
+            assert!(d.join(f).is_file(), "{}/{f}", s.name);
+        }
+        // The TUI reads its shipped numbers; they are the committed run's.
+        let m = mmlab::tui::workspace::read_shipped(&s.name, &d.join("eval-metrics.json")).unwrap();
+        assert_eq!(m.tier, "aligned 48x48 cell 12px");
+        assert_eq!(
+            m.values["count:acc"], best.test["count_accuracy"].value,
+            "{}",
+            s.name
+        );
+        let readme = std::fs::read_to_string(d.join("README.md")).unwrap();
+        assert!(readme.contains(&best.settings.key.id()) && readme.contains("1.0e9"));
+        mmlab::model::load_dir(&d, &candle_core::Device::Cpu).unwrap();
+    }
+
+    // A fresh checkout has no weights: the run is trained again, bit for bit.
+    let native = shipped.iter().find(|s| s.design == "native").unwrap();
+    let id = native.run.settings.key.id();
+    let first = std::fs::read(models.join("native-small/model.safetensors")).unwrap();
+    std::fs::remove_file(out.join("runs").join(&id).join("model.safetensors")).unwrap();
+    let only_native = ShipOptions {
+        designs: Some(vec!["native".into()]),
+        ..opts.clone()
+    };
+    let again = ship(&spec, &out, &only_native, &quiet).unwrap();
+    assert!(again[0].retrained);
+    assert_eq!(
+        std::fs::read(models.join("native-small/model.safetensors")).unwrap(),
+        first
+    );
+    assert!(out
+        .join("ship")
+        .join(&id)
+        .join("model.safetensors")
+        .is_file());
+
+    // Weights that do not give the committed held-out loss are refused, and what was shipped
+    // before stays.
+    let result = out.join("runs").join(&id).join(study::RESULT);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+    let loss = v["val"]["image_loss"].as_f64().unwrap();
+    v["val"]["image_loss"] = (loss - 0.5).into();
+    std::fs::write(&result, v.to_string()).unwrap();
+    let e = ship(&spec, &out, &only_native, &quiet).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("not that run's") && format!("{e:#}").contains(&id),
+        "{e:#}"
+    );
+    assert_eq!(
+        std::fs::read(models.join("native-small/model.safetensors")).unwrap(),
+        first
+    );
+
+    // Options outside the study are refused, naming what it has.
+    for (o, want) in [
+        (
+            ShipOptions {
+                tier: "free-small".into(),
+                ..opts.clone()
+            },
+            "not one of the study's",
+        ),
+        (
+            ShipOptions {
+                budget: Some(3e9),
+                ..opts.clone()
+            },
+            "not one of the study's (5e8, 1e9)",
+        ),
+        (
+            ShipOptions {
+                designs: Some(vec!["gpt".into()]),
+                ..opts.clone()
+            },
+            "no design \"gpt\"",
+        ),
+    ] {
+        let e = ship(&spec, &out, &o, &quiet).unwrap_err();
+        assert!(format!("{e:#}").contains(want), "{want}: {e:#}");
+    }
+}

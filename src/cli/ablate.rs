@@ -55,6 +55,33 @@ pub struct AblateArgs {
 pub enum AblateCommand {
     /// Copy the finished runs of study folders (shards' `--out`) into one and write its report.
     Merge(MergeArgs),
+    /// Ship each design's frontier model at a study budget (default the top one) to
+    /// `models/<design>-<tier>/`, training it again from its committed settings when its weights
+    /// are not in the study's folder, and refusing it unless it repeats the committed held-out
+    /// loss and test accuracies.
+    Ship(ShipArgs),
+}
+
+/// Arguments of `mmlab ablate ship`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ShipArgs {
+    /// The study file.
+    pub file: PathBuf,
+    /// The tier the models were trained on (`small`: aligned; `free-small`).
+    #[arg(long, default_value = "small")]
+    pub tier: String,
+    /// The budget in training FLOPs (default: the study's top budget).
+    #[arg(long)]
+    pub budget: Option<f64>,
+    /// Comma-separated designs (default: every design without an audio encoder).
+    #[arg(long, value_delimiter = ',')]
+    pub designs: Option<Vec<String>>,
+    /// Where the model folders go.
+    #[arg(long, default_value = "models")]
+    pub models: PathBuf,
+    /// The study folder (default `ablations/results/<name>`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// Arguments of `mmlab ablate merge`.
@@ -90,6 +117,33 @@ pub fn run_cli(a: &AblateArgs) -> anyhow::Result<()> {
         ));
         let text = study::report::write_report(&spec, &out, &say)?;
         print!("{text}");
+        return Ok(());
+    }
+    if let Some(AblateCommand::Ship(s)) = &a.command {
+        let spec = StudySpec::load(&s.file)?;
+        let out = study_out(&spec, s.out.as_ref());
+        let opts = study::ship::ShipOptions {
+            tier: s.tier.clone(),
+            budget: s.budget,
+            designs: s.designs.clone(),
+            models: s.models.clone(),
+            jobs,
+        };
+        let shipped = study::ship::ship(&spec, &out, &opts, &say)?;
+        for m in &shipped {
+            let own = &m.tiers[0].2;
+            let get = |k: &str| own.get(k).copied().unwrap_or(f64::NAN);
+            println!(
+                "{:<20} {:<28} {:>8} params  held-out loss {:.4}  POPE acc. {:.3}  counting {:.3}{}",
+                m.name,
+                m.run.settings.key.id(),
+                m.run.parameters,
+                m.loss,
+                get("pope_accuracy"),
+                get("count_accuracy"),
+                if m.retrained { "  (trained again)" } else { "" }
+            );
+        }
         return Ok(());
     }
     let file = a

@@ -22,6 +22,7 @@ pub mod fit;
 pub mod plot;
 pub mod probe;
 pub mod report;
+pub mod ship;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
