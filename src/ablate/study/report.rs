@@ -664,21 +664,58 @@ pub fn findings(spec: &StudySpec, a: &Analysis) -> Vec<String> {
     out
 }
 
-/// The probes of the shipped bolted-on models' encoders (the old recipe: SigLIP pre-trained,
-/// then frozen), on `tier`'s scenes.
-pub fn shipped_probes(tier: &str, seed: u64) -> Vec<(String, anyhow::Result<ProbeResult>)> {
-    ["llava-small", "qformer-small", "flamingo-small"]
+/// The file in a study's folder that keeps the probes of the encoders shipped before the study
+/// (the old recipe), once measured: the study re-ships those models, so the binary no longer
+/// carries the encoders the probes describe.
+pub const OLD_RECIPE_PROBES: &str = "old-recipe-probes.json";
+
+/// The bolted-on models shipped before the study, whose encoders the old recipe made.
+const OLD_RECIPE: [&str; 3] = ["llava-small", "qformer-small", "flamingo-small"];
+
+/// The probes of the old recipe's encoders (SigLIP pre-trained, then frozen) on `tier`'s scenes:
+/// read from `out/old-recipe-probes.json` when it was measured on that tier, else measured on
+/// the compiled-in models that are still the old recipe's (preset named as the model) and, when
+/// all three were, kept there.
+pub fn old_recipe_probes(
+    out: &Path,
+    tier: &str,
+    seed: u64,
+) -> Vec<(String, anyhow::Result<ProbeResult>)> {
+    let path = out.join(OLD_RECIPE_PROBES);
+    if let Some(kept) = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Vec<(String, ProbeResult)>>(&t).ok())
+        .filter(|k| k.iter().all(|(_, p)| p.tier == tier))
+    {
+        return kept.into_iter().map(|(n, p)| (n, Ok(p))).collect();
+    }
+    let measured: Vec<(String, anyhow::Result<ProbeResult>)> = OLD_RECIPE
         .iter()
-        .map(|name| {
+        .filter_map(|name| {
+            let m = crate::model::presets::embedded(name)?;
             let r = (|| {
-                let m = crate::model::presets::embedded(name)
-                    .ok_or_else(|| anyhow::anyhow!("{name} is not compiled in"))?;
                 let loaded = crate::model::resolve::load_embedded(m, &candle_core::Device::Cpu)?;
-                super::probe::probe(&loaded.model, &loaded.config.image, tier, seed)
+                if loaded.config.preset.as_deref() != Some(*name) {
+                    // Re-shipped from a study: not the old recipe's encoder.
+                    return Ok(None);
+                }
+                super::probe::probe(&loaded.model, &loaded.config.image, tier, seed).map(Some)
             })();
-            (name.to_string(), r)
+            match r {
+                Ok(None) => None,
+                Ok(Some(p)) => Some((name.to_string(), Ok(p))),
+                Err(e) => Some((name.to_string(), Err(e))),
+            }
         })
-        .collect()
+        .collect();
+    if measured.len() == OLD_RECIPE.len() && measured.iter().all(|(_, r)| r.is_ok()) {
+        let keep: Vec<(&String, &ProbeResult)> = measured
+            .iter()
+            .filter_map(|(n, r)| r.as_ref().ok().map(|p| (n, p)))
+            .collect();
+        let _ = super::write_json(&path, &keep);
+    }
+    measured
 }
 
 /// `report.md` from the analysis and the runs.
@@ -1016,7 +1053,7 @@ pub fn report(
         "## What the encoders' features carry (linear probes, {})\n",
         tier_label(&spec.tiers[0])
     );
-    let _ = writeln!(s, "A ridge probe of the vision encoder's per-patch features, fitted on {} held-out scenes and scored on {} others (validation stream): the shape and colour of the object centred in the patch (object patches only) and the patch's position. Chance: the majority class, in brackets. The old recipe's encoders (the shipped `-small` models: SigLIP pre-trained against captions, then frozen) against this study's (trained end to end with the decoder), at the top budget reached.\n", super::probe::FIT_SCENES, super::probe::TEST_SCENES);
+    let _ = writeln!(s, "A ridge probe of the vision encoder's per-patch features, fitted on {} held-out scenes and scored on {} others (validation stream): the shape and colour of the object centred in the patch (object patches only) and the patch's position. Chance: the majority class, in brackets. The old recipe's encoders (the `-small` models shipped before this study: SigLIP pre-trained against captions, then frozen; their probes are kept in `{}`) against this study's (trained end to end with the decoder), at the top budget reached.\n", super::probe::FIT_SCENES, super::probe::TEST_SCENES, OLD_RECIPE_PROBES);
     let _ = writeln!(s, "| encoder | shape | colour | position |");
     let _ = writeln!(s, "|---|---|---|---|");
     let cellp = |p: &ProbeResult, k: &str| {
@@ -1030,14 +1067,14 @@ pub fn report(
             Ok(p) => {
                 let _ = writeln!(
                     s,
-                    "| shipped `{name}` (SigLIP, frozen) | {} | {} | {} |",
+                    "| old recipe `{name}` (SigLIP, frozen) | {} | {} | {} |",
                     cellp(p, "shape"),
                     cellp(p, "colour"),
                     cellp(p, "position")
                 );
             }
             Err(e) => {
-                let _ = writeln!(s, "| shipped `{name}` | could not be probed: {e} | | |");
+                let _ = writeln!(s, "| old recipe `{name}` | could not be probed: {e} | | |");
             }
         }
     }
@@ -1114,7 +1151,7 @@ pub fn write_report(
         wall_core_hours: wall / 3600.0,
         steady_core_hours: steady / 3600.0,
     });
-    let shipped = shipped_probes(&spec.tiers[0], spec.val_seed);
+    let shipped = old_recipe_probes(out, &spec.tiers[0], spec.val_seed);
     let text = report(spec, &runs, &a, &shipped);
     super::write_json(&out.join("analysis.json"), &a)?;
     super::plot::write_plots(spec, &runs, &a, out)?;
