@@ -544,7 +544,9 @@ fn only_runs_the_runs_its_patterns_match() {
 #[test]
 fn ship_puts_each_designs_frontier_model_under_models_and_refuses_one_that_does_not_repeat_its_run()
 {
-    use study::ship::{ship, ShipOptions};
+    use study::ship::{ship, ship_name, ShipOptions};
+    assert_eq!(ship_name("llava", "small", 3e13), "llava-3e13");
+    assert_eq!(ship_name("native", "free-small", 3e13), "native-free-3e13");
     let spec = StudySpec::parse(TOY_STUDY).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("toy");
@@ -572,7 +574,7 @@ fn ship_puts_each_designs_frontier_model_under_models_and_refuses_one_that_does_
             .min_by(|a, b| a.val.image_loss.total_cmp(&b.val.image_loss))
             .unwrap();
         assert_eq!(s.run.settings.key.id(), best.settings.key.id());
-        assert_eq!(s.name, format!("{}-small", s.design));
+        assert_eq!(s.name, format!("{}-1e9", s.design));
         assert!(!s.retrained, "the toy's weights are in its folder");
         let d = models.join(&s.name);
         for f in [
@@ -603,7 +605,7 @@ fn ship_puts_each_designs_frontier_model_under_models_and_refuses_one_that_does_
     // A fresh checkout has no weights: the run is trained again, bit for bit.
     let native = shipped.iter().find(|s| s.design == "native").unwrap();
     let id = native.run.settings.key.id();
-    let first = std::fs::read(models.join("native-small/model.safetensors")).unwrap();
+    let first = std::fs::read(models.join("native-1e9/model.safetensors")).unwrap();
     std::fs::remove_file(out.join("runs").join(&id).join("model.safetensors")).unwrap();
     let only_native = ShipOptions {
         designs: Some(vec!["native".into()]),
@@ -612,7 +614,7 @@ fn ship_puts_each_designs_frontier_model_under_models_and_refuses_one_that_does_
     let again = ship(&spec, &out, &only_native, &quiet).unwrap();
     assert!(again[0].retrained);
     assert_eq!(
-        std::fs::read(models.join("native-small/model.safetensors")).unwrap(),
+        std::fs::read(models.join("native-1e9/model.safetensors")).unwrap(),
         first
     );
     assert!(out
@@ -635,7 +637,7 @@ fn ship_puts_each_designs_frontier_model_under_models_and_refuses_one_that_does_
         "{e:#}"
     );
     assert_eq!(
-        std::fs::read(models.join("native-small/model.safetensors")).unwrap(),
+        std::fs::read(models.join("native-1e9/model.safetensors")).unwrap(),
         first
     );
 

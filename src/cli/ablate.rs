@@ -56,7 +56,7 @@ pub enum AblateCommand {
     /// Copy the finished runs of study folders (shards' `--out`) into one and write its report.
     Merge(MergeArgs),
     /// Ship each design's frontier model at a study budget (default the top one) to
-    /// `models/<design>-<tier>/`, training it again from its committed settings when its weights
+    /// `models/<design>[-<tier>]-<budget>/` (`llava-3e13`, `native-free-3e13`), training it again from its committed settings when its weights
     /// are not in the study's folder, and refusing it unless it repeats the committed held-out
     /// loss and test accuracies.
     Ship(ShipArgs),

@@ -1,5 +1,5 @@
 //! `mmlab ablate ship STUDY.toml`: each design's frontier model at one budget of a study (by
-//! default its top budget), written to `models/<design>-<tier>/` beside the others, so that
+//! default its top budget), written to `models/<design>[-<tier>]-<budget>/` (`llava-3e13`) beside the others, so that
 //! side-by-side tables compare models trained with the same compute.
 //!
 //! The frontier model of a design at a budget is the size with the lowest held-out image loss
@@ -61,10 +61,16 @@ pub struct Shipped {
     pub tiers: Vec<(String, String, BTreeMap<String, f64>)>,
 }
 
-/// The name a design's frontier model ships under: `<design>-<tier>` (`llava-small`,
-/// `native-free-small`).
-pub fn ship_name(design: &str, tier: &str) -> String {
-    format!("{design}-{tier}")
+/// The name a design's frontier model ships under: the design, the tier unless it is the
+/// aligned `small`, and the budget (`llava-3e13`, `native-free-3e13`). Names of presets
+/// (`llava-small`: the staged recipe's shape, which `mmlab train` still trains) are not reused:
+/// a shipped name says which compute made it.
+pub fn ship_name(design: &str, tier: &str, budget: f64) -> String {
+    let tier = match tier {
+        "small" => String::new(),
+        t => format!("-{}", t.strip_suffix("-small").unwrap_or(t)),
+    };
+    format!("{design}{tier}-{budget:.0e}")
 }
 
 /// The frontier run of `design` at `budget` on `tier`: the finished grid run with the lowest
@@ -160,7 +166,7 @@ pub fn ship(
     let done = super::super::work_pool(frontier.len(), opts.jobs, &|i| {
         let run = &frontier[i];
         let design = &run.settings.key.design;
-        let name = ship_name(design, &opts.tier);
+        let name = ship_name(design, &opts.tier, budget);
         ship_one(spec, out, run, &name, &opts.models, &tok, say)
             .with_context(|| format!("shipping {} as {name}", run.settings.key.id()))
     })?;
