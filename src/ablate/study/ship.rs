@@ -249,7 +249,7 @@ fn measure(
         }
         match &r.metrics {
             mmlab_eval::Metrics::Pope(p) => {
-                let (mut acc, mut n) = (0.0, 0u64);
+                let (mut acc, mut f1, mut n) = (0.0, 0.0, 0u64);
                 for s in &p.splits {
                     m.insert(
                         format!("{prefix}pope_{}_accuracy", s.split),
@@ -261,9 +261,14 @@ fn measure(
                         s.yes_ratio.value,
                     );
                     acc += s.accuracy.value * s.n as f64;
+                    f1 += s.f1.value;
                     n += s.n;
                 }
                 m.insert(format!("{prefix}pope_accuracy"), acc / n.max(1) as f64);
+                m.insert(
+                    format!("{prefix}pope_f1"),
+                    f1 / p.splits.len().max(1) as f64,
+                );
             }
             mmlab_eval::Metrics::Count(c) => {
                 m.insert(format!("{prefix}count_accuracy"), c.accuracy.value);
@@ -352,15 +357,19 @@ fn ship_one(
     let mut metrics = serde_json::Map::new();
     metrics.insert(
         "data".into(),
-        json!(format!(
-            "default test set, {} ({})",
-            questions(spec),
-            tier_label(&tiers[0].0)
-        )),
+        json!(format!("default test set, {}", questions(spec))),
     );
     metrics.insert("tier".into(), json!(tiers[0].1));
     for (k, v) in own {
-        if k != "pope_accuracy" && k != "audio_pope_accuracy" {
+        // The means over splits are the README's; the TUI shows the splits.
+        if ![
+            "pope_accuracy",
+            "audio_pope_accuracy",
+            "pope_f1",
+            "audio_pope_f1",
+        ]
+        .contains(&k.as_str())
+        {
             metrics.insert(k.clone(), json!(v));
         }
     }
@@ -470,9 +479,9 @@ fn readme(spec: &StudySpec, s: &Shipped) -> String {
         ("POPE random F1", "pope_random_f1"),
         ("popular F1", "pope_popular_f1"),
         ("adversarial F1", "pope_adversarial_f1"),
-        ("POPE accuracy", "pope_accuracy"),
+        ("POPE accuracy (mean)", "pope_accuracy"),
         ("counting", "count_accuracy"),
-        ("audio-POPE F1", "audio_pope_f1"),
+        ("audio-POPE F1 (mean)", "audio_pope_f1"),
         ("audio counting", "audio_count_accuracy"),
     ];
     t += "| tier |";
@@ -484,12 +493,8 @@ fn readme(spec: &StudySpec, s: &Shipped) -> String {
         t += "---|";
     }
     t += "\n";
-    for (i, (tier, label, m)) in s.tiers.iter().enumerate() {
-        t += &format!(
-            "| {} ({label}){} |",
-            tier_label(tier),
-            if i == 0 { ", trained on" } else { "" }
-        );
+    for (i, (_, label, m)) in s.tiers.iter().enumerate() {
+        t += &format!("| {label}{} |", if i == 0 { " (trained on)" } else { "" });
         for (_, key) in cols {
             match m.get(key) {
                 Some(v) => t += &format!(" {v:.3} |"),
