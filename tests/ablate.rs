@@ -411,6 +411,19 @@ fn a_toy_study_runs_end_to_end_resumes_shards_and_merges() {
         assert_eq!(d.frontier.len(), 2, "{d:?}");
         assert!(d.alpha_pure.is_some() && d.beta.is_some(), "{d:?}");
     }
+    // Held-out loss at equal compute: llava over native at both budgets (every size finished),
+    // each on its frontier, with an interval around the measured ratio.
+    let budgets: Vec<f64> = a.loss_ratios.iter().map(|r| r.budget).collect();
+    assert_eq!(budgets, [5e8, 1e9]);
+    for r in &a.loss_ratios {
+        assert_eq!(r.design, "llava");
+        assert_eq!(r.ratio.value, r.loss / r.native_loss);
+        assert!(
+            r.ratio.low <= r.ratio.value && r.ratio.value <= r.ratio.high,
+            "{r:?}"
+        );
+    }
+    assert!(text.contains("held-out loss at equal compute"), "{text}");
     // Every bolted run carries the probe of its encoder; the native ones none.
     let runs = study::finished_runs(&spec, &out).unwrap();
     assert_eq!(runs.len(), 10);

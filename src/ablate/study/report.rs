@@ -140,6 +140,30 @@ pub struct RatioFit {
     pub differs: bool,
 }
 
+/// A design's held-out loss over native's at one budget, both on their frontier (equal
+/// compute), with a paired bootstrap interval (the same held-out examples resampled for both).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LossRatio {
+    /// Tier.
+    pub tier: String,
+    /// The bolted-on design.
+    pub design: String,
+    /// The budget (every size of both designs finished there).
+    pub budget: f64,
+    /// Native's frontier run and its loss.
+    pub native_run: String,
+    /// Native's held-out image loss.
+    pub native_loss: f64,
+    /// The design's frontier run.
+    pub run: String,
+    /// Its held-out image loss.
+    pub loss: f64,
+    /// L_design / L_native: below 1, the design's loss is lower.
+    pub ratio: Interval,
+    /// True when the interval excludes 1.
+    pub differs: bool,
+}
+
 /// Everything the report says, also written as `analysis.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Analysis {
@@ -147,6 +171,9 @@ pub struct Analysis {
     pub designs: Vec<DesignFit>,
     /// Native / bolted ratios.
     pub ratios: Vec<RatioFit>,
+    /// Held-out loss of each design over native's at each budget both finished.
+    #[serde(default)]
+    pub loss_ratios: Vec<LossRatio>,
     /// Bootstrap resamples.
     pub resamples: usize,
     /// What the finished runs cost (set by [`write_report`], which reads their logs).
@@ -324,6 +351,9 @@ pub fn analyse(spec: &StudySpec, runs: &[&RunResult], resamples: usize, seed: u6
         .collect();
     let mut designs = Vec::new();
     let mut per_cell: BTreeMap<(String, String), (Fits, Vec<Fits>)> = BTreeMap::new();
+    // Per cell: the frontier as measured and in each draw, and the budgets with every size.
+    type Fronts = (Vec<FrontierPoint>, Vec<Vec<FrontierPoint>>, Vec<f64>);
+    let mut fronts: BTreeMap<(String, String), Fronts> = BTreeMap::new();
     for tier in &spec.tiers {
         for d in &spec.designs {
             let cell: Vec<(usize, &RunResult)> = runs
@@ -341,13 +371,28 @@ pub fn analyse(spec: &StudySpec, runs: &[&RunResult], resamples: usize, seed: u6
             }
             let frontier = frontier_of(&cell, &measured);
             let f0 = fits_of(&cell, &measured, &frontier);
-            let boots: Vec<Fits> = draws
+            let (boots, boot_fronts): (Vec<Fits>, Vec<Vec<FrontierPoint>>) = draws
                 .iter()
                 .map(|dr| {
                     let fr = frontier_of(&cell, dr);
-                    fits_of(&cell, dr, &fr)
+                    (fits_of(&cell, dr, &fr), fr)
+                })
+                .unzip();
+            let complete: Vec<f64> = spec
+                .budgets
+                .iter()
+                .copied()
+                .filter(|b| {
+                    spec.widths.iter().all(|w| {
+                        cell.iter()
+                            .any(|(_, r)| r.settings.key.budget == *b && r.settings.key.width == *w)
+                    })
                 })
                 .collect();
+            fronts.insert(
+                (tier.clone(), d.name.clone()),
+                (frontier.clone(), boot_fronts, complete),
+            );
             let iv = |v: Option<f64>, get: &dyn Fn(&Fits) -> Option<f64>| {
                 v.map(|v| Interval::new(v, &boots.iter().filter_map(get).collect::<Vec<f64>>()))
             };
@@ -440,9 +485,51 @@ pub fn analyse(spec: &StudySpec, runs: &[&RunResult], resamples: usize, seed: u6
             }
         }
     }
+    let mut loss_ratios = Vec::new();
+    if let Some(native) = spec.designs.iter().find(|d| d.design.is_native()) {
+        for tier in &spec.tiers {
+            let Some((n0, nb, nc)) = fronts.get(&(tier.clone(), native.name.clone())) else {
+                continue;
+            };
+            for d in spec
+                .designs
+                .iter()
+                .filter(|d| !d.design.is_native() && !d.audio_encoder)
+            {
+                let Some((d0, db, dc)) = fronts.get(&(tier.clone(), d.name.clone())) else {
+                    continue;
+                };
+                for &b in nc.iter().filter(|b| dc.contains(b)) {
+                    let at = |f: &[FrontierPoint]| f.iter().find(|p| p.budget == b).cloned();
+                    let (Some(np), Some(dp)) = (at(n0), at(d0)) else {
+                        continue;
+                    };
+                    let xs: Vec<f64> = nb
+                        .iter()
+                        .zip(db)
+                        .filter_map(|(x, y)| Some(at(y)?.loss / at(x)?.loss))
+                        .filter(|r| r.is_finite())
+                        .collect();
+                    let ratio = Interval::new(dp.loss / np.loss, &xs);
+                    loss_ratios.push(LossRatio {
+                        tier: tier.clone(),
+                        design: d.name.clone(),
+                        budget: b,
+                        native_run: np.run.clone(),
+                        native_loss: np.loss,
+                        run: dp.run.clone(),
+                        loss: dp.loss,
+                        differs: ratio.low > 1.0 || ratio.high < 1.0,
+                        ratio,
+                    });
+                }
+            }
+        }
+    }
     Analysis {
         designs,
         ratios,
+        loss_ratios,
         resamples,
         cost: None,
     }
@@ -539,6 +626,60 @@ fn audio_finding(spec: &StudySpec, a: &Analysis, native: Option<&str>) -> Option
 /// what factor (a difference only when the interval excludes 1); the exponents beside Shukor
 /// et al.'s; the audio designs against raw frames; free placement against aligned at the top budget both
 /// reached.
+/// The held-out loss of each design against native's at the highest budget of `tier` where both
+/// have every size finished (equal compute, each on its frontier), with the paired interval.
+fn loss_finding(a: &Analysis, tier: &str, native: Option<&str>) -> Option<String> {
+    let native = native?;
+    // Each design at its own highest budget shared with native, budgets descending.
+    let mut top: BTreeMap<&str, &LossRatio> = BTreeMap::new();
+    for r in a.loss_ratios.iter().filter(|r| r.tier == tier) {
+        match top.get(r.design.as_str()) {
+            Some(t) if t.budget >= r.budget => {}
+            _ => {
+                top.insert(&r.design, r);
+            }
+        }
+    }
+    let mut budgets: Vec<f64> = top.values().map(|r| r.budget).collect();
+    budgets.sort_by(|x, y| y.total_cmp(x));
+    budgets.dedup();
+    if budgets.is_empty() {
+        return None;
+    }
+    let groups: Vec<String> = budgets
+        .iter()
+        .map(|&b| {
+            let at: Vec<&&LossRatio> = top.values().filter(|r| r.budget == b).collect();
+            let parts: Vec<String> = at
+                .iter()
+                .map(|r| {
+                    let iv = format!(
+                        "{:.2} [{:.2}, {:.2}]",
+                        r.ratio.value, r.ratio.low, r.ratio.high
+                    );
+                    format!(
+                        "{} {:.4} ({})",
+                        r.design,
+                        r.loss,
+                        if r.differs { format!("**{iv}**") } else { iv }
+                    )
+                })
+                .collect();
+            format!(
+                "at {} FLOPs {native} {:.4}, {}",
+                sci(b),
+                at[0].native_loss,
+                parts.join(", ")
+            )
+        })
+        .collect();
+    Some(format!(
+        "{}, held-out loss at equal compute (each design at the highest budget where every size of it and of native finished, each on its frontier; in brackets its loss over native's, paired bootstrap 95% interval over the held-out examples, bold when it excludes 1): {}.",
+        tier_label(tier),
+        groups.join("; ")
+    ))
+}
+
 pub fn findings(spec: &StudySpec, a: &Analysis) -> Vec<String> {
     let mut out = Vec::new();
     let native = spec
@@ -592,6 +733,9 @@ pub fn findings(spec: &StudySpec, a: &Analysis) -> Vec<String> {
                     }
                 }
             }
+            out.push(line);
+        }
+        if let Some(line) = loss_finding(a, tier, native.as_deref()) {
             out.push(line);
         }
     }
@@ -1213,6 +1357,7 @@ mod tests {
                 fit("qformer-audio", 0.883, 0.640),
             ],
             ratios: vec![],
+            loss_ratios: vec![],
             resamples: 0,
             cost: None,
         };
