@@ -61,7 +61,10 @@ fn every_shipped_model_is_compiled_in_byte_for_byte() {
             "fuyu-small",
             "llava-small",
             "qformer-small",
-            "flamingo-small"
+            "flamingo-small",
+            "native-3e13",
+            "llava-3e13",
+            "native-free-1e13"
         ]
     );
     for m in &EMBEDDED {

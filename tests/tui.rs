@@ -714,6 +714,10 @@ fn shipped_results_show_until_the_user_has_a_result_with_the_same_identity() {
 /// What a new user sees: a workspace holding only the repository's shipped `models/` (no
 /// results or runs of their own).
 fn fresh_clone_tab(tab: usize) -> String {
+    fresh_clone_tab_sized(tab, 80, 24)
+}
+
+fn fresh_clone_tab_sized(tab: usize, w: u16, h: u16) -> String {
     let dir = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"),
@@ -724,20 +728,24 @@ fn fresh_clone_tab(tab: usize) -> String {
     assert!(ws.problems.is_empty(), "{:?}", ws.problems);
     let mut d = Dashboard::new(ws);
     d.tab = tab;
-    draw(80, 24, |f| d.render(f, f.area())).0
+    draw(w, h, |f| d.render(f, f.area())).0
 }
 
 #[test]
 fn a_fresh_clone_shows_the_shipped_models_side_by_side() {
-    let results = fresh_clone_tab(1);
+    // Wide enough for whole names; the 80x24 snapshot below is what a small terminal shows.
+    let wide = fresh_clone_tab_sized(1, 140, 30);
     for m in [
         "fuyu-small",
+        "native-3e13",
+        "llava-3e13",
         "llava-small",
         "qformer-small",
         "flamingo-small",
     ] {
-        assert!(results.contains(m), "{m} missing from Results:\n{results}");
+        assert!(wide.contains(m), "{m} missing from Results:\n{wide}");
     }
+    let results = fresh_clone_tab(1);
     insta::assert_snapshot!("fresh_clone_results_80x24", results);
     let training = fresh_clone_tab(2);
     for m in ["fuyu-small", "llava-small"] {

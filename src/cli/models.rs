@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use mmlab_eval::error::error_chain;
 
 use crate::model::io::read_config;
-use crate::model::presets::{parameter_count, preset, presets};
+use crate::model::presets::{embedded, parameter_count, preset, presets, EMBEDDED};
 use crate::model::resolve::{locate_in, model_dirs, root};
 
 /// Arguments of `mmlab models`.
@@ -64,6 +64,22 @@ fn table_in(args: &ModelsArgs, root: &Path) -> (String, Vec<String>) {
             w
         );
     }
+    // Shipped models that are not presets (a study's frontier models): their own row.
+    for m in EMBEDDED.iter().filter(|m| preset(m.name).is_none()) {
+        match serde_json::from_slice::<crate::model::ModelDirConfig>(m.config) {
+            Ok(c) => {
+                out += &format!(
+                    "{:<18} {:<8} {:>10}  {:<56} {}\n",
+                    m.name,
+                    c.design,
+                    parameter_count(&c.model),
+                    format!("shipped; what made it: models/{}/README.md", m.name),
+                    "embedded"
+                )
+            }
+            Err(e) => out += &format!("{} (embedded): config.json: {e}\n", m.name),
+        }
+    }
     for d in model_dirs(root) {
         let name = d
             .file_name()
@@ -71,7 +87,7 @@ fn table_in(args: &ModelsArgs, root: &Path) -> (String, Vec<String>) {
             .unwrap_or_default();
         // A directory named like a preset is that preset's row (or, for a shipped one, only
         // reachable by its path: `--model NAME` loads the compiled-in copy).
-        if preset(&name).is_some() {
+        if preset(&name).is_some() || embedded(&name).is_some() {
             continue;
         }
         let about = if crate::model::io::hf_fuyu::is_hf_fuyu_dir(&d) {

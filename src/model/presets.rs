@@ -401,13 +401,18 @@ macro_rules! shipped {
     };
 }
 
-/// The shipped models, compiled into every build (about 0.9 MB each): `--model fuyu-small`
-/// works from any directory with nothing but the binary.
-pub const EMBEDDED: [EmbeddedModel; 4] = [
+/// The shipped models, compiled into every build (0.3–0.9 MB each): `--model fuyu-small`
+/// works from any directory with nothing but the binary. The `-3e13` ones are the scaling
+/// study's frontier models at its top budget (`mmlab ablate ship`), trained with equal compute;
+/// `native-free-1e13` is native's frontier on the free tier at its top finished budget.
+pub const EMBEDDED: [EmbeddedModel; 7] = [
     shipped!("fuyu-small"),
     shipped!("llava-small"),
     shipped!("qformer-small"),
     shipped!("flamingo-small"),
+    shipped!("native-3e13"),
+    shipped!("llava-3e13"),
+    shipped!("native-free-1e13"),
 ];
 
 /// The compiled-in copy of preset `name`, if it ships with weights.

@@ -1,7 +1,7 @@
 //! The dashboard: models, results (native vs bolted-on grouped), training curves and
 //! ablation tables, one tab each.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -613,15 +613,23 @@ impl Dashboard {
     }
 
     fn render_results(&mut self, f: &mut Frame, area: Rect) {
-        let best: Vec<Option<f64>> = COLUMNS
-            .iter()
-            .map(|c| {
-                self.rows
+        // The best value of each column among the rows of each tier: results measured on
+        // different scenes are not ranked against each other.
+        let mut best: BTreeMap<&str, Vec<Option<f64>>> = BTreeMap::new();
+        for r in &self.rows {
+            best.entry(r.tier.as_str()).or_insert_with(|| {
+                COLUMNS
                     .iter()
-                    .filter_map(|r| r.value(c).map(|v| c.best.score(v)))
-                    .max_by(f64::total_cmp)
-            })
-            .collect();
+                    .map(|c| {
+                        self.rows
+                            .iter()
+                            .filter(|o| o.tier == r.tier)
+                            .filter_map(|o| o.value(c).map(|v| c.best.score(v)))
+                            .max_by(f64::total_cmp)
+                    })
+                    .collect()
+            });
+        }
         let wide = area.width >= 100;
         let mut header = vec![Cell::from("model")];
         if wide {
@@ -634,6 +642,15 @@ impl Dashboard {
         // Narrow: one tier for the whole table goes in its title; otherwise each name says its
         // tier. A run of part of the data is always marked.
         let tier_word = |r: &ResultRow| r.tier.split(' ').next().unwrap_or("?").to_string();
+        let tier_initial = |r: &ResultRow| tier_word(r).chars().next().unwrap_or('?');
+        // Narrow, several tiers: what each initial stands for, in the title.
+        let mut legend: Vec<String> = self
+            .rows
+            .iter()
+            .map(|r| format!("·{} {}", tier_initial(r), tier_word(r)))
+            .collect();
+        legend.sort();
+        legend.dedup();
         let one_tier = self
             .rows
             .first()
@@ -677,7 +694,12 @@ impl Dashboard {
                     r.model.clone()
                 };
                 if one_tier.is_none() {
-                    n.push_str(&format!(" ·{}", tier_word(r)));
+                    // The tier's initial stays visible: the name gives way to it.
+                    let room = (area.width as usize).saturating_sub(2 + COLUMNS.len() * 8 + 3);
+                    if n.chars().count() > room {
+                        n = n.chars().take(room.saturating_sub(1)).collect::<String>() + "…";
+                    }
+                    n.push_str(&format!(" ·{}", tier_initial(r)));
                 }
                 if !r.shipped && r.run != "all" {
                     n.push_str(" (part)");
@@ -690,7 +712,7 @@ impl Dashboard {
                 cells.push(Cell::from(r.tier.clone()));
                 cells.push(Cell::from(r.run.clone()));
             }
-            for (c, b) in COLUMNS.iter().zip(&best) {
+            for (c, b) in COLUMNS.iter().zip(&best[r.tier.as_str()]) {
                 cells.push(match r.value(c) {
                     Some(v) if Some(c.best.score(v)) == *b => Cell::from(format!("{v:.3}*"))
                         .style(Style::new().fg(Color::Green).add_modifier(Modifier::BOLD)),
@@ -747,9 +769,14 @@ impl Dashboard {
                         (Some(t), false, true) => {
                             format!(" newest per model · tier {t} (* best, † shipped) ")
                         }
-                        (None, false, true) => {
-                            " newest per model and run (* best, † shipped) ".to_string()
-                        }
+                        (None, false, true) => format!(
+                            " newest per model and run (* best of its tier, † shipped; {}) ",
+                            legend.join(", ")
+                        ),
+                        (None, false, false) => format!(
+                            " newest per model, data and run (* best of its tier; {}) ",
+                            legend.join(", ")
+                        ),
                         _ => " newest result per model, data and run (* best) ".to_string(),
                     },
                 )),

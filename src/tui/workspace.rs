@@ -9,7 +9,7 @@ use mmlab_eval::harness::{load_result, Metrics, TaskResult};
 
 use crate::ablate::AblationResults;
 use crate::model::io::read_config;
-use crate::model::presets::{embedded, parameter_count, presets};
+use crate::model::presets::{embedded, parameter_count, preset, presets, EMBEDDED};
 use crate::model::Design;
 
 /// What [`ModelEntry::weights`] holds for a shipped model compiled into the binary.
@@ -752,6 +752,35 @@ impl Workspace {
                     planned_steps: None,
                     trained_on: None,
                 });
+            }
+            // Shipped models that are no preset (a study's frontier models): the compiled-in
+            // copy, unless `root/models` has the directory (its row comes with the others).
+            for m in EMBEDDED.iter().filter(|m| preset(m.name).is_none()) {
+                if root
+                    .join("models")
+                    .join(m.name)
+                    .join("config.json")
+                    .is_file()
+                {
+                    continue;
+                }
+                match serde_json::from_slice::<crate::model::ModelDirConfig>(m.config) {
+                    Ok(c) => ws.models.push(ModelEntry {
+                        name: m.name.to_string(),
+                        design: c.design,
+                        params: parameter_count(&c.model),
+                        weights: Some(PathBuf::from(EMBEDDED_WEIGHTS)),
+                        spec: m.name.to_string(),
+                        curve: Vec::new(),
+                        dir: None,
+                        logs_seen: Vec::new(),
+                        planned_steps: None,
+                        trained_on: None,
+                    }),
+                    Err(e) => ws
+                        .problems
+                        .push(format!("{} (compiled in): config.json: {e}", m.name)),
+                }
             }
         }
         for dir in run_dirs(root) {
