@@ -424,6 +424,20 @@ fn a_toy_study_runs_end_to_end_resumes_shards_and_merges() {
         );
     }
     assert!(text.contains("held-out loss at equal compute"), "{text}");
+    // A budget with a size missing is shown but not fitted: its frontier is not known yet.
+    let all = study::finished_runs(&spec, &out).unwrap();
+    let some: Vec<&study::RunResult> = all
+        .iter()
+        .filter(|(id, _)| id.as_str() != "small-llava-d48-1e9")
+        .map(|(_, r)| r)
+        .collect();
+    let part = study::report::analyse(&spec, &some, 20, 1);
+    let llava = part.designs.iter().find(|d| d.design == "llava").unwrap();
+    assert_eq!(llava.frontier.len(), 2, "still shown");
+    assert!(llava.alpha_pure.is_none(), "one complete budget: no fit");
+    assert_eq!(llava.iso.len(), 1);
+    let budgets: Vec<f64> = part.loss_ratios.iter().map(|r| r.budget).collect();
+    assert_eq!(budgets, [5e8]);
     // Every bolted run carries the probe of its encoder; the native ones none.
     let runs = study::finished_runs(&spec, &out).unwrap();
     assert_eq!(runs.len(), 10);

@@ -369,15 +369,6 @@ pub fn analyse(spec: &StudySpec, runs: &[&RunResult], resamples: usize, seed: u6
             if cell.is_empty() {
                 continue;
             }
-            let frontier = frontier_of(&cell, &measured);
-            let f0 = fits_of(&cell, &measured, &frontier);
-            let (boots, boot_fronts): (Vec<Fits>, Vec<Vec<FrontierPoint>>) = draws
-                .iter()
-                .map(|dr| {
-                    let fr = frontier_of(&cell, dr);
-                    (fits_of(&cell, dr, &fr), fr)
-                })
-                .unzip();
             let complete: Vec<f64> = spec
                 .budgets
                 .iter()
@@ -389,6 +380,22 @@ pub fn analyse(spec: &StudySpec, runs: &[&RunResult], resamples: usize, seed: u6
                     })
                 })
                 .collect();
+            // Fits, IsoFLOP minima and targets use only budgets where every size finished: a
+            // budget with some sizes missing has no known frontier yet (it is shown, marked).
+            let done: Vec<(usize, &RunResult)> = cell
+                .iter()
+                .copied()
+                .filter(|(_, r)| complete.contains(&r.settings.key.budget))
+                .collect();
+            let frontier = frontier_of(&cell, &measured);
+            let f0 = fits_of(&done, &measured, &frontier_of(&done, &measured));
+            let (boots, boot_fronts): (Vec<Fits>, Vec<Vec<FrontierPoint>>) = draws
+                .iter()
+                .map(|dr| {
+                    let fr = frontier_of(&done, dr);
+                    (fits_of(&done, dr, &fr), fr)
+                })
+                .unzip();
             fronts.insert(
                 (tier.clone(), d.name.clone()),
                 (frontier.clone(), boot_fronts, complete),
