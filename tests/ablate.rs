@@ -584,6 +584,7 @@ fn ship_puts_each_designs_frontier_model_under_models_and_refuses_one_that_does_
         designs: None,
         models: models.clone(),
         jobs: 2,
+        overwrite: false,
     };
     // Nothing finished yet: the frontier is not known, nothing ships.
     let e = ship(&spec, &out, &opts, &quiet).unwrap_err();
@@ -649,6 +650,19 @@ fn ship_puts_each_designs_frontier_model_under_models_and_refuses_one_that_does_
         .join(&id)
         .join("model.safetensors")
         .is_file());
+
+    // A folder holding other weights under that name is kept unless --overwrite.
+    let theirs = models.join("native-1e9/model.safetensors");
+    std::fs::write(&theirs, b"someone else's model").unwrap();
+    let e = ship(&spec, &out, &only_native, &quiet).unwrap_err();
+    assert!(format!("{e:#}").contains("--overwrite"), "{e:#}");
+    assert_eq!(std::fs::read(&theirs).unwrap(), b"someone else's model");
+    let forced = ShipOptions {
+        overwrite: true,
+        ..only_native.clone()
+    };
+    ship(&spec, &out, &forced, &quiet).unwrap();
+    assert_eq!(std::fs::read(&theirs).unwrap(), first);
 
     // Weights that do not give the committed held-out loss are refused, and what was shipped
     // before stays.

@@ -82,6 +82,9 @@ pub struct ShipArgs {
     /// The study folder (default `ablations/results/<name>`).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Replace a model folder that holds other weights (re-shipping the same run needs none).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// Arguments of `mmlab ablate merge`.
@@ -128,6 +131,7 @@ pub fn run_cli(a: &AblateArgs) -> anyhow::Result<()> {
             designs: s.designs.clone(),
             models: s.models.clone(),
             jobs,
+            overwrite: s.overwrite,
         };
         let shipped = study::ship::ship(&spec, &out, &opts, &say)?;
         for m in &shipped {

@@ -41,6 +41,8 @@ pub struct ShipOptions {
     pub models: PathBuf,
     /// Runs trained again at the same time, one core each.
     pub jobs: usize,
+    /// Replace a model folder whose weights are not the ones being shipped.
+    pub overwrite: bool,
 }
 
 /// One shipped model.
@@ -167,7 +169,7 @@ pub fn ship(
         let run = &frontier[i];
         let design = &run.settings.key.design;
         let name = ship_name(design, &opts.tier, budget);
-        ship_one(spec, out, run, &name, &opts.models, &tok, say)
+        ship_one(spec, out, run, &name, opts, &tok, say)
             .with_context(|| format!("shipping {} as {name}", run.settings.key.id()))
     })?;
     Ok(done.into_iter().flatten().collect())
@@ -285,12 +287,29 @@ fn ship_one(
     out: &Path,
     run: &RunResult,
     name: &str,
-    models: &Path,
+    opts: &ShipOptions,
     tok: &TextTokenizer,
     say: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<Shipped> {
+    let models = opts.models.as_path();
     let id = run.settings.key.id();
+    let dest = models.join(name);
+    // Another model already under that name is not replaced unless asked.
     let (weights, retrained) = weights_of(out, run, tok, say)?;
+    if !opts.overwrite && dest.exists() {
+        let new = std::fs::read(weights.join("model.safetensors"))
+            .with_context(|| format!("reading {}", weights.join("model.safetensors").display()))?;
+        if std::fs::read(dest.join("model.safetensors"))
+            .ok()
+            .as_deref()
+            != Some(&new[..])
+        {
+            bail!(
+                "{} holds other weights than run {id}'s; ship with --overwrite to replace it",
+                dest.display()
+            );
+        }
+    }
     let loaded = crate::model::load_dir(&weights, &Device::Cpu)
         .with_context(|| format!("loading {}", weights.display()))?;
     let val = validation(&run.settings.train, &loaded)?;
@@ -320,7 +339,6 @@ fn ship_one(
     ));
 
     // Assemble the model folder beside its final place, then swap it in.
-    let dest = models.join(name);
     let tmp = models.join(format!(".{name}.shipping"));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
