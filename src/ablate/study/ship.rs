@@ -314,7 +314,7 @@ fn ship_one(
         .with_context(|| format!("loading {}", weights.display()))?;
     let val = validation(&run.settings.train, &loaded)?;
     let diff = (val.image_loss - run.val.image_loss).abs();
-    if !(diff <= LOSS_TOLERANCE) {
+    if diff.is_nan() || diff > LOSS_TOLERANCE {
         bail!(
             "the weights in {} give held-out image loss {:.6}, the committed run {:.6} ({}): they are not that run's, so they are not shipped{}",
             weights.display(),
