@@ -123,6 +123,9 @@ pub struct DesignFit {
     pub beta: Option<Interval>,
     /// Compute to each target.
     pub targets: Vec<TargetFit>,
+    /// The budgets where every size finished (the fits use only these).
+    #[serde(default)]
+    pub complete_budgets: Vec<f64>,
 }
 
 /// Native's compute over a bolted design's, for one target.
@@ -398,7 +401,7 @@ pub fn analyse(spec: &StudySpec, runs: &[&RunResult], resamples: usize, seed: u6
                 .unzip();
             fronts.insert(
                 (tier.clone(), d.name.clone()),
-                (frontier.clone(), boot_fronts, complete),
+                (frontier.clone(), boot_fronts, complete.clone()),
             );
             let iv = |v: Option<f64>, get: &dyn Fn(&Fits) -> Option<f64>| {
                 v.map(|v| Interval::new(v, &boots.iter().filter_map(get).collect::<Vec<f64>>()))
@@ -445,6 +448,7 @@ pub fn analyse(spec: &StudySpec, runs: &[&RunResult], resamples: usize, seed: u6
                     .collect(),
                 beta: iv(f0.beta, &|b| b.beta),
                 targets,
+                complete_budgets: complete.clone(),
             });
             per_cell.insert((tier.clone(), d.name.clone()), (f0, boots));
         }
@@ -788,11 +792,10 @@ pub fn findings(spec: &StudySpec, a: &Analysis) -> Vec<String> {
             let (Some(f0), Some(f1)) = (f0, f1) else {
                 continue;
             };
-            let top = f0
-                .frontier
-                .iter()
-                .rev()
-                .find(|p| f1.frontier.iter().any(|q| q.budget == p.budget));
+            let top = f0.frontier.iter().rev().find(|p| {
+                // A budget with sizes missing on either tier has no known frontier yet.
+                f0.complete_budgets.contains(&p.budget) && f1.complete_budgets.contains(&p.budget)
+            });
             if let Some(p0) = top {
                 let p1 = f1.frontier.iter().find(|q| q.budget == p0.budget);
                 let v = |p: Option<&FrontierPoint>| {
@@ -1356,6 +1359,7 @@ mod tests {
             iso: vec![],
             beta: None,
             targets: vec![],
+            complete_budgets: vec![],
         };
         let a = Analysis {
             designs: vec![
