@@ -699,7 +699,15 @@ pub fn run_one(
             Some(probe::probe(&init, image, &key.tier, spec.val_seed)?),
         )
     };
-    let test = test_metrics(&dir, loaded, &key.tier, &spec.eval, say)?;
+    let (_, test) = test_metrics(
+        &dir,
+        &dir.join("eval"),
+        &dir.display().to_string(),
+        loaded,
+        &key.tier,
+        &spec.eval,
+        say,
+    )?;
     let result = RunResult {
         settings,
         parameters: total,
@@ -830,19 +838,26 @@ fn validation(tc: &TrainConfig, loaded: &crate::model::LoadedModel) -> anyhow::R
 }
 
 /// POPE (three splits), counting and the audio tasks on the test set of `tier`.
+/// Also returns the tier's label as the image results name it (`aligned 48x48 cell 12px`).
+/// Result files go to `eval_dir`; `name` is the model's name in them.
 fn test_metrics(
     dir: &Path,
+    eval_dir: &Path,
+    name: &str,
     loaded: crate::model::LoadedModel,
     tier: &str,
     spec: &super::EvalSpec,
     say: &(dyn Fn(&str) + Sync),
-) -> anyhow::Result<BTreeMap<String, Measured>> {
-    let eval_dir = dir.join("eval");
-    let mut resp = crate::model::responder::ModelResponder::new(loaded, dir.display().to_string());
+) -> anyhow::Result<(String, BTreeMap<String, Measured>)> {
+    let mut resp = crate::model::responder::ModelResponder::new(loaded, name.to_string());
     let mut m = BTreeMap::new();
-    for (t, r) in super::test_tasks(&mut resp, dir, &eval_dir, tier, spec, Some(0), say)? {
+    let mut label = tier.to_string();
+    for (t, r) in super::test_tasks(&mut resp, dir, eval_dir, tier, spec, Some(0), say)? {
         let audio = t.starts_with("audio");
         let prefix = if audio { "audio_" } else { "" };
+        if !audio {
+            label = r.config.tier_label();
+        }
         match &r.metrics {
             mmlab_eval::Metrics::Pope(p) => {
                 let (mut acc, mut f1, mut n) = (0.0, 0.0, 0u64);
@@ -882,7 +897,7 @@ fn test_metrics(
             _ => {}
         }
     }
-    Ok(m)
+    Ok((label, m))
 }
 
 /// Each design's learning rate: fixed in the file, the sweep's choice (`None` until the

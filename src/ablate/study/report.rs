@@ -633,10 +633,6 @@ fn audio_finding(spec: &StudySpec, a: &Analysis, native: Option<&str>) -> Option
     ))
 }
 
-/// Plain sentences: per tier and target, which design gets there with less compute and by
-/// what factor (a difference only when the interval excludes 1); the exponents beside Shukor
-/// et al.'s; the audio designs against raw frames; free placement against aligned at the top budget both
-/// reached.
 /// The held-out loss of each design against native's at the highest budget of `tier` where both
 /// have every size finished (equal compute, each on its frontier), with the paired interval.
 fn loss_finding(a: &Analysis, tier: &str, native: Option<&str>) -> Option<String> {
@@ -691,6 +687,10 @@ fn loss_finding(a: &Analysis, tier: &str, native: Option<&str>) -> Option<String
     ))
 }
 
+/// Plain sentences: per tier and target, which design gets there with less compute and by
+/// what factor (a difference only when the interval excludes 1); the exponents beside Shukor
+/// et al.'s; the audio designs against raw frames; free placement against aligned at the top budget both
+/// reached.
 pub fn findings(spec: &StudySpec, a: &Analysis) -> Vec<String> {
     let mut out = Vec::new();
     let native = spec

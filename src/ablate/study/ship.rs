@@ -19,8 +19,8 @@ use candle_core::Device;
 use serde_json::json;
 
 use super::{
-    finished_runs, study_tokenizer, tier_label, validation, write_json, Phase, RunResult,
-    RunSettings, StudySpec, RESULT, SETTINGS,
+    finished_runs, study_tokenizer, test_metrics, tier_label, validation, write_json, Phase,
+    RunResult, RunSettings, StudySpec, RESULT, SETTINGS,
 };
 use crate::fusion::TextTokenizer;
 
@@ -226,7 +226,8 @@ fn stored_settings(dir: &Path) -> Option<RunSettings> {
     serde_json::from_str(&text).ok()
 }
 
-/// Test metrics of the model in `dir` on `tier`, flat, with the tier's label.
+/// Test metrics of the model in `dir` on `tier` (the study's own measurement), with the tier's
+/// label.
 fn measure(
     dir: &Path,
     name: &str,
@@ -237,49 +238,11 @@ fn measure(
 ) -> anyhow::Result<(String, BTreeMap<String, f64>)> {
     let loaded = crate::model::load_dir(dir, &Device::Cpu)
         .with_context(|| format!("loading {}", dir.display()))?;
-    let mut resp = crate::model::responder::ModelResponder::new(loaded, name.to_string());
     let eval_dir = scratch.join(format!("eval-{tier}"));
     let _ = std::fs::remove_dir_all(&eval_dir);
-    let mut label = tier.to_string();
-    let mut m = BTreeMap::new();
-    for (t, r) in
-        super::super::test_tasks(&mut resp, dir, &eval_dir, tier, &spec.eval, Some(0), say)?
-    {
-        let prefix = if t.starts_with("audio") { "audio_" } else { "" };
-        if prefix.is_empty() {
-            label = r.config.tier_label();
-        }
-        match &r.metrics {
-            mmlab_eval::Metrics::Pope(p) => {
-                let (mut acc, mut f1, mut n) = (0.0, 0.0, 0u64);
-                for s in &p.splits {
-                    m.insert(
-                        format!("{prefix}pope_{}_accuracy", s.split),
-                        s.accuracy.value,
-                    );
-                    m.insert(format!("{prefix}pope_{}_f1", s.split), s.f1.value);
-                    m.insert(
-                        format!("{prefix}pope_{}_yes_ratio", s.split),
-                        s.yes_ratio.value,
-                    );
-                    acc += s.accuracy.value * s.n as f64;
-                    f1 += s.f1.value;
-                    n += s.n;
-                }
-                m.insert(format!("{prefix}pope_accuracy"), acc / n.max(1) as f64);
-                m.insert(
-                    format!("{prefix}pope_f1"),
-                    f1 / p.splits.len().max(1) as f64,
-                );
-            }
-            mmlab_eval::Metrics::Count(c) => {
-                m.insert(format!("{prefix}count_accuracy"), c.accuracy.value);
-            }
-            _ => {}
-        }
-    }
+    let (label, m) = test_metrics(dir, &eval_dir, name, loaded, tier, &spec.eval, say)?;
     let _ = std::fs::remove_dir_all(&eval_dir);
-    Ok((label, m))
+    Ok((label, m.into_iter().map(|(k, v)| (k, v.value)).collect()))
 }
 
 fn ship_one(
